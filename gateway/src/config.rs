@@ -1,0 +1,408 @@
+//! The one configuration struct, read once at startup and validated.
+//!
+//! Layers, lowest first: built-in defaults, the TOML file (`--config`),
+//! `TELEGRAPHY_*` environment variables (nested keys with `__`, e.g.
+//! `TELEGRAPHY_LIMITS__MAX_MESSAGE_SIZE`), then command-line flags. Unknown
+//! keys and bad values stop the gateway with a message that names the key.
+//! Every field's doc comment is user documentation (`docs/configuration.md`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize};
+use telegraphy_wamp::UriRules;
+
+/// Environment variables under `TELEGRAPHY_` that belong to client tools
+/// (the CLI, test harnesses), which the gateway ignores instead of rejecting.
+pub const CLIENT_ENV_VARS: &[&str] = &["api_key", "gateway_url", "gateway_bin", "timeout"];
+
+/// Gateway configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the public listener: WebSocket at `/ws`, `POST /publish`,
+    /// and the demo page at `/` in dev mode.
+    pub listen: SocketAddr,
+    /// Address of the admin listener: `/metrics`, `/healthz`, `/readyz`.
+    /// Keep it off the public network.
+    pub admin_listen: SocketAddr,
+    /// Event bus URL. `memory://` is the embedded single-node bus.
+    pub bus: String,
+    /// Realms sessions may join (comma-separated in the environment).
+    #[serde(deserialize_with = "list_or_csv")]
+    pub realms: Vec<String>,
+    /// URI rules for topics: `loose` (the WAMP default) or `strict`.
+    pub uri_rules: UriRulesSetting,
+    /// API keys accepted by `POST /publish` as `Authorization: Bearer KEY`
+    /// (comma-separated in `TELEGRAPHY_API_KEYS`). Empty: HTTP publishing is off.
+    #[serde(deserialize_with = "list_or_csv", skip_serializing)]
+    pub api_keys: Vec<String>,
+    /// Development mode: serves the live demo page at `/` and accepts the API
+    /// key `dev` when no key is configured. Refused on non-loopback addresses.
+    pub dev: bool,
+    /// Logging.
+    pub log: LogConfig,
+    /// Limits that keep memory bounded and abusers out.
+    pub limits: Limits,
+    /// Graceful drain on SIGTERM / SIGINT.
+    pub shutdown: ShutdownConfig,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// A tracing filter: `info`, `debug`, `telegraphy_gateway=debug,info`...
+    pub level: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// URI rules, as written in config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum UriRulesSetting {
+    /// Components without whitespace, `.` or `#`.
+    Loose,
+    /// Components of `[0-9a-z_]` only.
+    Strict,
+}
+
+impl From<UriRulesSetting> for UriRules {
+    fn from(s: UriRulesSetting) -> UriRules {
+        match s {
+            UriRulesSetting::Loose => UriRules::Loose,
+            UriRulesSetting::Strict => UriRules::Strict,
+        }
+    }
+}
+
+/// Limits. Every queue in the gateway is bounded by one of these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest WebSocket message and `POST /publish` body, in bytes.
+    pub max_message_size: usize,
+    /// Most concurrent WebSocket connections; more are refused with HTTP 503.
+    pub max_connections: usize,
+    /// Most subscriptions one session may hold.
+    pub max_subscriptions_per_session: usize,
+    /// Most messages waiting to be written to one session. A session whose
+    /// queue is full is closed (code 4000, slow consumer).
+    pub outbound_queue_messages: usize,
+    /// Most bytes waiting to be written to one session (same policy).
+    pub outbound_queue_bytes: usize,
+    /// Events waiting for fan-out on this node; publishers wait when full.
+    pub bus_queue: usize,
+    /// Time a new WebSocket has to send HELLO.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Interval between WebSocket pings to each session.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A session that sends nothing (not even a pong) for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+/// Drain settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// After a signal, how long to stay up answering `/readyz` with 503 before
+    /// closing sessions, so load balancers stop sending new clients.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
+    /// The process exits at the latest this long after the signal.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".parse().expect("valid literal"),
+            admin_listen: "127.0.0.1:9090".parse().expect("valid literal"),
+            bus: "memory://".into(),
+            realms: vec!["realm1".into()],
+            uri_rules: UriRulesSetting::Loose,
+            api_keys: Vec::new(),
+            dev: false,
+            log: LogConfig::default(),
+            limits: Limits::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_size: 64 * 1024,
+            max_connections: 100_000,
+            max_subscriptions_per_session: 1_000,
+            outbound_queue_messages: 1_024,
+            outbound_queue_bytes: 1024 * 1024,
+            bus_queue: 8_192,
+            handshake_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { drain_delay: Duration::ZERO, drain_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Values given on the command line; each one set overrides file and env.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Overrides {
+    /// `--listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// `--admin-listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
+    /// `--bus`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bus: Option<String>,
+    /// `--realm` (repeatable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub realms: Option<Vec<String>>,
+    /// `--api-keys`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<Vec<String>>,
+    /// `--uri-rules`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uri_rules: Option<UriRulesSetting>,
+    /// `--dev`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev: Option<bool>,
+    /// `--log-format` / `--log-level`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogOverrides>,
+}
+
+/// Log flags.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct LogOverrides {
+    /// `--log-format`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<LogFormat>,
+    /// `--log-level`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+}
+
+/// A configuration that cannot be used, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A key is unknown, or a value has the wrong type or format.
+    #[error("{0}\n  hint: see docs/configuration.md or deploy/telegraphy.toml for every key and its format")]
+    Parse(String),
+    /// The values parse but do not make sense together.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads defaults ← `file` ← `TELEGRAPHY_*` env ← `overrides`, then validates.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, overrides, Env::prefixed("TELEGRAPHY_"))
+    }
+
+    fn load_with_env(file: Option<&Path>, overrides: &Overrides, env: Env) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist; start without --config to use the defaults, or copy deploy/telegraphy.toml",
+                    path.display()
+                )));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        let env = env.split("__").ignore(CLIENT_ENV_VARS);
+        fig = fig.merge(env).merge(Serialized::defaults(overrides));
+        let config: Config = fig.extract().map_err(|e| {
+            ConfigError::Parse(e.into_iter().map(|e| format!("configuration error: {e}")).collect::<Vec<_>>().join("\n"))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document alone (no env, no flags), then validates it.
+    pub fn from_toml_str(toml: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(toml))
+            .extract()
+            .map_err(|e| ConfigError::Parse(format!("configuration error: {e}")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        telegraphy_bus::check_url(&self.bus).map_err(|m| ConfigError::Invalid(format!("key `bus`: {m}")))?;
+        if self.realms.is_empty() {
+            return invalid("key `realms` is empty; name at least one realm, e.g. realms = [\"realm1\"]".into());
+        }
+        for realm in &self.realms {
+            if !telegraphy_wamp::uri::is_valid(realm, UriRules::Loose, telegraphy_wamp::UriKind::Concrete) {
+                return invalid(format!("key `realms`: `{realm}` is not a valid WAMP URI (dot-separated, no spaces or `#`)"));
+            }
+        }
+        for key in &self.api_keys {
+            if key.len() < 8 && !(self.dev && key == "dev") {
+                return invalid("key `api_keys`: every API key must be at least 8 characters long; generate one with `openssl rand -hex 24`".into());
+            }
+        }
+        let l = &self.limits;
+        for (name, value) in [
+            ("limits.max_message_size", l.max_message_size),
+            ("limits.max_connections", l.max_connections),
+            ("limits.max_subscriptions_per_session", l.max_subscriptions_per_session),
+            ("limits.outbound_queue_messages", l.outbound_queue_messages),
+            ("limits.bus_queue", l.bus_queue),
+        ] {
+            if value == 0 {
+                return invalid(format!("key `{name}` must be greater than 0"));
+            }
+        }
+        if l.max_message_size < 1024 {
+            return invalid("key `limits.max_message_size` must be at least 1024 bytes".into());
+        }
+        if l.outbound_queue_bytes < l.max_message_size {
+            return invalid(format!(
+                "key `limits.outbound_queue_bytes` ({}) must be at least `limits.max_message_size` ({}), or one event could never be queued",
+                l.outbound_queue_bytes, l.max_message_size
+            ));
+        }
+        for (name, value) in [("limits.handshake_timeout", l.handshake_timeout), ("limits.ping_interval", l.ping_interval)] {
+            if value.is_zero() {
+                return invalid(format!("key `{name}` must be longer than 0s"));
+            }
+        }
+        if l.idle_timeout <= l.ping_interval {
+            return invalid(format!(
+                "key `limits.idle_timeout` ({}) must be longer than `limits.ping_interval` ({}), or idle sessions are closed before they can answer a ping",
+                humantime::format_duration(l.idle_timeout),
+                humantime::format_duration(l.ping_interval)
+            ));
+        }
+        if self.shutdown.drain_timeout <= self.shutdown.drain_delay {
+            return invalid("key `shutdown.drain_timeout` must be longer than `shutdown.drain_delay`".into());
+        }
+        if self.dev && !(self.listen.ip().is_loopback() && self.admin_listen.ip().is_loopback()) {
+            return invalid(format!(
+                "dev mode accepts the well-known API key `dev` and is refused on a non-loopback address ({}); drop --dev or listen on 127.0.0.1",
+                self.listen
+            ));
+        }
+        Ok(())
+    }
+
+    /// The API keys `POST /publish` accepts (adds `dev` in dev mode when none is set).
+    pub fn effective_api_keys(&self) -> Vec<String> {
+        if self.api_keys.is_empty() && self.dev {
+            vec!["dev".into()]
+        } else {
+            self.api_keys.clone()
+        }
+    }
+}
+
+/// Accepts a list, or one comma-separated string (handy in env vars).
+fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCsv {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match ListOrCsv::deserialize(d)? {
+        ListOrCsv::List(l) => l,
+        ListOrCsv::Csv(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/telegraphy.toml")).unwrap();
+        let config = Config::from_toml_str(&text).unwrap();
+        assert_eq!(config.realms, vec!["realm1".to_string()]);
+        assert_eq!(config.limits.max_message_size, 64 * 1024);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_toml_str("listne = \"127.0.0.1:1\"").unwrap_err().to_string();
+        assert!(err.contains("listne"), "{err}");
+        let err = Config::from_toml_str("[limits]\nmax_msg = 3").unwrap_err().to_string();
+        assert!(err.contains("max_msg"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = Config::from_toml_str("listen = \"nowhere\"").unwrap_err().to_string();
+        assert!(err.contains("listen"), "{err}");
+        let err = Config::from_toml_str("[limits]\nhandshake_timeout = \"ten\"").unwrap_err().to_string();
+        assert!(err.contains("handshake_timeout"), "{err}");
+        let err = Config::from_toml_str("bus = \"redis://127.0.0.1\"").unwrap_err().to_string();
+        assert!(err.contains("memory://"), "{err}");
+        let err = Config::from_toml_str("[limits]\nidle_timeout = \"1s\"\nping_interval = \"5s\"").unwrap_err().to_string();
+        assert!(err.contains("idle_timeout"), "{err}");
+        let err = Config::from_toml_str("dev = true\nlisten = \"0.0.0.0:8080\"").unwrap_err().to_string();
+        assert!(err.contains("loopback"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file_and_flags_override_env() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("t.toml", "listen = \"127.0.0.1:1000\"\nrealms = [\"a\"]\n[limits]\nmax_message_size = 2048\n")?;
+            jail.set_env("TELEGRAPHY_LISTEN", "127.0.0.1:2000");
+            jail.set_env("TELEGRAPHY_API_KEYS", "key-one-1234, key-two-1234");
+            jail.set_env("TELEGRAPHY_LIMITS__MAX_MESSAGE_SIZE", "4096");
+            jail.set_env("TELEGRAPHY_API_KEY", "client-side-ignored");
+            let c = Config::load(Some(Path::new("t.toml")), &Overrides::default()).unwrap();
+            assert_eq!(c.listen.port(), 2000);
+            assert_eq!(c.realms, vec!["a".to_string()]);
+            assert_eq!(c.api_keys, vec!["key-one-1234".to_string(), "key-two-1234".to_string()]);
+            assert_eq!(c.limits.max_message_size, 4096);
+            let flags = Overrides { listen: Some("127.0.0.1:3000".parse().unwrap()), ..Default::default() };
+            let c = Config::load(Some(Path::new("t.toml")), &flags).unwrap();
+            assert_eq!(c.listen.port(), 3000);
+            jail.set_env("TELEGRAPHY_LISTN", "127.0.0.1:1");
+            let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("listn"), "{err}");
+            Ok(())
+        });
+    }
+}

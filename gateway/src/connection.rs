@@ -1,0 +1,290 @@
+//! One WebSocket connection: the upgrade (subprotocol negotiation, limits)
+//! and the two tasks that move frames.
+//!
+//! * The **reader** owns the incoming half and the [`Session`]: it decodes
+//!   frames, enforces the hello and idle timeouts and reacts to the drain.
+//! * The **writer** owns the outgoing half: it drains the session's
+//!   [`Outbox`] in batches (many frames, one flush), sends pings, and on
+//!   close writes what is still queued (not for slow consumers) and the
+//!   WebSocket close frame.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use telegraphy_wamp::codes::{close, uri as err};
+use telegraphy_wamp::Serialization;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::time::{sleep_until, Instant};
+
+use crate::hub::SessionHandle;
+use crate::metrics::Violation;
+use crate::node::{random_id, Node};
+use crate::outbox::{frame_len, Outbox};
+use crate::session::{Flow, Session};
+
+/// How long the writer keeps writing queued frames after a close was asked.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most frames written before one flush.
+const WRITE_BATCH: usize = 128;
+
+/// `GET /ws`: negotiates the WAMP subprotocol and starts the session.
+pub async fn upgrade(State(node): State<Arc<Node>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    if node.is_draining() {
+        node.metrics.refused("draining");
+        return (StatusCode::SERVICE_UNAVAILABLE, "this gateway node is draining; connect to another node\n").into_response();
+    }
+    let offered: Vec<&str> = headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let Some(serialization) = offered.iter().find_map(|p| Serialization::from_subprotocol(p)) else {
+        node.metrics.refused("subprotocol");
+        let msg = format!(
+            "Telegraphy speaks WAMP v2: offer the WebSocket subprotocol wamp.2.json or wamp.2.msgpack \
+             (Sec-WebSocket-Protocol header); offered: {}\n",
+            if offered.is_empty() { "none".to_string() } else { offered.join(", ") }
+        );
+        return (StatusCode::BAD_REQUEST, msg).into_response();
+    };
+    let Ok(permit) = node.connections.clone().try_acquire_owned() else {
+        node.metrics.refused("max_connections");
+        return (StatusCode::SERVICE_UNAVAILABLE, "this gateway node is at its connection limit; retry later or connect to another node\n")
+            .into_response();
+    };
+    let limits = &node.config.limits;
+    let mut ws = ws
+        .max_message_size(limits.max_message_size)
+        .max_frame_size(limits.max_message_size)
+        .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"));
+    ws.set_selected_protocol(HeaderValue::from_static(serialization.subprotocol()));
+    let tracker = node.sessions.clone();
+    ws.on_upgrade(move |socket| tracker.track_future(run(node, socket, serialization, permit)))
+}
+
+/// Runs one connection to its end.
+async fn run(node: Arc<Node>, socket: WebSocket, serialization: Serialization, _permit: OwnedSemaphorePermit) {
+    node.metrics.connections.inc();
+    let limits = &node.config.limits;
+    let (outbox, rx) = Outbox::new(limits.outbound_queue_messages, limits.outbound_queue_bytes, node.metrics.clone());
+    let handle = Arc::new(SessionHandle { id: random_id(), serialization, identity: OnceLock::new(), outbox });
+    let (sink, stream) = socket.split();
+    let writer = tokio::spawn(write_loop(node.clone(), handle.clone(), sink, rx));
+    let mut session = Session::new(node.clone(), handle.clone());
+    read_loop(&node, &handle, &mut session, stream).await;
+    session.cleanup();
+    drop(session);
+    let _ = writer.await;
+    node.metrics.connections.dec();
+}
+
+async fn read_loop(node: &Node, handle: &SessionHandle, session: &mut Session, mut stream: SplitStream<WebSocket>) {
+    let limits = &node.config.limits;
+    let metrics = &node.metrics;
+    let si = handle.serialization.index();
+    let mut deadline = Instant::now() + limits.handshake_timeout;
+    let mut draining = false;
+    loop {
+        let flow = tokio::select! {
+            biased;
+            _ = handle.outbox.closing().cancelled() => return,
+            _ = node.shutdown.cancelled(), if !draining => {
+                draining = true;
+                session.shutdown()
+            }
+            _ = sleep_until(deadline) => {
+                if session.is_established() {
+                    session.abort(err::IDLE_TIMEOUT, "nothing received within the idle timeout");
+                    Flow::Close(close::IDLE_TIMEOUT)
+                } else {
+                    metrics.violation(Violation::HelloTimeout);
+                    session.abort(err::HELLO_TIMEOUT, "HELLO did not arrive in time after the WebSocket opened");
+                    Flow::Close(close::HELLO_TIMEOUT)
+                }
+            }
+            frame = stream.next() => match frame {
+                None => {
+                    session.cleanup();
+                    handle.outbox.close(close::NORMAL);
+                    return;
+                }
+                Some(Err(e)) => read_error(session, e),
+                Some(Ok(frame)) => {
+                    if session.is_established() {
+                        deadline = Instant::now() + limits.idle_timeout;
+                    }
+                    match frame {
+                        WsMessage::Text(t) if !handle.serialization.is_binary() => {
+                            metrics.messages_in[si].inc();
+                            metrics.bytes_in[si].inc_by(t.len() as u64);
+                            let flow = session.handle_payload(t.as_bytes()).await;
+                            if session.is_established() {
+                                deadline = Instant::now() + limits.idle_timeout;
+                            }
+                            flow
+                        }
+                        WsMessage::Binary(b) if handle.serialization.is_binary() => {
+                            metrics.messages_in[si].inc();
+                            metrics.bytes_in[si].inc_by(b.len() as u64);
+                            let flow = session.handle_payload(&b).await;
+                            if session.is_established() {
+                                deadline = Instant::now() + limits.idle_timeout;
+                            }
+                            flow
+                        }
+                        WsMessage::Text(_) | WsMessage::Binary(_) => {
+                            let msg = if handle.serialization.is_binary() {
+                                "text frame on a wamp.2.msgpack session; send msgpack in binary frames"
+                            } else {
+                                "binary frame on a wamp.2.json session; send JSON in text frames"
+                            };
+                            match session.violation(Violation::WrongFrameType, msg) {
+                                Flow::Close(_) => Flow::Close(close::UNSUPPORTED_DATA),
+                                f => f,
+                            }
+                        }
+                        WsMessage::Close(_) => {
+                            session.cleanup();
+                            handle.outbox.close(close::NORMAL);
+                            return;
+                        }
+                        WsMessage::Ping(_) | WsMessage::Pong(_) => Flow::Continue,
+                    }
+                }
+            },
+        };
+        if let Flow::Close(code) = flow {
+            handle.outbox.close(code);
+            // Let the writer send what is queued and the close frame; the
+            // peer's close reply (or the socket ending) ends this loop.
+            let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async { while let Some(Ok(_)) = stream.next().await {} }).await;
+            return;
+        }
+    }
+}
+
+fn read_error(session: &mut Session, e: axum::Error) -> Flow {
+    match e.into_inner().downcast::<tungstenite::Error>().map(|b| *b) {
+        Ok(tungstenite::Error::Capacity(c)) => {
+            session.abort(err::MESSAGE_TOO_BIG, &format!("message too big: {c}"));
+            session.count_violation(Violation::TooBig);
+            Flow::Close(close::MESSAGE_TOO_BIG)
+        }
+        Ok(tungstenite::Error::Utf8(_)) => {
+            session.abort(err::PROTOCOL_VIOLATION, "text frame is not valid UTF-8");
+            Flow::Close(close::INVALID_PAYLOAD)
+        }
+        Ok(other) => {
+            tracing::debug!(error = %other, "WebSocket read error; closing");
+            session.cleanup();
+            Flow::Close(close::PROTOCOL_ERROR)
+        }
+        Err(other) => {
+            tracing::debug!(error = %other, "connection error; closing");
+            session.cleanup();
+            Flow::Close(close::PROTOCOL_ERROR)
+        }
+    }
+}
+
+async fn write_loop(
+    node: Arc<Node>,
+    handle: Arc<SessionHandle>,
+    mut sink: SplitSink<WebSocket, WsMessage>,
+    mut rx: mpsc::Receiver<WsMessage>,
+) {
+    let metrics = &node.metrics;
+    let si = handle.serialization.index();
+    let closing = handle.outbox.closing().clone();
+    let mut ping = tokio::time::interval(node.config.limits.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    let mut batch: Vec<WsMessage> = Vec::with_capacity(16);
+    loop {
+        tokio::select! {
+            biased;
+            _ = closing.cancelled() => break,
+            n = rx.recv_many(&mut batch, WRITE_BATCH) => {
+                if n == 0 {
+                    break;
+                }
+                let written = tokio::select! {
+                    r = write_batch(&mut sink, &mut batch) => r,
+                    _ = closing.cancelled() => break,
+                };
+                match written {
+                    Ok(bytes) => {
+                        handle.outbox.written(bytes);
+                        metrics.messages_out[si].inc_by(n as u64);
+                        metrics.bytes_out[si].inc_by(bytes as u64);
+                    }
+                    Err(_) => {
+                        handle.outbox.close(close::NORMAL);
+                        break;
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                let sent = tokio::select! {
+                    r = sink.send(WsMessage::Ping(Default::default())) => r,
+                    _ = closing.cancelled() => break,
+                };
+                if sent.is_err() {
+                    handle.outbox.close(close::NORMAL);
+                    break;
+                }
+            }
+        }
+    }
+    let code = handle.outbox.close_code().unwrap_or(close::NORMAL);
+    node.metrics.disconnect(code);
+    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
+        if code != close::SLOW_CONSUMER {
+            rx.close();
+            batch.clear();
+            while let Ok(frame) = rx.try_recv() {
+                batch.push(frame);
+            }
+            if write_batch(&mut sink, &mut batch).await.is_err() {
+                return;
+            }
+        }
+        let reason = close_reason(code);
+        let _ = sink.send(WsMessage::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+    })
+    .await;
+}
+
+async fn write_batch(sink: &mut SplitSink<WebSocket, WsMessage>, batch: &mut Vec<WsMessage>) -> Result<usize, axum::Error> {
+    let mut bytes = 0;
+    for frame in batch.drain(..) {
+        bytes += frame_len(&frame);
+        sink.feed(frame).await?;
+    }
+    sink.flush().await?;
+    Ok(bytes)
+}
+
+/// The reason text sent with each close code (`docs/protocol.md`).
+pub fn close_reason(code: u16) -> &'static str {
+    match code {
+        close::NORMAL => "normal closure",
+        close::PROTOCOL_ERROR => "WAMP protocol violation",
+        close::UNSUPPORTED_DATA => "wrong frame type for the negotiated serializer",
+        close::INVALID_PAYLOAD => "text frame is not valid UTF-8",
+        close::MESSAGE_TOO_BIG => "message too big",
+        close::SERVICE_RESTART => "gateway node restarting: reconnect to another node",
+        close::SLOW_CONSUMER => "slow consumer: outbound queue full, reconnect",
+        close::IDLE_TIMEOUT => "idle timeout, reconnect",
+        close::HELLO_TIMEOUT => "HELLO not received in time",
+        _ => "",
+    }
+}

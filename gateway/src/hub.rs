@@ -1,0 +1,276 @@
+//! The subscription registry of one realm on this node, and event fan-out.
+//!
+//! Subscriptions are shared per (match policy, URI): every session that
+//! subscribes to the same pair gets the same subscription id, so an event is
+//! encoded once per (subscription, serializer) and the very same bytes are
+//! queued to every subscriber.
+//!
+//! Lookup cost per event: one hash lookup for exact subscriptions, one per
+//! distinct prefix length for prefix subscriptions, and a component-wise
+//! check of the wildcard patterns that have as many components as the topic.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Instant;
+
+use axum::extract::ws::{Message as WsMessage, Utf8Bytes};
+use telegraphy_bus::{Bus, Envelope};
+use telegraphy_wamp::{Dict, EventRef, Id, MatchPolicy, Serialization, Value};
+
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+
+/// What the hub knows of a session: enough to route and filter events.
+pub struct SessionHandle {
+    /// The WAMP session id.
+    pub id: Id,
+    /// The session's serializer, to pick the right encoded bytes.
+    pub serialization: Serialization,
+    /// Who the session is; set once, at WELCOME.
+    pub identity: OnceLock<Identity>,
+    /// Where its frames go.
+    pub outbox: Outbox,
+}
+
+/// A session's authenticated identity.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// `authid`.
+    pub authid: String,
+    /// `authrole`.
+    pub authrole: String,
+}
+
+struct Subscription {
+    policy: MatchPolicy,
+    uri: Arc<str>,
+    subscribers: HashMap<Id, Arc<SessionHandle>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    next_id: Id,
+    by_key: HashMap<(MatchPolicy, Arc<str>), Id>,
+    subs: HashMap<Id, Subscription>,
+    exact: HashMap<Arc<str>, Id>,
+    prefix: HashMap<Arc<str>, Id>,
+    /// Distinct prefix lengths in use (length → how many prefixes).
+    prefix_lens: BTreeMap<usize, usize>,
+    /// Wildcard subscriptions by component count.
+    wildcard: HashMap<usize, Vec<Id>>,
+}
+
+/// Result of [`Hub::subscribe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscribed {
+    /// The (shared) subscription id.
+    pub id: Id,
+    /// False when the session already held this subscription.
+    pub new_for_session: bool,
+}
+
+/// The subscriptions of one realm.
+pub struct Hub {
+    inner: RwLock<Inner>,
+    bus: Arc<dyn Bus>,
+    metrics: Arc<Metrics>,
+    /// This node's id, to recognise its own sessions in `exclude_me`.
+    node_id: u64,
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new(bus: Arc<dyn Bus>, metrics: Arc<Metrics>, node_id: u64) -> Hub {
+        Hub { inner: RwLock::new(Inner { next_id: 1, ..Default::default() }), bus, metrics, node_id }
+    }
+
+    /// Adds `session` to the subscription for (policy, uri), creating it if needed.
+    pub fn subscribe(&self, session: &Arc<SessionHandle>, policy: MatchPolicy, uri: &str) -> Subscribed {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let key: Arc<str> = Arc::from(uri);
+        let id = match inner.by_key.get(&(policy, key.clone())) {
+            Some(id) => *id,
+            None => {
+                let id = inner.next_id;
+                inner.next_id += 1;
+                inner.by_key.insert((policy, key.clone()), id);
+                inner.subs.insert(id, Subscription { policy, uri: key.clone(), subscribers: HashMap::new() });
+                match policy {
+                    MatchPolicy::Exact => {
+                        inner.exact.insert(key.clone(), id);
+                    }
+                    MatchPolicy::Prefix => {
+                        inner.prefix.insert(key.clone(), id);
+                        *inner.prefix_lens.entry(key.len()).or_default() += 1;
+                    }
+                    MatchPolicy::Wildcard => {
+                        inner.wildcard.entry(key.split('.').count()).or_default().push(id);
+                    }
+                }
+                self.metrics.topics.inc();
+                self.bus.add_interest(policy, uri);
+                id
+            }
+        };
+        let sub = inner.subs.get_mut(&id).expect("indexed subscription exists");
+        let new_for_session = sub.subscribers.insert(session.id, session.clone()).is_none();
+        if new_for_session {
+            self.metrics.subscriptions.inc();
+        }
+        Subscribed { id, new_for_session }
+    }
+
+    /// Removes `session` from subscription `id`; false if it was not in it.
+    pub fn unsubscribe(&self, session: Id, id: Id) -> bool {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        self.unsubscribe_locked(&mut inner, session, id)
+    }
+
+    /// Removes a closing session from all of its subscriptions.
+    pub fn remove_session(&self, session: Id, subscriptions: impl IntoIterator<Item = Id>) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        for id in subscriptions {
+            self.unsubscribe_locked(&mut inner, session, id);
+        }
+    }
+
+    fn unsubscribe_locked(&self, inner: &mut Inner, session: Id, id: Id) -> bool {
+        let Some(sub) = inner.subs.get_mut(&id) else { return false };
+        if sub.subscribers.remove(&session).is_none() {
+            return false;
+        }
+        self.metrics.subscriptions.dec();
+        if sub.subscribers.is_empty() {
+            let sub = inner.subs.remove(&id).expect("present");
+            inner.by_key.remove(&(sub.policy, sub.uri.clone()));
+            match sub.policy {
+                MatchPolicy::Exact => {
+                    inner.exact.remove(&sub.uri);
+                }
+                MatchPolicy::Prefix => {
+                    inner.prefix.remove(&sub.uri);
+                    if let Some(n) = inner.prefix_lens.get_mut(&sub.uri.len()) {
+                        *n -= 1;
+                        if *n == 0 {
+                            inner.prefix_lens.remove(&sub.uri.len());
+                        }
+                    }
+                }
+                MatchPolicy::Wildcard => {
+                    let count = sub.uri.split('.').count();
+                    if let Some(ids) = inner.wildcard.get_mut(&count) {
+                        ids.retain(|x| *x != id);
+                        if ids.is_empty() {
+                            inner.wildcard.remove(&count);
+                        }
+                    }
+                }
+            }
+            self.metrics.topics.dec();
+            self.bus.remove_interest(sub.policy, &sub.uri);
+        }
+        true
+    }
+
+    /// Queues `event` to every local session it is for. Returns how many
+    /// EVENT messages were queued.
+    pub fn dispatch(&self, event: &Envelope) -> usize {
+        let started = Instant::now();
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let topic = event.topic.as_str();
+        let mut matched: Vec<Id> = Vec::new();
+        if let Some(id) = inner.exact.get(topic) {
+            matched.push(*id);
+        }
+        for &len in inner.prefix_lens.keys() {
+            if len > topic.len() {
+                break;
+            }
+            if topic.is_char_boundary(len) {
+                if let Some(id) = inner.prefix.get(&topic[..len]) {
+                    matched.push(*id);
+                }
+            }
+        }
+        if !inner.wildcard.is_empty() {
+            if let Some(ids) = inner.wildcard.get(&topic.split('.').count()) {
+                for id in ids {
+                    if MatchPolicy::Wildcard.matches(&inner.subs[id].uri, topic) {
+                        matched.push(*id);
+                    }
+                }
+            }
+        }
+        let mut delivered = 0;
+        let publisher = event.publisher.as_ref();
+        let excluded_self = publisher.filter(|p| p.exclude_me && p.node == self.node_id).map(|p| p.session);
+        let open = event.filter.is_open();
+        for id in matched {
+            let sub = &inner.subs[&id];
+            let mut details = Dict::new();
+            if sub.policy != MatchPolicy::Exact {
+                details.insert("topic".into(), Value::Str(event.topic.clone()));
+            }
+            if let Some(p) = publisher.filter(|p| p.disclose_me) {
+                details.insert("publisher".into(), Value::UInt(p.session));
+                details.insert("publisher_authid".into(), Value::Str(p.authid.clone()));
+                details.insert("publisher_authrole".into(), Value::Str(p.authrole.clone()));
+            }
+            let eref = EventRef {
+                subscription: id,
+                publication: event.publication,
+                details: &details,
+                args: &event.args,
+                kwargs: &event.kwargs,
+            };
+            let mut frames: [Option<WsMessage>; 2] = [None, None];
+            for (sid, session) in &sub.subscribers {
+                if excluded_self == Some(*sid) {
+                    continue;
+                }
+                if !open {
+                    let Some(who) = session.identity.get() else { continue };
+                    if !event.filter.admits(*sid, &who.authid, &who.authrole) {
+                        continue;
+                    }
+                }
+                let s = session.serialization;
+                let frame = match &frames[s.index()] {
+                    Some(f) => f.clone(),
+                    None => match encode_frame(s, &eref) {
+                        Some(f) => {
+                            frames[s.index()] = Some(f.clone());
+                            f
+                        }
+                        None => return delivered,
+                    },
+                };
+                if session.outbox.push(frame).is_ok() {
+                    delivered += 1;
+                }
+            }
+        }
+        drop(inner);
+        self.metrics.events_delivered.inc_by(delivered as u64);
+        self.metrics.fanout_duration.observe(started.elapsed().as_secs_f64());
+        delivered
+    }
+}
+
+/// Encodes a message into a WebSocket frame of the serializer's type.
+pub fn encode_frame<T: serde::Serialize + ?Sized>(s: Serialization, msg: &T) -> Option<WsMessage> {
+    match s.encode(msg) {
+        Ok(bytes) if s.is_binary() => Some(WsMessage::Binary(bytes)),
+        Ok(bytes) => match Utf8Bytes::try_from(bytes) {
+            Ok(text) => Some(WsMessage::Text(text)),
+            Err(_) => {
+                tracing::error!("JSON encoder produced invalid UTF-8; message not sent");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "could not encode a message; not sent");
+            None
+        }
+    }
+}

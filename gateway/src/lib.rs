@@ -1,0 +1,33 @@
+//! Telegraphy gateway node: a WAMP v2 broker over WebSocket, fed by an
+//! event bus, so that any number of stateless nodes can serve browsers.
+//!
+//! # Layout
+//!
+//! * [`config`]: the one [`Config`](config::Config) struct (TOML file,
+//!   `TELEGRAPHY_*` env, flags), validated at startup.
+//! * [`server`]: listeners, routes and the single owner of shutdown/drain.
+//! * [`connection`]: the WebSocket upgrade and the reader/writer tasks.
+//! * [`session`]: the WAMP session state machine (HELLO to GOODBYE).
+//! * [`hub`]: a realm's subscriptions and event fan-out (encode once per
+//!   subscription and serializer, share the bytes).
+//! * [`outbox`]: each session's bounded outbound queue and its slow-consumer policy.
+//! * [`publish`]: `POST /publish` for the web-app side.
+//! * [`options`]: publish options shared by WAMP and HTTP.
+//! * [`node`]: state shared by every connection; the bus dispatcher.
+//! * [`metrics`]: Prometheus metric names and handles.
+//!
+//! The WAMP codec lives in `telegraphy-wamp` and the bus in `telegraphy-bus`.
+
+pub mod config;
+pub mod connection;
+pub mod hub;
+pub mod metrics;
+pub mod node;
+pub mod options;
+pub mod outbox;
+pub mod publish;
+pub mod server;
+pub mod session;
+
+pub use config::Config;
+pub use server::Gateway;

@@ -1,0 +1,124 @@
+//! `telegraphy-gateway`: run one Telegraphy gateway node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use telegraphy_gateway::config::{LogFormat, LogOverrides, Overrides, UriRulesSetting};
+use telegraphy_gateway::{server, Config, Gateway};
+
+/// Telegraphy gateway: a WAMP v2 broker that pushes server-side events to browsers.
+///
+/// Settings come from defaults, then --config FILE, then TELEGRAPHY_* environment
+/// variables (nested keys with `__`, e.g. TELEGRAPHY_LIMITS__MAX_MESSAGE_SIZE=131072),
+/// then these flags. See docs/configuration.md.
+#[derive(Parser, Debug)]
+#[command(version, after_help = "Examples:\n  telegraphy-gateway --dev                      # demo page at http://127.0.0.1:8080/\n  telegraphy-gateway --config deploy/telegraphy.toml\n  TELEGRAPHY_API_KEYS=$(openssl rand -hex 24) telegraphy-gateway --listen 0.0.0.0:8080")]
+struct Args {
+    /// TOML configuration file (see deploy/telegraphy.toml).
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Public listener: WebSocket at /ws, POST /publish [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Admin listener: /metrics, /healthz, /readyz [default: 127.0.0.1:9090].
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
+    /// Event bus URL [default: memory://].
+    #[arg(long, value_name = "URL")]
+    bus: Option<String>,
+    /// A realm sessions may join (repeat for several) [default: realm1].
+    #[arg(long = "realm", value_name = "URI")]
+    realms: Vec<String>,
+    /// API keys for POST /publish, comma-separated.
+    #[arg(long, value_name = "KEYS", value_delimiter = ',')]
+    api_keys: Vec<String>,
+    /// URI rules for topics [default: loose].
+    #[arg(long, value_enum)]
+    uri_rules: Option<UriRulesSetting>,
+    /// Development mode: live demo page at /, API key `dev`; loopback only.
+    #[arg(long)]
+    dev: bool,
+    /// Log format [default: text].
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Log filter, e.g. info, debug, telegraphy_gateway=debug [default: info].
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Print the effective configuration (secrets left out) and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+impl Args {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            bus: self.bus.clone(),
+            realms: (!self.realms.is_empty()).then(|| self.realms.clone()),
+            api_keys: (!self.api_keys.is_empty()).then(|| self.api_keys.clone()),
+            uri_rules: self.uri_rules,
+            dev: self.dev.then_some(true),
+            log: (self.log_format.is_some() || self.log_level.is_some())
+                .then(|| LogOverrides { format: self.log_format, level: self.log_level.clone() }),
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(args.config.as_deref(), &args.overrides()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("telegraphy-gateway: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if args.print_config {
+        match toml::to_string_pretty(&config) {
+            Ok(text) => {
+                print!("{text}");
+                return std::process::ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("telegraphy-gateway: cannot print the configuration: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
+    if let Err(e) = init_logging(&config) {
+        eprintln!("telegraphy-gateway: {e:#}");
+        return std::process::ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("telegraphy-gateway: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(async {
+        let gateway = Gateway::bind(config).await?;
+        gateway.run(server::shutdown_signal()).await
+    }) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("telegraphy-gateway: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .with_context(|| format!("key `log.level`: `{}` is not a valid log filter (try info or debug)", config.log.level))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    match config.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
+}

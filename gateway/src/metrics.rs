@@ -1,0 +1,211 @@
+//! Prometheus metrics: names as constants, labels few and bounded.
+//!
+//! Hot paths never look labels up: handles are resolved once here and
+//! stored in [`Metrics`]; per-serializer counters are indexed by
+//! [`Serialization::index`].
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use telegraphy_wamp::Serialization;
+
+/// Metric names (the dashboard and alert rules query these).
+pub mod name {
+    /// Open WebSocket connections.
+    pub const CONNECTIONS: &str = "telegraphy_connections";
+    /// WebSocket upgrades refused, by reason.
+    pub const CONNECTIONS_REFUSED: &str = "telegraphy_connections_refused_total";
+    /// Established WAMP sessions.
+    pub const SESSIONS: &str = "telegraphy_sessions";
+    /// WAMP sessions established since start.
+    pub const SESSIONS_TOTAL: &str = "telegraphy_sessions_total";
+    /// Closed connections, by WebSocket close code.
+    pub const DISCONNECTS: &str = "telegraphy_disconnects_total";
+    /// Session subscriptions held (one per session and subscription).
+    pub const SUBSCRIPTIONS: &str = "telegraphy_subscriptions";
+    /// Distinct (topic, match policy) subscriptions on this node.
+    pub const TOPICS: &str = "telegraphy_topics";
+    /// WAMP messages received, by serializer.
+    pub const MESSAGES_IN: &str = "telegraphy_messages_in_total";
+    /// WAMP messages sent, by serializer.
+    pub const MESSAGES_OUT: &str = "telegraphy_messages_out_total";
+    /// Payload bytes received, by serializer.
+    pub const BYTES_IN: &str = "telegraphy_bytes_in_total";
+    /// Payload bytes sent, by serializer.
+    pub const BYTES_OUT: &str = "telegraphy_bytes_out_total";
+    /// Events accepted by the bus, by source (`wamp`, `http`).
+    pub const EVENTS_PUBLISHED: &str = "telegraphy_events_published_total";
+    /// Events taken from the bus and fanned out on this node.
+    pub const EVENTS_RECEIVED: &str = "telegraphy_events_received_total";
+    /// EVENT messages queued to sessions.
+    pub const EVENTS_DELIVERED: &str = "telegraphy_events_delivered_total";
+    /// Time to fan one event out to every local subscriber's queue.
+    pub const FANOUT_DURATION: &str = "telegraphy_fanout_duration_seconds";
+    /// Protocol violations, by kind.
+    pub const PROTOCOL_VIOLATIONS: &str = "telegraphy_protocol_violations_total";
+    /// Sessions closed because their outbound queue was full.
+    pub const SLOW_CONSUMER_CLOSES: &str = "telegraphy_slow_consumer_closes_total";
+    /// Messages dropped because a session's outbound queue was full.
+    pub const QUEUE_DROPS: &str = "telegraphy_queue_drops_total";
+    /// HTTP publish requests refused, by status code.
+    pub const HTTP_PUBLISH_ERRORS: &str = "telegraphy_http_publish_errors_total";
+}
+
+/// Protocol violation kinds (the `kind` label).
+#[derive(Debug, Clone, Copy)]
+pub enum Violation {
+    /// Not valid JSON / msgpack.
+    Malformed,
+    /// Valid data, not a valid WAMP message (code, arity, types).
+    InvalidMessage,
+    /// A message not allowed in the session's state.
+    WrongState,
+    /// A binary frame on a JSON session or a text frame on msgpack.
+    WrongFrameType,
+    /// Larger than `limits.max_message_size`.
+    TooBig,
+    /// HELLO did not come in time.
+    HelloTimeout,
+}
+
+impl Violation {
+    const ALL: [Violation; 6] = [
+        Violation::Malformed,
+        Violation::InvalidMessage,
+        Violation::WrongState,
+        Violation::WrongFrameType,
+        Violation::TooBig,
+        Violation::HelloTimeout,
+    ];
+    fn label(self) -> &'static str {
+        match self {
+            Violation::Malformed => "malformed",
+            Violation::InvalidMessage => "invalid_message",
+            Violation::WrongState => "wrong_state",
+            Violation::WrongFrameType => "wrong_frame_type",
+            Violation::TooBig => "too_big",
+            Violation::HelloTimeout => "hello_timeout",
+        }
+    }
+}
+
+/// Every metric handle the gateway updates.
+#[allow(missing_docs)]
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntGauge,
+    connections_refused: IntCounterVec,
+    pub sessions: IntGauge,
+    pub sessions_total: IntCounter,
+    disconnects: IntCounterVec,
+    pub subscriptions: IntGauge,
+    pub topics: IntGauge,
+    pub messages_in: [IntCounter; 2],
+    pub messages_out: [IntCounter; 2],
+    pub bytes_in: [IntCounter; 2],
+    pub bytes_out: [IntCounter; 2],
+    pub published_wamp: IntCounter,
+    pub published_http: IntCounter,
+    pub events_received: IntCounter,
+    pub events_delivered: IntCounter,
+    pub fanout_duration: Histogram,
+    violations: [IntCounter; 6],
+    pub slow_consumer_closes: IntCounter,
+    pub queue_drops: IntCounter,
+    http_publish_errors: IntCounterVec,
+}
+
+fn per_serializer(registry: &Registry, name: &str, help: &str) -> [IntCounter; 2] {
+    let vec = IntCounterVec::new(Opts::new(name, help), &["serializer"]).expect("valid metric");
+    registry.register(Box::new(vec.clone())).expect("unique metric");
+    Serialization::ALL.map(|s| vec.with_label_values(&[s.label()]))
+}
+
+impl Metrics {
+    /// Creates and registers every metric (plus process CPU and memory).
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let reg = |c: Box<dyn prometheus::core::Collector>| registry.register(c).expect("unique metric");
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            reg(Box::new(g.clone()));
+            g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            reg(Box::new(c.clone()));
+            c
+        };
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            reg(Box::new(c.clone()));
+            c
+        };
+        #[cfg(target_os = "linux")]
+        reg(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+
+        let published = counter_vec(name::EVENTS_PUBLISHED, "Events accepted by the bus, by source.", "source");
+        let violations_vec = counter_vec(name::PROTOCOL_VIOLATIONS, "WAMP protocol violations, by kind.", "kind");
+        let fanout_duration = Histogram::with_opts(
+            HistogramOpts::new(name::FANOUT_DURATION, "Time to queue one event to every local subscriber.").buckets(vec![
+                0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+            ]),
+        )
+        .expect("valid metric");
+        reg(Box::new(fanout_duration.clone()));
+        Metrics {
+            connections: gauge(name::CONNECTIONS, "Open WebSocket connections."),
+            connections_refused: counter_vec(name::CONNECTIONS_REFUSED, "WebSocket upgrades refused, by reason.", "reason"),
+            sessions: gauge(name::SESSIONS, "Established WAMP sessions."),
+            sessions_total: counter(name::SESSIONS_TOTAL, "WAMP sessions established since start."),
+            disconnects: counter_vec(name::DISCONNECTS, "Closed WebSocket connections, by close code.", "code"),
+            subscriptions: gauge(name::SUBSCRIPTIONS, "Subscriptions held by sessions."),
+            topics: gauge(name::TOPICS, "Distinct (topic, match policy) subscriptions."),
+            messages_in: per_serializer(&registry, name::MESSAGES_IN, "WAMP messages received."),
+            messages_out: per_serializer(&registry, name::MESSAGES_OUT, "WAMP messages sent."),
+            bytes_in: per_serializer(&registry, name::BYTES_IN, "WAMP payload bytes received."),
+            bytes_out: per_serializer(&registry, name::BYTES_OUT, "WAMP payload bytes sent."),
+            published_wamp: published.with_label_values(&["wamp"]),
+            published_http: published.with_label_values(&["http"]),
+            events_received: counter(name::EVENTS_RECEIVED, "Events taken from the bus for fan-out."),
+            events_delivered: counter(name::EVENTS_DELIVERED, "EVENT messages queued to sessions."),
+            fanout_duration,
+            violations: Violation::ALL.map(|v| violations_vec.with_label_values(&[v.label()])),
+            slow_consumer_closes: counter(name::SLOW_CONSUMER_CLOSES, "Sessions closed for not keeping up."),
+            queue_drops: counter(name::QUEUE_DROPS, "Messages dropped because a session queue was full."),
+            http_publish_errors: counter_vec(name::HTTP_PUBLISH_ERRORS, "HTTP publish requests refused, by status.", "status"),
+            registry,
+        }
+    }
+
+    /// Counts a protocol violation.
+    pub fn violation(&self, kind: Violation) {
+        self.violations[kind as usize].inc();
+    }
+
+    /// Counts a closed connection by its close code.
+    pub fn disconnect(&self, code: u16) {
+        self.disconnects.with_label_values(&[&code.to_string()]).inc();
+    }
+
+    /// Counts a refused WebSocket upgrade (`reason` is a fixed word).
+    pub fn refused(&self, reason: &'static str) {
+        self.connections_refused.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a refused HTTP publish.
+    pub fn http_publish_error(&self, status: u16) {
+        self.http_publish_errors.with_label_values(&[&status.to_string()]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding of metrics cannot fail");
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

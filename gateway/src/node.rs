@@ -1,0 +1,114 @@
+//! What every connection on this node shares: configuration, the realms'
+//! hubs, the bus, metrics, readiness and the shutdown signal.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use telegraphy_bus::{Bus, Envelope};
+use telegraphy_wamp::{Id, UriRules, MAX_ID};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+/// The state of one gateway node.
+pub struct Node {
+    /// The validated configuration.
+    pub config: Config,
+    /// Random id of this node, carried in envelopes for `exclude_me`.
+    pub id: u64,
+    /// One hub per realm.
+    pub hubs: HashMap<String, Arc<Hub>>,
+    /// Where events go.
+    pub bus: Arc<dyn Bus>,
+    /// Metric handles.
+    pub metrics: Arc<Metrics>,
+    /// URI rules, from the config.
+    pub uri_rules: UriRules,
+    /// API keys accepted by `POST /publish`.
+    pub api_keys: Vec<String>,
+    /// Bounds concurrent WebSocket connections (`limits.max_connections`).
+    pub connections: Arc<Semaphore>,
+    /// False while draining; `/readyz` reports it.
+    draining: AtomicBool,
+    /// Cancelled when sessions must wind down (drain).
+    pub shutdown: CancellationToken,
+    /// Tracks every session task, so the drain can wait for them.
+    pub sessions: TaskTracker,
+}
+
+impl Node {
+    /// Builds a node around a bus.
+    pub fn new(config: Config, bus: Arc<dyn Bus>, metrics: Arc<Metrics>) -> Arc<Node> {
+        let id = fastrand::u64(1..);
+        let hubs = config
+            .realms
+            .iter()
+            .map(|realm| (realm.clone(), Arc::new(Hub::new(bus.clone(), metrics.clone(), id))))
+            .collect();
+        Arc::new(Node {
+            uri_rules: config.uri_rules.into(),
+            api_keys: config.effective_api_keys(),
+            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            config,
+            id,
+            hubs,
+            bus,
+            metrics,
+            draining: AtomicBool::new(false),
+            shutdown: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+        })
+    }
+
+    /// Whether the node should receive traffic.
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && self.bus.is_ready()
+    }
+
+    /// Whether a drain has started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Marks the node as draining (`/readyz` turns 503, upgrades are refused).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Takes events from the bus and fans them out until the bus closes or
+    /// the node shuts down.
+    pub async fn run_dispatcher(self: Arc<Self>, mut events: mpsc::Receiver<Envelope>) {
+        let mut batch = Vec::with_capacity(64);
+        loop {
+            batch.clear();
+            if events.recv_many(&mut batch, 64).await == 0 {
+                return;
+            }
+            self.metrics.events_received.inc_by(batch.len() as u64);
+            for event in &batch {
+                match self.hubs.get(&event.realm) {
+                    Some(hub) => {
+                        hub.dispatch(event);
+                    }
+                    None => tracing::debug!(realm = %event.realm, "event for a realm this node does not serve; dropped"),
+                }
+            }
+        }
+    }
+}
+
+/// A random WAMP global-scope id (session, publication) in `1..=2^53`.
+pub fn random_id() -> Id {
+    fastrand::u64(1..=MAX_ID)
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}

@@ -1,0 +1,152 @@
+//! `POST /publish`: the web-app side publishes an event over HTTP.
+//!
+//! Body: `{"topic": "...", "args": [...], "kwargs": {...}, "options": {...},
+//! "realm": "..."}` (only `topic` is required). Answer: `{"id": N}` once the
+//! bus accepted the event, or `{"error": "...", "message": "..."}`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use telegraphy_bus::Envelope;
+use telegraphy_wamp::{uri, Dict, UriKind, Value};
+
+use crate::node::{now_us, random_id, Node};
+use crate::options;
+
+/// An HTTP publish failure: status, a stable error code and a message.
+struct PublishFailure(StatusCode, &'static str, String);
+
+impl PublishFailure {
+    fn bad(message: impl Into<String>) -> Self {
+        PublishFailure(StatusCode::BAD_REQUEST, "bad_request", message.into())
+    }
+}
+
+/// The handler.
+pub async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let result = match body {
+        Ok(body) => handle(&node, &headers, &body).await,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(too_large(&node, None)),
+        Err(rejection) => Err(PublishFailure::bad(format!("could not read the body: {rejection}"))),
+    };
+    match result {
+        Ok(id) => (StatusCode::OK, Json(json!({ "id": id }))).into_response(),
+        Err(PublishFailure(status, error, message)) => {
+            node.metrics.http_publish_error(status.as_u16());
+            (status, Json(json!({ "error": error, "message": message }))).into_response()
+        }
+    }
+}
+
+async fn handle(node: &Node, headers: &HeaderMap, body: &[u8]) -> Result<u64, PublishFailure> {
+    authorize(node, headers)?;
+    if body.len() > node.config.limits.max_message_size {
+        return Err(too_large(node, Some(body.len())));
+    }
+    let value = telegraphy_wamp::Serialization::Json
+        .decode_value(body)
+        .map_err(|e| PublishFailure::bad(format!("the body must be a JSON object: {e}")))?;
+    let Value::Dict(mut fields) = value else {
+        return Err(PublishFailure::bad("the body must be a JSON object with at least a \"topic\""));
+    };
+    let topic = match fields.remove("topic") {
+        Some(Value::Str(t)) => t,
+        Some(other) => return Err(PublishFailure::bad(format!("\"topic\" must be a string, got {}", other.type_name()))),
+        None => return Err(PublishFailure::bad("\"topic\" is missing")),
+    };
+    let args = match fields.remove("args") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::List(l)) => l,
+        Some(other) => return Err(PublishFailure::bad(format!("\"args\" must be a list, got {}", other.type_name()))),
+    };
+    let kwargs = match fields.remove("kwargs") {
+        None | Some(Value::Null) => Dict::new(),
+        Some(Value::Dict(d)) => d,
+        Some(other) => return Err(PublishFailure::bad(format!("\"kwargs\" must be an object, got {}", other.type_name()))),
+    };
+    let opts = match fields.remove("options") {
+        None | Some(Value::Null) => Dict::new(),
+        Some(Value::Dict(d)) => d,
+        Some(other) => return Err(PublishFailure::bad(format!("\"options\" must be an object, got {}", other.type_name()))),
+    };
+    let realm = match fields.remove("realm") {
+        None | Some(Value::Null) => node.config.realms[0].clone(),
+        Some(Value::Str(r)) if node.hubs.contains_key(&r) => r,
+        Some(Value::Str(r)) => return Err(PublishFailure::bad(format!("realm `{r}` does not exist on this gateway"))),
+        Some(other) => return Err(PublishFailure::bad(format!("\"realm\" must be a string, got {}", other.type_name()))),
+    };
+    if let Some(key) = fields.keys().next() {
+        return Err(PublishFailure::bad(format!(
+            "unknown field \"{key}\"; the body takes topic, args, kwargs, options and realm"
+        )));
+    }
+    if !uri::is_valid(&topic, node.uri_rules, UriKind::Concrete) {
+        return Err(PublishFailure::bad(format!("`{topic}` is not a valid topic URI (dot-separated, no empty parts)")));
+    }
+    if topic.starts_with("wamp.") {
+        return Err(PublishFailure::bad("topics under `wamp.` are reserved for the router"));
+    }
+    let opts = options::parse(&opts).map_err(PublishFailure::bad)?;
+    let publication = random_id();
+    let event = Envelope {
+        realm,
+        publication,
+        topic,
+        args,
+        kwargs,
+        filter: opts.filter,
+        publisher: None,
+        published_at_us: now_us(),
+    };
+    node.bus
+        .publish(event)
+        .await
+        .map_err(|e| PublishFailure(StatusCode::SERVICE_UNAVAILABLE, "bus_unavailable", format!("{e}; retry later")))?;
+    node.metrics.published_http.inc();
+    Ok(publication)
+}
+
+fn too_large(node: &Node, len: Option<usize>) -> PublishFailure {
+    let size = len.map(|l| format!("{l} bytes")).unwrap_or_else(|| "too large".into());
+    PublishFailure(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("the body is {size}; the limit is {} bytes (limits.max_message_size)", node.config.limits.max_message_size),
+    )
+}
+
+fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), PublishFailure> {
+    if node.api_keys.is_empty() {
+        return Err(PublishFailure(
+            StatusCode::FORBIDDEN,
+            "publishing_disabled",
+            "HTTP publishing is off on this gateway: configure api_keys (TELEGRAPHY_API_KEYS)".into(),
+        ));
+    }
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(PublishFailure(
+            StatusCode::UNAUTHORIZED,
+            "missing_api_key",
+            "send the API key as `Authorization: Bearer KEY`".into(),
+        ));
+    };
+    let key = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim).ok_or_else(|| {
+        PublishFailure(StatusCode::UNAUTHORIZED, "missing_api_key", "the Authorization header must be `Bearer KEY`".into())
+    })?;
+    let mut ok = false;
+    for candidate in &node.api_keys {
+        ok |= bool::from(candidate.as_bytes().ct_eq(key.as_bytes()));
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err(PublishFailure(StatusCode::FORBIDDEN, "invalid_api_key", "this API key is not accepted by this gateway".into()))
+    }
+}

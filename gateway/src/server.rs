@@ -1,0 +1,186 @@
+//! The listeners and the node's lifecycle, start to drain. This module is
+//! the one owner of shutdown:
+//!
+//! 1. a signal (SIGTERM / SIGINT) or the caller's trigger arrives;
+//! 2. the node turns not ready (`/readyz` 503) and refuses new WebSockets;
+//! 3. after `shutdown.drain_delay` the public listener stops accepting and
+//!    every session gets GOODBYE `wamp.close.system_shutdown` and close code
+//!    1012 (reconnect to another node);
+//! 4. [`run`] returns when every session ended, or at `shutdown.drain_timeout`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse};
+use axum::routing::{get, post};
+use axum::Router;
+use telegraphy_bus::{Bus, Envelope, MemoryBus};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::{connection, publish};
+
+const DEMO_PAGE: &str = include_str!("../assets/demo.html");
+
+/// A gateway whose listeners are bound, ready to [`run`](Gateway::run).
+pub struct Gateway {
+    node: Arc<Node>,
+    events: mpsc::Receiver<Envelope>,
+    public: TcpListener,
+    admin: TcpListener,
+}
+
+impl Gateway {
+    /// Builds the node and binds both listeners (so bind errors surface here).
+    pub async fn bind(config: Config) -> anyhow::Result<Gateway> {
+        use anyhow::Context as _;
+        let metrics = Arc::new(Metrics::new());
+        let (bus, events) = MemoryBus::new(config.limits.bus_queue);
+        let bus: Arc<dyn Bus> = Arc::new(bus);
+        let public = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (listen); is another process using it?", config.listen))?;
+        let admin = TcpListener::bind(config.admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin_listen); is another process using it?", config.admin_listen))?;
+        let node = Node::new(config, bus, metrics);
+        Ok(Gateway { node, events, public, admin })
+    }
+
+    /// The bound public address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.public.local_addr().expect("bound listener has an address")
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().expect("bound listener has an address")
+    }
+
+    /// The node (for tests and embedding).
+    pub fn node(&self) -> Arc<Node> {
+        self.node.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains (see the module docs).
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Gateway { node, events, public, admin } = self;
+        let config = &node.config;
+        tracing::info!(
+            listen = %public.local_addr()?,
+            admin_listen = %admin.local_addr()?,
+            bus = node.bus.kind(),
+            realms = ?config.realms,
+            dev = config.dev,
+            "gateway listening: WebSocket at ws://{}/ws",
+            public.local_addr()?
+        );
+        if config.dev {
+            tracing::info!("dev mode: open http://{}/ for the live demo; HTTP publish key is `dev`", public.local_addr()?);
+        }
+        let dispatcher = tokio::spawn(node.clone().run_dispatcher(events));
+
+        let mut app = Router::new()
+            .route("/ws", get(connection::upgrade))
+            .route("/publish", post(publish::publish))
+            .layer(DefaultBodyLimit::max(config.limits.max_message_size + 1));
+        if config.dev {
+            app = app.route("/", get(|| async { Html(DEMO_PAGE) }));
+        }
+        let app = app.with_state(node.clone());
+        let admin_app = Router::new()
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .with_state(node.clone());
+
+        // Admin stays up through the drain so probes and scrapes see it.
+        let admin_stop = tokio_util::sync::CancellationToken::new();
+        let admin_task = {
+            let stop = admin_stop.clone();
+            tokio::spawn(async move {
+                axum::serve(admin, admin_app).with_graceful_shutdown(async move { stop.cancelled().await }).await
+            })
+        };
+
+        let drain_at = Arc::new(std::sync::Mutex::new(None::<Instant>));
+        let public_stop = node.shutdown.clone();
+        {
+            let node = node.clone();
+            let drain_at = drain_at.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                *drain_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                node.start_draining();
+                tracing::info!(
+                    drain_delay = ?node.config.shutdown.drain_delay,
+                    "shutdown requested: not ready any more; closing sessions after the drain delay"
+                );
+                tokio::time::sleep(node.config.shutdown.drain_delay).await;
+                node.shutdown.cancel();
+            });
+        }
+        let serve = axum::serve(public, app).with_graceful_shutdown(async move { public_stop.cancelled().await });
+        let serve_result = serve.await;
+        // The listener is closed; sessions are saying goodbye.
+        node.sessions.close();
+        let started = drain_at.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(Instant::now);
+        let deadline = started + node.config.shutdown.drain_timeout;
+        let open = node.metrics.connections.get();
+        tracing::info!(sessions = open, "draining sessions");
+        if tokio::time::timeout_at(deadline, node.sessions.wait()).await.is_err() {
+            tracing::warn!(
+                remaining = node.metrics.connections.get(),
+                "drain deadline reached with sessions still open; exiting anyway"
+            );
+        }
+        dispatcher.abort();
+        admin_stop.cancel();
+        let _ = admin_task.await;
+        tracing::info!("gateway stopped");
+        serve_result.map_err(Into::into)
+    }
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.metrics.render())
+}
+
+async fn readyz(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    if node.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if !node.bus.is_ready() {
+        (StatusCode::SERVICE_UNAVAILABLE, "bus unavailable\n")
+    } else {
+        (StatusCode::OK, "ready\n")
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,76 @@
+//! Error URIs, close reasons and WebSocket close codes, in one place.
+//!
+//! `docs/protocol.md` lists the same table for users; keep both in step.
+
+/// WAMP error and close-reason URIs the router sends.
+pub mod uri {
+    /// The peer broke the protocol (bad frame, wrong state, bad arity or type).
+    pub const PROTOCOL_VIOLATION: &str = "wamp.error.protocol_violation";
+    /// A URI is malformed under the router's URI rules.
+    pub const INVALID_URI: &str = "wamp.error.invalid_uri";
+    /// The realm named in HELLO does not exist on this router.
+    pub const NO_SUCH_REALM: &str = "wamp.error.no_such_realm";
+    /// UNSUBSCRIBE named a subscription the session does not hold.
+    pub const NO_SUCH_SUBSCRIPTION: &str = "wamp.error.no_such_subscription";
+    /// A CALL for a procedure (this router has no dealer role yet).
+    pub const NO_SUCH_PROCEDURE: &str = "wamp.error.no_such_procedure";
+    /// An option has a value the router does not accept.
+    pub const INVALID_ARGUMENT: &str = "wamp.error.invalid_argument";
+    /// The session may not do this (reserved `wamp.` topics, role rules).
+    pub const NOT_AUTHORIZED: &str = "wamp.error.not_authorized";
+    /// The event bus did not accept the event (outage); retry later.
+    pub const BUS_UNAVAILABLE: &str = "telegraphy.error.bus_unavailable";
+    /// A limit was reached (subscriptions per session).
+    pub const LIMIT_EXCEEDED: &str = "telegraphy.error.limit_exceeded";
+    /// A feature or role the router does not implement.
+    pub const FEATURE_NOT_SUPPORTED: &str = "wamp.error.feature_not_supported";
+    /// GOODBYE reason: the router is shutting down (drain).
+    pub const SYSTEM_SHUTDOWN: &str = "wamp.close.system_shutdown";
+    /// GOODBYE reason: a normal close requested by the peer or router.
+    pub const CLOSE_REALM: &str = "wamp.close.close_realm";
+    /// GOODBYE reply reason.
+    pub const GOODBYE_AND_OUT: &str = "wamp.close.goodbye_and_out";
+    /// GOODBYE/ABORT reason: the session could not keep up with its events.
+    pub const SLOW_CONSUMER: &str = "telegraphy.close.slow_consumer";
+    /// ABORT reason: HELLO did not arrive in time.
+    pub const HELLO_TIMEOUT: &str = "telegraphy.close.hello_timeout";
+    /// ABORT reason: nothing was heard from the peer within the idle timeout.
+    pub const IDLE_TIMEOUT: &str = "telegraphy.close.idle_timeout";
+    /// ABORT reason: a message larger than the configured maximum.
+    pub const MESSAGE_TOO_BIG: &str = "telegraphy.error.message_too_big";
+}
+
+/// WebSocket close codes the gateway uses.
+///
+/// Codes below 4000 are RFC 6455 codes. Telegraphy's own codes split in two
+/// ranges so that clients know what to do without knowing each code:
+/// `4000..=4499` means "reconnect (with backoff)", `4500..=4999` means
+/// "do not reconnect without a change (new token, fixed client)".
+pub mod close {
+    /// Normal closure, after a GOODBYE exchange.
+    pub const NORMAL: u16 = 1000;
+    /// The peer broke the WAMP protocol; an ABORT with the reason came first.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A binary frame on a JSON session or a text frame on a msgpack session.
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// A text frame that is not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A message larger than the configured maximum.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The gateway failed internally.
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// The node is draining (rollout, shutdown): reconnect, to another node.
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// The session could not keep up with its events and its outbound queue
+    /// filled up: reconnect (and recover).
+    pub const SLOW_CONSUMER: u16 = 4000;
+    /// Nothing (not even a pong) was heard within the idle timeout: reconnect.
+    pub const IDLE_TIMEOUT: u16 = 4001;
+    /// HELLO did not arrive within the handshake timeout: reconnect.
+    pub const HELLO_TIMEOUT: u16 = 4002;
+
+    /// Whether a client should reconnect after this close code.
+    pub fn should_reconnect(code: u16) -> bool {
+        matches!(code, INTERNAL_ERROR | SERVICE_RESTART | 1001 | 1006 | 1013) || (4000..4500).contains(&code)
+    }
+}
