@@ -120,6 +120,12 @@ impl Hub {
         Subscribed { id, new_for_session }
     }
 
+    /// The id of the subscription for (policy, uri), if it exists.
+    pub fn subscription_id(&self, policy: MatchPolicy, uri: &str) -> Option<Id> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner.by_key.get(&(policy, Arc::from(uri))).copied()
+    }
+
     /// Removes `session` from subscription `id`; false if it was not in it.
     pub fn unsubscribe(&self, session: Id, id: Id) -> bool {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());

@@ -184,6 +184,10 @@ impl Session {
         }
         let limit = self.node.config.limits.max_subscriptions_per_session;
         let State::Established { hub, subscriptions, .. } = &mut self.state else { return };
+        if let Some(id) = hub.subscription_id(policy, &topic).filter(|id| subscriptions.contains(id)) {
+            // Already held: the spec asks for the existing id.
+            return self.send(&Message::Subscribed { request, subscription: id });
+        }
         if subscriptions.len() >= limit {
             return self.error(
                 code::SUBSCRIBE,

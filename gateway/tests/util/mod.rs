@@ -1,0 +1,242 @@
+//! Test support: a real gateway on ephemeral ports, and a small raw WAMP
+//! client over a real WebSocket (tokio-tungstenite), so tests can send exact
+//! bytes and see exact replies and close codes.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use telegraphy_gateway::{Config, Gateway};
+use telegraphy_wamp::{Dict, Message, Serialization, Value};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message as Ws;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const API_KEY: &str = "test-key-123456";
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub fn config() -> Config {
+    let mut c = Config::default();
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.admin_listen = "127.0.0.1:0".parse().unwrap();
+    c.api_keys = vec![API_KEY.into()];
+    c
+}
+
+impl TestGateway {
+    pub async fn start() -> TestGateway {
+        Self::start_with(config()).await
+    }
+
+    pub async fn start_with(config: Config) -> TestGateway {
+        config.validate().expect("test config is valid");
+        let gw = Gateway::bind(config).await.expect("bind");
+        let (addr, admin) = (gw.local_addr(), gw.admin_addr());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(gw.run(async move {
+            let _ = rx.await;
+        }));
+        TestGateway { addr, admin, stop: Some(tx), task: Some(task) }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Triggers the drain (like SIGTERM).
+    pub fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin)).await.unwrap().text().await.unwrap()
+    }
+
+    /// The value of one metric sample line (`name{labels}`), 0 if absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
+            .unwrap_or(0.0)
+    }
+
+    pub async fn publish_http(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let resp = reqwest::Client::new()
+            .post(format!("http://{}/publish", self.addr))
+            .bearer_auth(API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap())
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A raw WAMP client.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub ser: Serialization,
+    pub session: u64,
+    pub details: Dict,
+    next_request: u64,
+}
+
+/// How a connection ended.
+#[derive(Debug, PartialEq)]
+pub struct Closed {
+    pub code: Option<u16>,
+    pub reason: String,
+}
+
+impl Client {
+    /// Opens a WebSocket with the serializer's subprotocol (no HELLO yet).
+    pub async fn open(gw: &TestGateway, ser: Serialization) -> Client {
+        let mut req = gw.ws_url().into_client_request().unwrap();
+        req.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static(ser.subprotocol()));
+        let (ws, resp) = tokio_tungstenite::connect_async(req).await.expect("WebSocket connect");
+        assert_eq!(resp.headers().get("sec-websocket-protocol").unwrap(), ser.subprotocol());
+        Client { ws, ser, session: 0, details: Dict::new(), next_request: 1 }
+    }
+
+    /// Opens and joins `realm1`.
+    pub async fn join(gw: &TestGateway, ser: Serialization) -> Client {
+        let mut c = Client::open(gw, ser).await;
+        c.send(&hello("realm1")).await;
+        match c.recv().await {
+            Message::Welcome { session, details } => {
+                c.session = session;
+                c.details = details;
+            }
+            other => panic!("expected WELCOME, got {other:?}"),
+        }
+        c
+    }
+
+    pub fn authid(&self) -> String {
+        self.details["authid"].as_str().unwrap().to_string()
+    }
+
+    pub fn request_id(&mut self) -> u64 {
+        let r = self.next_request;
+        self.next_request += 1;
+        r
+    }
+
+    pub async fn send(&mut self, msg: &Message) {
+        let bytes = self.ser.encode(msg).unwrap();
+        let frame = if self.ser.is_binary() { Ws::Binary(bytes) } else { Ws::Text(String::from_utf8(bytes.to_vec()).unwrap().into()) };
+        self.ws.send(frame).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, frame: Ws) {
+        self.ws.send(frame).await.unwrap();
+    }
+
+    /// The next WAMP message (skips pings); panics on close or timeout.
+    pub async fn recv(&mut self) -> Message {
+        match self.next().await {
+            Ok(m) => m,
+            Err(closed) => panic!("expected a message, connection closed: {closed:?}"),
+        }
+    }
+
+    /// The next WAMP message, or how the connection closed.
+    pub async fn next(&mut self) -> Result<Message, Closed> {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.ws.next()).await.expect("timed out waiting for a frame");
+            match frame {
+                Some(Ok(Ws::Text(t))) => return Ok(Serialization::Json.decode(t.as_bytes()).unwrap()),
+                Some(Ok(Ws::Binary(b))) => return Ok(Serialization::Msgpack.decode(&b).unwrap()),
+                Some(Ok(Ws::Close(c))) => {
+                    return Err(Closed { code: c.as_ref().map(|c| u16::from(c.code)), reason: c.map(|c| c.reason.to_string()).unwrap_or_default() })
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(Closed { code: None, reason: e.to_string() }),
+                None => return Err(Closed { code: None, reason: "stream ended".into() }),
+            }
+        }
+    }
+
+    /// Reads until the connection closes; returns the close code.
+    pub async fn closed(&mut self) -> Closed {
+        loop {
+            if let Err(c) = self.next().await {
+                return c;
+            }
+        }
+    }
+
+    /// ABORT reason, then the close code.
+    pub async fn expect_abort(&mut self) -> (String, Option<u16>) {
+        let reason = match self.next().await {
+            Ok(Message::Abort { reason, .. }) => reason,
+            other => panic!("expected ABORT, got {other:?}"),
+        };
+        (reason, self.closed().await.code)
+    }
+
+    pub async fn subscribe(&mut self, topic: &str, policy: &str) -> u64 {
+        let request = self.request_id();
+        let mut options = Dict::new();
+        options.insert("match".into(), policy.into());
+        self.send(&Message::Subscribe { request, options, topic: topic.into() }).await;
+        match self.recv().await {
+            Message::Subscribed { request: r, subscription } if r == request => subscription,
+            other => panic!("expected SUBSCRIBED, got {other:?}"),
+        }
+    }
+
+    /// PUBLISH with acknowledge; returns the publication id.
+    pub async fn publish(&mut self, topic: &str, args: Vec<Value>, mut options: Dict) -> u64 {
+        let request = self.request_id();
+        options.insert("acknowledge".into(), Value::Bool(true));
+        self.send(&Message::Publish { request, options, topic: topic.into(), args, kwargs: Dict::new() }).await;
+        match self.recv().await {
+            Message::Published { request: r, publication } if r == request => publication,
+            other => panic!("expected PUBLISHED, got {other:?}"),
+        }
+    }
+
+    /// The next EVENT: (subscription, args, details).
+    pub async fn event(&mut self) -> (u64, Vec<Value>, Dict) {
+        match self.recv().await {
+            Message::Event { subscription, args, details, .. } => (subscription, args, details),
+            other => panic!("expected EVENT, got {other:?}"),
+        }
+    }
+}
+
+pub fn hello(realm: &str) -> Message {
+    let mut roles = Dict::new();
+    roles.insert("subscriber".into(), Value::Dict(Dict::new()));
+    roles.insert("publisher".into(), Value::Dict(Dict::new()));
+    let mut details = Dict::new();
+    details.insert("roles".into(), Value::Dict(roles));
+    Message::Hello { realm: realm.into(), details }
+}
+
+pub fn close_code(c: CloseCode) -> u16 {
+    c.into()
+}
