@@ -295,11 +295,15 @@ impl Config {
         if l.max_message_size < 1024 {
             return invalid("key `limits.max_message_size` must be at least 1024 bytes".into());
         }
-        if l.outbound_queue_bytes < l.max_message_size {
+        if l.outbound_queue_bytes < 2 * l.max_message_size {
             return invalid(format!(
-                "key `limits.outbound_queue_bytes` ({}) must be at least `limits.max_message_size` ({}), or one event could never be queued",
+                "key `limits.outbound_queue_bytes` ({}) must be at least twice `limits.max_message_size` ({}): an EVENT can be larger than \
+                 the publish that caused it (event details, binary data as base64 in JSON)",
                 l.outbound_queue_bytes, l.max_message_size
             ));
+        }
+        if l.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
+            return invalid(format!("key `limits.max_connections` must be at most {}", tokio::sync::Semaphore::MAX_PERMITS));
         }
         for (name, value) in [("limits.handshake_timeout", l.handshake_timeout), ("limits.ping_interval", l.ping_interval)] {
             if value.is_zero() {
@@ -337,15 +341,33 @@ impl Config {
 
 /// Accepts a list, or one comma-separated string (handy in env vars).
 fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    // Environment values that look like numbers arrive as numbers: an API
+    // key made of digits only must still read as a string.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Item {
+        Str(String),
+        UInt(u64),
+        Int(i64),
+    }
+    impl From<Item> for String {
+        fn from(i: Item) -> String {
+            match i {
+                Item::Str(s) => s,
+                Item::UInt(n) => n.to_string(),
+                Item::Int(n) => n.to_string(),
+            }
+        }
+    }
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum ListOrCsv {
-        List(Vec<String>),
-        Csv(String),
+        List(Vec<Item>),
+        Csv(Item),
     }
     Ok(match ListOrCsv::deserialize(d)? {
-        ListOrCsv::List(l) => l,
-        ListOrCsv::Csv(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+        ListOrCsv::List(l) => l.into_iter().map(String::from).collect(),
+        ListOrCsv::Csv(s) => String::from(s).split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
     })
 }
 
@@ -391,9 +413,10 @@ mod tests {
             jail.set_env("TELEGRAPHY_API_KEYS", "key-one-1234, key-two-1234");
             jail.set_env("TELEGRAPHY_LIMITS__MAX_MESSAGE_SIZE", "4096");
             jail.set_env("TELEGRAPHY_API_KEY", "client-side-ignored");
+            jail.set_env("TELEGRAPHY_REALMS", "12345678");
             let c = Config::load(Some(Path::new("t.toml")), &Overrides::default()).unwrap();
             assert_eq!(c.listen.port(), 2000);
-            assert_eq!(c.realms, vec!["a".to_string()]);
+            assert_eq!(c.realms, vec!["12345678".to_string()], "digits-only values stay strings");
             assert_eq!(c.api_keys, vec!["key-one-1234".to_string(), "key-two-1234".to_string()]);
             assert_eq!(c.limits.max_message_size, 4096);
             let flags = Overrides { listen: Some("127.0.0.1:3000".parse().unwrap()), ..Default::default() };

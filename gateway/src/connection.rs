@@ -179,6 +179,7 @@ fn read_error(session: &mut Session, e: axum::Error) -> Flow {
             Flow::Close(close::MESSAGE_TOO_BIG)
         }
         Ok(tungstenite::Error::Utf8(_)) => {
+            session.count_violation(Violation::Malformed);
             session.abort(err::PROTOCOL_VIOLATION, "text frame is not valid UTF-8");
             Flow::Close(close::INVALID_PAYLOAD)
         }
@@ -253,8 +254,13 @@ async fn write_loop(
             while let Ok(frame) = rx.try_recv() {
                 batch.push(frame);
             }
-            if write_batch(&mut sink, &mut batch).await.is_err() {
-                return;
+            let n = batch.len() as u64;
+            match write_batch(&mut sink, &mut batch).await {
+                Ok(bytes) => {
+                    metrics.messages_out[si].inc_by(n);
+                    metrics.bytes_out[si].inc_by(bytes as u64);
+                }
+                Err(_) => return,
             }
         }
         let reason = close_reason(code);

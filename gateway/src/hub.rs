@@ -230,7 +230,7 @@ impl Hub {
                 kwargs: &event.kwargs,
             };
             let mut frames: [Option<WsMessage>; 2] = [None, None];
-            for (sid, session) in &sub.subscribers {
+            'subscribers: for (sid, session) in &sub.subscribers {
                 if excluded_self == Some(*sid) {
                     continue;
                 }
@@ -248,7 +248,8 @@ impl Hub {
                             frames[s.index()] = Some(f.clone());
                             f
                         }
-                        None => return delivered,
+                        // Logged by encode_frame; nobody on this subscription can get it.
+                        None => break 'subscribers,
                     },
                 };
                 if session.outbox.push(frame).is_ok() {

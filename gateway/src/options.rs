@@ -22,6 +22,11 @@ pub struct PublishOptions {
 pub fn parse(options: &Dict) -> Result<PublishOptions, String> {
     let mut out = PublishOptions { acknowledge: false, exclude_me: true, disclose_me: false, filter: Filter::default() };
     for (key, value) in options {
+        if matches!(value, Value::Null) {
+            // Some clients (wampy under msgpack) send null for an unset
+            // option: it means the default.
+            continue;
+        }
         match key.as_str() {
             "acknowledge" => out.acknowledge = flag(key, value)?,
             "exclude_me" => out.exclude_me = flag(key, value)?,
@@ -43,11 +48,6 @@ pub fn parse(options: &Dict) -> Result<PublishOptions, String> {
 fn flag(key: &str, v: &Value) -> Result<bool, String> {
     match v {
         Value::Bool(b) => Ok(*b),
-        // Some clients (wampy under msgpack) send null for an unset option.
-        Value::Null => Ok(match key {
-            "exclude_me" => true,
-            _ => false,
-        }),
         other => Err(format!("option `{key}` must be a boolean, got {}", other.type_name())),
     }
 }
@@ -117,7 +117,8 @@ mod tests {
         let mut d = Dict::new();
         d.insert("exclude_me".into(), Value::Null);
         d.insert("acknowledge".into(), Value::Null);
+        d.insert("eligible".into(), Value::Null);
         let o = parse(&d).unwrap();
-        assert!(o.exclude_me && !o.acknowledge);
+        assert!(o.exclude_me && !o.acknowledge && o.filter.is_open());
     }
 }

@@ -31,10 +31,12 @@ impl PublishFailure {
 
 /// The handler.
 pub async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    let result = match body {
-        Ok(body) => handle(&node, &headers, &body).await,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(too_large(&node, None)),
-        Err(rejection) => Err(PublishFailure::bad(format!("could not read the body: {rejection}"))),
+    // The key is checked first: callers without one learn nothing else.
+    let result = match (authorize(&node, &headers), body) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Ok(body)) => handle(&node, &body).await,
+        (Ok(()), Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(too_large(&node, None)),
+        (Ok(()), Err(rejection)) => Err(PublishFailure::bad(format!("could not read the body: {rejection}"))),
     };
     match result {
         Ok(id) => (StatusCode::OK, Json(json!({ "id": id }))).into_response(),
@@ -45,8 +47,7 @@ pub async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Re
     }
 }
 
-async fn handle(node: &Node, headers: &HeaderMap, body: &[u8]) -> Result<u64, PublishFailure> {
-    authorize(node, headers)?;
+async fn handle(node: &Node, body: &[u8]) -> Result<u64, PublishFailure> {
     if body.len() > node.config.limits.max_message_size {
         return Err(too_large(node, Some(body.len())));
     }

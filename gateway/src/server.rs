@@ -8,7 +8,7 @@
 //!    1012 (reconnect to another node);
 //! 4. [`run`] returns when every session ended, or at `shutdown.drain_timeout`.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -110,42 +110,51 @@ impl Gateway {
             })
         };
 
-        let drain_at = Arc::new(std::sync::Mutex::new(None::<Instant>));
         let public_stop = node.shutdown.clone();
-        {
-            let node = node.clone();
-            let drain_at = drain_at.clone();
-            tokio::spawn(async move {
-                shutdown.await;
-                *drain_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-                node.start_draining();
-                tracing::info!(
-                    drain_delay = ?node.config.shutdown.drain_delay,
-                    "shutdown requested: not ready any more; closing sessions after the drain delay"
-                );
-                tokio::time::sleep(node.config.shutdown.drain_delay).await;
-                node.shutdown.cancel();
-            });
+        let mut serve = tokio::spawn(
+            axum::serve(public, app).with_graceful_shutdown(async move { public_stop.cancelled().await }).into_future(),
+        );
+        let early_exit = tokio::select! {
+            _ = shutdown => None,
+            r = &mut serve => Some(r),
+        };
+        if let Some(result) = early_exit {
+            // The public server stopped on its own: nothing to drain.
+            node.shutdown.cancel();
+            dispatcher.abort();
+            admin_stop.cancel();
+            return match result {
+                Ok(r) => r.map_err(Into::into),
+                Err(e) => Err(anyhow::anyhow!("the public listener task failed: {e}")),
+            };
         }
-        let serve = axum::serve(public, app).with_graceful_shutdown(async move { public_stop.cancelled().await });
-        let serve_result = serve.await;
-        // The listener is closed; sessions are saying goodbye.
+        let deadline = Instant::now() + node.config.shutdown.drain_timeout;
+        node.start_draining();
+        tracing::info!(
+            drain_delay = ?node.config.shutdown.drain_delay,
+            drain_timeout = ?node.config.shutdown.drain_timeout,
+            "shutdown requested: not ready any more; closing sessions after the drain delay"
+        );
+        tokio::time::sleep(node.config.shutdown.drain_delay).await;
+        // Stop accepting and tell every session to say goodbye.
+        node.shutdown.cancel();
         node.sessions.close();
-        let started = drain_at.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(Instant::now);
-        let deadline = started + node.config.shutdown.drain_timeout;
-        let open = node.metrics.connections.get();
-        tracing::info!(sessions = open, "draining sessions");
+        tracing::info!(sessions = node.metrics.connections.get(), "draining sessions");
         if tokio::time::timeout_at(deadline, node.sessions.wait()).await.is_err() {
             tracing::warn!(
                 remaining = node.metrics.connections.get(),
                 "drain deadline reached with sessions still open; exiting anyway"
             );
         }
+        if tokio::time::timeout_at(deadline, &mut serve).await.is_err() {
+            tracing::warn!("drain deadline reached with HTTP requests in flight; exiting anyway");
+            serve.abort();
+        }
         dispatcher.abort();
         admin_stop.cancel();
         let _ = admin_task.await;
         tracing::info!("gateway stopped");
-        serve_result.map_err(Into::into)
+        Ok(())
     }
 }
 

@@ -104,7 +104,7 @@ async fn wrong_frame_types_close_with_1003() {
 async fn oversized_messages_close_with_1009() {
     let mut config = util::config();
     config.limits.max_message_size = 4096;
-    config.limits.outbound_queue_bytes = 4096;
+    config.limits.outbound_queue_bytes = 8192;
     let gw = TestGateway::start_with(config).await;
     let big = format!("[16, 1, {{}}, \"a.b\", [\"{}\"]]", "x".repeat(5000));
     expect_aborted(&gw, JSON, true, text(&big), err::MESSAGE_TOO_BIG, close::MESSAGE_TOO_BIG).await;

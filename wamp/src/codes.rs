@@ -26,12 +26,10 @@ pub mod uri {
     pub const FEATURE_NOT_SUPPORTED: &str = "wamp.error.feature_not_supported";
     /// GOODBYE reason: the router is shutting down (drain).
     pub const SYSTEM_SHUTDOWN: &str = "wamp.close.system_shutdown";
-    /// GOODBYE reason: a normal close requested by the peer or router.
+    /// GOODBYE reason a client sends to leave (accepted, never sent).
     pub const CLOSE_REALM: &str = "wamp.close.close_realm";
     /// GOODBYE reply reason.
     pub const GOODBYE_AND_OUT: &str = "wamp.close.goodbye_and_out";
-    /// GOODBYE/ABORT reason: the session could not keep up with its events.
-    pub const SLOW_CONSUMER: &str = "telegraphy.close.slow_consumer";
     /// ABORT reason: HELLO did not arrive in time.
     pub const HELLO_TIMEOUT: &str = "telegraphy.close.hello_timeout";
     /// ABORT reason: nothing was heard from the peer within the idle timeout.
@@ -57,8 +55,6 @@ pub mod close {
     pub const INVALID_PAYLOAD: u16 = 1007;
     /// A message larger than the configured maximum.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
-    /// The gateway failed internally.
-    pub const INTERNAL_ERROR: u16 = 1011;
     /// The node is draining (rollout, shutdown): reconnect, to another node.
     pub const SERVICE_RESTART: u16 = 1012;
     /// The session could not keep up with its events and its outbound queue
@@ -71,6 +67,6 @@ pub mod close {
 
     /// Whether a client should reconnect after this close code.
     pub fn should_reconnect(code: u16) -> bool {
-        matches!(code, INTERNAL_ERROR | SERVICE_RESTART | 1001 | 1006 | 1013) || (4000..4500).contains(&code)
+        matches!(code, SERVICE_RESTART | 1001 | 1006 | 1011 | 1013) || (4000..4500).contains(&code)
     }
 }
