@@ -92,7 +92,9 @@ impl Gateway {
             .route("/publish", post(publish::publish))
             .layer(DefaultBodyLimit::max(config.limits.max_message_size + 1));
         if config.dev {
-            app = app.route("/", get(|| async { Html(DEMO_PAGE) }));
+            app = app
+                .route("/", get(|| async { Html(DEMO_PAGE) }))
+                .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }));
         }
         let app = app.with_state(node.clone());
         let admin_app = Router::new()
