@@ -406,6 +406,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
     fn env_overrides_file_and_flags_override_env() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("t.toml", "listen = \"127.0.0.1:1000\"\nrealms = [\"a\"]\n[limits]\nmax_message_size = 2048\n")?;

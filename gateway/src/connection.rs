@@ -89,7 +89,6 @@ async fn run(node: Arc<Node>, socket: WebSocket, serialization: Serialization, _
 async fn read_loop(node: &Node, handle: &SessionHandle, session: &mut Session, mut stream: SplitStream<WebSocket>) {
     let limits = &node.config.limits;
     let metrics = &node.metrics;
-    let si = handle.serialization.index();
     let mut deadline = Instant::now() + limits.handshake_timeout;
     let mut draining = false;
     loop {
@@ -123,22 +122,10 @@ async fn read_loop(node: &Node, handle: &SessionHandle, session: &mut Session, m
                     }
                     match frame {
                         WsMessage::Text(t) if !handle.serialization.is_binary() => {
-                            metrics.messages_in[si].inc();
-                            metrics.bytes_in[si].inc_by(t.len() as u64);
-                            let flow = session.handle_payload(t.as_bytes()).await;
-                            if session.is_established() {
-                                deadline = Instant::now() + limits.idle_timeout;
-                            }
-                            flow
+                            on_payload(node, handle, session, t.as_bytes(), &mut deadline).await
                         }
                         WsMessage::Binary(b) if handle.serialization.is_binary() => {
-                            metrics.messages_in[si].inc();
-                            metrics.bytes_in[si].inc_by(b.len() as u64);
-                            let flow = session.handle_payload(&b).await;
-                            if session.is_established() {
-                                deadline = Instant::now() + limits.idle_timeout;
-                            }
-                            flow
+                            on_payload(node, handle, session, &b, &mut deadline).await
                         }
                         WsMessage::Text(_) | WsMessage::Binary(_) => {
                             let msg = if handle.serialization.is_binary() {
@@ -169,6 +156,18 @@ async fn read_loop(node: &Node, handle: &SessionHandle, session: &mut Session, m
             return;
         }
     }
+}
+
+/// One WAMP payload: counted, handled, and the idle deadline pushed back.
+async fn on_payload(node: &Node, handle: &SessionHandle, session: &mut Session, payload: &[u8], deadline: &mut Instant) -> Flow {
+    let si = handle.serialization.index();
+    node.metrics.messages_in[si].inc();
+    node.metrics.bytes_in[si].inc_by(payload.len() as u64);
+    let flow = session.handle_payload(payload).await;
+    if session.is_established() {
+        *deadline = Instant::now() + node.config.limits.idle_timeout;
+    }
+    flow
 }
 
 fn read_error(session: &mut Session, e: axum::Error) -> Flow {
@@ -247,6 +246,7 @@ async fn write_loop(
     }
     let code = handle.outbox.close_code().unwrap_or(close::NORMAL);
     node.metrics.disconnect(code);
+    tracing::debug!(session = handle.id, code, reason = close_reason(code), "connection closing");
     let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
         if code != close::SLOW_CONSUMER {
             rx.close();

@@ -148,6 +148,7 @@ impl Session {
         self.state = State::Established { realm, hub, subscriptions: HashSet::new() };
         self.node.metrics.sessions.inc();
         self.node.metrics.sessions_total.inc();
+        tracing::debug!(session = self.handle.id, serializer = self.handle.serialization.label(), "session established");
         Flow::Continue
     }
 

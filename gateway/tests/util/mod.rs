@@ -29,11 +29,12 @@ pub struct TestGateway {
 }
 
 pub fn config() -> Config {
-    let mut c = Config::default();
-    c.listen = "127.0.0.1:0".parse().unwrap();
-    c.admin_listen = "127.0.0.1:0".parse().unwrap();
-    c.api_keys = vec![API_KEY.into()];
-    c
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        api_keys: vec![API_KEY.into()],
+        ..Config::default()
+    }
 }
 
 impl TestGateway {
