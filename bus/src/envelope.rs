@@ -87,7 +87,7 @@ impl Filter {
 }
 
 #[cfg(test)]
-mod tests {
+mod filter_tests {
     use super::*;
 
     #[test]
@@ -106,5 +106,183 @@ mod tests {
         assert!(!f.admits(1, "a", "r") && f.admits(1, "a", "admin"));
         let f = Filter { eligible: Some(vec![1]), exclude: vec![1], ..Default::default() };
         assert!(!f.admits(1, "a", "r"), "exclusion wins over eligibility");
+    }
+}
+
+/// The envelope format's major version. Readers refuse a newer major
+/// version; a newer minor revision only appends fields, which readers skip.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// Fields in a version-1 envelope.
+const V1_FIELDS: usize = 9;
+
+/// Why bytes from the bus are not an envelope this node can use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    /// Not msgpack, or not the envelope layout.
+    #[error("malformed envelope: {0}")]
+    Malformed(String),
+    /// Written by a newer Telegraphy with an incompatible format.
+    #[error("envelope format version {0} is newer than this node understands ({FORMAT_VERSION}); upgrade this node")]
+    UnsupportedVersion(u64),
+}
+
+impl EnvelopeError {
+    /// A fixed word for the metric label and the log-once key.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            EnvelopeError::Malformed(_) => "malformed",
+            EnvelopeError::UnsupportedVersion(_) => "unsupported_version",
+        }
+    }
+}
+
+struct FilterFields<'a>(&'a Filter);
+
+impl serde::Serialize for FilterFields<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let f = self.0;
+        // Keys in byte order, absent lists left out: the canonical form.
+        let len = usize::from(f.eligible.is_some())
+            + usize::from(f.eligible_authid.is_some())
+            + usize::from(f.eligible_authrole.is_some())
+            + usize::from(!f.exclude.is_empty())
+            + usize::from(!f.exclude_authid.is_empty())
+            + usize::from(!f.exclude_authrole.is_empty());
+        let mut map = s.serialize_map(Some(len))?;
+        if let Some(l) = &f.eligible {
+            map.serialize_entry("eligible", l)?;
+        }
+        if let Some(l) = &f.eligible_authid {
+            map.serialize_entry("eligible_authid", l)?;
+        }
+        if let Some(l) = &f.eligible_authrole {
+            map.serialize_entry("eligible_authrole", l)?;
+        }
+        if !f.exclude.is_empty() {
+            map.serialize_entry("exclude", &f.exclude)?;
+        }
+        if !f.exclude_authid.is_empty() {
+            map.serialize_entry("exclude_authid", &f.exclude_authid)?;
+        }
+        if !f.exclude_authrole.is_empty() {
+            map.serialize_entry("exclude_authrole", &f.exclude_authrole)?;
+        }
+        map.end()
+    }
+}
+
+struct PublisherFields<'a>(&'a Publisher);
+
+impl serde::Serialize for PublisherFields<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let p = self.0;
+        let mut map = s.serialize_map(Some(6))?;
+        map.serialize_entry("authid", &p.authid)?;
+        map.serialize_entry("authrole", &p.authrole)?;
+        map.serialize_entry("disclose_me", &p.disclose_me)?;
+        map.serialize_entry("exclude_me", &p.exclude_me)?;
+        map.serialize_entry("node", &p.node)?;
+        map.serialize_entry("session", &p.session)?;
+        map.end()
+    }
+}
+
+impl serde::Serialize for Envelope {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(V1_FIELDS))?;
+        seq.serialize_element(&FORMAT_VERSION)?;
+        seq.serialize_element(&self.publication)?;
+        seq.serialize_element(&self.realm)?;
+        seq.serialize_element(&self.topic)?;
+        seq.serialize_element(&self.published_at_us)?;
+        seq.serialize_element(&self.args)?;
+        seq.serialize_element(&self.kwargs)?;
+        seq.serialize_element(&FilterFields(&self.filter))?;
+        match &self.publisher {
+            Some(p) => seq.serialize_element(&PublisherFields(p))?,
+            None => seq.serialize_element(&())?,
+        }
+        seq.end()
+    }
+}
+
+impl Envelope {
+    /// The envelope's bytes on the bus (msgpack, canonical: see `docs/envelope.md`).
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec(self).expect("encoding values into a Vec cannot fail")
+    }
+
+    /// Reads an envelope from the bus.
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        let bad = |m: &str| EnvelopeError::Malformed(m.to_string());
+        let value = telegraphy_wamp::Serialization::Msgpack
+            .decode_value(bytes)
+            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        let Value::List(fields) = value else { return Err(bad("not a list")) };
+        let mut it = fields.into_iter();
+        let version = it.next().and_then(|v| v.as_u64()).ok_or_else(|| bad("no format version"))?;
+        if version != FORMAT_VERSION {
+            return Err(if version > FORMAT_VERSION {
+                EnvelopeError::UnsupportedVersion(version)
+            } else {
+                bad("unknown format version")
+            });
+        }
+        let mut next = |name: &str| it.next().ok_or_else(|| EnvelopeError::Malformed(format!("missing field {name}")));
+        let publication = next("publication")?.as_u64().ok_or_else(|| bad("publication is not an id"))?;
+        let realm = string(next("realm")?, "realm")?;
+        let topic = string(next("topic")?, "topic")?;
+        let published_at_us = next("published_at_us")?.as_u64().ok_or_else(|| bad("published_at_us is not an integer"))?;
+        let Value::List(args) = next("args")? else { return Err(bad("args is not a list")) };
+        let Value::Dict(kwargs) = next("kwargs")? else { return Err(bad("kwargs is not a map")) };
+        let Value::Dict(filter) = next("filter")? else { return Err(bad("filter is not a map")) };
+        let publisher = match next("publisher")? {
+            Value::Null => None,
+            Value::Dict(p) => Some(Publisher {
+                node: p.get("node").and_then(Value::as_u64).ok_or_else(|| bad("publisher.node"))?,
+                session: p.get("session").and_then(Value::as_u64).ok_or_else(|| bad("publisher.session"))?,
+                authid: p.get("authid").and_then(Value::as_str).ok_or_else(|| bad("publisher.authid"))?.to_string(),
+                authrole: p.get("authrole").and_then(Value::as_str).ok_or_else(|| bad("publisher.authrole"))?.to_string(),
+                exclude_me: p.get("exclude_me").and_then(Value::as_bool).ok_or_else(|| bad("publisher.exclude_me"))?,
+                disclose_me: p.get("disclose_me").and_then(Value::as_bool).ok_or_else(|| bad("publisher.disclose_me"))?,
+            }),
+            _ => return Err(bad("publisher is neither nil nor a map")),
+        };
+        let ids = |key: &str| -> Result<Option<Vec<Id>>, EnvelopeError> {
+            match filter.get(key) {
+                None => Ok(None),
+                Some(Value::List(l)) => l.iter().map(|v| v.as_u64().ok_or_else(|| bad(key))).collect::<Result<_, _>>().map(Some),
+                Some(_) => Err(bad(key)),
+            }
+        };
+        let strs = |key: &str| -> Result<Option<Vec<String>>, EnvelopeError> {
+            match filter.get(key) {
+                None => Ok(None),
+                Some(Value::List(l)) => {
+                    l.iter().map(|v| v.as_str().map(String::from).ok_or_else(|| bad(key))).collect::<Result<_, _>>().map(Some)
+                }
+                Some(_) => Err(bad(key)),
+            }
+        };
+        let filter = Filter {
+            exclude: ids("exclude")?.unwrap_or_default(),
+            eligible: ids("eligible")?,
+            exclude_authid: strs("exclude_authid")?.unwrap_or_default(),
+            eligible_authid: strs("eligible_authid")?,
+            exclude_authrole: strs("exclude_authrole")?.unwrap_or_default(),
+            eligible_authrole: strs("eligible_authrole")?,
+        };
+        Ok(Envelope { realm, publication, topic, args, kwargs, filter, publisher, published_at_us })
+    }
+}
+
+fn string(v: Value, name: &str) -> Result<String, EnvelopeError> {
+    match v {
+        Value::Str(s) => Ok(s),
+        _ => Err(EnvelopeError::Malformed(format!("{name} is not a string"))),
     }
 }

@@ -7,42 +7,95 @@
 //!
 //! # Layout
 //!
-//! * [`envelope`]: the [`Envelope`] (one event with its routing options).
-//! * [`memory`]: [`MemoryBus`], the embedded single-node bus (the default).
+//! * [`envelope`]: the [`Envelope`] and its versioned msgpack bytes.
+//! * [`memory`]: `memory://`, the embedded single-node bus (the default).
+//! * [`redis`]: `redis://`, Redis pub/sub.
+//! * [`amqp`]: `amqp://`, a RabbitMQ topic exchange.
+//! * [`interest`]: the node's desired (realm, policy, pattern) set, which
+//!   broker adapters reconcile their subscriptions or bindings with.
+//! * [`inbound`]: the hand-off of consumed events to the node (decode,
+//!   count, bounded queue).
+//! * [`backoff`], [`metrics`]: reconnect delays and bus metrics.
 //!
 //! # The `Bus` contract
 //!
 //! * **Delivery**: at most once. An event that [`Bus::publish`] accepted is
-//!   delivered to every consuming node that is connected and has declared
-//!   an interest matching the topic; a node that is disconnected at that
-//!   moment misses it (recovery is layered above the bus).
-//! * **Ordering**: events from one publisher connection arrive at each node
-//!   in publish order. No order holds between different publishers.
-//! * **Acceptance**: `publish` resolves `Ok` only once the bus took the
-//!   event (for brokers: the broker confirmed it). It never reports success
-//!   for an event the bus did not accept.
+//!   delivered once to every node that is connected and whose interests
+//!   match the topic; a node that is disconnected at that moment misses it
+//!   (recovery is layered above the bus).
+//! * **Ordering**: events published through one bus handle, one after the
+//!   other, reach each node in that order. Nothing orders different publishers.
+//! * **Acceptance**: `publish` resolves `Ok` only once the broker took the
+//!   event (Redis answered PUBLISH; RabbitMQ confirmed it). It never
+//!   reports success for an event the bus did not accept.
 //! * **Interest**: a node calls [`Bus::add_interest`] / [`Bus::remove_interest`]
-//!   as its sessions subscribe and unsubscribe; a bus may deliver more than
-//!   was asked for (the hub re-checks every topic), never less.
-//! * **Backpressure**: each adapter's inbound queue toward the node is
-//!   bounded; when it is full, `publish` waits (memory) — documented per
-//!   adapter.
+//!   as its first session subscribes to a (policy, pattern) and its last
+//!   leaves. A bus may deliver more than was asked for (the node re-checks
+//!   every topic), never less, except where `docs/bus.md` says so.
+//!   [`Bus::interest_applied`] resolves once an interest is in force at the
+//!   broker, so a SUBSCRIBED reply means "events published from now on reach you".
+//! * **Outages**: adapters reconnect on their own with capped, jittered
+//!   backoff and re-apply every interest; [`Bus::is_ready`] is false
+//!   meanwhile and `publish` fails fast with [`PublishError::Unavailable`].
+//! * **Backpressure**: events consumed from a broker go to the node through
+//!   a bounded queue; when it is full the adapter stops reading (RabbitMQ
+//!   then stops at the prefetch limit; Redis buffers in its output buffer
+//!   for this client, bounded by Redis's `client-output-buffer-limit pubsub`).
 
+pub mod amqp;
+pub mod backoff;
 pub mod envelope;
+pub mod inbound;
+pub mod interest;
 pub mod memory;
+pub mod metrics;
+pub mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use telegraphy_wamp::MatchPolicy;
 
-pub use envelope::{Envelope, Filter, Publisher};
+pub use envelope::{Envelope, EnvelopeError, Filter, Publisher, FORMAT_VERSION};
+pub use inbound::Inbound;
+pub use interest::Ticket;
 pub use memory::MemoryBus;
+pub use metrics::BusMetrics;
 
 /// Why the bus did not accept an event.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    /// The bus is not reachable or not running; the event was not accepted.
+    /// The broker is not reachable or the node is stopping; retry later.
     #[error("the event bus is unavailable: {0}")]
     Unavailable(String),
+    /// The broker refused this event (it would refuse it again).
+    #[error("the event bus refused the event: {0}")]
+    Rejected(String),
+}
+
+/// Why a bus could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The URL names no bus this build knows, or is malformed.
+    #[error("{0}")]
+    InvalidUrl(String),
+    /// The broker could not be reached (publish-only clients connect eagerly).
+    #[error("cannot connect to the bus at {url}: {reason}")]
+    Connect {
+        /// The URL, without its password.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The broker refused the credentials.
+    #[error("the bus at {url} refused the credentials: {reason}")]
+    Auth {
+        /// The URL, without its password.
+        url: String,
+        /// What the broker said.
+        reason: String,
+    },
 }
 
 /// An event bus (see the crate docs for the contract every adapter keeps).
@@ -50,32 +103,140 @@ pub trait Bus: Send + Sync + 'static {
     /// Hands one event to the bus; resolves once the bus accepted it.
     fn publish(&self, event: Envelope) -> BoxFuture<'_, Result<(), PublishError>>;
 
-    /// This node needs events whose topic matches `pattern` under `policy`.
-    /// Called once per distinct (policy, pattern) when its first local
-    /// subscriber arrives.
-    fn add_interest(&self, policy: MatchPolicy, pattern: &str);
+    /// This node needs events of `realm` whose topic matches `pattern` under
+    /// `policy`. Returns a ticket for [`Bus::interest_applied`].
+    fn add_interest(&self, realm: &str, policy: MatchPolicy, pattern: &str) -> Ticket;
 
-    /// This node no longer needs (policy, pattern): its last local
-    /// subscriber left.
-    fn remove_interest(&self, policy: MatchPolicy, pattern: &str);
+    /// This node no longer needs (realm, policy, pattern).
+    fn remove_interest(&self, realm: &str, policy: MatchPolicy, pattern: &str);
+
+    /// Resolves once the interest behind `ticket` is in force at the broker
+    /// (at once while the bus is disconnected: it is re-applied on reconnect).
+    fn interest_applied(&self, ticket: Ticket) -> BoxFuture<'_, ()>;
 
     /// Whether the bus is connected and accepting events (feeds `/readyz`).
     fn is_ready(&self) -> bool;
 
     /// A short name for logs (`memory`, `redis`, `amqp`).
     fn kind(&self) -> &'static str;
+
+    /// Stops background work (consumers, reconnects). Idempotent.
+    fn shutdown(&self);
 }
 
-/// Parses a bus URL and says which adapter it names, or why it cannot be used.
-pub fn check_url(url: &str) -> Result<&'static str, String> {
+/// The kinds of bus, by URL scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusKind {
+    /// `memory://`.
+    Memory,
+    /// `redis://host:port/db`.
+    Redis,
+    /// `amqp://user:pass@host:port/vhost`.
+    Amqp,
+}
+
+/// Settings of the broker adapters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BusOptions {
+    /// Redis: channels are named `{key_prefix}{realm}:{topic}`.
+    pub redis_key_prefix: String,
+    /// RabbitMQ: the durable topic exchange events go through.
+    pub amqp_exchange: String,
+    /// RabbitMQ: deliveries in flight to one node before it acknowledges.
+    pub amqp_prefetch: u16,
+    /// RabbitMQ: most events waiting in one node's queue; beyond it the
+    /// oldest are dropped (`x-overflow: drop-head`).
+    pub amqp_queue_max_length: u32,
+    /// Longest wait between reconnect attempts.
+    pub reconnect_max_delay: Duration,
+    /// How long a publish-only client tries to connect before giving up.
+    pub connect_timeout: Duration,
+}
+
+impl Default for BusOptions {
+    fn default() -> Self {
+        BusOptions {
+            redis_key_prefix: "telegraphy:".into(),
+            amqp_exchange: "telegraphy".into(),
+            amqp_prefetch: 1000,
+            amqp_queue_max_length: 100_000,
+            reconnect_max_delay: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Which bus a URL names, or why it cannot be used.
+pub fn check_url(url: &str) -> Result<BusKind, String> {
     let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
     match scheme {
-        "memory" => Ok("memory"),
-        "redis" | "rediss" | "amqp" | "amqps" => Err(format!(
-            "bus `{url}`: the {scheme} bus is not available in this version yet; use `memory://` (the embedded single-node bus)"
+        "memory" => Ok(BusKind::Memory),
+        "redis" => Ok(BusKind::Redis),
+        "amqp" => Ok(BusKind::Amqp),
+        "rediss" | "amqps" => Err(format!(
+            "bus `{}`: TLS connections to the bus are not supported yet; use {}:// on a private network (or a TLS sidecar)",
+            redact(url),
+            &scheme[..scheme.len() - 1]
         )),
         _ => Err(format!(
-            "bus `{url}` is not a bus URL this gateway knows; use `memory://` (the embedded single-node bus)"
+            "bus `{}` is not a bus URL; use memory:// (embedded, single node), redis://HOST:6379/0 or amqp://USER:PASS@HOST:5672/VHOST",
+            redact(url)
         )),
+    }
+}
+
+/// The URL with any password replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map(|(u, _)| u).unwrap_or(userinfo);
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Starts a node's bus: it publishes, and it consumes into `inbound`.
+/// Broker adapters connect in the background (the node starts not ready
+/// and becomes ready once connected).
+pub fn start(url: &str, options: &BusOptions, inbound: Inbound) -> Result<Arc<dyn Bus>, BusError> {
+    match check_url(url).map_err(BusError::InvalidUrl)? {
+        BusKind::Memory => Ok(Arc::new(MemoryBus::new(inbound))),
+        BusKind::Redis => Ok(Arc::new(redis::RedisBus::start(url, options, inbound)?)),
+        BusKind::Amqp => Ok(Arc::new(amqp::AmqpBus::start(url, options, inbound)?)),
+    }
+}
+
+/// Connects a publish-only bus (for the CLI and the publisher library):
+/// fails fast when the broker cannot be reached within `connect_timeout`.
+pub async fn connect_publisher(url: &str, options: &BusOptions) -> Result<Arc<dyn Bus>, BusError> {
+    match check_url(url).map_err(BusError::InvalidUrl)? {
+        BusKind::Memory => Err(BusError::InvalidUrl(
+            "memory:// lives inside one gateway process; publish through the gateway's HTTP endpoint (--gateway URL) instead".into(),
+        )),
+        BusKind::Redis => Ok(Arc::new(redis::RedisBus::connect_publisher(url, options).await?)),
+        BusKind::Amqp => Ok(Arc::new(amqp::AmqpBus::connect_publisher(url, options).await?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(check_url("memory://"), Ok(BusKind::Memory));
+        assert_eq!(check_url("redis://127.0.0.1:6379/0"), Ok(BusKind::Redis));
+        assert_eq!(check_url("amqp://guest:guest@127.0.0.1:5672/%2f"), Ok(BusKind::Amqp));
+        let err = check_url("amqps://u:secret@h/v").unwrap_err();
+        assert!(err.contains("TLS") && !err.contains("secret"), "{err}");
+        assert!(check_url("kafka://x").unwrap_err().contains("redis://"));
+        assert_eq!(redact("amqp://guest:guest@h:5672/v"), "amqp://guest:***@h:5672/v");
+        assert_eq!(redact("redis://h:6379/0"), "redis://h:6379/0");
     }
 }

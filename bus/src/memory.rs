@@ -1,53 +1,55 @@
-//! The embedded bus: events go straight to this node's dispatcher through a
-//! bounded queue. Single node only; it needs no external service.
+//! `memory://`: the embedded bus. Events go straight to this node's
+//! dispatcher through its bounded queue. Single node only; no external
+//! service needed.
 //!
-//! Queue policy: when the queue toward the dispatcher is full, `publish`
-//! waits for room, so publishers (WAMP sessions, HTTP requests) slow down to
-//! the node's fan-out speed instead of growing memory.
+//! Queue policy: when the node's queue is full, `publish` waits for room,
+//! so publishers (WAMP sessions, HTTP requests) slow down to the node's
+//! fan-out speed instead of growing memory.
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
 use telegraphy_wamp::MatchPolicy;
-use tokio::sync::mpsc;
 
-use crate::{Bus, Envelope, PublishError};
+use crate::{Bus, Envelope, Inbound, PublishError, Ticket};
 
 /// The embedded single-node bus.
-#[derive(Debug, Clone)]
 pub struct MemoryBus {
-    /// Bounded queue to the node's dispatcher.
-    tx: mpsc::Sender<Envelope>,
+    inbound: Inbound,
 }
 
 impl MemoryBus {
-    /// A bus whose events arrive on the returned receiver; `capacity` bounds
-    /// the events in flight.
-    pub fn new(capacity: usize) -> (MemoryBus, mpsc::Receiver<Envelope>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        (MemoryBus { tx }, rx)
+    /// A bus that hands every published event to `inbound`.
+    pub fn new(inbound: Inbound) -> MemoryBus {
+        inbound.metrics.connected.set(1);
+        MemoryBus { inbound }
     }
 }
 
 impl Bus for MemoryBus {
     fn publish(&self, event: Envelope) -> BoxFuture<'_, Result<(), PublishError>> {
         async move {
-            self.tx
-                .send(event)
-                .await
-                .map_err(|_| PublishError::Unavailable("the node is shutting down".into()))
+            self.inbound.deliver(event).await.map_err(|_| PublishError::Unavailable("the node is shutting down".into()))
         }
         .boxed()
     }
 
-    fn add_interest(&self, _policy: MatchPolicy, _pattern: &str) {}
+    fn add_interest(&self, _realm: &str, _policy: MatchPolicy, _pattern: &str) -> Ticket {
+        0
+    }
 
-    fn remove_interest(&self, _policy: MatchPolicy, _pattern: &str) {}
+    fn remove_interest(&self, _realm: &str, _policy: MatchPolicy, _pattern: &str) {}
+
+    fn interest_applied(&self, _ticket: Ticket) -> BoxFuture<'_, ()> {
+        async {}.boxed()
+    }
 
     fn is_ready(&self) -> bool {
-        !self.tx.is_closed()
+        true
     }
 
     fn kind(&self) -> &'static str {
         "memory"
     }
+
+    fn shutdown(&self) {}
 }

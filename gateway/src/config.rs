@@ -29,8 +29,13 @@ pub struct Config {
     /// Address of the admin listener: `/metrics`, `/healthz`, `/readyz`.
     /// Keep it off the public network.
     pub admin_listen: SocketAddr,
-    /// Event bus URL. `memory://` is the embedded single-node bus.
+    /// Event bus URL: `memory://` (embedded, single node), `redis://HOST:6379/0`
+    /// or `amqp://USER:PASS@HOST:5672/VHOST` (many nodes).
     pub bus: String,
+    /// Redis bus settings.
+    pub redis: RedisConfig,
+    /// RabbitMQ bus settings.
+    pub amqp: AmqpConfig,
     /// Realms sessions may join (comma-separated in the environment).
     #[serde(deserialize_with = "list_or_csv")]
     pub realms: Vec<String>,
@@ -49,6 +54,40 @@ pub struct Config {
     pub limits: Limits,
     /// Graceful drain on SIGTERM / SIGINT.
     pub shutdown: ShutdownConfig,
+}
+
+/// Redis bus settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Channels are named `{key_prefix}{realm}:{topic}`; give each
+    /// Telegraphy cluster sharing one Redis its own prefix.
+    pub key_prefix: String,
+}
+
+/// RabbitMQ bus settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpConfig {
+    /// The durable topic exchange events go through.
+    pub exchange: String,
+    /// Deliveries in flight to this node before it acknowledges them.
+    pub prefetch: u16,
+    /// Most events waiting in this node's queue; beyond it the oldest are dropped.
+    pub queue_max_length: u32,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig { key_prefix: telegraphy_bus::BusOptions::default().redis_key_prefix }
+    }
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        let d = telegraphy_bus::BusOptions::default();
+        AmqpConfig { exchange: d.amqp_exchange, prefetch: d.amqp_prefetch, queue_max_length: d.amqp_queue_max_length }
+    }
 }
 
 /// Logging settings.
@@ -116,6 +155,9 @@ pub struct Limits {
     /// A session that sends nothing (not even a pong) for this long is closed.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Longest wait between attempts to reconnect to the bus broker.
+    #[serde(with = "humantime_serde")]
+    pub bus_reconnect_max_delay: Duration,
 }
 
 /// Drain settings.
@@ -137,6 +179,8 @@ impl Default for Config {
             listen: "127.0.0.1:8080".parse().expect("valid literal"),
             admin_listen: "127.0.0.1:9090".parse().expect("valid literal"),
             bus: "memory://".into(),
+            redis: RedisConfig::default(),
+            amqp: AmqpConfig::default(),
             realms: vec!["realm1".into()],
             uri_rules: UriRulesSetting::Loose,
             api_keys: Vec::new(),
@@ -166,6 +210,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
+            bus_reconnect_max_delay: Duration::from_secs(10),
         }
     }
 }
@@ -267,6 +312,15 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         telegraphy_bus::check_url(&self.bus).map_err(|m| ConfigError::Invalid(format!("key `bus`: {m}")))?;
+        if self.amqp.exchange.is_empty() || self.amqp.exchange.starts_with("amq.") {
+            return invalid("key `amqp.exchange` must be a non-empty name outside RabbitMQ's reserved `amq.` namespace".into());
+        }
+        if self.amqp.prefetch == 0 || self.amqp.queue_max_length == 0 {
+            return invalid("keys `amqp.prefetch` and `amqp.queue_max_length` must be greater than 0".into());
+        }
+        if self.limits.bus_reconnect_max_delay.is_zero() {
+            return invalid("key `limits.bus_reconnect_max_delay` must be longer than 0s".into());
+        }
         if self.realms.is_empty() {
             return invalid("key `realms` is empty; name at least one realm, e.g. realms = [\"realm1\"]".into());
         }
@@ -327,6 +381,18 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The bus adapter settings, from `redis`, `amqp` and limits.
+    pub fn bus_options(&self) -> telegraphy_bus::BusOptions {
+        telegraphy_bus::BusOptions {
+            redis_key_prefix: self.redis.key_prefix.clone(),
+            amqp_exchange: self.amqp.exchange.clone(),
+            amqp_prefetch: self.amqp.prefetch,
+            amqp_queue_max_length: self.amqp.queue_max_length,
+            reconnect_max_delay: self.limits.bus_reconnect_max_delay,
+            ..telegraphy_bus::BusOptions::default()
+        }
     }
 
     /// The API keys `POST /publish` accepts (adds `dev` in dev mode when none is set).
@@ -397,8 +463,9 @@ mod tests {
         assert!(err.contains("listen"), "{err}");
         let err = Config::from_toml_str("[limits]\nhandshake_timeout = \"ten\"").unwrap_err().to_string();
         assert!(err.contains("handshake_timeout"), "{err}");
-        let err = Config::from_toml_str("bus = \"redis://127.0.0.1\"").unwrap_err().to_string();
-        assert!(err.contains("memory://"), "{err}");
+        let err = Config::from_toml_str("bus = \"kafka://127.0.0.1\"").unwrap_err().to_string();
+        assert!(err.contains("memory://") && err.contains("redis://"), "{err}");
+        assert!(Config::from_toml_str("bus = \"redis://127.0.0.1:6379/0\"").is_ok());
         let err = Config::from_toml_str("[limits]\nidle_timeout = \"1s\"\nping_interval = \"5s\"").unwrap_err().to_string();
         assert!(err.contains("idle_timeout"), "{err}");
         let err = Config::from_toml_str("dev = true\nlisten = \"0.0.0.0:8080\"").unwrap_err().to_string();

@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
 use axum::extract::ws::{Message as WsMessage, Utf8Bytes};
-use telegraphy_bus::{Bus, Envelope};
+use telegraphy_bus::{Bus, Envelope, Ticket};
 use telegraphy_wamp::{Dict, EventRef, Id, MatchPolicy, Serialization, Value};
 
 use crate::metrics::Metrics;
@@ -42,6 +42,8 @@ pub struct Identity {
 }
 
 struct Subscription {
+    /// Resolves (through the bus) once the broker routes this topic here.
+    ticket: Ticket,
     policy: MatchPolicy,
     uri: Arc<str>,
     subscribers: HashMap<Id, Arc<SessionHandle>>,
@@ -67,10 +69,15 @@ pub struct Subscribed {
     pub id: Id,
     /// False when the session already held this subscription.
     pub new_for_session: bool,
+    /// Await `Bus::interest_applied(ticket)` before confirming: then events
+    /// published from now on reach the session.
+    pub ticket: Ticket,
 }
 
 /// The subscriptions of one realm.
 pub struct Hub {
+    /// The realm this hub serves (bus interests are per realm).
+    realm: String,
     inner: RwLock<Inner>,
     bus: Arc<dyn Bus>,
     metrics: Arc<Metrics>,
@@ -80,8 +87,8 @@ pub struct Hub {
 
 impl Hub {
     /// An empty hub.
-    pub fn new(bus: Arc<dyn Bus>, metrics: Arc<Metrics>, node_id: u64) -> Hub {
-        Hub { inner: RwLock::new(Inner { next_id: 1, ..Default::default() }), bus, metrics, node_id }
+    pub fn new(realm: &str, bus: Arc<dyn Bus>, metrics: Arc<Metrics>, node_id: u64) -> Hub {
+        Hub { realm: realm.to_string(), inner: RwLock::new(Inner { next_id: 1, ..Default::default() }), bus, metrics, node_id }
     }
 
     /// Adds `session` to the subscription for (policy, uri), creating it if needed.
@@ -93,8 +100,9 @@ impl Hub {
             None => {
                 let id = inner.next_id;
                 inner.next_id += 1;
+                let ticket = self.bus.add_interest(&self.realm, policy, uri);
                 inner.by_key.insert((policy, key.clone()), id);
-                inner.subs.insert(id, Subscription { policy, uri: key.clone(), subscribers: HashMap::new() });
+                inner.subs.insert(id, Subscription { ticket, policy, uri: key.clone(), subscribers: HashMap::new() });
                 match policy {
                     MatchPolicy::Exact => {
                         inner.exact.insert(key.clone(), id);
@@ -108,7 +116,6 @@ impl Hub {
                     }
                 }
                 self.metrics.topics.inc();
-                self.bus.add_interest(policy, uri);
                 id
             }
         };
@@ -117,7 +124,7 @@ impl Hub {
         if new_for_session {
             self.metrics.subscriptions.inc();
         }
-        Subscribed { id, new_for_session }
+        Subscribed { id, new_for_session, ticket: sub.ticket }
     }
 
     /// The id of the subscription for (policy, uri), if it exists.
@@ -173,7 +180,7 @@ impl Hub {
                 }
             }
             self.metrics.topics.dec();
-            self.bus.remove_interest(sub.policy, &sub.uri);
+            self.bus.remove_interest(&self.realm, sub.policy, &sub.uri);
         }
         true
     }

@@ -176,6 +176,11 @@ impl Metrics {
         }
     }
 
+    /// The registry, for metrics other crates keep (the bus).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Counts a protocol violation.
     pub fn violation(&self, kind: Violation) {
         self.violations[kind as usize].inc();

@@ -49,7 +49,7 @@ impl Node {
         let hubs = config
             .realms
             .iter()
-            .map(|realm| (realm.clone(), Arc::new(Hub::new(bus.clone(), metrics.clone(), id))))
+            .map(|realm| (realm.clone(), Arc::new(Hub::new(realm, bus.clone(), metrics.clone(), id))))
             .collect();
         Arc::new(Node {
             uri_rules: config.uri_rules.into(),

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 use subtle::ConstantTimeEq;
-use telegraphy_bus::Envelope;
+use telegraphy_bus::{Envelope, PublishError};
 use telegraphy_wamp::{uri, Dict, UriKind, Value};
 
 use crate::node::{now_us, random_id, Node};
@@ -106,10 +106,10 @@ async fn handle(node: &Node, body: &[u8]) -> Result<u64, PublishFailure> {
         publisher: None,
         published_at_us: now_us(),
     };
-    node.bus
-        .publish(event)
-        .await
-        .map_err(|e| PublishFailure(StatusCode::SERVICE_UNAVAILABLE, "bus_unavailable", format!("{e}; retry later")))?;
+    node.bus.publish(event).await.map_err(|e| match e {
+        PublishError::Unavailable(_) => PublishFailure(StatusCode::SERVICE_UNAVAILABLE, "bus_unavailable", format!("{e}; retry later")),
+        PublishError::Rejected(_) => PublishFailure::bad(e.to_string()),
+    })?;
     node.metrics.published_http.inc();
     Ok(publication)
 }

@@ -17,7 +17,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post};
 use axum::Router;
-use telegraphy_bus::{Bus, Envelope, MemoryBus};
+use telegraphy_bus::{BusMetrics, Envelope, Inbound};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -42,8 +42,9 @@ impl Gateway {
     pub async fn bind(config: Config) -> anyhow::Result<Gateway> {
         use anyhow::Context as _;
         let metrics = Arc::new(Metrics::new());
-        let (bus, events) = MemoryBus::new(config.limits.bus_queue);
-        let bus: Arc<dyn Bus> = Arc::new(bus);
+        let (tx, events) = mpsc::channel(config.limits.bus_queue);
+        let inbound = Inbound::new(tx, BusMetrics::register(metrics.registry()));
+        let bus = telegraphy_bus::start(&config.bus, &config.bus_options(), inbound)?;
         let public = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {} (listen); is another process using it?", config.listen))?;
@@ -124,6 +125,7 @@ impl Gateway {
             // The public server stopped on its own: nothing to drain.
             node.shutdown.cancel();
             dispatcher.abort();
+            node.bus.shutdown();
             admin_stop.cancel();
             return match result {
                 Ok(r) => r.map_err(Into::into),
@@ -153,6 +155,7 @@ impl Gateway {
             serve.abort();
         }
         dispatcher.abort();
+        node.bus.shutdown();
         admin_stop.cancel();
         let _ = admin_task.await;
         tracing::info!("gateway stopped");

@@ -14,6 +14,9 @@ use crate::metrics::Violation;
 use crate::node::{now_us, random_id, Node};
 use crate::options;
 
+/// Longest wait for the bus to route a new subscription before SUBSCRIBED.
+const INTEREST_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What the connection should do after a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
@@ -84,7 +87,7 @@ impl Session {
                 Flow::Close(close::NORMAL)
             }
             (State::Established { .. }, Message::Subscribe { request, options, topic }) => {
-                self.subscribe(request, options, topic);
+                self.subscribe(request, options, topic).await;
                 Flow::Continue
             }
             (State::Established { .. }, Message::Unsubscribe { request, subscription }) => {
@@ -152,7 +155,7 @@ impl Session {
         Flow::Continue
     }
 
-    fn subscribe(&mut self, request: Id, options: Dict, topic: String) {
+    async fn subscribe(&mut self, request: Id, options: Dict, topic: String) {
         let policy = match options.get("match") {
             None | Some(Value::Null) => MatchPolicy::Exact,
             Some(Value::Str(s)) => match MatchPolicy::parse(s) {
@@ -199,6 +202,12 @@ impl Session {
         }
         let subscribed = hub.subscribe(&self.handle, policy, &topic);
         subscriptions.insert(subscribed.id);
+        // Confirm once the bus routes the topic here, so that events
+        // published after SUBSCRIBED arrive (bounded: a stuck broker must
+        // not stall the session; the interest is re-applied on reconnect).
+        if tokio::time::timeout(INTEREST_WAIT, self.node.bus.interest_applied(subscribed.ticket)).await.is_err() {
+            tracing::warn!(topic = %topic, "the bus took longer than {INTEREST_WAIT:?} to route a new subscription; confirming anyway");
+        }
         self.send(&Message::Subscribed { request, subscription: subscribed.id });
     }
 
@@ -265,7 +274,8 @@ impl Session {
                     self.send(&Message::Published { request, publication });
                 }
             }
-            Err(e) => reject(self, err::BUS_UNAVAILABLE, &e.to_string()),
+            Err(e @ telegraphy_bus::PublishError::Unavailable(_)) => reject(self, err::BUS_UNAVAILABLE, &e.to_string()),
+            Err(e @ telegraphy_bus::PublishError::Rejected(_)) => reject(self, err::INVALID_ARGUMENT, &e.to_string()),
         }
     }
 

@@ -1,0 +1,64 @@
+//! The hand-off of consumed events to the node: decode (counting and
+//! logging unusable envelopes once per cause), measure bus lag, and send
+//! through the node's bounded queue (waiting when it is full).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+
+use crate::{BusMetrics, Envelope, EnvelopeError};
+
+/// The node's side of the bus.
+#[derive(Clone)]
+pub struct Inbound {
+    tx: mpsc::Sender<Envelope>,
+    /// Bus metrics (shared with the adapter).
+    pub metrics: BusMetrics,
+    logged: Arc<[AtomicBool; 2]>,
+}
+
+/// The node stopped consuming.
+#[derive(Debug)]
+pub struct Closed;
+
+impl Inbound {
+    /// An inbound feeding `tx`.
+    pub fn new(tx: mpsc::Sender<Envelope>, metrics: BusMetrics) -> Inbound {
+        Inbound { tx, metrics, logged: Arc::new([AtomicBool::new(false), AtomicBool::new(false)]) }
+    }
+
+    /// Decodes bytes from the broker; `None` (counted, logged once per cause)
+    /// when they are not a usable envelope.
+    pub fn decode(&self, bytes: &[u8]) -> Option<Envelope> {
+        match Envelope::decode(bytes) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                self.metrics.decode_error(e.cause());
+                let slot = match e {
+                    EnvelopeError::Malformed(_) => 0,
+                    EnvelopeError::UnsupportedVersion(_) => 1,
+                };
+                if !self.logged[slot].swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        error = %e,
+                        "skipping an event from the bus that this node cannot read \
+                         (logged once; telegraphy_bus_decode_errors_total counts them all)"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// Passes an event to the node, waiting while its queue is full.
+    pub async fn deliver(&self, event: Envelope) -> Result<(), Closed> {
+        self.metrics.received.inc();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+        if event.published_at_us > 0 && now >= event.published_at_us {
+            self.metrics.lag.observe((now - event.published_at_us) as f64 / 1e6);
+        }
+        self.tx.send(event).await.map_err(|_| Closed)
+    }
+}

@@ -1,0 +1,327 @@
+//! `redis://host:port/db`: Redis pub/sub.
+//!
+//! * Each event is PUBLISHed on the channel `{key_prefix}{realm}:{topic}`.
+//! * A node subscribes only to what its sessions need: SUBSCRIBE for exact
+//!   subscriptions, PSUBSCRIBE for prefix (`…:a.b*`) and wildcard (`…:a.*.c`)
+//!   ones. Redis glob patterns are wider than WAMP's (a `*` also matches
+//!   dots); the node re-checks every topic, so that only costs traffic.
+//! * When a channel and a pattern (or two patterns) match one event, Redis
+//!   delivers it once per match; the adapter drops the copies by publication
+//!   id so each node sees each event once.
+//! * One task owns the subscriber connection: it reconnects with capped,
+//!   jittered backoff and re-subscribes the node's whole interest set.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt as _, StreamExt as _};
+use redis::aio::MultiplexedConnection;
+use telegraphy_wamp::MatchPolicy;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::interest::{Interest, Interests};
+use crate::{redact, Bus, BusError, BusOptions, Envelope, Inbound, PublishError, Ticket};
+
+/// How many recent publication ids the duplicate filter remembers. Copies
+/// of one event arrive back to back, so a small window is plenty.
+const DEDUP_WINDOW: usize = 4096;
+
+/// The Redis bus.
+pub struct RedisBus {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    client: redis::Client,
+    url: String,
+    options: BusOptions,
+    interests: Interests,
+    /// The connection PUBLISH goes through; `None` while disconnected.
+    publisher: Mutex<Option<MultiplexedConnection>>,
+    stop: CancellationToken,
+    metrics: crate::BusMetrics,
+}
+
+/// A Redis subscription: a channel or a glob pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Sub {
+    Channel(String),
+    Pattern(String),
+}
+
+/// The channel an event of `realm` / `topic` is published on.
+pub fn channel(prefix: &str, realm: &str, topic: &str) -> String {
+    format!("{prefix}{realm}:{topic}")
+}
+
+fn glob_escape(s: &str, out: &mut String) {
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+}
+
+fn subscription_for(prefix: &str, i: &Interest) -> Sub {
+    match i.policy {
+        MatchPolicy::Exact => Sub::Channel(channel(prefix, &i.realm, &i.pattern)),
+        MatchPolicy::Prefix => {
+            let mut p = String::new();
+            glob_escape(&channel(prefix, &i.realm, &i.pattern), &mut p);
+            p.push('*');
+            Sub::Pattern(p)
+        }
+        MatchPolicy::Wildcard => {
+            let mut p = String::new();
+            glob_escape(&format!("{prefix}{}:", i.realm), &mut p);
+            for (n, component) in i.pattern.split('.').enumerate() {
+                if n > 0 {
+                    p.push('.');
+                }
+                if component.is_empty() {
+                    p.push('*');
+                } else {
+                    glob_escape(component, &mut p);
+                }
+            }
+            Sub::Pattern(p)
+        }
+    }
+}
+
+fn open(url: &str) -> Result<redis::Client, BusError> {
+    redis::Client::open(url).map_err(|e| BusError::InvalidUrl(format!("bus `{}`: {e}", redact(url))))
+}
+
+fn connect_error(url: &str, e: redis::RedisError) -> BusError {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed {
+        BusError::Auth { url: redact(url), reason: e.to_string() }
+    } else {
+        BusError::Connect { url: redact(url), reason: e.to_string() }
+    }
+}
+
+impl RedisBus {
+    /// A node's Redis bus; connects (and reconnects) in the background.
+    pub fn start(url: &str, options: &BusOptions, inbound: Inbound) -> Result<RedisBus, BusError> {
+        let shared = Arc::new(Shared {
+            client: open(url)?,
+            url: redact(url),
+            options: options.clone(),
+            interests: Interests::default(),
+            publisher: Mutex::new(None),
+            stop: CancellationToken::new(),
+            metrics: inbound.metrics.clone(),
+        });
+        tokio::spawn(run(shared.clone(), inbound));
+        Ok(RedisBus { shared })
+    }
+
+    /// A publish-only Redis bus, connected now.
+    pub async fn connect_publisher(url: &str, options: &BusOptions) -> Result<RedisBus, BusError> {
+        let client = open(url)?;
+        let conn = tokio::time::timeout(options.connect_timeout, client.get_multiplexed_async_connection())
+            .await
+            .map_err(|_| BusError::Connect {
+                url: redact(url),
+                reason: format!("no answer within {:?}", options.connect_timeout),
+            })?
+            .map_err(|e| connect_error(url, e))?;
+        let metrics = crate::BusMetrics::unregistered();
+        metrics.connected.set(1);
+        let shared = Arc::new(Shared {
+            client,
+            url: redact(url),
+            options: options.clone(),
+            interests: Interests::default(),
+            publisher: Mutex::new(Some(conn)),
+            stop: CancellationToken::new(),
+            metrics,
+        });
+        shared.interests.set_connected(true);
+        Ok(RedisBus { shared })
+    }
+}
+
+impl Bus for RedisBus {
+    fn publish(&self, event: Envelope) -> BoxFuture<'_, Result<(), PublishError>> {
+        async move {
+            let s = &self.shared;
+            let conn = s.publisher.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let Some(mut conn) = conn else {
+                s.metrics.publish_errors.inc();
+                return Err(PublishError::Unavailable(format!("not connected to Redis at {}", s.url)));
+            };
+            let name = channel(&s.options.redis_key_prefix, &event.realm, &event.topic);
+            let result: redis::RedisResult<i64> =
+                redis::cmd("PUBLISH").arg(name).arg(event.encode()).query_async(&mut conn).await;
+            result.map(|_| ()).map_err(|e| {
+                s.metrics.publish_errors.inc();
+                PublishError::Unavailable(format!("Redis at {} did not take the event: {e}", s.url))
+            })
+        }
+        .boxed()
+    }
+
+    fn add_interest(&self, realm: &str, policy: MatchPolicy, pattern: &str) -> Ticket {
+        self.shared.interests.add(Interest { realm: realm.into(), policy, pattern: pattern.into() })
+    }
+
+    fn remove_interest(&self, realm: &str, policy: MatchPolicy, pattern: &str) {
+        self.shared.interests.remove(&Interest { realm: realm.into(), policy, pattern: pattern.into() })
+    }
+
+    fn interest_applied(&self, ticket: Ticket) -> BoxFuture<'_, ()> {
+        self.shared.interests.wait_applied(ticket).boxed()
+    }
+
+    fn is_ready(&self) -> bool {
+        self.shared.interests.is_connected()
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn shutdown(&self) {
+        self.shared.stop.cancel();
+    }
+}
+
+impl Drop for RedisBus {
+    fn drop(&mut self) {
+        self.shared.stop.cancel();
+    }
+}
+
+/// The subscriber task: connect, reconcile, consume; on loss, back off and
+/// start over.
+async fn run(s: Arc<Shared>, inbound: Inbound) {
+    let mut backoff = Backoff::new(std::time::Duration::from_millis(100), s.options.reconnect_max_delay);
+    let mut down_since: Option<Instant> = None;
+    let mut first = true;
+    while !s.stop.is_cancelled() {
+        let outcome = session(&s, &inbound, &mut backoff, &mut down_since, &mut first).await;
+        s.interests.set_connected(false);
+        s.metrics.connected.set(0);
+        s.metrics.interests.set(0);
+        *s.publisher.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        down_since.get_or_insert_with(Instant::now);
+        match outcome {
+            Ok(()) => return,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(bus = %s.url, error = %e, retry_in = ?delay, "Redis bus disconnected; this node is not ready until it reconnects");
+                tokio::select! {
+                    _ = s.stop.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn session(
+    s: &Shared,
+    inbound: &Inbound,
+    backoff: &mut Backoff,
+    down_since: &mut Option<Instant>,
+    first: &mut bool,
+) -> Result<(), String> {
+    let pubsub = s.client.get_async_pubsub().await.map_err(|e| e.to_string())?;
+    let conn = s.client.get_multiplexed_async_connection().await.map_err(|e| e.to_string())?;
+    let (mut sink, mut stream) = pubsub.split();
+    *s.publisher.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+    let mut applied: HashSet<Sub> = HashSet::new();
+    let mut applied_version = None;
+    let mut recent: VecDeque<u64> = VecDeque::with_capacity(DEDUP_WINDOW);
+    let mut recent_set: HashSet<u64> = HashSet::with_capacity(DEDUP_WINDOW);
+    let mut connected = false;
+    loop {
+        let (version, desired) = s.interests.snapshot();
+        if applied_version != Some(version) {
+            let want: HashSet<Sub> = desired.iter().map(|i| subscription_for(&s.options.redis_key_prefix, i)).collect();
+            for sub in want.difference(&applied) {
+                match sub {
+                    Sub::Channel(c) => sink.subscribe(c).await,
+                    Sub::Pattern(p) => sink.psubscribe(p).await,
+                }
+                .map_err(|e| e.to_string())?;
+            }
+            for sub in applied.difference(&want) {
+                match sub {
+                    Sub::Channel(c) => sink.unsubscribe(c).await,
+                    Sub::Pattern(p) => sink.punsubscribe(p).await,
+                }
+                .map_err(|e| e.to_string())?;
+            }
+            applied = want;
+            applied_version = Some(version);
+            s.metrics.interests.set(applied.len() as i64);
+            s.interests.mark_applied(version);
+        }
+        if !connected {
+            connected = true;
+            backoff.reset();
+            s.interests.set_connected(true);
+            s.metrics.connected.set(1);
+            if let Some(since) = down_since.take() {
+                if !*first {
+                    s.metrics.reconnects.inc();
+                    s.metrics.disconnected_seconds.inc_by(since.elapsed().as_secs_f64());
+                }
+            }
+            if *first {
+                tracing::info!(bus = %s.url, "Redis bus connected");
+            } else {
+                tracing::info!(bus = %s.url, subscriptions = applied.len(), "Redis bus reconnected; subscriptions restored");
+            }
+            *first = false;
+        }
+        tokio::select! {
+            _ = s.stop.cancelled() => return Ok(()),
+            _ = s.interests.changed() => {}
+            msg = stream.next() => {
+                let Some(msg) = msg else { return Err("the subscriber connection closed".into()) };
+                let Some(event) = inbound.decode(msg.get_payload_bytes()) else { continue };
+                if !recent_set.insert(event.publication) {
+                    s.metrics.duplicates.inc();
+                    continue;
+                }
+                if recent.len() == DEDUP_WINDOW {
+                    if let Some(old) = recent.pop_front() {
+                        recent_set.remove(&old);
+                    }
+                }
+                recent.push_back(event.publication);
+                if inbound.deliver(event).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn i(policy: MatchPolicy, p: &str) -> Interest {
+        Interest { realm: "realm1".into(), policy, pattern: p.into() }
+    }
+
+    #[test]
+    fn channel_and_pattern_names() {
+        let pre = "tg:";
+        assert_eq!(subscription_for(pre, &i(MatchPolicy::Exact, "a.b")), Sub::Channel("tg:realm1:a.b".into()));
+        assert_eq!(subscription_for(pre, &i(MatchPolicy::Prefix, "a.b")), Sub::Pattern("tg:realm1:a.b*".into()));
+        assert_eq!(subscription_for(pre, &i(MatchPolicy::Wildcard, "a..c")), Sub::Pattern("tg:realm1:a.*.c".into()));
+        assert_eq!(subscription_for(pre, &i(MatchPolicy::Wildcard, ".b.")), Sub::Pattern("tg:realm1:*.b.*".into()));
+        // Glob characters in URIs are escaped, never interpreted.
+        assert_eq!(subscription_for(pre, &i(MatchPolicy::Prefix, "a[1]?")), Sub::Pattern("tg:realm1:a\\[1\\]\\?*".into()));
+    }
+}
