@@ -92,7 +92,7 @@ fn classify(url: &str, e: lapin::Error) -> BusError {
 }
 
 async fn open_publisher(url: &str, options: &BusOptions) -> Result<(Connection, Channel), BusError> {
-    let conn = Connection::connect(url, ConnectionProperties::default().with_connection_name("telegraphy".into()))
+    let conn = Connection::connect(url, ConnectionProperties::default().with_connection_name(options.connection_name.as_str().into()))
         .await
         .map_err(|e| classify(url, e))?;
     let channel = conn.create_channel().await.map_err(|e| classify(url, e))?;

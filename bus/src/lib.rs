@@ -151,6 +151,8 @@ pub struct BusOptions {
     pub reconnect_max_delay: Duration,
     /// How long a publish-only client tries to connect before giving up.
     pub connect_timeout: Duration,
+    /// Name this client gives its broker connection (RabbitMQ shows it).
+    pub connection_name: String,
 }
 
 impl Default for BusOptions {
@@ -162,6 +164,7 @@ impl Default for BusOptions {
             amqp_queue_max_length: 100_000,
             reconnect_max_delay: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
+            connection_name: "telegraphy".into(),
         }
     }
 }

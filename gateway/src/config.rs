@@ -384,13 +384,14 @@ impl Config {
     }
 
     /// The bus adapter settings, from `redis`, `amqp` and limits.
-    pub fn bus_options(&self) -> telegraphy_bus::BusOptions {
+    pub fn bus_options(&self, node_id: u64) -> telegraphy_bus::BusOptions {
         telegraphy_bus::BusOptions {
             redis_key_prefix: self.redis.key_prefix.clone(),
             amqp_exchange: self.amqp.exchange.clone(),
             amqp_prefetch: self.amqp.prefetch,
             amqp_queue_max_length: self.amqp.queue_max_length,
             reconnect_max_delay: self.limits.bus_reconnect_max_delay,
+            connection_name: format!("telegraphy-gateway-{node_id:016x}"),
             ..telegraphy_bus::BusOptions::default()
         }
     }

@@ -44,8 +44,7 @@ pub struct Node {
 
 impl Node {
     /// Builds a node around a bus.
-    pub fn new(config: Config, bus: Arc<dyn Bus>, metrics: Arc<Metrics>) -> Arc<Node> {
-        let id = fastrand::u64(1..);
+    pub fn new(id: u64, config: Config, bus: Arc<dyn Bus>, metrics: Arc<Metrics>) -> Arc<Node> {
         let hubs = config
             .realms
             .iter()

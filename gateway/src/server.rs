@@ -44,14 +44,15 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         let (tx, events) = mpsc::channel(config.limits.bus_queue);
         let inbound = Inbound::new(tx, BusMetrics::register(metrics.registry()));
-        let bus = telegraphy_bus::start(&config.bus, &config.bus_options(), inbound)?;
+        let node_id = fastrand::u64(1..);
+        let bus = telegraphy_bus::start(&config.bus, &config.bus_options(node_id), inbound)?;
         let public = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {} (listen); is another process using it?", config.listen))?;
         let admin = TcpListener::bind(config.admin_listen)
             .await
             .with_context(|| format!("cannot listen on {} (admin_listen); is another process using it?", config.admin_listen))?;
-        let node = Node::new(config, bus, metrics);
+        let node = Node::new(node_id, config, bus, metrics);
         Ok(Gateway { node, events, public, admin })
     }
 

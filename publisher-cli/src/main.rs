@@ -1,1 +1,312 @@
-fn main(){}
+//! `telegraphy-publish`: publish Telegraphy events from cron jobs and shell
+//! scripts, straight onto the bus or through a gateway's HTTP endpoint.
+//! A thin shell over the `telegraphy-publisher` library.
+
+use std::io::BufRead as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use telegraphy_bus::{BusOptions, Filter};
+use telegraphy_publisher::{Error, ErrorKind, Event, Publisher};
+use telegraphy_wamp::{Dict, Value};
+
+/// Exit statuses (also listed in --help).
+mod status {
+    pub(crate) const BAD_INPUT: u8 = 2;
+    pub(crate) const UNAVAILABLE: u8 = 3;
+    pub(crate) const UNAUTHORIZED: u8 = 4;
+    pub(crate) const REJECTED: u8 = 5;
+}
+
+const AFTER_HELP: &str = "\
+Examples:
+  # one event straight onto Redis
+  telegraphy-publish --bus redis://127.0.0.1:6379/0 com.example.orders.created '[42]' '{\"total\": 9.5}'
+
+  # through a gateway's HTTP endpoint
+  TELEGRAPHY_API_KEY=... telegraphy-publish --gateway http://127.0.0.1:8080 demo.hello '[\"hi\"]'
+
+  # a batch: one JSON object per line
+  printf '%s\\n' '{\"topic\": \"a.b\", \"args\": [1]}' '{\"topic\": \"a.c\", \"kwargs\": {\"x\": 2}}' \\
+    | telegraphy-publish --bus amqp://guest:guest@127.0.0.1:5672/%2f --stdin
+
+Each published event's publication id is printed on its own line.
+Exit status: 0 every event was accepted by the bus; 2 bad input (the event, a JSON line, a URL);
+3 the bus or gateway is unreachable or not accepting events (retry later); 4 credentials refused;
+5 the bus refused an event. With --stdin, lines with bad input are reported and skipped, and the
+first failure decides the status; an unreachable bus stops the batch.";
+
+/// Publish Telegraphy events from the command line.
+#[derive(Parser, Debug)]
+#[command(version, after_help = AFTER_HELP)]
+struct Args {
+    /// Bus URL: redis://HOST:6379/0 or amqp://USER:PASS@HOST:5672/VHOST.
+    #[arg(long, env = "TELEGRAPHY_BUS", value_name = "URL", conflicts_with = "gateway")]
+    bus: Option<String>,
+    /// Gateway base URL, to publish through its HTTP endpoint (needs --api-key).
+    #[arg(long, env = "TELEGRAPHY_GATEWAY_URL", value_name = "URL")]
+    gateway: Option<String>,
+    /// API key for --gateway.
+    #[arg(long, env = "TELEGRAPHY_API_KEY", value_name = "KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Realm of the events.
+    #[arg(long, default_value = telegraphy_publisher::DEFAULT_REALM)]
+    realm: String,
+    /// Give up connecting or publishing after this long (e.g. 5s, 500ms).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Redis channel prefix; must match the gateways' redis.key_prefix.
+    #[arg(long, env = "TELEGRAPHY_REDIS__KEY_PREFIX", default_value = "telegraphy:")]
+    redis_key_prefix: String,
+    /// RabbitMQ exchange; must match the gateways' amqp.exchange.
+    #[arg(long, env = "TELEGRAPHY_AMQP__EXCHANGE", default_value = "telegraphy")]
+    amqp_exchange: String,
+    /// Only these session ids may receive the event (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "IDS")]
+    eligible: Vec<u64>,
+    /// These session ids must not receive the event (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "IDS")]
+    exclude: Vec<u64>,
+    /// Only sessions with these authids may receive the event.
+    #[arg(long, value_delimiter = ',', value_name = "AUTHIDS")]
+    eligible_authid: Vec<String>,
+    /// Sessions with these authids must not receive the event.
+    #[arg(long, value_delimiter = ',', value_name = "AUTHIDS")]
+    exclude_authid: Vec<String>,
+    /// Only sessions with these authroles may receive the event.
+    #[arg(long, value_delimiter = ',', value_name = "ROLES")]
+    eligible_authrole: Vec<String>,
+    /// Sessions with these authroles must not receive the event.
+    #[arg(long, value_delimiter = ',', value_name = "ROLES")]
+    exclude_authrole: Vec<String>,
+    /// Read events from standard input, one JSON object per line:
+    /// {"topic": "...", "args": [...], "kwargs": {...}, "options": {...}, "realm": "..."}.
+    #[arg(long, conflicts_with_all = ["topic", "args", "kwargs"])]
+    stdin: bool,
+    /// The topic URI.
+    #[arg(required_unless_present = "stdin")]
+    topic: Option<String>,
+    /// Positional arguments, as a JSON array.
+    #[arg(value_name = "ARGS_JSON")]
+    args: Option<String>,
+    /// Keyword arguments, as a JSON object.
+    #[arg(value_name = "KWARGS_JSON")]
+    kwargs: Option<String>,
+}
+
+/// A failure with the exit status it maps to.
+struct Failure {
+    status: u8,
+    message: String,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        let status = match e.kind() {
+            ErrorKind::InvalidInput => status::BAD_INPUT,
+            ErrorKind::Unavailable => status::UNAVAILABLE,
+            ErrorKind::Unauthorized => status::UNAUTHORIZED,
+            ErrorKind::Rejected => status::REJECTED,
+        };
+        Failure { status, message: e.to_string() }
+    }
+}
+
+fn bad(message: impl Into<String>) -> Failure {
+    Failure { status: status::BAD_INPUT, message: message.into() }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("telegraphy-publish: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("telegraphy-publish: {}", f.message);
+            ExitCode::from(f.status)
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Failure> {
+    let publisher = connect(&args).await?;
+    let result = if args.stdin { publish_lines(&args, &publisher).await } else { publish_one(&args, &publisher).await };
+    publisher.close();
+    result
+}
+
+async fn connect(args: &Args) -> Result<Publisher, Failure> {
+    match (&args.bus, &args.gateway) {
+        (Some(bus), _) => {
+            let options = BusOptions {
+                redis_key_prefix: args.redis_key_prefix.clone(),
+                amqp_exchange: args.amqp_exchange.clone(),
+                connect_timeout: args.timeout,
+                ..BusOptions::default()
+            };
+            Ok(Publisher::connect_with(bus, &options).await?)
+        }
+        (None, Some(gateway)) => {
+            let key = args.api_key.as_deref().unwrap_or_default();
+            Ok(Publisher::gateway(gateway, key, args.timeout)?)
+        }
+        (None, None) => Err(bad("say where to publish: --bus URL (or TELEGRAPHY_BUS), or --gateway URL with --api-key")),
+    }
+}
+
+fn filter_from_flags(args: &Args) -> Filter {
+    let some = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+    Filter {
+        exclude: args.exclude.clone(),
+        eligible: (!args.eligible.is_empty()).then(|| args.eligible.clone()),
+        exclude_authid: args.exclude_authid.clone(),
+        eligible_authid: some(&args.eligible_authid),
+        exclude_authrole: args.exclude_authrole.clone(),
+        eligible_authrole: some(&args.eligible_authrole),
+    }
+}
+
+fn parse_json(what: &str, text: &str) -> Result<Value, Failure> {
+    telegraphy_wamp::Serialization::Json
+        .decode_value(text.as_bytes())
+        .map_err(|e| bad(format!("{what} is not valid JSON: {e}")))
+}
+
+async fn publish_one(args: &Args, publisher: &Publisher) -> Result<(), Failure> {
+    let topic = args.topic.clone().unwrap_or_default();
+    let mut event = Event::new(topic).realm(args.realm.clone());
+    if let Some(text) = &args.args {
+        match parse_json("ARGS_JSON", text)? {
+            Value::List(l) => event.args = l,
+            other => return Err(bad(format!("ARGS_JSON must be a JSON array, got {}", other.type_name()))),
+        }
+    }
+    if let Some(text) = &args.kwargs {
+        match parse_json("KWARGS_JSON", text)? {
+            Value::Dict(d) => event.kwargs = d,
+            other => return Err(bad(format!("KWARGS_JSON must be a JSON object, got {}", other.type_name()))),
+        }
+    }
+    event.filter = filter_from_flags(args);
+    let id = tokio::time::timeout(args.timeout, publisher.publish(event))
+        .await
+        .map_err(|_| Failure { status: status::UNAVAILABLE, message: format!("no confirmation within {:?}", args.timeout) })??;
+    println!("{id}");
+    Ok(())
+}
+
+/// One stdin line into an event.
+fn event_from_line(args: &Args, line: &str) -> Result<Event, Failure> {
+    let Value::Dict(mut fields) = parse_json("the line", line)? else {
+        return Err(bad("each line must be a JSON object with at least a \"topic\""));
+    };
+    let topic = match fields.remove("topic") {
+        Some(Value::Str(t)) => t,
+        _ => return Err(bad("\"topic\" is missing or not a string")),
+    };
+    let mut event = Event::new(topic).realm(args.realm.clone());
+    match fields.remove("args") {
+        None | Some(Value::Null) => {}
+        Some(Value::List(l)) => event.args = l,
+        Some(other) => return Err(bad(format!("\"args\" must be an array, got {}", other.type_name()))),
+    }
+    match fields.remove("kwargs") {
+        None | Some(Value::Null) => {}
+        Some(Value::Dict(d)) => event.kwargs = d,
+        Some(other) => return Err(bad(format!("\"kwargs\" must be an object, got {}", other.type_name()))),
+    }
+    match fields.remove("realm") {
+        None | Some(Value::Null) => {}
+        Some(Value::Str(r)) => event.realm = Some(r),
+        Some(other) => return Err(bad(format!("\"realm\" must be a string, got {}", other.type_name()))),
+    }
+    event.filter = match fields.remove("options") {
+        None | Some(Value::Null) => filter_from_flags(args),
+        Some(Value::Dict(options)) => filter_from_options(&options)?,
+        Some(other) => return Err(bad(format!("\"options\" must be an object, got {}", other.type_name()))),
+    };
+    if let Some(key) = fields.keys().next() {
+        return Err(bad(format!("unknown field \"{key}\"; a line takes topic, args, kwargs, options and realm")));
+    }
+    Ok(event)
+}
+
+fn filter_from_options(options: &Dict) -> Result<Filter, Failure> {
+    let ids = |key: &str| -> Result<Option<Vec<u64>>, Failure> {
+        match options.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::List(l)) => l
+                .iter()
+                .map(|v| v.as_u64().ok_or_else(|| bad(format!("option \"{key}\" must hold session ids"))))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(bad(format!("option \"{key}\" must be an array of session ids"))),
+        }
+    };
+    let strs = |key: &str| -> Result<Option<Vec<String>>, Failure> {
+        match options.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::List(l)) => l
+                .iter()
+                .map(|v| v.as_str().map(String::from).ok_or_else(|| bad(format!("option \"{key}\" must hold strings"))))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(bad(format!("option \"{key}\" must be an array of strings"))),
+        }
+    };
+    if let Some(key) = options.keys().find(|k| {
+        !matches!(
+            k.as_str(),
+            "exclude" | "eligible" | "exclude_authid" | "eligible_authid" | "exclude_authrole" | "eligible_authrole"
+        )
+    }) {
+        return Err(bad(format!("unknown option \"{key}\"; use exclude, eligible, exclude_authid, eligible_authid, exclude_authrole or eligible_authrole")));
+    }
+    Ok(Filter {
+        exclude: ids("exclude")?.unwrap_or_default(),
+        eligible: ids("eligible")?,
+        exclude_authid: strs("exclude_authid")?.unwrap_or_default(),
+        eligible_authid: strs("eligible_authid")?,
+        exclude_authrole: strs("exclude_authrole")?.unwrap_or_default(),
+        eligible_authrole: strs("eligible_authrole")?,
+    })
+}
+
+async fn publish_lines(args: &Args, publisher: &Publisher) -> Result<(), Failure> {
+    let mut first_failure: Option<Failure> = None;
+    let stdin = std::io::stdin();
+    for (n, line) in stdin.lock().lines().enumerate() {
+        let line = line.map_err(|e| bad(format!("cannot read standard input: {e}")))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let outcome = match event_from_line(args, &line) {
+            Ok(event) => match tokio::time::timeout(args.timeout, publisher.publish(event)).await {
+                Ok(Ok(id)) => {
+                    println!("{id}");
+                    continue;
+                }
+                Ok(Err(e)) => Failure::from(e),
+                Err(_) => Failure { status: status::UNAVAILABLE, message: format!("no confirmation within {:?}", args.timeout) },
+            },
+            Err(f) => f,
+        };
+        eprintln!("telegraphy-publish: line {}: {}", n + 1, outcome.message);
+        let stop = outcome.status == status::UNAVAILABLE || outcome.status == status::UNAUTHORIZED;
+        first_failure.get_or_insert(Failure { status: outcome.status, message: format!("line {}: {}", n + 1, outcome.message) });
+        if stop {
+            break;
+        }
+    }
+    match first_failure {
+        None => Ok(()),
+        Some(f) => Err(Failure { status: f.status, message: format!("not every event was published (first failure at {})", f.message) }),
+    }
+}

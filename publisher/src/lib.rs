@@ -1,1 +1,303 @@
-//! x
+//! Publish Telegraphy events from Rust: straight onto the bus (Redis,
+//! RabbitMQ) or through a gateway's `POST /publish` endpoint.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), telegraphy_publisher::Error> {
+//! use telegraphy_publisher::{Event, Publisher};
+//! let publisher = Publisher::connect("redis://127.0.0.1:6379/0").await?;
+//! let id = publisher.publish(Event::new("com.example.orders.created").arg(42u64)).await?;
+//! println!("published {id}");
+//! # Ok(()) }
+//! ```
+//!
+//! `publish` returns the publication id only once the bus accepted the
+//! event (Redis answered; RabbitMQ confirmed; the gateway answered 200).
+//! Errors say what to fix; match on [`Error::kind`].
+//!
+//! # Layout
+//!
+//! One file: [`Publisher`] (a cloneable handle), [`Event`] (a builder) and
+//! [`Error`] with its [`ErrorKind`].
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use telegraphy_bus::{Bus, BusError, BusOptions, Envelope, Filter, PublishError};
+use telegraphy_wamp::{uri, Dict, Id, UriKind, UriRules, Value, MAX_ID};
+
+/// The realm events go to unless the event names another.
+pub const DEFAULT_REALM: &str = "realm1";
+
+/// What kind of failure an [`Error`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The event or the URL is malformed: fix the input.
+    InvalidInput,
+    /// The bus or gateway could not be reached, or is not accepting events
+    /// now: retry later.
+    Unavailable,
+    /// Credentials were refused (broker password, API key).
+    Unauthorized,
+    /// The bus or gateway refused this event and would refuse it again.
+    Rejected,
+}
+
+/// A publishing failure.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl Error {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error { kind, message: message.into() }
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+}
+
+impl From<BusError> for Error {
+    fn from(e: BusError) -> Error {
+        let kind = match e {
+            BusError::InvalidUrl(_) => ErrorKind::InvalidInput,
+            BusError::Connect { .. } => ErrorKind::Unavailable,
+            BusError::Auth { .. } => ErrorKind::Unauthorized,
+        };
+        Error::new(kind, e.to_string())
+    }
+}
+
+impl From<PublishError> for Error {
+    fn from(e: PublishError) -> Error {
+        let kind = match e {
+            PublishError::Unavailable(_) => ErrorKind::Unavailable,
+            PublishError::Rejected(_) => ErrorKind::Rejected,
+        };
+        Error::new(kind, e.to_string())
+    }
+}
+
+/// One event to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// The topic URI.
+    pub topic: String,
+    /// Positional payload.
+    pub args: Vec<Value>,
+    /// Keyword payload.
+    pub kwargs: Dict,
+    /// Which subscribers may receive it (black/white lists).
+    pub filter: Filter,
+    /// The realm; [`DEFAULT_REALM`] when `None`.
+    pub realm: Option<String>,
+}
+
+impl Event {
+    /// An event on `topic` with no payload.
+    pub fn new(topic: impl Into<String>) -> Event {
+        Event { topic: topic.into(), args: Vec::new(), kwargs: Dict::new(), filter: Filter::default(), realm: None }
+    }
+
+    /// Appends a positional argument.
+    pub fn arg(mut self, value: impl Into<Value>) -> Event {
+        self.args.push(value.into());
+        self
+    }
+
+    /// Sets a keyword argument.
+    pub fn kwarg(mut self, key: impl Into<String>, value: impl Into<Value>) -> Event {
+        self.kwargs.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the realm.
+    pub fn realm(mut self, realm: impl Into<String>) -> Event {
+        self.realm = Some(realm.into());
+        self
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        if !uri::is_valid(&self.topic, UriRules::Loose, UriKind::Concrete) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("`{}` is not a valid topic URI (dot-separated words, no spaces, no `#`, no empty parts)", self.topic),
+            ));
+        }
+        if self.topic.starts_with("wamp.") {
+            return Err(Error::new(ErrorKind::InvalidInput, "topics under `wamp.` are reserved for the router"));
+        }
+        Ok(())
+    }
+}
+
+/// A handle that publishes events; cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    transport: Transport,
+}
+
+#[derive(Clone)]
+enum Transport {
+    Bus(Arc<dyn Bus>),
+    Http { client: reqwest::Client, endpoint: String, api_key: String },
+}
+
+impl Publisher {
+    /// Connects straight to a bus (`redis://…` or `amqp://…`) with default options.
+    pub async fn connect(bus_url: &str) -> Result<Publisher, Error> {
+        Publisher::connect_with(bus_url, &BusOptions::default()).await
+    }
+
+    /// Connects straight to a bus with the given options (key prefix,
+    /// exchange, connect timeout); they must match the gateways'.
+    pub async fn connect_with(bus_url: &str, options: &BusOptions) -> Result<Publisher, Error> {
+        let bus = telegraphy_bus::connect_publisher(bus_url, options).await?;
+        Ok(Publisher { transport: Transport::Bus(bus) })
+    }
+
+    /// Publishes through a gateway's HTTP endpoint (`http://host:8080`).
+    pub fn gateway(url: &str, api_key: &str, timeout: Duration) -> Result<Publisher, Error> {
+        let base = url.trim_end_matches('/');
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::new(ErrorKind::InvalidInput, format!("gateway URL `{url}` must start with http:// or https://")));
+        }
+        if base.starts_with("https://") {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "https gateway URLs are not supported by this build yet; publish over http on a private network, or straight to the bus",
+            ));
+        }
+        if api_key.is_empty() {
+            return Err(Error::new(ErrorKind::InvalidInput, "publishing through a gateway needs an API key (TELEGRAPHY_API_KEY)"));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("cannot set up the HTTP client: {e}")))?;
+        let endpoint = if base.ends_with("/publish") { base.to_string() } else { format!("{base}/publish") };
+        Ok(Publisher { transport: Transport::Http { client, endpoint, api_key: api_key.to_string() } })
+    }
+
+    /// Publishes one event; returns its publication id once it was accepted.
+    pub async fn publish(&self, event: Event) -> Result<Id, Error> {
+        event.check()?;
+        match &self.transport {
+            Transport::Bus(bus) => {
+                let publication = fastrand::u64(1..=MAX_ID);
+                let envelope = Envelope {
+                    realm: event.realm.unwrap_or_else(|| DEFAULT_REALM.to_string()),
+                    publication,
+                    topic: event.topic,
+                    args: event.args,
+                    kwargs: event.kwargs,
+                    filter: event.filter,
+                    publisher: None,
+                    published_at_us: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0),
+                };
+                bus.publish(envelope).await?;
+                Ok(publication)
+            }
+            Transport::Http { client, endpoint, api_key } => http_publish(client, endpoint, api_key, event).await,
+        }
+    }
+
+    /// Stops background work of the bus connection.
+    pub fn close(&self) {
+        if let Transport::Bus(bus) = &self.transport {
+            bus.shutdown();
+        }
+    }
+}
+
+fn filter_json(f: &Filter) -> serde_json::Value {
+    let mut o = serde_json::Map::new();
+    if !f.exclude.is_empty() {
+        o.insert("exclude".into(), f.exclude.clone().into());
+    }
+    if let Some(l) = &f.eligible {
+        o.insert("eligible".into(), l.clone().into());
+    }
+    if !f.exclude_authid.is_empty() {
+        o.insert("exclude_authid".into(), f.exclude_authid.clone().into());
+    }
+    if let Some(l) = &f.eligible_authid {
+        o.insert("eligible_authid".into(), l.clone().into());
+    }
+    if !f.exclude_authrole.is_empty() {
+        o.insert("exclude_authrole".into(), f.exclude_authrole.clone().into());
+    }
+    if let Some(l) = &f.eligible_authrole {
+        o.insert("eligible_authrole".into(), l.clone().into());
+    }
+    serde_json::Value::Object(o)
+}
+
+async fn http_publish(client: &reqwest::Client, endpoint: &str, api_key: &str, event: Event) -> Result<Id, Error> {
+    let mut body = serde_json::json!({
+        "topic": event.topic,
+        "args": to_json(&event.args),
+        "kwargs": to_json(&event.kwargs),
+        "options": filter_json(&event.filter),
+    });
+    if let Some(realm) = event.realm {
+        body["realm"] = realm.into();
+    }
+    let response = client.post(endpoint).bearer_auth(api_key).json(&body).send().await.map_err(|e| {
+        let what = if e.is_timeout() { "did not answer in time" } else { "cannot be reached" };
+        Error::new(ErrorKind::Unavailable, format!("the gateway at {endpoint} {what}: {e}"))
+    })?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    let parsed: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    let message = parsed["message"].as_str().map(String::from).unwrap_or_else(|| text.trim().to_string());
+    match status.as_u16() {
+        200 => parsed["id"]
+            .as_u64()
+            .ok_or_else(|| Error::new(ErrorKind::Rejected, format!("the gateway at {endpoint} answered 200 without a publication id"))),
+        401 | 403 => Err(Error::new(ErrorKind::Unauthorized, format!("the gateway refused the API key: {message}"))),
+        400 | 413 => Err(Error::new(ErrorKind::InvalidInput, format!("the gateway refused the event: {message}"))),
+        404 => Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("{endpoint} is not a Telegraphy publish endpoint (HTTP 404); check the gateway URL"),
+        )),
+        503 => Err(Error::new(ErrorKind::Unavailable, format!("the gateway cannot take events now: {message}"))),
+        other => Err(Error::new(ErrorKind::Unavailable, format!("the gateway answered HTTP {other}: {message}"))),
+    }
+}
+
+/// Payload values as JSON (binary data in the WAMP JSON string form).
+fn to_json<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_checked() {
+        assert!(Event::new("com.example.x").check().is_ok());
+        assert_eq!(Event::new("com..x").check().unwrap_err().kind(), ErrorKind::InvalidInput);
+        assert_eq!(Event::new("wamp.session.on_join").check().unwrap_err().kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn gateway_urls_are_checked() {
+        let t = Duration::from_secs(1);
+        assert!(Publisher::gateway("http://127.0.0.1:8080", "key", t).is_ok());
+        assert_eq!(Publisher::gateway("127.0.0.1:8080", "key", t).err().unwrap().kind(), ErrorKind::InvalidInput);
+        assert_eq!(Publisher::gateway("http://h", "", t).err().unwrap().kind(), ErrorKind::InvalidInput);
+    }
+
+    #[tokio::test]
+    async fn memory_bus_is_refused_with_advice() {
+        let err = Publisher::connect("memory://").await.err().unwrap();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("--gateway"), "{err}");
+    }
+}

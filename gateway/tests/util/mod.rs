@@ -22,6 +22,7 @@ pub const API_KEY: &str = "test-key-123456";
 pub const WAIT: Duration = Duration::from_secs(5);
 
 pub struct TestGateway {
+    pub node_id: u64,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -46,11 +47,33 @@ impl TestGateway {
         config.validate().expect("test config is valid");
         let gw = Gateway::bind(config).await.expect("bind");
         let (addr, admin) = (gw.local_addr(), gw.admin_addr());
+        let node_id = gw.node().id;
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(gw.run(async move {
             let _ = rx.await;
         }));
-        TestGateway { addr, admin, stop: Some(tx), task: Some(task) }
+        TestGateway { node_id, addr, admin, stop: Some(tx), task: Some(task) }
+    }
+
+    /// Starts a node and waits until `/readyz` says ready (bus connected).
+    pub async fn start_ready(config: Config) -> TestGateway {
+        let gw = Self::start_with(config).await;
+        assert!(gw.wait_ready(true, Duration::from_secs(20)).await, "gateway did not become ready");
+        gw
+    }
+
+    /// Polls `/readyz` until it answers `ready` (200) or not (503).
+    pub async fn wait_ready(&self, ready: bool, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(r) = reqwest::get(format!("http://{}/readyz", self.admin)).await {
+                if (r.status() == 200) == ready {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
     }
 
     pub fn ws_url(&self) -> String {
@@ -227,6 +250,27 @@ impl Client {
             other => panic!("expected EVENT, got {other:?}"),
         }
     }
+}
+
+/// A name no other test (or test run) uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", fastrand::u64(..))
+}
+
+/// Waits until `check` holds (polling), or panics with `what`.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
 }
 
 pub fn hello(realm: &str) -> Message {
