@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# The whole test suite: Rust unit and integration tests, the interoperability
-# tests with third-party WAMP clients (AutobahnJS under Node, AutobahnPython)
-# and the headless-browser test of the demo page, all against real gateways.
-# Installs what the tests need: Node and Python test dependencies, and
-# Debian's Chromium when it is missing.
+# The whole test suite: Rust unit and integration tests (gateway nodes on the
+# real Redis and RabbitMQ, the telegraphy-publish binary), the shared envelope
+# vectors checked by an independent msgpack implementation, the
+# interoperability tests with third-party WAMP clients (AutobahnJS under
+# Node, AutobahnPython) and the headless-browser test of the demo page.
+# Installs and starts what the tests need: Redis and RabbitMQ, Node and
+# Python test dependencies, and Debian's Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+echo "==> brokers (Redis, RabbitMQ)"
+bash scripts/services.sh
 
 echo "==> building the workspace"
 cargo build --workspace --all-targets --locked
@@ -17,6 +22,9 @@ export TELEGRAPHY_GATEWAY_BIN="$PWD/target/debug/telegraphy-gateway"
 
 echo "==> interoperability tests (AutobahnJS, AutobahnPython)"
 bash tests/interop/run.sh
+
+echo "==> envelope vectors, checked with Python's msgpack"
+tests/interop/python/.venv/bin/python tests/vectors/check_vectors.py
 
 echo "==> browser tests (headless Chromium)"
 if [[ ! -x "${CHROMIUM_BIN:-/usr/bin/chromium}" ]]; then
