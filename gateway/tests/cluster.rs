@@ -195,7 +195,7 @@ async fn amqp_three_nodes_each_event_once() {
     let bus = Bus::amqp();
     three_nodes(bus.clone()).await;
     let Bus::Amqp { exchange, .. } = bus else { unreachable!() };
-    delete_exchange(&exchange).await;
+    util::delete_exchange(&amqp_url(), &exchange).await;
 }
 
 async fn redis_numsub(url: &str, channel: &str) -> i64 {
@@ -301,15 +301,7 @@ async fn amqp_nodes_bind_only_what_their_sessions_need() {
     drop(a);
     drop(b);
     eventually("bindings removed", SLOW, || async { bindings_of(&exchange).is_empty() }).await;
-    delete_exchange(&exchange).await;
-}
-
-/// Test exchanges are durable like real ones: delete them afterwards.
-async fn delete_exchange(exchange: &str) {
-    let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await.unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    channel.exchange_delete(exchange.into(), lapin::options::ExchangeDeleteOptions::default()).await.unwrap();
-    let _ = conn.close(200, "done".into()).await;
+    util::delete_exchange(&amqp_url(), &exchange).await;
 }
 
 /// A private redis-server on a free port, to stop and start at will.
@@ -429,5 +421,5 @@ async fn amqp_connection_loss_is_survived() {
     assert_eq!(a.event().await.1, vec![Value::from("after")], "bindings restored on node 1");
     assert_eq!(b.event().await.1, vec![Value::from("after")]);
     let Bus::Amqp { exchange, .. } = bus else { unreachable!() };
-    delete_exchange(&exchange).await;
+    util::delete_exchange(&amqp_url(), &exchange).await;
 }

@@ -26,6 +26,8 @@ fn amqp_url() -> String {
 struct Bus {
     config: Config,
     flags: Vec<String>,
+    /// The test exchange to delete afterwards (RabbitMQ).
+    exchange: Option<String>,
 }
 
 fn redis_bus() -> Bus {
@@ -33,7 +35,7 @@ fn redis_bus() -> Bus {
     let mut config = util::config();
     config.bus = redis_url();
     config.redis.key_prefix = prefix.clone();
-    Bus { config, flags: vec!["--bus".into(), redis_url(), "--redis-key-prefix".into(), prefix] }
+    Bus { config, flags: vec!["--bus".into(), redis_url(), "--redis-key-prefix".into(), prefix], exchange: None }
 }
 
 fn amqp_bus() -> Bus {
@@ -41,7 +43,7 @@ fn amqp_bus() -> Bus {
     let mut config = util::config();
     config.bus = amqp_url();
     config.amqp.exchange = exchange.clone();
-    Bus { config, flags: vec!["--bus".into(), amqp_url(), "--amqp-exchange".into(), exchange] }
+    Bus { config, flags: vec!["--bus".into(), amqp_url(), "--amqp-exchange".into(), exchange.clone()], exchange: Some(exchange) }
 }
 
 /// Runs the CLI with `args`, feeding `stdin`, with a clean environment.
@@ -68,6 +70,8 @@ fn with(flags: &[String], more: &[&str]) -> Vec<String> {
     flags.iter().cloned().chain(more.iter().map(|s| s.to_string())).collect()
 }
 
+/// Three nodes, a subscriber on each; events from the CLI, from HTTP to one
+/// node and from a WAMP session on another: each subscriber gets each once.
 async fn three_nodes_with_cli(bus: Bus) {
     let nodes = [
         TestGateway::start_ready(bus.config.clone()).await,
@@ -96,6 +100,17 @@ async fn three_nodes_with_cli(bus: Bus) {
             other => panic!("expected EVENT, got {other:?}"),
         }
     }
+    // The same nodes, the same subscribers: an HTTP publish to node 1 and a
+    // WAMP publish from node 3 (exclude_me holds across the cluster).
+    let (status, _) = nodes[0].publish_http(serde_json::json!({"topic": "t.cli.http", "args": ["http"]})).await;
+    assert_eq!(status, 200);
+    for c in &mut subs {
+        assert_eq!(c.event().await.1, vec![Value::from("http")]);
+    }
+    subs[2].publish("t.cli.wamp", vec![Value::from("wamp")], telegraphy_wamp::Dict::new()).await;
+    for c in &mut subs[..2] {
+        assert_eq!(c.event().await.1, vec![Value::from("wamp")]);
+    }
     // A batch on stdin, with per-line options and a bad line in the middle.
     let eligible = subs[1].session;
     let batch = format!(
@@ -110,11 +125,15 @@ async fn three_nodes_with_cli(bus: Bus) {
     assert!(stderr.contains("line 2"), "{stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3, "three events published");
     for (i, c) in subs.iter_mut().enumerate() {
+        // Node 3's publisher did not get its own "wamp" event: its next one is "first".
         assert_eq!(c.event().await.1, vec![Value::from("first")]);
         if i == 1 {
             assert_eq!(c.event().await.1, vec![Value::from("only node 1")]);
         }
         assert_eq!(c.event().await.1, vec![Value::from("last")]);
+    }
+    if let Some(exchange) = &bus.exchange {
+        util::delete_exchange(&amqp_url(), exchange).await;
     }
 }
 

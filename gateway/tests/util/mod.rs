@@ -285,3 +285,11 @@ pub fn hello(realm: &str) -> Message {
 pub fn close_code(c: CloseCode) -> u16 {
     c.into()
 }
+
+/// Test exchanges are durable like real ones: delete them afterwards.
+pub async fn delete_exchange(amqp_url: &str, exchange: &str) {
+    let conn = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    channel.exchange_delete(exchange.into(), lapin::options::ExchangeDeleteOptions::default()).await.unwrap();
+    let _ = conn.close(200, "done".into()).await;
+}
