@@ -301,8 +301,8 @@ async fn consume(
     let mut pending = 0u64;
     let mut tick = tokio::time::interval(ACK_TICK);
     loop {
-        let (version, desired) = s.interests.snapshot();
-        if applied_version != Some(version) {
+        if applied_version != Some(s.interests.version()) {
+            let (version, desired) = s.interests.snapshot();
             let want: HashSet<String> = desired.iter().map(binding_key).collect();
             for key in want.difference(&applied) {
                 channel

@@ -70,6 +70,11 @@ impl Interests {
         }
     }
 
+    /// The current version (cheap: no copy of the set).
+    pub fn version(&self) -> Ticket {
+        self.desired.lock().unwrap_or_else(|e| e.into_inner()).version
+    }
+
     /// The current version and desired set.
     pub fn snapshot(&self) -> (Ticket, HashSet<Interest>) {
         let d = self.desired.lock().unwrap_or_else(|e| e.into_inner());

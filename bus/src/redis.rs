@@ -242,8 +242,8 @@ async fn session(
     let mut recent_set: HashSet<u64> = HashSet::with_capacity(DEDUP_WINDOW);
     let mut connected = false;
     loop {
-        let (version, desired) = s.interests.snapshot();
-        if applied_version != Some(version) {
+        if applied_version != Some(s.interests.version()) {
+            let (version, desired) = s.interests.snapshot();
             let want: HashSet<Sub> = desired.iter().map(|i| subscription_for(&s.options.redis_key_prefix, i)).collect();
             for sub in want.difference(&applied) {
                 match sub {
