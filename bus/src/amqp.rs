@@ -176,17 +176,23 @@ impl Bus for AmqpBus {
                 s.metrics.publish_errors.inc();
                 PublishError::Unavailable(format!("RabbitMQ at {} did not take the event: {e}", s.redacted))
             };
-            let confirm = channel
-                .basic_publish(
-                    s.options.amqp_exchange.as_str().into(),
-                    key.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &event.encode(),
-                    BasicProperties::default().with_content_type("application/x-telegraphy-envelope".into()),
-                )
+            let payload = event.encode();
+            let publish = async {
+                channel
+                    .basic_publish(
+                        s.options.amqp_exchange.as_str().into(),
+                        key.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &payload,
+                        BasicProperties::default().with_content_type("application/x-telegraphy-envelope".into()),
+                    )
+                    .await?
+                    .await
+            };
+            // A broker that stops answering fails the publish instead of hanging it.
+            let confirm = tokio::time::timeout(s.options.connect_timeout, publish)
                 .await
-                .map_err(|e| failed(e.to_string()))?
-                .await
+                .map_err(|_| failed(format!("no confirmation within {:?}", s.options.connect_timeout)))?
                 .map_err(|e| failed(e.to_string()))?;
             match confirm {
                 Confirmation::Ack(_) => Ok(()),
@@ -262,7 +268,11 @@ async fn session(
     down_since: &mut Option<Instant>,
     first: &mut bool,
 ) -> Result<(), String> {
-    let (conn, publisher) = open_publisher(&s.url, &s.options).await.map_err(|e| e.to_string())?;
+    let timeout = s.options.connect_timeout;
+    let (conn, publisher) = tokio::time::timeout(timeout, open_publisher(&s.url, &s.options))
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+        .map_err(|e| e.to_string())?;
     let result = consume(s, inbound, backoff, down_since, first, &conn, publisher).await;
     let _ = conn.close(200, "telegraphy node closing".into()).await;
     result

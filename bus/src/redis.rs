@@ -93,6 +93,14 @@ fn subscription_for(prefix: &str, i: &Interest) -> Sub {
     }
 }
 
+/// Timeouts for the PUBLISH connection: a broker that stops answering
+/// fails the publish (the caller reports it) instead of hanging it.
+fn connection_config(options: &BusOptions) -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(options.connect_timeout)
+        .set_response_timeout(options.connect_timeout)
+}
+
 fn open(url: &str) -> Result<redis::Client, BusError> {
     redis::Client::open(url).map_err(|e| BusError::InvalidUrl(format!("bus `{}`: {e}", redact(url))))
 }
@@ -124,13 +132,13 @@ impl RedisBus {
     /// A publish-only Redis bus, connected now.
     pub async fn connect_publisher(url: &str, options: &BusOptions) -> Result<RedisBus, BusError> {
         let client = open(url)?;
-        let conn = tokio::time::timeout(options.connect_timeout, client.get_multiplexed_async_connection())
-            .await
-            .map_err(|_| BusError::Connect {
-                url: redact(url),
-                reason: format!("no answer within {:?}", options.connect_timeout),
-            })?
-            .map_err(|e| connect_error(url, e))?;
+        let conn = tokio::time::timeout(
+            options.connect_timeout,
+            client.get_multiplexed_async_connection_with_config(&connection_config(options)),
+        )
+        .await
+        .map_err(|_| BusError::Connect { url: redact(url), reason: format!("no answer within {:?}", options.connect_timeout) })?
+        .map_err(|e| connect_error(url, e))?;
         let metrics = crate::BusMetrics::unregistered();
         metrics.connected.set(1);
         let shared = Arc::new(Shared {
@@ -232,8 +240,16 @@ async fn session(
     down_since: &mut Option<Instant>,
     first: &mut bool,
 ) -> Result<(), String> {
-    let pubsub = s.client.get_async_pubsub().await.map_err(|e| e.to_string())?;
-    let conn = s.client.get_multiplexed_async_connection().await.map_err(|e| e.to_string())?;
+    let timeout = s.options.connect_timeout;
+    let pubsub = tokio::time::timeout(timeout, s.client.get_async_pubsub())
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+        .map_err(|e| e.to_string())?;
+    let conn = s
+        .client
+        .get_multiplexed_async_connection_with_config(&connection_config(&s.options))
+        .await
+        .map_err(|e| e.to_string())?;
     let (mut sink, mut stream) = pubsub.split();
     *s.publisher.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
     let mut applied: HashSet<Sub> = HashSet::new();
