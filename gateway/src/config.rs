@@ -45,15 +45,114 @@ pub struct Config {
     /// (comma-separated in `TELEGRAPHY_API_KEYS`). Empty: HTTP publishing is off.
     #[serde(deserialize_with = "list_or_csv", skip_serializing)]
     pub api_keys: Vec<String>,
-    /// Development mode: serves the live demo page at `/` and accepts the API
-    /// key `dev` when no key is configured. Refused on non-loopback addresses.
+    /// Development mode: serves the live demo page at `/`, accepts the API
+    /// key `dev` when no key is configured, and lets anonymous sessions in
+    /// with full rights. Refused on non-loopback addresses.
     pub dev: bool,
+    /// Browser origins allowed to open WebSockets (`https://app.example.com`).
+    /// Same-origin pages and clients that send no Origin (non-browsers) are
+    /// always allowed; `"*"` allows every origin.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub allowed_origins: Vec<String>,
+    /// TLS on the public listener (for deployments without a terminating proxy).
+    pub tls: TlsConfig,
+    /// Who may connect, and how.
+    pub auth: AuthConfig,
+    /// Permissions per role: which topics a role may subscribe and publish to.
+    pub roles: std::collections::BTreeMap<String, RoleConfig>,
     /// Logging.
     pub log: LogConfig,
     /// Limits that keep memory bounded and abusers out.
     pub limits: Limits,
     /// Graceful drain on SIGTERM / SIGINT.
     pub shutdown: ShutdownConfig,
+}
+
+/// TLS settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; TLS is on when this and `key_file` are set.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM private key.
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Let sessions in without credentials, with `anonymous_role`
+    /// (also `TELEGRAPHY_ALLOW_ANONYMOUS`).
+    pub allow_anonymous: bool,
+    /// The role anonymous sessions get.
+    pub anonymous_role: String,
+    /// Shared secret for HS256 tokens (also `TELEGRAPHY_JWT_SECRET`). At least 32 bytes.
+    #[serde(skip_serializing)]
+    pub jwt_secret: Option<String>,
+    /// PEM public key for RS256 or EdDSA tokens (also
+    /// `TELEGRAPHY_JWT_PUBLIC_KEY_FILE`): the gateway never holds a signing key.
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+    /// When set, tokens must name this audience (`aud`).
+    pub jwt_audience: Option<String>,
+    /// When set, tokens must come from this issuer (`iss`).
+    pub jwt_issuer: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub jwt_leeway: Duration,
+    /// Close a session when its token expires (GOODBYE, close code 4003).
+    pub expire_sessions: bool,
+    /// WAMP-CRA users, for non-browser clients that hold a secret.
+    pub cra: Vec<CraUser>,
+}
+
+/// A WAMP-CRA user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CraUser {
+    /// The authid the client presents.
+    pub authid: String,
+    /// The shared secret.
+    #[serde(skip_serializing, default)]
+    pub secret: String,
+    /// The role the session gets.
+    pub role: String,
+}
+
+/// What a role may do. Patterns: `com.example.orders` (exact),
+/// `com.example.orders.*` (prefix: everything starting with `com.example.orders.`),
+/// `com..update` (wildcard: any one component), `*` (everything).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleConfig {
+    /// Topics the role may subscribe to (comma-separated in the environment).
+    #[serde(deserialize_with = "list_or_csv")]
+    pub subscribe: Vec<String>,
+    /// Topics the role may publish to (comma-separated in the environment).
+    #[serde(deserialize_with = "list_or_csv")]
+    pub publish: Vec<String>,
+    /// Publishes per second per session (token bucket); 0 means no limit.
+    pub publish_rate: f64,
+    /// Publishes a session may send in a burst above the rate.
+    pub publish_burst: u32,
+    /// May sessions of this role use `exclude`/`eligible` publish options?
+    pub publish_options: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            allow_anonymous: false,
+            anonymous_role: "anonymous".into(),
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            jwt_audience: None,
+            jwt_issuer: None,
+            jwt_leeway: Duration::from_secs(30),
+            expire_sessions: true,
+            cra: Vec::new(),
+        }
+    }
 }
 
 /// Redis bus settings.
@@ -158,6 +257,15 @@ pub struct Limits {
     /// Longest wait between attempts to reconnect to the bus broker.
     #[serde(with = "humantime_serde")]
     pub bus_reconnect_max_delay: Duration,
+    /// WebSockets that have not finished HELLO/authentication yet; more are
+    /// refused with HTTP 503 (keeps handshake floods bounded).
+    pub max_pending_handshakes: usize,
+    /// Most WebSocket connections from one client IP; 0 means no limit.
+    /// Behind a proxy every client shares the proxy's IP: enforce it there.
+    pub max_connections_per_ip: usize,
+    /// Time a client has to send its HTTP request headers (slowloris guard).
+    #[serde(with = "humantime_serde")]
+    pub http_header_timeout: Duration,
 }
 
 /// Drain settings.
@@ -185,6 +293,10 @@ impl Default for Config {
             uri_rules: UriRulesSetting::Loose,
             api_keys: Vec::new(),
             dev: false,
+            allowed_origins: Vec::new(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            roles: std::collections::BTreeMap::new(),
             log: LogConfig::default(),
             limits: Limits::default(),
             shutdown: ShutdownConfig::default(),
@@ -211,6 +323,9 @@ impl Default for Limits {
             ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
             bus_reconnect_max_delay: Duration::from_secs(10),
+            max_pending_handshakes: 10_000,
+            max_connections_per_ip: 0,
+            http_header_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -245,6 +360,9 @@ pub struct Overrides {
     /// `--dev`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dev: Option<bool>,
+    /// `--allow-anonymous` (goes to `auth.allow_anonymous`).
+    #[serde(skip)]
+    pub allow_anonymous: Option<bool>,
     /// `--log-format` / `--log-level`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<LogOverrides>,
@@ -289,8 +407,20 @@ impl Config {
             }
             fig = fig.merge(Toml::file_exact(path));
         }
-        let env = env.split("__").ignore(CLIENT_ENV_VARS);
+        // The documented short names of the auth settings.
+        let env = env
+            .map(|key| match key.as_str().to_ascii_lowercase().as_str() {
+                "jwt_secret" => "auth__jwt_secret".into(),
+                "jwt_public_key_file" => "auth__jwt_public_key_file".into(),
+                "allow_anonymous" => "auth__allow_anonymous".into(),
+                _ => key.into(),
+            })
+            .split("__")
+            .ignore(CLIENT_ENV_VARS);
         fig = fig.merge(env).merge(Serialized::defaults(overrides));
+        if let Some(allow) = overrides.allow_anonymous {
+            fig = fig.merge(Serialized::default("auth.allow_anonymous", allow));
+        }
         let config: Config = fig.extract().map_err(|e| {
             ConfigError::Parse(e.into_iter().map(|e| format!("configuration error: {e}")).collect::<Vec<_>>().join("\n"))
         })?;
@@ -317,6 +447,47 @@ impl Config {
         }
         if self.amqp.prefetch == 0 || self.amqp.queue_max_length == 0 {
             return invalid("keys `amqp.prefetch` and `amqp.queue_max_length` must be greater than 0".into());
+        }
+        if let Some(secret) = &self.auth.jwt_secret {
+            if secret.len() < 32 {
+                return invalid("key `auth.jwt_secret` (TELEGRAPHY_JWT_SECRET) must be at least 32 bytes; generate one with `openssl rand -hex 32`".into());
+            }
+        }
+        if self.auth.jwt_secret.is_some() && self.auth.jwt_public_key_file.is_some() {
+            return invalid("set either `auth.jwt_secret` (HS256) or `auth.jwt_public_key_file` (RS256/EdDSA), not both".into());
+        }
+        if let Some(path) = &self.auth.jwt_public_key_file {
+            if !path.exists() {
+                return invalid(format!("key `auth.jwt_public_key_file`: {} does not exist", path.display()));
+            }
+        }
+        for user in &self.auth.cra {
+            if user.secret.len() < 16 {
+                return invalid(format!("`auth.cra` user `{}`: the secret must be at least 16 characters", user.authid));
+            }
+        }
+        for (name, role) in &self.roles {
+            for pattern in role.subscribe.iter().chain(&role.publish) {
+                crate::authz::Pattern::parse(pattern)
+                    .map_err(|e| ConfigError::Invalid(format!("key `roles.{name}`: {e}")))?;
+            }
+            if role.publish_rate < 0.0 || !role.publish_rate.is_finite() {
+                return invalid(format!("key `roles.{name}.publish_rate` must be 0 (no limit) or a positive number"));
+            }
+        }
+        match (&self.tls.cert_file, &self.tls.key_file) {
+            (Some(c), Some(k)) => {
+                for p in [c, k] {
+                    if !p.exists() {
+                        return invalid(format!("TLS file {} does not exist (tls.cert_file / tls.key_file)", p.display()));
+                    }
+                }
+            }
+            (None, None) => {}
+            _ => return invalid("set both `tls.cert_file` and `tls.key_file`, or neither".into()),
+        }
+        if self.limits.max_pending_handshakes == 0 || self.limits.http_header_timeout.is_zero() {
+            return invalid("keys `limits.max_pending_handshakes` and `limits.http_header_timeout` must be greater than 0".into());
         }
         if self.limits.bus_reconnect_max_delay.is_zero() {
             return invalid("key `limits.bus_reconnect_max_delay` must be longer than 0s".into());
@@ -394,6 +565,32 @@ impl Config {
             connection_name: format!("telegraphy-gateway-{node_id:016x}"),
             ..telegraphy_bus::BusOptions::default()
         }
+    }
+
+    /// Every role the gateway knows: the built-in `anonymous` and `user`
+    /// (subscribe to anything, publish nothing, rate limited), overridden
+    /// or extended by `[roles.NAME]`. In dev mode `anonymous` may publish too.
+    pub fn effective_roles(&self) -> std::collections::BTreeMap<String, RoleConfig> {
+        let mut roles = std::collections::BTreeMap::new();
+        let builtin = |publish: Vec<String>| RoleConfig {
+            subscribe: vec!["*".into()],
+            publish,
+            publish_rate: 50.0,
+            publish_burst: 100,
+            publish_options: false,
+        };
+        let anonymous_publish = if self.dev { vec!["*".to_string()] } else { Vec::new() };
+        roles.insert(self.auth.anonymous_role.clone(), builtin(anonymous_publish));
+        roles.insert("user".to_string(), builtin(Vec::new()));
+        for (name, role) in &self.roles {
+            roles.insert(name.clone(), role.clone());
+        }
+        roles
+    }
+
+    /// Whether anonymous sessions are let in (configured, or dev mode).
+    pub fn anonymous_allowed(&self) -> bool {
+        self.auth.allow_anonymous || self.dev
     }
 
     /// The API keys `POST /publish` accepts (adds `dev` in dev mode when none is set).

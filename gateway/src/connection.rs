@@ -12,8 +12,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -34,10 +37,28 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 const WRITE_BATCH: usize = 128;
 
 /// `GET /ws`: negotiates the WAMP subprotocol and starts the session.
-pub async fn upgrade(State(node): State<Arc<Node>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     if node.is_draining() {
         node.metrics.refused("draining");
         return (StatusCode::SERVICE_UNAVAILABLE, "this gateway node is draining; connect to another node\n").into_response();
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        if !origin_allowed(&node.config.allowed_origins, origin, headers.get(header::HOST)) {
+            node.metrics.refused("origin");
+            node.metrics.auth_failure("origin");
+            let origin = origin.to_str().unwrap_or("(not text)");
+            tracing::info!(origin, "WebSocket refused: origin not allowed");
+            return (
+                StatusCode::FORBIDDEN,
+                format!("the page's origin {origin} may not open WebSockets here; add it to allowed_origins\n"),
+            )
+                .into_response();
+        }
     }
     let offered: Vec<&str> = headers
         .get_all("sec-websocket-protocol")
@@ -60,6 +81,14 @@ pub async fn upgrade(State(node): State<Arc<Node>>, headers: HeaderMap, ws: WebS
         return (StatusCode::SERVICE_UNAVAILABLE, "this gateway node is at its connection limit; retry later or connect to another node\n")
             .into_response();
     };
+    let Some(pending) = Pending::take(&node) else {
+        node.metrics.refused("pending_handshakes");
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many WebSockets are still authenticating here; retry later\n").into_response();
+    };
+    let Some(per_ip) = PerIp::take(&node, peer.ip()) else {
+        node.metrics.refused("per_ip");
+        return (StatusCode::TOO_MANY_REQUESTS, "too many WebSockets from your address\n").into_response();
+    };
     let limits = &node.config.limits;
     let mut ws = ws
         .max_message_size(limits.max_message_size)
@@ -67,11 +96,87 @@ pub async fn upgrade(State(node): State<Arc<Node>>, headers: HeaderMap, ws: WebS
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"));
     ws.set_selected_protocol(HeaderValue::from_static(serialization.subprotocol()));
     let tracker = node.sessions.clone();
-    ws.on_upgrade(move |socket| tracker.track_future(run(node, socket, serialization, permit)))
+    let guards = Guards { _permit: permit, pending: Some(pending), _per_ip: per_ip };
+    ws.on_upgrade(move |socket| tracker.track_future(run(node, socket, serialization, guards)))
+}
+
+/// Whether a browser page from `origin` may open a WebSocket: listed in
+/// `allowed`, `*` listed, or the same origin as the gateway itself.
+pub fn origin_allowed(allowed: &[String], origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
+    let Ok(origin) = origin.to_str() else { return false };
+    if allowed.iter().any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let same_host = origin.split_once("://").map(|(_, h)| h);
+    match (same_host, host.and_then(|h| h.to_str().ok())) {
+        (Some(o), Some(h)) => o.eq_ignore_ascii_case(h),
+        _ => false,
+    }
+}
+
+/// Slots a connection holds while it lives.
+struct Guards {
+    _permit: OwnedSemaphorePermit,
+    /// Released once the session is established (or the connection ends).
+    pending: Option<Pending>,
+    _per_ip: PerIp,
+}
+
+/// One of `limits.max_pending_handshakes`.
+struct Pending(Arc<Node>);
+
+impl Pending {
+    fn take(node: &Arc<Node>) -> Option<Pending> {
+        let limit = node.config.limits.max_pending_handshakes;
+        let taken = node
+            .pending_handshakes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
+            .is_ok();
+        taken.then(|| Pending(node.clone()))
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.pending_handshakes.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One of `limits.max_connections_per_ip` for an address (no-op when unlimited).
+struct PerIp(Option<(Arc<Node>, IpAddr)>);
+
+impl PerIp {
+    fn take(node: &Arc<Node>, ip: IpAddr) -> Option<PerIp> {
+        let limit = node.config.limits.max_connections_per_ip;
+        if limit == 0 {
+            return Some(PerIp(None));
+        }
+        let mut map = node.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_default();
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(PerIp(Some((node.clone(), ip))))
+    }
+}
+
+impl Drop for PerIp {
+    fn drop(&mut self) {
+        if let Some((node, ip)) = &self.0 {
+            let mut map = node.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = map.get_mut(ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(ip);
+                }
+            }
+        }
+    }
 }
 
 /// Runs one connection to its end.
-async fn run(node: Arc<Node>, socket: WebSocket, serialization: Serialization, _permit: OwnedSemaphorePermit) {
+async fn run(node: Arc<Node>, socket: WebSocket, serialization: Serialization, mut guards: Guards) {
     node.metrics.connections.inc();
     let limits = &node.config.limits;
     let (outbox, rx) = Outbox::new(limits.outbound_queue_messages, limits.outbound_queue_bytes, node.metrics.clone());
@@ -79,14 +184,20 @@ async fn run(node: Arc<Node>, socket: WebSocket, serialization: Serialization, _
     let (sink, stream) = socket.split();
     let writer = tokio::spawn(write_loop(node.clone(), handle.clone(), sink, rx));
     let mut session = Session::new(node.clone(), handle.clone());
-    read_loop(&node, &handle, &mut session, stream).await;
+    read_loop(&node, &handle, &mut session, stream, &mut guards.pending).await;
     session.cleanup();
     drop(session);
     let _ = writer.await;
     node.metrics.connections.dec();
 }
 
-async fn read_loop(node: &Node, handle: &SessionHandle, session: &mut Session, mut stream: SplitStream<WebSocket>) {
+async fn read_loop(
+    node: &Node,
+    handle: &SessionHandle,
+    session: &mut Session,
+    mut stream: SplitStream<WebSocket>,
+    pending: &mut Option<Pending>,
+) {
     let limits = &node.config.limits;
     let metrics = &node.metrics;
     let mut deadline = Instant::now() + limits.handshake_timeout;
@@ -98,6 +209,9 @@ async fn read_loop(node: &Node, handle: &SessionHandle, session: &mut Session, m
             _ = node.shutdown.cancelled(), if !draining => {
                 draining = true;
                 session.shutdown()
+            }
+            _ = sleep_until(session.expires_at().unwrap_or(deadline)), if session.expires_at().is_some_and(|e| e < deadline) => {
+                session.expire()
             }
             _ = sleep_until(deadline) => {
                 if session.is_established() {
@@ -148,6 +262,10 @@ async fn read_loop(node: &Node, handle: &SessionHandle, session: &mut Session, m
                 }
             },
         };
+        if pending.is_some() && session.is_established() {
+            // Authenticated: no longer counts against max_pending_handshakes.
+            pending.take();
+        }
         if let Flow::Close(code) = flow {
             handle.outbox.close(code);
             // Let the writer send what is queued and the close frame; the
@@ -291,6 +409,8 @@ pub fn close_reason(code: u16) -> &'static str {
         close::SLOW_CONSUMER => "slow consumer: outbound queue full, reconnect",
         close::IDLE_TIMEOUT => "idle timeout, reconnect",
         close::HELLO_TIMEOUT => "HELLO not received in time",
+        close::TOKEN_EXPIRED => "token expired: reconnect with a fresh token",
+        close::AUTH_FAILED => "authentication failed",
         _ => "",
     }
 }

@@ -17,6 +17,7 @@ use axum::extract::ws::{Message as WsMessage, Utf8Bytes};
 use telegraphy_bus::{Bus, Envelope, Ticket};
 use telegraphy_wamp::{Dict, EventRef, Id, MatchPolicy, Serialization, Value};
 
+use crate::authz::Permissions;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 
@@ -46,7 +47,14 @@ struct Subscription {
     ticket: Ticket,
     policy: MatchPolicy,
     uri: Arc<str>,
-    subscribers: HashMap<Id, Arc<SessionHandle>>,
+    subscribers: HashMap<Id, Subscriber>,
+}
+
+struct Subscriber {
+    session: Arc<SessionHandle>,
+    /// Set when the session may see only some topics this subscription
+    /// matches: each event is checked against it before it is queued.
+    check: Option<Arc<Permissions>>,
 }
 
 #[derive(Default)]
@@ -92,7 +100,13 @@ impl Hub {
     }
 
     /// Adds `session` to the subscription for (policy, uri), creating it if needed.
-    pub fn subscribe(&self, session: &Arc<SessionHandle>, policy: MatchPolicy, uri: &str) -> Subscribed {
+    pub fn subscribe(
+        &self,
+        session: &Arc<SessionHandle>,
+        policy: MatchPolicy,
+        uri: &str,
+        check: Option<Arc<Permissions>>,
+    ) -> Subscribed {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         let key: Arc<str> = Arc::from(uri);
         let id = match inner.by_key.get(&(policy, key.clone())) {
@@ -120,7 +134,7 @@ impl Hub {
             }
         };
         let sub = inner.subs.get_mut(&id).expect("indexed subscription exists");
-        let new_for_session = sub.subscribers.insert(session.id, session.clone()).is_none();
+        let new_for_session = sub.subscribers.insert(session.id, Subscriber { session: session.clone(), check }).is_none();
         if new_for_session {
             self.metrics.subscriptions.inc();
         }
@@ -237,10 +251,14 @@ impl Hub {
                 kwargs: &event.kwargs,
             };
             let mut frames: [Option<WsMessage>; 2] = [None, None];
-            'subscribers: for (sid, session) in &sub.subscribers {
+            'subscribers: for (sid, subscriber) in &sub.subscribers {
                 if excluded_self == Some(*sid) {
                     continue;
                 }
+                if subscriber.check.as_ref().is_some_and(|p| !p.may_receive(topic)) {
+                    continue;
+                }
+                let session = &subscriber.session;
                 if !open {
                     let Some(who) = session.identity.get() else { continue };
                     if !event.filter.admits(*sid, &who.authid, &who.authrole) {

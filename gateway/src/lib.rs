@@ -6,8 +6,11 @@
 //! * [`config`]: the one [`Config`](config::Config) struct (TOML file,
 //!   `TELEGRAPHY_*` env, flags), validated at startup.
 //! * [`server`]: listeners, routes and the single owner of shutdown/drain.
+//! * [`listener`]: the public accept loop (TLS, header timeout, peer address).
 //! * [`connection`]: the WebSocket upgrade and the reader/writer tasks.
 //! * [`session`]: the WAMP session state machine (HELLO to GOODBYE).
+//! * [`auth`]: authentication (JWT tickets, WAMP-CRA, anonymous) and roles.
+//! * [`authz`]: permission patterns and the subscribe/publish checks.
 //! * [`hub`]: a realm's subscriptions and event fan-out (encode once per
 //!   subscription and serializer, share the bytes).
 //! * [`outbox`]: each session's bounded outbound queue and its slow-consumer policy.
@@ -18,9 +21,12 @@
 //!
 //! The WAMP codec lives in `telegraphy-wamp` and the bus in `telegraphy-bus`.
 
+pub mod auth;
+pub mod authz;
 pub mod config;
 pub mod connection;
 pub mod hub;
+pub mod listener;
 pub mod metrics;
 pub mod node;
 pub mod options;

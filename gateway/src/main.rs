@@ -37,9 +37,13 @@ struct Args {
     /// URI rules for topics [default: loose].
     #[arg(long, value_enum)]
     uri_rules: Option<UriRulesSetting>,
-    /// Development mode: live demo page at /, API key `dev`; loopback only.
+    /// Development mode: live demo page at /, API key `dev`, anonymous
+    /// sessions with every right; loopback only.
     #[arg(long)]
     dev: bool,
+    /// Let sessions in without credentials (role `anonymous`).
+    #[arg(long)]
+    allow_anonymous: bool,
     /// Log format [default: text].
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -61,6 +65,7 @@ impl Args {
             api_keys: (!self.api_keys.is_empty()).then(|| self.api_keys.clone()),
             uri_rules: self.uri_rules,
             dev: self.dev.then_some(true),
+            allow_anonymous: self.allow_anonymous.then_some(true),
             log: (self.log_format.is_some() || self.log_level.is_some())
                 .then(|| LogOverrides { format: self.log_format, level: self.log_level.clone() }),
         }

@@ -45,9 +45,32 @@ pub mod name {
     pub const SLOW_CONSUMER_CLOSES: &str = "telegraphy_slow_consumer_closes_total";
     /// Messages dropped because a session's outbound queue was full.
     pub const QUEUE_DROPS: &str = "telegraphy_queue_drops_total";
+    /// Sessions refused at authentication, by reason.
+    pub const AUTH_FAILURES: &str = "telegraphy_auth_failures_total";
+    /// SUBSCRIBE / PUBLISH refused by authorization, by action.
+    pub const AUTHORIZATION_DENIED: &str = "telegraphy_authorization_denied_total";
+    /// Publishes refused by a role's rate limit.
+    pub const RATE_LIMITED: &str = "telegraphy_rate_limited_total";
     /// HTTP publish requests refused, by status code.
     pub const HTTP_PUBLISH_ERRORS: &str = "telegraphy_http_publish_errors_total";
 }
+
+/// Every `reason` label of `telegraphy_auth_failures_total` (exported at 0
+/// from the start, so dashboards and alerts see the series).
+pub const AUTH_FAILURE_REASONS: [&str; 12] = [
+    "expired",
+    "not_yet_valid",
+    "bad_signature",
+    "wrong_audience",
+    "wrong_issuer",
+    "wrong_algorithm",
+    "missing_claims",
+    "malformed",
+    "unknown_role",
+    "no_method",
+    "cra_failed",
+    "origin",
+];
 
 /// Protocol violation kinds (the `kind` label).
 #[derive(Debug, Clone, Copy)]
@@ -111,6 +134,10 @@ pub struct Metrics {
     pub slow_consumer_closes: IntCounter,
     pub queue_drops: IntCounter,
     http_publish_errors: IntCounterVec,
+    auth_failures: IntCounterVec,
+    pub denied_subscribe: IntCounter,
+    pub denied_publish: IntCounter,
+    pub rate_limited: IntCounter,
 }
 
 fn per_serializer(registry: &Registry, name: &str, help: &str) -> [IntCounter; 2] {
@@ -151,7 +178,16 @@ impl Metrics {
         )
         .expect("valid metric");
         reg(Box::new(fanout_duration.clone()));
+        let denied = counter_vec(name::AUTHORIZATION_DENIED, "SUBSCRIBE/PUBLISH refused by authorization, by action.", "action");
+        let auth_failures = counter_vec(name::AUTH_FAILURES, "Sessions refused at authentication, by reason.", "reason");
+        for reason in AUTH_FAILURE_REASONS {
+            auth_failures.with_label_values(&[reason]);
+        }
         Metrics {
+            auth_failures,
+            denied_subscribe: denied.with_label_values(&["subscribe"]),
+            denied_publish: denied.with_label_values(&["publish"]),
+            rate_limited: counter(name::RATE_LIMITED, "Publishes refused by a rate limit."),
             connections: gauge(name::CONNECTIONS, "Open WebSocket connections."),
             connections_refused: counter_vec(name::CONNECTIONS_REFUSED, "WebSocket upgrades refused, by reason.", "reason"),
             sessions: gauge(name::SESSIONS, "Established WAMP sessions."),
@@ -184,6 +220,11 @@ impl Metrics {
     /// Counts a protocol violation.
     pub fn violation(&self, kind: Violation) {
         self.violations[kind as usize].inc();
+    }
+
+    /// Counts a refused authentication (`reason` is one of [`AUTH_FAILURE_REASONS`]).
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures.with_label_values(&[reason]).inc();
     }
 
     /// Counts a closed connection by its close code.

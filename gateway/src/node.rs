@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -32,6 +33,12 @@ pub struct Node {
     pub uri_rules: UriRules,
     /// API keys accepted by `POST /publish`.
     pub api_keys: Vec<String>,
+    /// Verifies credentials and resolves roles.
+    pub auth: Authenticator,
+    /// WebSockets accepted that have not finished HELLO/authentication.
+    pub pending_handshakes: std::sync::atomic::AtomicUsize,
+    /// Open WebSockets per client IP (when `limits.max_connections_per_ip` is set).
+    pub per_ip: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
     /// Bounds concurrent WebSocket connections (`limits.max_connections`).
     pub connections: Arc<Semaphore>,
     /// False while draining; `/readyz` reports it.
@@ -44,7 +51,7 @@ pub struct Node {
 
 impl Node {
     /// Builds a node around a bus.
-    pub fn new(id: u64, config: Config, bus: Arc<dyn Bus>, metrics: Arc<Metrics>) -> Arc<Node> {
+    pub fn new(id: u64, config: Config, auth: Authenticator, bus: Arc<dyn Bus>, metrics: Arc<Metrics>) -> Arc<Node> {
         let hubs = config
             .realms
             .iter()
@@ -53,6 +60,9 @@ impl Node {
         Arc::new(Node {
             uri_rules: config.uri_rules.into(),
             api_keys: config.effective_api_keys(),
+            auth,
+            pending_handshakes: std::sync::atomic::AtomicUsize::new(0),
+            per_ip: std::sync::Mutex::new(HashMap::new()),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             config,
             id,

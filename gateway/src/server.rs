@@ -8,7 +8,7 @@
 //!    1012 (reconnect to another node);
 //! 4. [`run`] returns when every session ended, or at `shutdown.drain_timeout`.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -52,7 +52,8 @@ impl Gateway {
         let admin = TcpListener::bind(config.admin_listen)
             .await
             .with_context(|| format!("cannot listen on {} (admin_listen); is another process using it?", config.admin_listen))?;
-        let node = Node::new(node_id, config, bus, metrics);
+        let auth = crate::auth::Authenticator::from_config(&config)?;
+        let node = Node::new(node_id, config, auth, bus, metrics);
         Ok(Gateway { node, events, public, admin })
     }
 
@@ -75,13 +76,14 @@ impl Gateway {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let Gateway { node, events, public, admin } = self;
         let config = &node.config;
+        let scheme = if config.tls.cert_file.is_some() { "wss" } else { "ws" };
         tracing::info!(
             listen = %public.local_addr()?,
             admin_listen = %admin.local_addr()?,
             bus = node.bus.kind(),
             realms = ?config.realms,
             dev = config.dev,
-            "gateway listening: WebSocket at ws://{}/ws",
+            "gateway listening: WebSocket at {scheme}://{}/ws",
             public.local_addr()?
         );
         if config.dev {
@@ -114,10 +116,17 @@ impl Gateway {
             })
         };
 
-        let public_stop = node.shutdown.clone();
-        let mut serve = tokio::spawn(
-            axum::serve(public, app).with_graceful_shutdown(async move { public_stop.cancelled().await }).into_future(),
-        );
+        let tls = match (&config.tls.cert_file, &config.tls.key_file) {
+            (Some(cert), Some(key)) => Some(crate::listener::tls_acceptor(cert, key)?),
+            _ => None,
+        };
+        let mut serve = tokio::spawn(crate::listener::serve(
+            public,
+            tls,
+            app,
+            node.shutdown.clone(),
+            config.limits.http_header_timeout,
+        ));
         let early_exit = tokio::select! {
             _ = shutdown => None,
             r = &mut serve => Some(r),
@@ -129,7 +138,7 @@ impl Gateway {
             node.bus.shutdown();
             admin_stop.cancel();
             return match result {
-                Ok(r) => r.map_err(Into::into),
+                Ok(()) => Ok(()),
                 Err(e) => Err(anyhow::anyhow!("the public listener task failed: {e}")),
             };
         }

@@ -9,10 +9,21 @@ use telegraphy_bus::{Envelope, Publisher};
 use telegraphy_wamp::codes::{close, uri as err};
 use telegraphy_wamp::{code, dict, uri, Dict, Id, MatchPolicy, Message, UriKind, Value};
 
+use crate::auth::{AuthFailure, Authenticated, CraChallenge};
+use crate::authz::{Decision, Permissions};
 use crate::hub::{encode_frame, Hub, Identity, SessionHandle};
 use crate::metrics::Violation;
 use crate::node::{now_us, random_id, Node};
 use crate::options;
+
+/// A token bucket: `rate` per second, `burst` at once.
+fn rate_limiter(rate: f64, burst: u32) -> governor::DefaultDirectRateLimiter {
+    let period = std::time::Duration::from_secs_f64(1.0 / rate.max(1e-6));
+    let quota = governor::Quota::with_period(period)
+        .unwrap_or_else(|| governor::Quota::per_second(std::num::NonZeroU32::MIN))
+        .allow_burst(std::num::NonZeroU32::new(burst).unwrap_or(std::num::NonZeroU32::MIN));
+    governor::RateLimiter::direct(quota)
+}
 
 /// Longest wait for the bus to route a new subscription before SUBSCRIBED.
 const INTEREST_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -28,8 +39,21 @@ pub enum Flow {
 
 enum State {
     AwaitingHello,
-    Established { realm: String, hub: Arc<Hub>, subscriptions: HashSet<Id> },
+    /// CHALLENGE sent; waiting for AUTHENTICATE.
+    Challenged { realm: String, hub: Arc<Hub>, method: Challenge },
+    Established { realm: String, hub: Arc<Hub>, subscriptions: HashSet<Id>, rights: Rights },
     Closed,
+}
+
+enum Challenge {
+    Ticket,
+    Cra(CraChallenge),
+}
+
+/// What an established session may do, and how fast.
+struct Rights {
+    permissions: Arc<Permissions>,
+    limiter: Option<governor::DefaultDirectRateLimiter>,
 }
 
 /// One WAMP session.
@@ -37,12 +61,14 @@ pub struct Session {
     node: Arc<Node>,
     handle: Arc<SessionHandle>,
     state: State,
+    /// When the token behind the session expires (the session is closed then).
+    expires_at: Option<tokio::time::Instant>,
 }
 
 impl Session {
     /// A session waiting for HELLO.
     pub fn new(node: Arc<Node>, handle: Arc<SessionHandle>) -> Session {
-        Session { node, handle, state: State::AwaitingHello }
+        Session { node, handle, state: State::AwaitingHello, expires_at: None }
     }
 
     /// Whether WELCOME was sent.
@@ -73,6 +99,15 @@ impl Session {
             (State::AwaitingHello, other) => self.violation(
                 Violation::WrongState,
                 &format!("{} before the session was established; send HELLO first", other.name()),
+            ),
+            (State::Challenged { .. }, Message::Authenticate { signature, .. }) => self.authenticate(signature),
+            (State::Challenged { .. }, Message::Abort { .. }) => {
+                self.state = State::Closed;
+                Flow::Close(close::NORMAL)
+            }
+            (State::Challenged { .. }, other) => self.violation(
+                Violation::WrongState,
+                &format!("{} while authenticating; send AUTHENTICATE", other.name()),
             ),
             (State::Established { .. }, Message::Hello { .. }) => {
                 self.violation(Violation::WrongState, "HELLO on an established session")
@@ -122,7 +157,72 @@ impl Session {
         if !matches!(details.get("roles"), Some(Value::Dict(r)) if !r.is_empty()) {
             return self.violation(Violation::InvalidMessage, "HELLO.Details.roles must be a non-empty dictionary");
         }
-        let identity = Identity { authid: format!("anonymous-{}", self.handle.id), authrole: "anonymous".into() };
+        let methods: Vec<&str> = match details.get("authmethods") {
+            Some(Value::List(l)) => l.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        let auth = &self.node.auth;
+        if methods.contains(&"ticket") && auth.accepts_tickets() {
+            self.send(&Message::Challenge { authmethod: "ticket".into(), extra: Dict::new() });
+            self.state = State::Challenged { realm, hub, method: Challenge::Ticket };
+            return Flow::Continue;
+        }
+        if methods.contains(&"wampcra") {
+            let authid = details.get("authid").and_then(Value::as_str).unwrap_or_default();
+            if let Some(challenge) = auth.cra_challenge(authid, self.handle.id) {
+                self.send(&Message::Challenge {
+                    authmethod: "wampcra".into(),
+                    extra: dict! {"challenge" => challenge.challenge.clone()},
+                });
+                self.state = State::Challenged { realm, hub, method: Challenge::Cra(challenge) };
+                return Flow::Continue;
+            }
+        }
+        if methods.is_empty() || methods.contains(&"anonymous") {
+            if let Some(result) = auth.anonymous(self.handle.id) {
+                return match result {
+                    Ok(who) => self.welcome(realm, hub, who),
+                    Err(f) => self.refuse(f),
+                };
+            }
+        }
+        let offered = if methods.is_empty() { "none".to_string() } else { methods.join(", ") };
+        let available = auth.methods();
+        let message = if available.is_empty() {
+            "this gateway accepts no sessions: configure auth.jwt_secret, auth.jwt_public_key_file, auth.cra or auth.allow_anonymous".to_string()
+        } else {
+            format!(
+                "no acceptable authentication method: you offered {offered}; this gateway accepts {}. Browsers: connect with authmethods [\"ticket\"] and a token from your web-app",
+                available.join(", ")
+            )
+        };
+        self.refuse(AuthFailure { uri: err::NO_AUTH_METHOD, message, reason: "no_method" })
+    }
+
+    fn authenticate(&mut self, signature: String) -> Flow {
+        let State::Challenged { realm, hub, method } = std::mem::replace(&mut self.state, State::Closed) else {
+            return Flow::Close(close::PROTOCOL_ERROR);
+        };
+        let result = match &method {
+            Challenge::Ticket => self.node.auth.verify_ticket(&signature),
+            Challenge::Cra(c) => self.node.auth.verify_cra(c, &signature),
+        };
+        match result {
+            Ok(who) => self.welcome(realm, hub, who),
+            Err(f) => self.refuse(f),
+        }
+    }
+
+    /// ABORTs a session whose credentials were refused.
+    fn refuse(&mut self, f: AuthFailure) -> Flow {
+        self.node.metrics.auth_failure(f.reason);
+        tracing::info!(session = self.handle.id, reason = f.reason, "authentication refused: {}", f.message);
+        self.send(&Message::Abort { details: dict! {"message" => f.message}, reason: f.uri.into() });
+        self.state = State::Closed;
+        Flow::Close(close::AUTH_FAILED)
+    }
+
+    fn welcome(&mut self, realm: String, hub: Arc<Hub>, who: Authenticated) -> Flow {
         let features = |names: &[&str]| {
             Value::Dict(names.iter().map(|n| (n.to_string(), Value::Bool(true))).collect::<Dict>())
         };
@@ -133,26 +233,52 @@ impl Session {
             "subscriber_blackwhite_listing",
         ]);
         let mut roles = Dict::new();
-        roles.insert("broker".into(), Value::Dict(dict! {}));
-        if let Some(Value::Dict(b)) = roles.get_mut("broker") {
-            b.insert("features".into(), broker);
-        }
+        roles.insert("broker".into(), Value::Dict(dict! {"features" => broker}));
         let mut welcome = dict! {
             "realm" => realm.clone(),
-            "authid" => identity.authid.clone(),
-            "authrole" => identity.authrole.clone(),
-            "authmethod" => "anonymous",
-            "authprovider" => "static",
+            "authid" => who.authid.clone(),
+            "authrole" => who.authrole.clone(),
+            "authmethod" => who.authmethod,
+            "authprovider" => who.authprovider,
             "x_telegraphy_node" => format!("{:016x}", self.node.id),
         };
         welcome.insert("roles".into(), Value::Dict(roles));
-        let _ = self.handle.identity.set(identity);
+        if let Some(exp) = who.expires_at {
+            let secs = exp.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            welcome.insert("authextra".into(), Value::Dict(dict! {"expires_at" => secs}));
+            if self.node.config.auth.expire_sessions {
+                let left = exp.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+                self.expires_at = Some(tokio::time::Instant::now() + left);
+            }
+        }
+        let _ = self.handle.identity.set(Identity { authid: who.authid, authrole: who.authrole });
+        let limiter = (who.role.publish_rate > 0.0).then(|| rate_limiter(who.role.publish_rate, who.role.publish_burst));
         self.send(&Message::Welcome { session: self.handle.id, details: welcome });
-        self.state = State::Established { realm, hub, subscriptions: HashSet::new() };
+        self.state = State::Established {
+            realm,
+            hub,
+            subscriptions: HashSet::new(),
+            rights: Rights { permissions: who.permissions, limiter },
+        };
         self.node.metrics.sessions.inc();
         self.node.metrics.sessions_total.inc();
         tracing::debug!(session = self.handle.id, serializer = self.handle.serialization.label(), "session established");
         Flow::Continue
+    }
+
+    /// When the session's credentials expire (it is then closed).
+    pub fn expires_at(&self) -> Option<tokio::time::Instant> {
+        self.expires_at
+    }
+
+    /// Says GOODBYE because the token expired.
+    pub fn expire(&mut self) -> Flow {
+        self.send(&Message::Goodbye {
+            details: dict! {"message" => "the session's token expired; reconnect with a fresh token"},
+            reason: err::TOKEN_EXPIRED.into(),
+        });
+        self.cleanup();
+        Flow::Close(close::TOKEN_EXPIRED)
     }
 
     async fn subscribe(&mut self, request: Id, options: Dict, topic: String) {
@@ -187,7 +313,20 @@ impl Session {
             );
         }
         let limit = self.node.config.limits.max_subscriptions_per_session;
-        let State::Established { hub, subscriptions, .. } = &mut self.state else { return };
+        let State::Established { hub, subscriptions, rights, .. } = &mut self.state else { return };
+        let check = match rights.permissions.subscribe(policy, &topic) {
+            Decision::Full => None,
+            Decision::Partial => Some(rights.permissions.clone()),
+            Decision::Denied => {
+                self.node.metrics.denied_subscribe.inc();
+                return self.error(
+                    code::SUBSCRIBE,
+                    request,
+                    err::NOT_AUTHORIZED,
+                    &format!("your role may not subscribe to `{topic}` ({policy})"),
+                );
+            }
+        };
         if let Some(id) = hub.subscription_id(policy, &topic).filter(|id| subscriptions.contains(id)) {
             // Already held: the spec asks for the existing id.
             return self.send(&Message::Subscribed { request, subscription: id });
@@ -200,7 +339,7 @@ impl Session {
                 &format!("this session already holds {limit} subscriptions, the most allowed"),
             );
         }
-        let subscribed = hub.subscribe(&self.handle, policy, &topic);
+        let subscribed = hub.subscribe(&self.handle, policy, &topic, check);
         subscriptions.insert(subscribed.id);
         // Confirm once the bus routes the topic here, so that events
         // published after SUBSCRIBED arrive (bounded: a stuck broker must
@@ -245,6 +384,19 @@ impl Session {
         }
         if topic.starts_with("wamp.") {
             return reject(self, err::NOT_AUTHORIZED, "topics under `wamp.` are reserved for the router");
+        }
+        let State::Established { rights, .. } = &self.state else { return };
+        if !rights.permissions.may_publish(&topic) {
+            self.node.metrics.denied_publish.inc();
+            return reject(self, err::NOT_AUTHORIZED, &format!("your role may not publish to `{topic}`"));
+        }
+        if !opts.filter.is_open() && !rights.permissions.publish_options {
+            self.node.metrics.denied_publish.inc();
+            return reject(self, err::NOT_AUTHORIZED, "your role may not use the exclude/eligible publish options");
+        }
+        if rights.limiter.as_ref().is_some_and(|l| l.check().is_err()) {
+            self.node.metrics.rate_limited.inc();
+            return reject(self, err::RATE_LIMITED, "you publish faster than your role allows (roles.NAME.publish_rate); slow down");
         }
         let identity = self.handle.identity.get().cloned().unwrap_or(Identity { authid: String::new(), authrole: String::new() });
         let State::Established { realm, .. } = &self.state else { return };

@@ -20,6 +20,14 @@ pub mod uri {
     pub const NOT_AUTHORIZED: &str = "wamp.error.not_authorized";
     /// The event bus did not accept the event (outage); retry later.
     pub const BUS_UNAVAILABLE: &str = "telegraphy.error.bus_unavailable";
+    /// Credentials were presented and refused (bad, expired or forged token, wrong secret).
+    pub const AUTHENTICATION_FAILED: &str = "wamp.error.authentication_failed";
+    /// None of the authentication methods the client offered is available.
+    pub const NO_AUTH_METHOD: &str = "wamp.error.no_auth_method";
+    /// The session publishes faster than its role allows.
+    pub const RATE_LIMITED: &str = "telegraphy.error.rate_limited";
+    /// GOODBYE reason: the session's token expired; reconnect with a new one.
+    pub const TOKEN_EXPIRED: &str = "telegraphy.close.token_expired";
     /// A limit was reached (subscriptions per session).
     pub const LIMIT_EXCEEDED: &str = "telegraphy.error.limit_exceeded";
     /// A feature or role the router does not implement.
@@ -64,6 +72,11 @@ pub mod close {
     pub const IDLE_TIMEOUT: u16 = 4001;
     /// HELLO did not arrive within the handshake timeout: reconnect.
     pub const HELLO_TIMEOUT: u16 = 4002;
+    /// The session's token expired: reconnect with a fresh token.
+    pub const TOKEN_EXPIRED: u16 = 4003;
+    /// Authentication failed or is not possible: do not reconnect with the
+    /// same credentials.
+    pub const AUTH_FAILED: u16 = 4500;
 
     /// Whether a client should reconnect after this close code.
     pub fn should_reconnect(code: u16) -> bool {

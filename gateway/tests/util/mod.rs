@@ -29,13 +29,26 @@ pub struct TestGateway {
     pub task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
+/// A config for tests: ephemeral ports, an API key, and anonymous sessions
+/// with every right (the auth tests build their own).
 pub fn config() -> Config {
-    Config {
+    let mut c = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         api_keys: vec![API_KEY.into()],
         ..Config::default()
-    }
+    };
+    c.auth.allow_anonymous = true;
+    c.roles.insert(
+        "anonymous".into(),
+        telegraphy_gateway::config::RoleConfig {
+            subscribe: vec!["*".into()],
+            publish: vec!["*".into()],
+            publish_options: true,
+            ..Default::default()
+        },
+    );
+    c
 }
 
 impl TestGateway {

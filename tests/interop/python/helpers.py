@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import pathlib
 import subprocess
 import tempfile
 import time
@@ -63,7 +64,8 @@ class Gateway:
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [GATEWAY_BIN, "--listen", f"127.0.0.1:{self.port}",
-             "--admin-listen", f"127.0.0.1:{self.admin_port}", "--api-keys", API_KEY],
+             "--admin-listen", f"127.0.0.1:{self.admin_port}", "--api-keys", API_KEY,
+             "--config", str(pathlib.Path(__file__).resolve().parent.parent / "gateway.toml")],
             stdout=self.log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 10

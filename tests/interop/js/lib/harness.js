@@ -78,6 +78,7 @@ async function startGateway() {
     '--listen', `127.0.0.1:${port}`,
     '--admin-listen', `127.0.0.1:${adminPort}`,
     '--api-keys', API_KEY,
+    '--config', path.join(__dirname, '..', '..', 'gateway.toml'),
   ], { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   const keep = (chunk) => { output = (output + chunk).slice(-8000); };

@@ -1,0 +1,298 @@
+//! Authentication: who a session is (authid, authrole) and what it may do.
+//!
+//! * **ticket** (browsers): the ticket is a short-lived JWT minted by the
+//!   web-app, verified with a shared secret (HS256) or a public key (RS256,
+//!   EdDSA) so the gateway never needs a signing key. Claims: `sub` → authid,
+//!   `role` → authrole (default `user`), `exp` (required), optional `aud`,
+//!   `iss`, `nbf`, and optional `subscribe` / `publish` pattern lists that
+//!   narrow the role's rights.
+//! * **wampcra** (services holding a secret): HMAC-SHA256 challenge-response.
+//! * **anonymous**: only when configured, with its own role.
+//!
+//! Tokens and secrets never reach the logs: failures carry a reason, not the input.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use sha2::Sha256;
+use telegraphy_wamp::codes::uri as err;
+
+use crate::authz::{PatternSet, Permissions};
+use crate::config::{Config, ConfigError};
+
+/// A role's rights, parsed once at startup.
+#[derive(Debug, Clone)]
+pub struct Role {
+    subscribe: PatternSet,
+    publish: PatternSet,
+    /// Publishes per second per session (0: no limit).
+    pub publish_rate: f64,
+    /// Burst above the rate.
+    pub publish_burst: u32,
+    publish_options: bool,
+}
+
+/// A successfully authenticated session.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// `authid`.
+    pub authid: String,
+    /// `authrole`.
+    pub authrole: String,
+    /// `ticket`, `wampcra` or `anonymous`.
+    pub authmethod: &'static str,
+    /// `jwt` or `static`.
+    pub authprovider: &'static str,
+    /// What the session may do.
+    pub permissions: Arc<Permissions>,
+    /// The role (for the rate limit).
+    pub role: Role,
+    /// When the credentials expire (token `exp`).
+    pub expires_at: Option<SystemTime>,
+}
+
+/// A refused session: the ABORT reason, a message a developer can act on,
+/// and a fixed word for the metric label.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthFailure {
+    /// ABORT reason URI.
+    pub uri: &'static str,
+    /// What happened and what to do.
+    pub message: String,
+    /// Metric label (`telegraphy_auth_failures_total{reason}`).
+    pub reason: &'static str,
+}
+
+fn failure(reason: &'static str, message: impl Into<String>) -> AuthFailure {
+    AuthFailure { uri: err::AUTHENTICATION_FAILED, message: message.into(), reason }
+}
+
+struct Jwt {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// The claims Telegraphy reads from a token.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    role: Option<String>,
+    exp: u64,
+    #[serde(default)]
+    subscribe: Option<Vec<String>>,
+    #[serde(default)]
+    publish: Option<Vec<String>>,
+}
+
+/// Verifies credentials and resolves roles.
+pub struct Authenticator {
+    jwt: Option<Jwt>,
+    cra: HashMap<String, (String, String)>,
+    anonymous: Option<String>,
+    roles: BTreeMap<String, Role>,
+}
+
+/// What a CHALLENGE for WAMP-CRA carries and expects.
+#[derive(Debug, Clone)]
+pub struct CraChallenge {
+    /// The authid being challenged.
+    pub authid: String,
+    /// The challenge string sent to the client.
+    pub challenge: String,
+}
+
+impl Authenticator {
+    /// Builds the authenticator from the validated config.
+    pub fn from_config(config: &Config) -> Result<Authenticator, ConfigError> {
+        let invalid = |m: String| ConfigError::Invalid(m);
+        let mut roles = BTreeMap::new();
+        for (name, r) in config.effective_roles() {
+            let role = Role {
+                subscribe: PatternSet::parse(&r.subscribe).map_err(|e| invalid(format!("roles.{name}.subscribe: {e}")))?,
+                publish: PatternSet::parse(&r.publish).map_err(|e| invalid(format!("roles.{name}.publish: {e}")))?,
+                publish_rate: r.publish_rate,
+                publish_burst: r.publish_burst.max(1),
+                publish_options: r.publish_options,
+            };
+            roles.insert(name, role);
+        }
+        let auth = &config.auth;
+        let jwt = match (&auth.jwt_secret, &auth.jwt_public_key_file) {
+            (Some(secret), _) => Some((DecodingKey::from_secret(secret.as_bytes()), vec![Algorithm::HS256])),
+            (None, Some(path)) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| invalid(format!("auth.jwt_public_key_file: cannot read {}: {e}", path.display())))?;
+                if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+                    Some((key, vec![Algorithm::RS256]))
+                } else if let Ok(key) = DecodingKey::from_ed_pem(&pem) {
+                    Some((key, vec![Algorithm::EdDSA]))
+                } else {
+                    return Err(invalid(format!(
+                        "auth.jwt_public_key_file: {} is not a PEM RSA or Ed25519 public key",
+                        path.display()
+                    )));
+                }
+            }
+            (None, None) => None,
+        };
+        let jwt = jwt.map(|(key, algorithms)| {
+            let mut validation = Validation::new(algorithms[0]);
+            validation.algorithms = algorithms;
+            validation.leeway = auth.jwt_leeway.as_secs();
+            validation.set_required_spec_claims(&["exp", "sub"]);
+            validation.validate_nbf = true;
+            match &auth.jwt_audience {
+                Some(aud) => validation.set_audience(&[aud]),
+                None => validation.validate_aud = false,
+            }
+            if let Some(iss) = &auth.jwt_issuer {
+                validation.set_issuer(&[iss]);
+            }
+            Jwt { key, validation }
+        });
+        for user in &auth.cra {
+            if !roles.contains_key(&user.role) {
+                return Err(invalid(format!("auth.cra user `{}`: role `{}` is not configured (add [roles.{}])", user.authid, user.role, user.role)));
+            }
+        }
+        let cra = auth.cra.iter().map(|u| (u.authid.clone(), (u.secret.clone(), u.role.clone()))).collect();
+        let anonymous = config.anonymous_allowed().then(|| auth.anonymous_role.clone());
+        Ok(Authenticator { jwt, cra, anonymous, roles })
+    }
+
+    /// Whether tickets (JWTs) are accepted.
+    pub fn accepts_tickets(&self) -> bool {
+        self.jwt.is_some()
+    }
+
+    /// Whether anonymous sessions are let in.
+    pub fn accepts_anonymous(&self) -> bool {
+        self.anonymous.is_some()
+    }
+
+    /// The methods on offer, for error messages.
+    pub fn methods(&self) -> Vec<&'static str> {
+        let mut m = Vec::new();
+        if self.jwt.is_some() {
+            m.push("ticket");
+        }
+        if !self.cra.is_empty() {
+            m.push("wampcra");
+        }
+        if self.anonymous.is_some() {
+            m.push("anonymous");
+        }
+        m
+    }
+
+    fn session_for(
+        &self,
+        authid: String,
+        role_name: &str,
+        method: &'static str,
+        provider: &'static str,
+        token_subscribe: Option<PatternSet>,
+        token_publish: Option<PatternSet>,
+        expires_at: Option<SystemTime>,
+    ) -> Result<Authenticated, AuthFailure> {
+        let Some(role) = self.roles.get(role_name) else {
+            return Err(AuthFailure {
+                uri: err::NOT_AUTHORIZED,
+                message: format!("role `{role_name}` is not configured on this gateway; add [roles.{role_name}] or mint tokens with a configured role"),
+                reason: "unknown_role",
+            });
+        };
+        let permissions = Permissions::new(
+            role.subscribe.clone(),
+            role.publish.clone(),
+            token_subscribe,
+            token_publish,
+            role.publish_options,
+        );
+        Ok(Authenticated {
+            authid,
+            authrole: role_name.to_string(),
+            authmethod: method,
+            authprovider: provider,
+            permissions: Arc::new(permissions),
+            role: role.clone(),
+            expires_at,
+        })
+    }
+
+    /// An anonymous session, if allowed.
+    pub fn anonymous(&self, session: u64) -> Option<Result<Authenticated, AuthFailure>> {
+        let role = self.anonymous.as_ref()?;
+        Some(self.session_for(format!("anonymous-{session}"), role, "anonymous", "static", None, None, None))
+    }
+
+    /// Verifies a ticket (a JWT).
+    pub fn verify_ticket(&self, ticket: &str) -> Result<Authenticated, AuthFailure> {
+        let Some(jwt) = &self.jwt else {
+            return Err(failure("no_method", "this gateway does not accept tickets (no auth.jwt_secret or auth.jwt_public_key_file)"));
+        };
+        let data = jsonwebtoken::decode::<Claims>(ticket, &jwt.key, &jwt.validation).map_err(|e| match e.kind() {
+            JwtErrorKind::ExpiredSignature => failure("expired", "the token has expired; fetch a fresh one from the web-app and reconnect"),
+            JwtErrorKind::ImmatureSignature => failure("not_yet_valid", "the token is not valid yet (nbf); check the clocks of the web-app and the gateway"),
+            JwtErrorKind::InvalidSignature => failure("bad_signature", "the token's signature does not verify; the web-app and the gateway must share the same secret or key pair"),
+            JwtErrorKind::InvalidAudience => failure("wrong_audience", "the token's audience (aud) is not the one this gateway expects (auth.jwt_audience)"),
+            JwtErrorKind::InvalidIssuer => failure("wrong_issuer", "the token's issuer (iss) is not the one this gateway expects (auth.jwt_issuer)"),
+            JwtErrorKind::InvalidAlgorithm => failure("wrong_algorithm", "the token is signed with an algorithm this gateway does not accept for its key"),
+            JwtErrorKind::MissingRequiredClaim(c) => failure("missing_claims", format!("the token has no `{c}` claim; tokens need sub and exp")),
+            _ => failure("malformed", "the ticket is not a well-formed JWT with the claims sub (string) and exp (number)"),
+        })?;
+        let claims = data.claims;
+        let parse = |list: Option<Vec<String>>, name: &str| -> Result<Option<PatternSet>, AuthFailure> {
+            list.map(|l| PatternSet::parse(&l).map_err(|e| failure("malformed", format!("token claim `{name}`: {e}")))).transpose()
+        };
+        let subscribe = parse(claims.subscribe, "subscribe")?;
+        let publish = parse(claims.publish, "publish")?;
+        let expires_at = UNIX_EPOCH + Duration::from_secs(claims.exp);
+        let role = claims.role.unwrap_or_else(|| "user".to_string());
+        self.session_for(claims.sub, &role, "ticket", "jwt", subscribe, publish, Some(expires_at))
+    }
+
+    /// Starts WAMP-CRA for `authid`, if it is a configured user.
+    pub fn cra_challenge(&self, authid: &str, session: u64) -> Option<CraChallenge> {
+        let (_, role) = self.cra.get(authid)?;
+        let challenge = serde_json::json!({
+            "authid": authid,
+            "authrole": role,
+            "authmethod": "wampcra",
+            "authprovider": "static",
+            "session": session,
+            "nonce": format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+            "timestamp": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        })
+        .to_string();
+        Some(CraChallenge { authid: authid.to_string(), challenge })
+    }
+
+    /// Checks a WAMP-CRA signature: base64(HMAC-SHA256(secret, challenge)).
+    pub fn verify_cra(&self, challenge: &CraChallenge, signature: &str) -> Result<Authenticated, AuthFailure> {
+        let Some((secret, role)) = self.cra.get(&challenge.authid) else {
+            return Err(failure("cra_failed", "unknown authid"));
+        };
+        let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(signature.trim()) else {
+            return Err(failure("cra_failed", "the signature must be base64"));
+        };
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+        mac.update(challenge.challenge.as_bytes());
+        mac.verify_slice(&sig).map_err(|_| failure("cra_failed", "the signature does not match; check the secret"))?;
+        self.session_for(challenge.authid.clone(), role, "wampcra", "static", None, None, None)
+    }
+}
+
+/// Computes a WAMP-CRA signature (clients, tests).
+pub fn cra_sign(secret: &str, challenge: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(challenge.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}

@@ -1,0 +1,293 @@
+//! Authorization: which topics a session may subscribe and publish to.
+//!
+//! A session's rights are its role's patterns (from config), narrowed by the
+//! patterns in its token when the token carries any. A topic is allowed when
+//! it matches a role pattern **and** (if the token lists patterns) a token
+//! pattern.
+//!
+//! Pattern syntax (roles and token claims alike):
+//!
+//! | pattern | matches |
+//! |---|---|
+//! | `*` | every topic |
+//! | `com.example.orders` | exactly that topic |
+//! | `com.example.orders.*` | topics starting with `com.example.orders.` |
+//! | `com.example.orders*` | topics starting with `com.example.orders` |
+//! | `com..update` | `com.X.update` for any one component `X` |
+//!
+//! A SUBSCRIBE is checked against the subscription's own pattern: refused
+//! when no allowed topic can match it, accepted **fully** when every topic
+//! it can match is allowed, and accepted **partially** otherwise — then each
+//! event is checked for that session before it is queued, so a prefix or
+//! wildcard subscription never leaks a forbidden topic.
+
+use telegraphy_wamp::{uri, MatchPolicy, UriKind, UriRules};
+
+/// One permission pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pattern {
+    /// Every topic.
+    All,
+    /// One exact topic.
+    Exact(String),
+    /// Topics starting with this string.
+    Prefix(String),
+    /// Topics with as many components, equal in each non-empty one.
+    Wildcard(String),
+}
+
+impl Pattern {
+    /// Parses the pattern syntax; errors say what is wrong.
+    pub fn parse(s: &str) -> Result<Pattern, String> {
+        if s == "*" {
+            return Ok(Pattern::All);
+        }
+        if let Some(prefix) = s.strip_suffix('*') {
+            if prefix.contains('*') || prefix.is_empty() {
+                return Err(format!("pattern `{s}`: `*` may only end a pattern (or be the whole pattern)"));
+            }
+            let check = prefix.strip_suffix('.').unwrap_or(prefix);
+            if !uri::is_valid(check, UriRules::Loose, UriKind::Concrete) {
+                return Err(format!("pattern `{s}`: `{prefix}` is not a valid URI prefix"));
+            }
+            return Ok(Pattern::Prefix(prefix.to_string()));
+        }
+        if s.contains('*') {
+            return Err(format!("pattern `{s}`: `*` may only end a pattern"));
+        }
+        if uri::is_valid(s, UriRules::Loose, UriKind::Concrete) {
+            return Ok(Pattern::Exact(s.to_string()));
+        }
+        if uri::is_valid(s, UriRules::Loose, UriKind::Pattern(MatchPolicy::Wildcard)) {
+            return Ok(Pattern::Wildcard(s.to_string()));
+        }
+        Err(format!("pattern `{s}` is not a topic, a prefix ending in `*`, a wildcard like `a..c`, or `*`"))
+    }
+
+    /// Whether a concrete topic matches.
+    pub fn matches(&self, topic: &str) -> bool {
+        match self {
+            Pattern::All => true,
+            Pattern::Exact(t) => t == topic,
+            Pattern::Prefix(p) => topic.starts_with(p.as_str()),
+            Pattern::Wildcard(w) => MatchPolicy::Wildcard.matches(w, topic),
+        }
+    }
+
+    /// Whether every topic the subscription can match matches this pattern.
+    fn covers(&self, policy: MatchPolicy, sub: &str) -> bool {
+        match (self, policy) {
+            (Pattern::All, _) => true,
+            (p, MatchPolicy::Exact) => p.matches(sub),
+            (Pattern::Prefix(p), MatchPolicy::Prefix) => sub.starts_with(p.as_str()),
+            (Pattern::Wildcard(w), MatchPolicy::Wildcard) => {
+                let (wc, sc): (Vec<&str>, Vec<&str>) = (w.split('.').collect(), sub.split('.').collect());
+                wc.len() == sc.len() && wc.iter().zip(&sc).all(|(w, s)| w.is_empty() || (!s.is_empty() && w == s))
+            }
+            (Pattern::Prefix(p), MatchPolicy::Wildcard) => {
+                // Covered when the wildcard's fixed leading part already starts with the prefix.
+                let fixed: String = sub.split('.').take_while(|c| !c.is_empty()).collect::<Vec<_>>().join(".");
+                !fixed.is_empty() && fixed.len() < sub.len() && format!("{fixed}.").starts_with(p.as_str())
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether some topic could match both this pattern and the subscription
+    /// (conservative: "maybe" counts as yes; events are checked anyway).
+    fn overlaps(&self, policy: MatchPolicy, sub: &str) -> bool {
+        match (self, policy) {
+            (Pattern::All, _) => true,
+            (p, MatchPolicy::Exact) => p.matches(sub),
+            (Pattern::Exact(t), policy) => policy.matches(sub, t),
+            (Pattern::Prefix(p), MatchPolicy::Prefix) => p.starts_with(sub) || sub.starts_with(p.as_str()),
+            (Pattern::Prefix(p), MatchPolicy::Wildcard) => wildcard_meets_prefix(sub, p),
+            (Pattern::Wildcard(w), MatchPolicy::Prefix) => wildcard_meets_prefix(w, sub),
+            (Pattern::Wildcard(a), MatchPolicy::Wildcard) => {
+                let (a, b): (Vec<&str>, Vec<&str>) = (a.split('.').collect(), sub.split('.').collect());
+                a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| x.is_empty() || y.is_empty() || x == y)
+            }
+        }
+    }
+}
+
+/// Whether some topic matches the wildcard `w` and starts with `prefix`.
+fn wildcard_meets_prefix(w: &str, prefix: &str) -> bool {
+    let wc: Vec<&str> = w.split('.').collect();
+    let pc: Vec<&str> = prefix.split('.').collect();
+    if pc.len() > wc.len() {
+        return false;
+    }
+    let last = pc.len() - 1;
+    pc.iter().zip(&wc).enumerate().all(|(i, (p, w))| {
+        if i < last {
+            // Whole components: a wildcard slot takes any non-empty one.
+            !p.is_empty() && (w.is_empty() || p == w)
+        } else {
+            // The prefix may end inside this component.
+            w.is_empty() || w.starts_with(p)
+        }
+    })
+}
+
+/// A set of patterns: allowed when any matches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PatternSet(pub Vec<Pattern>);
+
+impl PatternSet {
+    /// Parses every pattern.
+    pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<PatternSet, String> {
+        patterns.iter().map(|p| Pattern::parse(p.as_ref())).collect::<Result<_, _>>().map(PatternSet)
+    }
+
+    /// A set that allows everything.
+    pub fn all() -> PatternSet {
+        PatternSet(vec![Pattern::All])
+    }
+
+    fn matches(&self, topic: &str) -> bool {
+        self.0.iter().any(|p| p.matches(topic))
+    }
+
+    fn decide(&self, policy: MatchPolicy, sub: &str) -> Decision {
+        if self.0.iter().any(|p| p.covers(policy, sub)) {
+            Decision::Full
+        } else if self.0.iter().any(|p| p.overlaps(policy, sub)) {
+            Decision::Partial
+        } else {
+            Decision::Denied
+        }
+    }
+
+    fn is_all(&self) -> bool {
+        self.0.contains(&Pattern::All)
+    }
+}
+
+/// The outcome of checking a SUBSCRIBE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// No allowed topic can match the subscription.
+    Denied,
+    /// Some can: each event must be checked for this session.
+    Partial,
+    /// Every topic it can match is allowed.
+    Full,
+}
+
+impl Decision {
+    fn and(self, other: Decision) -> Decision {
+        match (self, other) {
+            (Decision::Denied, _) | (_, Decision::Denied) => Decision::Denied,
+            (Decision::Full, Decision::Full) => Decision::Full,
+            _ => Decision::Partial,
+        }
+    }
+}
+
+/// What one session may do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Permissions {
+    role_subscribe: PatternSet,
+    role_publish: PatternSet,
+    token_subscribe: Option<PatternSet>,
+    token_publish: Option<PatternSet>,
+    /// May use exclude/eligible publish options.
+    pub publish_options: bool,
+}
+
+impl Permissions {
+    /// Rights from a role, narrowed by token claims when present.
+    pub fn new(
+        role_subscribe: PatternSet,
+        role_publish: PatternSet,
+        token_subscribe: Option<PatternSet>,
+        token_publish: Option<PatternSet>,
+        publish_options: bool,
+    ) -> Permissions {
+        Permissions { role_subscribe, role_publish, token_subscribe, token_publish, publish_options }
+    }
+
+    /// Everything allowed (tests, trusted internal sessions).
+    pub fn all() -> Permissions {
+        Permissions::new(PatternSet::all(), PatternSet::all(), None, None, true)
+    }
+
+    /// Checks a SUBSCRIBE.
+    pub fn subscribe(&self, policy: MatchPolicy, sub: &str) -> Decision {
+        let role = self.role_subscribe.decide(policy, sub);
+        match &self.token_subscribe {
+            Some(t) => role.and(t.decide(policy, sub)),
+            None => role,
+        }
+    }
+
+    /// Whether an event on `topic` may reach this session.
+    pub fn may_receive(&self, topic: &str) -> bool {
+        self.role_subscribe.matches(topic) && self.token_subscribe.as_ref().is_none_or(|t| t.matches(topic))
+    }
+
+    /// Whether the session may publish to `topic`.
+    pub fn may_publish(&self, topic: &str) -> bool {
+        self.role_publish.matches(topic) && self.token_publish.as_ref().is_none_or(|t| t.matches(topic))
+    }
+
+    /// Whether every subscription is fully allowed (no per-event checks needed).
+    pub fn subscribes_everything(&self) -> bool {
+        self.role_subscribe.is_all() && self.token_subscribe.as_ref().is_none_or(|t| t.is_all())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use MatchPolicy::*;
+
+    fn set(p: &[&str]) -> PatternSet {
+        PatternSet::parse(p).unwrap()
+    }
+
+    #[test]
+    fn pattern_syntax() {
+        assert_eq!(Pattern::parse("*").unwrap(), Pattern::All);
+        assert_eq!(Pattern::parse("a.b").unwrap(), Pattern::Exact("a.b".into()));
+        assert_eq!(Pattern::parse("a.b.*").unwrap(), Pattern::Prefix("a.b.".into()));
+        assert_eq!(Pattern::parse("a.b*").unwrap(), Pattern::Prefix("a.b".into()));
+        assert_eq!(Pattern::parse("a..c").unwrap(), Pattern::Wildcard("a..c".into()));
+        for bad in ["", "a.*.c", "**", "a b", "a#b", ".*"] {
+            assert!(Pattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn subscribe_decisions() {
+        let p = Permissions::new(set(&["com.app.public.*", "com.app.user.42", "com..status"]), set(&[]), None, None, false);
+        assert_eq!(p.subscribe(Exact, "com.app.public.news"), Decision::Full);
+        assert_eq!(p.subscribe(Exact, "com.app.user.42"), Decision::Full);
+        assert_eq!(p.subscribe(Exact, "com.app.user.43"), Decision::Denied);
+        assert_eq!(p.subscribe(Prefix, "com.app.public.n"), Decision::Full);
+        // Overlaps allowed and forbidden topics: accepted, checked per event.
+        assert_eq!(p.subscribe(Prefix, "com.app"), Decision::Partial);
+        assert_eq!(p.subscribe(Prefix, "com.app.user"), Decision::Partial);
+        assert_eq!(p.subscribe(Prefix, "org.other"), Decision::Denied);
+        assert_eq!(p.subscribe(Wildcard, "com.x.status"), Decision::Full);
+        assert_eq!(p.subscribe(Wildcard, "com..status"), Decision::Full);
+        assert_eq!(p.subscribe(Wildcard, "com.app.public."), Decision::Full);
+        assert_eq!(p.subscribe(Wildcard, "com.app.."), Decision::Partial);
+        assert_eq!(p.subscribe(Wildcard, "org..status"), Decision::Denied);
+        assert_eq!(p.subscribe(Prefix, "com.x.stat"), Decision::Partial, "com.x.status matches com..status");
+        assert_eq!(p.subscribe(Prefix, "com.x.y"), Decision::Denied, "no com.x.y… topic has three components ending in status");
+        assert!(p.may_receive("com.app.public.x") && !p.may_receive("com.app.private.x"));
+    }
+
+    #[test]
+    fn token_claims_narrow_the_role() {
+        let p = Permissions::new(set(&["*"]), set(&["chat.*"]), Some(set(&["orders.7.*"])), Some(set(&["chat.room1"])), false);
+        assert_eq!(p.subscribe(Exact, "orders.7.paid"), Decision::Full);
+        assert_eq!(p.subscribe(Exact, "orders.8.paid"), Decision::Denied);
+        assert_eq!(p.subscribe(Prefix, "orders"), Decision::Partial);
+        assert!(p.may_publish("chat.room1") && !p.may_publish("chat.room2") && !p.may_publish("orders.7.x"));
+        assert!(!p.subscribes_everything());
+        assert!(Permissions::all().subscribes_everything());
+    }
+}
