@@ -146,15 +146,20 @@ impl Authenticator {
             let mut validation = Validation::new(algorithms[0]);
             validation.algorithms = algorithms;
             validation.leeway = auth.jwt_leeway.as_secs();
-            validation.set_required_spec_claims(&["exp", "sub"]);
+            let mut required = vec!["exp", "sub"];
             validation.validate_nbf = true;
             match &auth.jwt_audience {
-                Some(aud) => validation.set_audience(&[aud]),
+                Some(aud) => {
+                    validation.set_audience(&[aud]);
+                    required.push("aud");
+                }
                 None => validation.validate_aud = false,
             }
             if let Some(iss) = &auth.jwt_issuer {
                 validation.set_issuer(&[iss]);
+                required.push("iss");
             }
+            validation.set_required_spec_claims(&required);
             Jwt { key, validation }
         });
         for user in &auth.cra {
@@ -196,8 +201,7 @@ impl Authenticator {
         &self,
         authid: String,
         role_name: &str,
-        method: &'static str,
-        provider: &'static str,
+        (method, provider): (&'static str, &'static str),
         token_subscribe: Option<PatternSet>,
         token_publish: Option<PatternSet>,
         expires_at: Option<SystemTime>,
@@ -230,7 +234,7 @@ impl Authenticator {
     /// An anonymous session, if allowed.
     pub fn anonymous(&self, session: u64) -> Option<Result<Authenticated, AuthFailure>> {
         let role = self.anonymous.as_ref()?;
-        Some(self.session_for(format!("anonymous-{session}"), role, "anonymous", "static", None, None, None))
+        Some(self.session_for(format!("anonymous-{session}"), role, ("anonymous", "static"), None, None, None))
     }
 
     /// Verifies a ticket (a JWT).
@@ -256,7 +260,7 @@ impl Authenticator {
         let publish = parse(claims.publish, "publish")?;
         let expires_at = UNIX_EPOCH + Duration::from_secs(claims.exp);
         let role = claims.role.unwrap_or_else(|| "user".to_string());
-        self.session_for(claims.sub, &role, "ticket", "jwt", subscribe, publish, Some(expires_at))
+        self.session_for(claims.sub, &role, ("ticket", "jwt"), subscribe, publish, Some(expires_at))
     }
 
     /// Starts WAMP-CRA for `authid`, if it is a configured user.
@@ -286,7 +290,7 @@ impl Authenticator {
         let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
         mac.update(challenge.challenge.as_bytes());
         mac.verify_slice(&sig).map_err(|_| failure("cra_failed", "the signature does not match; check the secret"))?;
-        self.session_for(challenge.authid.clone(), role, "wampcra", "static", None, None, None)
+        self.session_for(challenge.authid.clone(), role, ("wampcra", "static"), None, None, None)
     }
 }
 

@@ -286,6 +286,51 @@ where
     panic!("timed out waiting for: {what}");
 }
 
+/// HELLO offering `methods` (and an authid hint).
+pub fn hello_with(realm: &str, methods: &[&str], authid: Option<&str>) -> Message {
+    let Message::Hello { realm, mut details } = hello(realm) else { unreachable!() };
+    details.insert("authmethods".into(), Value::List(methods.iter().map(|m| Value::from(*m)).collect()));
+    if let Some(a) = authid {
+        details.insert("authid".into(), a.into());
+    }
+    Message::Hello { realm, details }
+}
+
+impl Client {
+    /// Opens and authenticates with a ticket; on refusal returns the ABORT
+    /// reason, its message and the close code.
+    pub async fn join_ticket(gw: &TestGateway, ser: Serialization, ticket: &str) -> Result<Client, (String, String, Option<u16>)> {
+        let mut c = Client::open(gw, ser).await;
+        c.send(&hello_with("realm1", &["ticket"], None)).await;
+        match c.recv().await {
+            Message::Challenge { authmethod, .. } => assert_eq!(authmethod, "ticket"),
+            Message::Abort { reason, details } => {
+                let code = c.closed().await.code;
+                return Err((reason, details.get("message").and_then(|m| m.as_str()).unwrap_or("").into(), code));
+            }
+            other => panic!("expected CHALLENGE, got {other:?}"),
+        }
+        c.send(&Message::Authenticate { signature: ticket.into(), extra: Dict::new() }).await;
+        c.finish_join().await
+    }
+
+    /// Reads WELCOME (or ABORT) after authentication.
+    pub async fn finish_join(mut self) -> Result<Client, (String, String, Option<u16>)> {
+        match self.recv().await {
+            Message::Welcome { session, details } => {
+                self.session = session;
+                self.details = details;
+                Ok(self)
+            }
+            Message::Abort { reason, details } => {
+                let code = self.closed().await.code;
+                Err((reason, details.get("message").and_then(|m| m.as_str()).unwrap_or("").into(), code))
+            }
+            other => panic!("expected WELCOME or ABORT, got {other:?}"),
+        }
+    }
+}
+
 pub fn hello(realm: &str) -> Message {
     let mut roles = Dict::new();
     roles.insert("subscriber".into(), Value::Dict(Dict::new()));

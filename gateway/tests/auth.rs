@@ -1,0 +1,535 @@
+//! Authentication and authorization over real sockets: good, expired,
+//! forged, malformed and missing tokens for each key type; WAMP-CRA;
+//! anonymous sessions; every rule shape including prefix and wildcard
+//! subscriptions that overlap forbidden topics (on one node and across two
+//! nodes on Redis); rate limits; token expiry; Origin; handshake limits;
+//! TLS; slowloris; a SUBSCRIBE burst.
+
+mod util;
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use telegraphy_gateway::config::{CraUser, RoleConfig};
+use telegraphy_gateway::Config;
+use telegraphy_wamp::codes::{close, uri as err};
+use telegraphy_wamp::{dict, Dict, Message, Serialization, Value};
+use util::{Client, TestGateway};
+
+const JSON: Serialization = Serialization::Json;
+const MSGPACK: Serialization = Serialization::Msgpack;
+const SECRET: &str = "a-test-secret-that-is-long-enough-0123456789";
+
+fn key_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/keys").join(name)
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn claims(sub: &str, role: &str, exp: u64) -> serde_json::Value {
+    serde_json::json!({"sub": sub, "role": role, "exp": exp})
+}
+
+fn hs256(claims: &serde_json::Value, secret: &str) -> String {
+    encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+}
+
+fn rs256(claims: &serde_json::Value, private: &str) -> String {
+    let pem = std::fs::read(key_path(private)).unwrap();
+    encode(&Header::new(Algorithm::RS256), claims, &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
+}
+
+fn eddsa(claims: &serde_json::Value, private: &str) -> String {
+    let pem = std::fs::read(key_path(private)).unwrap();
+    encode(&Header::new(Algorithm::EdDSA), claims, &EncodingKey::from_ed_pem(&pem).unwrap()).unwrap()
+}
+
+fn role(subscribe: &[&str], publish: &[&str]) -> RoleConfig {
+    RoleConfig {
+        subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+        publish: publish.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// A gateway that takes HS256 tokens and no anonymous sessions.
+fn secured() -> Config {
+    let mut c = util::config();
+    c.auth.allow_anonymous = false;
+    c.roles.clear();
+    c.auth.jwt_secret = Some(SECRET.into());
+    c.roles.insert("user".into(), role(&["*"], &[]));
+    c.roles.insert("staff".into(), role(&["*"], &["*"]));
+    c
+}
+
+async fn refused(gw: &TestGateway, ticket: &str) -> (String, String, Option<u16>) {
+    match Client::join_ticket(gw, JSON, ticket).await {
+        Ok(_) => panic!("the ticket was accepted"),
+        Err(e) => e,
+    }
+}
+
+#[tokio::test]
+async fn hs256_tickets_good_expired_forged_malformed() {
+    let gw = TestGateway::start_with(secured()).await;
+    let good = hs256(&claims("alice", "staff", now() + 60), SECRET);
+    let c = Client::join_ticket(&gw, MSGPACK, &good).await.expect("a good token joins");
+    assert_eq!(c.details["authid"], Value::from("alice"));
+    assert_eq!(c.details["authrole"], Value::from("staff"));
+    assert_eq!(c.details["authmethod"], Value::from("ticket"));
+    let Value::Dict(extra) = &c.details["authextra"] else { panic!("authextra") };
+    assert!(extra["expires_at"].as_u64().unwrap() > now());
+
+    let cases = [
+        (hs256(&claims("alice", "staff", now() - 120), SECRET), err::AUTHENTICATION_FAILED, "expired"),
+        (hs256(&claims("alice", "staff", now() + 60), "some-other-secret-that-is-long-enough-000"), err::AUTHENTICATION_FAILED, "signature"),
+        ("not-a-jwt".to_string(), err::AUTHENTICATION_FAILED, "JWT"),
+        (String::new(), err::AUTHENTICATION_FAILED, "JWT"),
+        (hs256(&serde_json::json!({"sub": "alice"}), SECRET), err::AUTHENTICATION_FAILED, "exp"),
+        (hs256(&claims("alice", "nosuchrole", now() + 60), SECRET), err::NOT_AUTHORIZED, "nosuchrole"),
+        (hs256(&serde_json::json!({"sub": "a", "exp": now() + 60, "subscribe": ["a b"]}), SECRET), err::AUTHENTICATION_FAILED, "subscribe"),
+        // A token signed with "none" or RS256 is not accepted for an HS256 key.
+        (rs256(&claims("alice", "staff", now() + 60), "rsa_private.pem"), err::AUTHENTICATION_FAILED, "algorithm"),
+    ];
+    for (ticket, uri, hint) in cases {
+        let (reason, message, code) = refused(&gw, &ticket).await;
+        assert_eq!(reason, uri, "{message}");
+        assert!(message.contains(hint), "`{message}` should mention {hint}");
+        assert_eq!(code, Some(close::AUTH_FAILED));
+        assert!(!message.contains(&ticket) || ticket.is_empty() || ticket == "not-a-jwt", "the token is never echoed");
+    }
+    for reason in ["expired", "bad_signature", "malformed", "unknown_role", "wrong_algorithm"] {
+        assert!(gw.metric(&format!("telegraphy_auth_failures_total{{reason=\"{reason}\"}}")).await >= 1.0, "{reason} counted");
+    }
+    // No credentials at all: anonymous is off.
+    let mut c = Client::open(&gw, JSON).await;
+    c.send(&util::hello("realm1")).await;
+    let (reason, code) = c.expect_abort().await;
+    assert_eq!((reason.as_str(), code), (err::NO_AUTH_METHOD, Some(close::AUTH_FAILED)));
+}
+
+#[tokio::test]
+async fn audience_and_issuer_are_enforced_when_configured() {
+    let mut config = secured();
+    config.auth.jwt_audience = Some("telegraphy".into());
+    config.auth.jwt_issuer = Some("https://shop.example".into());
+    let gw = TestGateway::start_with(config).await;
+    let mut good = claims("bob", "user", now() + 60);
+    good["aud"] = "telegraphy".into();
+    good["iss"] = "https://shop.example".into();
+    assert!(Client::join_ticket(&gw, JSON, &hs256(&good, SECRET)).await.is_ok());
+    let mut wrong_aud = good.clone();
+    wrong_aud["aud"] = "another-service".into();
+    assert!(refused(&gw, &hs256(&wrong_aud, SECRET)).await.1.contains("audience"));
+    let mut no_aud = good.clone();
+    no_aud.as_object_mut().unwrap().remove("aud");
+    assert_eq!(refused(&gw, &hs256(&no_aud, SECRET)).await.0, err::AUTHENTICATION_FAILED);
+    let mut wrong_iss = good.clone();
+    wrong_iss["iss"] = "https://evil.example".into();
+    assert!(refused(&gw, &hs256(&wrong_iss, SECRET)).await.1.contains("issuer"));
+}
+
+#[tokio::test]
+async fn rs256_and_eddsa_public_keys() {
+    for (public, sign, good_key, forged_key) in [
+        ("rsa_public.pem", rs256 as fn(&serde_json::Value, &str) -> String, "rsa_private.pem", "attacker_rsa_private.pem"),
+        ("ed25519_public.pem", eddsa, "ed25519_private.pem", "attacker_ed25519_private.pem"),
+    ] {
+        let mut config = secured();
+        config.auth.jwt_secret = None;
+        config.auth.jwt_public_key_file = Some(key_path(public));
+        let gw = TestGateway::start_with(config).await;
+        let c = Client::join_ticket(&gw, JSON, &sign(&claims("carol", "user", now() + 60), good_key)).await;
+        assert_eq!(c.expect("a token signed with the trusted key joins").authid(), "carol", "{public}");
+        let (reason, message, _) = refused(&gw, &sign(&claims("carol", "user", now() + 60), forged_key)).await;
+        assert_eq!(reason, err::AUTHENTICATION_FAILED, "{public}");
+        assert!(message.contains("signature"), "{message}");
+        let (_, message, _) = refused(&gw, &sign(&claims("carol", "user", now() - 100), good_key)).await;
+        assert!(message.contains("expired"), "{message}");
+        // An HS256 token "signed" with the public key (algorithm confusion) is refused.
+        let pem = std::fs::read_to_string(key_path(public)).unwrap();
+        let (reason, _, _) = refused(&gw, &hs256(&claims("carol", "user", now() + 60), &pem)).await;
+        assert_eq!(reason, err::AUTHENTICATION_FAILED);
+    }
+}
+
+#[tokio::test]
+async fn wamp_cra_for_services() {
+    let mut config = secured();
+    config.auth.cra.push(CraUser { authid: "backend".into(), secret: "cra-secret-0123456789".into(), role: "staff".into() });
+    let gw = TestGateway::start_with(config).await;
+    for (secret, ok) in [("cra-secret-0123456789", true), ("wrong-secret-000000000", false)] {
+        let mut c = Client::open(&gw, JSON).await;
+        c.send(&util::hello_with("realm1", &["wampcra"], Some("backend"))).await;
+        let challenge = match c.recv().await {
+            Message::Challenge { authmethod, extra } => {
+                assert_eq!(authmethod, "wampcra");
+                extra["challenge"].as_str().unwrap().to_string()
+            }
+            other => panic!("expected CHALLENGE, got {other:?}"),
+        };
+        let signature = telegraphy_gateway::auth::cra_sign(secret, &challenge);
+        c.send(&Message::Authenticate { signature, extra: Dict::new() }).await;
+        match c.finish_join().await {
+            Ok(c) => {
+                assert!(ok);
+                assert_eq!(c.details["authrole"], Value::from("staff"));
+                assert_eq!(c.details["authmethod"], Value::from("wampcra"));
+            }
+            Err((reason, _, code)) => {
+                assert!(!ok);
+                assert_eq!((reason.as_str(), code), (err::AUTHENTICATION_FAILED, Some(close::AUTH_FAILED)));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn anonymous_only_when_configured_with_its_own_role() {
+    let mut config = secured();
+    config.auth.allow_anonymous = true;
+    config.roles.insert("anonymous".into(), role(&["public.*"], &[]));
+    let gw = TestGateway::start_with(config).await;
+    let mut a = Client::join(&gw, JSON).await;
+    assert_eq!(a.details["authrole"], Value::from("anonymous"));
+    a.subscribe("public.news", "exact").await;
+    a.send(&Message::Subscribe { request: 50, options: Dict::new(), topic: "private.x".into() }).await;
+    match a.recv().await {
+        Message::Error { error, request: 50, .. } => assert_eq!(error, err::NOT_AUTHORIZED),
+        other => panic!("expected ERROR, got {other:?}"),
+    }
+    // Publishing is not in the anonymous role.
+    a.send(&Message::Publish { request: 51, options: dict! {"acknowledge" => true}, topic: "public.news".into(), args: vec![], kwargs: Dict::new() }).await;
+    match a.recv().await {
+        Message::Error { error, request: 51, .. } => assert_eq!(error, err::NOT_AUTHORIZED),
+        other => panic!("expected ERROR, got {other:?}"),
+    }
+    assert_eq!(gw.metric("telegraphy_authorization_denied_total{action=\"subscribe\"}").await, 1.0);
+    assert_eq!(gw.metric("telegraphy_authorization_denied_total{action=\"publish\"}").await, 1.0);
+}
+
+/// Publishes over HTTP `topics` then a marker, and returns what `c` got before the marker.
+async fn received_before_marker(gw: &TestGateway, c: &mut Client, topics: &[&str], marker: &str) -> Vec<String> {
+    for t in topics {
+        assert_eq!(gw.publish_http(serde_json::json!({"topic": t, "args": [t]})).await.0, 200);
+    }
+    assert_eq!(gw.publish_http(serde_json::json!({"topic": marker, "args": ["marker"]})).await.0, 200);
+    let mut got = Vec::new();
+    loop {
+        let (_, args, _) = c.event().await;
+        match args[0].as_str().unwrap() {
+            "marker" => return got,
+            t => got.push(t.to_string()),
+        }
+    }
+}
+
+/// Every rule shape: exact, prefix and wildcard role patterns, and
+/// subscriptions that overlap allowed and forbidden topics.
+async fn rule_shapes(gateways: &[TestGateway]) {
+    let (sub_node, pub_node) = (&gateways[0], &gateways[gateways.len() - 1]);
+    let token = hs256(&claims("dave", "reader", now() + 60), SECRET);
+    let mut c = Client::join_ticket(sub_node, JSON, &token).await.unwrap();
+    let deny = |c: &mut Client, topic: &'static str, policy: &'static str| {
+        let request = c.request_id();
+        let options = dict! {"match" => policy};
+        (request, Message::Subscribe { request, options, topic: topic.into() })
+    };
+    for (topic, policy) in [("shop.admin.audit", "exact"), ("shop.admin", "prefix"), ("other..x", "wildcard"), ("shop.orders.7", "exact")] {
+        let (request, msg) = deny(&mut c, topic, policy);
+        c.send(&msg).await;
+        match c.recv().await {
+            Message::Error { error, request: r, .. } if r == request => assert_eq!(error, err::NOT_AUTHORIZED, "{topic} {policy}"),
+            other => panic!("{topic} {policy}: expected ERROR, got {other:?}"),
+        }
+    }
+    // Allowed: exact, inside the prefix, on the wildcard.
+    c.subscribe("shop.news", "exact").await;
+    // Overlapping: the prefix `shop` covers shop.public.* (allowed), shop.status.*
+    // via the wildcard rule, and shop.admin.* (forbidden): only allowed topics arrive.
+    c.subscribe("shop", "prefix").await;
+    c.subscribe("shop..x", "wildcard").await;
+    let got = received_before_marker(
+        pub_node,
+        &mut c,
+        &["shop.admin.audit", "shop.public.sale", "shop.secret", "shop.status.ok", "shop.admin.x"],
+        "shop.news",
+    )
+    .await;
+    // shop.public.sale via the prefix; shop.status.ok via prefix (role wildcard `shop.status.*`);
+    // shop.admin.x via neither (forbidden) — the wildcard subscription matches it, but
+    // the per-event check drops it.
+    assert_eq!(got, vec!["shop.public.sale", "shop.status.ok"], "forbidden topics never arrive");
+    // The marker itself came on the exact subscription; the prefix one sends it too.
+    assert_eq!(c.event().await.1, vec![Value::from("marker")]);
+}
+
+fn reader_config(mut config: Config) -> Config {
+    config.roles.insert("reader".into(), role(&["shop.news", "shop.public.*", "shop.status*"], &[]));
+    config
+}
+
+#[tokio::test]
+async fn rule_shapes_on_one_node() {
+    let gw = TestGateway::start_with(reader_config(secured())).await;
+    rule_shapes(std::slice::from_ref(&gw)).await;
+}
+
+#[tokio::test]
+async fn rule_shapes_across_two_nodes_on_redis() {
+    let mut config = reader_config(secured());
+    config.bus = std::env::var("TELEGRAPHY_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+    config.redis.key_prefix = util::unique("authtest") + ":";
+    let nodes = [TestGateway::start_ready(config.clone()).await, TestGateway::start_ready(config).await];
+    rule_shapes(&nodes).await;
+}
+
+#[tokio::test]
+async fn token_claims_narrow_the_role_and_publish_rights() {
+    let mut config = secured();
+    config.roles.insert(
+        "customer".into(),
+        RoleConfig { subscribe: vec!["*".into()], publish: vec!["chat.*".into()], publish_rate: 0.0, ..Default::default() },
+    );
+    let gw = TestGateway::start_with(config).await;
+    let mut t = claims("erin", "customer", now() + 60);
+    t["subscribe"] = serde_json::json!(["orders.erin.*"]);
+    t["publish"] = serde_json::json!(["chat.room1"]);
+    let mut c = Client::join_ticket(&gw, JSON, &hs256(&t, SECRET)).await.unwrap();
+    c.subscribe("orders.erin.1", "exact").await;
+    c.send(&Message::Subscribe { request: 90, options: Dict::new(), topic: "orders.frank.1".into() }).await;
+    assert!(matches!(c.recv().await, Message::Error { request: 90, ref error, .. } if error == err::NOT_AUTHORIZED));
+    c.subscribe("orders", "prefix").await;
+    let got = received_before_marker(&gw, &mut c, &["orders.frank.1", "orders.erin.2"], "orders.erin.1").await;
+    assert_eq!(got, vec!["orders.erin.2"]);
+    // The marker matched both subscriptions.
+    assert_eq!(c.event().await.1, vec![Value::from("marker")]);
+    // Publish: the token allows chat.room1 only, the role chat.*.
+    c.publish("chat.room1", vec![], Dict::new()).await;
+    c.send(&Message::Publish { request: 91, options: dict! {"acknowledge" => true}, topic: "chat.room2".into(), args: vec![], kwargs: Dict::new() }).await;
+    loop {
+        match c.recv().await {
+            Message::Error { request: 91, error, .. } => {
+                assert_eq!(error, err::NOT_AUTHORIZED);
+                break;
+            }
+            Message::Event { .. } => continue,
+            other => panic!("expected ERROR, got {other:?}"),
+        }
+    }
+    // Black/white-list options need publish_options in the role.
+    let mut opts = Dict::new();
+    opts.insert("acknowledge".into(), Value::Bool(true));
+    opts.insert("eligible".into(), Value::List(vec![Value::UInt(1)]));
+    c.send(&Message::Publish { request: 92, options: opts, topic: "chat.room1".into(), args: vec![], kwargs: Dict::new() }).await;
+    loop {
+        match c.recv().await {
+            Message::Error { request: 92, error, .. } => {
+                assert_eq!(error, err::NOT_AUTHORIZED);
+                break;
+            }
+            Message::Event { .. } => continue,
+            other => panic!("expected ERROR, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn publish_rate_limit_per_role() {
+    let mut config = secured();
+    config.roles.insert(
+        "chatty".into(),
+        RoleConfig { subscribe: vec!["*".into()], publish: vec!["*".into()], publish_rate: 1.0, publish_burst: 3, ..Default::default() },
+    );
+    let gw = TestGateway::start_with(config).await;
+    let mut c = Client::join_ticket(&gw, JSON, &hs256(&claims("f", "chatty", now() + 60), SECRET)).await.unwrap();
+    let mut accepted = 0;
+    let mut limited = 0;
+    for request in 1..=10 {
+        c.send(&Message::Publish { request, options: dict! {"acknowledge" => true}, topic: "t.x".into(), args: vec![], kwargs: Dict::new() }).await;
+        match c.recv().await {
+            Message::Published { .. } => accepted += 1,
+            Message::Error { error, .. } => {
+                assert_eq!(error, err::RATE_LIMITED);
+                limited += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // A burst of 3, then about one per second (the loop takes far less than a second).
+    assert!((3..=4).contains(&accepted), "accepted {accepted}");
+    assert_eq!(accepted + limited, 10);
+    assert_eq!(gw.metric("telegraphy_rate_limited_total").await, limited as f64);
+}
+
+#[tokio::test]
+async fn sessions_end_when_their_token_expires() {
+    let mut config = secured();
+    config.auth.jwt_leeway = Duration::ZERO;
+    let gw = TestGateway::start_with(config).await;
+    let mut c = Client::join_ticket(&gw, JSON, &hs256(&claims("g", "user", now() + 2), SECRET)).await.unwrap();
+    c.subscribe("t.x", "exact").await;
+    let goodbye = tokio::time::timeout(Duration::from_secs(6), c.recv()).await.expect("closed at expiry");
+    match goodbye {
+        Message::Goodbye { reason, .. } => assert_eq!(reason, err::TOKEN_EXPIRED),
+        other => panic!("expected GOODBYE, got {other:?}"),
+    }
+    assert_eq!(c.closed().await.code, Some(close::TOKEN_EXPIRED));
+}
+
+async fn upgrade_with(gw: &TestGateway, origin: Option<&str>) -> Result<(), u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = gw.ws_url().into_client_request().unwrap();
+    req.headers_mut().insert("sec-websocket-protocol", "wamp.2.json".parse().unwrap());
+    if let Some(o) = origin {
+        req.headers_mut().insert("origin", o.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok(_) => Ok(()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+#[tokio::test]
+async fn origin_allow_list() {
+    let mut config = util::config();
+    config.allowed_origins = vec!["https://app.example.com".into()];
+    let gw = TestGateway::start_with(config).await;
+    assert_eq!(upgrade_with(&gw, None).await, Ok(()), "non-browser clients send no Origin");
+    assert_eq!(upgrade_with(&gw, Some("https://app.example.com")).await, Ok(()));
+    assert_eq!(upgrade_with(&gw, Some(&format!("http://{}", gw.addr))).await, Ok(()), "same origin");
+    assert_eq!(upgrade_with(&gw, Some("https://evil.example.com")).await, Err(403));
+    assert_eq!(upgrade_with(&gw, Some("null")).await, Err(403));
+    assert_eq!(gw.metric("telegraphy_connections_refused_total{reason=\"origin\"}").await, 2.0);
+}
+
+#[tokio::test]
+async fn pending_handshakes_and_per_ip_limits() {
+    let mut config = util::config();
+    config.limits.max_pending_handshakes = 2;
+    let gw = TestGateway::start_with(config).await;
+    let a = Client::open(&gw, JSON).await;
+    let mut b = Client::open(&gw, JSON).await;
+    assert_eq!(upgrade_with(&gw, None).await, Err(503), "two handshakes pending already");
+    // Once one is established, there is room again.
+    b.send(&util::hello("realm1")).await;
+    assert!(matches!(b.recv().await, Message::Welcome { .. }));
+    let _c = Client::open(&gw, JSON).await;
+    drop(a);
+
+    let mut config = util::config();
+    config.limits.max_connections_per_ip = 2;
+    let gw = TestGateway::start_with(config).await;
+    let _x = Client::join(&gw, JSON).await;
+    let y = Client::join(&gw, JSON).await;
+    assert_eq!(upgrade_with(&gw, None).await, Err(429));
+    drop(y);
+    util::eventually("slot freed", Duration::from_secs(5), || async { upgrade_with(&gw, None).await.is_ok() }).await;
+}
+
+#[tokio::test]
+async fn slowloris_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = util::config();
+    config.limits.http_header_timeout = Duration::from_millis(500);
+    let gw = TestGateway::start_with(config).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Keep trickling a header byte; the server must still give up.
+            if s.write_all(b"X").await.is_err() {
+                return;
+            }
+            match tokio::time::timeout(Duration::from_millis(10), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(_)) => return, // a 408 answer, then close
+                Err(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the server still waits for headers after 5 s");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+}
+
+#[tokio::test]
+async fn a_burst_of_ten_thousand_subscribes_is_bounded() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    let gw = TestGateway::start().await;
+    let mut c = Client::join(&gw, JSON).await;
+    for request in 1..=10_000u64 {
+        let frame = format!("[32,{request},{{}},\"burst.t{request}\"]");
+        if c.ws.feed(Ws::Text(frame.into())).await.is_err() {
+            break;
+        }
+    }
+    let _ = c.ws.flush().await;
+    // Either the session keeps up (1000 SUBSCRIBED, then limit errors) or it is
+    // closed as a slow consumer; both are bounded outcomes. The node stays up.
+    let mut subscribed = 0;
+    let mut limited = 0;
+    loop {
+        match c.next().await {
+            Ok(Message::Subscribed { .. }) => subscribed += 1,
+            Ok(Message::Error { error, .. }) => {
+                assert_eq!(error, err::LIMIT_EXCEEDED);
+                limited += 1;
+                if subscribed + limited == 10_000 {
+                    break;
+                }
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(closed) => {
+                assert_eq!(closed.code, Some(close::SLOW_CONSUMER), "{closed:?}");
+                break;
+            }
+        }
+    }
+    assert!(subscribed <= 1000, "the per-session limit holds: {subscribed}");
+    assert!(gw.metric("telegraphy_subscriptions").await <= 1000.0);
+    let mut other = Client::join(&gw, JSON).await;
+    other.subscribe("still.alive", "exact").await;
+}
+
+#[tokio::test]
+async fn tls_on_the_public_listener() {
+    use tokio_rustls::rustls;
+    let mut config = util::config();
+    config.tls.cert_file = Some(key_path("tls_cert.pem"));
+    config.tls.key_file = Some(key_path("tls_key.pem"));
+    let gw = TestGateway::start_with(config).await;
+    let mut roots = rustls::RootCertStore::empty();
+    let cert = std::fs::read(key_path("ca.pem")).unwrap();
+    for c in rustls_pki_types::pem::PemObject::pem_slice_iter(&cert) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let stream = connector.connect("localhost".try_into().unwrap(), tcp).await.expect("TLS handshake");
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("wss://localhost:{}/ws", gw.addr.port()).into_client_request().unwrap();
+    req.headers_mut().insert("sec-websocket-protocol", "wamp.2.json".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::client_async(req, stream).await.expect("WebSocket over TLS");
+    use futures_util::{SinkExt, StreamExt};
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(r#"[1,"realm1",{"roles":{"subscriber":{}}}]"#.into())).await.unwrap();
+    let welcome = ws.next().await.unwrap().unwrap();
+    assert!(welcome.to_text().unwrap().starts_with("[2,"), "{welcome:?}");
+    // Plain HTTP on the TLS port gets nowhere.
+    let plain = reqwest::get(format!("http://{}/healthz", gw.addr)).await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+}
