@@ -3,9 +3,11 @@
 # real Redis and RabbitMQ, the telegraphy-publish binary), the shared envelope
 # vectors checked by an independent msgpack implementation, the
 # interoperability tests with third-party WAMP clients (AutobahnJS under
-# Node, AutobahnPython) and the headless-browser test of the demo page.
+# Node, AutobahnPython), the operations suite (Helm chart rendered and
+# validated, dashboard and alert queries against a real Prometheus) and the
+# headless-browser tests.
 # Installs and starts what the tests need: Redis and RabbitMQ, Node and
-# Python test dependencies, and Debian's Chromium.
+# Python test dependencies, Debian's prometheus (promtool) and Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +27,9 @@ bash tests/interop/run.sh
 
 echo "==> envelope vectors, checked with Python's msgpack"
 tests/interop/python/.venv/bin/python tests/vectors/check_vectors.py
+
+echo "==> operations: Helm chart, dashboard, alert rules, Dockerfile (tests/ops)"
+bash tests/ops/run.sh
 
 echo "==> browser tests (headless Chromium)"
 if [[ ! -x "${CHROMIUM_BIN:-/usr/bin/chromium}" ]]; then

@@ -63,13 +63,16 @@ impl BusMetrics {
 
     /// Metrics nobody scrapes (publish-only clients).
     pub fn unregistered() -> BusMetrics {
+        let decode_errors = IntCounterVec::new(Opts::new(name::DECODE_ERRORS, "Unusable envelopes, by cause."), &["cause"]).expect("valid");
+        for cause in ["malformed", "unsupported_version"] {
+            decode_errors.with_label_values(&[cause]);
+        }
         BusMetrics {
             connected: IntGauge::new(name::CONNECTED, "1 while connected to the bus broker.").expect("valid"),
             reconnects: IntCounter::new(name::RECONNECTS, "Reconnects to the bus broker.").expect("valid"),
             disconnected_seconds: Counter::new(name::DISCONNECTED_SECONDS, "Seconds spent disconnected from the bus broker.")
                 .expect("valid"),
-            decode_errors: IntCounterVec::new(Opts::new(name::DECODE_ERRORS, "Unusable envelopes, by cause."), &["cause"])
-                .expect("valid"),
+            decode_errors,
             received: IntCounter::new(name::RECEIVED, "Events taken from the bus.").expect("valid"),
             duplicates: IntCounter::new(name::DUPLICATES, "Duplicate bus deliveries dropped.").expect("valid"),
             publish_errors: IntCounter::new(name::PUBLISH_ERRORS, "Publishes the bus did not accept.").expect("valid"),

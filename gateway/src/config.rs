@@ -409,6 +409,7 @@ impl Config {
         }
         // The documented short names of the auth settings.
         let env = env
+            .filter(|key| !is_service_link(key.as_str()))
             .map(|key| match key.as_str().to_ascii_lowercase().as_str() {
                 "jwt_secret" => "auth__jwt_secret".into(),
                 "jwt_public_key_file" => "auth__jwt_public_key_file".into(),
@@ -603,6 +604,21 @@ impl Config {
     }
 }
 
+/// Whether an env var (without the `TELEGRAPHY_` prefix) is one Kubernetes
+/// injects for a Service named `telegraphy…` (`TELEGRAPHY_PORT`,
+/// `TELEGRAPHY_PORT_8080_TCP_ADDR`, `TELEGRAPHY_METRICS_SERVICE_HOST`, ...):
+/// those are not settings and must not stop the gateway.
+fn is_service_link(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k == "port"
+        || k.starts_with("port_")
+        || k.ends_with("_port")
+        || k.contains("_port_")
+        || k.starts_with("service_")
+        || k.contains("_service_host")
+        || k.contains("_service_port")
+}
+
 /// Accepts a list, or one comma-separated string (handy in env vars).
 fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     // Environment values that look like numbers arrive as numbers: an API
@@ -688,6 +704,12 @@ mod tests {
             let flags = Overrides { listen: Some("127.0.0.1:3000".parse().unwrap()), ..Default::default() };
             let c = Config::load(Some(Path::new("t.toml")), &flags).unwrap();
             assert_eq!(c.listen.port(), 3000);
+            // Kubernetes service links for a Service named `telegraphy` are ignored.
+            jail.set_env("TELEGRAPHY_PORT", "tcp://10.0.0.1:8080");
+            jail.set_env("TELEGRAPHY_PORT_8080_TCP_ADDR", "10.0.0.1");
+            jail.set_env("TELEGRAPHY_SERVICE_HOST", "10.0.0.1");
+            jail.set_env("TELEGRAPHY_METRICS_SERVICE_PORT_ADMIN", "9090");
+            assert!(Config::load(None, &Overrides::default()).is_ok());
             jail.set_env("TELEGRAPHY_LISTN", "127.0.0.1:1");
             let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();
             assert!(err.contains("listn"), "{err}");

@@ -219,7 +219,7 @@ async fn read_loop(
                     Flow::Close(close::IDLE_TIMEOUT)
                 } else {
                     metrics.violation(Violation::HelloTimeout);
-                    session.abort(err::HELLO_TIMEOUT, "HELLO did not arrive in time after the WebSocket opened");
+                    session.abort(err::HELLO_TIMEOUT, "the handshake (HELLO, then authentication) did not finish in time after the WebSocket opened");
                     Flow::Close(close::HELLO_TIMEOUT)
                 }
             }

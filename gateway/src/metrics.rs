@@ -51,9 +51,21 @@ pub mod name {
     pub const AUTHORIZATION_DENIED: &str = "telegraphy_authorization_denied_total";
     /// Publishes refused by a role's rate limit.
     pub const RATE_LIMITED: &str = "telegraphy_rate_limited_total";
+    /// 1 while the node wants traffic (`/readyz` 200), 0 while draining or
+    /// disconnected from its bus.
+    pub const READY: &str = "telegraphy_ready";
+    /// Always 1; the `version` label says which build runs (rollouts).
+    pub const BUILD_INFO: &str = "telegraphy_build_info";
+    /// `limits.max_connections` of this node (for utilisation).
+    pub const MAX_CONNECTIONS: &str = "telegraphy_max_connections";
+    /// Events waiting in this node's bus queue for fan-out.
+    pub const BUS_QUEUE_DEPTH: &str = "telegraphy_bus_queue_depth";
     /// HTTP publish requests refused, by status code.
     pub const HTTP_PUBLISH_ERRORS: &str = "telegraphy_http_publish_errors_total";
 }
+
+/// The close codes the gateway sends (exported at 0 from the start).
+pub const DISCONNECT_CODES: [u16; 11] = [1000, 1002, 1003, 1007, 1009, 1012, 4000, 4001, 4002, 4003, 4500];
 
 /// Every `reason` label of `telegraphy_auth_failures_total` (exported at 0
 /// from the start, so dashboards and alerts see the series).
@@ -138,6 +150,9 @@ pub struct Metrics {
     pub denied_subscribe: IntCounter,
     pub denied_publish: IntCounter,
     pub rate_limited: IntCounter,
+    pub ready: IntGauge,
+    pub max_connections: IntGauge,
+    pub bus_queue_depth: IntGauge,
 }
 
 fn per_serializer(registry: &Registry, name: &str, help: &str) -> [IntCounter; 2] {
@@ -183,16 +198,35 @@ impl Metrics {
         for reason in AUTH_FAILURE_REASONS {
             auth_failures.with_label_values(&[reason]);
         }
+        let build_info = IntCounterVec::new(Opts::new(name::BUILD_INFO, "Build information (always 1)."), &["version"]).expect("valid");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).inc();
+        reg(Box::new(build_info));
+        let connections_refused = counter_vec(name::CONNECTIONS_REFUSED, "WebSocket upgrades refused, by reason.", "reason");
+        for reason in ["draining", "subprotocol", "max_connections", "origin", "pending_handshakes", "per_ip"] {
+            connections_refused.with_label_values(&[reason]);
+        }
+        let disconnects = counter_vec(name::DISCONNECTS, "Closed WebSocket connections, by close code.", "code");
+        for code in DISCONNECT_CODES {
+            disconnects.with_label_values(&[&code.to_string()]);
+        }
+        let http_publish_errors = counter_vec(name::HTTP_PUBLISH_ERRORS, "HTTP publish requests refused, by status.", "status");
+        for status in ["400", "401", "403", "413", "503"] {
+            http_publish_errors.with_label_values(&[status]);
+        }
         Metrics {
+            ready: gauge(name::READY, "1 while the node wants traffic (/readyz 200)."),
+            max_connections: gauge(name::MAX_CONNECTIONS, "limits.max_connections of this node."),
+            bus_queue_depth: gauge(name::BUS_QUEUE_DEPTH, "Events waiting in this node's bus queue for fan-out."),
+            connections_refused,
+            disconnects,
+            http_publish_errors,
             auth_failures,
             denied_subscribe: denied.with_label_values(&["subscribe"]),
             denied_publish: denied.with_label_values(&["publish"]),
             rate_limited: counter(name::RATE_LIMITED, "Publishes refused by a rate limit."),
             connections: gauge(name::CONNECTIONS, "Open WebSocket connections."),
-            connections_refused: counter_vec(name::CONNECTIONS_REFUSED, "WebSocket upgrades refused, by reason.", "reason"),
             sessions: gauge(name::SESSIONS, "Established WAMP sessions."),
             sessions_total: counter(name::SESSIONS_TOTAL, "WAMP sessions established since start."),
-            disconnects: counter_vec(name::DISCONNECTS, "Closed WebSocket connections, by close code.", "code"),
             subscriptions: gauge(name::SUBSCRIPTIONS, "Subscriptions held by sessions."),
             topics: gauge(name::TOPICS, "Distinct (topic, match policy) subscriptions."),
             messages_in: per_serializer(&registry, name::MESSAGES_IN, "WAMP messages received."),
@@ -207,7 +241,6 @@ impl Metrics {
             violations: Violation::ALL.map(|v| violations_vec.with_label_values(&[v.label()])),
             slow_consumer_closes: counter(name::SLOW_CONSUMER_CLOSES, "Sessions closed for not keeping up."),
             queue_drops: counter(name::QUEUE_DROPS, "Messages dropped because a session queue was full."),
-            http_publish_errors: counter_vec(name::HTTP_PUBLISH_ERRORS, "HTTP publish requests refused, by status.", "status"),
             registry,
         }
     }

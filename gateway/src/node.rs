@@ -47,11 +47,21 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Tracks every session task, so the drain can wait for them.
     pub sessions: TaskTracker,
+    /// The bus queue toward the dispatcher, to report its depth.
+    bus_queue: mpsc::WeakSender<Envelope>,
 }
 
 impl Node {
     /// Builds a node around a bus.
-    pub fn new(id: u64, config: Config, auth: Authenticator, bus: Arc<dyn Bus>, metrics: Arc<Metrics>) -> Arc<Node> {
+    pub fn new(
+        id: u64,
+        config: Config,
+        auth: Authenticator,
+        bus: Arc<dyn Bus>,
+        bus_queue: mpsc::WeakSender<Envelope>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Node> {
+        metrics.max_connections.set(config.limits.max_connections as i64);
         let hubs = config
             .realms
             .iter()
@@ -72,12 +82,18 @@ impl Node {
             draining: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            bus_queue,
         })
     }
 
     /// Whether the node should receive traffic.
     pub fn is_ready(&self) -> bool {
         !self.is_draining() && self.bus.is_ready()
+    }
+
+    /// Events waiting in the bus queue for fan-out.
+    pub fn bus_queue_depth(&self) -> usize {
+        self.bus_queue.upgrade().map(|tx| tx.max_capacity() - tx.capacity()).unwrap_or(0)
     }
 
     /// Whether a drain has started.

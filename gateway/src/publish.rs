@@ -51,50 +51,9 @@ async fn handle(node: &Node, body: &[u8]) -> Result<u64, PublishFailure> {
     if body.len() > node.config.limits.max_message_size {
         return Err(too_large(node, Some(body.len())));
     }
-    let value = telegraphy_wamp::Serialization::Json
-        .decode_value(body)
-        .map_err(|e| PublishFailure::bad(format!("the body must be a JSON object: {e}")))?;
-    let Value::Dict(mut fields) = value else {
-        return Err(PublishFailure::bad("the body must be a JSON object with at least a \"topic\""));
-    };
-    let topic = match fields.remove("topic") {
-        Some(Value::Str(t)) => t,
-        Some(other) => return Err(PublishFailure::bad(format!("\"topic\" must be a string, got {}", other.type_name()))),
-        None => return Err(PublishFailure::bad("\"topic\" is missing")),
-    };
-    let args = match fields.remove("args") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::List(l)) => l,
-        Some(other) => return Err(PublishFailure::bad(format!("\"args\" must be a list, got {}", other.type_name()))),
-    };
-    let kwargs = match fields.remove("kwargs") {
-        None | Some(Value::Null) => Dict::new(),
-        Some(Value::Dict(d)) => d,
-        Some(other) => return Err(PublishFailure::bad(format!("\"kwargs\" must be an object, got {}", other.type_name()))),
-    };
-    let opts = match fields.remove("options") {
-        None | Some(Value::Null) => Dict::new(),
-        Some(Value::Dict(d)) => d,
-        Some(other) => return Err(PublishFailure::bad(format!("\"options\" must be an object, got {}", other.type_name()))),
-    };
-    let realm = match fields.remove("realm") {
-        None | Some(Value::Null) => node.config.realms[0].clone(),
-        Some(Value::Str(r)) if node.hubs.contains_key(&r) => r,
-        Some(Value::Str(r)) => return Err(PublishFailure::bad(format!("realm `{r}` does not exist on this gateway"))),
-        Some(other) => return Err(PublishFailure::bad(format!("\"realm\" must be a string, got {}", other.type_name()))),
-    };
-    if let Some(key) = fields.keys().next() {
-        return Err(PublishFailure::bad(format!(
-            "unknown field \"{key}\"; the body takes topic, args, kwargs, options and realm"
-        )));
-    }
-    if !uri::is_valid(&topic, node.uri_rules, UriKind::Concrete) {
-        return Err(PublishFailure::bad(format!("`{topic}` is not a valid topic URI (dot-separated, no empty parts)")));
-    }
-    if topic.starts_with("wamp.") {
-        return Err(PublishFailure::bad("topics under `wamp.` are reserved for the router"));
-    }
-    let opts = options::parse(&opts).map_err(PublishFailure::bad)?;
+    let default_realm = &node.config.realms[0];
+    let request = parse_body(body, default_realm, |r| node.hubs.contains_key(r), node.uri_rules).map_err(PublishFailure::bad)?;
+    let PublishRequest { realm, topic, args, kwargs, filter } = request;
     let publication = random_id();
     let event = Envelope {
         realm,
@@ -102,7 +61,7 @@ async fn handle(node: &Node, body: &[u8]) -> Result<u64, PublishFailure> {
         topic,
         args,
         kwargs,
-        filter: opts.filter,
+        filter,
         publisher: None,
         published_at_us: now_us(),
     };
@@ -112,6 +71,74 @@ async fn handle(node: &Node, body: &[u8]) -> Result<u64, PublishFailure> {
     })?;
     node.metrics.published_http.inc();
     Ok(publication)
+}
+
+/// A parsed `POST /publish` body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishRequest {
+    /// The realm (the first configured one when the body names none).
+    pub realm: String,
+    /// The topic URI.
+    pub topic: String,
+    /// Positional payload.
+    pub args: Vec<Value>,
+    /// Keyword payload.
+    pub kwargs: Dict,
+    /// Black/white lists.
+    pub filter: telegraphy_bus::Filter,
+}
+
+/// Parses and checks a publish body; the error says what to fix. Pure, so
+/// it can be fuzzed and property-tested.
+pub fn parse_body(
+    body: &[u8],
+    default_realm: &str,
+    realm_exists: impl Fn(&str) -> bool,
+    rules: telegraphy_wamp::UriRules,
+) -> Result<PublishRequest, String> {
+    let value = telegraphy_wamp::Serialization::Json
+        .decode_value(body)
+        .map_err(|e| format!("the body must be a JSON object: {e}"))?;
+    let Value::Dict(mut fields) = value else {
+        return Err("the body must be a JSON object with at least a \"topic\"".into());
+    };
+    let topic = match fields.remove("topic") {
+        Some(Value::Str(t)) => t,
+        Some(other) => return Err(format!("\"topic\" must be a string, got {}", other.type_name())),
+        None => return Err("\"topic\" is missing".into()),
+    };
+    let args = match fields.remove("args") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::List(l)) => l,
+        Some(other) => return Err(format!("\"args\" must be a list, got {}", other.type_name())),
+    };
+    let kwargs = match fields.remove("kwargs") {
+        None | Some(Value::Null) => Dict::new(),
+        Some(Value::Dict(d)) => d,
+        Some(other) => return Err(format!("\"kwargs\" must be an object, got {}", other.type_name())),
+    };
+    let opts = match fields.remove("options") {
+        None | Some(Value::Null) => Dict::new(),
+        Some(Value::Dict(d)) => d,
+        Some(other) => return Err(format!("\"options\" must be an object, got {}", other.type_name())),
+    };
+    let realm = match fields.remove("realm") {
+        None | Some(Value::Null) => default_realm.to_string(),
+        Some(Value::Str(r)) if realm_exists(&r) => r,
+        Some(Value::Str(r)) => return Err(format!("realm `{r}` does not exist on this gateway")),
+        Some(other) => return Err(format!("\"realm\" must be a string, got {}", other.type_name())),
+    };
+    if let Some(key) = fields.keys().next() {
+        return Err(format!("unknown field \"{key}\"; the body takes topic, args, kwargs, options and realm"));
+    }
+    if !uri::is_valid(&topic, rules, UriKind::Concrete) {
+        return Err(format!("`{topic}` is not a valid topic URI (dot-separated, no empty parts)"));
+    }
+    if topic.starts_with("wamp.") {
+        return Err("topics under `wamp.` are reserved for the router".into());
+    }
+    let filter = options::parse(&opts)?.filter;
+    Ok(PublishRequest { realm, topic, args, kwargs, filter })
 }
 
 fn too_large(node: &Node, len: Option<usize>) -> PublishFailure {

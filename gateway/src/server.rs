@@ -43,6 +43,7 @@ impl Gateway {
         use anyhow::Context as _;
         let metrics = Arc::new(Metrics::new());
         let (tx, events) = mpsc::channel(config.limits.bus_queue);
+        let queue = tx.downgrade();
         let inbound = Inbound::new(tx, BusMetrics::register(metrics.registry()));
         let node_id = fastrand::u64(1..);
         let bus = telegraphy_bus::start(&config.bus, &config.bus_options(node_id), inbound)?;
@@ -53,7 +54,7 @@ impl Gateway {
             .await
             .with_context(|| format!("cannot listen on {} (admin_listen); is another process using it?", config.admin_listen))?;
         let auth = crate::auth::Authenticator::from_config(&config)?;
-        let node = Node::new(node_id, config, auth, bus, metrics);
+        let node = Node::new(node_id, config, auth, bus, queue, metrics);
         Ok(Gateway { node, events, public, admin })
     }
 
@@ -174,6 +175,9 @@ impl Gateway {
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    // Gauges that are cheaper to read at scrape time than to keep current.
+    node.metrics.ready.set(i64::from(node.is_ready()));
+    node.metrics.bus_queue_depth.set(node.bus_queue_depth() as i64);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.metrics.render())
 }
 

@@ -54,6 +54,8 @@ VARIANTS: dict[str, dict] = {
     "existing-secret": {"bus": {"type": "redis"}, "replicaCount": 2, "existingSecret": "telegraphy-credentials"},
     "no-pdb-no-spread": {"podDisruptionBudget": {"enabled": False}, "topologySpreadConstraints": {"enabled": False},
                          "serviceAccount": {"create": False}},
+    "jwt-from-extra-env": {"extraEnv": [{"name": "TELEGRAPHY_JWT_SECRET", "valueFrom": {"secretKeyRef": {"name": "telegraphy-jwt", "key": "secret"}}}],
+                           "config": {"allowed_origins": ["https://app.example.com"]}},
     "custom-ports": {"containerPorts": {"http": 8000, "admin": 9100}, "service": {"port": 80, "type": "LoadBalancer"},
                      "metricsService": {"port": 9100}},
     "everything": {"bus": AMQP, "apiKeys": [API_KEY], "autoscaling": {"enabled": True, "connections": {"enabled": True}},
@@ -64,7 +66,8 @@ VARIANTS: dict[str, dict] = {
                    "terminationGracePeriodSeconds": 50},
 }
 # Secrets the "existing-secret" variant expects to exist in the cluster.
-EXISTING_SECRETS = {"telegraphy-credentials": {"TELEGRAPHY_BUS": REDIS_URL, "TELEGRAPHY_API_KEYS": API_KEY}}
+EXISTING_SECRETS = {"telegraphy-credentials": {"TELEGRAPHY_BUS": REDIS_URL, "TELEGRAPHY_API_KEYS": API_KEY},
+                    "telegraphy-jwt": {"secret": "a-shared-jwt-secret-of-at-least-32-bytes"}}
 
 
 def deep_merge(base: dict, extra: dict) -> dict:
@@ -89,15 +92,15 @@ def chart():
     return _chart
 
 
-def render_raw(values: dict | None = None) -> dict[str, str]:
+def render_raw(values: dict | None = None, release: str = RELEASE) -> dict[str, str]:
     """Template path -> rendered text, exactly as `helm template` would produce."""
-    return chart().render(values or {}, name=RELEASE, namespace=NAMESPACE)
+    return chart().render(values or {}, name=release, namespace=NAMESPACE)
 
 
 class Rendered:
-    def __init__(self, values: dict | None = None):
+    def __init__(self, values: dict | None = None, release: str = RELEASE):
         self.values = values or {}
-        self.raw = render_raw(values)
+        self.raw = render_raw(values, release)
         self.notes = next((v for k, v in self.raw.items() if k.endswith("NOTES.txt")), "")
         self.manifests: list[dict] = []
         for path, text in sorted(self.raw.items()):

@@ -66,7 +66,7 @@ impl Serialization {
 
     /// Decodes one payload into a generic value (no WAMP checks).
     pub fn decode_value(self, bytes: &[u8]) -> Result<Value, DecodeError> {
-        let seed = ValueSeed { depth_left: MAX_DEPTH };
+        let seed = ValueSeed { depth_left: MAX_DEPTH, text: true };
         match self {
             Serialization::Json => {
                 let mut de = serde_json::Deserializer::from_slice(bytes);

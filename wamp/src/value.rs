@@ -145,7 +145,7 @@ impl Serialize for Value {
 
 impl<'de> Deserialize<'de> for Value {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        ValueSeed { depth_left: MAX_DEPTH }.deserialize(d)
+        ValueSeed { depth_left: MAX_DEPTH, text: true }.deserialize(d)
     }
 }
 
@@ -153,19 +153,23 @@ impl<'de> Deserialize<'de> for Value {
 #[derive(Clone, Copy)]
 pub(crate) struct ValueSeed {
     pub(crate) depth_left: usize,
+    /// Text formats (JSON) carry binary as NUL + base64 strings; binary
+    /// formats (msgpack) have real binary, and strings are just strings.
+    pub(crate) text: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for ValueSeed {
     type Value = Value;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(self)
+        let text = d.is_human_readable();
+        d.deserialize_any(ValueSeed { text, ..self })
     }
 }
 
 impl ValueSeed {
     fn nested<E: de::Error>(self) -> Result<ValueSeed, E> {
         match self.depth_left.checked_sub(1) {
-            Some(depth_left) => Ok(ValueSeed { depth_left }),
+            Some(depth_left) => Ok(ValueSeed { depth_left, text: self.text }),
             None => Err(E::custom(format_args!(
                 "lists and dictionaries nest deeper than {MAX_DEPTH} levels"
             ))),
@@ -211,10 +215,14 @@ impl<'de> Visitor<'de> for ValueSeed {
         Ok(Value::Float(f))
     }
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Value, E> {
-        decode_string(s)
+        if self.text {
+            decode_string(s)
+        } else {
+            Ok(Value::Str(s.to_owned()))
+        }
     }
     fn visit_string<E: de::Error>(self, s: String) -> Result<Value, E> {
-        if s.starts_with('\0') {
+        if self.text && s.starts_with('\0') {
             decode_string(&s)
         } else {
             Ok(Value::Str(s))
@@ -274,6 +282,13 @@ mod tests {
         assert!(serde_json::from_str::<Value>(&ok).is_ok());
         let too_deep = "[".repeat(MAX_DEPTH + 1) + &"]".repeat(MAX_DEPTH + 1);
         assert!(serde_json::from_str::<Value>(&too_deep).is_err());
+    }
+
+    #[test]
+    fn msgpack_strings_starting_with_nul_stay_strings() {
+        let v = Value::Str("\0not base64!".into());
+        let mp = rmp_serde::to_vec(&v).unwrap();
+        assert_eq!(rmp_serde::from_slice::<Value>(&mp).unwrap(), v);
     }
 
     #[test]

@@ -1,11 +1,9 @@
 """Fixtures for the AutobahnPython interop tests: one gateway process per test
 module, and a `connect` factory whose sessions are closed after each test."""
 
-import asyncio
-
 import pytest
 
-from helpers import Gateway, connect as _connect
+from helpers import Gateway, close_sessions, connect as _connect
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +23,4 @@ async def connect(gateway):
         return session
 
     yield open_session
-    for s in sessions:
-        if s.is_attached():
-            s.leave()
-    try:
-        await asyncio.wait_for(asyncio.gather(*(s.disconnected for s in sessions)), 5)
-    except asyncio.TimeoutError:  # gateway did not close after GOODBYE: drop the sockets
-        for s in sessions:
-            if s._transport:
-                s.disconnect()
+    await close_sessions(sessions)
