@@ -129,6 +129,12 @@ impl Authenticator {
             (None, Some(path)) => {
                 let pem = std::fs::read(path)
                     .map_err(|e| invalid(format!("auth.jwt_public_key_file: cannot read {}: {e}", path.display())))?;
+                if String::from_utf8_lossy(&pem).contains("PRIVATE KEY") {
+                    return Err(invalid(format!(
+                        "auth.jwt_public_key_file: {} holds a PRIVATE key; give the gateway only the public key (openssl pkey -in private.pem -pubout)",
+                        path.display()
+                    )));
+                }
                 if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
                     Some((key, vec![Algorithm::RS256]))
                 } else if let Ok(key) = DecodingKey::from_ed_pem(&pem) {
@@ -249,7 +255,7 @@ impl Authenticator {
             JwtErrorKind::InvalidAudience => failure("wrong_audience", "the token's audience (aud) is not the one this gateway expects (auth.jwt_audience)"),
             JwtErrorKind::InvalidIssuer => failure("wrong_issuer", "the token's issuer (iss) is not the one this gateway expects (auth.jwt_issuer)"),
             JwtErrorKind::InvalidAlgorithm => failure("wrong_algorithm", "the token is signed with an algorithm this gateway does not accept for its key"),
-            JwtErrorKind::MissingRequiredClaim(c) => failure("missing_claims", format!("the token has no `{c}` claim; tokens need sub and exp")),
+            JwtErrorKind::MissingRequiredClaim(c) => failure("missing_claims", format!("the token has no `{c}` claim, which this gateway requires")),
             _ => failure("malformed", "the ticket is not a well-formed JWT with the claims sub (string) and exp (number)"),
         })?;
         let claims = data.claims;
@@ -263,9 +269,14 @@ impl Authenticator {
         self.session_for(claims.sub, &role, ("ticket", "jwt"), subscribe, publish, Some(expires_at))
     }
 
-    /// Starts WAMP-CRA for `authid`, if it is a configured user.
+    /// Starts WAMP-CRA for `authid` when CRA users are configured. Unknown
+    /// authids get a challenge too (that no signature answers), so the
+    /// handshake does not reveal which users exist.
     pub fn cra_challenge(&self, authid: &str, session: u64) -> Option<CraChallenge> {
-        let (_, role) = self.cra.get(authid)?;
+        if self.cra.is_empty() {
+            return None;
+        }
+        let role = self.cra.get(authid).map(|(_, r)| r.as_str()).unwrap_or("");
         let challenge = serde_json::json!({
             "authid": authid,
             "authrole": role,
@@ -282,7 +293,7 @@ impl Authenticator {
     /// Checks a WAMP-CRA signature: base64(HMAC-SHA256(secret, challenge)).
     pub fn verify_cra(&self, challenge: &CraChallenge, signature: &str) -> Result<Authenticated, AuthFailure> {
         let Some((secret, role)) = self.cra.get(&challenge.authid) else {
-            return Err(failure("cra_failed", "unknown authid"));
+            return Err(failure("cra_failed", "the signature does not match; check the authid and the secret"));
         };
         let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(signature.trim()) else {
             return Err(failure("cra_failed", "the signature must be base64"));

@@ -46,8 +46,8 @@ pub struct Config {
     #[serde(deserialize_with = "list_or_csv", skip_serializing)]
     pub api_keys: Vec<String>,
     /// Development mode: serves the live demo page at `/`, accepts the API
-    /// key `dev` when no key is configured, and lets anonymous sessions in
-    /// with full rights. Refused on non-loopback addresses.
+    /// key `dev` when no key is configured, and lets anonymous sessions in,
+    /// allowed to publish too. Refused on non-loopback addresses.
     pub dev: bool,
     /// Browser origins allowed to open WebSockets (`https://app.example.com`).
     /// Same-origin pages and clients that send no Origin (non-browsers) are
@@ -464,7 +464,7 @@ impl Config {
         }
         for user in &self.auth.cra {
             if user.secret.len() < 16 {
-                return invalid(format!("`auth.cra` user `{}`: the secret must be at least 16 characters", user.authid));
+                return invalid(format!("`auth.cra` user `{}`: the secret must be at least 16 bytes", user.authid));
             }
         }
         for (name, role) in &self.roles {
@@ -486,6 +486,11 @@ impl Config {
             }
             (None, None) => {}
             _ => return invalid("set both `tls.cert_file` and `tls.key_file`, or neither".into()),
+        }
+        // Keys, roles and CRA users are checked the way the gateway will use them.
+        crate::auth::Authenticator::from_config(self)?;
+        if let (Some(cert), Some(key)) = (&self.tls.cert_file, &self.tls.key_file) {
+            crate::listener::tls_acceptor(cert, key).map_err(|e| ConfigError::Invalid(format!("{e:#}")))?;
         }
         if self.limits.max_pending_handshakes == 0 || self.limits.http_header_timeout.is_zero() {
             return invalid("keys `limits.max_pending_handshakes` and `limits.http_header_timeout` must be greater than 0".into());
@@ -581,8 +586,8 @@ impl Config {
             publish_options: false,
         };
         let anonymous_publish = if self.dev { vec!["*".to_string()] } else { Vec::new() };
-        roles.insert(self.auth.anonymous_role.clone(), builtin(anonymous_publish));
         roles.insert("user".to_string(), builtin(Vec::new()));
+        roles.insert(self.auth.anonymous_role.clone(), builtin(anonymous_publish));
         for (name, role) in &self.roles {
             roles.insert(name.clone(), role.clone());
         }

@@ -366,23 +366,24 @@ async fn write_loop(
     node.metrics.disconnect(code);
     tracing::debug!(session = handle.id, code, reason = close_reason(code), "connection closing");
     let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
+        // What is still queued (not for a slow consumer: that is the problem),
+        // the last words, and the close frame go out in one flush.
+        rx.close();
+        batch.clear();
         if code != close::SLOW_CONSUMER {
-            rx.close();
-            batch.clear();
             while let Ok(frame) = rx.try_recv() {
                 batch.push(frame);
             }
-            let n = batch.len() as u64;
-            match write_batch(&mut sink, &mut batch).await {
-                Ok(bytes) => {
-                    metrics.messages_out[si].inc_by(n);
-                    metrics.bytes_out[si].inc_by(bytes as u64);
-                }
-                Err(_) => return,
-            }
         }
-        let reason = close_reason(code);
-        let _ = sink.send(WsMessage::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+        if let Some(last) = handle.outbox.take_last_words() {
+            batch.push(last);
+        }
+        let n = batch.len() as u64;
+        batch.push(WsMessage::Close(Some(CloseFrame { code, reason: close_reason(code).into() })));
+        if let Ok(bytes) = write_batch(&mut sink, &mut batch).await {
+            metrics.messages_out[si].inc_by(n);
+            metrics.bytes_out[si].inc_by(bytes as u64);
+        }
     })
     .await;
 }
@@ -408,7 +409,7 @@ pub fn close_reason(code: u16) -> &'static str {
         close::SERVICE_RESTART => "gateway node restarting: reconnect to another node",
         close::SLOW_CONSUMER => "slow consumer: outbound queue full, reconnect",
         close::IDLE_TIMEOUT => "idle timeout, reconnect",
-        close::HELLO_TIMEOUT => "HELLO not received in time",
+        close::HELLO_TIMEOUT => "handshake (HELLO, authentication) not finished in time",
         close::TOKEN_EXPIRED => "token expired: reconnect with a fresh token",
         close::AUTH_FAILED => "authentication failed",
         _ => "",

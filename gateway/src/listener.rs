@@ -55,7 +55,9 @@ pub async fn serve(
     header_timeout: Duration,
 ) {
     let graceful = GracefulShutdown::new();
-    let mut builder = Builder::new(TokioExecutor::new());
+    // HTTP/1 only: WebSockets upgrade over HTTP/1, and the header timeout
+    // (slowloris guard) applies to HTTP/1 connections.
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
     loop {
         let (tcp, peer) = tokio::select! {

@@ -38,7 +38,7 @@ struct Args {
     #[arg(long, value_enum)]
     uri_rules: Option<UriRulesSetting>,
     /// Development mode: live demo page at /, API key `dev`, anonymous
-    /// sessions with every right; loopback only.
+    /// sessions that may publish too; loopback only.
     #[arg(long)]
     dev: bool,
     /// Let sessions in without credentials (role `anonymous`).
@@ -120,7 +120,9 @@ fn main() -> std::process::ExitCode {
 fn init_logging(config: &Config) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .with_context(|| format!("key `log.level`: `{}` is not a valid log filter (try info or debug)", config.log.level))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    // Colours only for people at a terminal, never in files or log pipelines.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout).with_ansi(ansi);
     match config.log.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

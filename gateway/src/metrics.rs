@@ -198,8 +198,8 @@ impl Metrics {
         for reason in AUTH_FAILURE_REASONS {
             auth_failures.with_label_values(&[reason]);
         }
-        let build_info = IntCounterVec::new(Opts::new(name::BUILD_INFO, "Build information (always 1)."), &["version"]).expect("valid");
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).inc();
+        let build_info = prometheus::IntGaugeVec::new(Opts::new(name::BUILD_INFO, "Build information (always 1)."), &["version"]).expect("valid");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         reg(Box::new(build_info));
         let connections_refused = counter_vec(name::CONNECTIONS_REFUSED, "WebSocket upgrades refused, by reason.", "reason");
         for reason in ["draining", "subprotocol", "max_connections", "origin", "pending_handshakes", "per_ip"] {

@@ -30,6 +30,10 @@ pub struct Outbox {
     closing: CancellationToken,
     /// Whether the slow-consumer close was already counted.
     overflowed: AtomicBool,
+    /// The session's last message (ABORT, GOODBYE), written in the same
+    /// flush as the close frame so a client that closes at once still sees
+    /// the gateway's close code.
+    last_words: std::sync::Mutex<Option<WsMessage>>,
     metrics: Arc<Metrics>,
 }
 
@@ -53,6 +57,7 @@ impl Outbox {
             close_code: AtomicU16::new(0),
             closing: CancellationToken::new(),
             overflowed: AtomicBool::new(false),
+            last_words: std::sync::Mutex::new(None),
             metrics,
         };
         (outbox, rx)
@@ -96,6 +101,16 @@ impl Outbox {
     pub fn close(&self, code: u16) {
         let _ = self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
         self.closing.cancel();
+    }
+
+    /// Sets the message written just before the close frame.
+    pub fn set_last_words(&self, frame: WsMessage) {
+        *self.last_words.lock().unwrap_or_else(|e| e.into_inner()) = Some(frame);
+    }
+
+    /// Takes the message to write just before the close frame.
+    pub fn take_last_words(&self) -> Option<WsMessage> {
+        self.last_words.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// The close code asked for, if any.

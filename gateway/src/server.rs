@@ -32,6 +32,8 @@ const DEMO_PAGE: &str = include_str!("../assets/demo.html");
 /// A gateway whose listeners are bound, ready to [`run`](Gateway::run).
 pub struct Gateway {
     node: Arc<Node>,
+    /// TLS for the public listener, when configured.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     events: mpsc::Receiver<Envelope>,
     public: TcpListener,
     admin: TcpListener,
@@ -41,6 +43,12 @@ impl Gateway {
     /// Builds the node and binds both listeners (so bind errors surface here).
     pub async fn bind(config: Config) -> anyhow::Result<Gateway> {
         use anyhow::Context as _;
+        // Credentials and TLS files first: a bad key stops the gateway before it listens.
+        let auth = crate::auth::Authenticator::from_config(&config)?;
+        let tls = match (&config.tls.cert_file, &config.tls.key_file) {
+            (Some(cert), Some(key)) => Some(crate::listener::tls_acceptor(cert, key)?),
+            _ => None,
+        };
         let metrics = Arc::new(Metrics::new());
         let (tx, events) = mpsc::channel(config.limits.bus_queue);
         let queue = tx.downgrade();
@@ -53,9 +61,8 @@ impl Gateway {
         let admin = TcpListener::bind(config.admin_listen)
             .await
             .with_context(|| format!("cannot listen on {} (admin_listen); is another process using it?", config.admin_listen))?;
-        let auth = crate::auth::Authenticator::from_config(&config)?;
         let node = Node::new(node_id, config, auth, bus, queue, metrics);
-        Ok(Gateway { node, events, public, admin })
+        Ok(Gateway { node, tls, events, public, admin })
     }
 
     /// The bound public address (useful with port 0).
@@ -75,7 +82,7 @@ impl Gateway {
 
     /// Serves until `shutdown` resolves, then drains (see the module docs).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Gateway { node, events, public, admin } = self;
+        let Gateway { node, tls, events, public, admin } = self;
         let config = &node.config;
         let scheme = if config.tls.cert_file.is_some() { "wss" } else { "ws" };
         tracing::info!(
@@ -117,10 +124,6 @@ impl Gateway {
             })
         };
 
-        let tls = match (&config.tls.cert_file, &config.tls.key_file) {
-            (Some(cert), Some(key)) => Some(crate::listener::tls_acceptor(cert, key)?),
-            _ => None,
-        };
         let mut serve = tokio::spawn(crate::listener::serve(
             public,
             tls,

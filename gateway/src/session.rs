@@ -17,12 +17,12 @@ use crate::node::{now_us, random_id, Node};
 use crate::options;
 
 /// A token bucket: `rate` per second, `burst` at once.
-fn rate_limiter(rate: f64, burst: u32) -> governor::DefaultDirectRateLimiter {
+fn rate_limiter(rate: f64, burst: u32) -> Option<governor::DefaultDirectRateLimiter> {
     let period = std::time::Duration::from_secs_f64(1.0 / rate.max(1e-6));
-    let quota = governor::Quota::with_period(period)
-        .unwrap_or_else(|| governor::Quota::per_second(std::num::NonZeroU32::MIN))
+    // A rate too high to express (a zero period) means no limit.
+    let quota = governor::Quota::with_period(period)?
         .allow_burst(std::num::NonZeroU32::new(burst).unwrap_or(std::num::NonZeroU32::MIN));
-    governor::RateLimiter::direct(quota)
+    Some(governor::RateLimiter::direct(quota))
 }
 
 /// Longest wait for the bus to route a new subscription before SUBSCRIBED.
@@ -113,7 +113,7 @@ impl Session {
                 self.violation(Violation::WrongState, "HELLO on an established session")
             }
             (State::Established { .. }, Message::Goodbye { .. }) => {
-                self.send(&Message::Goodbye { details: Dict::new(), reason: err::GOODBYE_AND_OUT.into() });
+                self.send_last(&Message::Goodbye { details: Dict::new(), reason: err::GOODBYE_AND_OUT.into() });
                 self.cleanup();
                 Flow::Close(close::NORMAL)
             }
@@ -147,7 +147,7 @@ impl Session {
 
     fn hello(&mut self, realm: String, details: Dict) -> Flow {
         let Some(hub) = self.node.hubs.get(&realm).cloned() else {
-            self.send(&Message::Abort {
+            self.send_last(&Message::Abort {
                 details: dict! {"message" => format!("realm `{realm}` does not exist on this router")},
                 reason: err::NO_SUCH_REALM.into(),
             });
@@ -217,7 +217,7 @@ impl Session {
     fn refuse(&mut self, f: AuthFailure) -> Flow {
         self.node.metrics.auth_failure(f.reason);
         tracing::info!(session = self.handle.id, reason = f.reason, "authentication refused: {}", f.message);
-        self.send(&Message::Abort { details: dict! {"message" => f.message}, reason: f.uri.into() });
+        self.send_last(&Message::Abort { details: dict! {"message" => f.message}, reason: f.uri.into() });
         self.state = State::Closed;
         Flow::Close(close::AUTH_FAILED)
     }
@@ -247,12 +247,12 @@ impl Session {
             let secs = exp.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             welcome.insert("authextra".into(), Value::Dict(dict! {"expires_at" => secs}));
             if self.node.config.auth.expire_sessions {
-                let left = exp.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+                let left = exp.duration_since(std::time::SystemTime::now()).unwrap_or_default() + self.node.config.auth.jwt_leeway;
                 self.expires_at = Some(tokio::time::Instant::now() + left);
             }
         }
         let _ = self.handle.identity.set(Identity { authid: who.authid, authrole: who.authrole });
-        let limiter = (who.role.publish_rate > 0.0).then(|| rate_limiter(who.role.publish_rate, who.role.publish_burst));
+        let limiter = (who.role.publish_rate > 0.0).then(|| rate_limiter(who.role.publish_rate, who.role.publish_burst)).flatten();
         self.send(&Message::Welcome { session: self.handle.id, details: welcome });
         self.state = State::Established {
             realm,
@@ -273,7 +273,7 @@ impl Session {
 
     /// Says GOODBYE because the token expired.
     pub fn expire(&mut self) -> Flow {
-        self.send(&Message::Goodbye {
+        self.send_last(&Message::Goodbye {
             details: dict! {"message" => "the session's token expired; reconnect with a fresh token"},
             reason: err::TOKEN_EXPIRED.into(),
         });
@@ -447,7 +447,7 @@ impl Session {
     /// Sends ABORT with `reason` and ends the session (the caller closes).
     pub fn abort(&mut self, reason: &str, message: &str) {
         if !matches!(self.state, State::Closed) {
-            self.send(&Message::Abort { details: dict! {"message" => message}, reason: reason.into() });
+            self.send_last(&Message::Abort { details: dict! {"message" => message}, reason: reason.into() });
         }
         self.cleanup();
     }
@@ -455,7 +455,7 @@ impl Session {
     /// Says GOODBYE because the node is draining.
     pub fn shutdown(&mut self) -> Flow {
         if self.is_established() {
-            self.send(&Message::Goodbye {
+            self.send_last(&Message::Goodbye {
                 details: dict! {"message" => "this gateway node is shutting down; reconnect to another node"},
                 reason: err::SYSTEM_SHUTDOWN.into(),
             });
@@ -481,6 +481,14 @@ impl Session {
             args: vec![Value::Str(message.into())],
             kwargs: Dict::new(),
         });
+    }
+
+    /// Queues the session's last message (ABORT, GOODBYE): it is written
+    /// together with the WebSocket close frame.
+    fn send_last(&self, msg: &Message) {
+        if let Some(frame) = encode_frame(self.handle.serialization, msg) {
+            self.handle.outbox.set_last_words(frame);
+        }
     }
 
     fn send(&self, msg: &Message) {

@@ -112,6 +112,21 @@ async fn hs256_tickets_good_expired_forged_malformed() {
     assert_eq!((reason.as_str(), code), (err::NO_AUTH_METHOD, Some(close::AUTH_FAILED)));
 }
 
+#[test]
+fn private_keys_and_bad_files_are_refused_at_startup() {
+    let mut config = secured();
+    config.auth.jwt_secret = None;
+    config.auth.jwt_public_key_file = Some(key_path("rsa_private.pem"));
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("PRIVATE"), "{err}");
+    config.auth.jwt_public_key_file = Some(key_path("README.md"));
+    assert!(config.validate().unwrap_err().to_string().contains("not a PEM"));
+    let mut config = util::config();
+    config.tls.cert_file = Some(key_path("README.md"));
+    config.tls.key_file = Some(key_path("tls_key.pem"));
+    assert!(config.validate().is_err(), "a bad certificate stops the gateway before it listens");
+}
+
 #[tokio::test]
 async fn audience_and_issuer_are_enforced_when_configured() {
     let mut config = secured();
@@ -162,9 +177,14 @@ async fn wamp_cra_for_services() {
     let mut config = secured();
     config.auth.cra.push(CraUser { authid: "backend".into(), secret: "cra-secret-0123456789".into(), role: "staff".into() });
     let gw = TestGateway::start_with(config).await;
-    for (secret, ok) in [("cra-secret-0123456789", true), ("wrong-secret-000000000", false)] {
+    // Unknown authids are challenged too: the handshake does not reveal who exists.
+    for (authid, secret, ok) in [
+        ("backend", "cra-secret-0123456789", true),
+        ("backend", "wrong-secret-000000000", false),
+        ("nobody", "cra-secret-0123456789", false),
+    ] {
         let mut c = Client::open(&gw, JSON).await;
-        c.send(&util::hello_with("realm1", &["wampcra"], Some("backend"))).await;
+        c.send(&util::hello_with("realm1", &["wampcra"], Some(authid))).await;
         let challenge = match c.recv().await {
             Message::Challenge { authmethod, extra } => {
                 assert_eq!(authmethod, "wampcra");

@@ -72,58 +72,76 @@ window.tryGateway = (url) => new Promise((resolve) => {
 });
 </script></body></html>`;
 
-// A gateway with its own temporary config; anonymous sessions allowed.
+// A gateway with its own temporary config; anonymous sessions allowed. A port
+// found free can be taken before the gateway binds it: then it starts again
+// on other ports.
 async function startGateway(name, { allowedOrigins = null, args = [] } = {}) {
-  const port = await freePort();
-  const admin = await freePort();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'telegraphy-origin-'));
   const config = path.join(dir, 'gateway.toml');
   const lines = [];
   if (allowedOrigins) lines.push(`allowed_origins = ${JSON.stringify(allowedOrigins)}`);
   lines.push('[auth]', 'allow_anonymous = true');
   fs.writeFileSync(config, lines.join('\n') + '\n');
+  for (let attempt = 1; ; attempt++) {
+    const gw = await spawnGateway(name, config, args);
+    const ready = await gw.ready();
+    if (ready === 'ready') {
+      gw.dir = dir;
+      return gw;
+    }
+    await gw.stop();
+    if (ready !== 'port taken' || attempt === 3) {
+      fs.rmSync(dir, { recursive: true, force: true });
+      throw new Error(`gateway ${name}: ${ready}:\n${gw.output()}`);
+    }
+  }
+}
+
+async function spawnGateway(name, config, args) {
+  const port = await freePort();
+  const admin = await freePort();
   const proc = spawn(GATEWAY_BIN, ['--config', config, '--listen', `127.0.0.1:${port}`, '--admin-listen', `127.0.0.1:${admin}`, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
   proc.stdout.on('data', (d) => { output += d; });
   proc.stderr.on('data', (d) => { output += d; });
-  const gw = {
+  const running = () => proc.exitCode === null && proc.signalCode === null;
+  return {
     name,
     port,
     admin,
     proc,
+    dir: null,
     wsUrl: `ws://127.0.0.1:${port}/ws`,
     base: `http://127.0.0.1:${port}`,
     output: () => output.slice(-4000),
+    async ready() {
+      for (let i = 0; i <= 100; i++) {
+        if (!running()) return /Address already in use/.test(output) ? 'port taken' : 'exited during startup';
+        try {
+          if ((await fetch(`http://127.0.0.1:${admin}/readyz`)).status === 200 && running()) return 'ready';
+        } catch (_) { /* not up yet */ }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      return 'not ready within 10 s';
+    },
     async metric(sample) {
       const text = await (await fetch(`http://127.0.0.1:${admin}/metrics`)).text();
       const line = text.split('\n').find((l) => l.startsWith(`${sample} `));
       return line ? Number(line.trim().split(/\s+/).pop()) : 0;
     },
     async stop() {
-      if (proc.exitCode === null && proc.signalCode === null) {
+      if (running()) {
         const exited = new Promise((r) => proc.once('exit', r));
         proc.kill('SIGTERM');
         const timer = setTimeout(() => proc.kill('SIGKILL'), 10000);
         await exited;
         clearTimeout(timer);
       }
-      fs.rmSync(dir, { recursive: true, force: true });
+      if (this.dir) fs.rmSync(this.dir, { recursive: true, force: true });
     },
   };
-  for (let i = 0; ; i++) {
-    if (proc.exitCode !== null) throw new Error(`gateway ${name} exited during startup:\n${gw.output()}`);
-    try {
-      if ((await fetch(`http://127.0.0.1:${admin}/readyz`)).status === 200) break;
-    } catch (_) { /* not up yet */ }
-    if (i > 100) {
-      await gw.stop();
-      throw new Error(`gateway ${name} did not become ready:\n${gw.output()}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return gw;
 }
 
 const REFUSED_ORIGIN = 'telegraphy_connections_refused_total{reason="origin"}';

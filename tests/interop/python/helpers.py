@@ -68,11 +68,7 @@ class Gateway:
     def __init__(self, config=None, env=None, args=(), api_key=API_KEY):
         if not os.path.exists(GATEWAY_BIN):
             raise RuntimeError(f"gateway binary not found: {GATEWAY_BIN}")
-        self.port, self.admin_port = free_port(), free_port()
-        self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
-        self.http_url = f"http://127.0.0.1:{self.port}"
         self.api_key = api_key
-        self.log = tempfile.TemporaryFile()
         self.config_file = None
         if config is None:
             config_path = str(INTEROP_CONFIG)
@@ -81,9 +77,23 @@ class Gateway:
             self.config_file.write(config)
             self.config_file.close()
             config_path = self.config_file.name
+        # A port found free can be taken by another process before the gateway
+        # binds it (parallel runs): then start again on other ports.
+        for attempt in range(3):
+            if self._start(config_path, env, args):
+                return
+        self._remove_config()
+        raise RuntimeError(f"gateway could not bind free ports in 3 attempts:\n{self.output()}")
+
+    def _start(self, config_path, env, args) -> bool:
+        """Starts the process; False when a port was taken meanwhile."""
+        self.port, self.admin_port = free_port(), free_port()
+        self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
+        self.http_url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [GATEWAY_BIN, "--listen", f"127.0.0.1:{self.port}",
-             "--admin-listen", f"127.0.0.1:{self.admin_port}", "--api-keys", api_key,
+             "--admin-listen", f"127.0.0.1:{self.admin_port}", "--api-keys", self.api_key,
              "--config", config_path, *args],
             stdout=self.log, stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
@@ -91,11 +101,14 @@ class Gateway:
         deadline = time.monotonic() + 10
         while True:
             if self.proc.poll() is not None:
+                if "Address already in use" in self.output():
+                    return False
                 self._remove_config()
                 raise RuntimeError(f"gateway exited during startup ({self.proc.returncode}):\n{self.output()}")
             try:
-                if http_request(f"http://127.0.0.1:{self.admin_port}/readyz")[0] == 200:
-                    return
+                # Still running after a ready answer: the answer was ours.
+                if http_request(f"http://127.0.0.1:{self.admin_port}/readyz")[0] == 200 and self.proc.poll() is None:
+                    return True
             except OSError:
                 pass
             if time.monotonic() > deadline:

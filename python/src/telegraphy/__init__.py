@@ -1,0 +1,38 @@
+"""Telegraphy for Python: publish real-time events to browsers through a
+Telegraphy gateway, over its HTTP endpoint, Redis or RabbitMQ.
+
+    import telegraphy
+    telegraphy.publish("com.example.orders.created", 42, total=9.5)
+
+Layout:
+
+* `publisher`: `Publisher`, one handle per destination, and its env config;
+* `transports`: HTTP, Redis and RabbitMQ, each confirming acceptance;
+* `envelope`: the canonical bus bytes (`docs/envelope.md`);
+* `uri`: topic rules, as the gateway applies them;
+* `errors`: `PublishError` and its four kinds;
+* `client`: the default publisher behind `publish()`;
+* `django`: the Django app (model events, tokens, template tags, widgets).
+"""
+
+from .client import get_publisher, publish, set_publisher
+from .envelope import Envelope
+from .errors import InvalidInput, PublishError, Rejected, Unauthorized, Unavailable
+from .publisher import DEFAULT_REALM, Publisher, publisher_from_env
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_REALM",
+    "Envelope",
+    "InvalidInput",
+    "PublishError",
+    "Publisher",
+    "Rejected",
+    "Unauthorized",
+    "Unavailable",
+    "get_publisher",
+    "publish",
+    "publisher_from_env",
+    "set_publisher",
+]

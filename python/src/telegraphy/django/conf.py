@@ -1,0 +1,93 @@
+"""The TELEGRAPHY settings dict, read lazily (on each access, never at
+import), with defaults. System checks (checks.py) validate it."""
+
+from __future__ import annotations
+
+import urllib.parse
+
+DEFAULTS = {
+    # The gateway's WebSocket URL, as browsers reach it.
+    "GATEWAY_URL": "ws://127.0.0.1:8080/ws",
+    # Where Django publishes: a gateway's HTTP endpoint (PUBLISH_URL, with
+    # API_KEY) or the bus (BUS). Neither: the HTTP endpoint next to GATEWAY_URL.
+    "PUBLISH_URL": None,
+    "BUS": None,
+    "API_KEY": None,
+    # The gateway's TELEGRAPHY_JWT_SECRET (HS256, at least 32 bytes).
+    "SECRET": None,
+    "TOPIC_PREFIX": "telegraphy",
+    "REALM": "realm1",
+    # Token lifetime in seconds; the JS client fetches a fresh one on reconnect.
+    "TOKEN_TTL": 300,
+    # The `role` claim of users' tokens (a built-in or configured gateway role).
+    "ROLE": "user",
+    # Anonymous visitors: refused a token (403) unless this is True; then
+    # they get one for ANONYMOUS_ROLE with the topics is_authorized allows them.
+    "ALLOW_ANONYMOUS": False,
+    "ANONYMOUS_ROLE": "anonymous",
+    # Bus options; must match the gateways' redis.key_prefix / amqp.exchange.
+    "REDIS_KEY_PREFIX": "telegraphy:",
+    "AMQP_EXCHANGE": "telegraphy",
+    # Seconds for each connect and answer when publishing.
+    "TIMEOUT": 5,
+    # A failed publish after a commit is logged (logger "telegraphy.django")
+    # and swallowed: the data is saved, the request should not fail. False
+    # raises instead.
+    "FAIL_SILENTLY": True,
+    # `manage.py telegraphy_gateway`: the binary, and the page origins that
+    # may open WebSockets (default: http://127.0.0.1:8000, http://localhost:8000).
+    "GATEWAY_BIN": None,
+    "ALLOWED_ORIGINS": None,
+}
+
+
+def user_settings() -> dict:
+    from django.conf import settings
+
+    value = getattr(settings, "TELEGRAPHY", {})
+    return value if isinstance(value, dict) else {}
+
+
+def get(name: str):
+    """One setting, from settings.TELEGRAPHY or its default."""
+    if name not in DEFAULTS:
+        raise KeyError(f"unknown TELEGRAPHY setting {name}")
+    return user_settings().get(name, DEFAULTS[name])
+
+
+def publish_url() -> str | None:
+    """Where HTTP publishes go: PUBLISH_URL, else derived from GATEWAY_URL
+    (ws://HOST:PORT/ws → http://HOST:PORT), unless BUS is set."""
+    if get("BUS"):
+        return None
+    if get("PUBLISH_URL"):
+        return get("PUBLISH_URL")
+    return http_url_of(get("GATEWAY_URL"))
+
+
+def http_url_of(ws_url) -> str | None:
+    """http(s)://HOST:PORT of a ws(s):// URL, or None."""
+    if not isinstance(ws_url, str):
+        return None
+    parts = urllib.parse.urlsplit(ws_url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme)
+    if scheme is None or not parts.netloc:
+        return None
+    return f"{scheme}://{parts.netloc}"
+
+
+def publisher_from_settings():
+    """A telegraphy.Publisher from the settings."""
+    from ..publisher import Publisher
+
+    timeout = float(get("TIMEOUT"))
+    realm = get("REALM")
+    if get("BUS"):
+        return Publisher(
+            bus=get("BUS"),
+            redis_key_prefix=get("REDIS_KEY_PREFIX"),
+            amqp_exchange=get("AMQP_EXCHANGE"),
+            timeout=timeout,
+            realm=realm,
+        )
+    return Publisher(gateway_url=publish_url(), api_key=get("API_KEY"), timeout=timeout, realm=realm)

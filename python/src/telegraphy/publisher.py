@@ -1,0 +1,166 @@
+"""`Publisher`: one handle that publishes events through a gateway's HTTP
+endpoint, straight onto Redis, or onto RabbitMQ; the Python twin of the Rust
+`telegraphy-publisher` crate (same checks, same error kinds, same bytes)."""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+
+from .envelope import Envelope, canonical_filter
+from .errors import InvalidInput
+from .transports import AmqpTransport, HttpTransport, RedisTransport, redact
+from .uri import check_topic, is_valid_topic
+
+#: The realm bus events go to unless `publish(realm=...)` names another. (Over
+#: HTTP, no realm means the gateway's first configured realm.)
+DEFAULT_REALM = "realm1"
+DEFAULT_REDIS_KEY_PREFIX = "telegraphy:"
+DEFAULT_AMQP_EXCHANGE = "telegraphy"
+DEFAULT_TIMEOUT = 5.0
+
+
+class Publisher:
+    """Publishes events; thread-safe, connects lazily, reconnects by itself.
+
+    Exactly one of `gateway_url` (with `api_key`) or `bus`::
+
+        Publisher(gateway_url="http://127.0.0.1:8080", api_key="...")
+        Publisher(bus="redis://127.0.0.1:6379/0", redis_key_prefix="telegraphy:")
+        Publisher(bus="amqp://guest:guest@127.0.0.1:5672/%2f", amqp_exchange="telegraphy")
+
+    `redis_key_prefix` and `amqp_exchange` must match the gateways' settings
+    (`redis.key_prefix`, `amqp.exchange`). `timeout` (seconds) bounds each
+    connect and each answer. `realm` is the default realm of `publish`.
+    """
+
+    def __init__(
+        self,
+        gateway_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        bus: str | None = None,
+        redis_key_prefix: str = DEFAULT_REDIS_KEY_PREFIX,
+        amqp_exchange: str = DEFAULT_AMQP_EXCHANGE,
+        timeout: float = DEFAULT_TIMEOUT,
+        realm: str | None = None,
+    ):
+        if realm is not None and not is_valid_topic(realm):
+            raise InvalidInput(f"`{realm}` is not a valid realm name")
+        self.realm = realm
+        if (gateway_url is None) == (bus is None):
+            raise InvalidInput(
+                "say where to publish: Publisher(gateway_url='http://HOST:8080', api_key=KEY) "
+                "or Publisher(bus='redis://HOST:6379/0' | 'amqp://USER:PASS@HOST:5672/VHOST'), not both"
+            )
+        if gateway_url is not None:
+            self._transport = HttpTransport(gateway_url, api_key, timeout)
+            return
+        scheme = urllib.parse.urlsplit(bus).scheme if isinstance(bus, str) else ""
+        if scheme == "redis":
+            self._transport = RedisTransport(bus, redis_key_prefix, timeout)
+        elif scheme == "amqp":
+            self._transport = AmqpTransport(bus, amqp_exchange, timeout)
+        elif scheme == "memory":
+            raise InvalidInput(
+                "memory:// is the bus inside one gateway process; other programs cannot reach it. Publish through "
+                "that gateway's HTTP endpoint instead: Publisher(gateway_url='http://HOST:8080', api_key=KEY)"
+            )
+        elif scheme in ("rediss", "amqps"):
+            raise InvalidInput(
+                f"bus `{redact(bus)}`: TLS connections to the bus are not supported yet (the gateways cannot use "
+                f"them either); use {scheme[:-1]}:// on a private network"
+            )
+        else:
+            raise InvalidInput(
+                f"bus `{redact(str(bus))}` is not a bus URL; use redis://HOST:6379/0 or "
+                f"amqp://USER:PASS@HOST:5672/VHOST (or gateway_url= for a gateway's HTTP endpoint)"
+            )
+
+    @property
+    def kind(self) -> str:
+        """`http`, `redis` or `amqp`."""
+        return self._transport.kind
+
+    def publish(
+        self,
+        topic: str,
+        args=None,
+        kwargs=None,
+        *,
+        realm: str | None = None,
+        exclude=None,
+        eligible=None,
+        exclude_authid=None,
+        eligible_authid=None,
+        exclude_authrole=None,
+        eligible_authrole=None,
+    ) -> int:
+        """Publishes one event; returns its publication id once the gateway
+        or the bus accepted it. Raises a `PublishError` subclass otherwise.
+
+        `args` (list) and `kwargs` (dict) are the payload: None, bool, int,
+        float, str, bytes (binary), lists and dicts with string keys. The six
+        black/white lists pick who may receive it (session ids, authids =
+        the token's `sub`, authroles); an empty `eligible*` list admits nobody.
+        """
+        check_topic(topic)
+        realm = realm if realm is not None else self.realm
+        if realm is not None and not is_valid_topic(realm):
+            raise InvalidInput(f"`{realm}` is not a valid realm name")
+        if self._transport.kind != "http" and realm is None:
+            realm = DEFAULT_REALM
+        options = {
+            "exclude": exclude, "eligible": eligible,
+            "exclude_authid": exclude_authid, "eligible_authid": eligible_authid,
+            "exclude_authrole": exclude_authrole, "eligible_authrole": eligible_authrole,
+        }
+        filter = canonical_filter({k: v for k, v in options.items() if v is not None})
+        if args is not None and not isinstance(args, (list, tuple)):
+            raise InvalidInput(f"args must be a list, not {type(args).__name__}")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise InvalidInput(f"kwargs must be a dict, not {type(kwargs).__name__}")
+        envelope = Envelope.new(realm, topic, args, kwargs, filter)
+        return self._transport.publish(envelope)
+
+    def close(self):
+        """Closes the broker connection (a later publish reconnects)."""
+        self._transport.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        where = getattr(self._transport, "endpoint", None) or redact(getattr(self._transport, "url", ""))
+        return f"<telegraphy.Publisher {self.kind} {where}>"
+
+
+def publisher_from_env(environ=None) -> Publisher:
+    """A Publisher configured like `telegraphy-publish`: TELEGRAPHY_BUS, or
+    TELEGRAPHY_GATEWAY_URL with TELEGRAPHY_API_KEY; TELEGRAPHY_REDIS__KEY_PREFIX,
+    TELEGRAPHY_AMQP__EXCHANGE and TELEGRAPHY_TIMEOUT (seconds) when set."""
+    env = os.environ if environ is None else environ
+    bus, gateway = env.get("TELEGRAPHY_BUS"), env.get("TELEGRAPHY_GATEWAY_URL")
+    timeout = env.get("TELEGRAPHY_TIMEOUT")
+    try:
+        timeout = float(timeout.rstrip("s")) if timeout else DEFAULT_TIMEOUT
+    except ValueError:
+        raise InvalidInput(f"TELEGRAPHY_TIMEOUT={env.get('TELEGRAPHY_TIMEOUT')!r} is not a number of seconds") from None
+    if bus and gateway:
+        raise InvalidInput("both TELEGRAPHY_BUS and TELEGRAPHY_GATEWAY_URL are set; keep one")
+    if bus:
+        return Publisher(
+            bus=bus,
+            redis_key_prefix=env.get("TELEGRAPHY_REDIS__KEY_PREFIX", DEFAULT_REDIS_KEY_PREFIX),
+            amqp_exchange=env.get("TELEGRAPHY_AMQP__EXCHANGE", DEFAULT_AMQP_EXCHANGE),
+            timeout=timeout,
+        )
+    if gateway:
+        return Publisher(gateway_url=gateway, api_key=env.get("TELEGRAPHY_API_KEY"), timeout=timeout)
+    raise InvalidInput(
+        "say where to publish: set TELEGRAPHY_GATEWAY_URL (http://HOST:8080) and TELEGRAPHY_API_KEY, or "
+        "TELEGRAPHY_BUS (redis://... or amqp://...); under Django, the TELEGRAPHY settings dict"
+    )

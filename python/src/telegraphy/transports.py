@@ -1,0 +1,302 @@
+"""The three ways an event leaves this process: a gateway's HTTP endpoint,
+Redis PUBLISH, RabbitMQ with publisher confirms. Each `publish` returns only
+once the other side accepted the event, else raises a PublishError."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from .envelope import Envelope, canonical_filter, canonical_value, to_json_value
+from .errors import InvalidInput, PublishError, Rejected, Unauthorized, Unavailable
+
+ENVELOPE_CONTENT_TYPE = "application/x-telegraphy-envelope"
+#: AMQP routing keys are short strings (realm + "." + topic).
+MAX_ROUTING_KEY = 255
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by `***`, for messages."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
+class HttpTransport:
+    """`POST {gateway}/publish` with `Authorization: Bearer KEY` (stdlib only)."""
+
+    kind = "http"
+
+    def __init__(self, url: str, api_key: str | None, timeout: float):
+        if not isinstance(url, str) or not url:
+            raise InvalidInput("the gateway URL is empty; set it to the gateway's http://HOST:PORT")
+        base = url.rstrip("/")
+        if base.startswith(("ws://", "wss://")):
+            raise InvalidInput(
+                f"gateway URL `{url}` is the WebSocket URL; publishing uses HTTP on the same listener: "
+                f"http://HOST:PORT (https:// with TLS)"
+            )
+        if not base.startswith(("http://", "https://")):
+            raise InvalidInput(f"gateway URL `{url}` must start with http:// or https://")
+        if not api_key:
+            raise InvalidInput(
+                "publishing through a gateway needs an API key (TELEGRAPHY_API_KEY, or TELEGRAPHY['API_KEY'] "
+                "under Django): one of the gateway's TELEGRAPHY_API_KEYS"
+            )
+        self.endpoint = base if base.endswith("/publish") else base + "/publish"
+        self.api_key = api_key
+        self.timeout = timeout
+
+    def publish(self, envelope: Envelope) -> int:
+        body = {
+            "topic": envelope.topic,
+            "args": to_json_value(canonical_value(list(envelope.args), 2, "args"), "args"),
+            "kwargs": to_json_value(canonical_value(envelope.kwargs, 2, "kwargs"), "kwargs"),
+            "options": canonical_filter(envelope.filter),
+        }
+        if envelope.realm is not None:
+            body["realm"] = envelope.realm
+        data = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+        request = urllib.request.Request(
+            self.endpoint,
+            data=data,
+            method="POST",
+            headers={"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                status, text = response.status, response.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as e:
+            status, text = e.code, e.read().decode("utf-8", "replace")
+        except (TimeoutError, socket.timeout):
+            raise Unavailable(f"the gateway at {self.endpoint} did not answer within {self.timeout:g} s") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise Unavailable(f"the gateway at {self.endpoint} cannot be reached: {reason}") from None
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        message = parsed.get("message") if isinstance(parsed, dict) else None
+        message = message or text.strip() or f"HTTP {status}"
+        if status == 200:
+            pid = parsed.get("id") if isinstance(parsed, dict) else None
+            if isinstance(pid, int) and not isinstance(pid, bool):
+                return pid
+            raise Rejected(f"the gateway at {self.endpoint} answered 200 without a publication id")
+        if status in (401, 403):
+            raise Unauthorized(f"the gateway refused the API key: {message}")
+        if status in (400, 413):
+            raise InvalidInput(f"the gateway refused the event: {message}")
+        if status == 404:
+            raise InvalidInput(f"{self.endpoint} is not a Telegraphy publish endpoint (HTTP 404); check the gateway URL")
+        if status == 503:
+            raise Unavailable(f"the gateway cannot take events now: {message}")
+        raise Unavailable(f"the gateway answered HTTP {status}: {message}")
+
+    def close(self):
+        pass
+
+
+class RedisTransport:
+    """PUBLISH of the envelope bytes on `{key_prefix}{realm}:{topic}`."""
+
+    kind = "redis"
+
+    def __init__(self, url: str, key_prefix: str, timeout: float):
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            raise InvalidInput("publishing to Redis needs the redis package: pip install 'telegraphy[redis]'") from None
+        self.url, self.key_prefix, self.timeout = url, key_prefix, timeout
+        self._client = None
+        self._pid = None
+        self._lock = threading.Lock()
+
+    def _connection(self):
+        import redis
+
+        with self._lock:
+            if self._client is None or self._pid != os.getpid():
+                try:
+                    self._client = redis.Redis.from_url(
+                        self.url, socket_connect_timeout=self.timeout, socket_timeout=self.timeout,
+                        health_check_interval=30,
+                    )
+                except ValueError as e:
+                    raise InvalidInput(f"bus `{redact(self.url)}`: {e}") from None
+                self._pid = os.getpid()
+            return self._client
+
+    def publish(self, envelope: Envelope) -> int:
+        import redis
+
+        payload = envelope.encode()
+        channel = f"{self.key_prefix}{envelope.realm}:{envelope.topic}"
+        client = self._connection()
+        try:
+            client.publish(channel, payload)
+        except redis.AuthenticationError as e:
+            raise Unauthorized(f"Redis at {redact(self.url)} refused the credentials: {e}") from None
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+            raise Unavailable(f"Redis at {redact(self.url)} did not take the event: {e}") from None
+        except redis.ResponseError as e:
+            text = str(e)
+            if text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")) or "without any password configured" in text:
+                raise Unauthorized(
+                    f"Redis at {redact(self.url)} refused the credentials: {text} "
+                    f"(put the user and password in the URL: redis://USER:PASSWORD@HOST:6379/0)"
+                ) from None
+            raise Rejected(f"Redis at {redact(self.url)} refused the event: {text}") from None
+        except redis.RedisError as e:
+            raise Unavailable(f"Redis at {redact(self.url)} did not take the event: {e}") from None
+        return envelope.publication
+
+    def close(self):
+        with self._lock:
+            if self._client is not None:
+                try:
+                    self._client.close()
+                except Exception:
+                    pass
+                self._client = None
+
+
+class AmqpTransport:
+    """A durable topic exchange, routing key `{realm}.{topic}`, publisher
+    confirms: `publish` returns once RabbitMQ confirmed the event."""
+
+    kind = "amqp"
+
+    def __init__(self, url: str, exchange: str, timeout: float):
+        try:
+            import pika  # noqa: F401
+        except ImportError:
+            raise InvalidInput("publishing to RabbitMQ needs the pika package: pip install 'telegraphy[amqp]'") from None
+        if not exchange:
+            raise InvalidInput("the AMQP exchange name is empty; the gateways' default is `telegraphy`")
+        self.url, self.exchange, self.timeout = url, exchange, timeout
+        self._connection = None
+        self._channel = None
+        self._pid = None
+        self._lock = threading.Lock()
+
+    def _parameters(self):
+        import pika
+
+        try:
+            params = pika.URLParameters(self.url)
+        except Exception as e:
+            raise InvalidInput(f"bus `{redact(self.url)}` is not a valid amqp:// URL: {e}") from None
+        params.socket_timeout = self.timeout
+        params.stack_timeout = self.timeout
+        params.blocked_connection_timeout = self.timeout
+        params.connection_attempts = 1
+        params.retry_delay = 0
+        params.client_properties = {"connection_name": "telegraphy-python"}
+        return params
+
+    def _open(self):
+        import pika
+        import pika.exceptions as px
+
+        where = redact(self.url)
+        try:
+            connection = pika.BlockingConnection(self._parameters())
+        except (px.ProbableAuthenticationError, px.ProbableAccessDeniedError, px.AuthenticationError) as e:
+            raise Unauthorized(f"RabbitMQ at {where} refused the credentials: {e!r}") from None
+        except px.AMQPError as e:
+            raise Unavailable(f"cannot connect to RabbitMQ at {where}: {e!r}") from None
+        except OSError as e:
+            raise Unavailable(f"cannot connect to RabbitMQ at {where}: {e}") from None
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            channel.exchange_declare(self.exchange, exchange_type="topic", durable=True)
+        except px.ChannelClosedByBroker as e:
+            _close_quietly(connection)
+            if e.reply_code == 406:
+                raise Rejected(
+                    f"cannot declare the topic exchange `{self.exchange}` on {where}: {e.reply_text}; "
+                    f"if it exists with another type, pick another name (amqp_exchange, amqp.exchange on the gateways)"
+                ) from None
+            if e.reply_code == 403:
+                raise Unauthorized(f"RabbitMQ at {where} refused access: {e.reply_text}") from None
+            raise Unavailable(f"RabbitMQ at {where} closed the channel: {e.reply_text}") from None
+        except (px.AMQPError, OSError) as e:
+            _close_quietly(connection)
+            raise Unavailable(f"RabbitMQ at {where} dropped the connection during setup: {e!r}") from None
+        self._connection, self._channel, self._pid = connection, channel, os.getpid()
+
+    def _usable(self) -> bool:
+        """Whether the open connection still works (an idle blocking
+        connection misses heartbeats; the broker may have closed it)."""
+        import pika.exceptions as px
+
+        if self._connection is None or self._pid != os.getpid():
+            return False
+        if not (self._connection.is_open and self._channel.is_open):
+            return False
+        try:
+            self._connection.process_data_events(time_limit=0)
+        except (px.AMQPError, OSError):
+            return False
+        return self._connection.is_open and self._channel.is_open
+
+    def publish(self, envelope: Envelope) -> int:
+        import pika
+        import pika.exceptions as px
+
+        key = f"{envelope.realm}.{envelope.topic}"
+        if len(key.encode("utf-8")) > MAX_ROUTING_KEY:
+            raise Rejected(
+                f"realm and topic make a {len(key.encode('utf-8'))}-byte AMQP routing key; RabbitMQ allows "
+                f"{MAX_ROUTING_KEY}"
+            )
+        payload = envelope.encode()
+        where = redact(self.url)
+        with self._lock:
+            if not self._usable():
+                self._drop()
+                self._open()  # nothing was sent yet: reconnecting is safe
+            try:
+                self._channel.basic_publish(
+                    self.exchange, key, payload,
+                    properties=pika.BasicProperties(content_type=ENVELOPE_CONTENT_TYPE),
+                )
+            except px.NackError:
+                raise Unavailable(f"RabbitMQ at {where} did not take the event: the broker refused it (nack)") from None
+            except px.UnroutableError:  # only with mandatory=True; kept for completeness
+                raise Rejected(f"RabbitMQ at {where} could not route the event") from None
+            except (px.AMQPError, OSError) as e:
+                self._drop()
+                raise Unavailable(
+                    f"RabbitMQ at {where} did not confirm the event (connection lost: {e!r}); it may or may not "
+                    f"have been delivered"
+                ) from None
+        return envelope.publication
+
+    def _drop(self):
+        if self._connection is not None and self._pid == os.getpid():
+            _close_quietly(self._connection)
+        self._connection = self._channel = None
+
+    def close(self):
+        with self._lock:
+            self._drop()
+
+
+def _close_quietly(connection):
+    try:
+        if connection.is_open:
+            connection.close()
+    except Exception:
+        pass
