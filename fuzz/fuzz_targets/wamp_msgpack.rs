@@ -1,13 +1,19 @@
 //! WAMP messages in msgpack (binary frames): decode never panics, and
-//! whatever decodes round-trips.
+//! whatever decodes encodes again, stably.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use telegraphy_wamp::Serialization;
+use telegraphy_wamp::{Message, Serialization};
 
 fuzz_target!(|data: &[u8]| {
+    // Dealer-role messages are decoded to their code and request id only (the
+    // router answers them with ERROR and never re-encodes them): no round trip.
     if let Ok(msg) = Serialization::Msgpack.decode(data) {
+        if matches!(msg, Message::DealerRequest { .. } | Message::DealerOther { .. }) {
+            return;
+        }
         let bytes = Serialization::Msgpack.encode(&msg).expect("a decoded message encodes");
         let again = Serialization::Msgpack.decode(&bytes).expect("an encoded message decodes");
-        assert_eq!(again, msg, "msgpack round trip");
+        // Compare bytes, not values: NaN is a valid msgpack float and never equals itself.
+        assert_eq!(Serialization::Msgpack.encode(&again).unwrap(), bytes, "encoding is stable");
     }
 });

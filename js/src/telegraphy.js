@@ -467,10 +467,9 @@ export class Telegraphy {
     const req = this.#nextRequest++;
     return new Promise((resolve, reject) => {
       this.#pending.set(req, { resolve, reject });
-      if (!this.#send(build(req))) {
-        this.#pending.delete(req);
-        reject(new TelegraphyError("the connection is closing", { code: "disconnected" }));
-      }
+      // If the socket is already closing, the request stays pending and is
+      // rejected with the others when the close arrives.
+      this.#send(build(req));
     });
   }
 

@@ -51,16 +51,22 @@ def test_gateway_rejects_a_config_the_chart_must_never_produce(tmp_path):
 def test_no_service_links_reach_the_gateway(tmp_path):
     """`helm install telegraphy ...` names the Service `telegraphy`; with service
     links Kubernetes would give the pod TELEGRAPHY_SERVICE_HOST, TELEGRAPHY_PORT,
-    ..., which the gateway refuses. The chart turns service links off."""
+    .... The gateway ignores those (they are not settings), and the chart turns
+    service links off anyway, so nothing else leaks into the pod's environment."""
     r = Rendered({}, release="telegraphy")
     assert r.one("Service", "telegraphy")["metadata"]["name"] == "telegraphy"
     assert r.deployment["spec"]["template"]["spec"]["enableServiceLinks"] is False
     for variant in VARIANTS:
         assert rendered(variant).deployment["spec"]["template"]["spec"]["enableServiceLinks"] is False
-    # Why it matters: what the kubelet would inject stops the gateway.
+    # What the kubelet would inject does not stop the gateway...
     cfg_file = tmp_path / "telegraphy.toml"
     cfg_file.write_text(r.config_toml())
-    links = {"TELEGRAPHY_SERVICE_HOST": "10.96.0.10", "TELEGRAPHY_SERVICE_PORT": "8080", "TELEGRAPHY_PORT": "tcp://10.96.0.10:8080"}
+    links = {"TELEGRAPHY_SERVICE_HOST": "10.96.0.10", "TELEGRAPHY_SERVICE_PORT": "8080", "TELEGRAPHY_PORT": "tcp://10.96.0.10:8080",
+             "TELEGRAPHY_PORT_8080_TCP_ADDR": "10.96.0.10", "TELEGRAPHY_METRICS_SERVICE_PORT_ADMIN": "9090"}
     proc = subprocess.run([str(gateway_bin()), "--config", str(cfg_file), "--print-config"], env=clean_env(**links),
                           capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 2
+    assert proc.returncode == 0, proc.stderr
+    # ...while a real typo in a TELEGRAPHY_ variable still does.
+    proc = subprocess.run([str(gateway_bin()), "--config", str(cfg_file), "--print-config"], env=clean_env(TELEGRAPHY_LISTN="x"),
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "listn" in proc.stderr.lower()

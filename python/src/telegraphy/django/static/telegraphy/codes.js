@@ -1,0 +1,32 @@
+// WebSocket close codes the gateway uses, and what a client does after each
+// (docs/protocol.md section 6, "Reconnect rule for clients").
+
+/** Close codes, named. */
+export const CloseCode = Object.freeze({
+  NORMAL: 1000, // GOODBYE done, unknown realm, or the client's own close: do not reconnect
+  GOING_AWAY: 1001,
+  PROTOCOL_ERROR: 1002, // not a WAMP message: a client bug, do not reconnect
+  NO_STATUS: 1005,
+  ABNORMAL: 1006, // the connection dropped (or could not be opened) without a close frame
+  INTERNAL_ERROR: 1011,
+  SERVICE_RESTART: 1012, // the node is draining: reconnect now, to another node
+  TRY_AGAIN_LATER: 1013,
+  BAD_GATEWAY: 1014,
+  SLOW_CONSUMER: 4000,
+  IDLE_TIMEOUT: 4001,
+  HELLO_TIMEOUT: 4002,
+  TOKEN_EXPIRED: 4003, // reconnect with a fresh token
+  AUTH_FAILED: 4500, // do not reconnect with the same credentials
+});
+
+const RECONNECT = new Set([1001, 1005, 1006, 1011, 1012, 1013, 1014]);
+
+/**
+ * True when a connection closed with `code` should be retried with backoff:
+ * 1001, 1005, 1006, 1011, 1012, 1013, 1014 and the range 4000-4499.
+ * False for everything else, in particular 1000, 1002-1003, 1007, 1009 and
+ * 4500-4999 (authentication failed: retrying cannot help without a change).
+ */
+export function shouldReconnect(code) {
+  return RECONNECT.has(code) || (code >= 4000 && code <= 4499);
+}

@@ -1,0 +1,203 @@
+// Live widgets for Django pages: keeps the HTML that the template tags
+// {% telegraphy_label %}, {% telegraphy_list %} and {% telegraphy_table %}
+// rendered in step with the model events, using the JS client's channels.
+//
+//   label  <span data-telegraphy-widget="label" data-topic data-pk-field data-pk data-field>
+//          its text follows the field of one object; class telegraphy-deleted after a delete
+//   list   <ul data-telegraphy-widget="list" data-topic data-pk-field data-field data-filter>
+//          one <li data-pk> per object: created ones join (when they match the filter),
+//          updated ones change (and leave when they stop matching), deleted ones leave
+//   table  <table data-telegraphy-widget="table" data-topic data-pk-field data-fields data-filter>
+//          the same with one <tr data-pk> per object and one <td data-field> per field
+//
+// Changed elements get the class "telegraphy-changed" for 1.5 s, and the
+// widget element dispatches a "telegraphy:change" DOM event ({ data, event }).
+//
+// After a reconnect (events published meanwhile are lost: the gateway keeps
+// no history) the widgets are refreshed from a new render of the page
+// (GET location.href), unless {% telegraphy_scripts resync=False %}.
+
+import { client, config } from "./boot.js";
+
+/** How a value is shown (the same as display() in the template tags). */
+export function display(value) {
+  if (value === null || value === undefined) return "";
+  if (value === true) return "yes";
+  if (value === false) return "no";
+  if (typeof value === "object") return JSON.stringify(value);
+  return String(value);
+}
+
+function flash(element) {
+  element.classList.remove("telegraphy-changed");
+  void element.offsetWidth; // restart a CSS animation
+  element.classList.add("telegraphy-changed");
+  clearTimeout(element._telegraphyFlash);
+  element._telegraphyFlash = setTimeout(() => element.classList.remove("telegraphy-changed"), 1500);
+}
+
+function changed(widget, data, event) {
+  widget.dispatchEvent(new CustomEvent("telegraphy:change", { bubbles: true, detail: { data, event } }));
+}
+
+function lookups(widget) {
+  const text = widget.dataset.filter;
+  return text ? JSON.parse(text) : null;
+}
+
+// Handlers that ran while a resync fetch was in flight run again on the fresh HTML.
+let replay = null;
+function apply(fn) {
+  fn();
+  if (replay) replay.push(fn);
+}
+
+function bindLabel(widget) {
+  const { topic, pkField, pk, field } = widget.dataset;
+  const mine = client.subscribe(topic).filter((data) => String(data[pkField]) === pk);
+  const update = (data, event) => apply(() => {
+    if (!(field in data)) return;
+    widget.classList.remove("telegraphy-deleted");
+    widget.textContent = display(data[field]);
+    flash(widget);
+    changed(widget, data, event);
+  });
+  mine.onCreate(update).onUpdate(update).onDelete((data, event) => apply(() => {
+    widget.classList.add("telegraphy-deleted");
+    changed(widget, data, event);
+  }));
+}
+
+function bindCollection(widget, { container, render }) {
+  const { topic, pkField } = widget.dataset;
+  const filter = lookups(widget);
+  const channel = client.subscribe(topic);
+  const itemOf = (pk) => container().querySelector(`:scope > [data-pk="${CSS.escape(String(pk))}"]`);
+  const syncEmpty = () => {
+    const empty = container().querySelector(":scope > .telegraphy-empty");
+    if (empty) empty.hidden = container().querySelector(":scope > [data-pk]") !== null;
+  };
+  const upsert = (data, event) => apply(() => {
+    const pk = data[pkField];
+    let item = itemOf(pk);
+    if (!item) {
+      item = render(null, data);
+      item.dataset.pk = String(pk);
+      container().appendChild(item);
+    } else {
+      render(item, data);
+    }
+    flash(item);
+    syncEmpty();
+    changed(widget, data, event);
+  });
+  const remove = (data, event) => apply(() => {
+    const item = itemOf(data[pkField]);
+    if (!item) return;
+    item.remove();
+    syncEmpty();
+    changed(widget, data, event);
+  });
+  const shown = filter ? channel.filter(filter) : channel;
+  shown.onCreate(upsert).onUpdate(upsert);
+  if (filter) channel.exclude(filter).onUpdate(remove);
+  channel.onDelete(remove);
+}
+
+function bindList(widget) {
+  const { field } = widget.dataset;
+  bindCollection(widget, {
+    container: () => widget,
+    render(item, data) {
+      if (!(field in data)) return item ?? document.createElement("li");
+      const li = item ?? document.createElement("li");
+      li.textContent = display(data[field]);
+      return li;
+    },
+  });
+}
+
+function bindTable(widget) {
+  const fields = widget.dataset.fields.split(",");
+  bindCollection(widget, {
+    container: () => widget.tBodies[0],
+    render(item, data) {
+      const tr = item ?? document.createElement("tr");
+      for (const field of fields) {
+        let td = tr.querySelector(`:scope > td[data-field="${CSS.escape(field)}"]`);
+        if (!td) {
+          td = document.createElement("td");
+          td.dataset.field = field;
+          tr.appendChild(td);
+        }
+        if (field in data) td.textContent = display(data[field]);
+      }
+      return tr;
+    },
+  });
+}
+
+const BINDERS = { label: bindLabel, list: bindList, table: bindTable };
+
+/** Binds every widget under `root` that is not bound yet. */
+export function bindWidgets(root = document) {
+  if (!client) return;
+  for (const widget of root.querySelectorAll("[data-telegraphy-widget]")) {
+    if (widget.dataset.telegraphyBound) continue;
+    const bind = BINDERS[widget.dataset.telegraphyWidget];
+    if (!bind) continue;
+    widget.dataset.telegraphyBound = "1";
+    bind(widget);
+  }
+}
+
+/** Replaces each widget's content with a fresh server render of this page. */
+export async function resync() {
+  const widgets = [...document.querySelectorAll("[data-telegraphy-widget][id]")];
+  if (!widgets.length) return;
+  replay = [];
+  try {
+    const response = await fetch(location.href, { credentials: "same-origin", cache: "no-store", headers: { "X-Telegraphy-Resync": "1" } });
+    if (!response.ok) return;
+    const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+    for (const widget of widgets) {
+      const copy = fresh.getElementById(widget.id);
+      if (!copy || copy.dataset.telegraphyWidget !== widget.dataset.telegraphyWidget) continue;
+      if (copy.innerHTML !== widget.innerHTML) {
+        widget.innerHTML = copy.innerHTML;
+        widget.className = copy.className;
+        flash(widget);
+      }
+    }
+    for (const fn of replay) fn();
+  } catch (err) {
+    console.warn("telegraphy: refreshing the widgets after a reconnect failed:", err);
+  } finally {
+    replay = null;
+  }
+  document.dispatchEvent(new CustomEvent("telegraphy:resync"));
+}
+
+if (client) {
+  bindWidgets();
+  if (config.resync !== false) {
+    // Once every widget topic is subscribed again (so no later event is
+    // missed), fetch the page: it holds what happened while we were away.
+    let waiting = null;
+    client.on("state", (state, info) => {
+      if (state !== "connected" || !info?.reconnected) return;
+      const topics = new Set([...document.querySelectorAll("[data-telegraphy-widget][data-topic]")].map((w) => w.dataset.topic));
+      clearTimeout(waiting?.timer);
+      waiting = { topics, timer: setTimeout(() => { waiting = null; resync(); }, 3000) };
+    });
+    client.on("subscribed", (topic) => {
+      if (!waiting) return;
+      waiting.topics.delete(topic);
+      if (waiting.topics.size === 0) {
+        clearTimeout(waiting.timer);
+        waiting = null;
+        resync();
+      }
+    });
+  }
+}
