@@ -3,7 +3,9 @@
 # real Redis and RabbitMQ, the telegraphy-publish binary), the shared envelope
 # vectors checked by an independent msgpack implementation, the
 # interoperability tests with third-party WAMP clients (AutobahnJS under
-# Node, AutobahnPython), the operations suite (Helm chart rendered and
+# Node, AutobahnPython), the Python package with its Django app and the
+# example site (pytest-django, real gateways, headless Chromium), the JS
+# client (node --test against real gateways), the operations suite (Helm chart rendered and
 # validated, dashboard and alert queries against a real Prometheus) and the
 # headless-browser tests.
 # Installs and starts what the tests need: Redis and RabbitMQ, Node and
@@ -27,6 +29,12 @@ bash tests/interop/run.sh
 
 echo "==> envelope vectors, checked with Python's msgpack"
 tests/interop/python/.venv/bin/python tests/vectors/check_vectors.py
+
+echo "==> JS client (node --test against real gateways)"
+(cd js && npm ci --no-audit --no-fund --loglevel=error && node --test)
+
+echo "==> Python package, Django app, example site (python/run-tests.sh)"
+bash python/run-tests.sh
 
 echo "==> operations: Helm chart, dashboard, alert rules, Dockerfile (tests/ops)"
 bash tests/ops/run.sh

@@ -4,7 +4,8 @@
 //   (e.g. "wamp.error.not_authorized", "wamp.error.authentication_failed");
 // - `code`: a client-side reason when the gateway sent nothing:
 //   "disconnected" (the connection dropped before the answer), "not_connected",
-//   "closed" (client.close() or a final close), "invalid_argument", "token"
+//   "closed" (client.close() or a final close), "unsubscribed" (left before the
+//   subscription was active), "invalid_argument", "token"
 //   (fetching a token failed), "callback" (an application callback threw),
 //   "protocol" (the gateway sent something the client cannot read);
 // - `closeCode`: the WebSocket close code, for "disconnected" and "closed".

@@ -22,6 +22,7 @@
 // first SUBSCRIBED is dropped, and its promise rejected, when the connection
 // is lost while that SUBSCRIBE is on the wire or when the client closes.
 
+import { TelegraphyError } from "./errors.js";
 import { MSG } from "./wamp.js";
 
 export class Registry {
@@ -55,7 +56,7 @@ export class Registry {
       if (!record.listeners.has(listener)) continue;
       const waiter = record.listeners.get(listener);
       record.listeners.delete(listener);
-      waiter?.reject(Object.assign(new Error("unsubscribed before the subscription was active"), { code: "unsubscribed" }));
+      waiter?.reject(new TelegraphyError(`unsubscribed from ${record.topic} before the subscription was active`, { code: "unsubscribed" }));
       if (record.listeners.size > 0 || !this.host.sessionOpen || record.state === "inactive") {
         this.#sync(record);
         return Promise.resolve();

@@ -5,7 +5,9 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 
 import { Telegraphy } from "../src/telegraphy.js";
-import { Gateway, WebSocket, inbox, modelEvent, withTimeout } from "../testing/gateway.js";
+import { Gateway, WebSocket, exitGuard, inbox, modelEvent, withTimeout, T } from "../testing/gateway.js";
+
+exitGuard();
 
 const TOPIC = "telegraphy.shop.order";
 let gw;
@@ -29,7 +31,7 @@ function emit(type, data, topic = TOPIC) {
   return gw.publish(topic, [modelEvent(type, data, topic)]);
 }
 
-test("onCreate / onUpdate / onDelete / onAny get (data, event, details)", async () => {
+test("onCreate / onUpdate / onDelete / onAny get (data, event, details)", T, async () => {
   const channel = client.subscribe(TOPIC);
   assert.equal(channel.name, TOPIC);
   await withTimeout(channel.ready, 5000, "the channel subscription");
@@ -64,7 +66,7 @@ test("onCreate / onUpdate / onDelete / onAny get (data, event, details)", async 
   assert.ok(await any.quiet(300), "nothing after unsubscribe()");
 });
 
-test("filter() and exclude() are immutable views sharing one subscription", async () => {
+test("filter() and exclude() are immutable views sharing one subscription", T, async () => {
   const orders = client.subscribe(TOPIC);
   const all = inbox();
   const open = inbox();
@@ -106,7 +108,7 @@ test("filter() and exclude() are immutable views sharing one subscription", asyn
   assert.ok(await all.quiet(300));
 });
 
-test("a function filter and nested lookups", async () => {
+test("a function filter and nested lookups", T, async () => {
   const channel = client.subscribe(TOPIC).filter({ owner__name__istartswith: "an" }).filter((data, event) => event.meta.event_type !== "delete" && data.id % 2 === 1);
   const got = inbox();
   channel.onAny(got);
@@ -122,7 +124,7 @@ test("a function filter and nested lookups", async () => {
   await channel.unsubscribe();
 });
 
-test("unknown lookups throw at filter() time", () => {
+test("unknown lookups throw at filter() time", T, () => {
   const channel = client.subscribe("telegraphy.shop.lookup_errors");
   assert.throws(() => channel.filter({ total__gtee: 1 }), /filter\(\): unknown lookup `gtee`.*did you mean "gte"/);
   assert.throws(() => channel.exclude({ created__year: 2024 }), /exclude\(\): unknown lookup `year`.*does not support/);
@@ -132,7 +134,7 @@ test("unknown lookups throw at filter() time", () => {
   channel.unsubscribe();
 });
 
-test("a prefix channel gets every model of an app; a plain payload is reported", async () => {
+test("a prefix channel gets every model of an app; a plain payload is reported", T, async () => {
   const app = client.subscribe("telegraphy.shop.", { match: "prefix" });
   const got = inbox();
   app.onAny(got);
@@ -157,15 +159,18 @@ test("a prefix channel gets every model of an app; a plain payload is reported",
   await app.unsubscribe();
 });
 
-test("a refused channel subscription is reported (err.uri) and its ready promise rejects", async () => {
+test("a refused channel subscription is reported (err.uri) and its ready promise rejects", T, async () => {
   const c = new Telegraphy({ url: gw.url, WebSocket });
-  const errs = [];
-  c.on("error", (e) => errs.push(e));
-  await withTimeout(c.connect(), 5000, "WELCOME");
-  const channel = c.subscribe("bad..topic");
-  const err = await channel.ready.catch((e) => e);
-  assert.equal(err.uri, "wamp.error.invalid_uri");
-  assert.equal(errs[0]?.uri, "wamp.error.invalid_uri");
-  assert.equal(errs[0]?.topic, "bad..topic");
-  await c.close();
+  try {
+    const errs = [];
+    c.on("error", (e) => errs.push(e));
+    await withTimeout(c.connect(), 5000, "WELCOME");
+    const channel = c.subscribe("bad..topic");
+    const err = await withTimeout(channel.ready.catch((e) => e), 5000, "the refusal");
+    assert.equal(err.uri, "wamp.error.invalid_uri");
+    assert.equal(errs[0]?.uri, "wamp.error.invalid_uri");
+    assert.equal(errs[0]?.topic, "bad..topic");
+  } finally {
+    await c.close();
+  }
 });

@@ -7,8 +7,9 @@ import { createServer } from "node:http";
 import { setTimeout as sleep } from "node:timers/promises";
 
 import { Telegraphy } from "../src/telegraphy.js";
-import { Gateway, WebSocket, tokenFor, mintToken, recordStates, nextState, withTimeout } from "../testing/gateway.js";
+import { Gateway, WebSocket, exitGuard, tokenFor, mintToken, recordStates, nextState, withTimeout, T } from "../testing/gateway.js";
 
+exitGuard();
 let gw;
 const clients = [];
 
@@ -29,7 +30,7 @@ function client(options = {}) {
   return c;
 }
 
-test("connects anonymously and reports the session", async () => {
+test("connects anonymously and reports the session", T, async () => {
   const c = client();
   const states = recordStates(c);
   assert.equal(c.state, "disconnected");
@@ -50,7 +51,7 @@ test("connects anonymously and reports the session", async () => {
   assert.equal(c.sessionId, null);
 });
 
-test("connects with a token (WAMP ticket)", async () => {
+test("connects with a token (WAMP ticket)", T, async () => {
   const c = client({ token: tokenFor("alice") });
   const session = await withTimeout(c.connect(), 5000, "WELCOME");
   assert.equal(session.authid, "alice");
@@ -59,7 +60,7 @@ test("connects with a token (WAMP ticket)", async () => {
   await c.close();
 });
 
-test("getToken and tokenUrl are asked for the token", async () => {
+test("getToken and tokenUrl are asked for the token", T, async () => {
   let asked = 0;
   const c = client({ getToken: async () => (asked++, tokenFor("bob")) });
   assert.equal((await withTimeout(c.connect(), 5000, "WELCOME")).authid, "bob");
@@ -81,20 +82,24 @@ test("getToken and tokenUrl are asked for the token", async () => {
   }
 });
 
-test("a token endpoint that answers {token: null} means anonymous", async () => {
+test("a token endpoint that answers {token: null} means anonymous", T, async () => {
   const c = client({ getToken: async () => null });
   assert.equal((await withTimeout(c.connect(), 5000, "WELCOME")).authmethod, "anonymous");
   await c.close();
 });
 
-test("a bad token ends in 'closed' with the ABORT reason, and no reconnect", async () => {
+test("a bad token ends in 'closed' with the ABORT reason, and no reconnect", T, async () => {
   let asked = 0;
   const forged = mintToken({ sub: "mallory", role: "user", exp: Math.floor(Date.now() / 1000) + 60 }, "not-the-secret-not-the-secret-0123456789");
   const c = client({ getToken: async () => (asked++, forged) });
   const states = recordStates(c);
-  const err = await c.connect().then(
-    () => assert.fail("a forged token must not connect"),
-    (e) => e,
+  const err = await withTimeout(
+    c.connect().then(
+      () => assert.fail("a forged token must not connect"),
+      (e) => e,
+    ),
+    5000,
+    "the refusal",
   );
   assert.equal(err.uri, "wamp.error.authentication_failed");
   assert.equal(err.closeCode, 4500);
@@ -113,7 +118,7 @@ test("a bad token ends in 'closed' with the ABORT reason, and no reconnect", asy
   assert.deepEqual(states.map((s) => s.state), ["connecting", "closed"]);
 });
 
-test("an expired token and an unknown role are refused the same way", async () => {
+test("an expired token and an unknown role are refused the same way", T, async () => {
   for (const [token, uri] of [
     [tokenFor("alice", { seconds: -60 }), "wamp.error.authentication_failed"],
     [tokenFor("alice", { role: "nosuchrole" }), "wamp.error.not_authorized"],
@@ -128,16 +133,15 @@ test("an expired token and an unknown role are refused the same way", async () =
   }
 });
 
-test("no anonymous sessions: no_auth_method, closed", async () => {
+test("no anonymous sessions: no_auth_method, closed", T, async () => {
   const secured = await Gateway.start({ anonymous: false });
   try {
-    const c = new Telegraphy({ url: secured.url, WebSocket });
-    c.on("error", () => {});
-    const err = await c.connect().catch((e) => e);
+    const c = client({ url: secured.url });
+    const err = await withTimeout(c.connect().catch((e) => e), 5000, "the refusal");
     assert.equal(err.uri, "wamp.error.no_auth_method");
     assert.equal(c.state, "closed");
     // The same gateway takes a token.
-    const d = new Telegraphy({ url: secured.url, WebSocket, token: tokenFor("dave") });
+    const d = client({ url: secured.url, token: tokenFor("dave") });
     assert.equal((await withTimeout(d.connect(), 5000, "WELCOME")).authid, "dave");
     await d.close();
   } finally {
@@ -145,19 +149,19 @@ test("no anonymous sessions: no_auth_method, closed", async () => {
   }
 });
 
-test("an unknown realm is final (close 1000)", async () => {
+test("an unknown realm is final (close 1000)", T, async () => {
   const c = client({ realm: "no.such.realm" });
-  const err = await c.connect().catch((e) => e);
+  const err = await withTimeout(c.connect().catch((e) => e), 5000, "the refusal");
   assert.equal(err.uri, "wamp.error.no_such_realm");
   assert.equal(c.state, "closed");
 });
 
-test("close() while connecting stops everything", async () => {
+test("close() while connecting stops everything", T, async () => {
   const c = client();
   const states = recordStates(c);
   const connecting = c.connect();
   await c.close();
-  const err = await connecting.catch((e) => e);
+  const err = await withTimeout(connecting.catch((e) => e), 5000, "the rejection");
   assert.equal(err.code, "closed");
   assert.equal(c.state, "closed");
   await sleep(300);
@@ -168,7 +172,7 @@ test("close() while connecting stops everything", async () => {
   assert.equal(c.state, "connected");
 });
 
-test("constructor errors are clear", () => {
+test("constructor errors are clear", T, () => {
   assert.throws(() => new Telegraphy({ url: "http://x/ws", WebSocket }), /ws:\/\/ or wss:\/\//);
   assert.throws(() => new Telegraphy({ url: "ws://x/ws" }), /WebSocket/);
   assert.throws(() => new Telegraphy({ url: "ws://x/ws", WebSocket, backoff: { initial: 0 } }), /backoff.initial/);

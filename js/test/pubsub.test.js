@@ -5,16 +5,21 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 
 import { Telegraphy } from "../src/telegraphy.js";
-import { Gateway, WebSocket, inbox, tokenFor, withTimeout } from "../testing/gateway.js";
+import { Gateway, WebSocket, exitGuard, inbox, tokenFor, withTimeout, T } from "../testing/gateway.js";
+
+exitGuard();
 
 let gw;
 let a; // subscriber
 let b; // publisher
 const errors = [];
 
+const clients = [];
+
 function newClient(options = {}) {
   const c = new Telegraphy({ url: gw.url, WebSocket, backoff: { initial: 50, max: 200 }, ...options });
   c.on("error", (err) => errors.push(err));
+  clients.push(c);
   return c;
 }
 
@@ -26,11 +31,11 @@ before(async () => {
 });
 
 after(async () => {
-  await Promise.all([a?.close(), b?.close()]);
+  await Promise.all(clients.map((c) => c.close()));
   await gw?.stop();
 });
 
-test("exact subscription receives args, kwargs and details", async () => {
+test("exact subscription receives args, kwargs and details", T, async () => {
   const got = inbox();
   const sub = await a.subscribeTopic("com.example.exact", got);
   assert.equal(sub.topic, "com.example.exact");
@@ -48,7 +53,7 @@ test("exact subscription receives args, kwargs and details", async () => {
   await sub.unsubscribe();
 });
 
-test("prefix subscription", async () => {
+test("prefix subscription", T, async () => {
   const got = inbox();
   const sub = await a.subscribeTopic("com.prefix.", got, { match: "prefix" });
   await b.publish("com.prefix.a", ["a"], {}, { acknowledge: true });
@@ -61,7 +66,7 @@ test("prefix subscription", async () => {
   await sub.unsubscribe();
 });
 
-test("wildcard subscription", async () => {
+test("wildcard subscription", T, async () => {
   const got = inbox();
   const sub = await a.subscribeTopic("com..update", got, { match: "wildcard" });
   await b.publish("com.post.update", [1], {}, { acknowledge: true });
@@ -74,7 +79,7 @@ test("wildcard subscription", async () => {
   await sub.unsubscribe();
 });
 
-test("unsubscribe stops events; shared subscriptions are counted locally", async () => {
+test("unsubscribe stops events; shared subscriptions are counted locally", T, async () => {
   const one = inbox();
   const two = inbox();
   const s1 = await a.subscribeTopic("com.shared", one);
@@ -97,7 +102,7 @@ test("unsubscribe stops events; shared subscriptions are counted locally", async
   await again.unsubscribe();
 });
 
-test("publish: exclude_me false delivers to the publisher itself; default does not", async () => {
+test("publish: exclude_me false delivers to the publisher itself; default does not", T, async () => {
   const got = inbox();
   const sub = await b.subscribeTopic("com.self", got);
   await b.publish("com.self", ["mine"], {}, { acknowledge: true });
@@ -107,7 +112,7 @@ test("publish: exclude_me false delivers to the publisher itself; default does n
   await sub.unsubscribe();
 });
 
-test("publish without acknowledge resolves with undefined and still delivers", async () => {
+test("publish without acknowledge resolves with undefined and still delivers", T, async () => {
   const got = inbox();
   const sub = await a.subscribeTopic("com.noack", got);
   assert.equal(await b.publish("com.noack", [], { only: "kwargs" }), undefined);
@@ -117,7 +122,7 @@ test("publish without acknowledge resolves with undefined and still delivers", a
   await sub.unsubscribe();
 });
 
-test("errors carry the WAMP error URI", async () => {
+test("errors carry the WAMP error URI", T, async () => {
   const reserved = await b.publish("wamp.reserved", [], {}, { acknowledge: true }).catch((e) => e);
   assert.equal(reserved.uri, "wamp.error.not_authorized");
   assert.match(reserved.message, /wamp\.error\.not_authorized/);
@@ -145,13 +150,13 @@ test("errors carry the WAMP error URI", async () => {
   await assert.rejects(b.publish("x", "not-an-array"), /args must be an array/);
 });
 
-test("publish when not connected rejects with code not_connected", async () => {
+test("publish when not connected rejects with code not_connected", T, async () => {
   const c = newClient();
   const err = await c.publish("com.x", [1]).catch((e) => e);
   assert.equal(err.code, "not_connected");
 });
 
-test("subscribeTopic before connect() waits for the session", async () => {
+test("subscribeTopic before connect() waits for the session", T, async () => {
   const c = newClient();
   const got = inbox();
   const pending = c.subscribeTopic("com.early", got);
@@ -163,7 +168,7 @@ test("subscribeTopic before connect() waits for the session", async () => {
   await c.close();
 });
 
-test("binary values round-trip as Uint8Array", async () => {
+test("binary values round-trip as Uint8Array", T, async () => {
   const got = inbox();
   const sub = await a.subscribeTopic("com.binary", got);
   await b.publish("com.binary", [new Uint8Array([0, 1, 254, 255])], {}, { acknowledge: true });
@@ -173,7 +178,7 @@ test("binary values round-trip as Uint8Array", async () => {
   await sub.unsubscribe();
 });
 
-test("a throwing callback is reported as an error and does not stop others", async () => {
+test("a throwing callback is reported as an error and does not stop others", T, async () => {
   const got = inbox();
   const before = errors.length;
   const bad = await a.subscribeTopic("com.throws", () => {

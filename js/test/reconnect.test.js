@@ -4,15 +4,30 @@
 
 import { test, afterEach } from "node:test";
 import assert from "node:assert/strict";
+import { readFileSync, readdirSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 
 import { Telegraphy } from "../src/telegraphy.js";
-import { Gateway, WebSocket, inbox, modelEvent, nextState, recordStates, tokenFor, waitFor, withTimeout } from "../testing/gateway.js";
+import { Gateway, WebSocket, exitGuard, inbox, modelEvent, nextState, recordStates, tokenFor, waitFor, withTimeout, T } from "../testing/gateway.js";
+
+exitGuard();
 
 const cleanup = [];
 afterEach(async () => {
   for (const fn of cleanup.splice(0).reverse()) await fn();
 });
+
+/** True when every thread of the process is stopped (state T in /proc). */
+function stopped(pid) {
+  const tasks = readdirSync(`/proc/${pid}/task`);
+  return tasks.every((tid) => {
+    try {
+      return /^\d+ \(.*\) [tT] /.test(readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8"));
+    } catch {
+      return true; // the thread is gone
+    }
+  });
+}
 
 async function startGateway(options) {
   const gw = await Gateway.start(options);
@@ -41,7 +56,7 @@ function resubscribed(client, topics, ms = 10000) {
   return withTimeout(p, ms, `resubscriptions to ${topics.join(", ")}`).finally(() => off());
 }
 
-test("SIGKILL, restart on the same port: reconnects with a fresh token, resubscribes, receives", async () => {
+test("SIGKILL, restart on the same port: reconnects with a fresh token, resubscribes, receives", T, async () => {
   const first = await startGateway();
   const tokens = [];
   const c = newClient(first, {
@@ -98,7 +113,7 @@ test("SIGKILL, restart on the same port: reconnects with a fresh token, resubscr
   assert.ok(!states.some((s) => s.state === "closed"));
 });
 
-test("SIGTERM drain: GOODBYE system_shutdown, close 1012, reconnect to the next process", async () => {
+test("SIGTERM drain: GOODBYE system_shutdown, close 1012, reconnect to the next process", T, async () => {
   const first = await startGateway();
   const c = newClient(first);
   const got = inbox();
@@ -114,16 +129,15 @@ test("SIGTERM drain: GOODBYE system_shutdown, close 1012, reconnect to the next 
   assert.equal(info.willReconnect, true);
 
   const again = resubscribed(c, ["com.drain"]);
+  const reconnected = nextState(c, "connected", 15000);
   const second = await startGateway({ port: first.port, adminPort: first.adminPort });
-  await nextState(c, "connected", 15000).catch(async (err) => {
-    if (c.state !== "connected") throw err; // it may already have reconnected
-  });
+  assert.equal((await reconnected).reconnected, true);
   await again;
   await second.publish("com.drain", ["after drain"]);
   assert.deepEqual((await got.next(5000, "an event from the second process"))[0], ["after drain"]);
 });
 
-test("close() while waiting to reconnect stops reconnecting", async () => {
+test("close() while waiting to reconnect stops reconnecting", T, async () => {
   const gw = await startGateway();
   const c = newClient(gw, { backoff: { initial: 300, max: 300 } });
   const states = recordStates(c);
@@ -143,7 +157,7 @@ test("close() while waiting to reconnect stops reconnecting", async () => {
   assert.ok(back);
 });
 
-test("close() on a connected client: GOODBYE, no reconnect", async () => {
+test("close() on a connected client: GOODBYE, no reconnect", T, async () => {
   const gw = await startGateway();
   const c = newClient(gw);
   const states = recordStates(c);
@@ -158,7 +172,7 @@ test("close() on a connected client: GOODBYE, no reconnect", async () => {
   assert.equal(states.filter((s) => s.state === "connecting").length, 1, "no second attempt");
 });
 
-test("token expiry (4003): reconnects with a fresh token", async () => {
+test("token expiry (4003): reconnects with a fresh token", T, async () => {
   const gw = await startGateway();
   let n = 0;
   const c = newClient(gw, {
@@ -180,7 +194,7 @@ test("token expiry (4003): reconnects with a fresh token", async () => {
   assert.deepEqual((await got.next())[0], ["fresh"]);
 });
 
-test("a static token that expired: reconnect is refused, then closed", async () => {
+test("a static token that expired: reconnect is refused, then closed", T, async () => {
   const gw = await startGateway();
   const c = newClient(gw, { token: tokenFor("frank", { seconds: 2 }) });
   await withTimeout(c.connect(), 5000, "WELCOME");
@@ -190,17 +204,20 @@ test("a static token that expired: reconnect is refused, then closed", async () 
   assert.match(closed.message, /expired/);
 });
 
-test("pending requests reject on disconnect", async () => {
+test("pending requests reject on disconnect", T, async () => {
   const gw = await startGateway();
   const c = newClient(gw);
   await withTimeout(c.connect(), 5000, "WELCOME");
   // Freeze the gateway so that nothing is answered, then kill it.
+  // SIGSTOP takes effect asynchronously: wait until every thread is stopped.
   gw.child.kill("SIGSTOP");
-  const publishing = c.publish("com.pending", [1], {}, { acknowledge: true });
-  const subscribing = c.subscribeTopic("com.pending", () => {});
+  await waitFor(() => stopped(gw.child.pid), 5000, "the gateway to stop (SIGSTOP)");
+  await sleep(50);
+  const publishing = c.publish("com.pending", [1], {}, { acknowledge: true }).then(() => "resolved", (e) => e);
+  const subscribing = c.subscribeTopic("com.pending", () => {}).then(() => "resolved", (e) => e);
   await sleep(100);
   await gw.kill();
-  const [p, s] = await Promise.all([publishing.catch((e) => e), subscribing.catch((e) => e)]);
+  const [p, s] = await withTimeout(Promise.all([publishing, subscribing]), 5000, "the rejections");
   for (const err of [p, s]) {
     assert.equal(err.code, "disconnected");
     assert.equal(err.closeCode, 1006);
@@ -208,13 +225,14 @@ test("pending requests reject on disconnect", async () => {
   // The dropped subscribeTopic is not resubscribed after the gateway is back.
   const subscribed = [];
   c.on("subscribed", (topic) => subscribed.push(topic));
+  const reconnected = nextState(c, "connected", 10000);
   await startGateway({ port: gw.port, adminPort: gw.adminPort });
-  await nextState(c, "connected", 10000);
+  await reconnected;
   await sleep(300);
   assert.deepEqual(subscribed, []);
 });
 
-test("backoff grows with full jitter up to max while the gateway is down", async () => {
+test("backoff grows with full jitter up to max while the gateway is down", T, async () => {
   const gw = await startGateway();
   const c = newClient(gw, { backoff: { initial: 20, max: 160 } });
   const states = recordStates(c);

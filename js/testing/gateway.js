@@ -2,6 +2,7 @@
 // TOML config, mints HS256 tokens, publishes over HTTP, and waits (bounded).
 // Kept outside test/ so that `node --test` does not run it as a test file.
 
+import { after } from "node:test";
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync, existsSync } from "node:fs";
@@ -13,11 +14,28 @@ import { setTimeout as sleep } from "node:timers/promises";
 
 export { default as WebSocket } from "ws";
 
+/** Options for every test that talks to a gateway: a bound on the whole test. */
+export const T = Object.freeze({ timeout: 30000 });
+
 export const SECRET = "a-test-secret-for-the-js-client-0123456789";
 export const API_KEY = "test-key-123";
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const GATEWAY_BIN = process.env.TELEGRAPHY_GATEWAY_BIN || resolve(here, "../../target/debug/telegraphy-gateway");
+
+/**
+ * Call once at the top of a test file: after its last test, a process that
+ * is still kept alive (a client left reconnecting, a socket left open) exits
+ * with status 1 within 5 seconds instead of hanging the test run.
+ */
+export function exitGuard(ms = 5000) {
+  after(() => {
+    setTimeout(() => {
+      console.error(`test process still alive ${ms} ms after its last test: a client or socket was left open`);
+      process.exit(1);
+    }, ms).unref();
+  });
+}
 
 /** A free TCP port on 127.0.0.1 (the OS picks it; closed again before use). */
 export async function freePort() {

@@ -60,6 +60,8 @@ class Registry:
             self._by_class[cls.__qualname__ + "@" + cls.__module__] = instance
             self._events.append(instance)
             self._cache.clear()
+        if self.connected:
+            self._connect(instance)
 
     def unregister(self, cls):
         with self._lock:
@@ -102,10 +104,25 @@ class Registry:
         )
 
     def connect(self):
-        """Connects the signal receivers (once; AppConfig.ready())."""
-        post_save.connect(_on_save, dispatch_uid="telegraphy.django.post_save")
-        post_delete.connect(_on_delete, dispatch_uid="telegraphy.django.post_delete")
+        """Connects the signal receivers (AppConfig.ready())."""
         self.connected = True
+        for events in self.all():
+            self._connect(events)
+
+    def _connect(self, events):
+        """Receivers for the model and its proxies and subclasses only: a
+        receiver on every model would turn off Django's fast deletes
+        project-wide."""
+        from django.apps import apps
+
+        model = events.model_class
+        if model is None:
+            return
+        for candidate in apps.get_models():
+            if issubclass(candidate, model):
+                uid = f"telegraphy.django.{candidate._meta.label_lower}"
+                post_save.connect(_on_save, sender=candidate, dispatch_uid=uid)
+                post_delete.connect(_on_delete, sender=candidate, dispatch_uid=uid)
 
 
 registry = Registry()

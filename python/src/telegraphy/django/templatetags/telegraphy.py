@@ -6,7 +6,7 @@
 * Live widgets, rendered here and kept live by static/telegraphy/widgets.js:
   `{% telegraphy_label "app.Model" pk "field" %}`,
   `{% telegraphy_list "app.Model" queryset "field" %}`,
-  `{% telegraphy_table "app.Model" queryset "field1,field2" %}`.
+  `{% telegraphy_table "app.Model" queryset "field1,field2" labels="One,Two" %}`.
   The list and table take `filter={...}` (Django-style lookups the JS client
   evaluates on each event: rows that stop matching leave, new ones join) and
   `empty="text"`; every widget takes `events="name"` to pick one of several
@@ -192,8 +192,9 @@ def telegraphy_list(context, model, queryset, field, filter=None, empty="", even
 
 
 @register.simple_tag(takes_context=True)
-def telegraphy_table(context, model, queryset, fields, filter=None, empty="", events=None):
-    """A <table> with one row per object and one column per field, kept live."""
+def telegraphy_table(context, model, queryset, fields, filter=None, empty="", labels=None, events=None):
+    """A <table> with one row per object and one column per field, kept live.
+    `labels="Title,Status"` names the columns (default: the fields' verbose names)."""
     ev = _events(model, events)
     names = [f.strip() for f in fields.split(",") if f.strip()] if isinstance(fields, str) else list(fields)
     if not names:
@@ -209,7 +210,13 @@ def telegraphy_table(context, model, queryset, fields, filter=None, empty="", ev
         except Exception:
             return capfirst(name.replace("_", " "))
 
-    head = format_html_join("", '<th data-field="{}">{}</th>', ((n, header(n)) for n in names))
+    if labels is not None:
+        titles = [t.strip() for t in labels.split(",")] if isinstance(labels, str) else list(labels)
+        if len(titles) != len(names):
+            raise template.TemplateSyntaxError(f"labels= names {len(titles)} columns for {len(names)} fields")
+    else:
+        titles = [header(n) for n in names]
+    head = format_html_join("", '<th data-field="{}">{}</th>', zip(names, titles))
     body = format_html_join(
         "\n",
         '    <tr data-pk="{}">{}</tr>',

@@ -200,7 +200,8 @@ function lower(v) {
 }
 
 // Brings two values to a comparable pair: numbers with numbers (a numeric
-// string next to a number becomes a number: Django sends Decimals as strings),
+// string next to a number, or two numeric strings, become numbers: Django
+// sends Decimals as strings),
 // Dates as milliseconds (an ISO string next to a Date is parsed), strings with
 // strings. Returns null when they cannot be compared.
 function comparable(a, b) {
@@ -212,6 +213,7 @@ function comparable(a, b) {
   }
   if (typeof a === "number" && typeof b === "string" && NUMERIC.test(b)) return [a, Number(b)];
   if (typeof a === "string" && typeof b === "number" && NUMERIC.test(a)) return [Number(a), b];
+  if (typeof a === "string" && typeof b === "string" && NUMERIC.test(a) && NUMERIC.test(b)) return [Number(a), Number(b)];
   if (typeof a !== typeof b || !["number", "string", "boolean", "bigint"].includes(typeof a)) return null;
   return [a, b];
 }
@@ -226,6 +228,7 @@ function compare(v, arg, accept) {
 
 function equal(a, b) {
   if (a === b) return true;
+  if (typeof a === "string" && typeof b === "string") return false; // "007" is not "7"
   const pair = comparable(a, b);
   if (pair && typeof pair[0] !== "boolean") return pair[0] === pair[1];
   return deepEqual(a, b);

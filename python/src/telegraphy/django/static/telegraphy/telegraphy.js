@@ -177,7 +177,7 @@ export class Telegraphy {
     this.#gen++;
     if (this.#state !== "closed") {
       this.#finish(
-        { code: 1000, reason: URI.CLOSE_REALM, message: "closed by the application" },
+        { code: 1000, reason: URI.CLOSE_REALM, message: "closed by the application", wasConnected: this.#session !== null },
         new TelegraphyError("the client was closed", { code: "closed", closeCode: 1000 }),
         false,
       );
@@ -271,7 +271,7 @@ export class Telegraphy {
       if (gen !== this.#gen) return;
       const error = err instanceof TelegraphyError ? err : new TelegraphyError(`getting a token failed: ${err?.message ?? err}`, { code: "token", cause: err });
       this.#report(error);
-      this.#retry({ code: null, reason: "telegraphy.client.token_failed", message: error.message });
+      this.#retry({ code: null, reason: "telegraphy.client.token_failed", message: error.message, wasConnected: false });
       return;
     }
     if (gen !== this.#gen) return;
@@ -282,7 +282,7 @@ export class Telegraphy {
     } catch (err) {
       const error = new TelegraphyError(`cannot open a WebSocket to ${this.#url}: ${err.message}`, { code: "invalid_argument", cause: err });
       this.#report(error);
-      this.#finish({ code: null, reason: "telegraphy.client.invalid_url", message: error.message }, error, true);
+      this.#finish({ code: null, reason: "telegraphy.client.invalid_url", message: error.message, wasConnected: false }, error, true);
       return;
     }
     this.#ws = ws;

@@ -1,0 +1,211 @@
+"""The task board in headless Chromium: pages follow ORM and admin changes
+within a second, each user sees only what they may, the page recovers when
+the gateway restarts, and two gateway nodes on Redis work together."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from conftest import (API_KEY, ARTIFACTS, SECRET, Gateway, Site, free_port, gateway_env, login, publish_through,
+                      wait_connected)
+from support.gateway import REDIS_URL
+
+LIVE = 1000  # ms: "the page updates within a second"
+
+
+def cell(page, title):
+    """The text of the table row whose title is `title` (None if absent)."""
+    return page.evaluate(
+        """(title) => { const row = [...document.querySelectorAll('table.telegraphy-table tbody tr[data-pk]')]
+             .find((tr) => tr.querySelector('td[data-field=title]').textContent === title);
+             return row ? row.textContent : null; }""", title)
+
+
+def wait_row(page, title, *, gone=False, timeout=LIVE):
+    started = time.monotonic()
+    page.wait_for_function(
+        """([title, gone]) => { const found = [...document.querySelectorAll(
+             'table.telegraphy-table tbody td[data-field=title]')].some((td) => td.textContent === title);
+             return gone ? !found : found; }""", arg=[title, gone], timeout=timeout)
+    return time.monotonic() - started
+
+
+def rows(page):
+    return page.eval_on_selector_all("table.telegraphy-table tbody td[data-field=title]", "tds => tds.map(t => t.textContent)")
+
+
+def activity(page):
+    return page.eval_on_selector_all("#activity li", "lis => lis.map(l => l.textContent)")
+
+
+@pytest.fixture
+def single_node(database):
+    site_port = free_port()
+    origin = f"http://127.0.0.1:{site_port}"
+    gateway = Gateway(env=gateway_env([origin]), secret=SECRET, api_key=API_KEY)
+    site = Site(database, gateway.ws_url, gateway.http_url, port=site_port)
+    with publish_through(gateway.http_url):
+        yield gateway, site
+    site.stop()
+    gateway.stop()
+
+
+def test_pages_follow_changes_and_users_see_only_their_own(browser, single_node):
+    from board.models import Announcement, Task, Team
+
+    gateway, site = single_node
+    alice = login(browser, site, "alice")
+    bob = login(browser, site, "bob")
+    assert rows(alice) == ["Write the release notes", "Review the gateway metrics"]
+    assert rows(bob) == ["Fix the flaky login test", "Water the office plants"]
+
+    # An ORM change reaches alice's table within a second; bob sees nothing of it.
+    task = Task.objects.get(title="Write the release notes")
+    task.title = "Write the release notes (v2)"
+    task.save()
+    latency = wait_row(alice, "Write the release notes (v2)")
+    print(f"ORM save → alice's page: {latency * 1000:.0f} ms")
+    assert "Write the release notes" not in " ".join(rows(bob))
+
+    # A new team task joins the table and the open list; done, it leaves the list.
+    core = Team.objects.get(name="Core")
+    new = Task.objects.create(title="Plan the demo", team=core, points=5)
+    wait_row(alice, "Plan the demo")
+    alice.wait_for_function("[...document.querySelectorAll('ul.telegraphy-list li[data-pk]')]"
+                            ".some((li) => li.textContent === 'Plan the demo')", timeout=LIVE)
+    new.status = "done"
+    new.save()
+    alice.wait_for_function("![...document.querySelectorAll('ul.telegraphy-list li[data-pk]')]"
+                            ".some((li) => li.textContent === 'Plan the demo')", timeout=LIVE)
+    assert "Done" in cell(alice, "Plan the demo")
+    alice.wait_for_function("document.getElementById('points-done').textContent === '5'", timeout=LIVE)
+
+    # The team's motto (a label widget).
+    core.motto = "Live updates, no reloads"
+    core.save()
+    alice.wait_for_function("[...document.querySelectorAll('.telegraphy-label')]"
+                            ".some((s) => s.textContent === 'Live updates, no reloads')", timeout=LIVE)
+
+    # Staff announcements: alice's token lists the topic, bob's does not.
+    Announcement.objects.create(text="Demo at four")
+    alice.wait_for_function("document.body.textContent.includes('Demo at four')", timeout=LIVE)
+    assert bob.locator("#no-announcements").is_visible()
+    refused = bob.evaluate("""() => window.telegraphy.subscribeTopic('taskboard.board.announcement', () => {})
+        .then(() => 'subscribed', (err) => err.uri)""")
+    assert refused == "wamp.error.not_authorized"
+
+    # Bob's own task: bob sees it change, alice does not.
+    mine = Task.objects.get(title="Fix the flaky login test")
+    mine.status = "doing"
+    mine.save()
+    bob.wait_for_function("[...document.querySelectorAll('table.telegraphy-table tbody tr')]"
+                          ".some((tr) => tr.textContent.includes('Fix the flaky login test') && "
+                          "tr.textContent.includes('Doing'))", timeout=LIVE)
+
+    # The page's own form: posted without a reload, the row comes back as an event.
+    bob.fill("#new-task input[name=title]", "Bob's typed task")
+    bob.click("#new-task button")
+    wait_row(bob, "Bob's typed task", timeout=2 * LIVE)
+
+    # An admin change (alice is a superuser) in another tab.
+    admin = alice.context.new_page()
+    admin.goto(f"{site.url}/admin/board/task/{task.pk}/change/")
+    admin.fill("input[name=title]", "Release notes, edited in the admin")
+    admin.click("input[name=_save]")
+    admin.wait_for_url(f"{site.url}/admin/board/task/")
+    wait_row(alice, "Release notes, edited in the admin")
+    admin.close()
+
+    # A delete removes the row.
+    Task.objects.filter(pk=new.pk).delete()
+    wait_row(alice, "Plan the demo", gone=True)
+
+    time.sleep(0.5)  # anything that leaked would have arrived by now
+    assert rows(bob) == ["Fix the flaky login test", "Water the office plants", "Bob's typed task"]
+    assert not any("release" in line.lower() or "Plan the demo" in line or "Demo at four" in line
+                   for line in activity(bob)), activity(bob)
+    assert any("Plan the demo" in line for line in activity(alice))
+
+    alice.wait_for_timeout(300)
+    alice.screenshot(path=str(ARTIFACTS / "board-alice.png"), full_page=True)
+    bob.screenshot(path=str(ARTIFACTS / "board-bob.png"), full_page=True)
+    assert alice.problems == [] and bob.problems == []
+    alice.context.close()
+    bob.context.close()
+
+
+@pytest.mark.parametrize("how", ["kill", "sigterm"])
+def test_the_page_recovers_when_the_gateway_restarts(browser, single_node, how):
+    from board.models import Task
+
+    gateway, site = single_node
+    page = login(browser, site, "alice")
+    task = Task.objects.get(title="Review the gateway metrics")
+
+    if how == "kill":
+        gateway.kill()  # the node vanishes: close code 1006
+    else:
+        gateway.stop()  # drain: GOODBYE system_shutdown, close code 1012
+    page.wait_for_function("document.documentElement.dataset.telegraphyState !== 'connected'", timeout=5000)
+
+    task.title = f"Changed while the gateway was down ({how})"
+    task.save()  # the publish fails and is logged; the row is saved
+
+    gateway.start()
+    wait_connected(page, timeout=20_000)
+    # The widgets refresh from the server after a reconnect: the outage change shows.
+    wait_row(page, f"Changed while the gateway was down ({how})", timeout=5000)
+    # And live updates go on.
+    task.title = f"Live again after the restart ({how})"
+    task.save()
+    latency = wait_row(page, f"Live again after the restart ({how})")
+    print(f"after the restart ({how}): {latency * 1000:.0f} ms")
+    task.title = "Review the gateway metrics"
+    task.save()
+    wait_row(page, "Review the gateway metrics")
+    page.context.close()
+
+
+def test_two_gateway_nodes_on_redis(browser, database):
+    """Django publishes to node 1; the page is connected to node 2."""
+    from board.models import Task
+
+    prefix = f"taskboard-e2e-{uuid.uuid4().hex[:8]}:"
+    config = f'bus = "{REDIS_URL}"\n[redis]\nkey_prefix = "{prefix}"\n'
+    site_port = free_port()
+    origin = [f"http://127.0.0.1:{site_port}"]
+    node1 = Gateway(config, env=gateway_env(origin), secret=SECRET, api_key=API_KEY)
+    node2 = Gateway(config, env=gateway_env(origin), secret=SECRET, api_key=API_KEY)
+    site = Site(database, node2.ws_url, node1.http_url, port=site_port)
+    try:
+        with publish_through(node1.http_url):
+            page = login(browser, site, "alice")
+            assert page.evaluate("window.telegraphy.url") == node2.ws_url
+            task = Task.objects.get(title="Review the gateway metrics")
+            task.title = "Published on node 1, shown by node 2"
+            task.save()
+            latency = wait_row(page, "Published on node 1, shown by node 2")
+            print(f"node 1 → Redis → node 2 → page: {latency * 1000:.0f} ms")
+            # The site's own publishes (runserver → node 1) too.
+            page.fill("#new-task input[name=title]", "Added through the site")
+            page.click("#new-task button")
+            wait_row(page, "Added through the site", timeout=2 * LIVE)
+            # Node 2 restarts: the page reconnects to it and keeps updating.
+            node2.restart()
+            wait_connected(page, timeout=20_000)
+            task.title = "Still live after node 2 restarted"
+            task.save()
+            wait_row(page, "Still live after node 2 restarted", timeout=3 * LIVE)
+            page.screenshot(path=str(ARTIFACTS / "board-two-nodes.png"), full_page=True)
+            assert page.problems == []
+            task.title = "Review the gateway metrics"
+            task.save()
+            Task.objects.filter(title="Added through the site").delete()
+            page.context.close()
+    finally:
+        site.stop()
+        node1.stop()
+        node2.stop()

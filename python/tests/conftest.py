@@ -1,0 +1,96 @@
+"""Shared fixtures: real gateway processes (memory, Redis, RabbitMQ buses),
+unique Redis key prefixes and RabbitMQ exchanges, Django settings pointing
+at a gateway, and WAMP clients that are closed after each test."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.support.gateway import AMQP_URL, API_KEY, REDIS_URL, SECRET, Gateway
+from tests.support.wamp import Wamp
+
+
+@pytest.fixture(scope="session")
+def gateway():
+    """A gateway on the embedded bus: tickets (HS256, SECRET), the API key,
+    and anonymous sessions (for tests of the plain publisher)."""
+    gw = Gateway("[auth]\nallow_anonymous = true\n")
+    yield gw
+    gw.stop()
+
+
+def redis_config(prefix: str) -> str:
+    return f'bus = "{REDIS_URL}"\n[auth]\nallow_anonymous = true\n[redis]\nkey_prefix = "{prefix}"\n'
+
+
+def amqp_config(exchange: str) -> str:
+    return f'bus = "{AMQP_URL}"\n[auth]\nallow_anonymous = true\n[amqp]\nexchange = "{exchange}"\n'
+
+
+@pytest.fixture(scope="module")
+def redis_prefix():
+    return f"telegraphy-pytest-{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture(scope="module")
+def redis_gateway(redis_prefix):
+    gw = Gateway(redis_config(redis_prefix))
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def amqp_exchange():
+    name = f"telegraphy-pytest-{uuid.uuid4().hex[:8]}"
+    yield name
+    delete_exchange(name)
+
+
+def delete_exchange(name: str):
+    import pika
+
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        connection.channel().exchange_delete(name)
+        connection.close()
+    except Exception:
+        pass
+
+
+@pytest.fixture(scope="module")
+def amqp_gateway(amqp_exchange):
+    gw = Gateway(amqp_config(amqp_exchange))
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def wamp():
+    """wamp(gateway_or_url, token=None) → a joined client, closed after the test."""
+    clients = []
+
+    def open_client(target, token=None, realm="realm1"):
+        url = target if isinstance(target, str) else target.ws_url
+        client = Wamp(url, token=token, realm=realm)
+        clients.append(client)
+        return client
+
+    yield open_client
+    for c in clients:
+        c.close()
+
+
+@pytest.fixture
+def telegraphy_settings(settings, gateway):
+    """settings.TELEGRAPHY for the memory-bus gateway (publishing over HTTP)."""
+    settings.TELEGRAPHY = {
+        "GATEWAY_URL": gateway.ws_url,
+        "PUBLISH_URL": gateway.http_url,
+        "API_KEY": API_KEY,
+        "SECRET": SECRET,
+        "TOPIC_PREFIX": "tests",
+        "FAIL_SILENTLY": False,
+    }
+    return settings.TELEGRAPHY

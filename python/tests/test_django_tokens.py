@@ -1,0 +1,105 @@
+"""Tokens for the current user: the view, the claims (topics from
+is_authorized), and what the gateway does with them."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+from django.contrib.auth import get_user_model
+
+from telegraphy.django.tokens import claims_for, mint, topics_for
+from tests.support.gateway import SECRET
+from tests.support.wamp import WampError
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff(telegraphy_settings):
+    return get_user_model().objects.create_user("alice", password="pw", is_staff=True)
+
+
+@pytest.fixture
+def user(telegraphy_settings):
+    return get_user_model().objects.create_user("bob", password="pw")
+
+
+def decode(token):
+    return jwt.decode(token, SECRET, algorithms=["HS256"])
+
+
+def test_the_view_mints_a_token_for_the_logged_in_user(client, user, gateway):
+    client.force_login(user)
+    response = client.get("/telegraphy/token/")
+    assert response.status_code == 200
+    assert "no-cache" in response["Cache-Control"] or "no-store" in response["Cache-Control"]
+    body = response.json()
+    assert set(body) == {"token", "url", "realm", "expires_at"}
+    assert body["url"] == gateway.ws_url and body["realm"] == "realm1"
+    claims = decode(body["token"])
+    assert claims["sub"] == str(user.pk) and claims["role"] == "user"
+    assert claims["exp"] == body["expires_at"] and abs(claims["exp"] - time.time() - 300) < 5
+    assert claims["subscribe"] == ["tests.testapp.article", "tests.testapp.note"]
+
+
+def test_only_get(client, user):
+    client.force_login(user)
+    assert client.post("/telegraphy/token/").status_code == 405
+
+
+def test_anonymous_visitors_get_403(client):
+    response = client.get("/telegraphy/token/")
+    assert response.status_code == 403
+    assert response.json()["error"] == "not_authenticated"
+
+
+def test_anonymous_visitors_when_allowed(client, settings):
+    settings.TELEGRAPHY = {**settings.TELEGRAPHY, "ALLOW_ANONYMOUS": True}
+    claims = decode(client.get("/telegraphy/token/").json()["token"])
+    assert claims["sub"].startswith("anonymous-") and claims["role"] == "anonymous"
+    assert claims["subscribe"] == []  # is_authorized defaults to authenticated users
+
+
+def test_staff_get_the_staff_topics(staff, user):
+    assert "tests.hr.payroll" in topics_for(staff)
+    assert "tests.hr.payroll" not in topics_for(user)
+
+
+def test_settings_shape_the_claims(user, settings):
+    settings.TELEGRAPHY = {**settings.TELEGRAPHY, "TOKEN_TTL": 60, "ROLE": "member", "TOPIC_PREFIX": "com.shop"}
+    claims = claims_for(user, now=1000)
+    assert (claims["exp"], claims["role"], claims["iat"]) == (1060, "member", 1000)
+    assert claims["subscribe"] == ["com.shop.testapp.article", "com.shop.testapp.note"]
+
+
+def test_the_gateway_accepts_the_token(user, wamp, gateway):
+    client = wamp(gateway, token=mint(user)["token"])
+    assert client.welcome["authid"] == str(user.pk)
+    assert client.welcome["authrole"] == "user"
+    assert client.subscribe("tests.testapp.article") > 0
+
+
+def test_an_unauthorized_user_cannot_subscribe_to_the_topic(user, staff, wamp, gateway):
+    client = wamp(gateway, token=mint(user)["token"])
+    with pytest.raises(WampError) as info:
+        client.subscribe("tests.hr.payroll")
+    assert info.value.uri == "wamp.error.not_authorized"
+    # nor catch it with a wider subscription
+    client.subscribe("tests.", match="prefix")
+    boss = wamp(gateway, token=mint(staff)["token"])
+    assert boss.subscribe("tests.hr.payroll") > 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_prefix_subscription_never_leaks_a_forbidden_topic(user, staff, wamp, gateway):
+    from tests.testapp.models import Article, Payroll
+
+    client = wamp(gateway, token=mint(user)["token"])
+    client.subscribe("tests.", match="prefix")
+    Payroll.objects.create(employee="x", salary=1)
+    Article.objects.create(title="visible")
+    event = client.next_event()
+    assert event.details["topic"] == "tests.testapp.article"
+    assert client.no_event(0.5)
