@@ -138,6 +138,9 @@ pub struct Client {
     pub session: u64,
     pub details: Dict,
     next_request: u64,
+    /// Messages read while waiting for something else (an EVENT that came
+    /// before its PUBLISHED: WAMP does not order the two).
+    stash: std::collections::VecDeque<Message>,
 }
 
 /// How a connection ended.
@@ -154,7 +157,7 @@ impl Client {
         req.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static(ser.subprotocol()));
         let (ws, resp) = tokio_tungstenite::connect_async(req).await.expect("WebSocket connect");
         assert_eq!(resp.headers().get("sec-websocket-protocol").unwrap(), ser.subprotocol());
-        Client { ws, ser, session: 0, details: Dict::new(), next_request: 1 }
+        Client { ws, ser, session: 0, details: Dict::new(), next_request: 1, stash: Default::default() }
     }
 
     /// Opens and joins `realm1`.
@@ -201,6 +204,13 @@ impl Client {
 
     /// The next WAMP message, or how the connection closed.
     pub async fn next(&mut self) -> Result<Message, Closed> {
+        if let Some(m) = self.stash.pop_front() {
+            return Ok(m);
+        }
+        self.read().await
+    }
+
+    async fn read(&mut self) -> Result<Message, Closed> {
         loop {
             let frame = tokio::time::timeout(WAIT, self.ws.next()).await.expect("timed out waiting for a frame");
             match frame {
@@ -250,9 +260,13 @@ impl Client {
         let request = self.request_id();
         options.insert("acknowledge".into(), Value::Bool(true));
         self.send(&Message::Publish { request, options, topic: topic.into(), args, kwargs: Dict::new() }).await;
-        match self.recv().await {
-            Message::Published { request: r, publication } if r == request => publication,
-            other => panic!("expected PUBLISHED, got {other:?}"),
+        loop {
+            match self.read().await {
+                Ok(Message::Published { request: r, publication }) if r == request => return publication,
+                // The event of this very publication may overtake its PUBLISHED.
+                Ok(event @ Message::Event { .. }) => self.stash.push_back(event),
+                other => panic!("expected PUBLISHED, got {other:?}"),
+            }
         }
     }
 
