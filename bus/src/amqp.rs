@@ -20,7 +20,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt as _, StreamExt as _};
@@ -33,7 +33,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use telegraphy_wamp::MatchPolicy;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
+use crate::supervisor::Supervisor;
 use crate::interest::{Interest, Interests};
 use crate::{redact, Bus, BusError, BusOptions, Envelope, Inbound, PublishError, Ticket};
 
@@ -237,26 +237,21 @@ impl Drop for AmqpBus {
 }
 
 async fn run(s: Arc<Shared>, inbound: Inbound) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), s.options.reconnect_max_delay);
-    let mut down_since: Option<Instant> = None;
-    let mut first = true;
+    let mut supervisor = Supervisor::new("RabbitMQ", s.redacted.clone(), s.options.reconnect_max_delay);
     while !s.stop.is_cancelled() {
-        let outcome = session(&s, &inbound, &mut backoff, &mut down_since, &mut first).await;
-        s.interests.set_connected(false);
-        s.metrics.connected.set(0);
-        s.metrics.interests.set(0);
+        let outcome = session(&s, &inbound, &mut supervisor).await;
         *s.publisher.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        down_since.get_or_insert_with(Instant::now);
-        match outcome {
-            Ok(()) => return,
-            Err(e) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(bus = %s.redacted, error = %e, retry_in = ?delay, "RabbitMQ bus disconnected; this node is not ready until it reconnects");
-                tokio::select! {
-                    _ = s.stop.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
+        let error = match outcome {
+            Ok(()) => {
+                s.interests.set_connected(false);
+                return;
             }
+            Err(e) => e,
+        };
+        let delay = supervisor.down(&s.interests, &s.metrics, &error);
+        tokio::select! {
+            _ = s.stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
         }
     }
 }
@@ -264,16 +259,14 @@ async fn run(s: Arc<Shared>, inbound: Inbound) {
 async fn session(
     s: &Shared,
     inbound: &Inbound,
-    backoff: &mut Backoff,
-    down_since: &mut Option<Instant>,
-    first: &mut bool,
+    supervisor: &mut Supervisor,
 ) -> Result<(), String> {
     let timeout = s.options.connect_timeout;
     let (conn, publisher) = tokio::time::timeout(timeout, open_publisher(&s.url, &s.options))
         .await
         .map_err(|_| format!("no answer within {timeout:?}"))?
         .map_err(|e| e.to_string())?;
-    let result = consume(s, inbound, backoff, down_since, first, &conn, publisher).await;
+    let result = consume(s, inbound, supervisor, &conn, publisher).await;
     let _ = conn.close(200, "telegraphy node closing".into()).await;
     result
 }
@@ -281,9 +274,7 @@ async fn session(
 async fn consume(
     s: &Shared,
     inbound: &Inbound,
-    backoff: &mut Backoff,
-    down_since: &mut Option<Instant>,
-    first: &mut bool,
+    supervisor: &mut Supervisor,
     conn: &Connection,
     publisher: Channel,
 ) -> Result<(), String> {
@@ -330,21 +321,7 @@ async fn consume(
         }
         if !connected {
             connected = true;
-            backoff.reset();
-            s.interests.set_connected(true);
-            s.metrics.connected.set(1);
-            if let Some(since) = down_since.take() {
-                if !*first {
-                    s.metrics.reconnects.inc();
-                    s.metrics.disconnected_seconds.inc_by(since.elapsed().as_secs_f64());
-                }
-            }
-            if *first {
-                tracing::info!(bus = %s.redacted, exchange, "RabbitMQ bus connected");
-            } else {
-                tracing::info!(bus = %s.redacted, bindings = applied.len(), "RabbitMQ bus reconnected; bindings restored");
-            }
-            *first = false;
+            supervisor.up(&s.interests, &s.metrics, applied.len());
         }
         tokio::select! {
             _ = s.stop.cancelled() => return Ok(()),

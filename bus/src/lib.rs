@@ -15,7 +15,8 @@
 //!   broker adapters reconcile their subscriptions or bindings with.
 //! * [`inbound`]: the hand-off of consumed events to the node (decode,
 //!   count, bounded queue).
-//! * [`backoff`], [`metrics`]: reconnect delays and bus metrics.
+//! * [`backoff`], [`metrics`]: reconnect delays and bus metrics; a private
+//!   `supervisor` holds the reconnect bookkeeping both broker adapters share.
 //!
 //! # The `Bus` contract
 //!
@@ -50,6 +51,7 @@ pub mod interest;
 pub mod memory;
 pub mod metrics;
 pub mod redis;
+mod supervisor;
 
 use std::sync::Arc;
 use std::time::Duration;

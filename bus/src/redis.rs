@@ -13,7 +13,6 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt as _, StreamExt as _};
@@ -21,7 +20,7 @@ use redis::aio::MultiplexedConnection;
 use telegraphy_wamp::MatchPolicy;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
+use crate::supervisor::Supervisor;
 use crate::interest::{Interest, Interests};
 use crate::{redact, Bus, BusError, BusOptions, Envelope, Inbound, PublishError, Ticket};
 
@@ -209,26 +208,21 @@ impl Drop for RedisBus {
 /// The subscriber task: connect, reconcile, consume; on loss, back off and
 /// start over.
 async fn run(s: Arc<Shared>, inbound: Inbound) {
-    let mut backoff = Backoff::new(std::time::Duration::from_millis(100), s.options.reconnect_max_delay);
-    let mut down_since: Option<Instant> = None;
-    let mut first = true;
+    let mut supervisor = Supervisor::new("Redis", s.url.clone(), s.options.reconnect_max_delay);
     while !s.stop.is_cancelled() {
-        let outcome = session(&s, &inbound, &mut backoff, &mut down_since, &mut first).await;
-        s.interests.set_connected(false);
-        s.metrics.connected.set(0);
-        s.metrics.interests.set(0);
+        let outcome = session(&s, &inbound, &mut supervisor).await;
         *s.publisher.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        down_since.get_or_insert_with(Instant::now);
-        match outcome {
-            Ok(()) => return,
-            Err(e) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(bus = %s.url, error = %e, retry_in = ?delay, "Redis bus disconnected; this node is not ready until it reconnects");
-                tokio::select! {
-                    _ = s.stop.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
+        let error = match outcome {
+            Ok(()) => {
+                s.interests.set_connected(false);
+                return;
             }
+            Err(e) => e,
+        };
+        let delay = supervisor.down(&s.interests, &s.metrics, &error);
+        tokio::select! {
+            _ = s.stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
         }
     }
 }
@@ -236,9 +230,7 @@ async fn run(s: Arc<Shared>, inbound: Inbound) {
 async fn session(
     s: &Shared,
     inbound: &Inbound,
-    backoff: &mut Backoff,
-    down_since: &mut Option<Instant>,
-    first: &mut bool,
+    supervisor: &mut Supervisor,
 ) -> Result<(), String> {
     let timeout = s.options.connect_timeout;
     let pubsub = tokio::time::timeout(timeout, s.client.get_async_pubsub())
@@ -282,21 +274,7 @@ async fn session(
         }
         if !connected {
             connected = true;
-            backoff.reset();
-            s.interests.set_connected(true);
-            s.metrics.connected.set(1);
-            if let Some(since) = down_since.take() {
-                if !*first {
-                    s.metrics.reconnects.inc();
-                    s.metrics.disconnected_seconds.inc_by(since.elapsed().as_secs_f64());
-                }
-            }
-            if *first {
-                tracing::info!(bus = %s.url, "Redis bus connected");
-            } else {
-                tracing::info!(bus = %s.url, subscriptions = applied.len(), "Redis bus reconnected; subscriptions restored");
-            }
-            *first = false;
+            supervisor.up(&s.interests, &s.metrics, applied.len());
         }
         tokio::select! {
             _ = s.stop.cancelled() => return Ok(()),
