@@ -36,6 +36,9 @@ pub struct Role {
     /// Burst above the rate.
     pub publish_burst: u32,
     publish_options: bool,
+    /// The role's rights with no token claims, shared by every such session
+    /// (one allocation per role instead of one per session).
+    shared: Arc<Permissions>,
 }
 
 /// A successfully authenticated session.
@@ -114,12 +117,16 @@ impl Authenticator {
         let invalid = |m: String| ConfigError::Invalid(m);
         let mut roles = BTreeMap::new();
         for (name, r) in config.effective_roles() {
+            let subscribe = PatternSet::parse(&r.subscribe).map_err(|e| invalid(format!("roles.{name}.subscribe: {e}")))?;
+            let publish = PatternSet::parse(&r.publish).map_err(|e| invalid(format!("roles.{name}.publish: {e}")))?;
+            let shared = Arc::new(Permissions::new(subscribe.clone(), publish.clone(), None, None, r.publish_options));
             let role = Role {
-                subscribe: PatternSet::parse(&r.subscribe).map_err(|e| invalid(format!("roles.{name}.subscribe: {e}")))?,
-                publish: PatternSet::parse(&r.publish).map_err(|e| invalid(format!("roles.{name}.publish: {e}")))?,
+                subscribe,
+                publish,
                 publish_rate: r.publish_rate,
                 publish_burst: r.publish_burst.max(1),
                 publish_options: r.publish_options,
+                shared,
             };
             roles.insert(name, role);
         }
@@ -219,19 +226,23 @@ impl Authenticator {
                 reason: "unknown_role",
             });
         };
-        let permissions = Permissions::new(
-            role.subscribe.clone(),
-            role.publish.clone(),
-            token_subscribe,
-            token_publish,
-            role.publish_options,
-        );
+        let permissions = if token_subscribe.is_none() && token_publish.is_none() {
+            role.shared.clone()
+        } else {
+            Arc::new(Permissions::new(
+                role.subscribe.clone(),
+                role.publish.clone(),
+                token_subscribe,
+                token_publish,
+                role.publish_options,
+            ))
+        };
         Ok(Authenticated {
             authid,
             authrole: role_name.to_string(),
             authmethod: method,
             authprovider: provider,
-            permissions: Arc::new(permissions),
+            permissions,
             role: role.clone(),
             expires_at,
         })

@@ -8,6 +8,7 @@
 //!   close writes what is still queued (not for slow consumers) and the
 //!   WebSocket close frame.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use telegraphy_wamp::codes::{close, uri as err};
 use telegraphy_wamp::Serialization;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep_until, Instant};
 
 use crate::hub::SessionHandle;
@@ -33,8 +34,13 @@ use crate::session::{Flow, Session};
 
 /// How long the writer keeps writing queued frames after a close was asked.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
-/// Most frames written before one flush.
-const WRITE_BATCH: usize = 128;
+/// Initial read buffer of each WebSocket. tungstenite's default (128 KiB)
+/// is zero-filled on the first read, so every idle session kept 128 KiB
+/// resident; clients send small messages, and a larger one grows the buffer.
+const READ_BUFFER: usize = 128;
+/// Bytes tungstenite gathers before writing to the socket within a batch
+/// (the batch's flush writes the rest).
+const WRITE_BUFFER: usize = 16 * 1024;
 
 /// `GET /ws`: negotiates the WAMP subprotocol and starts the session.
 pub async fn upgrade(
@@ -91,13 +97,20 @@ pub async fn upgrade(
     };
     let limits = &node.config.limits;
     let mut ws = ws
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .max_message_size(limits.max_message_size)
         .max_frame_size(limits.max_message_size)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"));
     ws.set_selected_protocol(HeaderValue::from_static(serialization.subprotocol()));
     let tracker = node.sessions.clone();
     let guards = Guards { _permit: permit, pending: Some(pending), _per_ip: per_ip };
-    ws.on_upgrade(move |socket| tracker.track_future(run(node, socket, serialization, guards)))
+    ws.on_upgrade(move |socket| {
+        // Split before the session's future exists: an async fn keeps room
+        // for its arguments for its whole life, and a WebSocket is large.
+        let (sink, stream) = socket.split();
+        tracker.track_future(run(node, sink, stream, serialization, guards))
+    })
 }
 
 /// Whether a browser page from `origin` may open a WebSocket: listed in
@@ -176,13 +189,18 @@ impl Drop for PerIp {
 }
 
 /// Runs one connection to its end.
-async fn run(node: Arc<Node>, socket: WebSocket, serialization: Serialization, mut guards: Guards) {
+async fn run(
+    node: Arc<Node>,
+    sink: SplitSink<WebSocket, WsMessage>,
+    stream: SplitStream<WebSocket>,
+    serialization: Serialization,
+    mut guards: Guards,
+) {
     node.metrics.connections.inc();
     let limits = &node.config.limits;
-    let (outbox, rx) = Outbox::new(limits.outbound_queue_messages, limits.outbound_queue_bytes, node.metrics.clone());
+    let outbox = Outbox::new(limits.outbound_queue_messages, limits.outbound_queue_bytes, node.metrics.clone());
     let handle = Arc::new(SessionHandle { id: random_id(), serialization, identity: OnceLock::new(), outbox });
-    let (sink, stream) = socket.split();
-    let writer = tokio::spawn(write_loop(node.clone(), handle.clone(), sink, rx));
+    let writer = tokio::spawn(write_loop(node.clone(), handle.clone(), sink));
     let mut session = Session::new(node.clone(), handle.clone());
     read_loop(&node, &handle, &mut session, stream, &mut guards.pending).await;
     session.cleanup();
@@ -210,11 +228,12 @@ async fn read_loop(
                 draining = true;
                 session.shutdown()
             }
-            _ = sleep_until(session.expires_at().unwrap_or(deadline)), if session.expires_at().is_some_and(|e| e < deadline) => {
-                session.expire()
-            }
-            _ = sleep_until(deadline) => {
-                if session.is_established() {
+            // One timer for both deadlines (each timer is kept inside every
+            // connection's task): the token's expiry, or the hello/idle deadline.
+            _ = sleep_until(session.expires_at().map_or(deadline, |e| e.min(deadline))) => {
+                if session.expires_at().is_some_and(|e| e < deadline) {
+                    session.expire()
+                } else if session.is_established() {
                     session.abort(err::IDLE_TIMEOUT, "nothing received within the idle timeout");
                     Flow::Close(close::IDLE_TIMEOUT)
                 } else {
@@ -281,7 +300,9 @@ async fn on_payload(node: &Node, handle: &SessionHandle, session: &mut Session, 
     let si = handle.serialization.index();
     node.metrics.messages_in[si].inc();
     node.metrics.bytes_in[si].inc_by(payload.len() as u64);
-    let flow = session.handle_payload(payload).await;
+    // Boxed: the handler's future is large and lives only while a message is
+    // handled, so it should not sit inside every idle connection's task.
+    let flow = Box::pin(session.handle_payload(payload)).await;
     if session.is_established() {
         *deadline = Instant::now() + node.config.limits.idle_timeout;
     }
@@ -313,29 +334,23 @@ fn read_error(session: &mut Session, e: axum::Error) -> Flow {
     }
 }
 
-async fn write_loop(
-    node: Arc<Node>,
-    handle: Arc<SessionHandle>,
-    mut sink: SplitSink<WebSocket, WsMessage>,
-    mut rx: mpsc::Receiver<WsMessage>,
-) {
+async fn write_loop(node: Arc<Node>, handle: Arc<SessionHandle>, mut sink: SplitSink<WebSocket, WsMessage>) {
     let metrics = &node.metrics;
     let si = handle.serialization.index();
     let closing = handle.outbox.closing().clone();
     let mut ping = tokio::time::interval(node.config.limits.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
-    let mut batch: Vec<WsMessage> = Vec::with_capacity(16);
+    let mut batch: VecDeque<WsMessage> = VecDeque::new();
     loop {
         tokio::select! {
             biased;
             _ = closing.cancelled() => break,
-            n = rx.recv_many(&mut batch, WRITE_BATCH) => {
-                if n == 0 {
-                    break;
-                }
+            _ = handle.outbox.next_batch(&mut batch) => {
+                let n = batch.len();
                 let written = tokio::select! {
-                    r = write_batch(&mut sink, &mut batch) => r,
+                    // Boxed: this future lives only while writing, not in every idle task.
+                    r = Box::pin(write_batch(&mut sink, &mut batch)) => r,
                     _ = closing.cancelled() => break,
                 };
                 match written {
@@ -349,6 +364,9 @@ async fn write_loop(
                         break;
                     }
                 }
+                // Give the buffer back: an idle session holds no queue memory
+                // (one allocation per batch is cheap next to the write).
+                batch = VecDeque::new();
             }
             _ = ping.tick() => {
                 let sent = tokio::select! {
@@ -367,19 +385,17 @@ async fn write_loop(
     tracing::debug!(session = handle.id, code, reason = close_reason(code), "connection closing");
     let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
         // What is still queued (not for a slow consumer: that is the problem),
-        // the last words, and the close frame go out in one flush.
-        rx.close();
+        // the last words, and the close frame go out in one flush. Pushes
+        // are refused from now on (the outbox is closing).
         batch.clear();
         if code != close::SLOW_CONSUMER {
-            while let Ok(frame) = rx.try_recv() {
-                batch.push(frame);
-            }
+            handle.outbox.drain_into(&mut batch);
         }
         if let Some(last) = handle.outbox.take_last_words() {
-            batch.push(last);
+            batch.push_back(last);
         }
         let n = batch.len() as u64;
-        batch.push(WsMessage::Close(Some(CloseFrame { code, reason: close_reason(code).into() })));
+        batch.push_back(WsMessage::Close(Some(CloseFrame { code, reason: close_reason(code).into() })));
         if let Ok(bytes) = write_batch(&mut sink, &mut batch).await {
             metrics.messages_out[si].inc_by(n);
             metrics.bytes_out[si].inc_by(bytes as u64);
@@ -388,9 +404,9 @@ async fn write_loop(
     .await;
 }
 
-async fn write_batch(sink: &mut SplitSink<WebSocket, WsMessage>, batch: &mut Vec<WsMessage>) -> Result<usize, axum::Error> {
+async fn write_batch(sink: &mut SplitSink<WebSocket, WsMessage>, batch: &mut VecDeque<WsMessage>) -> Result<usize, axum::Error> {
     let mut bytes = 0;
-    for frame in batch.drain(..) {
+    while let Some(frame) = batch.pop_front() {
         bytes += frame_len(&frame);
         sink.feed(frame).await?;
     }

@@ -1,24 +1,35 @@
 //! The bounded queue of frames waiting to be written to one session.
 //!
-//! Bounded twice: by message count (the channel) and by bytes (a counter).
+//! Bounded twice: by message count and by bytes (a counter).
 //! Policy when full: the frame is dropped, counted, and the session is
 //! closed with code 4000 (slow consumer) — a client that reconnects can
 //! recover, while a router that buffers without bound would fall over.
+//!
+//! The queue is a `VecDeque` behind a mutex plus a `Notify`, not a tokio
+//! channel: an idle session then holds no queue memory at all (a bounded
+//! tokio channel allocates a 32-slot block and a cache-padded header up
+//! front, about 2 KiB per session), and the writer takes everything queued
+//! in one swap.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Message as WsMessage;
 use telegraphy_wamp::codes;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
 /// The sending side, shared by the session's reader, the hub and the writer.
 pub struct Outbox {
-    /// Frames for the writer task; its capacity is the count limit.
-    tx: mpsc::Sender<WsMessage>,
+    /// Frames for the writer task.
+    queue: Mutex<VecDeque<WsMessage>>,
+    /// The count limit.
+    max_messages: usize,
+    /// Wakes the writer when the queue stops being empty.
+    wake: Notify,
     /// Bytes queued and not yet written.
     queued_bytes: AtomicUsize,
     /// The byte limit.
@@ -47,11 +58,12 @@ pub enum PushError {
 }
 
 impl Outbox {
-    /// A new outbox and the receiver its writer drains.
-    pub fn new(max_messages: usize, max_bytes: usize, metrics: Arc<Metrics>) -> (Outbox, mpsc::Receiver<WsMessage>) {
-        let (tx, rx) = mpsc::channel(max_messages.max(1));
-        let outbox = Outbox {
-            tx,
+    /// A new, empty outbox.
+    pub fn new(max_messages: usize, max_bytes: usize, metrics: Arc<Metrics>) -> Outbox {
+        Outbox {
+            queue: Mutex::new(VecDeque::new()),
+            max_messages: max_messages.max(1),
+            wake: Notify::new(),
             queued_bytes: AtomicUsize::new(0),
             max_bytes,
             close_code: AtomicU16::new(0),
@@ -59,8 +71,7 @@ impl Outbox {
             overflowed: AtomicBool::new(false),
             last_words: std::sync::Mutex::new(None),
             metrics,
-        };
-        (outbox, rx)
+        }
     }
 
     /// Queues a frame without waiting. On overflow the session is closed.
@@ -75,18 +86,43 @@ impl Outbox {
             self.overflow();
             return Err(PushError::Full);
         }
-        match self.tx.try_send(frame) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                self.overflow();
-                Err(PushError::Full)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                Err(PushError::Closed)
-            }
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.len() >= self.max_messages {
+            drop(queue);
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            self.overflow();
+            return Err(PushError::Full);
         }
+        let was_empty = queue.is_empty();
+        queue.push_back(frame);
+        drop(queue);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Waits until frames are queued, then moves them all into `batch`
+    /// (which the writer empties before the next call).
+    pub async fn next_batch(&self, batch: &mut VecDeque<WsMessage>) {
+        loop {
+            // Register interest before looking, so a push in between is not missed.
+            let notified = self.wake.notified();
+            {
+                let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                if !queue.is_empty() {
+                    std::mem::swap(&mut *queue, batch);
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Moves whatever is queued into `batch` without waiting.
+    pub fn drain_into(&self, batch: &mut VecDeque<WsMessage>) {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        batch.append(&mut queue);
     }
 
     fn overflow(&self) {
@@ -149,7 +185,7 @@ mod tests {
     #[test]
     fn overflow_by_count_closes_as_slow_consumer() {
         let metrics = Arc::new(Metrics::new());
-        let (outbox, _rx) = Outbox::new(2, 1 << 20, metrics.clone());
+        let outbox = Outbox::new(2, 1 << 20, metrics.clone());
         assert_eq!(outbox.push(WsMessage::Text("a".into())), Ok(()));
         assert_eq!(outbox.push(WsMessage::Text("b".into())), Ok(()));
         assert_eq!(outbox.push(WsMessage::Text("c".into())), Err(PushError::Full));
@@ -160,13 +196,37 @@ mod tests {
         assert_eq!(metrics.queue_drops.get(), 1);
     }
 
+    #[tokio::test]
+    async fn the_writer_takes_everything_queued_and_waits_when_empty() {
+        let outbox = Arc::new(Outbox::new(10, 1 << 20, Arc::new(Metrics::new())));
+        let mut batch = VecDeque::new();
+        outbox.push(WsMessage::Text("a".into())).unwrap();
+        outbox.push(WsMessage::Text("b".into())).unwrap();
+        outbox.next_batch(&mut batch).await;
+        assert_eq!(batch.len(), 2);
+        batch.clear();
+        let waiter = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                let mut batch = VecDeque::new();
+                outbox.next_batch(&mut batch).await;
+                batch.len()
+            })
+        };
+        tokio::task::yield_now().await;
+        outbox.push(WsMessage::Text("c".into())).unwrap();
+        assert_eq!(tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap(), 1);
+    }
+
     #[test]
     fn overflow_by_bytes() {
         let metrics = Arc::new(Metrics::new());
-        let (outbox, mut rx) = Outbox::new(100, 10, metrics);
+        let outbox = Outbox::new(100, 10, metrics);
         assert_eq!(outbox.push(WsMessage::Binary(vec![0; 6].into())), Ok(()));
         // The writer drains and reports; room comes back.
-        let f = rx.try_recv().unwrap();
+        let mut batch = VecDeque::new();
+        outbox.drain_into(&mut batch);
+        let f = batch.pop_front().unwrap();
         outbox.written(frame_len(&f));
         assert_eq!(outbox.push(WsMessage::Binary(vec![0; 10].into())), Ok(()));
         assert_eq!(outbox.push(WsMessage::Binary(vec![0; 1].into())), Err(PushError::Full));

@@ -29,6 +29,22 @@ use crate::{connection, publish};
 
 const DEMO_PAGE: &str = include_str!("../assets/demo.html");
 
+/// Connections the kernel may hold for the public listener before they are
+/// accepted (capped by `net.core.somaxconn`). `TcpListener::bind` uses 128,
+/// which a burst of new clients overflows: the kernel then drops their
+/// handshakes and they retry after a second.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the public listener with [`LISTEN_BACKLOG`].
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    // As TcpListener::bind does on Unix: restarting next to old connections works.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// A gateway whose listeners are bound, ready to [`run`](Gateway::run).
 pub struct Gateway {
     node: Arc<Node>,
@@ -55,8 +71,7 @@ impl Gateway {
         let inbound = Inbound::new(tx, BusMetrics::register(metrics.registry()));
         let node_id = fastrand::u64(1..);
         let bus = telegraphy_bus::start(&config.bus, &config.bus_options(node_id), inbound)?;
-        let public = TcpListener::bind(config.listen)
-            .await
+        let public = bind_listener(config.listen)
             .with_context(|| format!("cannot listen on {} (listen); is another process using it?", config.listen))?;
         let admin = TcpListener::bind(config.admin_listen)
             .await

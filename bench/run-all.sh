@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The measurements behind docs/benchmarks.md, in one go (about 40 minutes).
+#
+#   cargo build --release -p telegraphy-gateway -p telegraphy-publish -p telegraphy-bench
+#   bench/crossbar/crossbar.sh setup        # once
+#   bench/run-all.sh [RESULTS_DIR] [PHASE...]
+#
+# Phases: fanout latency many-topics storm idle cluster (default: all).
+# Each run appends JSON lines to RESULTS_DIR/<phase>.jsonl; bench/plot.py
+# turns them into the report's figures. Never run two benchmarks at once,
+# and nothing else heavy (fuzzers, builds) meanwhile: 2 cores are shared by
+# the router and the load generator.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-bench/results}"
+shift || true
+phases=("$@")
+[[ ${#phases[@]} -eq 0 ]] && phases=(fanout latency many-topics storm idle cluster)
+mkdir -p "$out"
+B=target/release/telegraphy-bench
+CB=bench/crossbar/crossbar.sh
+CB_PORT=8090
+RUNS="${RUNS:-3}"
+DUR="${DUR:-10}"
+
+if pgrep -f 'fuzz/target|cargo-fuzz|fuzz run' >/dev/null; then
+  echo "fuzzers are running; benchmarks would measure them. Wait until they end." >&2
+  exit 1
+fi
+
+crossbar() { # crossbar ARGS... : the same scenario against Crossbar.io
+  "$CB" start "$CB_PORT" >/dev/null
+  local pid
+  pid="$("$CB" pid)"
+  "$B" "$@" --target "ws://127.0.0.1:$CB_PORT/ws" --attach-pid "$pid" --label crossbar || true
+  "$CB" stop
+}
+
+for phase in "${phases[@]}"; do
+  j="$out/$phase.jsonl"
+  echo "=== $phase ($(date -u +%FT%TZ)) → $j"
+  case "$phase" in
+    fanout)
+      for n in 1000 10000; do
+        "$B" fanout  -n "$n" --duration "$DUR" --runs "$RUNS" --json "$j"
+        "$B" ceiling -n "$n" --duration "$DUR" --runs "$RUNS" --json "$j"
+        crossbar fanout -n "$n" --duration "$DUR" --runs "$RUNS" --json "$j"
+      done
+      "$B" fanout -n 1000 --serializer msgpack --duration "$DUR" --runs "$RUNS" --json "$j"
+      ;;
+    latency)
+      # A steady load Crossbar.io can carry: 1,000 subscribers, 20 events/s.
+      "$B" fanout  -n 1000 --rate 20 --duration "$DUR" --runs "$RUNS" --json "$j"
+      "$B" ceiling -n 1000 --rate 20 --duration "$DUR" --runs "$RUNS" --json "$j"
+      crossbar fanout -n 1000 --rate 20 --duration "$DUR" --runs "$RUNS" --json "$j"
+      # Telegraphy at 10,000 subscribers and 20 events/s (200k deliveries/s).
+      "$B" fanout  -n 10000 --rate 20 --duration "$DUR" --runs "$RUNS" --json "$j"
+      "$B" ceiling -n 10000 --rate 20 --duration "$DUR" --runs "$RUNS" --json "$j"
+      ;;
+    many-topics)
+      "$B" many-topics -n 10000 --duration "$DUR" --runs "$RUNS" --json "$j"
+      "$B" ceiling -n 10000 --topics 10000 --duration "$DUR" --runs "$RUNS" --json "$j"
+      crossbar many-topics -n 10000 --duration "$DUR" --runs "$RUNS" --json "$j"
+      ;;
+    storm)
+      "$B" connect-storm -n 10000 --runs "$RUNS" --json "$j"
+      "$B" connect-storm -n 10000 --auth jwt --subscribe --runs "$RUNS" --json "$j"
+      crossbar connect-storm -n 3000 --runs "$RUNS" --json "$j"
+      ;;
+    idle)
+      # 19,500 sessions: the open-files hard limit here is 20,000 per process.
+      "$B" idle -n 19500 --runs "$RUNS" --json "$j"
+      crossbar idle -n 10000 --auth anonymous --runs 1 --json "$j"
+      ;;
+    cluster)
+      for bus in redis amqp; do
+        for topics in 10000 100; do
+          "$B" cluster --bus "$bus" --nodes 2 -n 10000 --topics "$topics" --rate 1000 --duration "$DUR" --runs "$RUNS" --json "$j"
+        done
+        "$B" cluster --bus "$bus" --nodes 3 -n 10000 --topics 100 --rate 1000 --duration "$DUR" --runs 1 --json "$j"
+        "$B" cluster --bus "$bus" --nodes 2 -n 10000 --topics 1 --rate 20 --duration "$DUR" --runs "$RUNS" --json "$j"
+      done
+      ;;
+    *) echo "unknown phase $phase" >&2; exit 2 ;;
+  esac
+done
+echo "=== done ($(date -u +%FT%TZ))"
