@@ -38,11 +38,20 @@ def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
+def nsubs(r):
+    """Subscribers, rounded (a run where one of 1,000 sessions failed counts as 1,000)."""
+    return int(round(r.get("subscribers", 0), -1)) if r.get("subscribers", 0) >= 100 else r.get("subscribers", 0)
+
+
 def group(rows, *keys):
     g = defaultdict(list)
     for r in rows:
-        g[tuple(r.get(k) for k in keys)].append(r)
+        g[tuple(nsubs(r) if k == "subscribers" else r.get(k) for k in keys)].append(r)
     return g
+
+
+def other_cpu(r):
+    return r.get("machine_cpu", {}).get("other_pct", 0.0)
 
 
 def fanout_plot(rows, out: Path):
@@ -55,7 +64,7 @@ def fanout_plot(rows, out: Path):
     for i, label in enumerate(ORDER):
         xs, ys, lo, hi = [], [], [], []
         for j, (scen, n) in enumerate(cases):
-            vals = [r["result"]["delivered_per_s"] for r in sel if r["label"] == label and r["scenario"] == scen and r["subscribers"] in (n, n - 1)]
+            vals = [r["result"]["delivered_per_s"] for r in sel if r["label"] == label and r["scenario"] == scen and nsubs(r) == n and r.get("topics", 1) == (n if scen == "many-topics" else 1)]
             if label == "ceiling" and scen == "many-topics":
                 vals = [r["result"]["delivered_per_s"] for r in rows if r["label"] == "ceiling" and r.get("topics", 1) > 1 and r.get("rate", 0) == 0]
             if not vals:
@@ -85,7 +94,7 @@ def latency_plot(rows, out: Path):
     sel = [r for r in rows if r["scenario"] in ("fanout", "cluster") and r.get("rate", 0) > 0 and r.get("serializer") == "json"]
     cases = []
     for r in sel:
-        key = (r["label"], r["scenario"], r["subscribers"] // 10 * 10 if r["subscribers"] % 10 else r["subscribers"], r.get("topics", 1), r.get("nodes", 1), r.get("bus", ""), r["rate"])
+        key = (r["label"], r["scenario"], nsubs(r), r.get("topics", 1), r.get("nodes", 1), r.get("bus", ""), r["rate"])
         if key not in cases:
             cases.append(key)
     if not cases:
@@ -94,7 +103,7 @@ def latency_plot(rows, out: Path):
     labels = []
     for y, key in enumerate(cases):
         label, scen, n, topics, nodes, bus, rate = key
-        rs = [r for r in sel if (r["label"], r["scenario"], r["subscribers"] // 10 * 10 if r["subscribers"] % 10 else r["subscribers"], r.get("topics", 1), r.get("nodes", 1), r.get("bus", ""), r["rate"]) == key]
+        rs = [r for r in sel if (r["label"], r["scenario"], nsubs(r), r.get("topics", 1), r.get("nodes", 1), r.get("bus", ""), r["rate"]) == key]
         p = {q: med([r["result"]["latency_us"][q] / 1000 for r in rs]) for q in ("p50", "p90", "p99", "max")}
         c = COLORS.get(label, "#333")
         ax.plot([p["p50"], p["p99"]], [y, y], color=c, lw=6, alpha=0.5, solid_capstyle="butt")
@@ -119,33 +128,34 @@ def latency_plot(rows, out: Path):
 
 
 def tables(rows):
-    print("## load runs (median of runs)\n")
-    print("| scenario | router | ser | publish | subs | topics | nodes | rate | delivered/s | lost | p50 ms | p99 ms | max ms | router CPU % | RSS peak MiB | runs |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("## load runs (median of runs; ⚠ = other processes took > 20% CPU during a run)\n")
+    print("| scenario | router | ser | publish | subs | topics | nodes | events/s | delivered/s | lost | p50 ms | p99 ms | max ms | router CPU % | load gen CPU % | RSS peak MiB | runs |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     load = [r for r in rows if "delivered_per_s" in r.get("result", {})]
-    g = group(load, "scenario", "label", "serializer", "publish", "topics", "nodes", "bus", "rate")
+    g = group(load, "scenario", "label", "serializer", "publish", "subscribers", "topics", "nodes", "bus", "rate")
     for key, rs in g.items():
-        scen, label, ser, pub, topics, nodes, bus, rate = key
-        n = max(r["subscribers"] for r in rs)
+        scen, label, ser, pub, n, topics, nodes, bus, rate = key
         res = [r["result"] for r in rs]
         print(
-            f"| {scen} | {label} | {ser} | {pub}{'/' + bus if bus and bus != 'memory' else ''} | {n:,} | {topics:,} | {nodes} | {rate or 'max'} | "
+            f"| {scen} | {label} | {ser} | {pub} | {n:,} | {topics:,} | {nodes} | {('%g' % rate) if rate else 'max'} | "
             f"{med([x['delivered_per_s'] for x in res]):,.0f} | {sum(x['lost'] for x in res)} | "
             f"{med([x['latency_us']['p50'] for x in res])/1000:.2f} | {med([x['latency_us']['p99'] for x in res])/1000:.2f} | "
             f"{med([x['latency_us']['max'] for x in res])/1000:.2f} | {med([r['router']['cpu_pct'] for r in rs]):.0f} | "
-            f"{med([r['router']['rss_peak_kib'] for r in rs])/1024:.1f} | {len(rs)} |"
+            f"{med([r.get('machine_cpu', {}).get('bench_pct', 0) for r in rs]):.0f} | "
+            f"{med([r['router']['rss_peak_kib'] for r in rs])/1024:.1f} | {len(rs)}{' ⚠' if max(other_cpu(r) for r in rs) > 20 else ''} |"
         )
     storm = [r for r in rows if r["scenario"] == "connect-storm"]
     if storm:
         print("\n## connect-storm\n")
-        print("| router | auth | subscribe | sessions | sessions/s | handshake p50 ms | p99 ms | failures | router CPU % | runs |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("| router | auth | subscribe | sessions | sessions/s | handshake p50 ms | p99 ms | failures | router CPU % | load gen CPU % | runs |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for key, rs in group(storm, "label", "auth", "subscribe", "sessions").items():
             res = [r["result"] for r in rs]
             print(
                 f"| {key[0]} | {key[1]} | {key[2]} | {key[3]:,} | {med([x['sessions_per_s'] for x in res]):,.0f} | "
                 f"{med([x['handshake_us']['p50'] for x in res])/1000:.1f} | {med([x['handshake_us']['p99'] for x in res])/1000:.1f} | "
-                f"{sum(x['failures'] for x in res)} | {med([r['router']['cpu_pct'] for r in rs]):.0f} | {len(rs)} |"
+                f"{sum(x['failures'] for x in res)} | {med([r['router']['cpu_pct'] for r in rs]):.0f} | "
+                f"{med([r.get('machine_cpu', {}).get('bench_pct', 0) for r in rs]):.0f} | {len(rs)}{' ⚠' if max(other_cpu(r) for r in rs) > 20 else ''} |"
             )
     idle = [r for r in rows if r["scenario"] == "idle"]
     if idle:

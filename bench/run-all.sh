@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The measurements behind docs/benchmarks.md, in one go (about 40 minutes).
+# The measurements behind docs/benchmarks.md, in one go (about 45 minutes).
 #
 #   cargo build --release -p telegraphy-gateway -p telegraphy-publish -p telegraphy-bench
 #   bench/crossbar/crossbar.sh setup        # once
@@ -53,9 +53,12 @@ for phase in "${phases[@]}"; do
       "$B" fanout  -n 1000 --rate 20 --duration "$DUR" --runs "$RUNS" --json "$j"
       "$B" ceiling -n 1000 --rate 20 --duration "$DUR" --runs "$RUNS" --json "$j"
       crossbar fanout -n 1000 --rate 20 --duration "$DUR" --runs "$RUNS" --json "$j"
-      # Telegraphy at 10,000 subscribers and 20 events/s (200k deliveries/s).
+      # 10,000 subscribers and 20 events/s on one topic (200k deliveries/s).
       "$B" fanout  -n 10000 --rate 20 --duration "$DUR" --runs "$RUNS" --json "$j"
       "$B" ceiling -n 10000 --rate 20 --duration "$DUR" --runs "$RUNS" --json "$j"
+      # 10,000 subscribers on 100 topics, 1,000 events/s (100k deliveries/s), one node.
+      "$B" fanout  -n 10000 --topics 100 --rate 1000 --duration "$DUR" --runs "$RUNS" --json "$j"
+      "$B" ceiling -n 10000 --topics 100 --rate 1000 --duration "$DUR" --runs "$RUNS" --json "$j"
       ;;
     many-topics)
       "$B" many-topics -n 10000 --duration "$DUR" --runs "$RUNS" --json "$j"
@@ -74,10 +77,11 @@ for phase in "${phases[@]}"; do
       ;;
     cluster)
       for bus in redis amqp; do
-        for topics in 10000 100; do
+        # 10,000 subscribers, 1,000 events/s: 1, 10 or 100 subscribers per event.
+        for topics in 10000 1000 100; do
           "$B" cluster --bus "$bus" --nodes 2 -n 10000 --topics "$topics" --rate 1000 --duration "$DUR" --runs "$RUNS" --json "$j"
         done
-        "$B" cluster --bus "$bus" --nodes 3 -n 10000 --topics 100 --rate 1000 --duration "$DUR" --runs 1 --json "$j"
+        "$B" cluster --bus "$bus" --nodes 3 -n 10000 --topics 1000 --rate 1000 --duration "$DUR" --runs 1 --json "$j"
         "$B" cluster --bus "$bus" --nodes 2 -n 10000 --topics 1 --rate 20 --duration "$DUR" --runs "$RUNS" --json "$j"
       done
       ;;

@@ -77,7 +77,7 @@ struct Common {
     /// Append one JSON line per run to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Spread client connections over K source addresses 127.0.0.2 … (each has ~28k ports).
+    /// Spread client connections over K source addresses 127.0.0.2 … (each gives 22,000 source ports).
     #[arg(long, default_value_t = 4)]
     source_ips: u8,
     /// Handshakes in flight at once while opening sessions.
@@ -381,6 +381,10 @@ fn emit(c: &Common, mut line: serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Other processes taking more CPU than this (percent of one core) during a
+/// run make its figures suspect; the run is flagged.
+const OTHER_CPU_WARN: f64 = 20.0;
+
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
@@ -458,10 +462,10 @@ async fn load_scenario(name: &str, a: LoadArgs, nodes: usize, ceiling: bool) -> 
         let r = routers(c, kind, c.auth == Some(AuthMode::Jwt)).await?;
         let spec = client_spec(c, &r);
         let sampler = Sampler::start(r.pids.clone(), Duration::from_millis(100));
-        let mut marks: Vec<(String, Instant, Option<procstat::Sample>)> = Vec::new();
+        let mut marks: Vec<(String, Instant, Option<procstat::Sample>, procstat::CpuMark)> = Vec::new();
         let before = sampler.now();
         let t_start = Instant::now();
-        let result = match load::run(&spec, &w, &r.publish, |phase| marks.push((phase.to_string(), Instant::now(), sampler.now()))).await {
+        let result = match load::run(&spec, &w, &r.publish, |phase| marks.push((phase.to_string(), Instant::now(), sampler.now(), procstat::CpuMark::now()))).await {
             Ok(x) => x,
             Err(e) => {
                 for p in &r._procs {
@@ -473,9 +477,14 @@ async fn load_scenario(name: &str, a: LoadArgs, nodes: usize, ceiling: bool) -> 
         let find = |p: &str| marks.iter().find(|m| m.0 == p).cloned();
         let (pub_mark, done_mark) = (find("publish"), find("done"));
         let cpu = match (&pub_mark, &done_mark) {
-            (Some((_, _, Some(a))), Some((_, _, Some(b)))) => procstat::cpu_pct(a, b),
+            (Some((_, _, Some(a), _)), Some((_, _, Some(b), _))) => procstat::cpu_pct(a, b),
             _ => 0.0,
         };
+        let (machine_cpu, bench_cpu) = match (&pub_mark, &done_mark) {
+            (Some(a), Some(b)) => procstat::machine_pct(&a.3, &b.3),
+            _ => (0.0, 0.0),
+        };
+        let other_cpu = (machine_cpu - bench_cpu - cpu).max(0.0);
         let rss_idle = pub_mark.as_ref().and_then(|m| m.2).map(|s| s.rss_kib).unwrap_or(0);
         let rss_peak = match (&pub_mark, &done_mark) {
             (Some(p), Some(d)) => sampler.peak_rss(p.1, d.1).unwrap_or(0).max(d.2.map(|s| s.rss_kib).unwrap_or(0)),
@@ -515,6 +524,13 @@ async fn load_scenario(name: &str, a: LoadArgs, nodes: usize, ceiling: bool) -> 
                 mib(rss_peak)
             );
         }
+        println!(
+            "  machine CPU {machine_cpu:.0}% of {} cores: load generator {bench_cpu:.0}%, router {cpu:.0}%, other processes {other_cpu:.0}%",
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        );
+        if other_cpu > OTHER_CPU_WARN {
+            println!("  WARNING: other processes took {other_cpu:.0}% CPU during this run: its figures are disturbed");
+        }
         if result.disconnects + result.publish_errors + result.window_timeouts > 0 {
             println!(
                 "  problems: {} subscriber disconnects, {} publish errors, {} window timeouts",
@@ -541,6 +557,7 @@ async fn load_scenario(name: &str, a: LoadArgs, nodes: usize, ceiling: bool) -> 
                 "run": run + 1,
                 "result": result,
                 "router": {"cpu_pct": cpu, "rss_start_kib": rss_start, "rss_sessions_kib": rss_idle, "rss_peak_kib": rss_peak, "pids": r.pids},
+                "machine_cpu": {"total_pct": machine_cpu, "bench_pct": bench_cpu, "router_pct": cpu, "other_pct": other_cpu},
             }),
         )?;
         drop(r);
@@ -568,10 +585,12 @@ async fn storm(a: StormArgs) -> anyhow::Result<()> {
         let spec = client_spec(c, &r);
         let sampler = Sampler::start(r.pids.clone(), Duration::from_millis(100));
         let before = sampler.now();
+        let mark0 = procstat::CpuMark::now();
         let topic: Option<Arc<dyn Fn(usize) -> String + Send + Sync>> =
             a.subscribe.then(|| Arc::new(|_| "bench.storm".to_string()) as Arc<dyn Fn(usize) -> String + Send + Sync>);
         let opened = load::open_sessions(&spec, 0..a.sessions, topic, a.rate, Duration::from_secs(60)).await?;
         let after = sampler.now();
+        let (machine_cpu, bench_cpu) = procstat::machine_pct(&mark0, &procstat::CpuMark::now());
         let ok = opened.sessions.len();
         let per_s = ok as f64 / opened.elapsed.as_secs_f64();
         let cpu = match (&before, &after) {
@@ -600,6 +619,11 @@ async fn storm(a: StormArgs) -> anyhow::Result<()> {
         if let (Some(b), Some(x)) = (before, after) {
             println!("  router CPU {:.0}% · RSS {} → {}", cpu, mib(b.rss_kib), mib(x.rss_kib));
         }
+        let other_cpu = (machine_cpu - bench_cpu - cpu).max(0.0);
+        println!("  machine CPU {machine_cpu:.0}%: load generator {bench_cpu:.0}%, router {cpu:.0}%, other processes {other_cpu:.0}%");
+        if other_cpu > OTHER_CPU_WARN {
+            println!("  WARNING: other processes took {other_cpu:.0}% CPU during this run: its figures are disturbed");
+        }
         rates.push(per_s);
         emit(
             c,
@@ -617,6 +641,7 @@ async fn storm(a: StormArgs) -> anyhow::Result<()> {
                     "elapsed_s": opened.elapsed.as_secs_f64(), "sessions_per_s": per_s, "handshake_us": h,
                 },
                 "router": {"cpu_pct": cpu, "rss_start_kib": before.map(|s| s.rss_kib), "rss_end_kib": after.map(|s| s.rss_kib), "pids": r.pids},
+                "machine_cpu": {"total_pct": machine_cpu, "bench_pct": bench_cpu, "router_pct": cpu, "other_pct": other_cpu},
             }),
         )?;
         let sessions = opened.sessions;

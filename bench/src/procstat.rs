@@ -96,3 +96,45 @@ pub fn cpu_pct(a: &Sample, b: &Sample) -> f64 {
         100.0 * (b.cpu_s - a.cpu_s) / dt
     }
 }
+
+/// CPU time of the whole machine and of this process at one instant, to
+/// tell how much CPU *other* processes took during a run (a build or a
+/// test suite started by someone else disturbs every figure).
+#[derive(Debug, Clone, Copy)]
+pub struct CpuMark {
+    at: Instant,
+    /// Busy CPU seconds of the machine (all cores).
+    machine_s: f64,
+    /// CPU seconds of this load generator.
+    bench_s: f64,
+}
+
+impl CpuMark {
+    /// Reads /proc/stat and /proc/self/stat now.
+    pub fn now() -> CpuMark {
+        let ticks = clock_ticks_cached();
+        let machine_s = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                let first = s.lines().next()?.to_string();
+                let f: Vec<f64> = first.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+                // user nice system idle iowait irq softirq steal …
+                let total: f64 = f.iter().take(8).sum();
+                Some((total - f.get(3)? - f.get(4).unwrap_or(&0.0)) / ticks)
+            })
+            .unwrap_or(0.0);
+        let bench_s = read(std::process::id(), ticks).map(|(c, _)| c).unwrap_or(0.0);
+        CpuMark { at: Instant::now(), machine_s, bench_s }
+    }
+}
+
+/// CPU use between two marks, in percent of one core: (machine, load generator).
+pub fn machine_pct(a: &CpuMark, b: &CpuMark) -> (f64, f64) {
+    let dt = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
+    (100.0 * (b.machine_s - a.machine_s) / dt, 100.0 * (b.bench_s - a.bench_s) / dt)
+}
+
+fn clock_ticks_cached() -> f64 {
+    static T: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *T.get_or_init(clock_ticks)
+}

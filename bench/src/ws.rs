@@ -70,11 +70,10 @@ pub struct Ws {
 
 /// Opens a TCP connection from `source` (any 127.0.0.x) and upgrades it.
 pub async fn connect(target: &Target, source: Option<IpAddr>, subprotocol: &str) -> anyhow::Result<Ws> {
-    let socket = TcpSocket::new_v4()?;
-    if let Some(ip) = source {
-        socket.bind(SocketAddr::new(ip, 0)).with_context(|| format!("bind {ip}:0"))?;
-    }
-    let stream = socket.connect(target.addr).await.with_context(|| format!("connect {}", target.addr))?;
+    let stream = match source {
+        None => TcpSocket::new_v4()?.connect(target.addr).await.with_context(|| format!("connect {}", target.addr))?,
+        Some(ip) => connect_from(ip, target.addr).await?,
+    };
     stream.set_nodelay(true)?;
     let key = {
         use base64_lite::encode;
@@ -106,6 +105,40 @@ pub async fn connect(target: &Target, source: Option<IpAddr>, subprotocol: &str)
         }
     }
     Ok(ws)
+}
+
+/// Source ports handed out round-robin, below the kernel's ephemeral range
+/// (32768–60999), so they never collide with ports the kernel picks for
+/// listeners and other programs.
+const SOURCE_PORTS: std::ops::Range<u16> = 10_000..32_000;
+
+/// Connects from `ip` and a port of our own choosing. Letting the kernel
+/// pick (`bind(ip:0)`) costs a scan of its port table per socket, which
+/// grows with every socket still in TIME_WAIT from the previous run: after
+/// a few 10,000-session runs the load generator spent both cores in there.
+async fn connect_from(ip: IpAddr, to: SocketAddr) -> anyhow::Result<TcpStream> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: std::sync::OnceLock<AtomicUsize> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicUsize::new(fastrand::usize(..)));
+    let span = SOURCE_PORTS.len();
+    let mut last_error = None;
+    for _ in 0..256 {
+        let port = SOURCE_PORTS.start + (next.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        let socket = TcpSocket::new_v4()?;
+        if let Err(e) = socket.bind(SocketAddr::new(ip, port)) {
+            last_error = Some(anyhow::Error::from(e).context(format!("bind {ip}:{port}")));
+            continue;
+        }
+        match socket.connect(to).await {
+            Ok(stream) => return Ok(stream),
+            // This 4-tuple is still in TIME_WAIT, or taken: next port.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable) => {
+                last_error = Some(anyhow::Error::from(e).context(format!("connect {ip}:{port} → {to}")));
+            }
+            Err(e) => return Err(anyhow::Error::from(e).context(format!("connect {to}"))),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no free source port on {ip}")))
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

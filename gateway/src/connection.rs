@@ -37,7 +37,7 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Initial read buffer of each WebSocket. tungstenite's default (128 KiB)
 /// is zero-filled on the first read, so every idle session kept 128 KiB
 /// resident; clients send small messages, and a larger one grows the buffer.
-const READ_BUFFER: usize = 128;
+const READ_BUFFER: usize = 256;
 /// Bytes tungstenite gathers before writing to the socket within a batch
 /// (the batch's flush writes the rest).
 const WRITE_BUFFER: usize = 16 * 1024;
@@ -289,7 +289,9 @@ async fn read_loop(
             handle.outbox.close(code);
             // Let the writer send what is queued and the close frame; the
             // peer's close reply (or the socket ending) ends this loop.
-            let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async { while let Some(Ok(_)) = stream.next().await {} }).await;
+            // Boxed, like the other once-per-connection waits: its timer
+            // would otherwise take room in every idle connection's task.
+            let _ = Box::pin(tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async { while let Some(Ok(_)) = stream.next().await {} })).await;
             return;
         }
     }
@@ -337,7 +339,7 @@ fn read_error(session: &mut Session, e: axum::Error) -> Flow {
 async fn write_loop(node: Arc<Node>, handle: Arc<SessionHandle>, mut sink: SplitSink<WebSocket, WsMessage>) {
     let metrics = &node.metrics;
     let si = handle.serialization.index();
-    let closing = handle.outbox.closing().clone();
+    let closing = handle.outbox.closing();
     let mut ping = tokio::time::interval(node.config.limits.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
@@ -383,7 +385,7 @@ async fn write_loop(node: Arc<Node>, handle: Arc<SessionHandle>, mut sink: Split
     let code = handle.outbox.close_code().unwrap_or(close::NORMAL);
     node.metrics.disconnect(code);
     tracing::debug!(session = handle.id, code, reason = close_reason(code), "connection closing");
-    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
+    let _ = Box::pin(tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
         // What is still queued (not for a slow consumer: that is the problem),
         // the last words, and the close frame go out in one flush. Pushes
         // are refused from now on (the outbox is closing).
@@ -400,7 +402,7 @@ async fn write_loop(node: Arc<Node>, handle: Arc<SessionHandle>, mut sink: Split
             metrics.messages_out[si].inc_by(n);
             metrics.bytes_out[si].inc_by(bytes as u64);
         }
-    })
+    }))
     .await;
 }
 

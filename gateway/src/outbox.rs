@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use axum::extract::ws::Message as WsMessage;
 use telegraphy_wamp::codes;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
@@ -38,7 +37,7 @@ pub struct Outbox {
     close_code: AtomicU16,
     /// Cancelled when the session must close (slow consumer, protocol error,
     /// drain); the reader and writer both watch it.
-    closing: CancellationToken,
+    closing: Closing,
     /// Whether the slow-consumer close was already counted.
     overflowed: AtomicBool,
     /// The session's last message (ABORT, GOODBYE), written in the same
@@ -46,6 +45,43 @@ pub struct Outbox {
     /// the gateway's close code.
     last_words: std::sync::Mutex<Option<WsMessage>>,
     metrics: Arc<Metrics>,
+}
+
+/// Set once when the session must close; the reader and the writer wait
+/// for it. Like a `CancellationToken` without its own allocation (one per
+/// session adds up).
+#[derive(Default)]
+pub struct Closing {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl Closing {
+    /// Sets it and wakes every waiter.
+    pub fn cancel(&self) {
+        if !self.flag.swap(true, Ordering::AcqRel) {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Whether it was set.
+    pub fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    /// Resolves once it is set.
+    pub async fn cancelled(&self) {
+        loop {
+            let notified = self.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so a cancel in between is not missed.
+            notified.as_mut().enable();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// Why a frame was not queued.
@@ -67,7 +103,7 @@ impl Outbox {
             queued_bytes: AtomicUsize::new(0),
             max_bytes,
             close_code: AtomicU16::new(0),
-            closing: CancellationToken::new(),
+            closing: Closing::default(),
             overflowed: AtomicBool::new(false),
             last_words: std::sync::Mutex::new(None),
             metrics,
@@ -158,7 +194,7 @@ impl Outbox {
     }
 
     /// Resolves when the session must close.
-    pub fn closing(&self) -> &CancellationToken {
+    pub fn closing(&self) -> &Closing {
         &self.closing
     }
 
@@ -216,6 +252,25 @@ mod tests {
         tokio::task::yield_now().await;
         outbox.push(WsMessage::Text("c".into())).unwrap();
         assert_eq!(tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn closing_wakes_every_waiter_and_stays_set() {
+        let outbox = Arc::new(Outbox::new(10, 1 << 20, Arc::new(Metrics::new())));
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let outbox = outbox.clone();
+                tokio::spawn(async move { outbox.closing().cancelled().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        outbox.close(4000);
+        for w in waiters {
+            tokio::time::timeout(std::time::Duration::from_secs(5), w).await.unwrap().unwrap();
+        }
+        // Already set: resolves at once.
+        outbox.closing().cancelled().await;
+        assert_eq!(outbox.close_code(), Some(4000));
     }
 
     #[test]
