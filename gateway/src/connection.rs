@@ -1,12 +1,12 @@
 //! One WebSocket connection: the upgrade (subprotocol negotiation, limits)
-//! and the two tasks that move frames.
+//! and the one task that serves it.
 //!
-//! * The **reader** owns the incoming half and the [`Session`]: it decodes
-//!   frames, enforces the hello and idle timeouts and reacts to the drain.
-//! * The **writer** owns the outgoing half: it drains the session's
-//!   [`Outbox`] in batches (many frames, one flush), sends pings, and on
-//!   close writes what is still queued (not for slow consumers) and the
-//!   WebSocket close frame.
+//! The task owns the WebSocket and the [`Session`]. It waits for whichever
+//! comes first: a frame from the client (decoded and handled), frames in
+//! the session's [`Outbox`] (written in a batch: many frames, one flush),
+//! its one timer (hello, idle and token deadlines, pings) or the node's
+//! drain. On close it writes what is still queued (not for slow
+//! consumers), the session's last words and the close frame in one flush.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
@@ -19,7 +19,6 @@ use std::sync::atomic::Ordering;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use telegraphy_wamp::codes::{close, uri as err};
 use telegraphy_wamp::Serialization;
@@ -29,10 +28,10 @@ use tokio::time::{sleep_until, Instant};
 use crate::hub::SessionHandle;
 use crate::metrics::Violation;
 use crate::node::{random_id, Node};
-use crate::outbox::{frame_len, Outbox};
+use crate::outbox::{frame_len, Outbox, Ready};
 use crate::session::{Flow, Session};
 
-/// How long the writer keeps writing queued frames after a close was asked.
+/// How long the last flush, and then the wait for the peer's close reply, may take.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Initial read buffer of each WebSocket. tungstenite's default (128 KiB)
 /// is zero-filled on the first read, so every idle session kept 128 KiB
@@ -59,20 +58,12 @@ pub async fn upgrade(
             node.metrics.auth_failure("origin");
             let origin = origin.to_str().unwrap_or("(not text)");
             tracing::info!(origin, "WebSocket refused: origin not allowed");
-            return (
-                StatusCode::FORBIDDEN,
-                format!("the page's origin {origin} may not open WebSockets here; add it to allowed_origins\n"),
-            )
+            return (StatusCode::FORBIDDEN, format!("the page's origin {origin} may not open WebSockets here; add it to allowed_origins\n"))
                 .into_response();
         }
     }
-    let offered: Vec<&str> = headers
-        .get_all("sec-websocket-protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
+    let offered: Vec<&str> =
+        headers.get_all("sec-websocket-protocol").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim).collect();
     let Some(serialization) = offered.iter().find_map(|p| Serialization::from_subprotocol(p)) else {
         node.metrics.refused("subprotocol");
         let msg = format!(
@@ -105,18 +96,15 @@ pub async fn upgrade(
     ws.set_selected_protocol(HeaderValue::from_static(serialization.subprotocol()));
     let tracker = node.sessions.clone();
     let guards = Guards { _permit: permit, pending: Some(pending), _per_ip: per_ip };
-    ws.on_upgrade(move |socket| {
-        // Split before the session's future exists: an async fn keeps room
-        // for its arguments for its whole life, and a WebSocket is large.
-        let (sink, stream) = socket.split();
-        tracker.track_future(run(node, sink, stream, serialization, guards))
-    })
+    ws.on_upgrade(move |socket| tracker.track_future(run(node, socket, serialization, guards)))
 }
 
 /// Whether a browser page from `origin` may open a WebSocket: listed in
 /// `allowed`, `*` listed, or the same origin as the gateway itself.
 pub fn origin_allowed(allowed: &[String], origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
-    let Ok(origin) = origin.to_str() else { return false };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
     if allowed.iter().any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin)) {
         return true;
     }
@@ -141,10 +129,7 @@ struct Pending(Arc<Node>);
 impl Pending {
     fn take(node: &Arc<Node>) -> Option<Pending> {
         let limit = node.config.limits.max_pending_handshakes;
-        let taken = node
-            .pending_handshakes
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
-            .is_ok();
+        let taken = node.pending_handshakes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1)).is_ok();
         taken.then(|| Pending(node.clone()))
     }
 }
@@ -188,98 +173,153 @@ impl Drop for PerIp {
     }
 }
 
-/// Runs one connection to its end.
-async fn run(
-    node: Arc<Node>,
-    sink: SplitSink<WebSocket, WsMessage>,
-    stream: SplitStream<WebSocket>,
-    serialization: Serialization,
-    mut guards: Guards,
-) {
+/// Runs one connection to its end, in one task: reading and handling
+/// frames, writing what the session's [`Outbox`] holds, pings, and the
+/// hello, idle and token deadlines. One task (not a reader and a writer)
+/// because every idle connection pays for each task and its timers.
+async fn run(node: Arc<Node>, mut socket: WebSocket, serialization: Serialization, mut guards: Guards) {
     node.metrics.connections.inc();
     let limits = &node.config.limits;
     let outbox = Outbox::new(limits.outbound_queue_messages, limits.outbound_queue_bytes, node.metrics.clone());
     let handle = Arc::new(SessionHandle { id: random_id(), serialization, identity: OnceLock::new(), outbox });
-    let writer = tokio::spawn(write_loop(node.clone(), handle.clone(), sink));
     let mut session = Session::new(node.clone(), handle.clone());
-    read_loop(&node, &handle, &mut session, stream, &mut guards.pending).await;
+    let peer_closed = serve(&node, &handle, &mut session, &mut socket, &mut guards.pending).await;
     session.cleanup();
     drop(session);
-    let _ = writer.await;
+    // Boxed, like the other once-per-connection work: it would otherwise
+    // take room in every idle connection's task.
+    Box::pin(close_connection(&node, &handle, &mut socket, peer_closed)).await;
     node.metrics.connections.dec();
 }
 
-async fn read_loop(
-    node: &Node,
-    handle: &SessionHandle,
-    session: &mut Session,
-    mut stream: SplitStream<WebSocket>,
-    pending: &mut Option<Pending>,
-) {
+/// When the connection's one timer must next fire: the hello or idle
+/// deadline, the token's expiry, or the next ping.
+struct Deadlines {
+    /// Hello deadline until WELCOME, then the idle deadline (pushed back by
+    /// every frame received).
+    silence: Instant,
+    next_ping: Instant,
+}
+
+impl Deadlines {
+    fn earliest(&self, session: &Session) -> Instant {
+        let t = self.silence.min(self.next_ping);
+        session.expires_at().map_or(t, |e| e.min(t))
+    }
+}
+
+/// What woke the connection's task.
+enum Wake {
+    Outbox(Ready),
+    Shutdown,
+    Timer,
+    Frame(Option<Result<WsMessage, axum::Error>>),
+}
+
+/// Serves the session until it must close. Returns whether the peer
+/// closed (or vanished), in which case no close handshake is waited for.
+async fn serve(node: &Node, handle: &SessionHandle, session: &mut Session, socket: &mut WebSocket, pending: &mut Option<Pending>) -> bool {
     let limits = &node.config.limits;
     let metrics = &node.metrics;
-    let mut deadline = Instant::now() + limits.handshake_timeout;
+    let si = handle.serialization.index();
+    let now = Instant::now();
+    let mut due = Deadlines { silence: now + limits.handshake_timeout, next_ping: now + limits.ping_interval };
+    // One timer for every deadline. It is re-armed lazily: pushing a
+    // deadline back (every frame received) leaves it alone; when it fires
+    // early, it is armed again for what is due then.
+    let mut armed = due.earliest(session);
+    let timer = sleep_until(armed);
+    tokio::pin!(timer);
+    let mut batch: VecDeque<WsMessage> = VecDeque::new();
     let mut draining = false;
     loop {
-        let flow = tokio::select! {
-            biased;
-            _ = handle.outbox.closing().cancelled() => return,
-            _ = node.shutdown.cancelled(), if !draining => {
+        // Not biased: a session busy receiving events still reads what its
+        // client sends (and the other way round).
+        let wake = tokio::select! {
+            r = handle.outbox.ready(&mut batch) => Wake::Outbox(r),
+            _ = node.shutdown.cancelled(), if !draining => Wake::Shutdown,
+            _ = &mut timer => Wake::Timer,
+            frame = socket.next() => Wake::Frame(frame),
+        };
+        let flow = match wake {
+            Wake::Outbox(Ready::Closing) => return false,
+            Wake::Outbox(Ready::Frames) => {
+                let n = batch.len();
+                let mut write = Box::pin(write_batch(socket, &mut batch));
+                // A peer that stops reading blocks the write; the session
+                // still closes when asked (slow consumer, drain) or when a
+                // deadline passes.
+                let written = loop {
+                    tokio::select! {
+                        r = &mut write => break Some(r),
+                        _ = handle.outbox.closed() => break None,
+                        _ = &mut timer => {
+                            match on_timer(node, session, &mut due, true) {
+                                Flow::Close(code) => {
+                                    handle.outbox.close(code);
+                                    break None;
+                                }
+                                _ => {
+                                    armed = due.earliest(session);
+                                    timer.as_mut().reset(armed);
+                                }
+                            }
+                        }
+                    }
+                };
+                drop(write);
+                match written {
+                    None => return false,
+                    Some(Ok(bytes)) => {
+                        handle.outbox.written(bytes);
+                        metrics.messages_out[si].inc_by(n as u64);
+                        metrics.bytes_out[si].inc_by(bytes as u64);
+                    }
+                    Some(Err(_)) => {
+                        handle.outbox.close(close::NORMAL);
+                        return true;
+                    }
+                }
+                // Give the buffer back: an idle session holds no queue memory
+                // (one allocation per batch is cheap next to the write).
+                batch = VecDeque::new();
+                Flow::Continue
+            }
+            Wake::Shutdown => {
                 draining = true;
                 session.shutdown()
             }
-            // One timer for both deadlines (each timer is kept inside every
-            // connection's task): the token's expiry, or the hello/idle deadline.
-            _ = sleep_until(session.expires_at().map_or(deadline, |e| e.min(deadline))) => {
-                if session.expires_at().is_some_and(|e| e < deadline) {
-                    session.expire()
-                } else if session.is_established() {
-                    session.abort(err::IDLE_TIMEOUT, "nothing received within the idle timeout");
-                    Flow::Close(close::IDLE_TIMEOUT)
-                } else {
-                    metrics.violation(Violation::HelloTimeout);
-                    session.abort(err::HELLO_TIMEOUT, "the handshake (HELLO, then authentication) did not finish in time after the WebSocket opened");
-                    Flow::Close(close::HELLO_TIMEOUT)
+            Wake::Timer => on_timer(node, session, &mut due, false),
+            Wake::Frame(None) => {
+                handle.outbox.close(close::NORMAL);
+                return true;
+            }
+            Wake::Frame(Some(Err(e))) => read_error(session, e),
+            Wake::Frame(Some(Ok(frame))) => {
+                if session.is_established() {
+                    due.silence = Instant::now() + limits.idle_timeout;
+                }
+                match frame {
+                    WsMessage::Text(t) if !handle.serialization.is_binary() => on_payload(node, handle, session, t.as_bytes(), &mut due).await,
+                    WsMessage::Binary(b) if handle.serialization.is_binary() => on_payload(node, handle, session, &b, &mut due).await,
+                    WsMessage::Text(_) | WsMessage::Binary(_) => {
+                        let msg = if handle.serialization.is_binary() {
+                            "text frame on a wamp.2.msgpack session; send msgpack in binary frames"
+                        } else {
+                            "binary frame on a wamp.2.json session; send JSON in text frames"
+                        };
+                        match session.violation(Violation::WrongFrameType, msg) {
+                            Flow::Close(_) => Flow::Close(close::UNSUPPORTED_DATA),
+                            f => f,
+                        }
+                    }
+                    WsMessage::Close(_) => {
+                        handle.outbox.close(close::NORMAL);
+                        return true;
+                    }
+                    WsMessage::Ping(_) | WsMessage::Pong(_) => Flow::Continue,
                 }
             }
-            frame = stream.next() => match frame {
-                None => {
-                    session.cleanup();
-                    handle.outbox.close(close::NORMAL);
-                    return;
-                }
-                Some(Err(e)) => read_error(session, e),
-                Some(Ok(frame)) => {
-                    if session.is_established() {
-                        deadline = Instant::now() + limits.idle_timeout;
-                    }
-                    match frame {
-                        WsMessage::Text(t) if !handle.serialization.is_binary() => {
-                            on_payload(node, handle, session, t.as_bytes(), &mut deadline).await
-                        }
-                        WsMessage::Binary(b) if handle.serialization.is_binary() => {
-                            on_payload(node, handle, session, &b, &mut deadline).await
-                        }
-                        WsMessage::Text(_) | WsMessage::Binary(_) => {
-                            let msg = if handle.serialization.is_binary() {
-                                "text frame on a wamp.2.msgpack session; send msgpack in binary frames"
-                            } else {
-                                "binary frame on a wamp.2.json session; send JSON in text frames"
-                            };
-                            match session.violation(Violation::WrongFrameType, msg) {
-                                Flow::Close(_) => Flow::Close(close::UNSUPPORTED_DATA),
-                                f => f,
-                            }
-                        }
-                        WsMessage::Close(_) => {
-                            session.cleanup();
-                            handle.outbox.close(close::NORMAL);
-                            return;
-                        }
-                        WsMessage::Ping(_) | WsMessage::Pong(_) => Flow::Continue,
-                    }
-                }
-            },
         };
         if pending.is_some() && session.is_established() {
             // Authenticated: no longer counts against max_pending_handshakes.
@@ -287,18 +327,45 @@ async fn read_loop(
         }
         if let Flow::Close(code) = flow {
             handle.outbox.close(code);
-            // Let the writer send what is queued and the close frame; the
-            // peer's close reply (or the socket ending) ends this loop.
-            // Boxed, like the other once-per-connection waits: its timer
-            // would otherwise take room in every idle connection's task.
-            let _ = Box::pin(tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async { while let Some(Ok(_)) = stream.next().await {} })).await;
-            return;
+            return false;
+        }
+        let next = due.earliest(session);
+        if next < armed || timer.is_elapsed() {
+            armed = next;
+            timer.as_mut().reset(armed);
         }
     }
 }
 
+/// The timer fired (or is checked while a write is blocked): closes the
+/// session whose token expired or that stayed silent too long, queues a
+/// ping when one is due.
+fn on_timer(node: &Node, session: &mut Session, due: &mut Deadlines, writing: bool) -> Flow {
+    let now = Instant::now();
+    if session.expires_at().is_some_and(|e| e <= now) {
+        return session.expire();
+    }
+    if due.silence <= now {
+        if session.is_established() {
+            session.abort(err::IDLE_TIMEOUT, "nothing received within the idle timeout");
+            return Flow::Close(close::IDLE_TIMEOUT);
+        }
+        node.metrics.violation(Violation::HelloTimeout);
+        session.abort(err::HELLO_TIMEOUT, "the handshake (HELLO, then authentication) did not finish in time after the WebSocket opened");
+        return Flow::Close(close::HELLO_TIMEOUT);
+    }
+    if due.next_ping <= now {
+        // No ping while a write is blocked: the peer is not reading anyway.
+        if !writing {
+            session.send_ping();
+        }
+        due.next_ping = now + node.config.limits.ping_interval;
+    }
+    Flow::Continue
+}
+
 /// One WAMP payload: counted, handled, and the idle deadline pushed back.
-async fn on_payload(node: &Node, handle: &SessionHandle, session: &mut Session, payload: &[u8], deadline: &mut Instant) -> Flow {
+async fn on_payload(node: &Node, handle: &SessionHandle, session: &mut Session, payload: &[u8], due: &mut Deadlines) -> Flow {
     let si = handle.serialization.index();
     node.metrics.messages_in[si].inc();
     node.metrics.bytes_in[si].inc_by(payload.len() as u64);
@@ -306,7 +373,7 @@ async fn on_payload(node: &Node, handle: &SessionHandle, session: &mut Session, 
     // handled, so it should not sit inside every idle connection's task.
     let flow = Box::pin(session.handle_payload(payload)).await;
     if session.is_established() {
-        *deadline = Instant::now() + node.config.limits.idle_timeout;
+        due.silence = Instant::now() + node.config.limits.idle_timeout;
     }
     flow
 }
@@ -336,83 +403,42 @@ fn read_error(session: &mut Session, e: axum::Error) -> Flow {
     }
 }
 
-async fn write_loop(node: Arc<Node>, handle: Arc<SessionHandle>, mut sink: SplitSink<WebSocket, WsMessage>) {
+/// The end of a connection: what is still queued (not for a slow consumer:
+/// that is the problem), the session's last words and the close frame go
+/// out in one flush; then, unless the peer already closed, its close reply
+/// (or the socket's end) is awaited. Each step is bounded in time.
+async fn close_connection(node: &Node, handle: &SessionHandle, socket: &mut WebSocket, peer_closed: bool) {
     let metrics = &node.metrics;
     let si = handle.serialization.index();
-    let closing = handle.outbox.closing();
-    let mut ping = tokio::time::interval(node.config.limits.ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ping.tick().await;
-    let mut batch: VecDeque<WsMessage> = VecDeque::new();
-    loop {
-        tokio::select! {
-            biased;
-            _ = closing.cancelled() => break,
-            _ = handle.outbox.next_batch(&mut batch) => {
-                let n = batch.len();
-                let written = tokio::select! {
-                    // Boxed: this future lives only while writing, not in every idle task.
-                    r = Box::pin(write_batch(&mut sink, &mut batch)) => r,
-                    _ = closing.cancelled() => break,
-                };
-                match written {
-                    Ok(bytes) => {
-                        handle.outbox.written(bytes);
-                        metrics.messages_out[si].inc_by(n as u64);
-                        metrics.bytes_out[si].inc_by(bytes as u64);
-                    }
-                    Err(_) => {
-                        handle.outbox.close(close::NORMAL);
-                        break;
-                    }
-                }
-                // Give the buffer back: an idle session holds no queue memory
-                // (one allocation per batch is cheap next to the write).
-                batch = VecDeque::new();
-            }
-            _ = ping.tick() => {
-                let sent = tokio::select! {
-                    r = sink.send(WsMessage::Ping(Default::default())) => r,
-                    _ = closing.cancelled() => break,
-                };
-                if sent.is_err() {
-                    handle.outbox.close(close::NORMAL);
-                    break;
-                }
-            }
-        }
-    }
     let code = handle.outbox.close_code().unwrap_or(close::NORMAL);
-    node.metrics.disconnect(code);
+    metrics.disconnect(code);
     tracing::debug!(session = handle.id, code, reason = close_reason(code), "connection closing");
-    let _ = Box::pin(tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
-        // What is still queued (not for a slow consumer: that is the problem),
-        // the last words, and the close frame go out in one flush. Pushes
-        // are refused from now on (the outbox is closing).
-        batch.clear();
-        if code != close::SLOW_CONSUMER {
-            handle.outbox.drain_into(&mut batch);
-        }
-        if let Some(last) = handle.outbox.take_last_words() {
-            batch.push_back(last);
-        }
-        let n = batch.len() as u64;
-        batch.push_back(WsMessage::Close(Some(CloseFrame { code, reason: close_reason(code).into() })));
-        if let Ok(bytes) = write_batch(&mut sink, &mut batch).await {
-            metrics.messages_out[si].inc_by(n);
-            metrics.bytes_out[si].inc_by(bytes as u64);
-        }
-    }))
-    .await;
+    let mut batch = VecDeque::new();
+    if code != close::SLOW_CONSUMER {
+        // Pushes are refused from now on (the outbox is closing).
+        handle.outbox.drain_into(&mut batch);
+    }
+    if let Some(last) = handle.outbox.take_last_words() {
+        batch.push_back(last);
+    }
+    let n = batch.len() as u64;
+    batch.push_back(WsMessage::Close(Some(CloseFrame { code, reason: close_reason(code).into() })));
+    if let Ok(Ok(bytes)) = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, write_batch(socket, &mut batch)).await {
+        metrics.messages_out[si].inc_by(n);
+        metrics.bytes_out[si].inc_by(bytes as u64);
+    }
+    if !peer_closed {
+        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async { while let Some(Ok(_)) = socket.next().await {} }).await;
+    }
 }
 
-async fn write_batch(sink: &mut SplitSink<WebSocket, WsMessage>, batch: &mut VecDeque<WsMessage>) -> Result<usize, axum::Error> {
+async fn write_batch(socket: &mut WebSocket, batch: &mut VecDeque<WsMessage>) -> Result<usize, axum::Error> {
     let mut bytes = 0;
     while let Some(frame) = batch.pop_front() {
         bytes += frame_len(&frame);
-        sink.feed(frame).await?;
+        socket.feed(frame).await?;
     }
-    sink.flush().await?;
+    socket.flush().await?;
     Ok(bytes)
 }
 

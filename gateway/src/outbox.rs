@@ -27,7 +27,9 @@ pub struct Outbox {
     queue: Mutex<VecDeque<WsMessage>>,
     /// The count limit.
     max_messages: usize,
-    /// Wakes the writer when the queue stops being empty.
+    /// Wakes the connection's task when the queue stops being empty or the
+    /// session must close (one waiter: `notify_one` keeps the wake-up if
+    /// the task is busy elsewhere).
     wake: Notify,
     /// Bytes queued and not yet written.
     queued_bytes: AtomicUsize,
@@ -35,9 +37,9 @@ pub struct Outbox {
     max_bytes: usize,
     /// Set once, when the session must close; read by the writer.
     close_code: AtomicU16,
-    /// Cancelled when the session must close (slow consumer, protocol error,
-    /// drain); the reader and writer both watch it.
-    closing: Closing,
+    /// Set when the session must close (slow consumer, protocol error,
+    /// drain, the peer left).
+    closing: AtomicBool,
     /// Whether the slow-consumer close was already counted.
     overflowed: AtomicBool,
     /// The session's last message (ABORT, GOODBYE), written in the same
@@ -47,41 +49,13 @@ pub struct Outbox {
     metrics: Arc<Metrics>,
 }
 
-/// Set once when the session must close; the reader and the writer wait
-/// for it. Like a `CancellationToken` without its own allocation (one per
-/// session adds up).
-#[derive(Default)]
-pub struct Closing {
-    flag: AtomicBool,
-    notify: Notify,
-}
-
-impl Closing {
-    /// Sets it and wakes every waiter.
-    pub fn cancel(&self) {
-        if !self.flag.swap(true, Ordering::AcqRel) {
-            self.notify.notify_waiters();
-        }
-    }
-
-    /// Whether it was set.
-    pub fn is_cancelled(&self) -> bool {
-        self.flag.load(Ordering::Acquire)
-    }
-
-    /// Resolves once it is set.
-    pub async fn cancelled(&self) {
-        loop {
-            let notified = self.notify.notified();
-            let mut notified = std::pin::pin!(notified);
-            // Registered before the check, so a cancel in between is not missed.
-            notified.as_mut().enable();
-            if self.is_cancelled() {
-                return;
-            }
-            notified.await;
-        }
-    }
+/// What [`Outbox::ready`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ready {
+    /// Frames were moved into the batch.
+    Frames,
+    /// The session must close.
+    Closing,
 }
 
 /// Why a frame was not queued.
@@ -103,7 +77,7 @@ impl Outbox {
             queued_bytes: AtomicUsize::new(0),
             max_bytes,
             close_code: AtomicU16::new(0),
-            closing: Closing::default(),
+            closing: AtomicBool::new(false),
             overflowed: AtomicBool::new(false),
             last_words: std::sync::Mutex::new(None),
             metrics,
@@ -112,7 +86,7 @@ impl Outbox {
 
     /// Queues a frame without waiting. On overflow the session is closed.
     pub fn push(&self, frame: WsMessage) -> Result<(), PushError> {
-        if self.closing.is_cancelled() {
+        if self.is_closing() {
             return Err(PushError::Closed);
         }
         let len = frame_len(&frame);
@@ -138,18 +112,33 @@ impl Outbox {
         Ok(())
     }
 
-    /// Waits until frames are queued, then moves them all into `batch`
-    /// (which the writer empties before the next call).
-    pub async fn next_batch(&self, batch: &mut VecDeque<WsMessage>) {
+    /// Waits until frames are queued or the session must close. Frames are
+    /// moved, all of them, into `batch` (which the caller empties before the
+    /// next call); closing wins over frames.
+    pub async fn ready(&self, batch: &mut VecDeque<WsMessage>) -> Ready {
         loop {
             // Register interest before looking, so a push in between is not missed.
             let notified = self.wake.notified();
+            if self.is_closing() {
+                return Ready::Closing;
+            }
             {
                 let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
                 if !queue.is_empty() {
                     std::mem::swap(&mut *queue, batch);
-                    return;
+                    return Ready::Frames;
                 }
+            }
+            notified.await;
+        }
+    }
+
+    /// Resolves once the session must close (while a batch is being written).
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.wake.notified();
+            if self.is_closing() {
+                return;
             }
             notified.await;
         }
@@ -172,7 +161,9 @@ impl Outbox {
     /// Asks the session to close with `code` (the first code asked wins).
     pub fn close(&self, code: u16) {
         let _ = self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
-        self.closing.cancel();
+        if !self.closing.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
     }
 
     /// Sets the message written just before the close frame.
@@ -193,9 +184,9 @@ impl Outbox {
         }
     }
 
-    /// Resolves when the session must close.
-    pub fn closing(&self) -> &Closing {
-        &self.closing
+    /// Whether the session must close.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
     /// The writer reports bytes it has written.
@@ -226,7 +217,7 @@ mod tests {
         assert_eq!(outbox.push(WsMessage::Text("b".into())), Ok(()));
         assert_eq!(outbox.push(WsMessage::Text("c".into())), Err(PushError::Full));
         assert_eq!(outbox.close_code(), Some(codes::close::SLOW_CONSUMER));
-        assert!(outbox.closing().is_cancelled());
+        assert!(outbox.is_closing());
         assert_eq!(outbox.push(WsMessage::Text("d".into())), Err(PushError::Closed));
         assert_eq!(metrics.slow_consumer_closes.get(), 1);
         assert_eq!(metrics.queue_drops.get(), 1);
@@ -238,14 +229,14 @@ mod tests {
         let mut batch = VecDeque::new();
         outbox.push(WsMessage::Text("a".into())).unwrap();
         outbox.push(WsMessage::Text("b".into())).unwrap();
-        outbox.next_batch(&mut batch).await;
+        assert_eq!(outbox.ready(&mut batch).await, Ready::Frames);
         assert_eq!(batch.len(), 2);
         batch.clear();
         let waiter = {
             let outbox = outbox.clone();
             tokio::spawn(async move {
                 let mut batch = VecDeque::new();
-                outbox.next_batch(&mut batch).await;
+                assert_eq!(outbox.ready(&mut batch).await, Ready::Frames);
                 batch.len()
             })
         };
@@ -255,22 +246,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn closing_wakes_every_waiter_and_stays_set() {
+    async fn closing_wakes_the_task_wins_over_frames_and_stays_set() {
         let outbox = Arc::new(Outbox::new(10, 1 << 20, Arc::new(Metrics::new())));
-        let waiters: Vec<_> = (0..2)
-            .map(|_| {
-                let outbox = outbox.clone();
-                tokio::spawn(async move { outbox.closing().cancelled().await })
-            })
-            .collect();
+        let waiter = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.closed().await })
+        };
         tokio::task::yield_now().await;
+        outbox.push(WsMessage::Text("a".into())).unwrap();
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "a frame is not a close");
         outbox.close(4000);
-        for w in waiters {
-            tokio::time::timeout(std::time::Duration::from_secs(5), w).await.unwrap().unwrap();
-        }
-        // Already set: resolves at once.
-        outbox.closing().cancelled().await;
-        assert_eq!(outbox.close_code(), Some(4000));
+        outbox.close(1000);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        // Already set: resolves at once, and closing wins over queued frames.
+        outbox.closed().await;
+        let mut batch = VecDeque::new();
+        assert_eq!(outbox.ready(&mut batch).await, Ready::Closing);
+        assert_eq!(outbox.close_code(), Some(4000), "the first code asked wins");
+        assert_eq!(outbox.push(WsMessage::Text("b".into())), Err(PushError::Closed));
     }
 
     #[test]

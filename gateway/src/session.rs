@@ -491,6 +491,12 @@ impl Session {
         }
     }
 
+    /// Queues a WebSocket ping (the client's pong keeps the session from
+    /// the idle timeout).
+    pub fn send_ping(&self) {
+        let _ = self.handle.outbox.push(axum::extract::ws::Message::Ping(Default::default()));
+    }
+
     fn send(&self, msg: &Message) {
         if let Some(frame) = encode_frame(self.handle.serialization, msg) {
             // A full queue closes the session as a slow consumer; nothing else to do here.
