@@ -28,6 +28,15 @@ if pgrep -f 'fuzz/target|cargo-fuzz|fuzz run' >/dev/null; then
   exit 1
 fi
 
+ceiling_at() { # ceiling_at ARGS... : a scenario against a running telegraphy-ceiling
+  local port=8097
+  target/release/telegraphy-ceiling --listen "127.0.0.1:$port" >/dev/null 2>&1 &
+  local pid=$!
+  sleep 0.5
+  "$B" "$@" --target "ws://127.0.0.1:$port/ws" --attach-pid "$pid" --label ceiling || true
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
 crossbar() { # crossbar ARGS... : the same scenario against Crossbar.io
   "$CB" start "$CB_PORT" >/dev/null
   local pid
@@ -68,6 +77,8 @@ for phase in "${phases[@]}"; do
     storm)
       "$B" connect-storm -n 10000 --runs "$RUNS" --json "$j"
       "$B" connect-storm -n 10000 --auth jwt --subscribe --runs "$RUNS" --json "$j"
+      # The bare program: TCP accept, WebSocket upgrade, HELLO → WELCOME, nothing else.
+      for r in $(seq "$RUNS"); do ceiling_at connect-storm -n 10000 --auth anonymous --json "$j"; done
       crossbar connect-storm -n 3000 --runs "$RUNS" --json "$j"
       ;;
     idle)

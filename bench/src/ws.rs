@@ -125,6 +125,9 @@ async fn connect_from(ip: IpAddr, to: SocketAddr) -> anyhow::Result<TcpStream> {
     for _ in 0..256 {
         let port = SOURCE_PORTS.start + (next.fetch_add(1, Ordering::Relaxed) % span) as u16;
         let socket = TcpSocket::new_v4()?;
+        // A port whose last connection is in TIME_WAIT can be bound again (the
+        // 4-tuple differs: each run's router listens on a fresh port).
+        socket.set_reuseaddr(true)?;
         if let Err(e) = socket.bind(SocketAddr::new(ip, port)) {
             last_error = Some(anyhow::Error::from(e).context(format!("bind {ip}:{port}")));
             continue;

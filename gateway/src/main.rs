@@ -74,7 +74,7 @@ impl Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let config = match Config::load(args.config.as_deref(), &args.overrides()) {
+    let mut config = match Config::load(args.config.as_deref(), &args.overrides()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("telegraphy-gateway: {e}");
@@ -97,6 +97,7 @@ fn main() -> std::process::ExitCode {
         eprintln!("telegraphy-gateway: {e:#}");
         return std::process::ExitCode::from(2);
     }
+    fit_open_files(&mut config);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -114,6 +115,39 @@ fn main() -> std::process::ExitCode {
             eprintln!("telegraphy-gateway: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Every WebSocket holds an open file. Raises this process's open-files
+/// limit to its hard limit (what Go and most servers do), and lowers
+/// `limits.max_connections` to what fits, so that clients beyond it get a
+/// clean HTTP 503 instead of failed accepts, with a warning that says what
+/// to raise.
+fn fit_open_files(config: &mut Config) {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-files limit; connections beyond it will fail to be accepted");
+            return;
+        }
+    };
+    // Listeners, bus connections, HTTP publishers, logs and the runtime
+    // need files too.
+    let reserved = 64 + limit / 100;
+    let room = usize::try_from(limit.saturating_sub(reserved)).unwrap_or(usize::MAX).max(1);
+    let wanted = config.limits.max_connections;
+    if room < wanted {
+        tracing::warn!(
+            open_files_limit = limit,
+            max_connections = room,
+            configured = wanted,
+            "this process may open only {limit} files, so this node holds at most {room} WebSockets \
+             (limits.max_connections is {wanted}); more are refused with HTTP 503. To hold more, raise the \
+             hard limit: `ulimit -Hn` as root, systemd `LimitNOFILE=`, or the container runtime's `nofile` ulimit"
+        );
+        config.limits.max_connections = room;
+    } else {
+        tracing::debug!(open_files_limit = limit, "open-files limit");
     }
 }
 
