@@ -55,7 +55,7 @@ def other_cpu(r):
 
 
 def fanout_plot(rows, out: Path):
-    sel = [r for r in rows if r["scenario"] in ("fanout", "many-topics") and r.get("rate", 0) == 0 and r.get("serializer") == "json"]
+    sel = [r for r in rows if r["scenario"] in ("fanout", "many-topics") and r.get("rate", 0) == 0 and r.get("serializer") == "json" and not r.get("window")]
     cases = []
     for scen, n in [("fanout", 1000), ("fanout", 10000), ("many-topics", 10000)]:
         cases.append((scen, n))
@@ -132,12 +132,13 @@ def tables(rows):
     print("| scenario | router | ser | publish | subs | topics | nodes | events/s | delivered/s | lost | p50 ms | p99 ms | max ms | router CPU % | load gen CPU % | RSS peak MiB | runs |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     load = [r for r in rows if "delivered_per_s" in r.get("result", {})]
-    g = group(load, "scenario", "label", "serializer", "publish", "subscribers", "topics", "nodes", "bus", "rate")
+    g = group(load, "scenario", "label", "serializer", "publish", "subscribers", "topics", "nodes", "bus", "rate", "window")
     for key, rs in g.items():
-        scen, label, ser, pub, n, topics, nodes, bus, rate = key
+        scen, label, ser, pub, n, topics, nodes, bus, rate, window = key
         res = [r["result"] for r in rs]
+        events = ("%g" % rate) if rate else ("max" if not window else f"max, window {window}")
         print(
-            f"| {scen} | {label} | {ser} | {pub} | {n:,} | {topics:,} | {nodes} | {('%g' % rate) if rate else 'max'} | "
+            f"| {scen} | {label} | {ser} | {pub} | {n:,} | {topics:,} | {nodes} | {events} | "
             f"{med([x['delivered_per_s'] for x in res]):,.0f} | {sum(x['lost'] for x in res)} | "
             f"{med([x['latency_us']['p50'] for x in res])/1000:.2f} | {med([x['latency_us']['p99'] for x in res])/1000:.2f} | "
             f"{med([x['latency_us']['max'] for x in res])/1000:.2f} | {med([r['router']['cpu_pct'] for r in rs]):.0f} | "

@@ -5,7 +5,7 @@
 #   bench/crossbar/crossbar.sh setup        # once
 #   bench/run-all.sh [RESULTS_DIR] [PHASE...]
 #
-# Phases: fanout latency many-topics storm idle cluster (default: all).
+# Phases: fanout window latency many-topics storm idle cluster (default: all).
 # Each run appends JSON lines to RESULTS_DIR/<phase>.jsonl; bench/plot.py
 # turns them into the report's figures. Never run two benchmarks at once,
 # and nothing else heavy (fuzzers, builds) meanwhile: 2 cores are shared by
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 out="${1:-bench/results}"
 shift || true
 phases=("$@")
-[[ ${#phases[@]} -eq 0 ]] && phases=(fanout latency many-topics storm idle cluster)
+[[ ${#phases[@]} -eq 0 ]] && phases=(fanout window latency many-topics storm idle cluster)
 mkdir -p "$out"
 B=target/release/telegraphy-bench
 CB=bench/crossbar/crossbar.sh
@@ -56,6 +56,16 @@ for phase in "${phases[@]}"; do
         crossbar fanout -n "$n" --duration "$DUR" --runs "$RUNS" --json "$j"
       done
       "$B" fanout -n 1000 --serializer msgpack --duration "$DUR" --runs "$RUNS" --json "$j"
+      ;;
+    window)
+      # Max mode with more events in flight (the default window is ~65 at
+      # 1,000 subscribers): routers that coalesce queued events into fewer
+      # writes gain, a router pinned at one core does not.
+      for w in 260 1000; do
+        "$B" fanout  -n 1000 --window "$w" --duration "$DUR" --runs "$RUNS" --json "$j" --note "window $w"
+        "$B" ceiling -n 1000 --window "$w" --duration "$DUR" --runs "$RUNS" --json "$j" --note "window $w"
+        crossbar fanout -n 1000 --window "$w" --duration "$DUR" --runs "$RUNS" --json "$j" --note "window $w"
+      done
       ;;
     latency)
       # A steady load Crossbar.io can carry: 1,000 subscribers, 20 events/s.
