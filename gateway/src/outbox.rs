@@ -12,7 +12,7 @@
 //! in one swap.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Message as WsMessage;
@@ -23,16 +23,17 @@ use crate::metrics::Metrics;
 
 /// The sending side, shared by the session's reader, the hub and the writer.
 pub struct Outbox {
-    /// Frames for the writer task.
-    queue: Mutex<VecDeque<WsMessage>>,
+    /// Frames for the connection's task, and the bytes not yet written.
+    /// Both behind one lock, on one cache line: the fan-out touches them for
+    /// every delivery, the connection's task once per batch, from another
+    /// core (a separate atomic counter was a second cache miss per delivery).
+    queue: Mutex<Queue>,
     /// The count limit.
     max_messages: usize,
     /// Wakes the connection's task when the queue stops being empty or the
     /// session must close (one waiter: `notify_one` keeps the wake-up if
     /// the task is busy elsewhere).
     wake: Notify,
-    /// Bytes queued and not yet written.
-    queued_bytes: AtomicUsize,
     /// The byte limit.
     max_bytes: usize,
     /// Set once, when the session must close; read by the writer.
@@ -47,6 +48,14 @@ pub struct Outbox {
     /// the gateway's close code.
     last_words: std::sync::Mutex<Option<WsMessage>>,
     metrics: Arc<Metrics>,
+}
+
+/// The state behind the outbox's lock.
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<WsMessage>,
+    /// Bytes queued or taken for writing, and not yet written.
+    bytes: usize,
 }
 
 /// What [`Outbox::ready`] found.
@@ -71,10 +80,9 @@ impl Outbox {
     /// A new, empty outbox.
     pub fn new(max_messages: usize, max_bytes: usize, metrics: Arc<Metrics>) -> Outbox {
         Outbox {
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             max_messages: max_messages.max(1),
             wake: Notify::new(),
-            queued_bytes: AtomicUsize::new(0),
             max_bytes,
             close_code: AtomicU16::new(0),
             closing: AtomicBool::new(false),
@@ -90,21 +98,15 @@ impl Outbox {
             return Err(PushError::Closed);
         }
         let len = frame_len(&frame);
-        let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
-        if before + len > self.max_bytes {
-            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            self.overflow();
-            return Err(PushError::Full);
-        }
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if queue.len() >= self.max_messages {
+        if queue.bytes + len > self.max_bytes || queue.frames.len() >= self.max_messages {
             drop(queue);
-            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
             self.overflow();
             return Err(PushError::Full);
         }
-        let was_empty = queue.is_empty();
-        queue.push_back(frame);
+        let was_empty = queue.frames.is_empty();
+        queue.frames.push_back(frame);
+        queue.bytes += len;
         drop(queue);
         if was_empty {
             self.wake.notify_one();
@@ -124,8 +126,8 @@ impl Outbox {
             }
             {
                 let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-                if !queue.is_empty() {
-                    std::mem::swap(&mut *queue, batch);
+                if !queue.frames.is_empty() {
+                    std::mem::swap(&mut queue.frames, batch);
                     return Ready::Frames;
                 }
             }
@@ -147,7 +149,7 @@ impl Outbox {
     /// Moves whatever is queued into `batch` without waiting.
     pub fn drain_into(&self, batch: &mut VecDeque<WsMessage>) {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        batch.append(&mut queue);
+        batch.append(&mut queue.frames);
     }
 
     fn overflow(&self) {
@@ -191,7 +193,8 @@ impl Outbox {
 
     /// The writer reports bytes it has written.
     pub fn written(&self, bytes: usize) {
-        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue.bytes = queue.bytes.saturating_sub(bytes);
     }
 }
 
