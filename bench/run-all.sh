@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The measurements behind docs/benchmarks.md, in one go (about 45 minutes).
+# The measurements behind docs/benchmarks.md, in one go (about 55 minutes).
 #
 #   cargo build --release -p telegraphy-gateway -p telegraphy-publish -p telegraphy-bench
 #   bench/crossbar/crossbar.sh setup        # once
