@@ -548,8 +548,9 @@ impl Latency {
 pub async fn run(spec: &ClientSpec, w: &Workload, to: &PublishTargets, mut on_phase: impl FnMut(&str)) -> anyhow::Result<LoadResult> {
     let shared = Shared::new();
     let topic_w = w.clone();
-    let opened = open_sessions(spec, 0..w.subscribers, Some(Arc::new(move |i| topic_w.topic(i % topic_w.topics.max(1)))), 0.0, Duration::from_secs(60))
-        .await?;
+    let opened =
+        open_sessions(spec, 0..w.subscribers, Some(Arc::new(move |i| topic_w.topic(i % topic_w.topics.max(1)))), 0.0, Duration::from_secs(60))
+            .await?;
     if opened.failures > 0 {
         eprintln!(
             "warning: {} of {} subscribers failed to open; first error: {}",

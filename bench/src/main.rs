@@ -465,15 +465,18 @@ async fn load_scenario(name: &str, a: LoadArgs, nodes: usize, ceiling: bool) -> 
         let mut marks: Vec<(String, Instant, Option<procstat::Sample>, procstat::CpuMark)> = Vec::new();
         let before = sampler.now();
         let t_start = Instant::now();
-        let result = match load::run(&spec, &w, &r.publish, |phase| marks.push((phase.to_string(), Instant::now(), sampler.now(), procstat::CpuMark::now()))).await {
-            Ok(x) => x,
-            Err(e) => {
-                for p in &r._procs {
-                    eprintln!("router log ({}):\n{}", p.log.display(), p.log_tail());
+        let result =
+            match load::run(&spec, &w, &r.publish, |phase| marks.push((phase.to_string(), Instant::now(), sampler.now(), procstat::CpuMark::now())))
+                .await
+            {
+                Ok(x) => x,
+                Err(e) => {
+                    for p in &r._procs {
+                        eprintln!("router log ({}):\n{}", p.log.display(), p.log_tail());
+                    }
+                    return Err(e);
                 }
-                return Err(e);
-            }
-        };
+            };
         let find = |p: &str| marks.iter().find(|m| m.0 == p).cloned();
         let (pub_mark, done_mark) = (find("publish"), find("done"));
         let cpu = match (&pub_mark, &done_mark) {
@@ -566,12 +569,7 @@ async fn load_scenario(name: &str, a: LoadArgs, nodes: usize, ceiling: bool) -> 
         }
     }
     if rates.len() > 1 {
-        println!(
-            "median of {} runs: {}deliveries/s, p99 {:.2} ms",
-            rates.len(),
-            si(median(rates)),
-            median(p99s) / 1000.0
-        );
+        println!("median of {} runs: {}deliveries/s, p99 {:.2} ms", rates.len(), si(median(rates)), median(p99s) / 1000.0);
     }
     Ok(())
 }

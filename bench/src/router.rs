@@ -69,7 +69,13 @@ pub fn find_bin(explicit: Option<&Path>, name: &str) -> anyhow::Result<PathBuf> 
     bail!(
         "cannot find {name} next to {}; build it (cargo build --release -p {}) or pass its path",
         exe.display(),
-        if name == "telegraphy-publish" { "telegraphy-publish" } else if name == "telegraphy-ceiling" { "telegraphy-bench" } else { "telegraphy-gateway" }
+        if name == "telegraphy-publish" {
+            "telegraphy-publish"
+        } else if name == "telegraphy-ceiling" {
+            "telegraphy-bench"
+        } else {
+            "telegraphy-gateway"
+        }
     )
 }
 
@@ -172,13 +178,7 @@ async fn start_gateway_once(bin: &Path, spec: &GatewaySpec, dir: &Path, index: u
     cmd.stdout(out.try_clone()?).stderr(out).stdin(Stdio::null());
     let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
     let pid = child.id();
-    let mut proc = RouterProc {
-        child,
-        pid,
-        ws_url: format!("ws://{listen}/ws"),
-        http_url: format!("http://{listen}"),
-        log: log.clone(),
-    };
+    let mut proc = RouterProc { child, pid, ws_url: format!("ws://{listen}/ws"), http_url: format!("http://{listen}"), log: log.clone() };
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -211,8 +211,7 @@ pub async fn start_ceiling(bin: &Path, dir: &Path) -> anyhow::Result<RouterProc>
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let pid = child.id();
-    let mut proc =
-        RouterProc { child, pid, ws_url: format!("ws://{listen}/ws"), http_url: format!("http://{listen}"), log: log.clone() };
+    let mut proc = RouterProc { child, pid, ws_url: format!("ws://{listen}/ws"), http_url: format!("http://{listen}"), log: log.clone() };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if tokio::net::TcpStream::connect(listen).await.is_ok() {

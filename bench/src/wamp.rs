@@ -110,13 +110,7 @@ impl Session {
         self.next_request += 1;
         let bytes = self
             .ser
-            .encode(&Message::Publish {
-                request,
-                options: Dict::new(),
-                topic: topic.into(),
-                args: event_args(ts_us, seq, pad),
-                kwargs: Dict::new(),
-            })
+            .encode(&Message::Publish { request, options: Dict::new(), topic: topic.into(), args: event_args(ts_us, seq, pad), kwargs: Dict::new() })
             .map_err(|e| anyhow::anyhow!("encode: {}", e.0))?;
         ws::frame_into(out, opcode(self.ser), &bytes);
         Ok(())
@@ -271,10 +265,7 @@ mod tests {
             let kwargs = Dict::new();
             let ev = EventRef { subscription: 7, publication: 9, details: &details, args: &args, kwargs: &kwargs };
             let bytes = ser.encode(&ev).unwrap();
-            assert_eq!(
-                decode_incoming(ser, &bytes).unwrap(),
-                Incoming::Event(BenchEvent { ts_us: 1_700_000_000_000_000, seq: 42 })
-            );
+            assert_eq!(decode_incoming(ser, &bytes).unwrap(), Incoming::Event(BenchEvent { ts_us: 1_700_000_000_000_000, seq: 42 }));
             let mut kw = Dict::new();
             kw.insert("a".into(), Value::UInt(1));
             let ev = EventRef { subscription: 7, publication: 9, details: &details, args: &args, kwargs: &kw };

@@ -39,12 +39,7 @@ fn ensure_binaries() {
 fn bench(args: &[&str]) -> Vec<serde_json::Value> {
     ensure_binaries();
     let json = std::env::temp_dir().join(format!("telegraphy-bench-smoke-{:x}.jsonl", fastrand::u64(..)));
-    let out = Command::new(env!("CARGO_BIN_EXE_telegraphy-bench"))
-        .args(args)
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("the bench runs");
+    let out = Command::new(env!("CARGO_BIN_EXE_telegraphy-bench")).args(args).arg("--json").arg(&json).output().expect("the bench runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "telegraphy-bench {args:?} failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
@@ -134,8 +129,7 @@ fn idle_authenticated_sessions() {
 #[test]
 fn cluster_on_redis() {
     let l = bench(
-        &[&["cluster", "-n", "6", "--nodes", "2", "--bus", "redis", "--rate", "100", "--namespace", "telegraphy-bench-smoke-redis"], SHORT]
-            .concat(),
+        &[&["cluster", "-n", "6", "--nodes", "2", "--bus", "redis", "--rate", "100", "--namespace", "telegraphy-bench-smoke-redis"], SHORT].concat(),
     );
     assert_eq!(l[0]["nodes"], 2);
     assert_eq!(l[0]["publish"], "redis");
@@ -145,8 +139,7 @@ fn cluster_on_redis() {
 #[test]
 fn cluster_on_rabbitmq() {
     let l = bench(
-        &[&["cluster", "-n", "6", "--nodes", "2", "--bus", "amqp", "--rate", "100", "--namespace", "telegraphy-bench-smoke-amqp"], SHORT]
-            .concat(),
+        &[&["cluster", "-n", "6", "--nodes", "2", "--bus", "amqp", "--rate", "100", "--namespace", "telegraphy-bench-smoke-amqp"], SHORT].concat(),
     );
     assert_eq!(l[0]["publish"], "amqp");
     assert_delivered(&l[0]);

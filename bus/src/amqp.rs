@@ -25,16 +25,16 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use telegraphy_wamp::MatchPolicy;
 use tokio_util::sync::CancellationToken;
 
-use crate::supervisor::Supervisor;
 use crate::interest::{Interest, Interests};
+use crate::supervisor::Supervisor;
 use crate::{redact, Bus, BusError, BusOptions, Envelope, Inbound, PublishError, Ticket};
 
 /// Acknowledge after this many deliveries (or on the tick below).
@@ -256,11 +256,7 @@ async fn run(s: Arc<Shared>, inbound: Inbound) {
     }
 }
 
-async fn session(
-    s: &Shared,
-    inbound: &Inbound,
-    supervisor: &mut Supervisor,
-) -> Result<(), String> {
+async fn session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor) -> Result<(), String> {
     let timeout = s.options.connect_timeout;
     let (conn, publisher) = tokio::time::timeout(timeout, open_publisher(&s.url, &s.options))
         .await
@@ -271,28 +267,18 @@ async fn session(
     result
 }
 
-async fn consume(
-    s: &Shared,
-    inbound: &Inbound,
-    supervisor: &mut Supervisor,
-    conn: &Connection,
-    publisher: Channel,
-) -> Result<(), String> {
+async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, conn: &Connection, publisher: Channel) -> Result<(), String> {
     let e = |e: lapin::Error| e.to_string();
     let channel = conn.create_channel().await.map_err(e)?;
     channel.basic_qos(s.options.amqp_prefetch, BasicQosOptions::default()).await.map_err(e)?;
     let mut args = FieldTable::default();
     args.insert("x-max-length".into(), AMQPValue::LongInt(s.options.amqp_queue_max_length.min(i32::MAX as u32) as i32));
     args.insert("x-overflow".into(), AMQPValue::LongString("drop-head".into()));
-    let queue = channel
-        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, args)
-        .await
-        .map_err(e)?;
+    let queue =
+        channel.queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, args).await.map_err(e)?;
     let queue_name = queue.name().clone();
-    let mut consumer = channel
-        .basic_consume(queue_name.clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
-        .await
-        .map_err(e)?;
+    let mut consumer =
+        channel.basic_consume(queue_name.clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await.map_err(e)?;
     *s.publisher.lock().unwrap_or_else(|e| e.into_inner()) = Some(publisher);
     let exchange = s.options.amqp_exchange.as_str();
     let mut applied: HashSet<String> = HashSet::new();

@@ -219,18 +219,12 @@ impl Envelope {
     /// Reads an envelope from the bus.
     pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
         let bad = |m: &str| EnvelopeError::Malformed(m.to_string());
-        let value = telegraphy_wamp::Serialization::Msgpack
-            .decode_value(bytes)
-            .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        let value = telegraphy_wamp::Serialization::Msgpack.decode_value(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
         let Value::List(fields) = value else { return Err(bad("not a list")) };
         let mut it = fields.into_iter();
         let version = it.next().and_then(|v| v.as_u64()).ok_or_else(|| bad("no format version"))?;
         if version != FORMAT_VERSION {
-            return Err(if version > FORMAT_VERSION {
-                EnvelopeError::UnsupportedVersion(version)
-            } else {
-                bad("unknown format version")
-            });
+            return Err(if version > FORMAT_VERSION { EnvelopeError::UnsupportedVersion(version) } else { bad("unknown format version") });
         }
         let mut next = |name: &str| it.next().ok_or_else(|| EnvelopeError::Malformed(format!("missing field {name}")));
         let publication = next("publication")?.as_u64().ok_or_else(|| bad("publication is not an id"))?;
@@ -262,9 +256,7 @@ impl Envelope {
         let strs = |key: &str| -> Result<Option<Vec<String>>, EnvelopeError> {
             match filter.get(key) {
                 None => Ok(None),
-                Some(Value::List(l)) => {
-                    l.iter().map(|v| v.as_str().map(String::from).ok_or_else(|| bad(key))).collect::<Result<_, _>>().map(Some)
-                }
+                Some(Value::List(l)) => l.iter().map(|v| v.as_str().map(String::from).ok_or_else(|| bad(key))).collect::<Result<_, _>>().map(Some),
                 Some(_) => Err(bad(key)),
             }
         };

@@ -27,10 +27,7 @@ impl MemoryBus {
 
 impl Bus for MemoryBus {
     fn publish(&self, event: Envelope) -> BoxFuture<'_, Result<(), PublishError>> {
-        async move {
-            self.inbound.deliver(event).await.map_err(|_| PublishError::Unavailable("the node is shutting down".into()))
-        }
-        .boxed()
+        async move { self.inbound.deliver(event).await.map_err(|_| PublishError::Unavailable("the node is shutting down".into())) }.boxed()
     }
 
     fn add_interest(&self, _realm: &str, _policy: MatchPolicy, _pattern: &str) -> Ticket {

@@ -70,16 +70,16 @@ impl BusMetrics {
         BusMetrics {
             connected: IntGauge::new(name::CONNECTED, "1 while connected to the bus broker.").expect("valid"),
             reconnects: IntCounter::new(name::RECONNECTS, "Reconnects to the bus broker.").expect("valid"),
-            disconnected_seconds: Counter::new(name::DISCONNECTED_SECONDS, "Seconds spent disconnected from the bus broker.")
-                .expect("valid"),
+            disconnected_seconds: Counter::new(name::DISCONNECTED_SECONDS, "Seconds spent disconnected from the bus broker.").expect("valid"),
             decode_errors,
             received: IntCounter::new(name::RECEIVED, "Events taken from the bus.").expect("valid"),
             duplicates: IntCounter::new(name::DUPLICATES, "Duplicate bus deliveries dropped.").expect("valid"),
             publish_errors: IntCounter::new(name::PUBLISH_ERRORS, "Publishes the bus did not accept.").expect("valid"),
             interests: IntGauge::new(name::INTERESTS, "Broker subscriptions or bindings in force.").expect("valid"),
-            lag: Histogram::with_opts(HistogramOpts::new(name::LAG, "Publish to bus receive time.").buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-            ]))
+            lag: Histogram::with_opts(
+                HistogramOpts::new(name::LAG, "Publish to bus receive time.")
+                    .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
+            )
             .expect("valid"),
         }
     }

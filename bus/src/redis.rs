@@ -20,8 +20,8 @@ use redis::aio::MultiplexedConnection;
 use telegraphy_wamp::MatchPolicy;
 use tokio_util::sync::CancellationToken;
 
-use crate::supervisor::Supervisor;
 use crate::interest::{Interest, Interests};
+use crate::supervisor::Supervisor;
 use crate::{redact, Bus, BusError, BusOptions, Envelope, Inbound, PublishError, Ticket};
 
 /// How many recent publication ids the duplicate filter remembers. Copies
@@ -95,9 +95,7 @@ fn subscription_for(prefix: &str, i: &Interest) -> Sub {
 /// Timeouts for the PUBLISH connection: a broker that stops answering
 /// fails the publish (the caller reports it) instead of hanging it.
 fn connection_config(options: &BusOptions) -> redis::AsyncConnectionConfig {
-    redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(options.connect_timeout)
-        .set_response_timeout(options.connect_timeout)
+    redis::AsyncConnectionConfig::new().set_connection_timeout(options.connect_timeout).set_response_timeout(options.connect_timeout)
 }
 
 fn open(url: &str) -> Result<redis::Client, BusError> {
@@ -131,13 +129,10 @@ impl RedisBus {
     /// A publish-only Redis bus, connected now.
     pub async fn connect_publisher(url: &str, options: &BusOptions) -> Result<RedisBus, BusError> {
         let client = open(url)?;
-        let conn = tokio::time::timeout(
-            options.connect_timeout,
-            client.get_multiplexed_async_connection_with_config(&connection_config(options)),
-        )
-        .await
-        .map_err(|_| BusError::Connect { url: redact(url), reason: format!("no answer within {:?}", options.connect_timeout) })?
-        .map_err(|e| connect_error(url, e))?;
+        let conn = tokio::time::timeout(options.connect_timeout, client.get_multiplexed_async_connection_with_config(&connection_config(options)))
+            .await
+            .map_err(|_| BusError::Connect { url: redact(url), reason: format!("no answer within {:?}", options.connect_timeout) })?
+            .map_err(|e| connect_error(url, e))?;
         let metrics = crate::BusMetrics::unregistered();
         metrics.connected.set(1);
         let shared = Arc::new(Shared {
@@ -164,8 +159,7 @@ impl Bus for RedisBus {
                 return Err(PublishError::Unavailable(format!("not connected to Redis at {}", s.url)));
             };
             let name = channel(&s.options.redis_key_prefix, &event.realm, &event.topic);
-            let result: redis::RedisResult<i64> =
-                redis::cmd("PUBLISH").arg(name).arg(event.encode()).query_async(&mut conn).await;
+            let result: redis::RedisResult<i64> = redis::cmd("PUBLISH").arg(name).arg(event.encode()).query_async(&mut conn).await;
             result.map(|_| ()).map_err(|e| {
                 s.metrics.publish_errors.inc();
                 PublishError::Unavailable(format!("Redis at {} did not take the event: {e}", s.url))
@@ -227,21 +221,13 @@ async fn run(s: Arc<Shared>, inbound: Inbound) {
     }
 }
 
-async fn session(
-    s: &Shared,
-    inbound: &Inbound,
-    supervisor: &mut Supervisor,
-) -> Result<(), String> {
+async fn session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor) -> Result<(), String> {
     let timeout = s.options.connect_timeout;
     let pubsub = tokio::time::timeout(timeout, s.client.get_async_pubsub())
         .await
         .map_err(|_| format!("no answer within {timeout:?}"))?
         .map_err(|e| e.to_string())?;
-    let conn = s
-        .client
-        .get_multiplexed_async_connection_with_config(&connection_config(&s.options))
-        .await
-        .map_err(|e| e.to_string())?;
+    let conn = s.client.get_multiplexed_async_connection_with_config(&connection_config(&s.options)).await.map_err(|e| e.to_string())?;
     let (mut sink, mut stream) = pubsub.split();
     *s.publisher.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
     let mut applied: HashSet<Sub> = HashSet::new();

@@ -8,15 +8,16 @@ use telegraphy_wamp::Value;
 fn envelope() -> impl Strategy<Value = Envelope> {
     let ids = proptest::collection::vec(0u64..=(1 << 53), 0..4);
     let names = proptest::collection::vec("[a-z]{1,8}", 0..4);
-    let filter = (ids.clone(), proptest::option::of(ids), names.clone(), proptest::option::of(names.clone()), names.clone(), proptest::option::of(names))
-        .prop_map(|(exclude, eligible, exclude_authid, eligible_authid, exclude_authrole, eligible_authrole)| Filter {
-            exclude,
-            eligible,
-            exclude_authid,
-            eligible_authid,
-            exclude_authrole,
-            eligible_authrole,
-        });
+    let filter =
+        (ids.clone(), proptest::option::of(ids), names.clone(), proptest::option::of(names.clone()), names.clone(), proptest::option::of(names))
+            .prop_map(|(exclude, eligible, exclude_authid, eligible_authid, exclude_authrole, eligible_authrole)| Filter {
+                exclude,
+                eligible,
+                exclude_authid,
+                eligible_authid,
+                exclude_authrole,
+                eligible_authrole,
+            });
     let publisher = proptest::option::of((any::<u64>(), 0u64..=(1 << 53), "[a-z]{0,8}", "[a-z]{0,8}", any::<bool>(), any::<bool>()).prop_map(
         |(node, session, authid, authrole, exclude_me, disclose_me)| Publisher { node, session, authid, authrole, exclude_me, disclose_me },
     ));

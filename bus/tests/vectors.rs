@@ -74,8 +74,7 @@ fn rust_encoder_reproduces_every_vector() {
         if write && !expected_path.exists() {
             std::fs::write(&expected_path, &bytes).unwrap();
         }
-        let expected = std::fs::read(&expected_path)
-            .unwrap_or_else(|_| panic!("{} has no .msgpack beside it", path.display()));
+        let expected = std::fs::read(&expected_path).unwrap_or_else(|_| panic!("{} has no .msgpack beside it", path.display()));
         assert_eq!(bytes, expected, "{}: encoded bytes differ from the vector", path.display());
         assert_eq!(Envelope::decode(&expected).unwrap(), envelope, "{}: decoding the vector", path.display());
         checked += 1;

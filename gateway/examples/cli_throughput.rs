@@ -51,9 +51,7 @@ async fn main() {
     details.insert("roles".into(), Value::Dict(roles));
     ws.send(Ws::Binary(ser.encode(&Message::Hello { realm: "realm1".into(), details }).unwrap())).await.unwrap();
     ws.next().await.unwrap().unwrap();
-    ws.send(Ws::Binary(ser.encode(&Message::Subscribe { request: 1, options: Dict::new(), topic: "bench.cli".into() }).unwrap()))
-        .await
-        .unwrap();
+    ws.send(Ws::Binary(ser.encode(&Message::Subscribe { request: 1, options: Dict::new(), topic: "bench.cli".into() }).unwrap())).await.unwrap();
     ws.next().await.unwrap().unwrap();
 
     let mut lines = String::new();

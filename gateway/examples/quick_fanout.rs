@@ -57,11 +57,7 @@ fn main() {
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async move {
-        let mut config = Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            admin_listen: "127.0.0.1:0".parse().unwrap(),
-            ..Config::default()
-        };
+        let mut config = Config { listen: "127.0.0.1:0".parse().unwrap(), admin_listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
         config.limits.outbound_queue_messages = 100_000;
         config.limits.outbound_queue_bytes = 64 << 20;
         let gw = Gateway::bind(config).await.unwrap();

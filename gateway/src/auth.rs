@@ -134,8 +134,7 @@ impl Authenticator {
         let jwt = match (&auth.jwt_secret, &auth.jwt_public_key_file) {
             (Some(secret), _) => Some((DecodingKey::from_secret(secret.as_bytes()), vec![Algorithm::HS256])),
             (None, Some(path)) => {
-                let pem = std::fs::read(path)
-                    .map_err(|e| invalid(format!("auth.jwt_public_key_file: cannot read {}: {e}", path.display())))?;
+                let pem = std::fs::read(path).map_err(|e| invalid(format!("auth.jwt_public_key_file: cannot read {}: {e}", path.display())))?;
                 if String::from_utf8_lossy(&pem).contains("PRIVATE KEY") {
                     return Err(invalid(format!(
                         "auth.jwt_public_key_file: {} holds a PRIVATE key; give the gateway only the public key (openssl pkey -in private.pem -pubout)",
@@ -147,10 +146,7 @@ impl Authenticator {
                 } else if let Ok(key) = DecodingKey::from_ed_pem(&pem) {
                     Some((key, vec![Algorithm::EdDSA]))
                 } else {
-                    return Err(invalid(format!(
-                        "auth.jwt_public_key_file: {} is not a PEM RSA or Ed25519 public key",
-                        path.display()
-                    )));
+                    return Err(invalid(format!("auth.jwt_public_key_file: {} is not a PEM RSA or Ed25519 public key", path.display())));
                 }
             }
             (None, None) => None,
@@ -222,20 +218,16 @@ impl Authenticator {
         let Some(role) = self.roles.get(role_name) else {
             return Err(AuthFailure {
                 uri: err::NOT_AUTHORIZED,
-                message: format!("role `{role_name}` is not configured on this gateway; add [roles.{role_name}] or mint tokens with a configured role"),
+                message: format!(
+                    "role `{role_name}` is not configured on this gateway; add [roles.{role_name}] or mint tokens with a configured role"
+                ),
                 reason: "unknown_role",
             });
         };
         let permissions = if token_subscribe.is_none() && token_publish.is_none() {
             role.shared.clone()
         } else {
-            Arc::new(Permissions::new(
-                role.subscribe.clone(),
-                role.publish.clone(),
-                token_subscribe,
-                token_publish,
-                role.publish_options,
-            ))
+            Arc::new(Permissions::new(role.subscribe.clone(), role.publish.clone(), token_subscribe, token_publish, role.publish_options))
         };
         Ok(Authenticated {
             authid,
@@ -261,11 +253,19 @@ impl Authenticator {
         };
         let data = jsonwebtoken::decode::<Claims>(ticket, &jwt.key, &jwt.validation).map_err(|e| match e.kind() {
             JwtErrorKind::ExpiredSignature => failure("expired", "the token has expired; fetch a fresh one from the web-app and reconnect"),
-            JwtErrorKind::ImmatureSignature => failure("not_yet_valid", "the token is not valid yet (nbf); check the clocks of the web-app and the gateway"),
-            JwtErrorKind::InvalidSignature => failure("bad_signature", "the token's signature does not verify; the web-app and the gateway must share the same secret or key pair"),
-            JwtErrorKind::InvalidAudience => failure("wrong_audience", "the token's audience (aud) is not the one this gateway expects (auth.jwt_audience)"),
+            JwtErrorKind::ImmatureSignature => {
+                failure("not_yet_valid", "the token is not valid yet (nbf); check the clocks of the web-app and the gateway")
+            }
+            JwtErrorKind::InvalidSignature => {
+                failure("bad_signature", "the token's signature does not verify; the web-app and the gateway must share the same secret or key pair")
+            }
+            JwtErrorKind::InvalidAudience => {
+                failure("wrong_audience", "the token's audience (aud) is not the one this gateway expects (auth.jwt_audience)")
+            }
             JwtErrorKind::InvalidIssuer => failure("wrong_issuer", "the token's issuer (iss) is not the one this gateway expects (auth.jwt_issuer)"),
-            JwtErrorKind::InvalidAlgorithm => failure("wrong_algorithm", "the token is signed with an algorithm this gateway does not accept for its key"),
+            JwtErrorKind::InvalidAlgorithm => {
+                failure("wrong_algorithm", "the token is signed with an algorithm this gateway does not accept for its key")
+            }
             JwtErrorKind::MissingRequiredClaim(c) => failure("missing_claims", format!("the token has no `{c}` claim, which this gateway requires")),
             _ => failure("malformed", "the ticket is not a well-formed JWT with the claims sub (string) and exp (number)"),
         })?;

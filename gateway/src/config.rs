@@ -422,9 +422,9 @@ impl Config {
         if let Some(allow) = overrides.allow_anonymous {
             fig = fig.merge(Serialized::default("auth.allow_anonymous", allow));
         }
-        let config: Config = fig.extract().map_err(|e| {
-            ConfigError::Parse(e.into_iter().map(|e| format!("configuration error: {e}")).collect::<Vec<_>>().join("\n"))
-        })?;
+        let config: Config = fig
+            .extract()
+            .map_err(|e| ConfigError::Parse(e.into_iter().map(|e| format!("configuration error: {e}")).collect::<Vec<_>>().join("\n")))?;
         config.validate()?;
         Ok(config)
     }
@@ -451,7 +451,9 @@ impl Config {
         }
         if let Some(secret) = &self.auth.jwt_secret {
             if secret.len() < 32 {
-                return invalid("key `auth.jwt_secret` (TELEGRAPHY_JWT_SECRET) must be at least 32 bytes; generate one with `openssl rand -hex 32`".into());
+                return invalid(
+                    "key `auth.jwt_secret` (TELEGRAPHY_JWT_SECRET) must be at least 32 bytes; generate one with `openssl rand -hex 32`".into(),
+                );
             }
         }
         if self.auth.jwt_secret.is_some() && self.auth.jwt_public_key_file.is_some() {
@@ -469,8 +471,7 @@ impl Config {
         }
         for (name, role) in &self.roles {
             for pattern in role.subscribe.iter().chain(&role.publish) {
-                crate::authz::Pattern::parse(pattern)
-                    .map_err(|e| ConfigError::Invalid(format!("key `roles.{name}`: {e}")))?;
+                crate::authz::Pattern::parse(pattern).map_err(|e| ConfigError::Invalid(format!("key `roles.{name}`: {e}")))?;
             }
             if role.publish_rate < 0.0 || !role.publish_rate.is_finite() {
                 return invalid(format!("key `roles.{name}.publish_rate` must be 0 (no limit) or a positive number"));

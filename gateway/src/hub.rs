@@ -100,13 +100,7 @@ impl Hub {
     }
 
     /// Adds `session` to the subscription for (policy, uri), creating it if needed.
-    pub fn subscribe(
-        &self,
-        session: &Arc<SessionHandle>,
-        policy: MatchPolicy,
-        uri: &str,
-        check: Option<Arc<Permissions>>,
-    ) -> Subscribed {
+    pub fn subscribe(&self, session: &Arc<SessionHandle>, policy: MatchPolicy, uri: &str, check: Option<Arc<Permissions>>) -> Subscribed {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         let key: Arc<str> = Arc::from(uri);
         let id = match inner.by_key.get(&(policy, key.clone())) {
@@ -243,13 +237,7 @@ impl Hub {
                 details.insert("publisher_authid".into(), Value::Str(p.authid.clone()));
                 details.insert("publisher_authrole".into(), Value::Str(p.authrole.clone()));
             }
-            let eref = EventRef {
-                subscription: id,
-                publication: event.publication,
-                details: &details,
-                args: &event.args,
-                kwargs: &event.kwargs,
-            };
+            let eref = EventRef { subscription: id, publication: event.publication, details: &details, args: &event.args, kwargs: &event.kwargs };
             let mut frames: [Option<WsMessage>; 2] = [None, None];
             'subscribers: for (sid, subscriber) in &sub.subscribers {
                 if excluded_self == Some(*sid) {

@@ -34,8 +34,7 @@ pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> anyhow::Result<TlsAcce
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("tls.cert_file {} is not a PEM certificate chain", cert_file.display()))?;
     anyhow::ensure!(!certs.is_empty(), "tls.cert_file {} holds no certificate", cert_file.display());
-    let key = PrivateKeyDer::from_pem_file(key_file)
-        .with_context(|| format!("tls.key_file {} is not a PEM private key", key_file.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key_file).with_context(|| format!("tls.key_file {} is not a PEM private key", key_file.display()))?;
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .context("TLS protocol setup")?
@@ -47,13 +46,7 @@ pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> anyhow::Result<TlsAcce
 
 /// Serves `app` on `listener` until `stop` is cancelled, then waits for
 /// in-flight HTTP requests (the caller bounds that wait).
-pub async fn serve(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    app: Router,
-    stop: CancellationToken,
-    header_timeout: Duration,
-) {
+pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, app: Router, stop: CancellationToken, header_timeout: Duration) {
     let graceful = GracefulShutdown::new();
     // HTTP/1 only: WebSockets upgrade over HTTP/1, and the header timeout
     // (slowloris guard) applies to HTTP/1 connections.

@@ -14,7 +14,10 @@ use telegraphy_gateway::{server, Config, Gateway};
 /// variables (nested keys with `__`, e.g. TELEGRAPHY_LIMITS__MAX_MESSAGE_SIZE=131072),
 /// then these flags. See docs/configuration.md.
 #[derive(Parser, Debug)]
-#[command(version, after_help = "Examples:\n  telegraphy-gateway --dev                      # demo page at http://127.0.0.1:8080/\n  telegraphy-gateway --config deploy/telegraphy.toml\n  TELEGRAPHY_API_KEYS=$(openssl rand -hex 24) telegraphy-gateway --listen 0.0.0.0:8080")]
+#[command(
+    version,
+    after_help = "Examples:\n  telegraphy-gateway --dev                      # demo page at http://127.0.0.1:8080/\n  telegraphy-gateway --config deploy/telegraphy.toml\n  TELEGRAPHY_API_KEYS=$(openssl rand -hex 24) telegraphy-gateway --listen 0.0.0.0:8080"
+)]
 struct Args {
     /// TOML configuration file (see deploy/telegraphy.toml).
     #[arg(long, short, value_name = "FILE")]

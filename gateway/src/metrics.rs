@@ -187,9 +187,8 @@ impl Metrics {
         let published = counter_vec(name::EVENTS_PUBLISHED, "Events accepted by the bus, by source.", "source");
         let violations_vec = counter_vec(name::PROTOCOL_VIOLATIONS, "WAMP protocol violations, by kind.", "kind");
         let fanout_duration = Histogram::with_opts(
-            HistogramOpts::new(name::FANOUT_DURATION, "Time to queue one event to every local subscriber.").buckets(vec![
-                0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-            ]),
+            HistogramOpts::new(name::FANOUT_DURATION, "Time to queue one event to every local subscriber.")
+                .buckets(vec![0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1]),
         )
         .expect("valid metric");
         reg(Box::new(fanout_duration.clone()));

@@ -62,11 +62,7 @@ impl Node {
         metrics: Arc<Metrics>,
     ) -> Arc<Node> {
         metrics.max_connections.set(config.limits.max_connections as i64);
-        let hubs = config
-            .realms
-            .iter()
-            .map(|realm| (realm.clone(), Arc::new(Hub::new(realm, bus.clone(), metrics.clone(), id))))
-            .collect();
+        let hubs = config.realms.iter().map(|realm| (realm.clone(), Arc::new(Hub::new(realm, bus.clone(), metrics.clone(), id)))).collect();
         Arc::new(Node {
             uri_rules: config.uri_rules.into(),
             api_keys: config.effective_api_keys(),

@@ -55,16 +55,7 @@ async fn handle(node: &Node, body: &[u8]) -> Result<u64, PublishFailure> {
     let request = parse_body(body, default_realm, |r| node.hubs.contains_key(r), node.uri_rules).map_err(PublishFailure::bad)?;
     let PublishRequest { realm, topic, args, kwargs, filter } = request;
     let publication = random_id();
-    let event = Envelope {
-        realm,
-        publication,
-        topic,
-        args,
-        kwargs,
-        filter,
-        publisher: None,
-        published_at_us: now_us(),
-    };
+    let event = Envelope { realm, publication, topic, args, kwargs, filter, publisher: None, published_at_us: now_us() };
     node.bus.publish(event).await.map_err(|e| match e {
         PublishError::Unavailable(_) => PublishFailure(StatusCode::SERVICE_UNAVAILABLE, "bus_unavailable", format!("{e}; retry later")),
         PublishError::Rejected(_) => PublishFailure::bad(e.to_string()),
@@ -96,9 +87,7 @@ pub fn parse_body(
     realm_exists: impl Fn(&str) -> bool,
     rules: telegraphy_wamp::UriRules,
 ) -> Result<PublishRequest, String> {
-    let value = telegraphy_wamp::Serialization::Json
-        .decode_value(body)
-        .map_err(|e| format!("the body must be a JSON object: {e}"))?;
+    let value = telegraphy_wamp::Serialization::Json.decode_value(body).map_err(|e| format!("the body must be a JSON object: {e}"))?;
     let Value::Dict(mut fields) = value else {
         return Err("the body must be a JSON object with at least a \"topic\"".into());
     };
@@ -159,15 +148,14 @@ fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), PublishFailure> {
         ));
     }
     let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Err(PublishFailure(
-            StatusCode::UNAUTHORIZED,
-            "missing_api_key",
-            "send the API key as `Authorization: Bearer KEY`".into(),
-        ));
+        return Err(PublishFailure(StatusCode::UNAUTHORIZED, "missing_api_key", "send the API key as `Authorization: Bearer KEY`".into()));
     };
-    let key = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim).ok_or_else(|| {
-        PublishFailure(StatusCode::UNAUTHORIZED, "missing_api_key", "the Authorization header must be `Bearer KEY`".into())
-    })?;
+    let key = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| PublishFailure(StatusCode::UNAUTHORIZED, "missing_api_key", "the Authorization header must be `Bearer KEY`".into()))?;
     let mut ok = false;
     for candidate in &node.api_keys {
         ok |= bool::from(candidate.as_bytes().ct_eq(key.as_bytes()));

@@ -71,8 +71,8 @@ impl Gateway {
         let inbound = Inbound::new(tx, BusMetrics::register(metrics.registry()));
         let node_id = fastrand::u64(1..);
         let bus = telegraphy_bus::start(&config.bus, &config.bus_options(node_id), inbound)?;
-        let public = bind_listener(config.listen)
-            .with_context(|| format!("cannot listen on {} (listen); is another process using it?", config.listen))?;
+        let public =
+            bind_listener(config.listen).with_context(|| format!("cannot listen on {} (listen); is another process using it?", config.listen))?;
         let admin = TcpListener::bind(config.admin_listen)
             .await
             .with_context(|| format!("cannot listen on {} (admin_listen); is another process using it?", config.admin_listen))?;
@@ -119,9 +119,7 @@ impl Gateway {
             .route("/publish", post(publish::publish))
             .layer(DefaultBodyLimit::max(config.limits.max_message_size + 1));
         if config.dev {
-            app = app
-                .route("/", get(|| async { Html(DEMO_PAGE) }))
-                .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }));
+            app = app.route("/", get(|| async { Html(DEMO_PAGE) })).route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }));
         }
         let app = app.with_state(node.clone());
         let admin_app = Router::new()
@@ -134,18 +132,10 @@ impl Gateway {
         let admin_stop = tokio_util::sync::CancellationToken::new();
         let admin_task = {
             let stop = admin_stop.clone();
-            tokio::spawn(async move {
-                axum::serve(admin, admin_app).with_graceful_shutdown(async move { stop.cancelled().await }).await
-            })
+            tokio::spawn(async move { axum::serve(admin, admin_app).with_graceful_shutdown(async move { stop.cancelled().await }).await })
         };
 
-        let mut serve = tokio::spawn(crate::listener::serve(
-            public,
-            tls,
-            app,
-            node.shutdown.clone(),
-            config.limits.http_header_timeout,
-        ));
+        let mut serve = tokio::spawn(crate::listener::serve(public, tls, app, node.shutdown.clone(), config.limits.http_header_timeout));
         let early_exit = tokio::select! {
             _ = shutdown => None,
             r = &mut serve => Some(r),
@@ -174,10 +164,7 @@ impl Gateway {
         node.sessions.close();
         tracing::info!(sessions = node.metrics.connections.get(), "draining sessions");
         if tokio::time::timeout_at(deadline, node.sessions.wait()).await.is_err() {
-            tracing::warn!(
-                remaining = node.metrics.connections.get(),
-                "drain deadline reached with sessions still open; exiting anyway"
-            );
+            tracing::warn!(remaining = node.metrics.connections.get(), "drain deadline reached with sessions still open; exiting anyway");
         }
         if tokio::time::timeout_at(deadline, &mut serve).await.is_err() {
             tracing::warn!("drain deadline reached with HTTP requests in flight; exiting anyway");

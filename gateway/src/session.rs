@@ -20,8 +20,7 @@ use crate::options;
 fn rate_limiter(rate: f64, burst: u32) -> Option<governor::DefaultDirectRateLimiter> {
     let period = std::time::Duration::from_secs_f64(1.0 / rate.max(1e-6));
     // A rate too high to express (a zero period) means no limit.
-    let quota = governor::Quota::with_period(period)?
-        .allow_burst(std::num::NonZeroU32::new(burst).unwrap_or(std::num::NonZeroU32::MIN));
+    let quota = governor::Quota::with_period(period)?.allow_burst(std::num::NonZeroU32::new(burst).unwrap_or(std::num::NonZeroU32::MIN));
     Some(governor::RateLimiter::direct(quota))
 }
 
@@ -40,8 +39,17 @@ pub enum Flow {
 enum State {
     AwaitingHello,
     /// CHALLENGE sent; waiting for AUTHENTICATE.
-    Challenged { realm: String, hub: Arc<Hub>, method: Challenge },
-    Established { realm: String, hub: Arc<Hub>, subscriptions: HashSet<Id>, rights: Rights },
+    Challenged {
+        realm: String,
+        hub: Arc<Hub>,
+        method: Challenge,
+    },
+    Established {
+        realm: String,
+        hub: Arc<Hub>,
+        subscriptions: HashSet<Id>,
+        rights: Rights,
+    },
     Closed,
 }
 
@@ -80,9 +88,7 @@ impl Session {
     pub async fn handle_payload(&mut self, payload: &[u8]) -> Flow {
         match self.handle.serialization.decode(payload) {
             Ok(msg) => self.handle(msg).await,
-            Err(telegraphy_wamp::DecodeError::Syntax(e)) => {
-                self.violation(Violation::Malformed, &format!("could not decode the message: {e}"))
-            }
+            Err(telegraphy_wamp::DecodeError::Syntax(e)) => self.violation(Violation::Malformed, &format!("could not decode the message: {e}")),
             Err(telegraphy_wamp::DecodeError::Message(e)) => self.violation(Violation::InvalidMessage, &e.to_string()),
         }
     }
@@ -96,22 +102,18 @@ impl Session {
                 self.state = State::Closed;
                 Flow::Close(close::NORMAL)
             }
-            (State::AwaitingHello, other) => self.violation(
-                Violation::WrongState,
-                &format!("{} before the session was established; send HELLO first", other.name()),
-            ),
+            (State::AwaitingHello, other) => {
+                self.violation(Violation::WrongState, &format!("{} before the session was established; send HELLO first", other.name()))
+            }
             (State::Challenged { .. }, Message::Authenticate { signature, .. }) => self.authenticate(signature),
             (State::Challenged { .. }, Message::Abort { .. }) => {
                 self.state = State::Closed;
                 Flow::Close(close::NORMAL)
             }
-            (State::Challenged { .. }, other) => self.violation(
-                Violation::WrongState,
-                &format!("{} while authenticating; send AUTHENTICATE", other.name()),
-            ),
-            (State::Established { .. }, Message::Hello { .. }) => {
-                self.violation(Violation::WrongState, "HELLO on an established session")
+            (State::Challenged { .. }, other) => {
+                self.violation(Violation::WrongState, &format!("{} while authenticating; send AUTHENTICATE", other.name()))
             }
+            (State::Established { .. }, Message::Hello { .. }) => self.violation(Violation::WrongState, "HELLO on an established session"),
             (State::Established { .. }, Message::Goodbye { .. }) => {
                 self.send_last(&Message::Goodbye { details: Dict::new(), reason: err::GOODBYE_AND_OUT.into() });
                 self.cleanup();
@@ -138,10 +140,9 @@ impl Session {
                 self.error(code, request, error, "this router implements the broker role only (publish/subscribe)");
                 Flow::Continue
             }
-            (State::Established { .. }, other) => self.violation(
-                Violation::WrongState,
-                &format!("{} is not a message a client sends to a broker here", other.name()),
-            ),
+            (State::Established { .. }, other) => {
+                self.violation(Violation::WrongState, &format!("{} is not a message a client sends to a broker here", other.name()))
+            }
         }
     }
 
@@ -170,10 +171,7 @@ impl Session {
         if methods.contains(&"wampcra") {
             let authid = details.get("authid").and_then(Value::as_str).unwrap_or_default();
             if let Some(challenge) = auth.cra_challenge(authid, self.handle.id) {
-                self.send(&Message::Challenge {
-                    authmethod: "wampcra".into(),
-                    extra: dict! {"challenge" => challenge.challenge.clone()},
-                });
+                self.send(&Message::Challenge { authmethod: "wampcra".into(), extra: dict! {"challenge" => challenge.challenge.clone()} });
                 self.state = State::Challenged { realm, hub, method: Challenge::Cra(challenge) };
                 return Flow::Continue;
             }
@@ -223,15 +221,8 @@ impl Session {
     }
 
     fn welcome(&mut self, realm: String, hub: Arc<Hub>, who: Authenticated) -> Flow {
-        let features = |names: &[&str]| {
-            Value::Dict(names.iter().map(|n| (n.to_string(), Value::Bool(true))).collect::<Dict>())
-        };
-        let broker = features(&[
-            "pattern_based_subscription",
-            "publisher_exclusion",
-            "publisher_identification",
-            "subscriber_blackwhite_listing",
-        ]);
+        let features = |names: &[&str]| Value::Dict(names.iter().map(|n| (n.to_string(), Value::Bool(true))).collect::<Dict>());
+        let broker = features(&["pattern_based_subscription", "publisher_exclusion", "publisher_identification", "subscriber_blackwhite_listing"]);
         let mut roles = Dict::new();
         roles.insert("broker".into(), Value::Dict(dict! {"features" => broker}));
         let mut welcome = dict! {
@@ -254,12 +245,7 @@ impl Session {
         let _ = self.handle.identity.set(Identity { authid: who.authid, authrole: who.authrole });
         let limiter = (who.role.publish_rate > 0.0).then(|| rate_limiter(who.role.publish_rate, who.role.publish_burst)).flatten();
         self.send(&Message::Welcome { session: self.handle.id, details: welcome });
-        self.state = State::Established {
-            realm,
-            hub,
-            subscriptions: HashSet::new(),
-            rights: Rights { permissions: who.permissions, limiter },
-        };
+        self.state = State::Established { realm, hub, subscriptions: HashSet::new(), rights: Rights { permissions: who.permissions, limiter } };
         self.node.metrics.sessions.inc();
         self.node.metrics.sessions_total.inc();
         tracing::debug!(session = self.handle.id, serializer = self.handle.serialization.label(), "session established");
@@ -305,12 +291,7 @@ impl Session {
             }
         };
         if !uri::is_valid(&topic, self.node.uri_rules, UriKind::Pattern(policy)) {
-            return self.error(
-                code::SUBSCRIBE,
-                request,
-                err::INVALID_URI,
-                &format!("`{topic}` is not a valid topic for a {policy} subscription"),
-            );
+            return self.error(code::SUBSCRIBE, request, err::INVALID_URI, &format!("`{topic}` is not a valid topic for a {policy} subscription"));
         }
         let limit = self.node.config.limits.max_subscriptions_per_session;
         let State::Established { hub, subscriptions, rights, .. } = &mut self.state else { return };
@@ -319,12 +300,7 @@ impl Session {
             Decision::Partial => Some(rights.permissions.clone()),
             Decision::Denied => {
                 self.node.metrics.denied_subscribe.inc();
-                return self.error(
-                    code::SUBSCRIBE,
-                    request,
-                    err::NOT_AUTHORIZED,
-                    &format!("your role may not subscribe to `{topic}` ({policy})"),
-                );
+                return self.error(code::SUBSCRIBE, request, err::NOT_AUTHORIZED, &format!("your role may not subscribe to `{topic}` ({policy})"));
             }
         };
         if let Some(id) = hub.subscription_id(policy, &topic).filter(|id| subscriptions.contains(id)) {
@@ -356,12 +332,7 @@ impl Session {
             hub.unsubscribe(self.handle.id, subscription);
             self.send(&Message::Unsubscribed { request });
         } else {
-            self.error(
-                code::UNSUBSCRIBE,
-                request,
-                err::NO_SUCH_SUBSCRIPTION,
-                &format!("this session holds no subscription {subscription}"),
-            );
+            self.error(code::UNSUBSCRIBE, request, err::NO_SUCH_SUBSCRIPTION, &format!("this session holds no subscription {subscription}"));
         }
     }
 

@@ -178,11 +178,9 @@ async fn wamp_cra_for_services() {
     config.auth.cra.push(CraUser { authid: "backend".into(), secret: "cra-secret-0123456789".into(), role: "staff".into() });
     let gw = TestGateway::start_with(config).await;
     // Unknown authids are challenged too: the handshake does not reveal who exists.
-    for (authid, secret, ok) in [
-        ("backend", "cra-secret-0123456789", true),
-        ("backend", "wrong-secret-000000000", false),
-        ("nobody", "cra-secret-0123456789", false),
-    ] {
+    for (authid, secret, ok) in
+        [("backend", "cra-secret-0123456789", true), ("backend", "wrong-secret-000000000", false), ("nobody", "cra-secret-0123456789", false)]
+    {
         let mut c = Client::open(&gw, JSON).await;
         c.send(&util::hello_with("realm1", &["wampcra"], Some(authid))).await;
         let challenge = match c.recv().await {
@@ -223,7 +221,8 @@ async fn anonymous_only_when_configured_with_its_own_role() {
         other => panic!("expected ERROR, got {other:?}"),
     }
     // Publishing is not in the anonymous role.
-    a.send(&Message::Publish { request: 51, options: dict! {"acknowledge" => true}, topic: "public.news".into(), args: vec![], kwargs: Dict::new() }).await;
+    a.send(&Message::Publish { request: 51, options: dict! {"acknowledge" => true}, topic: "public.news".into(), args: vec![], kwargs: Dict::new() })
+        .await;
     match a.recv().await {
         Message::Error { error, request: 51, .. } => assert_eq!(error, err::NOT_AUTHORIZED),
         other => panic!("expected ERROR, got {other:?}"),
@@ -330,7 +329,8 @@ async fn token_claims_narrow_the_role_and_publish_rights() {
     assert_eq!(c.event().await.1, vec![Value::from("marker")]);
     // Publish: the token allows chat.room1 only, the role chat.*.
     c.publish("chat.room1", vec![], Dict::new()).await;
-    c.send(&Message::Publish { request: 91, options: dict! {"acknowledge" => true}, topic: "chat.room2".into(), args: vec![], kwargs: Dict::new() }).await;
+    c.send(&Message::Publish { request: 91, options: dict! {"acknowledge" => true}, topic: "chat.room2".into(), args: vec![], kwargs: Dict::new() })
+        .await;
     loop {
         match c.recv().await {
             Message::Error { request: 91, error, .. } => {

@@ -40,23 +40,23 @@ async fn malformed_and_invalid_messages_abort_with_protocol_violation() {
     bystander.subscribe("com.bystander", "exact").await;
 
     let json_cases: &[(&str, bool)] = &[
-        ("[1, \"realm1\"", false),                               // truncated JSON
-        ("not json at all", false),                              // garbage
-        ("{\"hello\": 1}", false),                               // not a list
-        ("[]", false),                                           // empty list
-        ("[\"HELLO\", \"realm1\", {}]", false),                  // code not an integer
-        ("[99, 1, 2]", false),                                   // unknown code
-        ("[1, \"realm1\"]", false),                              // HELLO missing details
-        ("[1, 5, {\"roles\": {\"subscriber\": {}}}]", false),   // realm not a string
-        ("[1, \"realm1\", {}]", false),                          // HELLO without roles
-        ("[32, 1, {}, \"a.b\"]", false),                         // SUBSCRIBE before WELCOME
+        ("[1, \"realm1\"", false),                                    // truncated JSON
+        ("not json at all", false),                                   // garbage
+        ("{\"hello\": 1}", false),                                    // not a list
+        ("[]", false),                                                // empty list
+        ("[\"HELLO\", \"realm1\", {}]", false),                       // code not an integer
+        ("[99, 1, 2]", false),                                        // unknown code
+        ("[1, \"realm1\"]", false),                                   // HELLO missing details
+        ("[1, 5, {\"roles\": {\"subscriber\": {}}}]", false),         // realm not a string
+        ("[1, \"realm1\", {}]", false),                               // HELLO without roles
+        ("[32, 1, {}, \"a.b\"]", false),                              // SUBSCRIBE before WELCOME
         ("[1, \"realm1\", {\"roles\": {\"subscriber\": {}}}]", true), // second HELLO
-        ("[32, 9007199254740993, {}, \"a.b\"]", true),          // request id above 2^53
-        ("[32, 1, {}]", true),                                   // SUBSCRIBE missing topic
-        ("[16, 1, [], \"a.b\"]", true),                          // options not a dict
-        ("[36, 1, 2, {}]", true),                                // EVENT sent by a client
-        ("[8, 68, 1, {}, \"x.y\"]", true),                       // ERROR with no INVOCATION
-        ("[1, \"realm1\", {\"x\": NaN}]", false),                // NaN is not JSON
+        ("[32, 9007199254740993, {}, \"a.b\"]", true),                // request id above 2^53
+        ("[32, 1, {}]", true),                                        // SUBSCRIBE missing topic
+        ("[16, 1, [], \"a.b\"]", true),                               // options not a dict
+        ("[36, 1, 2, {}]", true),                                     // EVENT sent by a client
+        ("[8, 68, 1, {}, \"x.y\"]", true),                            // ERROR with no INVOCATION
+        ("[1, \"realm1\", {\"x\": NaN}]", false),                     // NaN is not JSON
     ];
     for (fixture, join) in json_cases {
         expect_aborted(&gw, JSON, *join, text(fixture), err::PROTOCOL_VIOLATION, close::PROTOCOL_ERROR).await;
@@ -66,12 +66,12 @@ async fn malformed_and_invalid_messages_abort_with_protocol_violation() {
     expect_aborted(&gw, JSON, true, text(&deep), err::PROTOCOL_VIOLATION, close::PROTOCOL_ERROR).await;
 
     let msgpack_cases: &[(&[u8], bool)] = &[
-        (&[0xc1], false),                                  // never-used msgpack byte
-        (&[0x93, 0x01], false),                            // truncated array
-        (&[0xdd, 0xff, 0xff, 0xff, 0xff], false),          // array claiming 4 billion items
-        (&[0xdb, 0xff, 0xff, 0xff, 0xff, 0x61], false),    // string claiming 4 GiB
-        (&[0x93, 0x01, 0xa1, 0xff, 0x80], false),          // realm is invalid UTF-8 (read as binary: not a string)
-        (&[0x92, 0x01, 0x80, 0x00], false),                // trailing byte after the message
+        (&[0xc1], false),                                                                   // never-used msgpack byte
+        (&[0x93, 0x01], false),                                                             // truncated array
+        (&[0xdd, 0xff, 0xff, 0xff, 0xff], false),                                           // array claiming 4 billion items
+        (&[0xdb, 0xff, 0xff, 0xff, 0xff, 0x61], false),                                     // string claiming 4 GiB
+        (&[0x93, 0x01, 0xa1, 0xff, 0x80], false),                                           // realm is invalid UTF-8 (read as binary: not a string)
+        (&[0x92, 0x01, 0x80, 0x00], false),                                                 // trailing byte after the message
         (&[0x93, 0x01, 0xa6, b'r', b'e', b'a', b'l', b'm', b'1', 0x81, 0x01, 0x02], false), // dict key not a string
     ];
     for (fixture, join) in msgpack_cases {

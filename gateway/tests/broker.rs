@@ -41,14 +41,7 @@ async fn match_policies_and_shared_subscriptions() {
         got.push((sub, details.get("topic").cloned()));
     }
     got.sort_by_key(|(s, _)| *s);
-    assert_eq!(
-        got,
-        vec![
-            (exact, None),
-            (prefix, Some("com.app.user.update".into())),
-            (wildcard, Some("com.app.user.update".into())),
-        ]
-    );
+    assert_eq!(got, vec![(exact, None), (prefix, Some("com.app.user.update".into())), (wildcard, Some("com.app.user.update".into())),]);
     let (sub, args, details) = b.event().await;
     assert_eq!((sub, args, details.get("topic").cloned()), (prefix, vec![Value::from("u")], Some("com.app.user.update".into())));
 
@@ -127,8 +120,7 @@ async fn black_and_white_listing() {
         }
     }
     // Same options over HTTP.
-    let (status, _) =
-        gw.publish_http(serde_json::json!({"topic": "t.y", "args": ["http"], "options": {"exclude": [aid]}})).await;
+    let (status, _) = gw.publish_http(serde_json::json!({"topic": "t.y", "args": ["http"], "options": {"exclude": [aid]}})).await;
     assert_eq!(status, 200);
     let (status, _) = gw.publish_http(serde_json::json!({"topic": "t.y", "args": ["all"]})).await;
     assert_eq!(status, 200);
@@ -188,7 +180,17 @@ async fn http_publish_errors() {
     };
     check(post(None, "{\"topic\":\"a.b\"}".into()).await.unwrap(), 401, "missing_api_key").await;
     check(post(Some("wrong-key-000"), "{\"topic\":\"a.b\"}".into()).await.unwrap(), 403, "invalid_api_key").await;
-    for bad in ["", "[1]", "{\"topic\": 3}", "{\"args\": []}", "{\"topic\":\"a..b\"}", "{\"topic\":\"a.b\",\"args\":{}}", "{\"topic\":\"a.b\",\"extra\":1}", "{\"topic\":\"a.b\",\"options\":{\"eligible\":\"x\"}}", "{\"topic\":\"a.b\",\"realm\":\"nope\"}"] {
+    for bad in [
+        "",
+        "[1]",
+        "{\"topic\": 3}",
+        "{\"args\": []}",
+        "{\"topic\":\"a..b\"}",
+        "{\"topic\":\"a.b\",\"args\":{}}",
+        "{\"topic\":\"a.b\",\"extra\":1}",
+        "{\"topic\":\"a.b\",\"options\":{\"eligible\":\"x\"}}",
+        "{\"topic\":\"a.b\",\"realm\":\"nope\"}",
+    ] {
         check(post(Some(API_KEY), bad.into()).await.unwrap(), 400, "bad_request").await;
     }
     let big = format!("{{\"topic\":\"a.b\",\"args\":[\"{}\"]}}", "x".repeat(70_000));

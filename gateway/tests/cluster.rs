@@ -70,11 +70,8 @@ async fn expect_marker(c: &mut Client, marker: &str) {
 }
 
 async fn three_nodes(bus: Bus) {
-    let nodes = [
-        TestGateway::start_ready(bus.config()).await,
-        TestGateway::start_ready(bus.config()).await,
-        TestGateway::start_ready(bus.config()).await,
-    ];
+    let nodes =
+        [TestGateway::start_ready(bus.config()).await, TestGateway::start_ready(bus.config()).await, TestGateway::start_ready(bus.config()).await];
     let mut a = Client::join(&nodes[0], JSON).await;
     let mut b = Client::join(&nodes[1], MSGPACK).await;
     let mut c = Client::join(&nodes[2], JSON).await;
@@ -153,9 +150,8 @@ async fn three_nodes(bus: Bus) {
     let mut options = Dict::new();
     options.insert("eligible".into(), Value::List(vec![Value::UInt(c.session)]));
     a.publish("t.cluster.x", vec![Value::UInt(4)], options).await;
-    let (status, _) = nodes[1]
-        .publish_http(serde_json::json!({"topic": "t.cluster.x", "args": [5], "options": {"exclude_authid": [c.authid()]}}))
-        .await;
+    let (status, _) =
+        nodes[1].publish_http(serde_json::json!({"topic": "t.cluster.x", "args": [5], "options": {"exclude_authid": [c.authid()]}})).await;
     assert_eq!(status, 200);
     expect_once(&mut c, Value::UInt(4)).await;
     expect_once(&mut b, Value::UInt(5)).await;
@@ -173,13 +169,7 @@ async fn three_nodes(bus: Bus) {
 
 impl TestGateway {
     async fn publish_http_to(addr: std::net::SocketAddr, body: serde_json::Value) -> (u16, serde_json::Value) {
-        let resp = reqwest::Client::new()
-            .post(format!("http://{addr}/publish"))
-            .bearer_auth(util::API_KEY)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let resp = reqwest::Client::new().post(format!("http://{addr}/publish")).bearer_auth(util::API_KEY).json(&body).send().await.unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap())
     }
@@ -264,12 +254,8 @@ fn rabbitmqctl(args: &[&str]) -> String {
 
 fn bindings_of(exchange: &str) -> Vec<String> {
     let out = rabbitmqctl(&["list_bindings", "-q", "--no-table-headers", "source_name", "routing_key"]);
-    let mut keys: Vec<String> = out
-        .lines()
-        .filter_map(|l| l.split_once('\t'))
-        .filter(|(src, _)| *src == exchange)
-        .map(|(_, key)| key.to_string())
-        .collect();
+    let mut keys: Vec<String> =
+        out.lines().filter_map(|l| l.split_once('\t')).filter(|(src, _)| *src == exchange).map(|(_, key)| key.to_string()).collect();
     keys.sort();
     keys
 }

@@ -174,9 +174,7 @@ fn filter_from_flags(args: &Args) -> Filter {
 }
 
 fn parse_json(what: &str, text: &str) -> Result<Value, Failure> {
-    telegraphy_wamp::Serialization::Json
-        .decode_value(text.as_bytes())
-        .map_err(|e| bad(format!("{what} is not valid JSON: {e}")))
+    telegraphy_wamp::Serialization::Json.decode_value(text.as_bytes()).map_err(|e| bad(format!("{what} is not valid JSON: {e}")))
 }
 
 async fn publish_one(args: &Args, publisher: &Publisher) -> Result<(), Failure> {
@@ -261,13 +259,13 @@ fn filter_from_options(options: &Dict) -> Result<Filter, Failure> {
             Some(_) => Err(bad(format!("option \"{key}\" must be an array of strings"))),
         }
     };
-    if let Some(key) = options.keys().find(|k| {
-        !matches!(
-            k.as_str(),
-            "exclude" | "eligible" | "exclude_authid" | "eligible_authid" | "exclude_authrole" | "eligible_authrole"
-        )
-    }) {
-        return Err(bad(format!("unknown option \"{key}\"; use exclude, eligible, exclude_authid, eligible_authid, exclude_authrole or eligible_authrole")));
+    if let Some(key) = options
+        .keys()
+        .find(|k| !matches!(k.as_str(), "exclude" | "eligible" | "exclude_authid" | "eligible_authid" | "exclude_authrole" | "eligible_authrole"))
+    {
+        return Err(bad(format!(
+            "unknown option \"{key}\"; use exclude, eligible, exclude_authid, eligible_authid, exclude_authrole or eligible_authrole"
+        )));
     }
     Ok(Filter {
         exclude: ids("exclude")?.unwrap_or_default(),

@@ -261,10 +261,7 @@ async fn http_publish(client: &reqwest::Client, endpoint: &str, api_key: &str, e
             .ok_or_else(|| Error::new(ErrorKind::Rejected, format!("the gateway at {endpoint} answered 200 without a publication id"))),
         401 | 403 => Err(Error::new(ErrorKind::Unauthorized, format!("the gateway refused the API key: {message}"))),
         400 | 413 => Err(Error::new(ErrorKind::InvalidInput, format!("the gateway refused the event: {message}"))),
-        404 => Err(Error::new(
-            ErrorKind::InvalidInput,
-            format!("{endpoint} is not a Telegraphy publish endpoint (HTTP 404); check the gateway URL"),
-        )),
+        404 => Err(Error::new(ErrorKind::InvalidInput, format!("{endpoint} is not a Telegraphy publish endpoint (HTTP 404); check the gateway URL"))),
         503 => Err(Error::new(ErrorKind::Unavailable, format!("the gateway cannot take events now: {message}"))),
         other => Err(Error::new(ErrorKind::Unavailable, format!("the gateway answered HTTP {other}: {message}"))),
     }

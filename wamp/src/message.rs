@@ -48,26 +48,83 @@ pub mod code {
 #[derive(Debug, Clone, PartialEq)]
 #[allow(missing_docs)]
 pub enum Message {
-    Hello { realm: String, details: Dict },
-    Welcome { session: Id, details: Dict },
-    Abort { details: Dict, reason: String },
-    Challenge { authmethod: String, extra: Dict },
-    Authenticate { signature: String, extra: Dict },
-    Goodbye { details: Dict, reason: String },
-    Error { request_type: u64, request: Id, details: Dict, error: String, args: Vec<Value>, kwargs: Dict },
-    Publish { request: Id, options: Dict, topic: String, args: Vec<Value>, kwargs: Dict },
-    Published { request: Id, publication: Id },
-    Subscribe { request: Id, options: Dict, topic: String },
-    Subscribed { request: Id, subscription: Id },
-    Unsubscribe { request: Id, subscription: Id },
-    Unsubscribed { request: Id },
-    Event { subscription: Id, publication: Id, details: Dict, args: Vec<Value>, kwargs: Dict },
+    Hello {
+        realm: String,
+        details: Dict,
+    },
+    Welcome {
+        session: Id,
+        details: Dict,
+    },
+    Abort {
+        details: Dict,
+        reason: String,
+    },
+    Challenge {
+        authmethod: String,
+        extra: Dict,
+    },
+    Authenticate {
+        signature: String,
+        extra: Dict,
+    },
+    Goodbye {
+        details: Dict,
+        reason: String,
+    },
+    Error {
+        request_type: u64,
+        request: Id,
+        details: Dict,
+        error: String,
+        args: Vec<Value>,
+        kwargs: Dict,
+    },
+    Publish {
+        request: Id,
+        options: Dict,
+        topic: String,
+        args: Vec<Value>,
+        kwargs: Dict,
+    },
+    Published {
+        request: Id,
+        publication: Id,
+    },
+    Subscribe {
+        request: Id,
+        options: Dict,
+        topic: String,
+    },
+    Subscribed {
+        request: Id,
+        subscription: Id,
+    },
+    Unsubscribe {
+        request: Id,
+        subscription: Id,
+    },
+    Unsubscribed {
+        request: Id,
+    },
+    Event {
+        subscription: Id,
+        publication: Id,
+        details: Dict,
+        args: Vec<Value>,
+        kwargs: Dict,
+    },
     /// A dealer-role request (CALL, REGISTER, UNREGISTER): this router has no
     /// dealer yet, so it only needs the code and request id to answer ERROR.
-    DealerRequest { code: u64, request: Id },
+    DealerRequest {
+        code: u64,
+        request: Id,
+    },
     /// Another dealer-role message (CANCEL, YIELD, RESULT, REGISTERED, ...)
     /// that only makes sense once a dealer exchange is under way.
-    DealerOther { code: u64 },
+    DealerOther {
+        code: u64,
+    },
 }
 
 /// Why a list could not be read as a WAMP message.
@@ -288,12 +345,9 @@ impl Reader {
     fn id(&mut self, field: &'static str) -> Result<Id, MessageError> {
         match self.next() {
             Some(Value::UInt(n)) if n <= MAX_ID => Ok(n),
-            Some(Value::UInt(_)) => Err(MessageError::FieldType {
-                name: self.name,
-                field,
-                expected: "an integer in 0..=2^53",
-                got: "an integer above 2^53",
-            }),
+            Some(Value::UInt(_)) => {
+                Err(MessageError::FieldType { name: self.name, field, expected: "an integer in 0..=2^53", got: "an integer above 2^53" })
+            }
             Some(other) => Err(self.err(field, "an integer in 0..=2^53", &other)),
             None => Err(MessageError::FieldType { name: self.name, field, expected: "present", got: "nothing" }),
         }

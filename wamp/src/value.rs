@@ -170,9 +170,7 @@ impl ValueSeed {
     fn nested<E: de::Error>(self) -> Result<ValueSeed, E> {
         match self.depth_left.checked_sub(1) {
             Some(depth_left) => Ok(ValueSeed { depth_left, text: self.text }),
-            None => Err(E::custom(format_args!(
-                "lists and dictionaries nest deeper than {MAX_DEPTH} levels"
-            ))),
+            None => Err(E::custom(format_args!("lists and dictionaries nest deeper than {MAX_DEPTH} levels"))),
         }
     }
 }

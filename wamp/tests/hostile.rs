@@ -37,11 +37,21 @@ fn id() -> std::ops::RangeInclusive<u64> {
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
         ("[a-z.]{1,20}", dict()).prop_map(|(realm, details)| Message::Hello { realm, details }),
-        (id(), dict(), "[a-z.]{1,20}", args(), dict())
-            .prop_map(|(request, options, topic, args, kwargs)| Message::Publish { request, options, topic, args, kwargs }),
+        (id(), dict(), "[a-z.]{1,20}", args(), dict()).prop_map(|(request, options, topic, args, kwargs)| Message::Publish {
+            request,
+            options,
+            topic,
+            args,
+            kwargs
+        }),
         (id(), dict(), "[a-z.]{1,20}").prop_map(|(request, options, topic)| Message::Subscribe { request, options, topic }),
-        (id(), id(), dict(), args(), dict())
-            .prop_map(|(subscription, publication, details, args, kwargs)| Message::Event { subscription, publication, details, args, kwargs }),
+        (id(), id(), dict(), args(), dict()).prop_map(|(subscription, publication, details, args, kwargs)| Message::Event {
+            subscription,
+            publication,
+            details,
+            args,
+            kwargs
+        }),
     ]
 }
 

@@ -107,19 +107,11 @@ impl TestGateway {
     /// The value of one metric sample line (`name{labels}`), 0 if absent.
     pub async fn metric(&self, sample: &str) -> f64 {
         let text = self.metrics().await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
-            .unwrap_or(0.0)
+        text.lines().find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse().unwrap())).unwrap_or(0.0)
     }
 
     pub async fn publish_http(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
-        let resp = reqwest::Client::new()
-            .post(format!("http://{}/publish", self.addr))
-            .bearer_auth(API_KEY)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let resp = reqwest::Client::new().post(format!("http://{}/publish", self.addr)).bearer_auth(API_KEY).json(&body).send().await.unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap())
     }
