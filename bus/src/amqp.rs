@@ -238,21 +238,11 @@ impl Drop for AmqpBus {
 
 async fn run(s: Arc<Shared>, inbound: Inbound) {
     let mut supervisor = Supervisor::new("RabbitMQ", s.redacted.clone(), s.options.reconnect_max_delay);
-    while !s.stop.is_cancelled() {
+    let mut more = !s.stop.is_cancelled();
+    while more {
         let outcome = session(&s, &inbound, &mut supervisor).await;
         *s.publisher.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        let error = match outcome {
-            Ok(()) => {
-                s.interests.set_connected(false);
-                return;
-            }
-            Err(e) => e,
-        };
-        let delay = supervisor.down(&s.interests, &s.metrics, &error);
-        tokio::select! {
-            _ = s.stop.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
+        more = supervisor.session_ended(outcome, &s.stop, &s.interests, &s.metrics).await;
     }
 }
 

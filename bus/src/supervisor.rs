@@ -1,9 +1,12 @@
 //! The connection lifecycle both broker adapters share: readiness, the
 //! reconnect metrics, capped jittered backoff, and what is logged when.
-//! Each adapter's task runs `loop { session; supervisor.down(..) }` and its
-//! session calls [`Supervisor::up`] once subscriptions or bindings are in force.
+//! Each adapter's task runs `while supervisor.session_ended(..).await { session }`
+//! and its session calls [`Supervisor::up`] once subscriptions or bindings
+//! are in force.
 
 use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::interest::Interests;
@@ -46,9 +49,33 @@ impl Supervisor {
         self.first = false;
     }
 
+    /// A session ended: `Ok` means the adapter was stopped (returns false:
+    /// no next session); an error marks the adapter down and waits the
+    /// backoff delay, or until `stop` (returns whether to start another).
+    pub(crate) async fn session_ended(
+        &mut self,
+        outcome: Result<(), String>,
+        stop: &CancellationToken,
+        interests: &Interests,
+        metrics: &BusMetrics,
+    ) -> bool {
+        let error = match outcome {
+            Ok(()) => {
+                interests.set_connected(false);
+                return false;
+            }
+            Err(e) => e,
+        };
+        let delay = self.down(interests, metrics, &error);
+        tokio::select! {
+            _ = stop.cancelled() => false,
+            _ = tokio::time::sleep(delay) => !stop.is_cancelled(),
+        }
+    }
+
     /// The session ended with `error`: marks the adapter down and returns how
     /// long to wait before the next attempt.
-    pub(crate) fn down(&mut self, interests: &Interests, metrics: &BusMetrics, error: &str) -> Duration {
+    fn down(&mut self, interests: &Interests, metrics: &BusMetrics, error: &str) -> Duration {
         interests.set_connected(false);
         metrics.connected.set(0);
         metrics.interests.set(0);
