@@ -16,6 +16,13 @@ cd "$(dirname "$0")/.."
 echo "==> brokers (Redis, RabbitMQ)"
 bash scripts/services.sh
 
+echo "==> Rust formatting (rustfmt.toml; fix with: cargo fmt --all)"
+if rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || command -v rustfmt >/dev/null; then
+  cargo fmt --all --check
+else
+  echo "rustfmt is not installed here (rustup component add rustfmt); skipping the format check"
+fi
+
 echo "==> building the workspace"
 cargo build --workspace --all-targets --locked
 
