@@ -385,6 +385,19 @@ fn emit(c: &Common, mut line: serde_json::Value) -> anyhow::Result<()> {
 /// run make its figures suspect; the run is flagged.
 const OTHER_CPU_WARN: f64 = 20.0;
 
+/// Prints how the machine's CPU was spent during a run (percent of one
+/// core), warns when other processes took a share that disturbs the
+/// figures, and returns the same as the JSON line's `machine_cpu`.
+fn machine_cpu_line(machine: f64, bench: f64, router: f64) -> serde_json::Value {
+    let other = (machine - bench - router).max(0.0);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("  machine CPU {machine:.0}% of {cores} cores: load generator {bench:.0}%, router {router:.0}%, other processes {other:.0}%");
+    if other > OTHER_CPU_WARN {
+        println!("  WARNING: other processes took {other:.0}% CPU during this run: its figures are disturbed");
+    }
+    serde_json::json!({"total_pct": machine, "bench_pct": bench, "router_pct": router, "other_pct": other})
+}
+
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
@@ -487,7 +500,6 @@ async fn load_scenario(name: &str, a: LoadArgs, nodes: usize, ceiling: bool) -> 
             (Some(a), Some(b)) => procstat::machine_pct(&a.3, &b.3),
             _ => (0.0, 0.0),
         };
-        let other_cpu = (machine_cpu - bench_cpu - cpu).max(0.0);
         let rss_idle = pub_mark.as_ref().and_then(|m| m.2).map(|s| s.rss_kib).unwrap_or(0);
         let rss_peak = match (&pub_mark, &done_mark) {
             (Some(p), Some(d)) => sampler.peak_rss(p.1, d.1).unwrap_or(0).max(d.2.map(|s| s.rss_kib).unwrap_or(0)),
@@ -527,13 +539,7 @@ async fn load_scenario(name: &str, a: LoadArgs, nodes: usize, ceiling: bool) -> 
                 mib(rss_peak)
             );
         }
-        println!(
-            "  machine CPU {machine_cpu:.0}% of {} cores: load generator {bench_cpu:.0}%, router {cpu:.0}%, other processes {other_cpu:.0}%",
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-        );
-        if other_cpu > OTHER_CPU_WARN {
-            println!("  WARNING: other processes took {other_cpu:.0}% CPU during this run: its figures are disturbed");
-        }
+        let machine_cpu = machine_cpu_line(machine_cpu, bench_cpu, cpu);
         if result.disconnects + result.publish_errors + result.window_timeouts > 0 {
             println!(
                 "  problems: {} subscriber disconnects, {} publish errors, {} window timeouts",
@@ -560,7 +566,7 @@ async fn load_scenario(name: &str, a: LoadArgs, nodes: usize, ceiling: bool) -> 
                 "run": run + 1,
                 "result": result,
                 "router": {"cpu_pct": cpu, "rss_start_kib": rss_start, "rss_sessions_kib": rss_idle, "rss_peak_kib": rss_peak, "pids": r.pids},
-                "machine_cpu": {"total_pct": machine_cpu, "bench_pct": bench_cpu, "router_pct": cpu, "other_pct": other_cpu},
+                "machine_cpu": machine_cpu,
             }),
         )?;
         drop(r);
@@ -617,11 +623,7 @@ async fn storm(a: StormArgs) -> anyhow::Result<()> {
         if let (Some(b), Some(x)) = (before, after) {
             println!("  router CPU {:.0}% · RSS {} → {}", cpu, mib(b.rss_kib), mib(x.rss_kib));
         }
-        let other_cpu = (machine_cpu - bench_cpu - cpu).max(0.0);
-        println!("  machine CPU {machine_cpu:.0}%: load generator {bench_cpu:.0}%, router {cpu:.0}%, other processes {other_cpu:.0}%");
-        if other_cpu > OTHER_CPU_WARN {
-            println!("  WARNING: other processes took {other_cpu:.0}% CPU during this run: its figures are disturbed");
-        }
+        let machine_cpu = machine_cpu_line(machine_cpu, bench_cpu, cpu);
         rates.push(per_s);
         emit(
             c,
@@ -639,7 +641,7 @@ async fn storm(a: StormArgs) -> anyhow::Result<()> {
                     "elapsed_s": opened.elapsed.as_secs_f64(), "sessions_per_s": per_s, "handshake_us": h,
                 },
                 "router": {"cpu_pct": cpu, "rss_start_kib": before.map(|s| s.rss_kib), "rss_end_kib": after.map(|s| s.rss_kib), "pids": r.pids},
-                "machine_cpu": {"total_pct": machine_cpu, "bench_pct": bench_cpu, "router_pct": cpu, "other_pct": other_cpu},
+                "machine_cpu": machine_cpu,
             }),
         )?;
         let sessions = opened.sessions;

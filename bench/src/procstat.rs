@@ -14,14 +14,18 @@ pub struct Sample {
     pub rss_kib: u64,
 }
 
+/// Clock ticks per second of /proc's CPU times (asked of `getconf` once).
 fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// Reads (cpu seconds, rss KiB) of one pid.
@@ -112,7 +116,7 @@ pub struct CpuMark {
 impl CpuMark {
     /// Reads /proc/stat and /proc/self/stat now.
     pub fn now() -> CpuMark {
-        let ticks = clock_ticks_cached();
+        let ticks = clock_ticks();
         let machine_s = std::fs::read_to_string("/proc/stat")
             .ok()
             .and_then(|s| {
@@ -132,9 +136,4 @@ impl CpuMark {
 pub fn machine_pct(a: &CpuMark, b: &CpuMark) -> (f64, f64) {
     let dt = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
     (100.0 * (b.machine_s - a.machine_s) / dt, 100.0 * (b.bench_s - a.bench_s) / dt)
-}
-
-fn clock_ticks_cached() -> f64 {
-    static T: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *T.get_or_init(clock_ticks)
 }
