@@ -7,7 +7,7 @@
 //!   `TELEGRAPHY_*` env, flags), validated at startup.
 //! * [`server`]: listeners, routes and the single owner of shutdown/drain.
 //! * [`listener`]: the public accept loop (TLS, header timeout, peer address).
-//! * [`connection`]: the WebSocket upgrade and the reader/writer tasks.
+//! * [`connection`]: the WebSocket upgrade and the one task that serves each connection.
 //! * [`session`]: the WAMP session state machine (HELLO to GOODBYE).
 //! * [`auth`]: authentication (JWT tickets, WAMP-CRA, anonymous) and roles.
 //! * [`authz`]: permission patterns and the subscribe/publish checks.

@@ -8,7 +8,7 @@
 //! The queue is a `VecDeque` behind a mutex plus a `Notify`, not a tokio
 //! channel: an idle session then holds no queue memory at all (a bounded
 //! tokio channel allocates a 32-slot block and a cache-padded header up
-//! front, about 2 KiB per session), and the writer takes everything queued
+//! front, about 2 KiB per session), and the connection's task takes everything queued
 //! in one swap.
 
 use std::collections::VecDeque;
@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 
-/// The sending side, shared by the session's reader, the hub and the writer.
+/// The sending side, shared by the session, the hub and the connection's task.
 pub struct Outbox {
     /// Frames for the connection's task, and the bytes not yet written.
     /// Both behind one lock, on one cache line: the fan-out touches them for
@@ -36,7 +36,7 @@ pub struct Outbox {
     wake: Notify,
     /// The byte limit.
     max_bytes: usize,
-    /// Set once, when the session must close; read by the writer.
+    /// Set once, when the session must close; read by the connection's task.
     close_code: AtomicU16,
     /// Set when the session must close (slow consumer, protocol error,
     /// drain, the peer left).
@@ -191,7 +191,7 @@ impl Outbox {
         self.closing.load(Ordering::Acquire)
     }
 
-    /// The writer reports bytes it has written.
+    /// The connection's task reports bytes it has written.
     pub fn written(&self, bytes: usize) {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         queue.bytes = queue.bytes.saturating_sub(bytes);
