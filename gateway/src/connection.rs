@@ -1,14 +1,15 @@
 //! One WebSocket connection: the upgrade (subprotocol negotiation, limits)
 //! and the one task that serves it.
 //!
-//! The task owns the WebSocket and the [`Session`]. It waits for whichever
-//! comes first: a frame from the client (decoded and handled), frames in
-//! the session's [`Outbox`] (written in a batch: many frames, one flush),
+//! The task owns the WebSocket's reading side and the [`Session`]. Frames
+//! to the client go to the connection's [`Wire`]: written there at once
+//! when they can be, otherwise queued for this task (events of large
+//! subscriptions, TLS, a full kernel buffer). It waits for whichever comes
+//! first: a frame from the client (decoded and handled), queued frames to write,
 //! its one timer (hello, idle and token deadlines, pings) or the node's
-//! drain. On close it writes what is still queued (not for slow
-//! consumers), the session's last words and the close frame in one flush.
+//! drain. On close it writes what is still queued (not for slow consumers),
+//! the session's last words and the close frame.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -16,10 +17,10 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUp
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Extension, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use telegraphy_wamp::codes::{close, uri as err};
 use telegraphy_wamp::Serialization;
 use tokio::sync::OwnedSemaphorePermit;
@@ -28,8 +29,9 @@ use tokio::time::{sleep_until, Instant};
 use crate::hub::SessionHandle;
 use crate::metrics::Violation;
 use crate::node::{random_id, Node};
-use crate::outbox::{frame_len, Outbox, Ready};
+use crate::outbox::{Ended, Outbox};
 use crate::session::{Flow, Session};
+use crate::wire::Wire;
 
 /// How long the last flush, and then the wait for the peer's close reply, may take.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -37,14 +39,15 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// is zero-filled on the first read, so every idle session kept 128 KiB
 /// resident; clients send small messages, and a larger one grows the buffer.
 const READ_BUFFER: usize = 256;
-/// Bytes tungstenite gathers before writing to the socket within a batch
-/// (the batch's flush writes the rest).
-const WRITE_BUFFER: usize = 16 * 1024;
+/// Bytes tungstenite gathers before writing: it writes only pongs and the
+/// close frame (every other frame goes straight to the [`Wire`]).
+const WRITE_BUFFER: usize = 256;
 
 /// `GET /ws`: negotiates the WAMP subprotocol and starts the session.
 pub async fn upgrade(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(wire): Extension<Arc<Wire>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -96,7 +99,7 @@ pub async fn upgrade(
     ws.set_selected_protocol(HeaderValue::from_static(serialization.subprotocol()));
     let tracker = node.sessions.clone();
     let guards = Guards { _permit: permit, pending: Some(pending), _per_ip: per_ip };
-    ws.on_upgrade(move |socket| tracker.track_future(run(node, socket, serialization, guards)))
+    ws.on_upgrade(move |socket| tracker.track_future(run(node, socket, wire, serialization, guards)))
 }
 
 /// Whether a browser page from `origin` may open a WebSocket: listed in
@@ -174,13 +177,13 @@ impl Drop for PerIp {
 }
 
 /// Runs one connection to its end, in one task: reading and handling
-/// frames, writing what the session's [`Outbox`] holds, pings, and the
+/// frames, writing what the kernel did not take at once, pings, and the
 /// hello, idle and token deadlines. One task (not a reader and a writer)
 /// because every idle connection pays for each task and its timers.
-async fn run(node: Arc<Node>, mut socket: WebSocket, serialization: Serialization, mut guards: Guards) {
+async fn run(node: Arc<Node>, mut socket: WebSocket, wire: Arc<Wire>, serialization: Serialization, mut guards: Guards) {
     node.metrics.connections.inc();
     let limits = &node.config.limits;
-    let outbox = Outbox::new(limits.outbound_queue_messages, limits.outbound_queue_bytes, node.metrics.clone());
+    let outbox = Outbox::new(wire, serialization.index(), limits.outbound_queue_messages, limits.outbound_queue_bytes, node.metrics.clone());
     let handle = Arc::new(SessionHandle { id: random_id(), serialization, identity: OnceLock::new(), outbox });
     let mut session = Session::new(node.clone(), handle.clone());
     let peer_closed = serve(&node, &handle, &mut session, &mut socket, &mut guards.pending).await;
@@ -210,7 +213,7 @@ impl Deadlines {
 
 /// What woke the connection's task.
 enum Wake {
-    Outbox(Ready),
+    Outbox(Ended),
     Shutdown,
     Timer,
     Frame(Option<Result<WsMessage, axum::Error>>),
@@ -220,8 +223,6 @@ enum Wake {
 /// closed (or vanished), in which case no close handshake is waited for.
 async fn serve(node: &Node, handle: &SessionHandle, session: &mut Session, socket: &mut WebSocket, pending: &mut Option<Pending>) -> bool {
     let limits = &node.config.limits;
-    let metrics = &node.metrics;
-    let si = handle.serialization.index();
     let now = Instant::now();
     let mut due = Deadlines { silence: now + limits.handshake_timeout, next_ping: now + limits.ping_interval };
     // One timer for every deadline. It is re-armed lazily: pushing a
@@ -230,66 +231,28 @@ async fn serve(node: &Node, handle: &SessionHandle, session: &mut Session, socke
     let mut armed = due.earliest(session);
     let timer = sleep_until(armed);
     tokio::pin!(timer);
-    let mut batch: VecDeque<WsMessage> = VecDeque::new();
     let mut draining = false;
     loop {
         // Not biased: a session busy receiving events still reads what its
         // client sends (and the other way round).
         let wake = tokio::select! {
-            r = handle.outbox.ready(&mut batch) => Wake::Outbox(r),
+            ended = handle.outbox.serve_writes() => Wake::Outbox(ended),
             _ = node.shutdown.cancelled(), if !draining => Wake::Shutdown,
             _ = &mut timer => Wake::Timer,
             frame = socket.next() => Wake::Frame(frame),
         };
         let flow = match wake {
-            Wake::Outbox(Ready::Closing) => return false,
-            Wake::Outbox(Ready::Frames) => {
-                let n = batch.len();
-                let mut write = Box::pin(write_batch(socket, &mut batch));
-                // A peer that stops reading blocks the write; the session
-                // still closes when asked (slow consumer, drain) or when a
-                // deadline passes.
-                let written = loop {
-                    tokio::select! {
-                        r = &mut write => break Some(r),
-                        _ = handle.outbox.closed() => break None,
-                        _ = &mut timer => {
-                            match on_timer(node, session, &mut due, true) {
-                                Flow::Close(code) => {
-                                    handle.outbox.close(code);
-                                    break None;
-                                }
-                                _ => {
-                                    armed = due.earliest(session);
-                                    timer.as_mut().reset(armed);
-                                }
-                            }
-                        }
-                    }
-                };
-                drop(write);
-                match written {
-                    None => return false,
-                    Some(Ok(bytes)) => {
-                        handle.outbox.written(bytes);
-                        metrics.messages_out[si].inc_by(n as u64);
-                        metrics.bytes_out[si].inc_by(bytes as u64);
-                    }
-                    Some(Err(_)) => {
-                        handle.outbox.close(close::NORMAL);
-                        return true;
-                    }
-                }
-                // Give the buffer back: an idle session holds no queue memory
-                // (one allocation per batch is cheap next to the write).
-                batch = VecDeque::new();
-                Flow::Continue
+            Wake::Outbox(Ended::Closing) => return false,
+            Wake::Outbox(Ended::Failed(e)) => {
+                tracing::debug!(error = %e, "writing to the client failed; closing");
+                handle.outbox.close(close::NORMAL);
+                return true;
             }
             Wake::Shutdown => {
                 draining = true;
                 session.shutdown()
             }
-            Wake::Timer => on_timer(node, session, &mut due, false),
+            Wake::Timer => on_timer(node, session, &mut due, handle.outbox.is_backed_up()),
             Wake::Frame(None) => {
                 handle.outbox.close(close::NORMAL);
                 return true;
@@ -337,10 +300,10 @@ async fn serve(node: &Node, handle: &SessionHandle, session: &mut Session, socke
     }
 }
 
-/// The timer fired (or is checked while a write is blocked): closes the
-/// session whose token expired or that stayed silent too long, queues a
-/// ping when one is due.
-fn on_timer(node: &Node, session: &mut Session, due: &mut Deadlines, writing: bool) -> Flow {
+/// The timer fired: closes the session whose token expired or that stayed
+/// silent too long, sends a ping when one is due (not while writes are
+/// backed up: the peer is not reading anyway).
+fn on_timer(node: &Node, session: &mut Session, due: &mut Deadlines, backed_up: bool) -> Flow {
     let now = Instant::now();
     if session.expires_at().is_some_and(|e| e <= now) {
         return session.expire();
@@ -355,8 +318,7 @@ fn on_timer(node: &Node, session: &mut Session, due: &mut Deadlines, writing: bo
         return Flow::Close(close::HELLO_TIMEOUT);
     }
     if due.next_ping <= now {
-        // No ping while a write is blocked: the peer is not reading anyway.
-        if !writing {
+        if !backed_up {
             session.send_ping();
         }
         due.next_ping = now + node.config.limits.ping_interval;
@@ -404,42 +366,22 @@ fn read_error(session: &mut Session, e: axum::Error) -> Flow {
 }
 
 /// The end of a connection: what is still queued (not for a slow consumer:
-/// that is the problem), the session's last words and the close frame go
-/// out in one flush; then, unless the peer already closed, its close reply
-/// (or the socket's end) is awaited. Each step is bounded in time.
+/// that is the problem), the session's last words and the close frame;
+/// then, unless the peer already closed, its close reply (or the socket's
+/// end) is awaited. Each step is bounded in time.
 async fn close_connection(node: &Node, handle: &SessionHandle, socket: &mut WebSocket, peer_closed: bool) {
-    let metrics = &node.metrics;
-    let si = handle.serialization.index();
     let code = handle.outbox.close_code().unwrap_or(close::NORMAL);
-    metrics.disconnect(code);
+    node.metrics.disconnect(code);
     tracing::debug!(session = handle.id, code, reason = close_reason(code), "connection closing");
-    let mut batch = VecDeque::new();
-    if code != close::SLOW_CONSUMER {
-        // Pushes are refused from now on (the outbox is closing).
-        handle.outbox.drain_into(&mut batch);
-    }
-    if let Some(last) = handle.outbox.take_last_words() {
-        batch.push_back(last);
-    }
-    let n = batch.len() as u64;
-    batch.push_back(WsMessage::Close(Some(CloseFrame { code, reason: close_reason(code).into() })));
-    if let Ok(Ok(bytes)) = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, write_batch(socket, &mut batch)).await {
-        metrics.messages_out[si].inc_by(n);
-        metrics.bytes_out[si].inc_by(bytes as u64);
-    }
-    if !peer_closed {
+    // Pushes are refused from now on (the outbox is closing).
+    let finished = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
+        handle.outbox.finish().await.map_err(axum::Error::new)?;
+        socket.send(WsMessage::Close(Some(CloseFrame { code, reason: close_reason(code).into() }))).await
+    })
+    .await;
+    if !peer_closed && matches!(finished, Ok(Ok(()))) {
         let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async { while let Some(Ok(_)) = socket.next().await {} }).await;
     }
-}
-
-async fn write_batch(socket: &mut WebSocket, batch: &mut VecDeque<WsMessage>) -> Result<usize, axum::Error> {
-    let mut bytes = 0;
-    while let Some(frame) = batch.pop_front() {
-        bytes += frame_len(&frame);
-        socket.feed(frame).await?;
-    }
-    socket.flush().await?;
-    Ok(bytes)
 }
 
 /// The reason text sent with each close code (`docs/protocol.md`).

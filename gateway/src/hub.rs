@@ -13,13 +13,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
-use axum::extract::ws::{Message as WsMessage, Utf8Bytes};
+use bytes::Bytes;
 use telegraphy_bus::{Bus, Envelope, Ticket};
 use telegraphy_wamp::{Dict, EventRef, Id, MatchPolicy, Serialization, Value};
 
 use crate::authz::Permissions;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
+use crate::wire::When;
+
+/// Subscriptions with at most this many local subscribers have their events
+/// written straight from the fan-out loop (`docs/benchmarks.md`: for large
+/// fan-outs, writes spread over per-session tasks win on a small machine).
+const DIRECT_WRITE_MAX: usize = 128;
 
 /// What the hub knows of a session: enough to route and filter events.
 pub struct SessionHandle {
@@ -193,8 +199,13 @@ impl Hub {
         true
     }
 
-    /// Queues `event` to every local session it is for. Returns how many
-    /// EVENT messages were queued.
+    /// Sends `event` to every local session it is for. Returns how many
+    /// EVENT messages were sent.
+    ///
+    /// A subscription with few local subscribers has each frame written here
+    /// and now (one system call each, no task woken). A larger one queues
+    /// the frame and wakes each session's task: the writes then run on every
+    /// core, and a session that falls behind gets several events per write.
     pub fn dispatch(&self, event: &Envelope) -> usize {
         let started = Instant::now();
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
@@ -238,7 +249,9 @@ impl Hub {
                 details.insert("publisher_authrole".into(), Value::Str(p.authrole.clone()));
             }
             let eref = EventRef { subscription: id, publication: event.publication, details: &details, args: &event.args, kwargs: &event.kwargs };
-            let mut frames: [Option<WsMessage>; 2] = [None, None];
+            let mut frames: [Option<Bytes>; 2] = [None, None];
+            let mut sent = [0u64; 2];
+            let when = if sub.subscribers.len() <= DIRECT_WRITE_MAX { When::Now } else { When::Task };
             'subscribers: for (sid, subscriber) in &sub.subscribers {
                 if excluded_self == Some(*sid) {
                     continue;
@@ -254,19 +267,22 @@ impl Hub {
                     }
                 }
                 let s = session.serialization;
-                let frame = match &frames[s.index()] {
-                    Some(f) => f.clone(),
-                    None => match encode_frame(s, &eref) {
-                        Some(f) => {
-                            frames[s.index()] = Some(f.clone());
-                            f
-                        }
+                let frame = match &mut frames[s.index()] {
+                    Some(f) => &*f,
+                    slot => match encode_frame(s, &eref) {
+                        Some(f) => &*slot.insert(f),
                         // Logged by encode_frame; nobody on this subscription can get it.
                         None => break 'subscribers,
                     },
                 };
-                if session.outbox.push(frame).is_ok() {
-                    delivered += 1;
+                let ok = session.outbox.push_event(frame, when).is_ok();
+                sent[s.index()] += u64::from(ok);
+            }
+            for (si, n) in sent.into_iter().enumerate() {
+                if let (Some(frame), true) = (&frames[si], n > 0) {
+                    self.metrics.messages_out[si].inc_by(n);
+                    self.metrics.bytes_out[si].inc_by(n * frame.len() as u64);
+                    delivered += n as usize;
                 }
             }
         }
@@ -277,17 +293,13 @@ impl Hub {
     }
 }
 
-/// Encodes a message into a WebSocket frame of the serializer's type.
-pub fn encode_frame<T: serde::Serialize + ?Sized>(s: Serialization, msg: &T) -> Option<WsMessage> {
+/// Encodes a message into a complete WebSocket frame (text for JSON,
+/// binary for msgpack), ready to be written to any session of that
+/// serializer.
+pub fn encode_frame<T: serde::Serialize + ?Sized>(s: Serialization, msg: &T) -> Option<Bytes> {
     match s.encode(msg) {
-        Ok(bytes) if s.is_binary() => Some(WsMessage::Binary(bytes)),
-        Ok(bytes) => match Utf8Bytes::try_from(bytes) {
-            Ok(text) => Some(WsMessage::Text(text)),
-            Err(_) => {
-                tracing::error!("JSON encoder produced invalid UTF-8; message not sent");
-                None
-            }
-        },
+        // serde_json writes valid UTF-8, as a text frame must carry.
+        Ok(payload) => Some(crate::wire::data_frame(payload, s.is_binary())),
         Err(e) => {
             tracing::error!(error = %e, "could not encode a message; not sent");
             None

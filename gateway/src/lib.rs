@@ -12,8 +12,11 @@
 //! * [`auth`]: authentication (JWT tickets, WAMP-CRA, anonymous) and roles.
 //! * [`authz`]: permission patterns and the subscribe/publish checks.
 //! * [`hub`]: a realm's subscriptions and event fan-out (encode once per
-//!   subscription and serializer, share the bytes).
-//! * [`outbox`]: each session's bounded outbound queue and its slow-consumer policy.
+//!   subscription and serializer, write the same bytes to every subscriber).
+//! * [`outbox`]: each session's sending side: queue limits, the
+//!   slow-consumer policy, the close signal.
+//! * [`wire`]: a connection's socket, shared by hyper, tungstenite and the
+//!   gateway's own writers (the fan-out writes straight to it), in order.
 //! * [`publish`]: `POST /publish` for the web-app side.
 //! * [`options`]: publish options shared by WAMP and HTTP.
 //! * [`node`]: state shared by every connection; the bus dispatcher.
@@ -34,6 +37,7 @@ pub mod outbox;
 pub mod publish;
 pub mod server;
 pub mod session;
+pub mod wire;
 
 pub use config::Config;
 pub use server::Gateway;

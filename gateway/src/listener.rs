@@ -26,6 +26,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
+use crate::wire::Wire;
+
 /// Loads a TLS acceptor from PEM files (certificate chain, private key).
 pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> anyhow::Result<TlsAcceptor> {
     use anyhow::Context as _;
@@ -66,14 +68,21 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, app: Router,
             },
         };
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone().map_request(move |mut req: axum::http::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-            req
-        }));
+        // The request handlers get the connection's shared socket: a
+        // WebSocket session writes its frames straight to it.
+        let app = app.clone();
+        let service = move |wire: Arc<Wire>| {
+            TowerToHyperService::new(app.map_request(move |mut req: axum::http::Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                req.extensions_mut().insert(wire.clone());
+                req
+            }))
+        };
         let builder = builder.clone();
         match &tls {
             None => {
-                let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned());
+                let wire = Wire::tcp(tcp);
+                let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(wire.io()), service(wire)).into_owned());
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
@@ -93,7 +102,8 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, app: Router,
                             return;
                         }
                     };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                    let wire = Wire::tls(stream);
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(wire.io()), service(wire)).into_owned();
                     let _ = watcher.watch(conn).await;
                 });
             }

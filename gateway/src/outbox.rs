@@ -1,40 +1,32 @@
-//! The bounded queue of frames waiting to be written to one session.
+//! The sending side of one session: its limits and its close signal, over
+//! the connection's [`Wire`].
 //!
-//! Bounded twice: by message count and by bytes (a counter).
-//! Policy when full: the frame is dropped, counted, and the session is
-//! closed with code 4000 (slow consumer) — a client that reconnects can
-//! recover, while a router that buffers without bound would fall over.
+//! A frame is written at once when it can be (see [`crate::wire`] for who
+//! writes what); otherwise it waits in the wire's queue for the
+//! connection's task. That queue is bounded twice: by
+//! message count and by bytes. Policy when full: the frame is dropped,
+//! counted, and the session is closed with code 4000 (slow consumer): a
+//! client that reconnects can recover, while a router that buffers without
+//! bound would fall over.
 //!
-//! The queue is a `VecDeque` behind a mutex plus a `Notify`, not a tokio
-//! channel: an idle session then holds no queue memory at all (a bounded
-//! tokio channel allocates a 32-slot block and a cache-padded header up
-//! front, about 2 KiB per session), and the connection's task takes everything queued
-//! in one swap.
+//! An idle session holds no queue memory: the queue is an empty `VecDeque`
+//! until the kernel refuses bytes.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::ws::Message as WsMessage;
+use bytes::Bytes;
 use telegraphy_wamp::codes;
-use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
+use crate::wire::{Sent, When, Wire};
 
 /// The sending side, shared by the session, the hub and the connection's task.
 pub struct Outbox {
-    /// Frames for the connection's task, and the bytes not yet written.
-    /// Both behind one lock, on one cache line: the fan-out touches them for
-    /// every delivery, the connection's task once per batch, from another
-    /// core (a separate atomic counter was a second cache miss per delivery).
-    queue: Mutex<Queue>,
-    /// The count limit.
+    wire: Arc<Wire>,
+    /// The count limit of the queue.
     max_messages: usize,
-    /// Wakes the connection's task when the queue stops being empty or the
-    /// session must close (one waiter: `notify_one` keeps the wake-up if
-    /// the task is busy elsewhere).
-    wake: Notify,
-    /// The byte limit.
+    /// The byte limit of the queue.
     max_bytes: usize,
     /// Set once, when the session must close; read by the connection's task.
     close_code: AtomicU16,
@@ -43,31 +35,25 @@ pub struct Outbox {
     closing: AtomicBool,
     /// Whether the slow-consumer close was already counted.
     overflowed: AtomicBool,
-    /// The session's last message (ABORT, GOODBYE), written in the same
-    /// flush as the close frame so a client that closes at once still sees
-    /// the gateway's close code.
-    last_words: std::sync::Mutex<Option<WsMessage>>,
+    /// The session's last message (ABORT, GOODBYE), written just before the
+    /// close frame so a client that closes at once still sees the
+    /// gateway's close code.
+    last_words: Mutex<Option<Bytes>>,
+    /// Index of the session's serializer in the per-serializer counters.
+    si: usize,
     metrics: Arc<Metrics>,
 }
 
-/// The state behind the outbox's lock.
-#[derive(Default)]
-struct Queue {
-    frames: VecDeque<WsMessage>,
-    /// Bytes queued or taken for writing, and not yet written.
-    bytes: usize,
-}
-
-/// What [`Outbox::ready`] found.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Ready {
-    /// Frames were moved into the batch.
-    Frames,
+/// What [`Outbox::serve_writes`] ended with.
+#[derive(Debug)]
+pub enum Ended {
     /// The session must close.
     Closing,
+    /// Writing to the socket failed: the peer is gone.
+    Failed(std::io::Error),
 }
 
-/// Why a frame was not queued.
+/// Why a frame was not sent.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PushError {
     /// The queue was full; the session is now closing as a slow consumer.
@@ -77,79 +63,88 @@ pub enum PushError {
 }
 
 impl Outbox {
-    /// A new, empty outbox.
-    pub fn new(max_messages: usize, max_bytes: usize, metrics: Arc<Metrics>) -> Outbox {
+    /// An outbox over `wire` for a session whose serializer has index `si`.
+    pub fn new(wire: Arc<Wire>, si: usize, max_messages: usize, max_bytes: usize, metrics: Arc<Metrics>) -> Outbox {
         Outbox {
-            queue: Mutex::new(Queue::default()),
+            wire,
             max_messages: max_messages.max(1),
-            wake: Notify::new(),
             max_bytes,
             close_code: AtomicU16::new(0),
             closing: AtomicBool::new(false),
             overflowed: AtomicBool::new(false),
-            last_words: std::sync::Mutex::new(None),
+            last_words: Mutex::new(None),
+            si,
             metrics,
         }
     }
 
-    /// Queues a frame without waiting. On overflow the session is closed.
-    pub fn push(&self, frame: WsMessage) -> Result<(), PushError> {
-        if self.is_closing() {
-            return Err(PushError::Closed);
-        }
-        let len = frame_len(&frame);
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if queue.bytes + len > self.max_bytes || queue.frames.len() >= self.max_messages {
-            drop(queue);
-            self.overflow();
-            return Err(PushError::Full);
-        }
-        let was_empty = queue.frames.is_empty();
-        queue.frames.push_back(frame);
-        queue.bytes += len;
-        drop(queue);
-        if was_empty {
-            self.wake.notify_one();
-        }
+    /// Sends a complete WebSocket frame without waiting: written now if the
+    /// kernel takes it, queued otherwise. On overflow the session is closed.
+    pub fn push(&self, frame: &Bytes) -> Result<(), PushError> {
+        self.send(frame, When::Now)?;
+        self.metrics.messages_out[self.si].inc();
+        self.metrics.bytes_out[self.si].inc_by(frame.len() as u64);
         Ok(())
     }
 
-    /// Waits until frames are queued or the session must close. Frames are
-    /// moved, all of them, into `batch` (which the caller empties before the
-    /// next call); closing wins over frames.
-    pub async fn ready(&self, batch: &mut VecDeque<WsMessage>) -> Ready {
-        loop {
-            // Register interest before looking, so a push in between is not missed.
-            let notified = self.wake.notified();
-            if self.is_closing() {
-                return Ready::Closing;
+    /// Sends an EVENT frame for the fan-out: `When::Now` as [`Outbox::push`],
+    /// `When::Task` queues it for the connection's task. The caller counts
+    /// what it sent (`messages_out`, `bytes_out`), once per event rather than
+    /// per frame.
+    pub fn push_event(&self, frame: &Bytes, when: When) -> Result<(), PushError> {
+        self.send(frame, when)
+    }
+
+    fn send(&self, frame: &Bytes, when: When) -> Result<(), PushError> {
+        if self.is_closing() {
+            return Err(PushError::Closed);
+        }
+        match self.wire.send(frame, self.max_messages, self.max_bytes, when) {
+            Sent::Full => {
+                self.overflow();
+                Err(PushError::Full)
             }
-            {
-                let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-                if !queue.frames.is_empty() {
-                    std::mem::swap(&mut queue.frames, batch);
-                    return Ready::Frames;
-                }
-            }
-            notified.await;
+            Sent::Written | Sent::Queued => Ok(()),
         }
     }
 
-    /// Resolves once the session must close (while a batch is being written).
-    pub async fn closed(&self) {
+    /// The connection task's share of writing: writes out what the kernel
+    /// did not take at once, whenever the socket can take more, until the
+    /// session must close or the socket fails.
+    pub async fn serve_writes(&self) -> Ended {
         loop {
-            let notified = self.wake.notified();
             if self.is_closing() {
-                return;
+                return Ended::Closing;
             }
-            notified.await;
+            if let Err(e) = self.wire.drain().await {
+                return Ended::Failed(e);
+            }
+            if self.is_closing() {
+                return Ended::Closing;
+            }
+            self.wire.notified().await;
         }
     }
 
-    /// Moves whatever is queued into `batch` without waiting.
-    pub fn drain_into(&self, batch: &mut VecDeque<WsMessage>) {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        batch.append(&mut queue.frames);
+    /// Whether frames wait for the socket to become writable (the client
+    /// is not reading fast enough).
+    pub fn is_backed_up(&self) -> bool {
+        self.wire.is_backed_up()
+    }
+
+    /// Writes the end of the session: what is still queued (unless the
+    /// session closes as a slow consumer: its backlog is the problem) and
+    /// the last words. The close frame itself is tungstenite's to write.
+    pub async fn finish(&self) -> std::io::Result<()> {
+        if self.close_code() == Some(codes::close::SLOW_CONSUMER) {
+            self.wire.discard_queued();
+        }
+        if let Some(last) = self.last_words.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            self.metrics.messages_out[self.si].inc();
+            self.metrics.bytes_out[self.si].inc_by(last.len() as u64);
+            self.wire.push_unbounded(last);
+        }
+        self.wire.drain().await
     }
 
     fn overflow(&self) {
@@ -164,18 +159,13 @@ impl Outbox {
     pub fn close(&self, code: u16) {
         let _ = self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
         if !self.closing.swap(true, Ordering::AcqRel) {
-            self.wake.notify_one();
+            self.wire.notify();
         }
     }
 
-    /// Sets the message written just before the close frame.
-    pub fn set_last_words(&self, frame: WsMessage) {
+    /// Sets the frame written just before the close frame.
+    pub fn set_last_words(&self, frame: Bytes) {
         *self.last_words.lock().unwrap_or_else(|e| e.into_inner()) = Some(frame);
-    }
-
-    /// Takes the message to write just before the close frame.
-    pub fn take_last_words(&self) -> Option<WsMessage> {
-        self.last_words.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// The close code asked for, if any.
@@ -190,97 +180,102 @@ impl Outbox {
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
     }
-
-    /// The connection's task reports bytes it has written.
-    pub fn written(&self, bytes: usize) {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        queue.bytes = queue.bytes.saturating_sub(bytes);
-    }
-}
-
-/// The payload size a frame counts for.
-pub fn frame_len(frame: &WsMessage) -> usize {
-    match frame {
-        WsMessage::Text(t) => t.len(),
-        WsMessage::Binary(b) => b.len(),
-        WsMessage::Ping(b) | WsMessage::Pong(b) => b.len(),
-        WsMessage::Close(_) => 0,
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::data_frame;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
 
-    #[test]
-    fn overflow_by_count_closes_as_slow_consumer() {
+    /// An outbox over a real loopback connection, and the client's socket.
+    async fn outbox(max_messages: usize, max_bytes: usize) -> (Arc<Outbox>, Arc<Metrics>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
         let metrics = Arc::new(Metrics::new());
-        let outbox = Outbox::new(2, 1 << 20, metrics.clone());
-        assert_eq!(outbox.push(WsMessage::Text("a".into())), Ok(()));
-        assert_eq!(outbox.push(WsMessage::Text("b".into())), Ok(()));
-        assert_eq!(outbox.push(WsMessage::Text("c".into())), Err(PushError::Full));
+        (Arc::new(Outbox::new(Wire::tcp(server), 0, max_messages, max_bytes, metrics.clone())), metrics, client)
+    }
+
+    /// Pushes 256 KiB frames to a client that does not read until one is refused.
+    fn flood(outbox: &Outbox) -> usize {
+        let frame = data_frame(vec![b'x'; 256 * 1024], false);
+        for i in 0..10_000 {
+            if outbox.push(&frame).is_err() {
+                return i;
+            }
+        }
+        panic!("2.5 GiB went into a socket nobody reads");
+    }
+
+    #[tokio::test]
+    async fn overflow_by_count_closes_as_slow_consumer() {
+        let (outbox, metrics, _client) = outbox(2, usize::MAX).await;
+        flood(&outbox);
         assert_eq!(outbox.close_code(), Some(codes::close::SLOW_CONSUMER));
         assert!(outbox.is_closing());
-        assert_eq!(outbox.push(WsMessage::Text("d".into())), Err(PushError::Closed));
+        assert_eq!(outbox.push(&data_frame(b"d".to_vec(), false)), Err(PushError::Closed));
         assert_eq!(metrics.slow_consumer_closes.get(), 1);
         assert_eq!(metrics.queue_drops.get(), 1);
+        assert!(matches!(outbox.serve_writes().await, Ended::Closing), "closing wins over the backlog");
     }
 
     #[tokio::test]
-    async fn the_writer_takes_everything_queued_and_waits_when_empty() {
-        let outbox = Arc::new(Outbox::new(10, 1 << 20, Arc::new(Metrics::new())));
-        let mut batch = VecDeque::new();
-        outbox.push(WsMessage::Text("a".into())).unwrap();
-        outbox.push(WsMessage::Text("b".into())).unwrap();
-        assert_eq!(outbox.ready(&mut batch).await, Ready::Frames);
-        assert_eq!(batch.len(), 2);
-        batch.clear();
-        let waiter = {
-            let outbox = outbox.clone();
-            tokio::spawn(async move {
-                let mut batch = VecDeque::new();
-                assert_eq!(outbox.ready(&mut batch).await, Ready::Frames);
-                batch.len()
-            })
-        };
-        tokio::task::yield_now().await;
-        outbox.push(WsMessage::Text("c".into())).unwrap();
-        assert_eq!(tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap(), 1);
+    async fn overflow_by_bytes() {
+        let (outbox, metrics, _client) = outbox(usize::MAX, 600 * 1024).await;
+        let accepted = flood(&outbox);
+        assert!(accepted >= 2, "the kernel and then the queue took frames");
+        assert_eq!(outbox.close_code(), Some(codes::close::SLOW_CONSUMER));
+        assert_eq!(metrics.messages_out[0].get(), accepted as u64);
+        assert_eq!(metrics.bytes_out[0].get(), accepted as u64 * data_frame(vec![b'x'; 256 * 1024], false).len() as u64);
     }
 
     #[tokio::test]
-    async fn closing_wakes_the_task_wins_over_frames_and_stays_set() {
-        let outbox = Arc::new(Outbox::new(10, 1 << 20, Arc::new(Metrics::new())));
-        let waiter = {
+    async fn the_task_writes_the_backlog_in_order_when_the_client_reads() {
+        let (outbox, _, mut client) = outbox(10_000, usize::MAX).await;
+        let mut expected = Vec::new();
+        for i in 0..200u32 {
+            let mut payload = vec![b'.'; 64 * 1024];
+            payload[..8].copy_from_slice(format!("{i:08}").as_bytes());
+            let frame = data_frame(payload, false);
+            expected.extend_from_slice(&frame);
+            outbox.push(&frame).unwrap();
+        }
+        assert!(outbox.is_backed_up(), "12.5 MiB fit in the kernel at once");
+        let writer = {
             let outbox = outbox.clone();
-            tokio::spawn(async move { outbox.closed().await })
+            tokio::spawn(async move { outbox.serve_writes().await })
         };
-        tokio::task::yield_now().await;
-        outbox.push(WsMessage::Text("a".into())).unwrap();
-        tokio::task::yield_now().await;
-        assert!(!waiter.is_finished(), "a frame is not a close");
-        outbox.close(4000);
-        outbox.close(1000);
-        tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap();
-        // Already set: resolves at once, and closing wins over queued frames.
-        outbox.closed().await;
-        let mut batch = VecDeque::new();
-        assert_eq!(outbox.ready(&mut batch).await, Ready::Closing);
-        assert_eq!(outbox.close_code(), Some(4000), "the first code asked wins");
-        assert_eq!(outbox.push(WsMessage::Text("b".into())), Err(PushError::Closed));
+        let mut got = vec![0u8; expected.len()];
+        tokio::time::timeout(Duration::from_secs(20), client.read_exact(&mut got)).await.unwrap().unwrap();
+        assert!(got == expected, "bytes arrived out of order or torn");
+        assert!(!outbox.is_backed_up());
+        outbox.close(codes::close::NORMAL);
+        assert!(matches!(tokio::time::timeout(Duration::from_secs(5), writer).await.unwrap().unwrap(), Ended::Closing));
     }
 
-    #[test]
-    fn overflow_by_bytes() {
-        let metrics = Arc::new(Metrics::new());
-        let outbox = Outbox::new(100, 10, metrics);
-        assert_eq!(outbox.push(WsMessage::Binary(vec![0; 6].into())), Ok(()));
-        // The writer drains and reports; room comes back.
-        let mut batch = VecDeque::new();
-        outbox.drain_into(&mut batch);
-        let f = batch.pop_front().unwrap();
-        outbox.written(frame_len(&f));
-        assert_eq!(outbox.push(WsMessage::Binary(vec![0; 10].into())), Ok(()));
-        assert_eq!(outbox.push(WsMessage::Binary(vec![0; 1].into())), Err(PushError::Full));
+    #[tokio::test]
+    async fn finish_drops_a_slow_consumers_backlog_but_not_its_last_words() {
+        let (outbox, _, mut client) = outbox(4, usize::MAX).await;
+        let accepted = flood(&outbox);
+        let last = data_frame(b"[6,{},\"wamp.close.slow\"]".to_vec(), false);
+        outbox.set_last_words(last.clone());
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        tokio::time::timeout(Duration::from_secs(20), outbox.finish()).await.unwrap().unwrap();
+        drop(outbox);
+        let all = tokio::time::timeout(Duration::from_secs(20), reader).await.unwrap().unwrap();
+        assert!(all.ends_with(&last), "the last words come last");
+        // Whole frames only (a started one is finished), then the last words;
+        // of the four queued frames the client saw nothing of, none came.
+        let frame_len = data_frame(vec![b'x'; 256 * 1024], false).len();
+        let events = all.len() - last.len();
+        assert_eq!(events % frame_len, 0, "a torn frame");
+        assert!(events / frame_len + 3 <= accepted, "{} of {accepted} frames written: the backlog was not dropped", events / frame_len);
     }
 }

@@ -465,13 +465,13 @@ impl Session {
     /// Queues a WebSocket ping (the client's pong keeps the session from
     /// the idle timeout).
     pub fn send_ping(&self) {
-        let _ = self.handle.outbox.push(axum::extract::ws::Message::Ping(Default::default()));
+        let _ = self.handle.outbox.push(&crate::wire::ping_frame());
     }
 
     fn send(&self, msg: &Message) {
         if let Some(frame) = encode_frame(self.handle.serialization, msg) {
             // A full queue closes the session as a slow consumer; nothing else to do here.
-            let _ = self.handle.outbox.push(frame);
+            let _ = self.handle.outbox.push(&frame);
         }
     }
 }

@@ -549,6 +549,20 @@ async fn tls_on_the_public_listener() {
     ws.send(tokio_tungstenite::tungstenite::Message::Text(r#"[1,"realm1",{"roles":{"subscriber":{}}}]"#.into())).await.unwrap();
     let welcome = ws.next().await.unwrap().unwrap();
     assert!(welcome.to_text().unwrap().starts_with("[2,"), "{welcome:?}");
+    // Over TLS the connection's task encrypts and writes every frame: an
+    // event reaches its subscriber, replies and events in order.
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(r#"[32,1,{},"tls.topic"]"#.into())).await.unwrap();
+    let subscribed = ws.next().await.unwrap().unwrap();
+    assert!(subscribed.to_text().unwrap().starts_with("[33,1,"), "{subscribed:?}");
+    for i in 0..3 {
+        let publish = format!(r#"[16,{},{{"exclude_me":false}},"tls.topic",["over tls {i}"]]"#, i + 2);
+        ws.send(tokio_tungstenite::tungstenite::Message::Text(publish.into())).await.unwrap();
+    }
+    for i in 0..3 {
+        let event = ws.next().await.unwrap().unwrap();
+        let text = event.to_text().unwrap();
+        assert!(text.starts_with("[36,") && text.ends_with(&format!(r#"["over tls {i}"]]"#)), "{text}");
+    }
     // Plain HTTP on the TLS port gets nowhere.
     let plain = reqwest::get(format!("http://{}/healthz", gw.addr)).await;
     assert!(plain.is_err() || !plain.unwrap().status().is_success());

@@ -204,6 +204,37 @@ async fn http_publish_errors() {
     assert_eq!(gw.metric("telegraphy_http_publish_errors_total{status=\"400\"}").await, 9.0);
 }
 
+/// Small subscriptions have their events written straight from the
+/// fan-out; large ones (over 128 local subscribers) go through each
+/// session's task. Both reach everyone, in publication order, on both
+/// serializers.
+#[tokio::test]
+async fn small_and_large_fanouts_reach_everyone_in_order() {
+    let gw = TestGateway::start().await;
+    let mut big = Vec::new();
+    for i in 0..150 {
+        let mut c = Client::join(&gw, if i % 2 == 0 { JSON } else { MSGPACK }).await;
+        c.subscribe("fanout.big", "exact").await;
+        big.push(c);
+    }
+    let mut small = Client::join(&gw, MSGPACK).await;
+    small.subscribe("fanout.small", "exact").await;
+    let mut publisher = Client::join(&gw, JSON).await;
+    for n in 0..20u64 {
+        let topic = if n % 2 == 0 { "fanout.big" } else { "fanout.small" };
+        publisher.publish(topic, vec![n.into()], Dict::new()).await;
+    }
+    for (i, c) in big.iter_mut().enumerate() {
+        for n in (0..20u64).step_by(2) {
+            assert_eq!(c.event().await.1, vec![Value::UInt(n)], "subscriber {i}");
+        }
+    }
+    for n in (1..20u64).step_by(2) {
+        assert_eq!(small.event().await.1, vec![Value::UInt(n)]);
+    }
+    assert_eq!(gw.metric("telegraphy_events_delivered_total").await, 150.0 * 10.0 + 10.0);
+}
+
 #[tokio::test]
 async fn slow_consumer_is_closed_and_counted() {
     let mut config = util::config();

@@ -1,0 +1,420 @@
+//! The socket of one client connection, shared by everything that writes to it.
+//!
+//! hyper reads requests from it and writes responses; after a WebSocket
+//! upgrade, tungstenite reads the client's frames from it (and answers its
+//! pings), and the gateway writes its own messages to it, framed once per
+//! event and serializer ([`data_frame`]) and shared by every subscriber.
+//!
+//! Who writes a frame ([`When`]): the session's replies, and events of
+//! subscriptions with few local subscribers, are written by the caller at
+//! once (plain TCP, nothing waiting): one lock and one `send`, no task
+//! woken. Events of large subscriptions, and everything over TLS, are
+//! queued for the connection's task, which writes all it finds in one
+//! `writev`: then the writes of one event run on every core, and a session
+//! that falls behind gets several events per write. What the kernel does
+//! not take at once is queued too, and the task writes it when the socket
+//! is writable again. (`docs/benchmarks.md` has the figures behind this
+//! split.)
+//!
+//! Order is kept by one rule under one lock: while earlier bytes wait, new
+//! bytes wait behind them, whoever writes them. The queue's limits are the
+//! caller's ([`crate::outbox`]); this module only keeps the bytes in order.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
+use tokio_rustls::server::TlsStream;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::Frame;
+
+/// At most this many queued frames go into one vectored write.
+const MAX_IOVECS: usize = 64;
+
+/// What the connection runs over.
+enum Io {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+macro_rules! with_io {
+    ($io:expr, $s:ident => $e:expr) => {
+        match $io {
+            Io::Tcp(t) => {
+                let $s = Pin::new(t);
+                $e
+            }
+            Io::Tls(t) => {
+                let $s = Pin::new(&mut **t);
+                $e
+            }
+        }
+    };
+}
+
+struct Inner {
+    io: Io,
+    /// Bytes accepted but not yet taken by the kernel, in order. The front
+    /// may be the rest of a partly written frame.
+    pending: VecDeque<Bytes>,
+    /// Their total size.
+    pending_bytes: usize,
+    /// Whether the front of `pending` was partly written already (it must
+    /// then be finished, or the client would see a torn frame).
+    front_started: bool,
+}
+
+/// The shared socket of one client connection.
+pub struct Wire {
+    inner: Mutex<Inner>,
+    /// Wakes the connection's task: bytes are waiting to be written, or
+    /// (through [`crate::outbox::Outbox::close`]) the session must close.
+    /// One waiter; `notify_one` keeps the wake-up if the task is busy.
+    wake: Notify,
+}
+
+/// Who writes a frame that [`Wire::send`] is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// The caller, now, if nothing waits before the frame and the kernel
+    /// takes it (plain TCP).
+    Now,
+    /// The connection's task: the frame is queued and the task woken.
+    Task,
+}
+
+/// What [`Wire::send`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// The kernel took all of it.
+    Written,
+    /// It waits in the queue; the connection's task writes it.
+    Queued,
+    /// The queue was at its limit: the frame was dropped.
+    Full,
+}
+
+impl Wire {
+    /// A plain TCP connection.
+    pub fn tcp(tcp: TcpStream) -> Arc<Wire> {
+        Wire::new(Io::Tcp(tcp))
+    }
+
+    /// A TLS connection (handshake done).
+    pub fn tls(stream: TlsStream<TcpStream>) -> Arc<Wire> {
+        Wire::new(Io::Tls(Box::new(stream)))
+    }
+
+    fn new(io: Io) -> Arc<Wire> {
+        Arc::new(Wire { inner: Mutex::new(Inner { io, pending: VecDeque::new(), pending_bytes: 0, front_started: false }), wake: Notify::new() })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The handle hyper and tungstenite read and write through.
+    pub fn io(self: &Arc<Self>) -> WireIo {
+        WireIo(self.clone())
+    }
+
+    /// Sends a complete frame, or queues it behind earlier bytes, unless
+    /// the queue already holds `max_frames` frames or adding it would pass
+    /// `max_bytes`. With `When::Now` on plain TCP and nothing waiting, it
+    /// is written at once; over TLS frames are always queued for the
+    /// connection's task (which encrypts).
+    pub fn send(&self, frame: &Bytes, max_frames: usize, max_bytes: usize, when: When) -> Sent {
+        let mut inner = self.lock();
+        if let (When::Now, true, Io::Tcp(tcp)) = (when, inner.pending.is_empty(), &inner.io) {
+            match tcp.try_write(frame) {
+                Ok(n) if n == frame.len() => return Sent::Written,
+                // The rest must follow, whatever the limits say.
+                Ok(n) => {
+                    self.queue(&mut inner, frame.slice(n..), true);
+                    return Sent::Queued;
+                }
+                // Full kernel buffer, or a broken connection: queued either
+                // way; the task's write finds the error.
+                Err(_) => {}
+            }
+        }
+        if inner.pending.len() >= max_frames || inner.pending_bytes + frame.len() > max_bytes {
+            return Sent::Full;
+        }
+        self.queue(&mut inner, frame.clone(), false);
+        Sent::Queued
+    }
+
+    /// Queues `frame` whatever the limits (the session's last words).
+    pub fn push_unbounded(&self, frame: Bytes) {
+        let mut inner = self.lock();
+        self.queue(&mut inner, frame, false);
+    }
+
+    fn queue(&self, inner: &mut Inner, bytes: Bytes, started: bool) {
+        let was_empty = inner.pending.is_empty();
+        inner.pending_bytes += bytes.len();
+        inner.pending.push_back(bytes);
+        if was_empty {
+            inner.front_started = started;
+            self.wake.notify_one();
+        }
+    }
+
+    /// Drops the queued frames the client has seen nothing of (a slow
+    /// consumer's backlog); a partly written front frame is kept.
+    pub fn discard_queued(&self) {
+        let mut inner = self.lock();
+        let keep = usize::from(inner.front_started);
+        inner.pending.truncate(keep);
+        inner.front_started = keep == 1;
+        inner.pending_bytes = inner.pending.iter().map(Bytes::len).sum();
+    }
+
+    /// Whether bytes are waiting for the socket to become writable.
+    pub fn is_backed_up(&self) -> bool {
+        !self.lock().pending.is_empty()
+    }
+
+    /// Writes out everything queued; resolves once the queue is empty.
+    pub async fn drain(&self) -> io::Result<()> {
+        poll_fn(|cx| self.lock().poll_drain(cx)).await
+    }
+
+    /// Resolves on the next [`Wire::notify`] (or one that came while nobody
+    /// waited).
+    pub fn notified(&self) -> Notified<'_> {
+        self.wake.notified()
+    }
+
+    /// Wakes the connection's task.
+    pub fn notify(&self) {
+        self.wake.notify_one();
+    }
+}
+
+impl Inner {
+    /// Writes queued bytes until none are left (then flushes TLS records).
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_write_pending(cx))?;
+        with_io!(&mut self.io, io => io.poll_flush(cx))
+    }
+
+    fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.pending.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let k = gather(&self.pending, &mut slices);
+            let n = ready!(with_io!(&mut self.io, io => io.poll_write_vectored(cx, &slices[..k])))?;
+            self.advance(n)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Drops the `n` bytes the kernel took from the front of the queue.
+    fn advance(&mut self, n: usize) -> io::Result<()> {
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        self.pending_bytes -= n;
+        let mut left = n;
+        while left > 0 {
+            let front = self.pending.front_mut().expect("the kernel took no more than was queued");
+            if left >= front.len() {
+                left -= front.len();
+                self.pending.pop_front();
+                self.front_started = false;
+            } else {
+                *front = front.slice(left..);
+                self.front_started = true;
+                left = 0;
+            }
+        }
+        if self.pending.is_empty() && self.pending.capacity() > 64 {
+            // A burst is over: give its memory back.
+            self.pending = VecDeque::new();
+        }
+        Ok(())
+    }
+}
+
+/// The first queued frames, as slices for one vectored write.
+fn gather<'a>(pending: &'a VecDeque<Bytes>, slices: &mut [IoSlice<'a>; MAX_IOVECS]) -> usize {
+    let mut k = 0;
+    for (slot, b) in slices.iter_mut().zip(pending) {
+        *slot = IoSlice::new(b);
+        k += 1;
+    }
+    k
+}
+
+/// The connection as hyper and tungstenite see it. Writes wait behind
+/// whatever is queued in the [`Wire`], so they keep their place in order.
+pub struct WireIo(Arc<Wire>);
+
+impl AsyncRead for WireIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        with_io!(&mut self.0.lock().io, io => io.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for WireIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let mut inner = self.0.lock();
+        ready!(inner.poll_write_pending(cx))?;
+        with_io!(&mut inner.io, io => io.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let mut inner = self.0.lock();
+        ready!(inner.poll_write_pending(cx))?;
+        with_io!(&mut inner.io, io => io.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.lock().poll_drain(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut inner = self.0.lock();
+        ready!(inner.poll_drain(cx))?;
+        with_io!(&mut inner.io, io => io.poll_shutdown(cx))
+    }
+}
+
+/// One complete, unmasked WebSocket frame (server to client) carrying
+/// `payload` as text or binary data.
+pub fn data_frame(payload: impl Into<Bytes>, binary: bool) -> Bytes {
+    let opcode = OpCode::Data(if binary { Data::Binary } else { Data::Text });
+    format(Frame::message(payload, opcode, true))
+}
+
+/// A WebSocket ping frame with no payload.
+pub fn ping_frame() -> Bytes {
+    format(Frame::ping(Bytes::new()))
+}
+
+fn format(frame: Frame) -> Bytes {
+    let mut out = Vec::with_capacity(frame.len());
+    frame.format(&mut out).expect("writing into a Vec cannot fail");
+    out.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A connected pair over loopback: our wire, and the client's socket.
+    async fn pair() -> (Arc<Wire>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Wire::tcp(server), client)
+    }
+
+    #[test]
+    fn frames_are_what_a_client_parses() {
+        let f = data_frame(b"[36,1,2,{}]".to_vec(), false);
+        assert_eq!(&f[..2], &[0x81, 11]);
+        assert_eq!(&f[2..], b"[36,1,2,{}]");
+        let big = data_frame(vec![7; 300], true);
+        assert_eq!(&big[..4], &[0x82, 126, 1, 44]);
+        assert_eq!(big.len(), 304);
+        assert_eq!(&ping_frame()[..], &[0x89, 0]);
+    }
+
+    #[tokio::test]
+    async fn order_is_kept_when_the_kernel_buffer_fills() {
+        let (wire, mut client) = pair().await;
+        // The client does not read yet: sooner or later the kernel stops taking bytes.
+        let frame = Bytes::from(vec![1u8; 64 * 1024]);
+        let mut queued_at = None;
+        for i in 0..1000u32 {
+            let mut f = frame.to_vec();
+            f[..4].copy_from_slice(&i.to_be_bytes());
+            match wire.send(&Bytes::from(f), usize::MAX, usize::MAX, When::Now) {
+                Sent::Written => {}
+                Sent::Queued => {
+                    queued_at.get_or_insert(i);
+                }
+                Sent::Full => unreachable!("no limits"),
+            }
+        }
+        let queued_at = queued_at.expect("64 MiB does not fit in loopback socket buffers");
+        assert!(wire.is_backed_up());
+        // Later writers (hyper, tungstenite) wait behind the queue.
+        let mut io = wire.io();
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            let mut buf = vec![0u8; 1 << 20];
+            while all.len() < 1000 * 64 * 1024 + 3 {
+                let n = client.read(&mut buf).await.unwrap();
+                assert!(n > 0, "connection closed early");
+                all.extend_from_slice(&buf[..n]);
+            }
+            all
+        });
+        let drain = wire.drain();
+        let write = async {
+            io.write_all(b"end").await.unwrap();
+            io.flush().await.unwrap();
+        };
+        let (drained, ()) = tokio::join!(drain, write);
+        drained.unwrap();
+        assert!(!wire.is_backed_up());
+        let all = reader.await.unwrap();
+        for i in 0..1000usize {
+            let at = i * 64 * 1024;
+            assert_eq!(&all[at..at + 4], &(i as u32).to_be_bytes(), "frame {i} out of place (first queued: {queued_at})");
+        }
+        assert_eq!(&all[1000 * 64 * 1024..], b"end");
+    }
+
+    #[tokio::test]
+    async fn frames_for_the_task_wait_for_it_within_the_limits() {
+        let (wire, mut client) = pair().await;
+        let frame = data_frame(b"[36,1,2,{}]".to_vec(), false);
+        assert_eq!(wire.send(&frame, 2, usize::MAX, When::Task), Sent::Queued);
+        assert!(wire.is_backed_up(), "not written by the caller");
+        // Behind a queued frame, `Now` queues too (order).
+        assert_eq!(wire.send(&frame, 2, usize::MAX, When::Now), Sent::Queued);
+        assert_eq!(wire.send(&frame, 2, usize::MAX, When::Task), Sent::Full);
+        tokio::time::timeout(std::time::Duration::from_secs(5), wire.notified()).await.expect("the task is woken");
+        wire.drain().await.unwrap();
+        let mut got = vec![0u8; 2 * frame.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [&frame[..], &frame[..]].concat());
+        assert_eq!(wire.send(&frame, 2, usize::MAX, When::Now), Sent::Written);
+    }
+
+    #[tokio::test]
+    async fn limits_refuse_whole_frames_and_discard_keeps_a_started_one() {
+        let (wire, _client) = pair().await;
+        let frame = Bytes::from(vec![0u8; 256 * 1024]);
+        let mut sent = Vec::new();
+        for _ in 0..400 {
+            sent.push(wire.send(&frame, 3, usize::MAX, When::Now));
+        }
+        let queued = sent.iter().filter(|s| **s == Sent::Queued).count();
+        assert!(queued <= 3, "{queued} queued past a limit of 3");
+        assert!(sent.contains(&Sent::Full));
+        wire.discard_queued();
+        let inner = wire.lock();
+        assert!(inner.pending.len() <= 1);
+        assert_eq!(inner.pending.len(), usize::from(inner.front_started));
+        assert_eq!(inner.pending_bytes, inner.pending.iter().map(Bytes::len).sum::<usize>());
+    }
+}
