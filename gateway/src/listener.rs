@@ -52,6 +52,7 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, app: Router,
     let graceful = GracefulShutdown::new();
     // HTTP/1 only: WebSockets upgrade over HTTP/1, and the header timeout
     // (slowloris guard) applies to HTTP/1 connections.
+    let mut accept_errors = Throttle::new(ACCEPT_WARNING_EVERY);
     let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
     loop {
@@ -60,8 +61,16 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, app: Router,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // Usually out of file descriptors: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed; retrying shortly (raise the open-files limit?)");
+                    // Usually out of file descriptors: back off instead of
+                    // spinning, and say so once in a while, not 20 times a second.
+                    if let Some(unlogged) = accept_errors.hit(std::time::Instant::now()) {
+                        tracing::warn!(
+                            error = %e,
+                            "accept failed ({unlogged} more failure(s) since the last warning); new clients wait in the \
+                             listen queue. Usually out of file descriptors: raise the open-files limit or lower \
+                             limits.max_connections"
+                        );
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -111,4 +120,50 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, app: Router,
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// At most one warning this often while `accept` keeps failing.
+const ACCEPT_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// Lets a repeated event through at most once per period, and counts what
+/// it held back in between.
+struct Throttle {
+    period: Duration,
+    last: Option<std::time::Instant>,
+    held_back: u64,
+}
+
+impl Throttle {
+    fn new(period: Duration) -> Throttle {
+        Throttle { period, last: None, held_back: 0 }
+    }
+
+    /// An event at `now`: `Some(n)` if it should be reported, with `n`
+    /// events held back since the last report; `None` to stay quiet.
+    fn hit(&mut self, now: std::time::Instant) -> Option<u64> {
+        if self.last.is_some_and(|last| now.duration_since(last) < self.period) {
+            self.held_back += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held_back))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_reports_once_per_period_with_the_count_held_back() {
+        let start = std::time::Instant::now();
+        let mut t = Throttle::new(Duration::from_secs(10));
+        assert_eq!(t.hit(start), Some(0));
+        for i in 1..=199u64 {
+            assert_eq!(t.hit(start + Duration::from_millis(50 * i)), None);
+        }
+        assert_eq!(t.hit(start + Duration::from_secs(10)), Some(199));
+        assert_eq!(t.hit(start + Duration::from_secs(11)), None);
+        assert_eq!(t.hit(start + Duration::from_secs(60)), Some(1));
+    }
 }
