@@ -39,29 +39,76 @@ use tungstenite::protocol::frame::Frame;
 /// At most this many queued frames go into one vectored write.
 const MAX_IOVECS: usize = 64;
 
-/// What the connection runs over.
+/// What the connection runs over. Plain TCP is read without the queue's
+/// lock: tokio's `TcpStream` reads and writes through `&self`, so the
+/// connection's task reading never waits for the fan-out writing. A TLS
+/// stream is one state machine for both directions, behind its own lock.
 enum Io {
     Tcp(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    /// Boxed: a TLS stream is over a kilobyte, a plain connection's wire
+    /// should not pay for it.
+    Tls(Box<Mutex<TlsStream<TcpStream>>>),
 }
 
-macro_rules! with_io {
-    ($io:expr, $s:ident => $e:expr) => {
-        match $io {
-            Io::Tcp(t) => {
-                let $s = Pin::new(t);
-                $e
-            }
-            Io::Tls(t) => {
-                let $s = Pin::new(&mut **t);
-                $e
-            }
+impl Io {
+    fn tls(&self) -> Option<MutexGuard<'_, TlsStream<TcpStream>>> {
+        match self {
+            Io::Tcp(_) => None,
+            Io::Tls(t) => Some(t.lock().unwrap_or_else(|e| e.into_inner())),
         }
-    };
+    }
+
+    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Io::Tcp(tcp) => loop {
+                ready!(tcp.poll_read_ready(cx))?;
+                match tcp.try_read(buf.initialize_unfilled()) {
+                    Ok(n) => {
+                        buf.advance(n);
+                        return Poll::Ready(Ok(()));
+                    }
+                    // Readiness was stale (and is now cleared): wait again.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            },
+            Io::Tls(_) => Pin::new(&mut *self.tls().expect("tls")).poll_read(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        match self {
+            Io::Tcp(tcp) => loop {
+                ready!(tcp.poll_write_ready(cx))?;
+                match tcp.try_write_vectored(bufs) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    r => return Poll::Ready(r),
+                }
+            },
+            Io::Tls(_) => Pin::new(&mut *self.tls().expect("tls")).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Io::Tcp(_) => Poll::Ready(Ok(())),
+            Io::Tls(_) => Pin::new(&mut *self.tls().expect("tls")).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Io::Tcp(tcp) => Poll::Ready(match socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write) {
+                Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
+                _ => Ok(()),
+            }),
+            Io::Tls(_) => Pin::new(&mut *self.tls().expect("tls")).poll_shutdown(cx),
+        }
+    }
 }
 
-struct Inner {
-    io: Io,
+/// The bytes waiting to be written, behind the wire's lock.
+struct Queue {
     /// Bytes accepted but not yet taken by the kernel, in order. The front
     /// may be the rest of a partly written frame.
     pending: VecDeque<Bytes>,
@@ -74,7 +121,8 @@ struct Inner {
 
 /// The shared socket of one client connection.
 pub struct Wire {
-    inner: Mutex<Inner>,
+    io: Io,
+    queue: Mutex<Queue>,
     /// Wakes the connection's task: bytes are waiting to be written, or
     /// (through [`crate::outbox::Outbox::close`]) the session must close.
     /// One waiter; `notify_one` keeps the wake-up if the task is busy.
@@ -110,15 +158,15 @@ impl Wire {
 
     /// A TLS connection (handshake done).
     pub fn tls(stream: TlsStream<TcpStream>) -> Arc<Wire> {
-        Wire::new(Io::Tls(Box::new(stream)))
+        Wire::new(Io::Tls(Box::new(Mutex::new(stream))))
     }
 
     fn new(io: Io) -> Arc<Wire> {
-        Arc::new(Wire { inner: Mutex::new(Inner { io, pending: VecDeque::new(), pending_bytes: 0, front_started: false }), wake: Notify::new() })
+        Arc::new(Wire { io, queue: Mutex::new(Queue { pending: VecDeque::new(), pending_bytes: 0, front_started: false }), wake: Notify::new() })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The handle hyper and tungstenite read and write through.
@@ -133,7 +181,7 @@ impl Wire {
     /// connection's task (which encrypts).
     pub fn send(&self, frame: &Bytes, max_frames: usize, max_bytes: usize, when: When) -> Sent {
         let mut inner = self.lock();
-        if let (When::Now, true, Io::Tcp(tcp)) = (when, inner.pending.is_empty(), &inner.io) {
+        if let (When::Now, true, Io::Tcp(tcp)) = (when, inner.pending.is_empty(), &self.io) {
             match tcp.try_write(frame) {
                 Ok(n) if n == frame.len() => return Sent::Written,
                 // The rest must follow, whatever the limits say.
@@ -159,7 +207,7 @@ impl Wire {
         self.queue(&mut inner, frame, false);
     }
 
-    fn queue(&self, inner: &mut Inner, bytes: Bytes, started: bool) {
+    fn queue(&self, inner: &mut Queue, bytes: Bytes, started: bool) {
         let was_empty = inner.pending.is_empty();
         inner.pending_bytes += bytes.len();
         inner.pending.push_back(bytes);
@@ -186,7 +234,7 @@ impl Wire {
 
     /// Writes out everything queued; resolves once the queue is empty.
     pub async fn drain(&self) -> io::Result<()> {
-        poll_fn(|cx| self.lock().poll_drain(cx)).await
+        poll_fn(|cx| self.lock().poll_drain(&self.io, cx)).await
     }
 
     /// Resolves on the next [`Wire::notify`] (or one that came while nobody
@@ -201,18 +249,18 @@ impl Wire {
     }
 }
 
-impl Inner {
+impl Queue {
     /// Writes queued bytes until none are left (then flushes TLS records).
-    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_write_pending(cx))?;
-        with_io!(&mut self.io, io => io.poll_flush(cx))
+    fn poll_drain(&mut self, io: &Io, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_write_pending(io, cx))?;
+        io.poll_flush(cx)
     }
 
-    fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_write_pending(&mut self, io: &Io, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.pending.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let k = gather(&self.pending, &mut slices);
-            let n = ready!(with_io!(&mut self.io, io => io.poll_write_vectored(cx, &slices[..k])))?;
+            let n = ready!(io.poll_write_vectored(cx, &slices[..k]))?;
             self.advance(n)?;
         }
         Poll::Ready(Ok(()))
@@ -261,21 +309,20 @@ pub struct WireIo(Arc<Wire>);
 
 impl AsyncRead for WireIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        with_io!(&mut self.0.lock().io, io => io.poll_read(cx, buf))
+        self.0.io.poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for WireIo {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let mut inner = self.0.lock();
-        ready!(inner.poll_write_pending(cx))?;
-        with_io!(&mut inner.io, io => io.poll_write(cx, buf))
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        let mut inner = self.0.lock();
-        ready!(inner.poll_write_pending(cx))?;
-        with_io!(&mut inner.io, io => io.poll_write_vectored(cx, bufs))
+        let wire = &self.0;
+        let mut queue = wire.lock();
+        ready!(queue.poll_write_pending(&wire.io, cx))?;
+        wire.io.poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -283,13 +330,14 @@ impl AsyncWrite for WireIo {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.0.lock().poll_drain(cx)
+        let wire = &self.0;
+        wire.lock().poll_drain(&wire.io, cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut inner = self.0.lock();
-        ready!(inner.poll_drain(cx))?;
-        with_io!(&mut inner.io, io => io.poll_shutdown(cx))
+        let wire = &self.0;
+        ready!(wire.lock().poll_drain(&wire.io, cx))?;
+        wire.io.poll_shutdown(cx)
     }
 }
 
