@@ -35,7 +35,7 @@ pub mod name {
     pub const EVENTS_PUBLISHED: &str = "telegraphy_events_published_total";
     /// Events taken from the bus and fanned out on this node.
     pub const EVENTS_RECEIVED: &str = "telegraphy_events_received_total";
-    /// EVENT messages queued to sessions.
+    /// EVENT messages written or queued to sessions.
     pub const EVENTS_DELIVERED: &str = "telegraphy_events_delivered_total";
     /// Time to fan one event out to every local subscriber's queue.
     pub const FANOUT_DURATION: &str = "telegraphy_fanout_duration_seconds";
@@ -187,8 +187,11 @@ impl Metrics {
         let published = counter_vec(name::EVENTS_PUBLISHED, "Events accepted by the bus, by source.", "source");
         let violations_vec = counter_vec(name::PROTOCOL_VIOLATIONS, "WAMP protocol violations, by kind.", "kind");
         let fanout_duration = Histogram::with_opts(
-            HistogramOpts::new(name::FANOUT_DURATION, "Time to queue one event to every local subscriber.")
-                .buckets(vec![0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1]),
+            HistogramOpts::new(
+                name::FANOUT_DURATION,
+                "Time to fan one event out to every local subscriber (written to small subscriptions, queued for large ones).",
+            )
+            .buckets(vec![0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1]),
         )
         .expect("valid metric");
         reg(Box::new(fanout_duration.clone()));
@@ -235,7 +238,7 @@ impl Metrics {
             published_wamp: published.with_label_values(&["wamp"]),
             published_http: published.with_label_values(&["http"]),
             events_received: counter(name::EVENTS_RECEIVED, "Events taken from the bus for fan-out."),
-            events_delivered: counter(name::EVENTS_DELIVERED, "EVENT messages queued to sessions."),
+            events_delivered: counter(name::EVENTS_DELIVERED, "EVENT messages written or queued to sessions."),
             fanout_duration,
             violations: Violation::ALL.map(|v| violations_vec.with_label_values(&[v.label()])),
             slow_consumer_closes: counter(name::SLOW_CONSUMER_CLOSES, "Sessions closed for not keeping up."),
