@@ -12,7 +12,7 @@
 //! An idle session holds no queue memory: the queue is an empty `VecDeque`
 //! until the kernel refuses bytes.
 
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -28,13 +28,9 @@ pub struct Outbox {
     max_messages: usize,
     /// The byte limit of the queue.
     max_bytes: usize,
-    /// Set once, when the session must close; read by the connection's task.
+    /// Set once (0 until then), when the session must close: slow consumer,
+    /// protocol error, drain, the peer left.
     close_code: AtomicU16,
-    /// Set when the session must close (slow consumer, protocol error,
-    /// drain, the peer left).
-    closing: AtomicBool,
-    /// Whether the slow-consumer close was already counted.
-    overflowed: AtomicBool,
     /// The session's last message (ABORT, GOODBYE), written just before the
     /// close frame so a client that closes at once still sees the
     /// gateway's close code.
@@ -65,25 +61,14 @@ pub enum PushError {
 impl Outbox {
     /// An outbox over `wire` for a session whose serializer has index `si`.
     pub fn new(wire: Arc<Wire>, si: usize, max_messages: usize, max_bytes: usize, metrics: Arc<Metrics>) -> Outbox {
-        Outbox {
-            wire,
-            max_messages: max_messages.max(1),
-            max_bytes,
-            close_code: AtomicU16::new(0),
-            closing: AtomicBool::new(false),
-            overflowed: AtomicBool::new(false),
-            last_words: Mutex::new(None),
-            si,
-            metrics,
-        }
+        Outbox { wire, max_messages: max_messages.max(1), max_bytes, close_code: AtomicU16::new(0), last_words: Mutex::new(None), si, metrics }
     }
 
     /// Sends a complete WebSocket frame without waiting: written now if the
     /// kernel takes it, queued otherwise. On overflow the session is closed.
     pub fn push(&self, frame: &Bytes) -> Result<(), PushError> {
-        self.send(frame, When::Now)?;
-        self.metrics.messages_out[self.si].inc();
-        self.metrics.bytes_out[self.si].inc_by(frame.len() as u64);
+        self.push_event(frame, When::Now)?;
+        self.count_sent(frame);
         Ok(())
     }
 
@@ -92,10 +77,6 @@ impl Outbox {
     /// what it sent (`messages_out`, `bytes_out`), once per event rather than
     /// per frame.
     pub fn push_event(&self, frame: &Bytes, when: When) -> Result<(), PushError> {
-        self.send(frame, when)
-    }
-
-    fn send(&self, frame: &Bytes, when: When) -> Result<(), PushError> {
         if self.is_closing() {
             return Err(PushError::Closed);
         }
@@ -140,27 +121,33 @@ impl Outbox {
             self.wire.discard_queued();
         }
         if let Some(last) = self.last_words.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            self.metrics.messages_out[self.si].inc();
-            self.metrics.bytes_out[self.si].inc_by(last.len() as u64);
+            self.count_sent(&last);
             self.wire.push_unbounded(last);
         }
         self.wire.drain().await
     }
 
+    fn count_sent(&self, frame: &Bytes) {
+        self.metrics.messages_out[self.si].inc();
+        self.metrics.bytes_out[self.si].inc_by(frame.len() as u64);
+    }
+
     fn overflow(&self) {
         self.metrics.queue_drops.inc();
-        if !self.overflowed.swap(true, Ordering::AcqRel) {
+        if self.close(codes::close::SLOW_CONSUMER) {
             self.metrics.slow_consumer_closes.inc();
-            self.close(codes::close::SLOW_CONSUMER);
         }
     }
 
-    /// Asks the session to close with `code` (the first code asked wins).
-    pub fn close(&self, code: u16) {
-        let _ = self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
-        if !self.closing.swap(true, Ordering::AcqRel) {
+    /// Asks the session to close with `code`. The first code asked wins;
+    /// returns whether it was this one.
+    pub fn close(&self, code: u16) -> bool {
+        debug_assert_ne!(code, 0, "0 means not closing");
+        let first = self.close_code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok();
+        if first {
             self.wire.notify();
         }
+        first
     }
 
     /// Sets the frame written just before the close frame.
@@ -178,7 +165,7 @@ impl Outbox {
 
     /// Whether the session must close.
     pub fn is_closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
+        self.close_code.load(Ordering::Acquire) != 0
     }
 }
 

@@ -51,13 +51,6 @@ enum Io {
 }
 
 impl Io {
-    fn tls(&self) -> Option<MutexGuard<'_, TlsStream<TcpStream>>> {
-        match self {
-            Io::Tcp(_) => None,
-            Io::Tls(t) => Some(t.lock().unwrap_or_else(|e| e.into_inner())),
-        }
-    }
-
     fn poll_read(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self {
             Io::Tcp(tcp) => loop {
@@ -72,7 +65,7 @@ impl Io {
                     Err(e) => return Poll::Ready(Err(e)),
                 }
             },
-            Io::Tls(_) => Pin::new(&mut *self.tls().expect("tls")).poll_read(cx, buf),
+            Io::Tls(t) => Pin::new(&mut *lock(t)).poll_read(cx, buf),
         }
     }
 
@@ -85,14 +78,14 @@ impl Io {
                     r => return Poll::Ready(r),
                 }
             },
-            Io::Tls(_) => Pin::new(&mut *self.tls().expect("tls")).poll_write_vectored(cx, bufs),
+            Io::Tls(t) => Pin::new(&mut *lock(t)).poll_write_vectored(cx, bufs),
         }
     }
 
     fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Io::Tcp(_) => Poll::Ready(Ok(())),
-            Io::Tls(_) => Pin::new(&mut *self.tls().expect("tls")).poll_flush(cx),
+            Io::Tls(t) => Pin::new(&mut *lock(t)).poll_flush(cx),
         }
     }
 
@@ -102,9 +95,15 @@ impl Io {
                 Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
                 _ => Ok(()),
             }),
-            Io::Tls(_) => Pin::new(&mut *self.tls().expect("tls")).poll_shutdown(cx),
+            Io::Tls(t) => Pin::new(&mut *lock(t)).poll_shutdown(cx),
         }
     }
+}
+
+/// Locks, whether or not another holder panicked (the state stays usable:
+/// every holder leaves it consistent between calls).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The bytes waiting to be written, behind the wire's lock.
@@ -166,7 +165,7 @@ impl Wire {
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.queue)
     }
 
     /// The handle hyper and tungstenite read and write through.
@@ -420,10 +419,11 @@ mod tests {
             io.write_all(b"end").await.unwrap();
             io.flush().await.unwrap();
         };
-        let (drained, ()) = tokio::join!(drain, write);
+        let within = std::time::Duration::from_secs(20);
+        let (drained, ()) = tokio::time::timeout(within, async { tokio::join!(drain, write) }).await.expect("the backlog drains");
         drained.unwrap();
         assert!(!wire.is_backed_up());
-        let all = reader.await.unwrap();
+        let all = tokio::time::timeout(within, reader).await.expect("the client reads it all").unwrap();
         for i in 0..1000usize {
             let at = i * 64 * 1024;
             assert_eq!(&all[at..at + 4], &(i as u32).to_be_bytes(), "frame {i} out of place (first queued: {queued_at})");

@@ -552,14 +552,14 @@ async fn tls_on_the_public_listener() {
     // Over TLS the connection's task encrypts and writes every frame: an
     // event reaches its subscriber, replies and events in order.
     ws.send(tokio_tungstenite::tungstenite::Message::Text(r#"[32,1,{},"tls.topic"]"#.into())).await.unwrap();
-    let subscribed = ws.next().await.unwrap().unwrap();
+    let subscribed = tokio::time::timeout(util::WAIT, ws.next()).await.expect("SUBSCRIBED over TLS").unwrap().unwrap();
     assert!(subscribed.to_text().unwrap().starts_with("[33,1,"), "{subscribed:?}");
     for i in 0..3 {
         let publish = format!(r#"[16,{},{{"exclude_me":false}},"tls.topic",["over tls {i}"]]"#, i + 2);
         ws.send(tokio_tungstenite::tungstenite::Message::Text(publish.into())).await.unwrap();
     }
     for i in 0..3 {
-        let event = ws.next().await.unwrap().unwrap();
+        let event = tokio::time::timeout(util::WAIT, ws.next()).await.expect("EVENT over TLS").unwrap().unwrap();
         let text = event.to_text().unwrap();
         assert!(text.starts_with("[36,") && text.ends_with(&format!(r#"["over tls {i}"]]"#)), "{text}");
     }

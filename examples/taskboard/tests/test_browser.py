@@ -33,6 +33,16 @@ def wait_row(page, title, *, gone=False, timeout=LIVE):
     return time.monotonic() - started
 
 
+def set_doing_and_wait(page, task):
+    """Moves `task` to "doing" and waits until `page` shows its row so."""
+    task.status = "doing"
+    task.save()
+    page.wait_for_function(
+        """(title) => [...document.querySelectorAll('table.telegraphy-table tbody tr')]
+             .some((tr) => tr.textContent.includes(title) && tr.textContent.includes('Doing'))""",
+        arg=task.title, timeout=LIVE)
+
+
 def rows(page):
     return page.eval_on_selector_all("table.telegraphy-table tbody td[data-field=title]", "tds => tds.map(t => t.textContent)")
 
@@ -98,12 +108,7 @@ def test_pages_follow_changes_and_users_see_only_their_own(browser, single_node)
     assert refused == "wamp.error.not_authorized"
 
     # Bob's own task: bob sees it change, alice does not.
-    mine = Task.objects.get(title="Fix the flaky login test")
-    mine.status = "doing"
-    mine.save()
-    bob.wait_for_function("[...document.querySelectorAll('table.telegraphy-table tbody tr')]"
-                          ".some((tr) => tr.textContent.includes('Fix the flaky login test') && "
-                          "tr.textContent.includes('Doing'))", timeout=LIVE)
+    set_doing_and_wait(bob, Task.objects.get(title="Fix the flaky login test"))
 
     # The page's own form: posted without a reload, the row comes back as an event.
     bob.fill("#new-task input[name=title]", "Bob's typed task")
@@ -126,12 +131,7 @@ def test_pages_follow_changes_and_users_see_only_their_own(browser, single_node)
     # A marker bob may see, published after everything above: one publisher,
     # one order, so once it shows on bob's page anything that leaked to him
     # would already be there.
-    marker = Task.objects.get(title="Water the office plants")
-    marker.status = "doing"
-    marker.save()
-    bob.wait_for_function("[...document.querySelectorAll('table.telegraphy-table tbody tr')]"
-                          ".some((tr) => tr.textContent.includes('Water the office plants') && "
-                          "tr.textContent.includes('Doing'))", timeout=LIVE)
+    set_doing_and_wait(bob, Task.objects.get(title="Water the office plants"))
     assert rows(bob) == ["Fix the flaky login test", "Water the office plants", "Bob's typed task"]
     assert not any("release" in line.lower() or "Plan the demo" in line or "Demo at four" in line
                    for line in activity(bob)), activity(bob)
