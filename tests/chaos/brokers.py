@@ -1,0 +1,177 @@
+"""Private broker instances for fault injection: a redis-server and a RabbitMQ
+node of our own, on free ports, never the machine's shared ones (6379, 5672).
+
+Both can be killed with SIGKILL and restarted on the same port (RabbitMQ: same
+node name and data directory, so durable exchanges survive, as in production).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import procs
+
+RABBIT_BIN = "/usr/lib/rabbitmq/bin"  # not /usr/sbin: that wrapper su's to the rabbitmq user
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAPHY_", "RABBITMQ_"))}
+
+
+class RedisServer:
+    def __init__(self, workdir: Path, *, pubsub_limit_off: bool = False):
+        self.workdir = workdir
+        self.port = procs.free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log = workdir / f"redis-{self.port}.log"
+        self.pubsub_limit_off = pubsub_limit_off
+        self.starts = 0
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self, timeout: float = 20.0) -> None:
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+               "--daemonize", "no", "--dir", str(self.workdir)]
+        if self.pubsub_limit_off:
+            cmd += ["--client-output-buffer-limit", "pubsub 0 0 0"]
+        self.proc = procs.spawn(cmd, env=_clean_env(), log_path=self.log, description=f"redis-server :{self.port}")
+        self.starts += 1
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}; see {self.log}")
+            if self.ping():
+                return
+            time.sleep(0.01)
+        raise RuntimeError(f"redis-server on {self.port} did not answer PING within {timeout}s")
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"*1\r\n$4\r\nPING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        procs.kill_tree(self.proc, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        procs.unregister(self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            procs.stop_tree(self.proc, sig=signal.SIGKILL)
+            self.proc = None
+
+
+class RabbitNode:
+    """A RabbitMQ node of our own: name chaos-<random>@localhost, its own ports,
+    data and log directories, cookie and (empty) plugin list."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.name = f"chaos-{secrets.token_hex(4)}@localhost"
+        self.port = procs.free_port()
+        self.dist_port = procs.free_port()
+        self.home = workdir / "home"
+        self.mnesia = workdir / "mnesia"
+        self.logdir = workdir / "log"
+        for d in (self.home, self.mnesia, self.logdir):
+            d.mkdir(parents=True, exist_ok=True)
+        cookie = self.home / ".erlang.cookie"
+        cookie.write_text(secrets.token_hex(16).upper())
+        cookie.chmod(0o600)
+        (workdir / "enabled_plugins").write_text("[].\n")
+        # Our own config file, so /etc/rabbitmq/rabbitmq.conf (the shared node's) is not read.
+        (workdir / "rabbitmq.conf").write_text("disk_free_limit.absolute = 10MB\n")
+        self.proc: subprocess.Popen | None = None
+        self.log = workdir / "server.log"
+        self.starts = 0
+
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2f"
+
+    def env(self) -> dict[str, str]:
+        env = _clean_env()
+        env.update({
+            "HOME": str(self.home),
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(self.mnesia),
+            "RABBITMQ_LOG_BASE": str(self.logdir),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.workdir / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(self.workdir / "rabbitmq"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.workdir / "advanced.config"),
+            "RABBITMQ_PID_FILE": str(self.workdir / "node.pid"),
+        })
+        return env
+
+    def spawn(self) -> None:
+        self.proc = procs.spawn([f"{RABBIT_BIN}/rabbitmq-server"], env=self.env(), log_path=self.log,
+                                description=f"rabbitmq {self.name} :{self.port}", cwd=str(self.workdir))
+        self.starts += 1
+
+    def ctl(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        return subprocess.run([f"{RABBIT_BIN}/rabbitmqctl", "-n", self.name, *args], env=self.env(),
+                              capture_output=True, text=True, timeout=timeout, cwd=str(self.workdir))
+
+    def await_startup(self, timeout: float = 90.0) -> float:
+        """Blocks until the node has booted; returns the monotonic time it had."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"RabbitMQ node exited with {self.proc.returncode}; see {self.log} and {self.logdir}")
+            try:
+                r = self.ctl("await_startup", "--timeout", "30", timeout=45)
+            except subprocess.TimeoutExpired:
+                continue
+            if r.returncode == 0:
+                return time.monotonic()
+            last = r
+            time.sleep(0.3)
+        raise RuntimeError(f"RabbitMQ node {self.name} did not boot within {timeout}s: {last and last.stderr[-500:]}")
+
+    def start(self) -> float:
+        self.spawn()
+        return self.await_startup()
+
+    def kill9(self) -> None:
+        """SIGKILL to the whole node tree: the sh wrapper, beam.smp and its erl_child_setup."""
+        assert self.proc is not None
+        procs.kill_tree(self.proc, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        procs.unregister(self.proc)
+        # erl_child_setup may linger a moment after beam; make sure the tree is gone.
+        procs._wait_gone([self.proc.pid], 10)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            procs.stop_tree(self.proc, sig=signal.SIGKILL)
+            self.proc = None
+
+
+def start_in_thread(fn, *args) -> tuple[threading.Thread, dict]:
+    """Runs fn(*args) in a thread; the dict gets 'result' or 'error'."""
+    out: dict = {}
+
+    def run():
+        try:
+            out["result"] = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - reported by the caller
+            out["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
