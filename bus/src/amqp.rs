@@ -29,13 +29,14 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::PublisherConfirm;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use telegraphy_wamp::MatchPolicy;
 use tokio_util::sync::CancellationToken;
 
 use crate::interest::{Interest, Interests};
 use crate::supervisor::Supervisor;
-use crate::{redact, Bus, BusError, BusOptions, Envelope, Inbound, PublishError, Ticket};
+use crate::{redact, Bus, BusError, BusOptions, Delivery, Envelope, Inbound, PublishError, Ticket};
 
 /// Acknowledge after this many deliveries (or on the tick below).
 const ACK_BATCH: u64 = 64;
@@ -156,49 +157,85 @@ impl AmqpBus {
     }
 }
 
+impl Shared {
+    /// Sends one event (in order with the events sent before it) and
+    /// returns the broker's pending answer, to be awaited with [`Shared::confirmed`].
+    async fn send(&self, event: &Envelope, delivery: Delivery) -> Result<PublisherConfirm, PublishError> {
+        let key = routing_key(&event.realm, &event.topic);
+        if key.len() > MAX_ROUTING_KEY {
+            return Err(PublishError::Rejected(format!(
+                "realm and topic make a {}-byte AMQP routing key; RabbitMQ allows {MAX_ROUTING_KEY}",
+                key.len()
+            )));
+        }
+        let channel = self.publisher.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(channel) = channel else {
+            self.metrics.publish_errors.inc();
+            return Err(PublishError::Unavailable(format!("not connected to RabbitMQ at {}", self.redacted)));
+        };
+        let payload = event.encode();
+        let send = channel.basic_publish(
+            self.options.amqp_exchange.as_str().into(),
+            key.as_str().into(),
+            // `mandatory`: RabbitMQ returns an event no queue is bound for.
+            BasicPublishOptions { mandatory: delivery == Delivery::Subscribed, ..Default::default() },
+            &payload,
+            BasicProperties::default().with_content_type("application/x-telegraphy-envelope".into()),
+        );
+        // A broker that stops answering fails the publish instead of hanging it.
+        tokio::time::timeout(self.options.connect_timeout, send)
+            .await
+            .map_err(|_| self.failed(format!("could not send it within {:?}", self.options.connect_timeout)))?
+            .map_err(|e| self.failed(e.to_string()))
+    }
+
+    /// Awaits the broker's answer to an event [`Shared::send`] sent.
+    async fn confirmed(&self, topic: &str, confirm: PublisherConfirm, delivery: Delivery) -> Result<(), PublishError> {
+        let confirm = tokio::time::timeout(self.options.connect_timeout, confirm)
+            .await
+            .map_err(|_| self.failed(format!("no confirmation within {:?}", self.options.connect_timeout)))?
+            .map_err(|e| self.failed(e.to_string()))?;
+        match confirm {
+            Confirmation::Ack(Some(_)) if delivery == Delivery::Subscribed => {
+                Err(PublishError::NoSubscriber(format!("no node is subscribed to `{topic}` (RabbitMQ returned it: no queue is bound for it)")))
+            }
+            Confirmation::Ack(_) => Ok(()),
+            Confirmation::Nack(_) => Err(self.failed("the broker refused it (nack)".into())),
+            Confirmation::NotRequested => Err(self.failed("publisher confirms are off on this channel".into())),
+        }
+    }
+
+    fn failed(&self, e: String) -> PublishError {
+        self.metrics.publish_errors.inc();
+        PublishError::Unavailable(format!("RabbitMQ at {} did not take the event: {e}", self.redacted))
+    }
+}
+
 impl Bus for AmqpBus {
-    fn publish(&self, event: Envelope) -> BoxFuture<'_, Result<(), PublishError>> {
+    fn publish(&self, event: Envelope, delivery: Delivery) -> BoxFuture<'_, Result<(), PublishError>> {
+        async move {
+            let confirm = self.shared.send(&event, delivery).await?;
+            self.shared.confirmed(&event.topic, confirm, delivery).await
+        }
+        .boxed()
+    }
+
+    /// Sends every event in order, then awaits the confirms together: one
+    /// round trip for the batch instead of one per event.
+    fn publish_batch(&self, events: Vec<Envelope>, delivery: Delivery) -> BoxFuture<'_, Vec<Result<(), PublishError>>> {
         async move {
             let s = &self.shared;
-            let key = routing_key(&event.realm, &event.topic);
-            if key.len() > MAX_ROUTING_KEY {
-                return Err(PublishError::Rejected(format!(
-                    "realm and topic make a {}-byte AMQP routing key; RabbitMQ allows {MAX_ROUTING_KEY}",
-                    key.len()
-                )));
+            let mut sent = Vec::with_capacity(events.len());
+            for event in &events {
+                sent.push(s.send(event, delivery).await);
             }
-            let channel = s.publisher.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let Some(channel) = channel else {
-                s.metrics.publish_errors.inc();
-                return Err(PublishError::Unavailable(format!("not connected to RabbitMQ at {}", s.redacted)));
-            };
-            let failed = |e: String| {
-                s.metrics.publish_errors.inc();
-                PublishError::Unavailable(format!("RabbitMQ at {} did not take the event: {e}", s.redacted))
-            };
-            let payload = event.encode();
-            let publish = async {
-                channel
-                    .basic_publish(
-                        s.options.amqp_exchange.as_str().into(),
-                        key.as_str().into(),
-                        BasicPublishOptions::default(),
-                        &payload,
-                        BasicProperties::default().with_content_type("application/x-telegraphy-envelope".into()),
-                    )
-                    .await?
-                    .await
-            };
-            // A broker that stops answering fails the publish instead of hanging it.
-            let confirm = tokio::time::timeout(s.options.connect_timeout, publish)
-                .await
-                .map_err(|_| failed(format!("no confirmation within {:?}", s.options.connect_timeout)))?
-                .map_err(|e| failed(e.to_string()))?;
-            match confirm {
-                Confirmation::Ack(_) => Ok(()),
-                Confirmation::Nack(_) => Err(failed("the broker refused it (nack)".into())),
-                Confirmation::NotRequested => Err(failed("publisher confirms are off on this channel".into())),
-            }
+            let answers = events.iter().zip(sent).map(|(event, sent)| async move {
+                match sent {
+                    Ok(confirm) => s.confirmed(&event.topic, confirm, delivery).await,
+                    Err(e) => Err(e),
+                }
+            });
+            futures_util::future::join_all(answers).await
         }
         .boxed()
     }
@@ -237,7 +274,8 @@ impl Drop for AmqpBus {
 }
 
 async fn run(s: Arc<Shared>, inbound: Inbound) {
-    let mut supervisor = Supervisor::new("RabbitMQ", s.redacted.clone(), s.options.reconnect_max_delay);
+    let probe = s.url.parse::<lapin::uri::AMQPUri>().ok().map(|u| (u.authority.host, u.authority.port));
+    let mut supervisor = Supervisor::new("RabbitMQ", s.redacted.clone(), s.options.reconnect_max_delay, probe);
     let mut more = !s.stop.is_cancelled();
     while more {
         let outcome = session(&s, &inbound, &mut supervisor).await;
@@ -269,7 +307,9 @@ async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, con
     let queue_name = queue.name().clone();
     let mut consumer =
         channel.basic_consume(queue_name.clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await.map_err(e)?;
-    *s.publisher.lock().unwrap_or_else(|e| e.into_inner()) = Some(publisher);
+    // Publishes go through `publisher` only once every binding is in force
+    // again (below): until then they fail fast, as the node is not ready.
+    let mut publisher = Some(publisher);
     let exchange = s.options.amqp_exchange.as_str();
     let mut applied: HashSet<String> = HashSet::new();
     let mut applied_version = None;
@@ -297,6 +337,7 @@ async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, con
         }
         if !connected {
             connected = true;
+            *s.publisher.lock().unwrap_or_else(|e| e.into_inner()) = publisher.take();
             supervisor.up(&s.interests, &s.metrics, applied.len());
         }
         tokio::select! {

@@ -29,6 +29,18 @@
 //! * **Acceptance**: `publish` resolves `Ok` only once the broker took the
 //!   event (Redis answered PUBLISH; RabbitMQ confirmed it). It never
 //!   reports success for an event the bus did not accept.
+//! * **Readiness**: a node's bus accepts publishes only while it is ready,
+//!   that is connected *and* with every interest in force at the broker
+//!   again after a reconnect. An event a node acknowledged therefore reaches
+//!   that node's own subscribers.
+//! * **Routing** ([`Delivery::Subscribed`]): on request, `publish` also
+//!   makes sure at least one node subscribed to the topic got the event
+//!   (Redis: PUBLISH's receiver count; RabbitMQ: `mandatory` and the
+//!   broker's return of an unroutable event; memory: this node's
+//!   interests), and fails with [`PublishError::NoSubscriber`] otherwise.
+//!   Interests are coarser than sessions' subscriptions (a node re-checks
+//!   each topic, Redis globs are wider than WAMP's patterns), so "a node
+//!   got it" can mean a node whose sessions then filter it out.
 //! * **Interest**: a node calls [`Bus::add_interest`] / [`Bus::remove_interest`]
 //!   as its first session subscribes to a (policy, pattern) and its last
 //!   leaves. A bus may deliver more than was asked for (the node re-checks
@@ -57,6 +69,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use futures_util::FutureExt as _;
 use telegraphy_wamp::MatchPolicy;
 
 pub use envelope::{Envelope, EnvelopeError, Filter, Publisher, FORMAT_VERSION};
@@ -64,6 +77,18 @@ pub use inbound::Inbound;
 pub use interest::Ticket;
 pub use memory::MemoryBus;
 pub use metrics::BusMetrics;
+
+/// What [`Bus::publish`] makes sure of before it succeeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Delivery {
+    /// The broker took the event (the default): at most once, to every
+    /// node subscribed at that moment, which may be none.
+    #[default]
+    Accepted,
+    /// The broker took it *and* at least one node subscribed to its topic
+    /// got it; otherwise the publish fails with [`PublishError::NoSubscriber`].
+    Subscribed,
+}
 
 /// Why the bus did not accept an event.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +99,10 @@ pub enum PublishError {
     /// The broker refused this event (it would refuse it again).
     #[error("the event bus refused the event: {0}")]
     Rejected(String),
+    /// [`Delivery::Subscribed`] was asked and no node subscribed to the
+    /// topic got the event (the broker took it and dropped it).
+    #[error("no subscriber got the event: {0}")]
+    NoSubscriber(String),
 }
 
 /// Why a bus could not be set up.
@@ -102,8 +131,25 @@ pub enum BusError {
 
 /// An event bus (see the crate docs for the contract every adapter keeps).
 pub trait Bus: Send + Sync + 'static {
-    /// Hands one event to the bus; resolves once the bus accepted it.
-    fn publish(&self, event: Envelope) -> BoxFuture<'_, Result<(), PublishError>>;
+    /// Hands one event to the bus; resolves once the bus accepted it (and,
+    /// with [`Delivery::Subscribed`], once a node subscribed to it got it).
+    /// Fails fast with [`PublishError::Unavailable`] while not ready.
+    fn publish(&self, event: Envelope, delivery: Delivery) -> BoxFuture<'_, Result<(), PublishError>>;
+
+    /// Publishes `events` in order and answers for each, like as many
+    /// [`Bus::publish`] calls one after the other; brokers overlap their
+    /// round trips (a Redis pipeline, RabbitMQ confirms awaited together).
+    /// The caller bounds the batch (the events in flight).
+    fn publish_batch(&self, events: Vec<Envelope>, delivery: Delivery) -> BoxFuture<'_, Vec<Result<(), PublishError>>> {
+        async move {
+            let mut answers = Vec::with_capacity(events.len());
+            for event in events {
+                answers.push(self.publish(event, delivery).await);
+            }
+            answers
+        }
+        .boxed()
+    }
 
     /// This node needs events of `realm` whose topic matches `pattern` under
     /// `policy`. Returns a ticket for [`Bus::interest_applied`].

@@ -6,35 +6,55 @@
 //! so publishers (WAMP sessions, HTTP requests) slow down to the node's
 //! fan-out speed instead of growing memory.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
+
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
 use telegraphy_wamp::MatchPolicy;
 
-use crate::{Bus, Envelope, Inbound, PublishError, Ticket};
+use crate::interest::Interest;
+use crate::{Bus, Delivery, Envelope, Inbound, PublishError, Ticket};
 
 /// The embedded single-node bus.
 pub struct MemoryBus {
     inbound: Inbound,
+    /// The node's interests, for [`Delivery::Subscribed`].
+    interests: Mutex<HashSet<Interest>>,
 }
 
 impl MemoryBus {
     /// A bus that hands every published event to `inbound`.
     pub fn new(inbound: Inbound) -> MemoryBus {
         inbound.metrics.connected.set(1);
-        MemoryBus { inbound }
+        MemoryBus { inbound, interests: Mutex::new(HashSet::new()) }
+    }
+
+    fn routed(&self, event: &Envelope) -> bool {
+        let interests = self.interests.lock().unwrap_or_else(|e| e.into_inner());
+        interests.iter().any(|i| i.realm == event.realm && i.policy.matches(&i.pattern, &event.topic))
     }
 }
 
 impl Bus for MemoryBus {
-    fn publish(&self, event: Envelope) -> BoxFuture<'_, Result<(), PublishError>> {
-        async move { self.inbound.deliver(event).await.map_err(|_| PublishError::Unavailable("the node is shutting down".into())) }.boxed()
+    fn publish(&self, event: Envelope, delivery: Delivery) -> BoxFuture<'_, Result<(), PublishError>> {
+        async move {
+            if delivery == Delivery::Subscribed && !self.routed(&event) {
+                return Err(PublishError::NoSubscriber(format!("no session on this node is subscribed to `{}`", event.topic)));
+            }
+            self.inbound.deliver(event).await.map_err(|_| PublishError::Unavailable("the node is shutting down".into()))
+        }
+        .boxed()
     }
 
-    fn add_interest(&self, _realm: &str, _policy: MatchPolicy, _pattern: &str) -> Ticket {
+    fn add_interest(&self, realm: &str, policy: MatchPolicy, pattern: &str) -> Ticket {
+        self.interests.lock().unwrap_or_else(|e| e.into_inner()).insert(Interest { realm: realm.into(), policy, pattern: pattern.into() });
         0
     }
 
-    fn remove_interest(&self, _realm: &str, _policy: MatchPolicy, _pattern: &str) {}
+    fn remove_interest(&self, realm: &str, policy: MatchPolicy, pattern: &str) {
+        self.interests.lock().unwrap_or_else(|e| e.into_inner()).remove(&Interest { realm: realm.into(), policy, pattern: pattern.into() });
+    }
 
     fn interest_applied(&self, _ticket: Ticket) -> BoxFuture<'_, ()> {
         async {}.boxed()

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::interest::{Interest, Interests};
 use crate::supervisor::Supervisor;
-use crate::{redact, Bus, BusError, BusOptions, Envelope, Inbound, PublishError, Ticket};
+use crate::{redact, Bus, BusError, BusOptions, Delivery, Envelope, Inbound, PublishError, Ticket};
 
 /// How many recent publication ids the duplicate filter remembers. Copies
 /// of one event arrive back to back, so a small window is plenty.
@@ -150,7 +150,7 @@ impl RedisBus {
 }
 
 impl Bus for RedisBus {
-    fn publish(&self, event: Envelope) -> BoxFuture<'_, Result<(), PublishError>> {
+    fn publish(&self, event: Envelope, delivery: Delivery) -> BoxFuture<'_, Result<(), PublishError>> {
         async move {
             let s = &self.shared;
             let conn = s.publisher.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -159,11 +159,57 @@ impl Bus for RedisBus {
                 return Err(PublishError::Unavailable(format!("not connected to Redis at {}", s.url)));
             };
             let name = channel(&s.options.redis_key_prefix, &event.realm, &event.topic);
-            let result: redis::RedisResult<i64> = redis::cmd("PUBLISH").arg(name).arg(event.encode()).query_async(&mut conn).await;
-            result.map(|_| ()).map_err(|e| {
+            let result: redis::RedisResult<i64> = redis::cmd("PUBLISH").arg(&name).arg(event.encode()).query_async(&mut conn).await;
+            // Redis answers how many subscriptions (channels and patterns,
+            // of every node) got the event.
+            let receivers = result.map_err(|e| {
                 s.metrics.publish_errors.inc();
                 PublishError::Unavailable(format!("Redis at {} did not take the event: {e}", s.url))
-            })
+            })?;
+            if delivery == Delivery::Subscribed && receivers == 0 {
+                return Err(PublishError::NoSubscriber(format!("no node is subscribed to `{}` (Redis channel {name})", event.topic)));
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    /// One pipeline: every PUBLISH in order, one round trip.
+    fn publish_batch(&self, events: Vec<Envelope>, delivery: Delivery) -> BoxFuture<'_, Vec<Result<(), PublishError>>> {
+        async move {
+            let s = &self.shared;
+            let n = events.len();
+            let conn = s.publisher.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let Some(mut conn) = conn else {
+                s.metrics.publish_errors.inc_by(n as u64);
+                return (0..n).map(|_| Err(PublishError::Unavailable(format!("not connected to Redis at {}", s.url)))).collect();
+            };
+            let mut pipe = redis::pipe();
+            for event in &events {
+                pipe.cmd("PUBLISH").arg(channel(&s.options.redis_key_prefix, &event.realm, &event.topic)).arg(event.encode());
+            }
+            let answers: redis::RedisResult<Vec<i64>> = pipe.query_async(&mut conn).await;
+            match answers {
+                Ok(counts) if counts.len() == n => events
+                    .iter()
+                    .zip(counts)
+                    .map(|(event, receivers)| {
+                        if delivery == Delivery::Subscribed && receivers == 0 {
+                            Err(PublishError::NoSubscriber(format!("no node is subscribed to `{}`", event.topic)))
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .collect(),
+                other => {
+                    s.metrics.publish_errors.inc_by(n as u64);
+                    let why = match other {
+                        Err(e) => e.to_string(),
+                        Ok(c) => format!("{} answers to {n} commands", c.len()),
+                    };
+                    (0..n).map(|_| Err(PublishError::Unavailable(format!("Redis at {} did not take the event: {why}", s.url)))).collect()
+                }
+            }
         }
         .boxed()
     }
@@ -202,7 +248,11 @@ impl Drop for RedisBus {
 /// The subscriber task: connect, reconcile, consume; on loss, back off and
 /// start over.
 async fn run(s: Arc<Shared>, inbound: Inbound) {
-    let mut supervisor = Supervisor::new("Redis", s.url.clone(), s.options.reconnect_max_delay);
+    let probe = match &s.client.get_connection_info().addr {
+        redis::ConnectionAddr::Tcp(host, port) | redis::ConnectionAddr::TcpTls { host, port, .. } => Some((host.clone(), *port)),
+        _ => None,
+    };
+    let mut supervisor = Supervisor::new("Redis", s.url.clone(), s.options.reconnect_max_delay, probe);
     let mut more = !s.stop.is_cancelled();
     while more {
         let outcome = session(&s, &inbound, &mut supervisor).await;
@@ -219,7 +269,9 @@ async fn session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor) -> 
         .map_err(|e| e.to_string())?;
     let conn = s.client.get_multiplexed_async_connection_with_config(&connection_config(&s.options)).await.map_err(|e| e.to_string())?;
     let (mut sink, mut stream) = pubsub.split();
-    *s.publisher.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+    // Publishes go through `conn` only once every interest is subscribed
+    // again (below): until then they fail fast, as the node is not ready.
+    let mut conn = Some(conn);
     let mut applied: HashSet<Sub> = HashSet::new();
     let mut applied_version = None;
     let mut recent: VecDeque<u64> = VecDeque::with_capacity(DEDUP_WINDOW);
@@ -250,6 +302,7 @@ async fn session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor) -> 
         }
         if !connected {
             connected = true;
+            *s.publisher.lock().unwrap_or_else(|e| e.into_inner()) = conn.take();
             supervisor.up(&s.interests, &s.metrics, applied.len());
         }
         tokio::select! {

@@ -2,7 +2,16 @@
 //! reconnect metrics, capped jittered backoff, and what is logged when.
 //! Each adapter's task runs `while supervisor.session_ended(..).await { session }`
 //! and its session calls [`Supervisor::up`] once subscriptions or bindings
-//! are in force.
+//! are in force (and only then installs its publishing connection, so that
+//! no publish is acknowledged before the node's own interests are restored).
+//!
+//! Reconnects are prompt: the first retry comes after at most 50 ms, and
+//! while the broker refuses TCP connections its port is probed every
+//! [`PROBE_EVERY`], so the node reconnects as soon as the broker is back
+//! instead of sleeping out a long backoff delay.
+//!
+//! Logging: one warning when an outage starts, one line when it ends (with
+//! its duration); the failed attempts in between are debug lines.
 
 use std::time::{Duration, Instant};
 
@@ -23,11 +32,20 @@ pub(crate) struct Supervisor {
     down_since: Option<Instant>,
     /// Whether the adapter has never been connected yet.
     first: bool,
+    /// The broker's TCP address, probed while it refuses connections.
+    probe: Option<(String, u16)>,
+    /// Failed attempts in the current outage (logged with the recovery).
+    attempts: u32,
 }
 
+/// How often the broker's port is probed while it refuses connections.
+pub(crate) const PROBE_EVERY: Duration = Duration::from_millis(100);
+/// How long one probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
 impl Supervisor {
-    pub(crate) fn new(broker: &'static str, url: String, max_delay: Duration) -> Supervisor {
-        Supervisor { broker, url, backoff: Backoff::new(Duration::from_millis(100), max_delay), down_since: None, first: true }
+    pub(crate) fn new(broker: &'static str, url: String, max_delay: Duration, probe: Option<(String, u16)>) -> Supervisor {
+        Supervisor { broker, url, backoff: Backoff::new(Duration::from_millis(50), max_delay), down_since: None, first: true, probe, attempts: 0 }
     }
 
     /// The session is connected and every interest is in force.
@@ -35,16 +53,19 @@ impl Supervisor {
         self.backoff.reset();
         interests.set_connected(true);
         metrics.connected.set(1);
-        if let Some(since) = self.down_since.take() {
-            if !self.first {
-                metrics.reconnects.inc();
-                metrics.disconnected_seconds.inc_by(since.elapsed().as_secs_f64());
-            }
+        let down_for = self.down_since.take().map(|since| since.elapsed());
+        let attempts = std::mem::take(&mut self.attempts);
+        if let (Some(d), false) = (down_for, self.first) {
+            metrics.reconnects.inc();
+            metrics.disconnected_seconds.inc_by(d.as_secs_f64());
         }
-        if self.first {
-            tracing::info!(bus = %self.url, "{} bus connected", self.broker);
-        } else {
-            tracing::info!(bus = %self.url, interests = applied, "{} bus reconnected; subscriptions restored", self.broker);
+        match (self.first, down_for) {
+            (true, None) => tracing::info!(bus = %self.url, "{} bus connected", self.broker),
+            (true, Some(d)) => tracing::info!(bus = %self.url, waited = ?d, attempts, "{} bus connected; this node is ready", self.broker),
+            (false, d) => tracing::info!(
+                bus = %self.url, interests = applied, down_for = ?d.unwrap_or_default(), attempts,
+                "{} bus reconnected; subscriptions restored, this node is ready again", self.broker
+            ),
         }
         self.first = false;
     }
@@ -67,9 +88,38 @@ impl Supervisor {
             Err(e) => e,
         };
         let delay = self.down(interests, metrics, &error);
-        tokio::select! {
-            _ = stop.cancelled() => false,
-            _ = tokio::time::sleep(delay) => !stop.is_cancelled(),
+        let backoff = tokio::time::sleep(delay);
+        tokio::pin!(backoff);
+        // While the broker refuses connections, watch for its return: a
+        // node is back within one probe interval of its broker.
+        let Some(addr) = self.probe.clone().filter(|_| !stop.is_cancelled()) else {
+            return tokio::select! {
+                _ = stop.cancelled() => false,
+                _ = &mut backoff => !stop.is_cancelled(),
+            };
+        };
+        if reachable(&addr).await {
+            // The broker answers but the session failed (starting up,
+            // refusing us): the backoff delay is the right wait.
+            return tokio::select! {
+                _ = stop.cancelled() => false,
+                _ = &mut backoff => !stop.is_cancelled(),
+            };
+        }
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return false,
+                _ = &mut backoff => return !stop.is_cancelled(),
+                _ = tokio::time::sleep(PROBE_EVERY) => {
+                    if reachable(&addr).await {
+                        tracing::debug!(bus = %self.url, "{} accepts connections again; reconnecting now", self.broker);
+                        // The broker just came back: if it is still starting
+                        // up, retry it from short delays again.
+                        self.backoff.reset();
+                        return !stop.is_cancelled();
+                    }
+                }
+            }
         }
     }
 
@@ -79,12 +129,30 @@ impl Supervisor {
         interests.set_connected(false);
         metrics.connected.set(0);
         metrics.interests.set(0);
-        self.down_since.get_or_insert_with(Instant::now);
         let delay = self.backoff.next_delay();
-        tracing::warn!(
-            bus = %self.url, error, retry_in = ?delay,
-            "{} bus disconnected; this node is not ready until it reconnects", self.broker
-        );
+        self.attempts += 1;
+        if self.down_since.is_none() {
+            self.down_since = Some(Instant::now());
+            if self.first {
+                tracing::warn!(
+                    bus = %self.url, error,
+                    "cannot connect to the {} bus yet; this node is not ready until it does (retrying in the background)", self.broker
+                );
+            } else {
+                tracing::warn!(
+                    bus = %self.url, error,
+                    "{} bus disconnected; this node is not ready and refuses publishes until it reconnects (retrying in the background)",
+                    self.broker
+                );
+            }
+        } else {
+            tracing::debug!(bus = %self.url, error, retry_in = ?delay, attempt = self.attempts, "{} bus still unreachable", self.broker);
+        }
         delay
     }
+}
+
+/// Whether the broker accepts a TCP connection at `addr` now.
+async fn reachable((host, port): &(String, u16)) -> bool {
+    matches!(tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect((host.as_str(), *port))).await, Ok(Ok(_)))
 }

@@ -6,7 +6,13 @@
 //!   `role` → authrole (default `user`), `exp` (required), optional `aud`,
 //!   `iss`, `nbf`, and optional `subscribe` / `publish` pattern lists that
 //!   narrow the role's rights.
+//!   `exp` is exact: an expired token gets no WELCOME and a session ends at
+//!   its token's `exp`; `auth.jwt_leeway` is clock skew on `nbf` only. An
+//!   optional `realm` claim (a string or a list) binds the token to realms.
 //! * **wampcra** (services holding a secret): HMAC-SHA256 challenge-response.
+//!   A known and an unknown authid are answered alike (the same challenge
+//!   shape with a plausible role, the same errors, the same work), with
+//!   nonces from the operating system's cryptographic generator.
 //! * **anonymous**: only when configured, with its own role.
 //!
 //! Tokens and secrets never reach the logs: failures carry a reason, not the input.
@@ -81,23 +87,62 @@ struct Jwt {
     validation: Validation,
 }
 
-/// The claims Telegraphy reads from a token.
+/// The claims Telegraphy reads from a token. `sub` and `exp` are required,
+/// but optional here so that a token without them is refused as
+/// `missing_claims`, not `malformed`.
 #[derive(Debug, Deserialize)]
 struct Claims {
-    sub: String,
+    #[serde(default)]
+    sub: Option<String>,
     #[serde(default)]
     role: Option<String>,
-    exp: u64,
+    #[serde(default)]
+    exp: Option<u64>,
+    #[serde(default)]
+    realm: Option<OneOrMany>,
     #[serde(default)]
     subscribe: Option<Vec<String>>,
     #[serde(default)]
     publish: Option<Vec<String>>,
 }
 
+/// A claim that is a string or a list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn contains(&self, s: &str) -> bool {
+        match self {
+            OneOrMany::One(one) => one == s,
+            OneOrMany::Many(many) => many.iter().any(|m| m == s),
+        }
+    }
+}
+
+/// The `alg` a token's header names, if the header is readable JSON.
+fn header_alg(ticket: &str) -> Option<String> {
+    let header = ticket.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header.trim_end_matches('=')).ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    value.get("alg")?.as_str().map(String::from)
+}
+
 /// Verifies credentials and resolves roles.
 pub struct Authenticator {
     jwt: Option<Jwt>,
+    /// Tokens must carry a `realm` claim.
+    require_realm: bool,
     cra: HashMap<String, (String, String)>,
+    /// The roles of CRA users (sorted, distinct): an unknown authid is
+    /// challenged with one of them, the same one every time.
+    cra_roles: Vec<String>,
+    /// Random per process: picks unknown authids' roles and stands in for
+    /// their secret, so they cost the same work as known ones.
+    decoy_key: [u8; 32],
     anonymous: Option<String>,
     roles: BTreeMap<String, Role>,
 }
@@ -154,8 +199,10 @@ impl Authenticator {
         let jwt = jwt.map(|(key, algorithms)| {
             let mut validation = Validation::new(algorithms[0]);
             validation.algorithms = algorithms;
+            // The leeway is for `nbf`; `exp` is checked exactly, below.
             validation.leeway = auth.jwt_leeway.as_secs();
-            let mut required = vec!["exp", "sub"];
+            validation.validate_exp = false;
+            let mut required = vec![];
             validation.validate_nbf = true;
             match &auth.jwt_audience {
                 Some(aud) => {
@@ -177,8 +224,19 @@ impl Authenticator {
             }
         }
         let cra = auth.cra.iter().map(|u| (u.authid.clone(), (u.secret.clone(), u.role.clone()))).collect();
+        let mut cra_roles: Vec<String> = auth.cra.iter().map(|u| u.role.clone()).collect();
+        cra_roles.sort();
+        cra_roles.dedup();
         let anonymous = config.anonymous_allowed().then(|| auth.anonymous_role.clone());
-        Ok(Authenticator { jwt, cra, anonymous, roles })
+        Ok(Authenticator {
+            jwt,
+            require_realm: auth.require_realm_claim,
+            cra,
+            cra_roles,
+            decoy_key: crate::node::secure_random_bytes(),
+            anonymous,
+            roles,
+        })
     }
 
     /// Whether tickets (JWTs) are accepted.
@@ -246,11 +304,18 @@ impl Authenticator {
         Some(self.session_for(format!("anonymous-{session}"), role, ("anonymous", "static"), None, None, None))
     }
 
-    /// Verifies a ticket (a JWT).
-    pub fn verify_ticket(&self, ticket: &str) -> Result<Authenticated, AuthFailure> {
+    /// Verifies a ticket (a JWT) for a session joining `realm`.
+    pub fn verify_ticket(&self, ticket: &str, realm: &str) -> Result<Authenticated, AuthFailure> {
         let Some(jwt) = &self.jwt else {
             return Err(failure("no_method", "this gateway does not accept tickets (no auth.jwt_secret or auth.jwt_public_key_file)"));
         };
+        // `alg: none` and algorithms the key does not take are named as such
+        // (the jsonwebtoken crate only knows the algorithms it implements).
+        if let Some(alg) = header_alg(ticket) {
+            if !jwt.validation.algorithms.iter().any(|a| format!("{a:?}") == alg) {
+                return Err(failure("wrong_algorithm", "the token is signed with an algorithm this gateway does not accept for its key"));
+            }
+        }
         let data = jsonwebtoken::decode::<Claims>(ticket, &jwt.key, &jwt.validation).map_err(|e| match e.kind() {
             JwtErrorKind::ExpiredSignature => failure("expired", "the token has expired; fetch a fresh one from the web-app and reconnect"),
             JwtErrorKind::ImmatureSignature => {
@@ -270,49 +335,92 @@ impl Authenticator {
             _ => failure("malformed", "the ticket is not a well-formed JWT with the claims sub (string) and exp (number)"),
         })?;
         let claims = data.claims;
+        let missing = |c: &str| failure("missing_claims", format!("the token has no `{c}` claim, which this gateway requires"));
+        let sub = claims.sub.ok_or_else(|| missing("sub"))?;
+        let exp = claims.exp.ok_or_else(|| missing("exp"))?;
+        // Exact, no leeway: a token is good until its `exp`, not after.
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        if exp <= now {
+            return Err(failure("expired", "the token has expired; fetch a fresh one from the web-app and reconnect"));
+        }
+        match &claims.realm {
+            Some(realms) if !realms.contains(realm) => {
+                return Err(failure("wrong_realm", format!("the token is not valid for realm `{realm}` (claim `realm`); mint one for this realm")))
+            }
+            None if self.require_realm => return Err(missing("realm")),
+            _ => {}
+        }
         let parse = |list: Option<Vec<String>>, name: &str| -> Result<Option<PatternSet>, AuthFailure> {
             list.map(|l| PatternSet::parse(&l).map_err(|e| failure("malformed", format!("token claim `{name}`: {e}")))).transpose()
         };
         let subscribe = parse(claims.subscribe, "subscribe")?;
         let publish = parse(claims.publish, "publish")?;
-        let expires_at = UNIX_EPOCH + Duration::from_secs(claims.exp);
+        // A far-future `exp` that no clock can represent never expires.
+        let expires_at = UNIX_EPOCH.checked_add(Duration::from_secs(exp));
         let role = claims.role.unwrap_or_else(|| "user".to_string());
-        self.session_for(claims.sub, &role, ("ticket", "jwt"), subscribe, publish, Some(expires_at))
+        self.session_for(sub, &role, ("ticket", "jwt"), subscribe, publish, expires_at)
     }
 
     /// Starts WAMP-CRA for `authid` when CRA users are configured. Unknown
-    /// authids get a challenge too (that no signature answers), so the
-    /// handshake does not reveal which users exist.
+    /// authids get the same challenge (with one of the configured roles,
+    /// always the same for one authid), so the handshake does not reveal
+    /// which users exist or what their roles are.
     pub fn cra_challenge(&self, authid: &str, session: u64) -> Option<CraChallenge> {
         if self.cra.is_empty() {
             return None;
         }
-        let role = self.cra.get(authid).map(|(_, r)| r.as_str()).unwrap_or("");
+        let role = match self.cra.get(authid) {
+            Some((_, role)) => role.as_str(),
+            None => {
+                let pick = self.decoy(authid);
+                let i = u64::from_le_bytes(pick[..8].try_into().expect("8 bytes")) % self.cra_roles.len() as u64;
+                self.cra_roles[i as usize].as_str()
+            }
+        };
+        let nonce: [u8; 16] = crate::node::secure_random_bytes();
         let challenge = serde_json::json!({
             "authid": authid,
             "authrole": role,
             "authmethod": "wampcra",
             "authprovider": "static",
             "session": session,
-            "nonce": format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+            "nonce": nonce.iter().map(|b| format!("{b:02x}")).collect::<String>(),
             "timestamp": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         })
         .to_string();
         Some(CraChallenge { authid: authid.to_string(), challenge })
     }
 
+    /// A keyed hash of `authid` (unknown authids' role and stand-in secret).
+    fn decoy(&self, authid: &str) -> [u8; 32] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.decoy_key).expect("HMAC takes any key length");
+        mac.update(authid.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     /// Checks a WAMP-CRA signature: base64(HMAC-SHA256(secret, challenge)).
+    /// Every failure gets the same answer, and an unknown authid costs the
+    /// same work as a known one (its signature is checked against a secret
+    /// nobody has).
     pub fn verify_cra(&self, challenge: &CraChallenge, signature: &str) -> Result<Authenticated, AuthFailure> {
-        let Some((secret, role)) = self.cra.get(&challenge.authid) else {
-            return Err(failure("cra_failed", "the signature does not match; check the authid and the secret"));
+        let refused = || failure("cra_failed", "the signature does not match; check the authid and the secret");
+        let known = self.cra.get(&challenge.authid);
+        let decoy;
+        let secret: &[u8] = match known {
+            Some((secret, _)) => secret.as_bytes(),
+            None => {
+                decoy = self.decoy(&challenge.authid);
+                &decoy
+            }
         };
-        let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(signature.trim()) else {
-            return Err(failure("cra_failed", "the signature must be base64"));
-        };
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+        let sig = base64::engine::general_purpose::STANDARD.decode(signature.trim()).unwrap_or_default();
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
         mac.update(challenge.challenge.as_bytes());
-        mac.verify_slice(&sig).map_err(|_| failure("cra_failed", "the signature does not match; check the secret"))?;
-        self.session_for(challenge.authid.clone(), role, ("wampcra", "static"), None, None, None)
+        let matches = mac.verify_slice(&sig).is_ok();
+        match known {
+            Some((_, role)) if matches => self.session_for(challenge.authid.clone(), role, ("wampcra", "static"), None, None, None),
+            _ => Err(refused()),
+        }
     }
 }
 

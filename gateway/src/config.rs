@@ -50,10 +50,18 @@ pub struct Config {
     /// allowed to publish too. Refused on non-loopback addresses.
     pub dev: bool,
     /// Browser origins allowed to open WebSockets (`https://app.example.com`).
-    /// Same-origin pages and clients that send no Origin (non-browsers) are
-    /// always allowed; `"*"` allows every origin.
+    /// Clients that send no Origin (non-browsers) are always allowed; `"*"`
+    /// allows every origin. Pages served from one of `public_hosts` count
+    /// as the gateway's own origin.
     #[serde(deserialize_with = "list_or_csv")]
     pub allowed_origins: Vec<String>,
+    /// Host names (`host` or `host:port`) under which browsers reach this
+    /// gateway, e.g. a reverse proxy that serves the web-app and `/ws` on
+    /// one host: pages from those hosts may connect. The request's own
+    /// `Host` header is never trusted for this (DNS rebinding). With `dev`,
+    /// loopback hosts (127.0.0.1, localhost, [::1]) are implied.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub public_hosts: Vec<String>,
     /// TLS on the public listener (for deployments without a terminating proxy).
     pub tls: TlsConfig,
     /// Who may connect, and how.
@@ -97,9 +105,15 @@ pub struct AuthConfig {
     pub jwt_audience: Option<String>,
     /// When set, tokens must come from this issuer (`iss`).
     pub jwt_issuer: Option<String>,
-    /// Clock skew tolerated on `exp` and `nbf`.
+    /// Clock skew tolerated on `nbf` (a token minted by a web-app whose
+    /// clock runs ahead). Never on `exp`: an expired token gets no WELCOME,
+    /// and a session ends at its token's `exp`.
     #[serde(with = "humantime_serde")]
     pub jwt_leeway: Duration,
+    /// Tokens must name the realm they may join (claim `realm`: a string or
+    /// a list of strings). Without it, a token with no `realm` claim joins
+    /// any realm, and one with the claim only the realms it names.
+    pub require_realm_claim: bool,
     /// Close a session when its token expires (GOODBYE, close code 4003).
     pub expire_sessions: bool,
     /// WAMP-CRA users, for non-browser clients that hold a secret.
@@ -149,6 +163,7 @@ impl Default for AuthConfig {
             jwt_audience: None,
             jwt_issuer: None,
             jwt_leeway: Duration::from_secs(30),
+            require_realm_claim: false,
             expire_sessions: true,
             cra: Vec::new(),
         }
@@ -263,9 +278,24 @@ pub struct Limits {
     /// Most WebSocket connections from one client IP; 0 means no limit.
     /// Behind a proxy every client shares the proxy's IP: enforce it there.
     pub max_connections_per_ip: usize,
-    /// Time a client has to send its HTTP request headers (slowloris guard).
+    /// Time a client has to send its HTTP request headers (slowloris
+    /// guard), counted from the accept, and on a kept-alive connection
+    /// from the end of the previous request.
     #[serde(with = "humantime_serde")]
     pub http_header_timeout: Duration,
+    /// Time a `POST /publish` body has to arrive once its API key was accepted.
+    #[serde(with = "humantime_serde")]
+    pub http_body_timeout: Duration,
+    /// Most connections from one client IP that have not authenticated yet
+    /// (WebSockets before WELCOME, HTTP requests before a valid API key);
+    /// more are closed at accept. 0 means no limit. Behind a proxy every
+    /// client shares the proxy's IP: raise it or enforce it there.
+    pub max_unauthenticated_per_ip: usize,
+    /// Bytes the kernel may hold for one client (`SO_SNDBUF`; the kernel
+    /// doubles it for bookkeeping). Together with `outbound_queue_bytes` it
+    /// bounds what a stalled client holds, and keeps a shed client's close
+    /// frame deliverable. 0 leaves the kernel's sizing (up to megabytes).
+    pub socket_send_buffer: usize,
 }
 
 /// Drain settings.
@@ -294,6 +324,7 @@ impl Default for Config {
             api_keys: Vec::new(),
             dev: false,
             allowed_origins: Vec::new(),
+            public_hosts: Vec::new(),
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             roles: std::collections::BTreeMap::new(),
@@ -326,6 +357,9 @@ impl Default for Limits {
             max_pending_handshakes: 10_000,
             max_connections_per_ip: 0,
             http_header_timeout: Duration::from_secs(10),
+            http_body_timeout: Duration::from_secs(10),
+            max_unauthenticated_per_ip: 256,
+            socket_send_buffer: 128 * 1024,
         }
     }
 }
@@ -493,8 +527,10 @@ impl Config {
         if let (Some(cert), Some(key)) = (&self.tls.cert_file, &self.tls.key_file) {
             crate::listener::tls_acceptor(cert, key).map_err(|e| ConfigError::Invalid(format!("{e:#}")))?;
         }
-        if self.limits.max_pending_handshakes == 0 || self.limits.http_header_timeout.is_zero() {
-            return invalid("keys `limits.max_pending_handshakes` and `limits.http_header_timeout` must be greater than 0".into());
+        if self.limits.max_pending_handshakes == 0 || self.limits.http_header_timeout.is_zero() || self.limits.http_body_timeout.is_zero() {
+            return invalid(
+                "keys `limits.max_pending_handshakes`, `limits.http_header_timeout` and `limits.http_body_timeout` must be greater than 0".into(),
+            );
         }
         if self.limits.bus_reconnect_max_delay.is_zero() {
             return invalid("key `limits.bus_reconnect_max_delay` must be longer than 0s".into());

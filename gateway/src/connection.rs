@@ -23,18 +23,23 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use telegraphy_wamp::codes::{close, uri as err};
 use telegraphy_wamp::Serialization;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep_until, Instant};
 
+use crate::admission::Ticket;
 use crate::hub::SessionHandle;
 use crate::metrics::Violation;
-use crate::node::{random_id, Node};
+use crate::node::{secure_random_id, Node};
 use crate::outbox::{Ended, Outbox};
 use crate::session::{Flow, Session};
 use crate::wire::Wire;
 
 /// How long the last flush, and then the wait for the peer's close reply, may take.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a client shed as a slow consumer has to take its close frame
+/// (its backlog is dropped; what is left is the kernel's send buffer,
+/// `limits.socket_send_buffer`). A client that reads nothing for this long
+/// sees the connection end without one (`telegraphy_close_unsent_total`).
+const SLOW_CONSUMER_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Initial read buffer of each WebSocket. tungstenite's default (128 KiB)
 /// is zero-filled on the first read, so every idle session kept 128 KiB
 /// resident; clients send small messages, and a larger one grows the buffer.
@@ -48,6 +53,7 @@ pub async fn upgrade(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(wire): Extension<Arc<Wire>>,
+    Extension(ticket): Extension<Arc<Ticket>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -56,7 +62,7 @@ pub async fn upgrade(
         return (StatusCode::SERVICE_UNAVAILABLE, "this gateway node is draining; connect to another node\n").into_response();
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
-        if !origin_allowed(&node.config.allowed_origins, origin, headers.get(header::HOST)) {
+        if !origin_allowed(&node.config.allowed_origins, &node.config.public_hosts, node.config.dev, origin) {
             node.metrics.refused("origin");
             node.metrics.auth_failure("origin");
             let origin = origin.to_str().unwrap_or("(not text)");
@@ -76,7 +82,7 @@ pub async fn upgrade(
         );
         return (StatusCode::BAD_REQUEST, msg).into_response();
     };
-    let Ok(permit) = node.connections.clone().try_acquire_owned() else {
+    if !ticket.has_slot() {
         node.metrics.refused("max_connections");
         return (StatusCode::SERVICE_UNAVAILABLE, "this gateway node is at its connection limit; retry later or connect to another node\n")
             .into_response();
@@ -98,29 +104,45 @@ pub async fn upgrade(
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"));
     ws.set_selected_protocol(HeaderValue::from_static(serialization.subprotocol()));
     let tracker = node.sessions.clone();
-    let guards = Guards { _permit: permit, pending: Some(pending), _per_ip: per_ip };
+    let guards = Guards { ticket, pending: Some(pending), _per_ip: per_ip };
     ws.on_upgrade(move |socket| tracker.track_future(run(node, socket, wire, serialization, guards)))
 }
 
 /// Whether a browser page from `origin` may open a WebSocket: listed in
-/// `allowed`, `*` listed, or the same origin as the gateway itself.
-pub fn origin_allowed(allowed: &[String], origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
+/// `allowed`, `*` listed, served from one of the gateway's `public_hosts`,
+/// or (in dev mode) from a loopback host. The request's `Host` header is not
+/// consulted: a DNS-rebinding page controls it.
+pub fn origin_allowed(allowed: &[String], public_hosts: &[String], dev: bool, origin: &HeaderValue) -> bool {
     let Ok(origin) = origin.to_str() else {
         return false;
     };
     if allowed.iter().any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin)) {
         return true;
     }
-    let same_host = origin.split_once("://").map(|(_, h)| h);
-    match (same_host, host.and_then(|h| h.to_str().ok())) {
-        (Some(o), Some(h)) => o.eq_ignore_ascii_case(h),
-        _ => false,
+    let Some((scheme, host)) = origin.split_once("://") else {
+        return false;
+    };
+    if !matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https") || host.contains('/') {
+        return false;
+    }
+    if public_hosts.iter().any(|h| h.eq_ignore_ascii_case(host) || without_port(h).eq_ignore_ascii_case(host)) {
+        return true;
+    }
+    dev && matches!(without_port(host).to_ascii_lowercase().as_str(), "127.0.0.1" | "localhost" | "[::1]")
+}
+
+/// `host:port` without its port (`[::1]:8080` → `[::1]`).
+fn without_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
+        _ => host,
     }
 }
 
 /// Slots a connection holds while it lives.
 struct Guards {
-    _permit: OwnedSemaphorePermit,
+    /// Its admission slot (shed while unauthenticated, trusted at WELCOME).
+    ticket: Arc<Ticket>,
     /// Released once the session is established (or the connection ends).
     pending: Option<Pending>,
     _per_ip: PerIp,
@@ -181,18 +203,50 @@ impl Drop for PerIp {
 /// hello, idle and token deadlines. One task (not a reader and a writer)
 /// because every idle connection pays for each task and its timers.
 async fn run(node: Arc<Node>, mut socket: WebSocket, wire: Arc<Wire>, serialization: Serialization, mut guards: Guards) {
-    node.metrics.connections.inc();
+    // Counted by a guard, so that the gauge comes back on every way out,
+    // a panic included.
+    let _open = OpenConnection::count(&node);
     let limits = &node.config.limits;
     let outbox = Outbox::new(wire, serialization.index(), limits.outbound_queue_messages, limits.outbound_queue_bytes, node.metrics.clone());
-    let handle = Arc::new(SessionHandle { id: random_id(), serialization, identity: OnceLock::new(), outbox });
+    let handle = Arc::new(SessionHandle { id: secure_random_id(), serialization, identity: OnceLock::new(), outbox });
     let mut session = Session::new(node.clone(), handle.clone());
-    let peer_closed = serve(&node, &handle, &mut session, &mut socket, &mut guards.pending).await;
+    let ended = serve(&node, &handle, &mut session, &mut socket, &mut guards).await;
     session.cleanup();
     drop(session);
-    // Boxed, like the other once-per-connection work: it would otherwise
-    // take room in every idle connection's task.
-    Box::pin(close_connection(&node, &handle, &mut socket, peer_closed)).await;
-    node.metrics.connections.dec();
+    match ended {
+        // Shed to make room: the socket is closed at once, without a word.
+        End::Shed => {
+            handle.outbox.close(close::NORMAL);
+        }
+        // Boxed, like the other once-per-connection work: it would otherwise
+        // take room in every idle connection's task.
+        End::Close { peer_closed } => Box::pin(close_connection(&node, &handle, &mut socket, peer_closed)).await,
+    }
+}
+
+/// One open WebSocket in `telegraphy_connections`, for as long as it lives.
+struct OpenConnection<'a>(&'a Node);
+
+impl<'a> OpenConnection<'a> {
+    fn count(node: &'a Node) -> OpenConnection<'a> {
+        node.metrics.connections.inc();
+        OpenConnection(node)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.connections.dec();
+    }
+}
+
+/// How [`serve`] ended.
+enum End {
+    /// The session closes: with a close handshake unless the peer closed
+    /// (or vanished) already.
+    Close { peer_closed: bool },
+    /// The connection was shed before it authenticated.
+    Shed,
 }
 
 /// When the connection's one timer must next fire: the hello or idle
@@ -216,12 +270,13 @@ enum Wake {
     Outbox(Ended),
     Shutdown,
     Timer,
+    Shed,
     Frame(Option<Result<WsMessage, axum::Error>>),
 }
 
-/// Serves the session until it must close. Returns whether the peer
-/// closed (or vanished), in which case no close handshake is waited for.
-async fn serve(node: &Node, handle: &SessionHandle, session: &mut Session, socket: &mut WebSocket, pending: &mut Option<Pending>) -> bool {
+/// Serves the session until it must close.
+async fn serve(node: &Node, handle: &SessionHandle, session: &mut Session, socket: &mut WebSocket, guards: &mut Guards) -> End {
+    let ticket = guards.ticket.clone();
     let limits = &node.config.limits;
     let now = Instant::now();
     let mut due = Deadlines { silence: now + limits.handshake_timeout, next_ping: now + limits.ping_interval };
@@ -239,14 +294,16 @@ async fn serve(node: &Node, handle: &SessionHandle, session: &mut Session, socke
             ended = handle.outbox.serve_writes() => Wake::Outbox(ended),
             _ = node.shutdown.cancelled(), if !draining => Wake::Shutdown,
             _ = &mut timer => Wake::Timer,
+            _ = ticket.shed(), if guards.pending.is_some() => Wake::Shed,
             frame = socket.next() => Wake::Frame(frame),
         };
         let flow = match wake {
-            Wake::Outbox(Ended::Closing) => return false,
+            Wake::Shed => return End::Shed,
+            Wake::Outbox(Ended::Closing) => return End::Close { peer_closed: false },
             Wake::Outbox(Ended::Failed(e)) => {
                 tracing::debug!(error = %e, "writing to the client failed; closing");
                 handle.outbox.close(close::NORMAL);
-                return true;
+                return End::Close { peer_closed: true };
             }
             Wake::Shutdown => {
                 draining = true;
@@ -255,7 +312,7 @@ async fn serve(node: &Node, handle: &SessionHandle, session: &mut Session, socke
             Wake::Timer => on_timer(node, session, &mut due, handle.outbox.is_backed_up()),
             Wake::Frame(None) => {
                 handle.outbox.close(close::NORMAL);
-                return true;
+                return End::Close { peer_closed: true };
             }
             Wake::Frame(Some(Err(e))) => read_error(session, e),
             Wake::Frame(Some(Ok(frame))) => {
@@ -278,19 +335,21 @@ async fn serve(node: &Node, handle: &SessionHandle, session: &mut Session, socke
                     }
                     WsMessage::Close(_) => {
                         handle.outbox.close(close::NORMAL);
-                        return true;
+                        return End::Close { peer_closed: true };
                     }
                     WsMessage::Ping(_) | WsMessage::Pong(_) => Flow::Continue,
                 }
             }
         };
-        if pending.is_some() && session.is_established() {
-            // Authenticated: no longer counts against max_pending_handshakes.
-            pending.take();
+        if guards.pending.is_some() && session.is_established() {
+            // Authenticated: no longer counts against max_pending_handshakes,
+            // and no longer shed to make room.
+            guards.pending.take();
+            ticket.trust();
         }
         if let Flow::Close(code) = flow {
             handle.outbox.close(code);
-            return false;
+            return End::Close { peer_closed: false };
         }
         let next = due.earliest(session);
         if next < armed || timer.is_elapsed() {
@@ -371,15 +430,21 @@ fn read_error(session: &mut Session, e: axum::Error) -> Flow {
 /// end) is awaited. Each step is bounded in time.
 async fn close_connection(node: &Node, handle: &SessionHandle, socket: &mut WebSocket, peer_closed: bool) {
     let code = handle.outbox.close_code().unwrap_or(close::NORMAL);
-    node.metrics.disconnect(code);
     tracing::debug!(session = handle.id, code, reason = close_reason(code), "connection closing");
+    let flush_timeout = if code == close::SLOW_CONSUMER { SLOW_CONSUMER_CLOSE_TIMEOUT } else { CLOSE_FLUSH_TIMEOUT };
     // Pushes are refused from now on (the outbox is closing).
-    let finished = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
+    let finished = tokio::time::timeout(flush_timeout, async {
         handle.outbox.finish().await.map_err(axum::Error::new)?;
         socket.send(WsMessage::Close(Some(CloseFrame { code, reason: close_reason(code).into() }))).await
     })
     .await;
-    if !peer_closed && matches!(finished, Ok(Ok(()))) {
+    // Counted as sent only once the kernel took the close frame.
+    let sent = matches!(finished, Ok(Ok(())));
+    node.metrics.disconnect(code, sent);
+    if !sent {
+        tracing::debug!(session = handle.id, code, "the close frame could not be written (the client is gone or not reading)");
+    }
+    if !peer_closed && sent {
         let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async { while let Some(Ok(_)) = socket.next().await {} }).await;
     }
 }

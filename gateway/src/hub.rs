@@ -5,6 +5,11 @@
 //! encoded once per (subscription, serializer) and the very same bytes are
 //! queued to every subscriber.
 //!
+//! Subscription ids are a keyed hash of (match policy, URI) under a random
+//! per-node key: the same pair always gets the same id on this node, whether
+//! or not another session holds it, so an id tells a session nothing about
+//! other sessions' subscriptions (sequential ids did).
+//!
 //! Lookup cost per event: one hash lookup for exact subscriptions, one per
 //! distinct prefix length for prefix subscriptions, and a component-wise
 //! check of the wildcard patterns that have as many components as the topic.
@@ -65,7 +70,6 @@ struct Subscriber {
 
 #[derive(Default)]
 struct Inner {
-    next_id: Id,
     by_key: HashMap<(MatchPolicy, Arc<str>), Id>,
     subs: HashMap<Id, Subscription>,
     exact: HashMap<Arc<str>, Id>,
@@ -97,12 +101,30 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// This node's id, to recognise its own sessions in `exclude_me`.
     node_id: u64,
+    /// Key of the subscription-id hash (random per hub).
+    id_key: [u8; 32],
 }
 
 impl Hub {
     /// An empty hub.
     pub fn new(realm: &str, bus: Arc<dyn Bus>, metrics: Arc<Metrics>, node_id: u64) -> Hub {
-        Hub { realm: realm.to_string(), inner: RwLock::new(Inner { next_id: 1, ..Default::default() }), bus, metrics, node_id }
+        Hub { realm: realm.to_string(), inner: RwLock::new(Inner::default()), bus, metrics, node_id, id_key: crate::node::secure_random_bytes() }
+    }
+
+    /// The id for (policy, uri): a keyed hash, moved on past ids taken by
+    /// other pairs (a collision in 2^53 ids).
+    fn id_for(&self, inner: &Inner, policy: MatchPolicy, uri: &str) -> Id {
+        use hmac::Mac as _;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.id_key).expect("HMAC takes any key length");
+        mac.update(policy.as_str().as_bytes());
+        mac.update(&[0]);
+        mac.update(uri.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let mut id = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")) % telegraphy_wamp::MAX_ID + 1;
+        while inner.subs.contains_key(&id) {
+            id = id % telegraphy_wamp::MAX_ID + 1;
+        }
+        id
     }
 
     /// Adds `session` to the subscription for (policy, uri), creating it if needed.
@@ -112,8 +134,7 @@ impl Hub {
         let id = match inner.by_key.get(&(policy, key.clone())) {
             Some(id) => *id,
             None => {
-                let id = inner.next_id;
-                inner.next_id += 1;
+                let id = self.id_for(&inner, policy, uri);
                 let ticket = self.bus.add_interest(&self.realm, policy, uri);
                 inner.by_key.insert((policy, key.clone()), id);
                 inner.subs.insert(id, Subscription { ticket, policy, uri: key.clone(), subscribers: HashMap::new() });

@@ -6,7 +6,9 @@
 //! * [`config`]: the one [`Config`](config::Config) struct (TOML file,
 //!   `TELEGRAPHY_*` env, flags), validated at startup.
 //! * [`server`]: listeners, routes and the single owner of shutdown/drain.
-//! * [`listener`]: the public accept loop (TLS, header timeout, peer address).
+//! * [`listener`]: the public accept loop (TLS, admission, peer address).
+//! * [`admission`]: every accepted connection's slot, phase deadlines, and
+//!   shedding the oldest unauthenticated connections when full.
 //! * [`connection`]: the WebSocket upgrade and the one task that serves each connection.
 //! * [`session`]: the WAMP session state machine (HELLO to GOODBYE).
 //! * [`auth`]: authentication (JWT tickets, WAMP-CRA, anonymous) and roles.
@@ -24,6 +26,7 @@
 //!
 //! The WAMP codec lives in `telegraphy-wamp` and the bus in `telegraphy-bus`.
 
+pub mod admission;
 pub mod auth;
 pub mod authz;
 pub mod config;

@@ -1,6 +1,7 @@
-//! The public listener: accepts TCP (and TLS) connections, gives clients a
-//! bounded time to send their HTTP request headers (slowloris guard), and
-//! serves the router with the peer address attached (`ConnectInfo`).
+//! The public listener: accepts TCP (and TLS) connections, admits each one
+//! ([`crate::admission`]: one slot from the accept on, deadlines per phase,
+//! untrusted connections shed first), and serves the router with the peer
+//! address, the shared socket and the admission ticket attached.
 //!
 //! WebSocket connections leave hyper once upgraded; the node's session
 //! tracker owns them from then on. Plain HTTP requests still in flight when
@@ -26,7 +27,19 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
+use crate::admission::{Admission, Ticket};
 use crate::wire::Wire;
+
+/// What the listener needs to know of the limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenLimits {
+    /// Request headers (and the TLS handshake) must arrive within this.
+    pub header_timeout: Duration,
+    /// A trusted (API-key) HTTP connection may idle this long between requests.
+    pub idle_timeout: Duration,
+    /// `SO_SNDBUF` of every connection (0: the kernel's sizing).
+    pub send_buffer: usize,
+}
 
 /// Loads a TLS acceptor from PEM files (certificate chain, private key).
 pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> anyhow::Result<TlsAcceptor> {
@@ -48,7 +61,15 @@ pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> anyhow::Result<TlsAcce
 
 /// Serves `app` on `listener` until `stop` is cancelled, then waits for
 /// in-flight HTTP requests (the caller bounds that wait).
-pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, app: Router, stop: CancellationToken, header_timeout: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    app: Router,
+    stop: CancellationToken,
+    admission: Arc<Admission>,
+    limits: ListenLimits,
+) {
+    let header_timeout = limits.header_timeout;
     let graceful = GracefulShutdown::new();
     // HTTP/1 only: WebSockets upgrade over HTTP/1, and the header timeout
     // (slowloris guard) applies to HTTP/1 connections.
@@ -61,8 +82,15 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, app: Router,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // Usually out of file descriptors: back off instead of
-                    // spinning, and say so once in a while, not 20 times a second.
+                    // Usually out of file descriptors: make room by closing
+                    // the oldest unauthenticated connection, so logins keep
+                    // working while an attacker holds idle sockets.
+                    if is_out_of_files(&e) && admission.shed_oldest() {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    }
+                    // Otherwise back off instead of spinning, and say so once
+                    // in a while, not 20 times a second.
                     if let Some(unlogged) = accept_errors.hit(std::time::Instant::now()) {
                         tracing::warn!(
                             error = %e,
@@ -76,31 +104,71 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, app: Router,
                 }
             },
         };
+        // Counted from now on, before the client has sent a byte.
+        let ticket = match admission.admit(peer.ip(), header_timeout) {
+            Ok(t) => t,
+            Err(refused) => {
+                tracing::debug!(%peer, ?refused, "connection closed at accept");
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
-        // The request handlers get the connection's shared socket: a
-        // WebSocket session writes its frames straight to it.
+        if limits.send_buffer > 0 {
+            let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(limits.send_buffer);
+        }
+        // The request handlers get the connection's shared socket (a
+        // WebSocket session writes its frames straight to it) and its
+        // admission ticket.
         let app = app.clone();
-        let service = move |wire: Arc<Wire>| {
-            TowerToHyperService::new(app.map_request(move |mut req: axum::http::Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                req.extensions_mut().insert(wire.clone());
-                req
-            }))
+        let service = move |wire: Arc<Wire>, ticket: Arc<Ticket>| {
+            let during = ticket.clone();
+            TowerToHyperService::new(
+                app.map_request(move |mut req: axum::http::Request<Incoming>| {
+                    // Headers are in: the handler bounds what comes next.
+                    during.set_deadline(None);
+                    req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                    req.extensions_mut().insert(wire.clone());
+                    req.extensions_mut().insert(during.clone());
+                    req
+                })
+                .map_response(move |response: axum::response::Response| {
+                    // A WebSocket's task keeps its own deadlines; a kept-alive
+                    // HTTP connection must send its next request in time.
+                    if response.status() != axum::http::StatusCode::SWITCHING_PROTOCOLS {
+                        let wait = if ticket.is_trusted() { limits.idle_timeout } else { header_timeout };
+                        ticket.set_deadline(Some(tokio::time::Instant::now() + wait));
+                    }
+                    response
+                }),
+            )
         };
         let builder = builder.clone();
         match &tls {
             None => {
                 let wire = Wire::tcp(tcp);
-                let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(wire.io()), service(wire)).into_owned());
+                let conn =
+                    graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(wire.io()), service(wire, ticket.clone())).into_owned());
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    tokio::select! {
+                        _ = conn => {}
+                        // Shed, or too slow for its phase: dropping the
+                        // connection closes the socket.
+                        _ = ticket.expired() => {}
+                    }
                 });
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+                    let handshake = async {
+                        tokio::select! {
+                            r = tokio::time::timeout(header_timeout, acceptor.accept(tcp)) => Some(r),
+                            _ = ticket.shed() => None,
+                        }
+                    };
+                    let Some(handshake) = handshake.await else { return };
+                    let stream = match handshake {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -112,14 +180,23 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, app: Router,
                         }
                     };
                     let wire = Wire::tls(stream);
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(wire.io()), service(wire)).into_owned();
-                    let _ = watcher.watch(conn).await;
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(wire.io()), service(wire, ticket.clone())).into_owned();
+                    tokio::select! {
+                        _ = watcher.watch(conn) => {}
+                        _ = ticket.expired() => {}
+                    }
                 });
             }
         }
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Whether an accept error means the process (or system) is out of file descriptors.
+fn is_out_of_files(e: &std::io::Error) -> bool {
+    // EMFILE (24) and ENFILE (23) on Linux and the BSDs.
+    matches!(e.raw_os_error(), Some(23 | 24))
 }
 
 /// At most one warning this often while `accept` keeps failing.

@@ -155,7 +155,10 @@ fn fit_open_files(config: &mut Config) {
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+    // lapin logs each lost connection as errors of its own; the bus adapter
+    // reports the outage once, with lapin's reason (unless asked for lapin's logs).
+    let level = if config.log.level.contains("lapin") { config.log.level.clone() } else { format!("{},lapin=off", config.log.level) };
+    let filter = tracing_subscriber::EnvFilter::try_new(&level)
         .with_context(|| format!("key `log.level`: `{}` is not a valid log filter (try info or debug)", config.log.level))?;
     // Colours only for people at a terminal, never in files or log pipelines.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());

@@ -17,7 +17,7 @@ pub mod name {
     pub const SESSIONS: &str = "telegraphy_sessions";
     /// WAMP sessions established since start.
     pub const SESSIONS_TOTAL: &str = "telegraphy_sessions_total";
-    /// Closed connections, by WebSocket close code.
+    /// Close frames written, by WebSocket close code.
     pub const DISCONNECTS: &str = "telegraphy_disconnects_total";
     /// Session subscriptions held (one per session and subscription).
     pub const SUBSCRIPTIONS: &str = "telegraphy_subscriptions";
@@ -43,8 +43,19 @@ pub mod name {
     pub const PROTOCOL_VIOLATIONS: &str = "telegraphy_protocol_violations_total";
     /// Sessions closed because their outbound queue was full.
     pub const SLOW_CONSUMER_CLOSES: &str = "telegraphy_slow_consumer_closes_total";
-    /// Messages dropped because a session's outbound queue was full.
+    /// Messages a session never got, by reason: `queue_full` (the message
+    /// that found the queue full), `discarded` (still queued when a slow
+    /// consumer was closed), `closing` (for a session already closing).
     pub const QUEUE_DROPS: &str = "telegraphy_queue_drops_total";
+    /// Closes whose close frame could not be written (the peer was gone or
+    /// did not read within the close timeout), by the close code meant.
+    pub const CLOSE_UNSENT: &str = "telegraphy_close_unsent_total";
+    /// Connections accepted on the public listener and not closed yet
+    /// (WebSocket or HTTP, authenticated or not).
+    pub const ADMITTED_CONNECTIONS: &str = "telegraphy_admitted_connections";
+    /// Unauthenticated connections closed to make room (all slots taken, or
+    /// out of file descriptors).
+    pub const CONNECTIONS_SHED: &str = "telegraphy_connections_shed_total";
     /// Sessions refused at authentication, by reason.
     pub const AUTH_FAILURES: &str = "telegraphy_auth_failures_total";
     /// SUBSCRIBE / PUBLISH refused by authorization, by action.
@@ -69,7 +80,7 @@ pub const DISCONNECT_CODES: [u16; 11] = [1000, 1002, 1003, 1007, 1009, 1012, 400
 
 /// Every `reason` label of `telegraphy_auth_failures_total` (exported at 0
 /// from the start, so dashboards and alerts see the series).
-pub const AUTH_FAILURE_REASONS: [&str; 12] = [
+pub const AUTH_FAILURE_REASONS: [&str; 13] = [
     "expired",
     "not_yet_valid",
     "bad_signature",
@@ -82,7 +93,24 @@ pub const AUTH_FAILURE_REASONS: [&str; 12] = [
     "no_method",
     "cra_failed",
     "origin",
+    "wrong_realm",
 ];
+
+/// Why a session never got a message (the `reason` label of
+/// `telegraphy_queue_drops_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drop {
+    /// The message found the session's queue full (the session is then
+    /// closed as a slow consumer).
+    QueueFull,
+    /// Still queued when a slow consumer was closed.
+    Discarded,
+    /// For a session already closing.
+    Closing,
+}
+
+/// The `reason` labels, in [`Drop`] order.
+pub const DROP_REASONS: [&str; 3] = ["queue_full", "discarded", "closing"];
 
 /// Protocol violation kinds (the `kind` label).
 #[derive(Debug, Clone, Copy)]
@@ -144,7 +172,10 @@ pub struct Metrics {
     pub fanout_duration: Histogram,
     violations: [IntCounter; 6],
     pub slow_consumer_closes: IntCounter,
-    pub queue_drops: IntCounter,
+    pub queue_drops: [IntCounter; 3],
+    close_unsent: IntCounterVec,
+    pub admitted_connections: IntGauge,
+    pub shed_connections: IntCounter,
     http_publish_errors: IntCounterVec,
     auth_failures: IntCounterVec,
     pub denied_subscribe: IntCounter,
@@ -204,13 +235,16 @@ impl Metrics {
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         reg(Box::new(build_info));
         let connections_refused = counter_vec(name::CONNECTIONS_REFUSED, "WebSocket upgrades refused, by reason.", "reason");
-        for reason in ["draining", "subprotocol", "max_connections", "origin", "pending_handshakes", "per_ip"] {
+        for reason in ["draining", "subprotocol", "max_connections", "origin", "pending_handshakes", "per_ip", "unauthenticated_per_ip"] {
             connections_refused.with_label_values(&[reason]);
         }
-        let disconnects = counter_vec(name::DISCONNECTS, "Closed WebSocket connections, by close code.", "code");
+        let disconnects = counter_vec(name::DISCONNECTS, "Close frames written to clients, by close code.", "code");
+        let close_unsent = counter_vec(name::CLOSE_UNSENT, "Closes whose close frame could not be written, by close code.", "code");
         for code in DISCONNECT_CODES {
             disconnects.with_label_values(&[&code.to_string()]);
+            close_unsent.with_label_values(&[&code.to_string()]);
         }
+        let queue_drops = counter_vec(name::QUEUE_DROPS, "Messages sessions never got, by reason.", "reason");
         let http_publish_errors = counter_vec(name::HTTP_PUBLISH_ERRORS, "HTTP publish requests refused, by status.", "status");
         for status in ["400", "401", "403", "413", "503"] {
             http_publish_errors.with_label_values(&[status]);
@@ -242,7 +276,10 @@ impl Metrics {
             fanout_duration,
             violations: Violation::ALL.map(|v| violations_vec.with_label_values(&[v.label()])),
             slow_consumer_closes: counter(name::SLOW_CONSUMER_CLOSES, "Sessions closed for not keeping up."),
-            queue_drops: counter(name::QUEUE_DROPS, "Messages dropped because a session queue was full."),
+            queue_drops: DROP_REASONS.map(|r| queue_drops.with_label_values(&[r])),
+            close_unsent,
+            admitted_connections: gauge(name::ADMITTED_CONNECTIONS, "Connections accepted and not closed yet (WebSocket or HTTP)."),
+            shed_connections: counter(name::CONNECTIONS_SHED, "Unauthenticated connections closed to make room."),
             registry,
         }
     }
@@ -262,9 +299,15 @@ impl Metrics {
         self.auth_failures.with_label_values(&[reason]).inc();
     }
 
-    /// Counts a closed connection by its close code.
-    pub fn disconnect(&self, code: u16) {
-        self.disconnects.with_label_values(&[&code.to_string()]).inc();
+    /// Counts a close: its close frame was written (`sent`), or not.
+    pub fn disconnect(&self, code: u16, sent: bool) {
+        let counter = if sent { &self.disconnects } else { &self.close_unsent };
+        counter.with_label_values(&[&code.to_string()]).inc();
+    }
+
+    /// Counts `n` messages a session never got.
+    pub fn dropped(&self, reason: Drop, n: u64) {
+        self.queue_drops[reason as usize].inc_by(n);
     }
 
     /// Counts a refused WebSocket upgrade (`reason` is a fixed word).

@@ -8,10 +8,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use telegraphy_bus::{Bus, Envelope};
 use telegraphy_wamp::{Id, UriRules, MAX_ID};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Admission;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::hub::Hub;
@@ -39,8 +40,9 @@ pub struct Node {
     pub pending_handshakes: std::sync::atomic::AtomicUsize,
     /// Open WebSockets per client IP (when `limits.max_connections_per_ip` is set).
     pub per_ip: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
-    /// Bounds concurrent WebSocket connections (`limits.max_connections`).
-    pub connections: Arc<Semaphore>,
+    /// Every connection of the public listener, from accept to close
+    /// (`limits.max_connections`, unauthenticated ones shed first).
+    pub admission: Arc<Admission>,
     /// False while draining; `/readyz` reports it.
     draining: AtomicBool,
     /// Cancelled when sessions must wind down (drain).
@@ -69,7 +71,7 @@ impl Node {
             auth,
             pending_handshakes: std::sync::atomic::AtomicUsize::new(0),
             per_ip: std::sync::Mutex::new(HashMap::new()),
-            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            admission: Admission::new(config.limits.max_connections, config.limits.max_unauthenticated_per_ip, metrics.clone()),
             config,
             id,
             hubs,
@@ -124,9 +126,26 @@ impl Node {
     }
 }
 
-/// A random WAMP global-scope id (session, publication) in `1..=2^53`.
+/// A random WAMP global-scope id in `1..=2^53`, for publications (which
+/// gate nothing; fast).
 pub fn random_id() -> Id {
     fastrand::u64(1..=MAX_ID)
+}
+
+/// A WAMP id in `1..=2^53` from the operating system's cryptographic
+/// generator, for session ids: they gate the `eligible`/`exclude` publish
+/// options, so they must not be predictable.
+pub fn secure_random_id() -> Id {
+    u64::from_le_bytes(secure_random_bytes()) % MAX_ID + 1
+}
+
+/// Bytes from the operating system's cryptographic generator.
+pub fn secure_random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    // The kernel's generator does not fail once the system has booted; if
+    // it ever did, there is nothing safe to fall back to.
+    getrandom::fill(&mut bytes).expect("the operating system's random number generator failed");
+    bytes
 }
 
 /// Microseconds since the Unix epoch.

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use telegraphy_wamp::codes;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Drop, Metrics};
 use crate::wire::{Sent, When, Wire};
 
 /// The sending side, shared by the session, the hub and the connection's task.
@@ -67,7 +67,10 @@ impl Outbox {
     /// Sends a complete WebSocket frame without waiting: written now if the
     /// kernel takes it, queued otherwise. On overflow the session is closed.
     pub fn push(&self, frame: &Bytes) -> Result<(), PushError> {
-        self.push_event(frame, When::Now)?;
+        if self.is_closing() {
+            return Err(PushError::Closed);
+        }
+        self.send(frame, When::Now)?;
         self.count_sent(frame);
         Ok(())
     }
@@ -78,8 +81,13 @@ impl Outbox {
     /// per frame.
     pub fn push_event(&self, frame: &Bytes, when: When) -> Result<(), PushError> {
         if self.is_closing() {
+            self.metrics.dropped(Drop::Closing, 1);
             return Err(PushError::Closed);
         }
+        self.send(frame, when)
+    }
+
+    fn send(&self, frame: &Bytes, when: When) -> Result<(), PushError> {
         match self.wire.send(frame, self.max_messages, self.max_bytes, when) {
             Sent::Full => {
                 self.overflow();
@@ -118,7 +126,8 @@ impl Outbox {
     /// the last words. The close frame itself is tungstenite's to write.
     pub async fn finish(&self) -> std::io::Result<()> {
         if self.close_code() == Some(codes::close::SLOW_CONSUMER) {
-            self.wire.discard_queued();
+            let discarded = self.wire.discard_queued();
+            self.metrics.dropped(Drop::Discarded, discarded as u64);
         }
         if let Some(last) = self.last_words.lock().unwrap_or_else(|e| e.into_inner()).take() {
             self.count_sent(&last);
@@ -133,7 +142,7 @@ impl Outbox {
     }
 
     fn overflow(&self) {
-        self.metrics.queue_drops.inc();
+        self.metrics.dropped(Drop::QueueFull, 1);
         if self.close(codes::close::SLOW_CONSUMER) {
             self.metrics.slow_consumer_closes.inc();
         }
@@ -205,7 +214,9 @@ mod tests {
         assert!(outbox.is_closing());
         assert_eq!(outbox.push(&data_frame(b"d".to_vec(), false)), Err(PushError::Closed));
         assert_eq!(metrics.slow_consumer_closes.get(), 1);
-        assert_eq!(metrics.queue_drops.get(), 1);
+        assert_eq!(metrics.queue_drops[Drop::QueueFull as usize].get(), 1);
+        outbox.push_event(&data_frame(b"e".to_vec(), false), When::Now).unwrap_err();
+        assert_eq!(metrics.queue_drops[Drop::Closing as usize].get(), 1, "an event for a closing session is counted");
         assert!(matches!(outbox.serve_writes().await, Ended::Closing), "closing wins over the backlog");
     }
 
@@ -255,6 +266,7 @@ mod tests {
             all
         });
         tokio::time::timeout(Duration::from_secs(20), outbox.finish()).await.unwrap().unwrap();
+        let discarded = outbox.metrics.queue_drops[Drop::Discarded as usize].get();
         drop(outbox);
         let all = tokio::time::timeout(Duration::from_secs(20), reader).await.unwrap().unwrap();
         assert!(all.ends_with(&last), "the last words come last");
@@ -264,5 +276,6 @@ mod tests {
         let events = all.len() - last.len();
         assert_eq!(events % frame_len, 0, "a torn frame");
         assert!(events / frame_len + 3 <= accepted, "{} of {accepted} frames written: the backlog was not dropped", events / frame_len);
+        assert_eq!(events / frame_len + discarded as usize, accepted, "every accepted frame was either written or counted as discarded");
     }
 }

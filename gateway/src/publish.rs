@@ -1,22 +1,28 @@
 //! `POST /publish`: the web-app side publishes an event over HTTP.
 //!
 //! Body: `{"topic": "...", "args": [...], "kwargs": {...}, "options": {...},
-//! "realm": "..."}` (only `topic` is required). Answer: `{"id": N}` once the
-//! bus accepted the event, or `{"error": "...", "message": "..."}`.
+//! "realm": "...", "require_subscriber": false}` (only `topic` is required).
+//! Answer: `{"id": N}` once the bus accepted the event (and, with
+//! `require_subscriber`, once a node subscribed to the topic got it), or
+//! `{"error": "...", "message": "..."}`.
+//!
+//! The API key is checked before a byte of the body is read, and the body
+//! must arrive within `limits.http_body_timeout`: a client without a key
+//! cannot hold the connection by announcing a body it never sends.
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::body::Body;
+use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 use subtle::ConstantTimeEq;
-use telegraphy_bus::{Envelope, PublishError};
+use telegraphy_bus::{Delivery, Envelope, PublishError};
 use telegraphy_wamp::{uri, Dict, UriKind, Value};
 
+use crate::admission::Ticket;
 use crate::node::{now_us, random_id, Node};
 use crate::options;
 
@@ -30,13 +36,19 @@ impl PublishFailure {
 }
 
 /// The handler.
-pub async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    // The key is checked first: callers without one learn nothing else.
-    let result = match (authorize(&node, &headers), body) {
-        (Err(e), _) => Err(e),
-        (Ok(()), Ok(body)) => handle(&node, &body).await,
-        (Ok(()), Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(too_large(&node, None)),
-        (Ok(()), Err(rejection)) => Err(PublishFailure::bad(format!("could not read the body: {rejection}"))),
+pub async fn publish(State(node): State<Arc<Node>>, Extension(ticket): Extension<Arc<Ticket>>, headers: HeaderMap, body: Body) -> Response {
+    // The key is checked first, before the body is read: callers without
+    // one learn nothing else and cannot hold the connection.
+    let result = match authorize(&node, &headers) {
+        Err(e) => Err(e),
+        Ok(()) => {
+            // A valid key: the connection is the web-app's, never shed.
+            ticket.trust();
+            match read_body(&node, body).await {
+                Ok(body) => handle(&node, &body).await,
+                Err(e) => Err(e),
+            }
+        }
     };
     match result {
         Ok(id) => (StatusCode::OK, Json(json!({ "id": id }))).into_response(),
@@ -47,18 +59,35 @@ pub async fn publish(State(node): State<Arc<Node>>, headers: HeaderMap, body: Re
     }
 }
 
+/// Reads the body within `limits.http_body_timeout` and `limits.max_message_size`.
+async fn read_body(node: &Node, body: Body) -> Result<axum::body::Bytes, PublishFailure> {
+    let limits = &node.config.limits;
+    match tokio::time::timeout(limits.http_body_timeout, axum::body::to_bytes(body, limits.max_message_size)).await {
+        Err(_) => Err(PublishFailure(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the body did not arrive within {:?} (limits.http_body_timeout)", limits.http_body_timeout),
+        )),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) => Err(too_large(node, None)),
+        Ok(Err(e)) => Err(PublishFailure::bad(format!("could not read the body: {e}"))),
+    }
+}
+
 async fn handle(node: &Node, body: &[u8]) -> Result<u64, PublishFailure> {
     if body.len() > node.config.limits.max_message_size {
         return Err(too_large(node, Some(body.len())));
     }
     let default_realm = &node.config.realms[0];
     let request = parse_body(body, default_realm, |r| node.hubs.contains_key(r), node.uri_rules).map_err(PublishFailure::bad)?;
-    let PublishRequest { realm, topic, args, kwargs, filter } = request;
+    let PublishRequest { realm, topic, args, kwargs, filter, require_subscriber } = request;
     let publication = random_id();
     let event = Envelope { realm, publication, topic, args, kwargs, filter, publisher: None, published_at_us: now_us() };
-    node.bus.publish(event).await.map_err(|e| match e {
+    let delivery = if require_subscriber { Delivery::Subscribed } else { Delivery::Accepted };
+    node.bus.publish(event, delivery).await.map_err(|e| match e {
         PublishError::Unavailable(_) => PublishFailure(StatusCode::SERVICE_UNAVAILABLE, "bus_unavailable", format!("{e}; retry later")),
         PublishError::Rejected(_) => PublishFailure::bad(e.to_string()),
+        PublishError::NoSubscriber(_) => PublishFailure(StatusCode::CONFLICT, "no_subscriber", e.to_string()),
     })?;
     node.metrics.published_http.inc();
     Ok(publication)
@@ -77,6 +106,8 @@ pub struct PublishRequest {
     pub kwargs: Dict,
     /// Black/white lists.
     pub filter: telegraphy_bus::Filter,
+    /// Succeed only if a node subscribed to the topic got the event.
+    pub require_subscriber: bool,
 }
 
 /// Parses and checks a publish body; the error says what to fix. Pure, so
@@ -117,8 +148,13 @@ pub fn parse_body(
         Some(Value::Str(r)) => return Err(format!("realm `{r}` does not exist on this gateway")),
         Some(other) => return Err(format!("\"realm\" must be a string, got {}", other.type_name())),
     };
+    let require_subscriber = match fields.remove("require_subscriber") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => b,
+        Some(other) => return Err(format!("\"require_subscriber\" must be true or false, got {}", other.type_name())),
+    };
     if let Some(key) = fields.keys().next() {
-        return Err(format!("unknown field \"{key}\"; the body takes topic, args, kwargs, options and realm"));
+        return Err(format!("unknown field \"{key}\"; the body takes topic, args, kwargs, options, realm and require_subscriber"));
     }
     if !uri::is_valid(&topic, rules, UriKind::Concrete) {
         return Err(format!("`{topic}` is not a valid topic URI (dot-separated, no empty parts)"));
@@ -127,7 +163,7 @@ pub fn parse_body(
         return Err("topics under `wamp.` are reserved for the router".into());
     }
     let filter = options::parse(&opts)?.filter;
-    Ok(PublishRequest { realm, topic, args, kwargs, filter })
+    Ok(PublishRequest { realm, topic, args, kwargs, filter, require_subscriber })
 }
 
 fn too_large(node: &Node, len: Option<usize>) -> PublishFailure {

@@ -135,7 +135,12 @@ impl Gateway {
             tokio::spawn(async move { axum::serve(admin, admin_app).with_graceful_shutdown(async move { stop.cancelled().await }).await })
         };
 
-        let mut serve = tokio::spawn(crate::listener::serve(public, tls, app, node.shutdown.clone(), config.limits.http_header_timeout));
+        let limits = crate::listener::ListenLimits {
+            header_timeout: config.limits.http_header_timeout,
+            idle_timeout: config.limits.idle_timeout,
+            send_buffer: config.limits.socket_send_buffer,
+        };
+        let mut serve = tokio::spawn(crate::listener::serve(public, tls, app, node.shutdown.clone(), node.admission.clone(), limits));
         let early_exit = tokio::select! {
             _ = shutdown => None,
             r = &mut serve => Some(r),
@@ -183,6 +188,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     // Gauges that are cheaper to read at scrape time than to keep current.
     node.metrics.ready.set(i64::from(node.is_ready()));
     node.metrics.bus_queue_depth.set(node.bus_queue_depth() as i64);
+    node.metrics.admitted_connections.set(node.admission.admitted() as i64);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.metrics.render())
 }
 

@@ -202,7 +202,7 @@ impl Session {
             return Flow::Close(close::PROTOCOL_ERROR);
         };
         let result = match &method {
-            Challenge::Ticket => self.node.auth.verify_ticket(&signature),
+            Challenge::Ticket => self.node.auth.verify_ticket(&signature, &realm),
             Challenge::Cra(c) => self.node.auth.verify_cra(c, &signature),
         };
         match result {
@@ -238,8 +238,9 @@ impl Session {
             let secs = exp.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             welcome.insert("authextra".into(), Value::Dict(dict! {"expires_at" => secs}));
             if self.node.config.auth.expire_sessions {
-                let left = exp.duration_since(std::time::SystemTime::now()).unwrap_or_default() + self.node.config.auth.jwt_leeway;
-                self.expires_at = Some(tokio::time::Instant::now() + left);
+                // At `exp` exactly (no leeway); a time too far to represent never comes.
+                let left = exp.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+                self.expires_at = tokio::time::Instant::now().checked_add(left);
             }
         }
         let _ = self.handle.identity.set(Identity { authid: who.authid, authrole: who.authrole });
@@ -390,7 +391,7 @@ impl Session {
             }),
             published_at_us: now_us(),
         };
-        match self.node.bus.publish(envelope).await {
+        match self.node.bus.publish(envelope, telegraphy_bus::Delivery::Accepted).await {
             Ok(()) => {
                 self.node.metrics.published_wamp.inc();
                 if opts.acknowledge {
@@ -398,7 +399,9 @@ impl Session {
                 }
             }
             Err(e @ telegraphy_bus::PublishError::Unavailable(_)) => reject(self, err::BUS_UNAVAILABLE, &e.to_string()),
-            Err(e @ telegraphy_bus::PublishError::Rejected(_)) => reject(self, err::INVALID_ARGUMENT, &e.to_string()),
+            Err(e @ (telegraphy_bus::PublishError::Rejected(_) | telegraphy_bus::PublishError::NoSubscriber(_))) => {
+                reject(self, err::INVALID_ARGUMENT, &e.to_string())
+            }
         }
     }
 

@@ -217,13 +217,31 @@ impl Wire {
     }
 
     /// Drops the queued frames the client has seen nothing of (a slow
-    /// consumer's backlog); a partly written front frame is kept.
-    pub fn discard_queued(&self) {
+    /// consumer's backlog); a partly written front frame is kept. Returns
+    /// how many frames were dropped.
+    pub fn discard_queued(&self) -> usize {
         let mut inner = self.lock();
         let keep = usize::from(inner.front_started);
+        let dropped = inner.pending.len().saturating_sub(keep);
         inner.pending.truncate(keep);
         inner.front_started = keep == 1;
         inner.pending_bytes = inner.pending.iter().map(Bytes::len).sum();
+        dropped
+    }
+
+    /// Limits what the kernel holds for this client (`SO_SNDBUF`); 0 keeps
+    /// the kernel's own sizing.
+    pub fn set_send_buffer(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let result = match &self.io {
+            Io::Tcp(tcp) => socket2::SockRef::from(tcp).set_send_buffer_size(bytes),
+            Io::Tls(t) => socket2::SockRef::from(lock(t).get_ref().0).set_send_buffer_size(bytes),
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "cannot set the socket send buffer");
+        }
     }
 
     /// Whether bytes are waiting for the socket to become writable.

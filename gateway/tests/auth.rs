@@ -422,10 +422,43 @@ async fn origin_allow_list() {
     let gw = TestGateway::start_with(config).await;
     assert_eq!(upgrade_with(&gw, None).await, Ok(()), "non-browser clients send no Origin");
     assert_eq!(upgrade_with(&gw, Some("https://app.example.com")).await, Ok(()));
-    assert_eq!(upgrade_with(&gw, Some(&format!("http://{}", gw.addr))).await, Ok(()), "same origin");
     assert_eq!(upgrade_with(&gw, Some("https://evil.example.com")).await, Err(403));
     assert_eq!(upgrade_with(&gw, Some("null")).await, Err(403));
-    assert_eq!(gw.metric("telegraphy_connections_refused_total{reason=\"origin\"}").await, 2.0);
+    // DNS rebinding: a page from evil.example resolved to the gateway's
+    // address sends Origin and Host alike; matching one against the other
+    // (the old same-host rule) let it in. The Host header is not trusted.
+    assert_eq!(upgrade_with(&gw, Some(&format!("http://{}", gw.addr))).await, Err(403), "Host is not trusted");
+    assert_eq!(gw.metric("telegraphy_connections_refused_total{reason=\"origin\"}").await, 3.0);
+
+    // The gateway's configured public host is its own origin.
+    let mut config = util::config();
+    config.allowed_origins = vec!["https://app.example.com".into()];
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    config.listen = probe.local_addr().unwrap();
+    drop(probe);
+    config.public_hosts = vec![config.listen.to_string()];
+    let gw = TestGateway::start_with(config).await;
+    assert_eq!(upgrade_with(&gw, Some(&format!("http://{}", gw.addr))).await, Ok(()), "a page from a public host");
+    assert_eq!(upgrade_with(&gw, Some("http://127.0.0.1:1")).await, Err(403), "another port is another origin");
+}
+
+#[test]
+fn origins_match_configured_hosts_only() {
+    use axum::http::HeaderValue;
+    use telegraphy_gateway::connection::origin_allowed;
+    let o = |s: &'static str| HeaderValue::from_static(s);
+    let hosts = vec!["gw.example.com".to_string(), "app.example.com:8443".to_string()];
+    assert!(origin_allowed(&[], &hosts, false, &o("https://gw.example.com")));
+    assert!(origin_allowed(&[], &hosts, false, &o("https://app.example.com:8443")));
+    assert!(!origin_allowed(&[], &hosts, false, &o("https://app.example.com:9999")));
+    assert!(!origin_allowed(&[], &hosts, false, &o("https://evil.example.com")));
+    assert!(!origin_allowed(&[], &hosts, false, &o("https://gw.example.com.evil.com")));
+    // Dev mode (loopback only) serves its demo page from a loopback host.
+    assert!(origin_allowed(&[], &[], true, &o("http://127.0.0.1:8080")));
+    assert!(origin_allowed(&[], &[], true, &o("http://localhost:8080")));
+    assert!(!origin_allowed(&[], &[], false, &o("http://127.0.0.1:8080")));
+    assert!(!origin_allowed(&[], &[], true, &o("http://rebind.example.com:8080")));
+    assert!(origin_allowed(&["*".into()], &[], false, &o("https://anything.example")));
 }
 
 #[tokio::test]
@@ -566,4 +599,165 @@ async fn tls_on_the_public_listener() {
     // Plain HTTP on the TLS port gets nowhere.
     let plain = reqwest::get(format!("http://{}/healthz", gw.addr)).await;
     assert!(plain.is_err() || !plain.unwrap().status().is_success());
+}
+
+/// Security review, finding 2: WAMP-CRA told which authids exist (an empty
+/// `authrole` in an unknown authid's challenge) and their roles, and its
+/// error messages differed. Now a known and an unknown authid see the same
+/// challenge shape with a plausible role and the same errors.
+#[tokio::test]
+async fn cra_answers_known_and_unknown_authids_alike() {
+    let mut config = secured();
+    config.auth.cra.push(CraUser { authid: "backend".into(), secret: "cra-secret-0123456789".into(), role: "staff".into() });
+    let gw = TestGateway::start_with(config).await;
+    let challenge_for = |authid: &'static str| {
+        let gw = &gw;
+        async move {
+            let mut c = Client::open(gw, JSON).await;
+            c.send(&util::hello_with("realm1", &["wampcra"], Some(authid))).await;
+            let Message::Challenge { extra, .. } = c.recv().await else { panic!("expected CHALLENGE") };
+            let challenge: serde_json::Value = serde_json::from_str(extra["challenge"].as_str().unwrap()).unwrap();
+            (c, challenge)
+        }
+    };
+    let (_, known) = challenge_for("backend").await;
+    let (_, unknown) = challenge_for("nobody").await;
+    let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&known), keys(&unknown), "same shape");
+    assert_eq!(known["authrole"], "staff");
+    assert_eq!(unknown["authrole"], "staff", "an unknown authid gets a configured role, not an empty one");
+    // Nonces: 128 bits, never repeated.
+    let (_, again) = challenge_for("nobody").await;
+    assert_eq!(known["nonce"].as_str().unwrap().len(), 32);
+    assert_ne!(again["nonce"], unknown["nonce"]);
+    assert_eq!(again["authrole"], unknown["authrole"], "the same role every time");
+    // Every failure reads the same: wrong secret, unknown authid, not base64.
+    let mut messages = Vec::new();
+    for (authid, signature) in
+        [("backend", Some("wrong-secret-000000000")), ("nobody", Some("cra-secret-0123456789")), ("backend", None), ("nobody", None)]
+    {
+        let (mut c, challenge) = challenge_for(authid).await;
+        let signature = match signature {
+            Some(secret) => telegraphy_gateway::auth::cra_sign(secret, &challenge.to_string()),
+            None => "not base64 !".to_string(),
+        };
+        c.send(&Message::Authenticate { signature, extra: Dict::new() }).await;
+        let (reason, message, code) = c.finish_join().await.err().expect("refused");
+        assert_eq!((reason.as_str(), code), (err::AUTHENTICATION_FAILED, Some(close::AUTH_FAILED)));
+        messages.push(message);
+    }
+    assert!(messages.windows(2).all(|w| w[0] == w[1]), "{messages:?}");
+}
+
+/// Finding 3: sessions outlived their token by the JWT leeway, and a token
+/// expired within the leeway was accepted. Now `exp` is exact.
+#[tokio::test]
+async fn sessions_end_at_exp_and_expired_tokens_get_no_welcome() {
+    let gw = TestGateway::start_with(secured()).await; // default leeway: 30 s
+    let (reason, message, _) = refused(&gw, &hs256(&claims("late", "user", now() - 10), SECRET)).await;
+    assert_eq!(reason, err::AUTHENTICATION_FAILED);
+    assert!(message.contains("expired"), "{message}");
+    let started = std::time::Instant::now();
+    let mut c = Client::join_ticket(&gw, JSON, &hs256(&claims("g", "user", now() + 2), SECRET)).await.unwrap();
+    // Closed at exp, not exp + 30 s.
+    let goodbye = tokio::time::timeout(Duration::from_secs(10), c.recv()).await.expect("closed at exp, not 30 s later");
+    assert!(matches!(goodbye, Message::Goodbye { ref reason, .. } if reason == err::TOKEN_EXPIRED), "{goodbye:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// Finding 4: one ticket joined every realm. A `realm` claim binds it, and
+/// `auth.require_realm_claim` makes the claim mandatory.
+#[tokio::test]
+async fn tokens_are_bound_to_their_realms() {
+    let mut config = secured();
+    config.realms = vec!["realm1".into(), "realm2".into()];
+    let gw = TestGateway::start_with(config.clone()).await;
+    let token = |realm: serde_json::Value| {
+        let mut c = claims("t", "user", now() + 60);
+        if !realm.is_null() {
+            c["realm"] = realm;
+        }
+        hs256(&c, SECRET)
+    };
+    let join = |realm: &'static str, ticket: String| {
+        let gw = &gw;
+        async move {
+            let mut c = Client::open(gw, JSON).await;
+            c.send(&util::hello_with(realm, &["ticket"], None)).await;
+            let _challenge = c.recv().await;
+            c.send(&Message::Authenticate { signature: ticket, extra: Dict::new() }).await;
+            c.finish_join().await.map(|_| ()).map_err(|(reason, message, _)| (reason, message))
+        }
+    };
+    assert!(join("realm1", token(serde_json::json!("realm1"))).await.is_ok());
+    let (reason, message) = join("realm2", token(serde_json::json!("realm1"))).await.unwrap_err();
+    assert_eq!(reason, err::AUTHENTICATION_FAILED);
+    assert!(message.contains("realm2"), "{message}");
+    assert!(join("realm2", token(serde_json::json!(["realm1", "realm2"]))).await.is_ok());
+    assert!(join("realm2", token(serde_json::Value::Null)).await.is_ok(), "no claim, not required: any realm");
+    assert_eq!(gw.metric("telegraphy_auth_failures_total{reason=\"wrong_realm\"}").await, 1.0);
+
+    config.auth.require_realm_claim = true;
+    let gw = TestGateway::start_with(config).await;
+    let (_, message, _) = refused(&gw, &token(serde_json::Value::Null)).await;
+    assert!(message.contains("`realm`"), "{message}");
+    assert_eq!(gw.metric("telegraphy_auth_failures_total{reason=\"missing_claims\"}").await, 1.0);
+}
+
+/// Finding 5: a signed `exp` of 2^63 or more panicked the connection task
+/// (no ABORT, and the connection gauge leaked one for good).
+#[tokio::test]
+async fn an_exp_beyond_any_clock_does_not_panic() {
+    let gw = TestGateway::start_with(secured()).await;
+    let mut alive = Vec::new();
+    for exp in [1u64 << 63, u64::MAX, 1 << 62] {
+        let c = Client::join_ticket(&gw, JSON, &hs256(&claims("far", "user", exp), SECRET)).await;
+        let mut c = c.unwrap_or_else(|e| panic!("exp {exp}: {e:?}"));
+        c.subscribe("t.far", "exact").await;
+        alive.push(c);
+    }
+    util::eventually("gauge back", Duration::from_secs(5), || async { gw.metric("telegraphy_connections").await == 3.0 }).await;
+}
+
+/// Finding 5: `alg: none` and missing `sub`/`exp` were counted as
+/// `malformed`, so the alerts on `wrong_algorithm` and `missing_claims` missed them.
+#[tokio::test]
+async fn auth_failure_reasons_are_the_documented_ones() {
+    use base64::Engine as _;
+    let gw = TestGateway::start_with(secured()).await;
+    let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let none = format!("{}.{}.", b64(serde_json::json!({"alg": "none", "typ": "JWT"})), b64(claims("mallory", "staff", now() + 60)));
+    let cases = [
+        (none, "wrong_algorithm"),
+        (hs256(&serde_json::json!({"exp": now() + 60}), SECRET), "missing_claims"),
+        (hs256(&serde_json::json!({"sub": "a"}), SECRET), "missing_claims"),
+    ];
+    for (ticket, reason) in cases {
+        let before = gw.metric(&format!("telegraphy_auth_failures_total{{reason=\"{reason}\"}}")).await;
+        let (uri, _, _) = refused(&gw, &ticket).await;
+        assert_eq!(uri, err::AUTHENTICATION_FAILED);
+        assert_eq!(gw.metric(&format!("telegraphy_auth_failures_total{{reason=\"{reason}\"}}")).await, before + 1.0, "{reason}");
+    }
+    assert_eq!(gw.metric("telegraphy_auth_failures_total{reason=\"malformed\"}").await, 0.0);
+}
+
+/// Finding 5: subscription ids were handed out in sequence and shared, so
+/// a session could tell which topics others held (subscribe, unsubscribe,
+/// subscribe again: a held topic kept its id, a free one got a new one).
+#[tokio::test]
+async fn subscription_ids_do_not_reveal_other_sessions_topics() {
+    let gw = TestGateway::start().await;
+    let mut other = Client::join(&gw, JSON).await;
+    other.subscribe("secret.held", "exact").await;
+    let mut probe = Client::join(&gw, JSON).await;
+    for topic in ["secret.held", "secret.free"] {
+        let first = probe.subscribe(topic, "exact").await;
+        probe.unsubscribe(first).await;
+        let second = probe.subscribe(topic, "exact").await;
+        assert_eq!(first, second, "{topic}: the same id whether or not another session holds it");
+        probe.unsubscribe(second).await;
+    }
+    let held = probe.subscribe("secret.held", "exact").await;
+    let free = probe.subscribe("secret.free", "exact").await;
+    assert!(held.abs_diff(free) > 1_000_000, "ids are not sequential: {held} {free}");
 }

@@ -409,3 +409,103 @@ async fn amqp_connection_loss_is_survived() {
     let Bus::Amqp { exchange, .. } = bus else { unreachable!() };
     util::delete_exchange(&amqp_url(), &exchange).await;
 }
+
+/// Publishes numbered events through `node`'s HTTP endpoint, one after the
+/// other, until `stop`; returns the numbers it answered 200 for.
+async fn publish_numbered(node: std::net::SocketAddr, topic: String, stop: tokio_util::sync::CancellationToken) -> Vec<u64> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let mut acked = Vec::new();
+    let mut n = 0u64;
+    while !stop.is_cancelled() {
+        n += 1;
+        let resp = http
+            .post(format!("http://{node}/publish"))
+            .bearer_auth(util::API_KEY)
+            .json(&serde_json::json!({"topic": topic, "args": [n]}))
+            .send()
+            .await;
+        match resp.map(|r| r.status().as_u16()) {
+            Ok(200) => acked.push(n),
+            Ok(503) | Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            Ok(other) => panic!("unexpected HTTP {other}"),
+        }
+    }
+    acked
+}
+
+/// Security of the delivery contract (fault run, finding 1): a reconnecting
+/// node answered 200 to publishes before its own subscriptions were back,
+/// and lost them. With many subscriptions to restore, publish through the
+/// node while its broker connection comes back: every acknowledged event
+/// reaches the node's own subscriber.
+async fn no_publish_is_acknowledged_before_interests_are_restored(bus: Bus, fault: impl AsyncFnOnce(&TestGateway)) {
+    let node = TestGateway::start_ready(bus.config()).await;
+    let topic = unique("t.numbered");
+    let mut sub = Client::join(&node, JSON).await;
+    sub.subscribe(&topic, "exact").await;
+    // Many interests make restoring them take a while.
+    let mut many = Client::join(&node, MSGPACK).await;
+    for i in 0..300 {
+        many.subscribe(&format!("t.many.{i}"), "exact").await;
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let publisher = tokio::spawn(publish_numbered(node.addr, topic.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fault(&node).await;
+    assert!(node.wait_ready(true, SLOW).await, "ready again");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let acked = publisher.await.unwrap();
+    assert!(acked.len() > 10, "publishes went through before and after: {}", acked.len());
+    // A marker after the last: everything acked must have arrived before it.
+    let (status, body) = node.publish_http(serde_json::json!({"topic": topic, "args": ["end"]})).await;
+    assert_eq!(status, 200, "{body}");
+    let mut got = Vec::new();
+    loop {
+        let args = sub.event().await.1;
+        match args.first() {
+            Some(Value::Str(s)) if s == "end" => break,
+            Some(v) => got.push(v.as_u64().unwrap()),
+            None => panic!("an event without a number"),
+        }
+    }
+    let received: std::collections::HashSet<u64> = got.iter().copied().collect();
+    assert_eq!(received.len(), got.len(), "no duplicates");
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "in order");
+    let lost: Vec<u64> = acked.iter().copied().filter(|n| !received.contains(n)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged events never reached the node's own subscriber: {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(20)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_acknowledges_nothing_it_then_loses() {
+    let mut server = RedisServer::start();
+    let bus = Bus::Redis { url: server.url(), prefix: unique("restart") + ":" };
+    no_publish_is_acknowledged_before_interests_are_restored(bus, async |_: &TestGateway| {
+        server.kill();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.spawn();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_reconnect_acknowledges_nothing_it_then_loses() {
+    let bus = Bus::amqp();
+    let Bus::Amqp { exchange, .. } = bus.clone() else { unreachable!() };
+    // The broker closes the node's connection (as when a RabbitMQ node
+    // restarts); the machine's broker itself keeps running.
+    no_publish_is_acknowledged_before_interests_are_restored(bus, async |node: &TestGateway| {
+        let name = format!("telegraphy-gateway-{:016x}", node.node_id);
+        let listing = rabbitmqctl(&["list_connections", "-q", "--no-table-headers", "pid", "client_properties"]);
+        let pid = listing.lines().find(|l| l.contains(&name)).and_then(|l| l.split('\t').next()).expect("the node's connection").to_string();
+        rabbitmqctl(&["close_connection", &pid, "telegraphy test: broker restart"]);
+    })
+    .await;
+    util::delete_exchange(&amqp_url(), &exchange).await;
+}

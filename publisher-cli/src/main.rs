@@ -17,6 +17,7 @@ mod status {
     pub(crate) const UNAVAILABLE: u8 = 3;
     pub(crate) const UNAUTHORIZED: u8 = 4;
     pub(crate) const REJECTED: u8 = 5;
+    pub(crate) const NO_SUBSCRIBER: u8 = 6;
 }
 
 const AFTER_HELP: &str = "\
@@ -34,7 +35,8 @@ Examples:
 Each published event's publication id is printed on its own line.
 Exit status: 0 every event was accepted by the bus; 2 bad input (the event, a JSON line, a URL);
 3 the bus or gateway is unreachable or not accepting events (retry later); 4 credentials refused;
-5 the bus refused an event. With --stdin, lines with bad input are reported and skipped, and the
+5 the bus refused an event; 6 (with --require-subscriber) no node subscribed to the topic got an event.
+With --stdin, lines with bad input are reported and skipped, and the
 first failure decides the status; an unreachable bus stops the batch.";
 
 /// Publish Telegraphy events from the command line.
@@ -80,6 +82,15 @@ struct Args {
     /// Sessions with these authroles must not receive the event.
     #[arg(long, value_delimiter = ',', value_name = "ROLES")]
     exclude_authrole: Vec<String>,
+    /// Succeed only if at least one gateway node subscribed to the topic got
+    /// the event (exit status 6 otherwise). Without it, an event nobody
+    /// subscribes to is accepted and dropped by the bus, which is not an error.
+    #[arg(long)]
+    require_subscriber: bool,
+    /// With --stdin: most events in flight at once (their confirms are
+    /// awaited together; each event's fate is still reported in order).
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    window: usize,
     /// Read events from standard input, one JSON object per line:
     /// {"topic": "...", "args": [...], "kwargs": {...}, "options": {...}, "realm": "..."}.
     #[arg(long, conflicts_with_all = ["topic", "args", "kwargs"])]
@@ -108,6 +119,7 @@ impl From<Error> for Failure {
             ErrorKind::Unavailable => status::UNAVAILABLE,
             ErrorKind::Unauthorized => status::UNAUTHORIZED,
             ErrorKind::Rejected => status::REJECTED,
+            ErrorKind::NoSubscriber => status::NO_SUBSCRIBER,
         };
         Failure { status, message: e.to_string() }
     }
@@ -193,6 +205,7 @@ async fn publish_one(args: &Args, publisher: &Publisher) -> Result<(), Failure> 
         }
     }
     event.filter = filter_from_flags(args);
+    event.require_subscriber = args.require_subscriber;
     let id = tokio::time::timeout(args.timeout, publisher.publish(event))
         .await
         .map_err(|_| Failure { status: status::UNAVAILABLE, message: format!("no confirmation within {:?}", args.timeout) })??;
@@ -230,8 +243,13 @@ fn event_from_line(args: &Args, line: &str) -> Result<Event, Failure> {
         Some(Value::Dict(options)) => filter_from_options(&options)?,
         Some(other) => return Err(bad(format!("\"options\" must be an object, got {}", other.type_name()))),
     };
+    match fields.remove("require_subscriber") {
+        None | Some(Value::Null) => event.require_subscriber = args.require_subscriber,
+        Some(Value::Bool(b)) => event.require_subscriber = b,
+        Some(other) => return Err(bad(format!("\"require_subscriber\" must be true or false, got {}", other.type_name()))),
+    }
     if let Some(key) = fields.keys().next() {
-        return Err(bad(format!("unknown field \"{key}\"; a line takes topic, args, kwargs, options and realm")));
+        return Err(bad(format!("unknown field \"{key}\"; a line takes topic, args, kwargs, options, realm and require_subscriber")));
     }
     Ok(event)
 }
@@ -278,28 +296,48 @@ fn filter_from_options(options: &Dict) -> Result<Filter, Failure> {
 }
 
 async fn publish_lines(args: &Args, publisher: &Publisher) -> Result<(), Failure> {
-    let mut first_failure: Option<Failure> = None;
-    let stdin = std::io::stdin();
-    for (n, line) in stdin.lock().lines().enumerate() {
-        let line = line.map_err(|e| bad(format!("cannot read standard input: {e}")))?;
-        if line.trim().is_empty() {
-            continue;
+    // A thread reads lines (stdin is blocking); the batch is whatever
+    // waits when the previous one is answered, at most --window events:
+    // a file goes through in full windows, a trickle one event at a time.
+    let window = args.window.max(1);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, std::io::Result<String>)>(window);
+    std::thread::spawn(move || {
+        for (n, line) in std::io::stdin().lock().lines().enumerate() {
+            let failed = line.is_err();
+            if tx.blocking_send((n + 1, line)).is_err() || failed {
+                return;
+            }
         }
-        let outcome = match event_from_line(args, &line) {
-            Ok(event) => match tokio::time::timeout(args.timeout, publisher.publish(event)).await {
-                Ok(Ok(id)) => {
-                    println!("{id}");
-                    continue;
-                }
-                Ok(Err(e)) => Failure::from(e),
-                Err(_) => Failure { status: status::UNAVAILABLE, message: format!("no confirmation within {:?}", args.timeout) },
-            },
-            Err(f) => f,
-        };
-        eprintln!("telegraphy-publish: line {}: {}", n + 1, outcome.message);
+    });
+    let mut first_failure: Option<Failure> = None;
+    let mut report = |n: usize, outcome: Failure| -> bool {
+        eprintln!("telegraphy-publish: line {n}: {}", outcome.message);
         let stop = outcome.status == status::UNAVAILABLE || outcome.status == status::UNAUTHORIZED;
-        first_failure.get_or_insert(Failure { status: outcome.status, message: format!("line {}: {}", n + 1, outcome.message) });
-        if stop {
+        first_failure.get_or_insert(Failure { status: outcome.status, message: format!("line {n}: {}", outcome.message) });
+        stop
+    };
+    let mut lines = Vec::with_capacity(window);
+    'batches: while rx.recv_many(&mut lines, window).await > 0 {
+        let mut batch: Vec<(usize, Event)> = Vec::with_capacity(lines.len());
+        let mut stop = false;
+        for (n, line) in lines.drain(..) {
+            let line = line.map_err(|e| bad(format!("cannot read standard input: {e}")))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            match event_from_line(args, &line) {
+                Ok(event) => batch.push((n, event)),
+                // A bad line is reported in its place: publish what came before it first.
+                Err(f) => {
+                    stop |= publish_batch(args, publisher, std::mem::take(&mut batch), &mut report).await;
+                    stop |= report(n, f);
+                }
+            }
+            if stop {
+                break 'batches;
+            }
+        }
+        if publish_batch(args, publisher, batch, &mut report).await {
             break;
         }
     }
@@ -307,4 +345,28 @@ async fn publish_lines(args: &Args, publisher: &Publisher) -> Result<(), Failure
         None => Ok(()),
         Some(f) => Err(Failure { status: f.status, message: format!("not every event was published (first failure at {})", f.message) }),
     }
+}
+
+/// Publishes one batch and prints each event's id (or reports its failure)
+/// in line order. Returns whether to stop.
+async fn publish_batch(args: &Args, publisher: &Publisher, batch: Vec<(usize, Event)>, report: &mut impl FnMut(usize, Failure) -> bool) -> bool {
+    if batch.is_empty() {
+        return false;
+    }
+    let (numbers, events): (Vec<usize>, Vec<Event>) = batch.into_iter().unzip();
+    let answers = match tokio::time::timeout(args.timeout, publisher.publish_batch(events)).await {
+        Ok(answers) => answers.into_iter().map(|a| a.map_err(Failure::from)).collect(),
+        Err(_) => numbers
+            .iter()
+            .map(|_| Err(Failure { status: status::UNAVAILABLE, message: format!("no confirmation within {:?}", args.timeout) }))
+            .collect::<Vec<_>>(),
+    };
+    let mut stop = false;
+    for (n, answer) in numbers.into_iter().zip(answers) {
+        match answer {
+            Ok(id) => println!("{id}"),
+            Err(f) => stop |= report(n, f),
+        }
+    }
+    stop
 }

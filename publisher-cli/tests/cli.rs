@@ -224,3 +224,97 @@ async fn cli_exits_non_zero_during_a_bus_outage() {
     let out = cli(&["--bus".into(), url, "--timeout".into(), "1s".into(), "t.x".into()], "").await;
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `--require-subscriber`: exit 6 when no node subscribes to the topic, 0
+/// when one does; the same through a gateway's HTTP endpoint (409
+/// `no_subscriber` there).
+async fn require_subscriber(bus: Bus) {
+    let node = TestGateway::start_ready(bus.config.clone()).await;
+    let mut c = Client::join(&node, Serialization::Json).await;
+    c.subscribe("t.req.held", "exact").await;
+    let out = cli(&with(&bus.flags, &["--require-subscriber", "t.req.nobody"]), "").await;
+    assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no node is subscribed"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&with(&bus.flags, &["--require-subscriber", "t.req.held", "[1]"]), "").await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(c.event().await.1, vec![Value::UInt(1)]);
+    // Without the flag, an event nobody subscribes to is simply accepted.
+    assert!(cli(&with(&bus.flags, &["t.req.nobody"]), "").await.status.success());
+    // In a batch, per line.
+    let lines = "{\"topic\": \"t.req.held\", \"args\": [2], \"require_subscriber\": true}\n\
+                 {\"topic\": \"t.req.nobody\", \"require_subscriber\": true}\n\
+                 {\"topic\": \"t.req.held\", \"args\": [3]}\n";
+    let out = cli(&with(&bus.flags, &["--stdin"]), lines).await;
+    assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
+    assert_eq!(c.event().await.1, vec![Value::UInt(2)]);
+    assert_eq!(c.event().await.1, vec![Value::UInt(3)]);
+    // HTTP: 409 no_subscriber.
+    let (status, body) = node.publish_http(serde_json::json!({"topic": "t.req.nobody", "require_subscriber": true})).await;
+    assert_eq!((status, body["error"].as_str()), (409, Some("no_subscriber")), "{body}");
+    let (status, _) = node.publish_http(serde_json::json!({"topic": "t.req.held", "args": [4], "require_subscriber": true})).await;
+    assert_eq!(status, 200);
+    assert_eq!(c.event().await.1, vec![Value::UInt(4)]);
+    if let Some(exchange) = &bus.exchange {
+        util::delete_exchange(&amqp_url(), exchange).await;
+    }
+}
+
+#[tokio::test]
+async fn require_subscriber_on_redis() {
+    require_subscriber(redis_bus()).await;
+}
+
+#[tokio::test]
+async fn require_subscriber_on_rabbitmq() {
+    require_subscriber(amqp_bus()).await;
+}
+
+#[tokio::test]
+async fn require_subscriber_on_the_memory_bus_over_http() {
+    let gw = TestGateway::start().await;
+    let mut c = Client::join(&gw, Serialization::Json).await;
+    c.subscribe("t.mem", "prefix").await;
+    let (status, body) = gw.publish_http(serde_json::json!({"topic": "u.other", "require_subscriber": true})).await;
+    assert_eq!((status, body["error"].as_str()), (409, Some("no_subscriber")), "{body}");
+    let (status, _) = gw.publish_http(serde_json::json!({"topic": "t.mem.x", "args": [1], "require_subscriber": true})).await;
+    assert_eq!(status, 200);
+    assert_eq!(c.event().await.1, vec![Value::UInt(1)]);
+}
+
+/// A large batch on stdin goes through in windows: every line's id printed
+/// once, in order, and every event received in order.
+async fn stdin_batch_in_windows(bus: Bus) {
+    let node = TestGateway::start_ready(bus.config.clone()).await;
+    let mut c = Client::join(&node, Serialization::Msgpack).await;
+    c.subscribe("t.win", "exact").await;
+    let n = 3000u64;
+    let lines: String = (1..=n).map(|i| format!("{{\"topic\": \"t.win\", \"args\": [{i}]}}\n")).collect();
+    let out = cli(&with(&bus.flags, &["--stdin", "--window", "100"]), &lines).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ids: Vec<u64> = String::from_utf8_lossy(&out.stdout).lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(ids.len() as u64, n);
+    for i in 1..=n {
+        match c.recv().await {
+            telegraphy_wamp::Message::Event { publication, args, .. } => {
+                assert_eq!(args, vec![Value::UInt(i)], "in order");
+                assert_eq!(publication, ids[i as usize - 1], "ids printed in line order");
+            }
+            other => panic!("expected EVENT, got {other:?}"),
+        }
+    }
+    if let Some(exchange) = &bus.exchange {
+        util::delete_exchange(&amqp_url(), exchange).await;
+    }
+}
+
+#[tokio::test]
+async fn stdin_batches_pipeline_on_redis() {
+    stdin_batch_in_windows(redis_bus()).await;
+}
+
+#[tokio::test]
+async fn stdin_batches_pipeline_on_rabbitmq() {
+    stdin_batch_in_windows(amqp_bus()).await;
+}

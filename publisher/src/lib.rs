@@ -22,7 +22,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use telegraphy_bus::{Bus, BusError, BusOptions, Envelope, Filter, PublishError};
+use telegraphy_bus::{Bus, BusError, BusOptions, Delivery, Envelope, Filter, PublishError};
 use telegraphy_wamp::{uri, Dict, Id, UriKind, UriRules, Value, MAX_ID};
 
 /// The realm events go to unless the event names another.
@@ -40,6 +40,9 @@ pub enum ErrorKind {
     Unauthorized,
     /// The bus or gateway refused this event and would refuse it again.
     Rejected,
+    /// The event asked for a subscriber ([`Event::require_subscriber`]) and
+    /// no node subscribed to its topic got it.
+    NoSubscriber,
 }
 
 /// A publishing failure.
@@ -77,6 +80,7 @@ impl From<PublishError> for Error {
         let kind = match e {
             PublishError::Unavailable(_) => ErrorKind::Unavailable,
             PublishError::Rejected(_) => ErrorKind::Rejected,
+            PublishError::NoSubscriber(_) => ErrorKind::NoSubscriber,
         };
         Error::new(kind, e.to_string())
     }
@@ -95,12 +99,15 @@ pub struct Event {
     pub filter: Filter,
     /// The realm; [`DEFAULT_REALM`] when `None`.
     pub realm: Option<String>,
+    /// Succeed only if at least one node subscribed to the topic got the
+    /// event (otherwise [`ErrorKind::NoSubscriber`]); see `docs/bus.md`.
+    pub require_subscriber: bool,
 }
 
 impl Event {
     /// An event on `topic` with no payload.
     pub fn new(topic: impl Into<String>) -> Event {
-        Event { topic: topic.into(), args: Vec::new(), kwargs: Dict::new(), filter: Filter::default(), realm: None }
+        Event { topic: topic.into(), args: Vec::new(), kwargs: Dict::new(), filter: Filter::default(), realm: None, require_subscriber: false }
     }
 
     /// Appends a positional argument.
@@ -119,6 +126,33 @@ impl Event {
     pub fn realm(mut self, realm: impl Into<String>) -> Event {
         self.realm = Some(realm.into());
         self
+    }
+
+    /// Succeed only if a node subscribed to the topic got the event.
+    pub fn require_subscriber(mut self, yes: bool) -> Event {
+        self.require_subscriber = yes;
+        self
+    }
+
+    fn delivery(&self) -> Delivery {
+        if self.require_subscriber {
+            Delivery::Subscribed
+        } else {
+            Delivery::Accepted
+        }
+    }
+
+    fn envelope(self) -> Envelope {
+        Envelope {
+            realm: self.realm.unwrap_or_else(|| DEFAULT_REALM.to_string()),
+            publication: fastrand::u64(1..=MAX_ID),
+            topic: self.topic,
+            args: self.args,
+            kwargs: self.kwargs,
+            filter: self.filter,
+            publisher: None,
+            published_at_us: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0),
+        }
     }
 
     fn check(&self) -> Result<(), Error> {
@@ -188,22 +222,58 @@ impl Publisher {
         event.check()?;
         match &self.transport {
             Transport::Bus(bus) => {
-                let publication = fastrand::u64(1..=MAX_ID);
-                let envelope = Envelope {
-                    realm: event.realm.unwrap_or_else(|| DEFAULT_REALM.to_string()),
-                    publication,
-                    topic: event.topic,
-                    args: event.args,
-                    kwargs: event.kwargs,
-                    filter: event.filter,
-                    publisher: None,
-                    published_at_us: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0),
-                };
-                bus.publish(envelope).await?;
+                let delivery = event.delivery();
+                let envelope = event.envelope();
+                let publication = envelope.publication;
+                bus.publish(envelope, delivery).await?;
                 Ok(publication)
             }
             Transport::Http { client, endpoint, api_key } => http_publish(client, endpoint, api_key, event).await,
         }
+    }
+
+    /// Publishes several events in order and answers for each, in order.
+    /// On a bus the round trips overlap (a Redis pipeline, RabbitMQ
+    /// confirms awaited together), so a batch of N costs about one round
+    /// trip; through a gateway they go one request after the other. The
+    /// batch is what is in flight at once: keep it bounded (the CLI uses
+    /// `--window`).
+    pub async fn publish_batch(&self, events: Vec<Event>) -> Vec<Result<Id, Error>> {
+        let mut answers: Vec<Option<Result<Id, Error>>> = Vec::with_capacity(events.len());
+        let Transport::Bus(bus) = &self.transport else {
+            let mut out = Vec::with_capacity(events.len());
+            for event in events {
+                out.push(self.publish(event).await);
+            }
+            return out;
+        };
+        // Bad events are answered at once; the rest go out together, per
+        // delivery mode (in order within each).
+        let mut pending: Vec<(usize, Id, Envelope, Delivery)> = Vec::new();
+        for (i, event) in events.into_iter().enumerate() {
+            match event.check() {
+                Err(e) => answers.push(Some(Err(e))),
+                Ok(()) => {
+                    let delivery = event.delivery();
+                    let envelope = event.envelope();
+                    pending.push((i, envelope.publication, envelope, delivery));
+                    answers.push(None);
+                }
+            }
+        }
+        let mut start = 0;
+        while start < pending.len() {
+            // A run of events with the same delivery mode is one batch.
+            let delivery = pending[start].3;
+            let end = pending[start..].iter().position(|p| p.3 != delivery).map_or(pending.len(), |k| start + k);
+            let run: Vec<Envelope> = pending[start..end].iter().map(|p| p.2.clone()).collect();
+            let results = bus.publish_batch(run, delivery).await;
+            for (p, result) in pending[start..end].iter().zip(results) {
+                answers[p.0] = Some(result.map(|()| p.1).map_err(Error::from));
+            }
+            start = end;
+        }
+        answers.into_iter().map(|a| a.expect("every event answered")).collect()
     }
 
     /// Stops background work of the bus connection.
@@ -247,6 +317,9 @@ async fn http_publish(client: &reqwest::Client, endpoint: &str, api_key: &str, e
     if let Some(realm) = event.realm {
         body["realm"] = realm.into();
     }
+    if event.require_subscriber {
+        body["require_subscriber"] = true.into();
+    }
     let response = client.post(endpoint).bearer_auth(api_key).json(&body).send().await.map_err(|e| {
         let what = if e.is_timeout() { "did not answer in time" } else { "cannot be reached" };
         Error::new(ErrorKind::Unavailable, format!("the gateway at {endpoint} {what}: {e}"))
@@ -262,6 +335,7 @@ async fn http_publish(client: &reqwest::Client, endpoint: &str, api_key: &str, e
         401 | 403 => Err(Error::new(ErrorKind::Unauthorized, format!("the gateway refused the API key: {message}"))),
         400 | 413 => Err(Error::new(ErrorKind::InvalidInput, format!("the gateway refused the event: {message}"))),
         404 => Err(Error::new(ErrorKind::InvalidInput, format!("{endpoint} is not a Telegraphy publish endpoint (HTTP 404); check the gateway URL"))),
+        409 if parsed["error"] == "no_subscriber" => Err(Error::new(ErrorKind::NoSubscriber, message)),
         503 => Err(Error::new(ErrorKind::Unavailable, format!("the gateway cannot take events now: {message}"))),
         other => Err(Error::new(ErrorKind::Unavailable, format!("the gateway answered HTTP {other}: {message}"))),
     }

@@ -247,6 +247,16 @@ impl Client {
         }
     }
 
+    /// UNSUBSCRIBE; waits for UNSUBSCRIBED.
+    pub async fn unsubscribe(&mut self, subscription: u64) {
+        let request = self.request_id();
+        self.send(&Message::Unsubscribe { request, subscription }).await;
+        match self.recv().await {
+            Message::Unsubscribed { request: r } if r == request => {}
+            other => panic!("expected UNSUBSCRIBED, got {other:?}"),
+        }
+    }
+
     /// PUBLISH with acknowledge; returns the publication id.
     pub async fn publish(&mut self, topic: &str, args: Vec<Value>, mut options: Dict) -> u64 {
         let request = self.request_id();

@@ -1,0 +1,319 @@
+//! Admission: every connection the public listener accepts, from the moment
+//! it is accepted until it closes, authenticated or not.
+//!
+//! * **One limit for everything**: a connection takes one of
+//!   `limits.max_connections` slots at accept time, before it has sent a
+//!   byte, whether it becomes a WebSocket or stays an HTTP request.
+//! * **Deadlines per phase** while it is not trusted yet: request headers
+//!   within `limits.http_header_timeout` of the accept (and of the end of
+//!   the previous request, on a kept-alive connection); a `POST /publish`
+//!   body within `limits.http_body_timeout` (checked by the handler after
+//!   the API key); HELLO and authentication within `limits.handshake_timeout`
+//!   of the WebSocket upgrade (checked by the connection's task).
+//! * **Untrusted first out**: when every slot is taken, or the process is
+//!   out of file descriptors, the oldest connection that has not
+//!   authenticated yet is shed (closed without a word) to make room, so an
+//!   attacker holding idle sockets cannot lock logins out. Connections
+//!   become trusted at WELCOME, or on a valid API key.
+//! * **Per address**: at most `limits.max_unauthenticated_per_ip`
+//!   untrusted connections from one IP; more are closed at accept.
+//! * When every slot is held by trusted connections, a few more
+//!   ([`OVERFLOW`]) are let in just long enough to be told HTTP 503.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// Connections let in beyond the limit only to be refused with HTTP 503.
+pub const OVERFLOW: usize = 32;
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Too many untrusted connections from this address.
+    PerIp,
+    /// Every slot and the overflow are taken by trusted connections.
+    Full,
+}
+
+/// The admission state of one node's public listener.
+pub struct Admission {
+    max_connections: usize,
+    max_untrusted_per_ip: usize,
+    state: Mutex<State>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct State {
+    next_seq: u64,
+    /// Connections holding a slot.
+    admitted: usize,
+    /// Connections let in past the limit, to be told 503.
+    overflow: usize,
+    /// Untrusted connections holding a slot, oldest first.
+    untrusted: BTreeMap<u64, CancellationToken>,
+    /// Untrusted connections per address.
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+impl Admission {
+    /// Admission for `max_connections` slots.
+    pub fn new(max_connections: usize, max_untrusted_per_ip: usize, metrics: Arc<Metrics>) -> Arc<Admission> {
+        Arc::new(Admission { max_connections, max_untrusted_per_ip, state: Mutex::new(State::default()), metrics })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits a connection just accepted from `ip`, shedding the oldest
+    /// untrusted one if every slot is taken.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, header_timeout: Duration) -> Result<Arc<Ticket>, Refused> {
+        let mut state = self.lock();
+        let from_ip = state.per_ip.get(&ip).copied().unwrap_or(0);
+        if self.max_untrusted_per_ip > 0 && from_ip >= self.max_untrusted_per_ip {
+            self.metrics.refused("unauthenticated_per_ip");
+            return Err(Refused::PerIp);
+        }
+        let slot = if state.admitted < self.max_connections {
+            true
+        } else if let Some((_, victim)) = state.untrusted.pop_first() {
+            // The victim's slot passes to the newcomer: its ticket no longer
+            // counts (see `Ticket::drop`).
+            victim.cancel();
+            state.admitted -= 1;
+            self.metrics.shed_connections.inc();
+            true
+        } else if state.overflow < OVERFLOW {
+            false
+        } else {
+            self.metrics.refused("max_connections");
+            return Err(Refused::Full);
+        };
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        let shed = CancellationToken::new();
+        if slot {
+            state.admitted += 1;
+            state.untrusted.insert(seq, shed.clone());
+            *state.per_ip.entry(ip).or_default() += 1;
+        } else {
+            state.overflow += 1;
+        }
+        drop(state);
+        Ok(Arc::new(Ticket {
+            admission: self.clone(),
+            seq,
+            ip,
+            slot,
+            trusted: AtomicBool::new(false),
+            shed,
+            deadline: Mutex::new(Some(Instant::now() + header_timeout)),
+            deadline_changed: Notify::new(),
+        }))
+    }
+
+    /// Sheds the oldest untrusted connection (the process is out of file
+    /// descriptors); returns whether there was one.
+    pub fn shed_oldest(&self) -> bool {
+        let mut state = self.lock();
+        match state.untrusted.pop_first() {
+            Some((_, victim)) => {
+                victim.cancel();
+                state.admitted -= 1;
+                self.metrics.shed_connections.inc();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Connections holding a slot (for tests and metrics).
+    pub fn admitted(&self) -> usize {
+        self.lock().admitted
+    }
+}
+
+/// One admitted connection's place. Dropped when the connection ends.
+pub struct Ticket {
+    admission: Arc<Admission>,
+    seq: u64,
+    ip: IpAddr,
+    /// False for a connection let in past the limit only to hear 503.
+    slot: bool,
+    trusted: AtomicBool,
+    /// Cancelled when the connection is shed.
+    shed: CancellationToken,
+    /// When the connection must have moved on (`None`: no deadline now).
+    deadline: Mutex<Option<Instant>>,
+    deadline_changed: Notify,
+}
+
+impl Ticket {
+    /// Whether the connection holds a slot (else it is told 503).
+    pub fn has_slot(&self) -> bool {
+        self.slot
+    }
+
+    /// The connection authenticated (WELCOME, a valid API key): it is no
+    /// longer shed, its phase deadlines end, and it no longer counts
+    /// against its address's untrusted connections.
+    pub fn trust(&self) {
+        if self.trusted.swap(true, Ordering::AcqRel) || !self.slot {
+            return;
+        }
+        let mut state = self.admission.lock();
+        if state.untrusted.remove(&self.seq).is_some() {
+            release_ip(&mut state, self.ip);
+        }
+    }
+
+    /// Whether [`Ticket::trust`] was called.
+    pub fn is_trusted(&self) -> bool {
+        self.trusted.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the connection is shed.
+    pub async fn shed(&self) {
+        self.shed.cancelled().await
+    }
+
+    /// Sets (or clears) the deadline of the current phase.
+    pub fn set_deadline(&self, deadline: Option<Instant>) {
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
+        self.deadline_changed.notify_one();
+    }
+
+    /// Resolves when the connection must be closed: shed, or its phase
+    /// deadline passed.
+    pub async fn expired(&self) {
+        loop {
+            let deadline = *self.deadline.lock().unwrap_or_else(|e| e.into_inner());
+            let changed = self.deadline_changed.notified();
+            tokio::select! {
+                _ = self.shed.cancelled() => return,
+                _ = changed => {}
+                _ = sleep_until(deadline) => {
+                    if self.deadline.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|d| d <= Instant::now()) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn release_ip(state: &mut State, ip: IpAddr) {
+    if let Some(n) = state.per_ip.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            state.per_ip.remove(&ip);
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut state = self.admission.lock();
+        if !self.slot {
+            state.overflow -= 1;
+            return;
+        }
+        let untrusted = state.untrusted.remove(&self.seq).is_some();
+        if self.shed.is_cancelled() && !untrusted {
+            // Shed: its slot passed to another connection already; only its
+            // address count is left to give back.
+            release_ip(&mut state, self.ip);
+            return;
+        }
+        if untrusted {
+            release_ip(&mut state, self.ip);
+        }
+        state.admitted -= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(max: usize, per_ip: usize) -> Arc<Admission> {
+        Admission::new(max, per_ip, Arc::new(Metrics::new()))
+    }
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    const T: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn the_oldest_untrusted_connection_makes_room() {
+        let a = admission(2, 0);
+        let first = a.admit(IP, T).unwrap();
+        let second = a.admit(IP, T).unwrap();
+        second.trust();
+        let third = a.admit(IP, T).unwrap();
+        assert!(third.has_slot());
+        // The first (untrusted, oldest) was shed; the trusted one was not.
+        tokio::time::timeout(Duration::from_secs(1), first.shed()).await.expect("shed");
+        assert!(!second.shed.is_cancelled());
+        assert_eq!(a.admitted(), 2);
+        drop(first);
+        assert_eq!(a.admitted(), 2, "a shed ticket gave its slot away already");
+        drop(third);
+        assert_eq!(a.admitted(), 1);
+        drop(second);
+        assert_eq!(a.admitted(), 0);
+        assert!(a.lock().per_ip.is_empty());
+    }
+
+    #[tokio::test]
+    async fn trusted_connections_fill_the_node_then_overflow_hears_503() {
+        let a = admission(1, 0);
+        let held = a.admit(IP, T).unwrap();
+        held.trust();
+        let extra: Vec<_> = (0..OVERFLOW).map(|_| a.admit(IP, T).unwrap()).collect();
+        assert!(extra.iter().all(|t| !t.has_slot()));
+        assert_eq!(a.admit(IP, T).err(), Some(Refused::Full));
+        drop(extra);
+        assert!(a.admit(IP, T).is_ok());
+    }
+
+    #[tokio::test]
+    async fn untrusted_connections_per_address_are_capped() {
+        let a = admission(100, 2);
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        let one = a.admit(IP, T).unwrap();
+        let _two = a.admit(IP, T).unwrap();
+        assert_eq!(a.admit(IP, T).err(), Some(Refused::PerIp));
+        assert!(a.admit(other, T).is_ok(), "another address is not affected");
+        one.trust();
+        assert!(a.admit(IP, T).is_ok(), "a trusted connection no longer counts");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_phase_deadline_expires_and_can_be_moved() {
+        let a = admission(10, 0);
+        let t = a.admit(IP, Duration::from_secs(5)).unwrap();
+        t.set_deadline(None);
+        assert!(tokio::time::timeout(Duration::from_secs(60), t.expired()).await.is_err(), "no deadline while a request runs");
+        t.set_deadline(Some(Instant::now() + Duration::from_secs(3)));
+        let started = Instant::now();
+        t.expired().await;
+        assert_eq!(started.elapsed().as_secs(), 3);
+    }
+}
