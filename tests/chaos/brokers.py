@@ -61,11 +61,15 @@ class RedisServer:
         except OSError:
             return False
 
-    def kill9(self) -> None:
+    def kill9(self) -> float:
+        """SIGKILL to redis-server. Returns the monotonic time the signal was sent:
+        the broker can accept nothing sent after it."""
         assert self.proc is not None
-        procs.kill_tree(self.proc, signal.SIGKILL)
+        self.proc.send_signal(signal.SIGKILL)
+        t_kill = time.monotonic()
         self.proc.wait(timeout=10)
         procs.unregister(self.proc)
+        return t_kill
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -147,14 +151,23 @@ class RabbitNode:
         self.spawn()
         return self.await_startup()
 
-    def kill9(self) -> None:
-        """SIGKILL to the whole node tree: the sh wrapper, beam.smp and its erl_child_setup."""
+    def kill9(self) -> float:
+        """The broker crash: SIGKILL to beam.smp. Its erl_child_setup and the
+        rabbitmq-server script then end by themselves (whatever of the tree is
+        still there after a moment is killed too). Returns the monotonic time
+        the signal was sent: the broker can accept nothing sent after it."""
         assert self.proc is not None
-        procs.kill_tree(self.proc, signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        beams = [p for p in procs.descendants(self.proc.pid) if procs.comm(p) == "beam.smp"]
+        assert beams, "no beam.smp under the rabbitmq-server process"
+        procs.signal_pids(beams, signal.SIGKILL)
+        t_kill = time.monotonic()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        procs.kill_tree_leaves_first(self.proc)
         procs.unregister(self.proc)
-        # erl_child_setup may linger a moment after beam; make sure the tree is gone.
-        procs._wait_gone([self.proc.pid], 10)
+        return t_kill
 
     def stop(self) -> None:
         if self.proc is not None:

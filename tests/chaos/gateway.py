@@ -228,7 +228,7 @@ class ReadyPoller(threading.Thread):
     def _poll_once(self) -> int | None:
         try:
             if self._conn is None:
-                self._conn = http.client.HTTPConnection("127.0.0.1", self.gw.admin_port, timeout=2)
+                self._conn = http.client.HTTPConnection("127.0.0.1", self.gw.admin_port, timeout=5)
             self._conn.request("GET", "/readyz")
             r = self._conn.getresponse()
             r.read()
@@ -272,11 +272,12 @@ class ReadyPoller(threading.Thread):
         return b is not None and all(st == 200 for st in b)
 
     def not_ready_around(self, t: float) -> bool:
-        """The last sample before t and the first after t both said not ready."""
+        """The last sample before t and the first after t both answered 503 (a sample
+        without an answer proves nothing either way)."""
         s = list(self.samples)
         before = [st for (a, b, st) in s if b < t][-1:]
         after = [st for (a, b, st) in s if a > t][:1]
-        return bool(before and after) and before[0] != 200 and after[0] != 200
+        return bool(before and after) and before[0] == 503 and after[0] == 503
 
     def first_ready_after(self, t: float) -> float | None:
         """End time of the first 200 sample after t that follows a non-200 sample after t."""

@@ -95,6 +95,8 @@ class HttpPublisher(threading.Thread):
                     data = json.loads(raw)
                 except ValueError:
                     data = {"raw": raw[:200].decode("utf-8", "replace")}
+                if not isinstance(data, dict):
+                    data = {"raw": str(data)[:200]}
                 rec.body = data if status != 200 else None
                 if status == 200:
                     rec.pubid = data.get("id")
@@ -165,6 +167,7 @@ class CliPublisher(threading.Thread):
         self.prefix, self.exchange = prefix, exchange
         self.batch, self.pause = batch, pause
         self.batches: list[CliBatch] = []
+        self.errors: list[str] = []
         self._halt = threading.Event()
 
     def stop(self) -> None:
@@ -177,8 +180,13 @@ class CliPublisher(threading.Thread):
             seqs = list(range(seq, seq + self.batch))
             seq += self.batch
             lines = [json.dumps({"topic": self.topic, "args": [self.stream, s]}) for s in seqs]
-            status, out, err, t0, t1 = run_cli_stdin(self.bus, lines, prefix=self.prefix, exchange=self.exchange,
-                                                    extra=["--timeout", "3s"], timeout=60)
+            try:
+                status, out, err, t0, t1 = run_cli_stdin(self.bus, lines, prefix=self.prefix, exchange=self.exchange,
+                                                        extra=["--timeout", "3s"], timeout=60)
+            except Exception as e:  # noqa: BLE001 - recorded, the loop goes on
+                self.errors.append(f"{type(e).__name__}: {e}")
+                self._halt.wait(0.5)
+                continue
             ids = [int(x) for x in out if x.isdigit()]
             self.batches.append(CliBatch(t0, t1, status, seqs, ids, err[-300:]))
             self._halt.wait(self.pause)

@@ -108,6 +108,15 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def comm(pid: int) -> str | None:
+    info = _ppid_and_comm(pid)
+    return info[1] if info else None
+
+
+def signal_pids(pids: list[int], sig: int) -> None:
+    _signal_pids(pids, sig)
+
+
 def _signal_pids(pids: list[int], sig: int) -> None:
     for p in pids:
         info = _ppid_and_comm(p)
@@ -124,10 +133,29 @@ def kill_tree(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     _signal_pids([proc.pid] + descendants(proc.pid), sig)
 
 
+def kill_tree_leaves_first(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGKILL to the descendants (deepest first), then, once they are gone, to
+    `proc` if it did not exit by itself: each dead child is reaped by its own
+    parent (e.g. the rabbitmq-server script reaps beam.smp), not left to init."""
+    desc = descendants(proc.pid)
+    _signal_pids(list(reversed(desc)), signal.SIGKILL)
+    _wait_gone(desc, timeout)
+    try:
+        proc.wait(timeout=0.5)
+    except subprocess.TimeoutExpired:
+        _signal_pids([proc.pid] + descendants(proc.pid), signal.SIGKILL)
+        proc.wait(timeout=timeout)
+
+
 def stop_tree(proc: subprocess.Popen, *, sig: int = signal.SIGTERM, grace: float = 5.0) -> int | None:
     """Stops `proc` and its descendants: `sig`, up to `grace` seconds, then SIGKILL.
     Returns the exit status and unregisters the process."""
     tree = [proc.pid] + descendants(proc.pid)
+    if sig == signal.SIGKILL and proc.poll() is None:
+        try:
+            kill_tree_leaves_first(proc)
+        except subprocess.TimeoutExpired:
+            pass
     if proc.poll() is None:
         _signal_pids(tree, sig)
         try:

@@ -21,4 +21,6 @@ if ! cmp -s "$here/requirements.txt" "$here/.venv/.requirements.installed" 2>/de
   cp "$here/requirements.txt" "$here/.venv/.requirements.installed"
 fi
 cd "$here"
-exec "$here/.venv/bin/python" -m pytest -p no:cacheprovider -rA --timeout=300 "$@"
+# An exception in a harness thread (publisher, poller) fails the test instead of a warning.
+exec "$here/.venv/bin/python" -m pytest -p no:cacheprovider -rA --timeout=300 \
+  -W error::pytest.PytestUnhandledThreadExceptionWarning "$@"

@@ -114,6 +114,13 @@ def judge(subs_by_node: dict[str, list], pollers: dict[str, ReadyPoller], http: 
                 else:
                     nf["acked_then_lost"] += 1
                     lost_here.append((e.stream, e.seq))
+                    if len(nf.setdefault("lost_examples", [])) < 5:
+                        ref = kills[seg - 1] if seg > 0 else (kills[0] if kills else 0.0)
+                        later = sorted(x for x in rec if x > e.seq)[:3]
+                        nf["lost_examples"].append({"subscriber": s.name, "stream": e.stream, "seq": e.seq, "via": e.via,
+                                                    "segment": seg, "sent_s_from_kill": round(e.t0 - ref, 4),
+                                                    "answered_s_from_kill": round(e.t1 - ref, 4),
+                                                    "received_later_in_segment": later})
             if lost_here and judged:
                 violations.append(f"{s.name} on {node}: {len(lost_here)} acknowledged events lost, e.g. {lost_here[:8]}")
         nf["judged"] = judged
@@ -152,4 +159,5 @@ def cli_figures(c: CliPublisher) -> dict:
     ids = [i for b in c.batches for i in b.ids]
     return {"runs": len(c.batches), "runs_by_exit_status": statuses, "lines": lines, "acked_ids": len(ids),
             "duplicate_ids": len(ids) - len(set(ids)),
-            "stderr_example": next((b.stderr for b in c.batches if b.status != 0), "")[:200]}
+            "stderr_example": next((b.stderr for b in c.batches if b.status != 0), "")[:200],
+            "harness_errors": c.errors[:3]}
