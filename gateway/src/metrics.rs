@@ -246,7 +246,7 @@ impl Metrics {
         }
         let queue_drops = counter_vec(name::QUEUE_DROPS, "Messages sessions never got, by reason.", "reason");
         let http_publish_errors = counter_vec(name::HTTP_PUBLISH_ERRORS, "HTTP publish requests refused, by status.", "status");
-        for status in ["400", "401", "403", "413", "503"] {
+        for status in ["400", "401", "403", "408", "409", "413", "503"] {
             http_publish_errors.with_label_values(&[status]);
         }
         Metrics {

@@ -761,3 +761,33 @@ async fn subscription_ids_do_not_reveal_other_sessions_topics() {
     let free = probe.subscribe("secret.free", "exact").await;
     assert!(held.abs_diff(free) > 1_000_000, "ids are not sequential: {held} {free}");
 }
+
+/// Attacks the security review tried that failed, kept failing: header
+/// tricks that name another key (`jwk`, `jku`, `kid`) are ignored (the
+/// configured key verifies every token), and no client input grows the
+/// metric label sets (topics, authids, reasons and origins are never labels).
+#[tokio::test]
+async fn review_attacks_that_failed_stay_failed() {
+    let gw = TestGateway::start_with(secured()).await;
+    let attacker_secret = "the-attackers-own-secret-0123456789abcdef";
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("../../../../dev/null".into());
+    header.jku = Some("https://attacker.example/keys.json".into());
+    header.jwk = Some(serde_json::from_value(serde_json::json!({"kty": "oct", "k": "dGhlLWF0dGFja2Vycy1vd24tc2VjcmV0"})).unwrap());
+    let forged = encode(&header, &claims("mallory", "staff", now() + 60), &EncodingKey::from_secret(attacker_secret.as_bytes())).unwrap();
+    let (reason, _, code) = refused(&gw, &forged).await;
+    assert_eq!((reason.as_str(), code), (err::AUTHENTICATION_FAILED, Some(close::AUTH_FAILED)));
+    assert_eq!(gw.metric("telegraphy_auth_failures_total{reason=\"bad_signature\"}").await, 1.0);
+
+    let series = |text: String| text.lines().filter(|l| !l.starts_with('#')).count();
+    let before = series(gw.metrics().await);
+    let good = hs256(&claims("alice", "staff", now() + 60), SECRET);
+    let mut c = Client::join_ticket(&gw, JSON, &good).await.unwrap();
+    for i in 0..50 {
+        c.subscribe(&format!("topic.number{i}"), "exact").await;
+        let _ = refused(&gw, &hs256(&claims(&format!("user{i}"), "staff", now() - 100), SECRET)).await;
+        let _ = upgrade_with(&gw, Some(&format!("https://site{i}.example"))).await;
+        let _ = gw.publish_http(serde_json::json!({"topic": format!("t{i}..bad")})).await;
+    }
+    assert_eq!(series(gw.metrics().await), before, "client input created metric series");
+}

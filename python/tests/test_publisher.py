@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 import telegraphy
-from telegraphy import InvalidInput, Publisher, PublishError, Rejected, Unauthorized, Unavailable
+from telegraphy import InvalidInput, NoSubscriber, Publisher, PublishError, Rejected, Unauthorized, Unavailable
 from telegraphy.envelope import Envelope
 from tests.conftest import amqp_config, delete_exchange, redis_config
 from tests.support.gateway import AMQP_URL, API_KEY, REDIS_URL, Gateway, free_port
@@ -48,6 +48,14 @@ def check_delivery(publisher: Publisher, gateway: Gateway, wamp):
         telegraphy.set_publisher(None)
     event = sub.next_event()
     assert (event.publication, event.args, event.kwargs) == (pid, [1, 2], {"flag": True})
+
+    # require_subscriber: succeeds only if a node subscribed to the topic got it
+    pid = publisher.publish(f"{topic}.required", ["held"], require_subscriber=True)
+    event = sub.next_event()
+    assert (event.publication, event.args) == (pid, ["held"])
+    with pytest.raises(NoSubscriber, match="is subscribed to `nobody") as caught:
+        publisher.publish(f"nobody.{uuid.uuid4().hex[:8]}", ["lost"], require_subscriber=True)
+    assert caught.value.kind == "no_subscriber"
 
 
 # -- input checks (no network) -------------------------------------------------

@@ -17,7 +17,7 @@ Layout:
 
 from .client import get_publisher, publish, set_publisher
 from .envelope import Envelope
-from .errors import InvalidInput, PublishError, Rejected, Unauthorized, Unavailable
+from .errors import InvalidInput, NoSubscriber, PublishError, Rejected, Unauthorized, Unavailable
 from .publisher import DEFAULT_REALM, Publisher, publisher_from_env
 
 __version__ = "0.1.0"
@@ -28,6 +28,7 @@ __all__ = [
     "InvalidInput",
     "PublishError",
     "Publisher",
+    "NoSubscriber",
     "Rejected",
     "Unauthorized",
     "Unavailable",

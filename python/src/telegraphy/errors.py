@@ -1,4 +1,4 @@
-"""Typed publishing errors, the same four kinds as the Rust publisher
+"""Typed publishing errors, the same kinds as the Rust publisher
 (`telegraphy_publisher::ErrorKind`). Catch `PublishError` for all of them;
 each message says what to fix."""
 
@@ -7,7 +7,7 @@ class PublishError(Exception):
     """A publish did not succeed; nothing was reported published.
 
     `kind` is one of "invalid_input", "unavailable", "unauthorized",
-    "rejected" (the subclass names, snake-cased)."""
+    "rejected", "no_subscriber" (the subclass names, snake-cased)."""
 
     kind = "error"
 
@@ -40,3 +40,10 @@ class Rejected(PublishError):
     """The bus or gateway refused this event and would refuse it again."""
 
     kind = "rejected"
+
+
+class NoSubscriber(PublishError):
+    """`require_subscriber=True` was asked and no gateway node subscribed to
+    the topic got the event (the bus took it and dropped it)."""
+
+    kind = "no_subscriber"

@@ -95,6 +95,7 @@ class Publisher:
         eligible_authid=None,
         exclude_authrole=None,
         eligible_authrole=None,
+        require_subscriber: bool = False,
     ) -> int:
         """Publishes one event; returns its publication id once the gateway
         or the bus accepted it. Raises a `PublishError` subclass otherwise.
@@ -103,6 +104,11 @@ class Publisher:
         float, str, bytes (binary), lists and dicts with string keys. The six
         black/white lists pick who may receive it (session ids, authids =
         the token's `sub`, authroles); an empty `eligible*` list admits nobody.
+
+        With `require_subscriber=True` the publish succeeds only if at least
+        one gateway node subscribed to the topic got the event, and raises
+        `NoSubscriber` otherwise (by default an event nobody subscribes to
+        is accepted and dropped, which is not an error).
         """
         check_topic(topic)
         realm = realm if realm is not None else self.realm
@@ -121,7 +127,7 @@ class Publisher:
         if kwargs is not None and not isinstance(kwargs, dict):
             raise InvalidInput(f"kwargs must be a dict, not {type(kwargs).__name__}")
         envelope = Envelope.new(realm, topic, args, kwargs, filter)
-        return self._transport.publish(envelope)
+        return self._transport.publish(envelope, require_subscriber=bool(require_subscriber))
 
     def close(self):
         """Closes the broker connection (a later publish reconnects)."""

@@ -13,7 +13,7 @@ import urllib.parse
 import urllib.request
 
 from .envelope import Envelope, canonical_filter, canonical_value, to_json_value
-from .errors import InvalidInput, PublishError, Rejected, Unauthorized, Unavailable
+from .errors import InvalidInput, NoSubscriber, PublishError, Rejected, Unauthorized, Unavailable
 
 ENVELOPE_CONTENT_TYPE = "application/x-telegraphy-envelope"
 #: AMQP routing keys are short strings (realm + "." + topic).
@@ -55,7 +55,7 @@ class HttpTransport:
         self.api_key = api_key
         self.timeout = timeout
 
-    def publish(self, envelope: Envelope) -> int:
+    def publish(self, envelope: Envelope, require_subscriber: bool = False) -> int:
         body = {
             "topic": envelope.topic,
             "args": to_json_value(canonical_value(list(envelope.args), 2, "args"), "args"),
@@ -64,6 +64,8 @@ class HttpTransport:
         }
         if envelope.realm is not None:
             body["realm"] = envelope.realm
+        if require_subscriber:
+            body["require_subscriber"] = True
         data = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
         request = urllib.request.Request(
             self.endpoint,
@@ -100,6 +102,8 @@ class HttpTransport:
             raise InvalidInput(f"{self.endpoint} is not a Telegraphy publish endpoint (HTTP 404); check the gateway URL")
         if status == 503:
             raise Unavailable(f"the gateway cannot take events now: {message}")
+        if status == 409 and isinstance(parsed, dict) and parsed.get("error") == "no_subscriber":
+            raise NoSubscriber(message)
         raise Unavailable(f"the gateway answered HTTP {status}: {message}")
 
     def close(self):
@@ -136,14 +140,15 @@ class RedisTransport:
                 self._pid = os.getpid()
             return self._client
 
-    def publish(self, envelope: Envelope) -> int:
+    def publish(self, envelope: Envelope, require_subscriber: bool = False) -> int:
         import redis
 
         payload = envelope.encode()
         channel = f"{self.key_prefix}{envelope.realm}:{envelope.topic}"
         client = self._connection()
         try:
-            client.publish(channel, payload)
+            # Redis answers how many subscriptions (of every node) got it.
+            receivers = client.publish(channel, payload)
         except redis.AuthenticationError as e:
             raise Unauthorized(f"Redis at {redact(self.url)} refused the credentials: {e}") from None
         except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
@@ -158,6 +163,8 @@ class RedisTransport:
             raise Rejected(f"Redis at {redact(self.url)} refused the event: {text}") from None
         except redis.RedisError as e:
             raise Unavailable(f"Redis at {redact(self.url)} did not take the event: {e}") from None
+        if require_subscriber and not receivers:
+            raise NoSubscriber(f"no node is subscribed to `{envelope.topic}` (Redis channel {channel})")
         return envelope.publication
 
     def close(self):
@@ -251,7 +258,7 @@ class AmqpTransport:
             return False
         return self._connection.is_open and self._channel.is_open
 
-    def publish(self, envelope: Envelope) -> int:
+    def publish(self, envelope: Envelope, require_subscriber: bool = False) -> int:
         import pika
         import pika.exceptions as px
 
@@ -268,14 +275,18 @@ class AmqpTransport:
                 self._drop()
                 self._open()  # nothing was sent yet: reconnecting is safe
             try:
+                # `mandatory`: RabbitMQ returns an event no queue is bound for.
                 self._channel.basic_publish(
                     self.exchange, key, payload,
                     properties=pika.BasicProperties(content_type=ENVELOPE_CONTENT_TYPE),
+                    mandatory=bool(require_subscriber),
                 )
             except px.NackError:
                 raise Unavailable(f"RabbitMQ at {where} did not take the event: the broker refused it (nack)") from None
-            except px.UnroutableError:  # only with mandatory=True; kept for completeness
-                raise Rejected(f"RabbitMQ at {where} could not route the event") from None
+            except px.UnroutableError:  # only with mandatory=True (require_subscriber)
+                raise NoSubscriber(
+                    f"no node is subscribed to `{envelope.topic}` (RabbitMQ returned it: no queue is bound for it)"
+                ) from None
             except (px.AMQPError, OSError) as e:
                 self._drop()
                 raise Unavailable(
