@@ -127,8 +127,8 @@ class RabbitNode:
         self.starts += 1
 
     def ctl(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
-        return subprocess.run([f"{RABBIT_BIN}/rabbitmqctl", "-n", self.name, *args], env=self.env(),
-                              capture_output=True, text=True, timeout=timeout, cwd=str(self.workdir))
+        return procs.run([f"{RABBIT_BIN}/rabbitmqctl", "-n", self.name, *args], env=self.env(), timeout=timeout,
+                         cwd=str(self.workdir), description=f"rabbitmqctl {args[0]}")
 
     def await_startup(self, timeout: float = 90.0) -> float:
         """Blocks until the node has booted; returns the monotonic time it had."""

@@ -38,7 +38,7 @@ _print_config_cache: dict[str, str] = {}
 def print_config() -> str:
     b = gateway_bin()
     if b not in _print_config_cache:
-        r = subprocess.run([b, "--print-config"], env=base_env(), capture_output=True, text=True, timeout=30)
+        r = procs.run([b, "--print-config"], env=base_env(), timeout=30)
         _print_config_cache[b] = r.stdout
     return _print_config_cache[b]
 

@@ -131,18 +131,14 @@ def run_cli_stdin(bus: str, lines: list[str], *, prefix=None, exchange=None, ext
     """Runs `telegraphy-publish --stdin` with these lines; returns (status, stdout lines, stderr, t0, t1)."""
     cmd = cli_cmd(bus, prefix=prefix, exchange=exchange, extra=["--stdin"] + (extra or []))
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, env=base_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    procs.register(proc, "telegraphy-publish --stdin")
     try:
-        out, err = proc.communicate(("\n".join(lines) + "\n").encode(), timeout=timeout)
+        r = procs.run(cmd, env=base_env(), timeout=timeout, input=("\n".join(lines) + "\n").encode(),
+                      description="telegraphy-publish --stdin")
+        status, out, err = r.returncode, r.stdout.split(), r.stderr
     except subprocess.TimeoutExpired:
-        procs.stop_tree(proc, sig=9)
-        out, err = b"", b"timeout"
-    finally:
-        procs.unregister(proc)
+        status, out, err = None, [], f"no exit within {timeout}s"
     t1 = time.monotonic()
-    return proc.returncode, out.decode().split(), err.decode(), t0, t1
+    return status, out, err, t0, t1
 
 
 @dataclass

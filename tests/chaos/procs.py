@@ -67,6 +67,23 @@ def spawn(cmd: list[str], *, env: dict[str, str], log_path: Path, description: s
     return proc
 
 
+def run(cmd: list[str], *, env: dict[str, str], timeout: float, cwd: str | None = None, input: bytes | None = None,
+        description: str | None = None) -> subprocess.CompletedProcess:
+    """subprocess.run for short-lived tools (rabbitmqctl, the CLI), registered while
+    they run so the safety net stops them too; text output."""
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    register(proc, description or cmd[0])
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_tree(proc, sig=signal.SIGKILL)
+        raise
+    finally:
+        unregister(proc)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
 def register(proc: subprocess.Popen, description: str) -> None:
     with _LOCK:
         _REGISTRY[proc.pid] = (proc, description)

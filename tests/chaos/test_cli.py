@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 
 import pytest
 
+import procs
 from gateway import base_env, publish_bin
 from load import cli_cmd, run_cli_stdin, wait_until
 from wampclient import Subscriber
@@ -41,7 +41,7 @@ def test_cli_stdin_batch(kind, uid, request, redis_factory, gateway_factory, rea
         seqs = s.streams("cli")
         per_sub[s.name] = {"received": len(seqs), "in_order_complete": seqs == list(range(n)),
                            "ids_match_printed": s.pubids == set(ids)}
-    window = "--window" in subprocess.run([publish_bin(), "--help"], capture_output=True, text=True, env=base_env()).stdout
+    window = "--window" in procs.run([publish_bin(), "--help"], env=base_env(), timeout=30).stdout
     record(bus=kind, lines=n, exit_status=status, ids_printed=len(ids), unique_ids=len(set(ids)),
            non_id_output=[x for x in out if not x.isdigit()][:5], seconds=round(t1 - t0, 3),
            events_per_second=round(n / (t1 - t0), 1) if t1 > t0 else None, subscribers=per_sub,
@@ -65,8 +65,7 @@ def test_require_subscriber(kind, uid, request, redis_factory, gateway_factory, 
     topic = f"chaos.{uid}.required"
 
     def cli(*args):
-        r = subprocess.run(cli_cmd(bus, extra=[*args, topic, '["cli"]'], **names), capture_output=True, text=True,
-                           env=base_env(), timeout=60)
+        r = procs.run(cli_cmd(bus, extra=[*args, topic, '["cli"]'], **names), env=base_env(), timeout=60)
         return r.returncode, r.stdout.strip(), r.stderr.strip()
 
     figures: dict = {}
