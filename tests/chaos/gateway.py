@@ -53,6 +53,16 @@ def supports_setting(key: str) -> bool:
     return bool(re.search(rf"^{re.escape(name)}\s*=", text, re.M))
 
 
+def setting_value(key: str) -> str | None:
+    """The value --print-config shows for `section.name` (as written there), or None."""
+    section, _, name = key.rpartition(".")
+    m = re.search(rf"^\[{re.escape(section)}\]\n(.*?)(?:^\[|\Z)", print_config(), re.S | re.M)
+    if not m:
+        return None
+    v = re.search(rf"^{re.escape(name)}\s*=\s*(.+)$", m.group(1), re.M)
+    return v.group(1).strip() if v else None
+
+
 def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     out = {}
     for line in text.splitlines():

@@ -102,6 +102,7 @@ def test_broker_kill9_and_restart(kind, uid, redis_factory, rabbit_factory, gate
            subscribers_closed=[s.name for ss in subs.values() for s in ss if s.done.is_set()])
 
     assert back, "the nodes did not turn ready again after the broker came back"
+    assert all((m.get("telegraphy_bus_reconnects_total") or 0) >= 1 for m in metrics.values()), "a reconnect was not counted"
     assert hf["refused_503_bus_unavailable"] > 0, "no publish was refused: the outage was not observed"
     assert hf["refused_other"] == 0, f"refusals other than 503 bus_unavailable: {hf['refused_other_examples']}"
     assert hf["no_answer"] == 0, f"HTTP publishes without an answer: {hf['no_answer_examples']}"
