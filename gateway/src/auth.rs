@@ -140,8 +140,9 @@ pub struct Authenticator {
     /// The roles of CRA users (sorted, distinct): an unknown authid is
     /// challenged with one of them, the same one every time.
     cra_roles: Vec<String>,
-    /// Random per process: picks unknown authids' roles and stands in for
-    /// their secret, so they cost the same work as known ones.
+    /// Derived from the configured secrets (so the same on every node and
+    /// after restarts, and unknown to clients): picks unknown authids' roles
+    /// and stands in for their secret.
     decoy_key: [u8; 32],
     anonymous: Option<String>,
     roles: BTreeMap<String, Role>,
@@ -228,15 +229,7 @@ impl Authenticator {
         cra_roles.sort();
         cra_roles.dedup();
         let anonymous = config.anonymous_allowed().then(|| auth.anonymous_role.clone());
-        Ok(Authenticator {
-            jwt,
-            require_realm: auth.require_realm_claim,
-            cra,
-            cra_roles,
-            decoy_key: crate::node::secure_random_bytes(),
-            anonymous,
-            roles,
-        })
+        Ok(Authenticator { jwt, require_realm: auth.require_realm_claim, cra, cra_roles, decoy_key: decoy_key(config), anonymous, roles })
     }
 
     /// Whether tickets (JWTs) are accepted.
@@ -405,13 +398,11 @@ impl Authenticator {
     pub fn verify_cra(&self, challenge: &CraChallenge, signature: &str) -> Result<Authenticated, AuthFailure> {
         let refused = || failure("cra_failed", "the signature does not match; check the authid and the secret");
         let known = self.cra.get(&challenge.authid);
-        let decoy;
+        // Computed for every authid, used for unknown ones: the same work either way.
+        let decoy = self.decoy(&challenge.authid);
         let secret: &[u8] = match known {
             Some((secret, _)) => secret.as_bytes(),
-            None => {
-                decoy = self.decoy(&challenge.authid);
-                &decoy
-            }
+            None => &decoy,
         };
         let sig = base64::engine::general_purpose::STANDARD.decode(signature.trim()).unwrap_or_default();
         let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
@@ -422,6 +413,25 @@ impl Authenticator {
             _ => Err(refused()),
         }
     }
+}
+
+/// The key behind unknown authids' answers: a hash of every configured
+/// secret, so every node of a cluster (same config) answers an unknown
+/// authid the same way, and no client can compute it.
+fn decoy_key(config: &Config) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = Sha256::new();
+    h.update(b"telegraphy wampcra decoy v1\0");
+    for user in &config.auth.cra {
+        h.update(user.authid.as_bytes());
+        h.update([0]);
+        h.update(user.secret.as_bytes());
+        h.update([0]);
+    }
+    if let Some(secret) = &config.auth.jwt_secret {
+        h.update(secret.as_bytes());
+    }
+    h.finalize().into()
 }
 
 /// Computes a WAMP-CRA signature (clients, tests).

@@ -249,7 +249,9 @@ impl From<UriRulesSetting> for UriRules {
 pub struct Limits {
     /// Largest WebSocket message and `POST /publish` body, in bytes.
     pub max_message_size: usize,
-    /// Most concurrent WebSocket connections; more are refused with HTTP 503.
+    /// Most connections at once, WebSocket or HTTP, counted from the accept.
+    /// When full, the oldest that has not authenticated is shed; when every
+    /// one has, new WebSockets are refused with HTTP 503.
     pub max_connections: usize,
     /// Most subscriptions one session may hold.
     pub max_subscriptions_per_session: usize,
@@ -260,7 +262,8 @@ pub struct Limits {
     pub outbound_queue_bytes: usize,
     /// Events waiting for fan-out on this node; publishers wait when full.
     pub bus_queue: usize,
-    /// Time a new WebSocket has to send HELLO.
+    /// Time a new WebSocket has to finish its WAMP handshake (HELLO, then
+    /// authentication) after the upgrade.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// Interval between WebSocket pings to each session.
@@ -358,7 +361,7 @@ impl Default for Limits {
             max_connections_per_ip: 0,
             http_header_timeout: Duration::from_secs(10),
             http_body_timeout: Duration::from_secs(10),
-            max_unauthenticated_per_ip: 256,
+            max_unauthenticated_per_ip: 1_000,
             socket_send_buffer: 128 * 1024,
         }
     }

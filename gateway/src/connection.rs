@@ -125,7 +125,7 @@ pub fn origin_allowed(allowed: &[String], public_hosts: &[String], dev: bool, or
     if !matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https") || host.contains('/') {
         return false;
     }
-    if public_hosts.iter().any(|h| h.eq_ignore_ascii_case(host) || without_port(h).eq_ignore_ascii_case(host)) {
+    if public_hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
         return true;
     }
     dev && matches!(without_port(host).to_ascii_lowercase().as_str(), "127.0.0.1" | "localhost" | "[::1]")
@@ -435,7 +435,12 @@ async fn close_connection(node: &Node, handle: &SessionHandle, socket: &mut WebS
     // Pushes are refused from now on (the outbox is closing).
     let finished = tokio::time::timeout(flush_timeout, async {
         handle.outbox.finish().await.map_err(axum::Error::new)?;
-        socket.send(WsMessage::Close(Some(CloseFrame { code, reason: close_reason(code).into() }))).await
+        match socket.send(WsMessage::Close(Some(CloseFrame { code, reason: close_reason(code).into() }))).await {
+            // The client closed first: tungstenite answered its close frame
+            // with its own; writing that answer out is the close.
+            Err(e) if closing_already(&e) => futures_util::SinkExt::flush(socket).await,
+            other => other,
+        }
     })
     .await;
     // Counted as sent only once the kernel took the close frame.
@@ -447,6 +452,20 @@ async fn close_connection(node: &Node, handle: &SessionHandle, socket: &mut WebS
     if !peer_closed && sent {
         let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async { while let Some(Ok(_)) = socket.next().await {} }).await;
     }
+}
+
+/// Whether a send failed because the close handshake was already under way
+/// (the client's close frame was received and answered).
+fn closing_already(e: &axum::Error) -> bool {
+    let inner: &(dyn std::error::Error + 'static) = e;
+    let mut source = Some(inner);
+    while let Some(err) = source {
+        if let Some(t) = err.downcast_ref::<tungstenite::Error>() {
+            return matches!(t, tungstenite::Error::Protocol(tungstenite::error::ProtocolError::SendAfterClosing));
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// The reason text sent with each close code (`docs/protocol.md`).

@@ -145,8 +145,9 @@ fn fit_open_files(config: &mut Config) {
             max_connections = room,
             configured = wanted,
             "this process may open only {limit} files, so this node holds at most {room} WebSockets \
-             (limits.max_connections is {wanted}); more are refused with HTTP 503. To hold more, raise the \
-             hard limit: `ulimit -Hn` as root, systemd `LimitNOFILE=`, or the container runtime's `nofile` ulimit"
+             (limits.max_connections is {wanted}): beyond it, connections that have not logged in are shed and \
+             new WebSockets are refused with HTTP 503. To hold more, raise the hard limit: `ulimit -Hn` as root, \
+             systemd `LimitNOFILE=`, or the container runtime's `nofile` ulimit"
         );
         config.limits.max_connections = room;
     } else {

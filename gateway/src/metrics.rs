@@ -11,7 +11,7 @@ use telegraphy_wamp::Serialization;
 pub mod name {
     /// Open WebSocket connections.
     pub const CONNECTIONS: &str = "telegraphy_connections";
-    /// WebSocket upgrades refused, by reason.
+    /// Connections refused at accept or at the WebSocket upgrade, by reason.
     pub const CONNECTIONS_REFUSED: &str = "telegraphy_connections_refused_total";
     /// Established WAMP sessions.
     pub const SESSIONS: &str = "telegraphy_sessions";
@@ -234,7 +234,8 @@ impl Metrics {
         let build_info = prometheus::IntGaugeVec::new(Opts::new(name::BUILD_INFO, "Build information (always 1)."), &["version"]).expect("valid");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         reg(Box::new(build_info));
-        let connections_refused = counter_vec(name::CONNECTIONS_REFUSED, "WebSocket upgrades refused, by reason.", "reason");
+        let connections_refused =
+            counter_vec(name::CONNECTIONS_REFUSED, "Connections refused (at accept or at the WebSocket upgrade), by reason.", "reason");
         for reason in ["draining", "subprotocol", "max_connections", "origin", "pending_handshakes", "per_ip", "unauthenticated_per_ip"] {
             connections_refused.with_label_values(&[reason]);
         }

@@ -229,21 +229,6 @@ impl Wire {
         dropped
     }
 
-    /// Limits what the kernel holds for this client (`SO_SNDBUF`); 0 keeps
-    /// the kernel's own sizing.
-    pub fn set_send_buffer(&self, bytes: usize) {
-        if bytes == 0 {
-            return;
-        }
-        let result = match &self.io {
-            Io::Tcp(tcp) => socket2::SockRef::from(tcp).set_send_buffer_size(bytes),
-            Io::Tls(t) => socket2::SockRef::from(lock(t).get_ref().0).set_send_buffer_size(bytes),
-        };
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "cannot set the socket send buffer");
-        }
-    }
-
     /// Whether bytes are waiting for the socket to become writable.
     pub fn is_backed_up(&self) -> bool {
         !self.lock().pending.is_empty()

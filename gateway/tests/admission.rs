@@ -152,6 +152,10 @@ async fn the_connection_gauge_comes_back_on_every_way_out() {
     let mut c = Client::join(&gw, JSON).await;
     c.send_raw(tokio_tungstenite::tungstenite::Message::Close(None)).await;
     let _ = c.closed().await;
+    // Both answered with a close frame, and counted as written.
+    util::eventually("closes counted", Duration::from_secs(5), || async { gw.metric("telegraphy_disconnects_total{code=\"1000\"}").await == 2.0 })
+        .await;
+    assert_eq!(gw.metric("telegraphy_close_unsent_total{code=\"1000\"}").await, 0.0);
     // The client vanishes (TCP drop, no close frame).
     drop(Client::join(&gw, JSON).await);
     // A protocol violation.
@@ -162,7 +166,14 @@ async fn the_connection_gauge_comes_back_on_every_way_out() {
     let mut c = Client::open(&gw, JSON).await;
     let _ = c.closed().await;
     // Shed to make room (the node holds 3).
-    let _shed: Vec<Client> = futures_util::future::join_all((0..3).map(|_| Client::open(&gw, JSON))).await;
+    util::eventually("the earlier connections closed", Duration::from_secs(10), || async {
+        gw.metric("telegraphy_admitted_connections").await == 0.0
+    })
+    .await;
+    let mut _shed = Vec::new();
+    for _ in 0..3 {
+        _shed.push(Client::open(&gw, JSON).await);
+    }
     let _last = Client::join(&gw, JSON).await;
     drop(_shed);
     drop(_last);

@@ -92,7 +92,8 @@ struct Args {
     #[arg(long, default_value_t = 256, value_name = "N")]
     window: usize,
     /// Read events from standard input, one JSON object per line:
-    /// {"topic": "...", "args": [...], "kwargs": {...}, "options": {...}, "realm": "..."}.
+    /// {"topic": "...", "args": [...], "kwargs": {...}, "options": {...}, "realm": "...",
+    /// "require_subscriber": true}.
     #[arg(long, conflicts_with_all = ["topic", "args", "kwargs"])]
     stdin: bool,
     /// The topic URI.
@@ -354,11 +355,20 @@ async fn publish_batch(args: &Args, publisher: &Publisher, batch: Vec<(usize, Ev
         return false;
     }
     let (numbers, events): (Vec<usize>, Vec<Event>) = batch.into_iter().unzip();
-    let answers = match tokio::time::timeout(args.timeout, publisher.publish_batch(events)).await {
+    // Each round trip is bounded by --timeout inside the publisher; this
+    // only guards against a hang, and through a gateway the requests of a
+    // batch go one after the other.
+    let guard = args.timeout.saturating_mul(u32::try_from(events.len()).unwrap_or(u32::MAX).saturating_add(1));
+    let answers = match tokio::time::timeout(guard, publisher.publish_batch(events)).await {
         Ok(answers) => answers.into_iter().map(|a| a.map_err(Failure::from)).collect(),
         Err(_) => numbers
             .iter()
-            .map(|_| Err(Failure { status: status::UNAVAILABLE, message: format!("no confirmation within {:?}", args.timeout) }))
+            .map(|_| {
+                Err(Failure {
+                    status: status::UNAVAILABLE,
+                    message: format!("no answer within {guard:?}; the event may or may not have been published"),
+                })
+            })
             .collect::<Vec<_>>(),
     };
     let mut stop = false;
