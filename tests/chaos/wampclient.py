@@ -407,6 +407,11 @@ class StalledSubscriber:
         return [seq for (s, seq, _) in self.events if s == stream]
 
     @property
+    def partial_frame_bytes(self) -> int:
+        """Bytes of an incomplete last frame (the connection ended in the middle of it)."""
+        return len(self.buf) - self.pos
+
+    @property
     def done(self) -> threading.Event:
         e = threading.Event()
         if self.eof or self.saw_close_frame or self.sock is None:
