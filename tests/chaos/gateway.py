@@ -130,7 +130,7 @@ class Gateway:
             env["TELEGRAPHY_AMQP__EXCHANGE"] = self.exchange
         env.update(self.extra_env)
         cmd = [gateway_bin(), "--bus", self.bus, "--listen", f"127.0.0.1:{self.port}",
-               "--admin-listen", f"127.0.0.1:{self.admin_port}", "--log-level", "info"]
+               "--admin-listen", f"127.0.0.1:{self.admin_port}", "--log-level", os.environ.get("CHAOS_GATEWAY_LOG_LEVEL", "info")]
         self.proc = procs.spawn(cmd, env=env, log_path=self.log, description=f"gateway {self.name} :{self.port}")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

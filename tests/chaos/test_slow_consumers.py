@@ -89,9 +89,11 @@ def test_stalled_reader_is_shed_and_accounted(resume, uid, redis_factory, gatewa
     still_closing = (mid["disconnects_4000"] == before["disconnects_4000"]
                      and (mid["close_unsent_4000"] or 0) == (before["close_unsent_4000"] or 0))
     gave_up = None
+    shed_to_close_counted = None
     if resume == "after_gateway_gave_up":
         gave_up = wait_until(lambda: (lambda d: (d["disconnects_4000"] or 0) + (d["close_unsent_4000"] or 0) >= 1)(
             delta(shed_metrics(A.metrics()), before)), 120, 0.1)
+        shed_to_close_counted = round(time.monotonic() - t_shed, 2) if gave_up else None
     t_resume = time.monotonic()
     stalled.resume(timeout=60)
     t_end = time.monotonic()
@@ -110,7 +112,7 @@ def test_stalled_reader_is_shed_and_accounted(resume, uid, redis_factory, gatewa
         else d["queue_drops_total_all"]
     normal_lost = sum(1 for s in normal for r in acked if r.pubid not in s.pubids)
     normal_bad_order = sum(sum(order_problems(s.events, "http")) + duplicate_pubids(s.events) for s in normal)
-    record(resume=resume, gateway_closed_before_resume=gave_up, event_bytes=4000, acked=len(acked), acked_when_shed_seen=acked_at_shed, shed=shed,
+    record(resume=resume, gateway_closed_before_resume=gave_up, shed_seen_to_close_counted_s=shed_to_close_counted, event_bytes=4000, acked=len(acked), acked_when_shed_seen=acked_at_shed, shed=shed,
            stalled_received=received, stalled_missed=n_attempted_max - received, dropped_for_it=dropped,
            received_plus_dropped=received + (dropped or 0), attempted_if_still_closing=n_attempted_max,
            session_still_closing_after_fanout=still_closing, drops_by_reason={r: d[f"queue_drops_{r}"] for r in REASONS},
