@@ -25,6 +25,10 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAPHY_", "RABBITMQ_"))}
 
 
+class PortTaken(RuntimeError):
+    pass
+
+
 class RedisServer:
     def __init__(self, workdir: Path, *, pubsub_limit_off: bool = False):
         self.workdir = workdir
@@ -38,6 +42,18 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
     def start(self, timeout: float = 20.0) -> None:
+        """Starts redis-server; on its first start, a port taken meanwhile by someone
+        else is replaced by another (a restart keeps its port: that is the point)."""
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                if self.starts > 1 or attempt == 2:
+                    raise
+                self.port = procs.free_port()
+                self.starts = 0
+
+    def _start(self, timeout: float) -> None:
         cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                "--daemonize", "no", "--dir", str(self.workdir)]
         if self.pubsub_limit_off:
@@ -47,6 +63,9 @@ class RedisServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                procs.unregister(self.proc)
+                if "in use" in self.log.read_text(errors="replace"):
+                    raise PortTaken(self.port)
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}; see {self.log}")
             if self.ping():
                 return

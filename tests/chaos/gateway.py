@@ -118,6 +118,16 @@ class Gateway:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0) -> None:
+        """Starts the gateway; if a port was taken meanwhile by someone else, tries other ports."""
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except RuntimeError as e:
+                if "in use" not in str(e) or attempt == 2:
+                    raise
+                self.port, self.admin_port = procs.free_port(), procs.free_port()
+
+    def _start(self, timeout: float) -> None:
         env = base_env()
         env.update({
             "TELEGRAPHY_ALLOW_ANONYMOUS": "true",
@@ -135,6 +145,7 @@ class Gateway:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                procs.unregister(self.proc)
                 raise RuntimeError(f"gateway {self.name} exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
             try:
                 if self.readyz()[0] == 200:
