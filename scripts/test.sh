@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust unit and integration tests (gateway nodes on the
-# real Redis and RabbitMQ, the telegraphy-publish binary), the shared envelope
+# real Redis and RabbitMQ, the telegraphy-publish binary), the fault-injection
+# suite (private Redis and RabbitMQ instances killed and restarted, nodes
+# killed and drained, stalled readers, floods), the shared envelope
 # vectors checked by an independent msgpack implementation, the
 # interoperability tests with third-party WAMP clients (AutobahnJS under
 # Node, AutobahnPython), the Python package with its Django app and the
@@ -30,6 +32,10 @@ echo "==> Rust tests"
 cargo test --workspace --locked
 
 export TELEGRAPHY_GATEWAY_BIN="$PWD/target/debug/telegraphy-gateway"
+export TELEGRAPHY_PUBLISH_BIN="$PWD/target/debug/telegraphy-publish"
+
+echo "==> fault-injection suite (tests/chaos: private brokers killed and restarted, nodes killed and drained, slow readers, floods)"
+bash tests/chaos/run.sh -q
 
 echo "==> interoperability tests (AutobahnJS, AutobahnPython)"
 bash tests/interop/run.sh

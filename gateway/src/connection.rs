@@ -448,6 +448,7 @@ async fn close_connection(node: &Node, handle: &SessionHandle, socket: &mut WebS
     node.metrics.disconnect(code, sent);
     if !sent {
         tracing::debug!(session = handle.id, code, "the close frame could not be written (the client is gone or not reading)");
+        handle.outbox.abandon();
     }
     if !peer_closed && sent {
         let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async { while let Some(Ok(_)) = socket.next().await {} }).await;

@@ -105,13 +105,21 @@ impl Outbox {
             if self.is_closing() {
                 return Ended::Closing;
             }
-            if let Err(e) = self.wire.drain().await {
-                return Ended::Failed(e);
+            // A close asked while the socket is full (a shed slow consumer)
+            // must not wait for the client to read: the wake-up interrupts
+            // the drain (which keeps its place in the queue) and is checked.
+            tokio::select! {
+                result = self.wire.drain() => {
+                    if let Err(e) = result {
+                        return Ended::Failed(e);
+                    }
+                    if self.is_closing() {
+                        return Ended::Closing;
+                    }
+                    self.wire.notified().await;
+                }
+                _ = self.wire.notified() => {}
             }
-            if self.is_closing() {
-                return Ended::Closing;
-            }
-            self.wire.notified().await;
         }
     }
 
@@ -134,6 +142,14 @@ impl Outbox {
             self.wire.push_unbounded(last);
         }
         self.wire.drain().await
+    }
+
+    /// The session ends without its last frames reaching the client (the
+    /// close timed out): what is still queued, a partly written frame
+    /// included, is counted as discarded.
+    pub fn abandon(&self) {
+        let left = self.wire.discard_all();
+        self.metrics.dropped(Drop::Discarded, left as u64);
     }
 
     fn count_sent(&self, frame: &Bytes) {
@@ -218,6 +234,32 @@ mod tests {
         outbox.push_event(&data_frame(b"e".to_vec(), false), When::Now).unwrap_err();
         assert_eq!(metrics.queue_drops[Drop::Closing as usize].get(), 1, "an event for a closing session is counted");
         assert!(matches!(outbox.serve_writes().await, Ended::Closing), "closing wins over the backlog");
+    }
+
+    #[tokio::test]
+    async fn a_close_does_not_wait_for_a_full_socket() {
+        let (outbox, _, _client) = outbox(10_000, usize::MAX).await;
+        let frame = data_frame(vec![b'x'; 256 * 1024], false);
+        while !outbox.is_backed_up() {
+            outbox.push(&frame).unwrap();
+        }
+        outbox.push(&frame).unwrap();
+        let writer = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.serve_writes().await })
+        };
+        // The writer is stuck on the full socket (the client reads nothing).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!writer.is_finished());
+        outbox.close(codes::close::SLOW_CONSUMER);
+        let ended = tokio::time::timeout(Duration::from_secs(2), writer).await.expect("the close wakes the writer").unwrap();
+        assert!(matches!(ended, Ended::Closing));
+        // Giving up on the client counts what it never got, the frame cut
+        // mid-write included.
+        let queued = outbox.wire.queued_frames();
+        outbox.abandon();
+        assert_eq!(outbox.metrics.queue_drops[Drop::Discarded as usize].get(), queued as u64);
+        assert!(queued >= 1);
     }
 
     #[tokio::test]

@@ -229,6 +229,22 @@ impl Wire {
         dropped
     }
 
+    /// Drops everything queued, a partly written front frame included (the
+    /// connection is given up); returns how many frames were dropped.
+    pub fn discard_all(&self) -> usize {
+        let mut inner = self.lock();
+        let dropped = inner.pending.len();
+        inner.pending.clear();
+        inner.front_started = false;
+        inner.pending_bytes = 0;
+        dropped
+    }
+
+    /// How many frames wait in the queue.
+    pub fn queued_frames(&self) -> usize {
+        self.lock().pending.len()
+    }
+
     /// Whether bytes are waiting for the socket to become writable.
     pub fn is_backed_up(&self) -> bool {
         !self.lock().pending.is_empty()
