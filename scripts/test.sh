@@ -32,7 +32,6 @@ echo "==> Rust tests"
 cargo test --workspace --locked
 
 export TELEGRAPHY_GATEWAY_BIN="$PWD/target/debug/telegraphy-gateway"
-export TELEGRAPHY_PUBLISH_BIN="$PWD/target/debug/telegraphy-publish"
 
 echo "==> fault-injection suite (tests/chaos: private brokers killed and restarted, nodes killed and drained, slow readers, floods)"
 bash tests/chaos/run.sh -q

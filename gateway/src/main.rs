@@ -139,7 +139,13 @@ fn fit_open_files(config: &mut Config) {
     let reserved = 64 + limit / 100;
     let room = usize::try_from(limit.saturating_sub(reserved)).unwrap_or(usize::MAX).max(1);
     let wanted = config.limits.max_connections;
-    if room < wanted {
+    if room < wanted && wanted == telegraphy_gateway::config::Limits::default().max_connections {
+        // The default asks for more than the process may open: fit it,
+        // quietly (every development machine would be told otherwise); the
+        // startup line shows the effective limit.
+        tracing::debug!(open_files_limit = limit, max_connections = room, "limits.max_connections fitted to the open-files limit");
+        config.limits.max_connections = room;
+    } else if room < wanted {
         tracing::warn!(
             open_files_limit = limit,
             max_connections = room,

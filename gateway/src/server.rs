@@ -105,6 +105,7 @@ impl Gateway {
             admin_listen = %admin.local_addr()?,
             bus = node.bus.kind(),
             realms = ?config.realms,
+            max_connections = config.limits.max_connections,
             dev = config.dev,
             "gateway listening: WebSocket at {scheme}://{}/ws",
             public.local_addr()?

@@ -40,6 +40,8 @@ async fn a_low_open_files_limit_lowers_max_connections_and_refuses_cleanly() {
         .arg(env!("CARGO_BIN_EXE_telegraphy-gateway"))
         .args(["--allow-anonymous", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
         .env_clear()
+        // Asked for explicitly (the default is fitted quietly: see below).
+        .env("TELEGRAPHY_LIMITS__MAX_CONNECTIONS", "50000")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let mut gw = Gateway(cmd.spawn().expect("start telegraphy-gateway"));
@@ -211,4 +213,33 @@ async fn logins_succeed_while_an_attacker_holds_idle_sockets() {
         }
         drop(attacker);
     }
+}
+
+/// With the default `limits.max_connections`, a low open-files limit is
+/// not worth a warning at every start (every development machine has one):
+/// the limit is fitted quietly and the startup line shows it.
+#[test]
+fn the_default_limit_is_fitted_quietly() {
+    let (port, admin) = (free_port(), free_port());
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--nofile={FILES}:{FILES}"))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_telegraphy-gateway"))
+        .args(["--allow-anonymous", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
+        .env_clear()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut gw = Gateway(cmd.spawn().expect("start telegraphy-gateway"));
+    let stdout = gw.0.stdout.take().unwrap();
+    let mut before = Vec::new();
+    let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+    let listening = loop {
+        let line = lines.next().expect("the gateway logs its startup");
+        if line.contains("gateway listening") {
+            break line;
+        }
+        before.push(line);
+    };
+    assert!(listening.contains(&format!("max_connections={ROOM}")), "{listening}");
+    assert!(!before.iter().any(|l| l.contains("may open only")), "{before:?}");
 }
