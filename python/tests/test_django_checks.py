@@ -47,7 +47,21 @@ def test_good_settings_pass(settings):
     ({"TOKEN_TTL": "300"}, "telegraphy.E011"),
     ({"ROLE": ""}, "telegraphy.E012"),
     ({"TIMEOUT": -1}, "telegraphy.E013"),
-    ({"ALLOWED_ORIGINS": "http://x"}, "telegraphy.E014"),
+    ({"ALLOWED_ORIGINS": 8000}, "telegraphy.E014"),
+    ({"ALLOWED_ORIGINS": ["http://x", 8000]}, "telegraphy.E014"),
+    ({"ALLOWED_ORIGINS": "127.0.0.1:8000"}, "telegraphy.E014"),
+    ({"ALLOWED_ORIGINS": ["http://x/page"]}, "telegraphy.E014"),
+    ({"ALLOWED_ORIGINS": " , "}, "telegraphy.E014"),
+    ({"TOPICS": ["myshop.reports.ready"]}, "telegraphy.E015"),
+    ({"TOPICS": {"my shop.x": "staff"}}, "telegraphy.E015"),
+    ({"TOPICS": {"myshop.*.x": "staff"}}, "telegraphy.E015"),
+    ({"TOPICS": {"myshop.x": "stuff"}}, "telegraphy.E015"),
+    ({"TOPICS": {"myshop.x": ["group:"]}}, "telegraphy.E015"),
+    ({"TOPICS": {"myshop.x": ["perm:nodot"]}}, "telegraphy.E015"),
+    ({"TOPICS": {"myshop.x": None}}, "telegraphy.E015"),
+    ({"TOPICS_FOR": "tests.nowhere.topics_for"}, "telegraphy.E016"),
+    ({"TOPICS_FOR": "tests.settings.SECRET_KEY"}, "telegraphy.E016"),
+    ({"TOPICS_FOR": 3}, "telegraphy.E016"),
 ])
 def test_bad_settings(settings, changes, expected):
     settings.TELEGRAPHY = {**GOOD, **changes}
@@ -55,6 +69,27 @@ def test_bad_settings(settings, changes, expected):
     assert expected in [e.id for e in errors]
     for e in errors:
         assert e.hint, f"{e.id} has no hint"
+
+
+def test_origins_as_a_list_or_a_comma_separated_string(settings):
+    assert ids(settings, ALLOWED_ORIGINS=["http://127.0.0.1:8000", "https://app.example.com/"]) == []
+    assert ids(settings, ALLOWED_ORIGINS=("*",)) == []
+    assert ids(settings, ALLOWED_ORIGINS="http://127.0.0.1:8000, https://app.example.com:8443") == []
+    settings.TELEGRAPHY = {**GOOD, "ALLOWED_ORIGINS": "127.0.0.1:8000"}
+    (error,) = check_settings()
+    assert "'127.0.0.1:8000', which is not a page origin" in error.msg
+
+
+def test_topics_and_the_hook_pass(settings):
+    assert ids(settings, TOPICS={"myshop.reports.*": ["staff", "group:managers"], "myshop.news": "authenticated",
+                                 "myshop..status": ["everyone", "perm:shop.view_order", "superuser"], "*": []},
+               TOPICS_FOR="tests.testapp.topics.topics_for") == []
+
+
+def test_an_unknown_audience_gets_a_suggestion(settings):
+    settings.TELEGRAPHY = {**GOOD, "TOPICS": {"myshop.x": "authenticatd"}}
+    (error,) = check_settings()
+    assert error.id == "telegraphy.E015" and error.hint == "Did you mean 'authenticated'?"
 
 
 def test_typos_get_a_suggestion(settings):

@@ -135,3 +135,33 @@ def test_display_matches_widgets_js():
 def test_bad_filters(telegraphy_settings):
     with pytest.raises(TemplateSyntaxError, match="JSON object"):
         render('{% telegraphy_list "testapp.Article" qs "title" filter="status=open" %}', qs=[])
+
+
+def test_scripts_define_the_ready_promise_first(client, user):
+    client.force_login(user)
+    html = client.get("/page/").content.decode()
+    ready = html.index('<script src="/static/telegraphy/ready.js"></script>')
+    assert ready < html.index('src="/static/telegraphy/boot.js"')
+
+
+def feed(user, text):
+    request = RequestFactory().get("/")
+    request.user = user
+    return Template("{% load telegraphy %}" + text).render(Context({"request": request}))
+
+
+def test_feed_of_a_plain_topic(user, settings):
+    from django.contrib.auth.models import AnonymousUser
+
+    settings.TELEGRAPHY = {**settings.TELEGRAPHY, "TOPICS": {"tests.reports.*": "authenticated"}}
+    html = feed(user, '{% telegraphy_feed "tests.reports.ready" limit=5 empty="No reports yet." %}')
+    assert 'class="telegraphy-feed" data-telegraphy-widget="feed" data-topic="tests.reports.ready"' in html
+    assert 'data-match="exact" data-limit="5"><li class="telegraphy-empty">No reports yet.</li></ul>' in html
+    # Not in the token: rendered empty, marked denied, and widgets.js does not subscribe.
+    for who in (user, AnonymousUser()):
+        denied = feed(who, '{% telegraphy_feed "tests.secrets" %}')
+        assert "telegraphy-denied" in denied and "data-denied" in denied
+    assert "data-denied" not in feed(user, '{% telegraphy_feed "tests." match="prefix" %}')
+    for bad in ('"a b"', '"tests.x" match="regex"', '"tests.x" limit="many"'):
+        with pytest.raises(TemplateSyntaxError):
+            feed(user, "{% telegraphy_feed " + bad + " %}")

@@ -103,3 +103,56 @@ def test_a_prefix_subscription_never_leaks_a_forbidden_topic(user, staff, wamp, 
     event = client.next_event()
     assert event.details["topic"] == "tests.testapp.article"
     assert client.no_event(0.5)
+
+
+# -- plain topics: the TOPICS setting and the TOPICS_FOR hook ---------------------------------------------------
+
+
+@pytest.fixture
+def topics(settings, telegraphy_settings):
+    settings.TELEGRAPHY = {
+        **settings.TELEGRAPHY,
+        "TOPICS": {"tests.reports.*": ["staff", "group:managers"], "tests.news": "authenticated",
+                   "tests.status": "everyone", "tests.perm": "perm:testapp.view_article", "tests.root": "superuser"},
+        "TOPICS_FOR": "tests.testapp.topics.topics_for",
+    }
+
+
+def test_topics_per_audience(topics, staff, user):
+    from django.contrib.auth.models import AnonymousUser, Group, Permission
+
+    assert topics_for(staff) == ["tests.hr.payroll", "tests.news", "tests.reports.*", "tests.status",
+                                 "tests.testapp.article", "tests.testapp.note", f"tests.users.{staff.pk}.*"]
+    assert topics_for(user) == ["tests.news", "tests.status", "tests.testapp.article", "tests.testapp.note",
+                                f"tests.users.{user.pk}.*"]
+    user.groups.add(Group.objects.create(name="managers"))
+    user.user_permissions.add(Permission.objects.get(codename="view_article"))
+    user = get_user_model().objects.get(pk=user.pk)  # no permission cache
+    assert {"tests.reports.*", "tests.perm"} <= set(topics_for(user))
+    assert topics_for(AnonymousUser()) == ["tests.status"]
+    vip = get_user_model().objects.create_user("vip1", is_superuser=True)
+    assert {"tests.vip", "tests.root", "tests.perm"} <= set(topics_for(vip))
+
+
+def test_a_bad_hook_is_reported(topics, user, settings):
+    from django.core.exceptions import ImproperlyConfigured
+
+    settings.TELEGRAPHY = {**settings.TELEGRAPHY, "TOPICS_FOR": "tests.testapp.topics.bad_topics_for"}
+    with pytest.raises(ImproperlyConfigured, match="may only end a pattern"):
+        topics_for(user)
+
+
+def test_the_gateway_enforces_plain_topics(topics, staff, user, wamp, gateway):
+    from telegraphy import Publisher
+
+    allowed = wamp(gateway, token=mint(staff)["token"])
+    allowed.subscribe("tests.reports.ready")
+    refused = wamp(gateway, token=mint(user)["token"])
+    with pytest.raises(WampError, match="not_authorized"):
+        refused.subscribe("tests.reports.ready")
+    refused.subscribe("tests.", match="prefix")  # accepted: it overlaps tests.news, and is checked per event
+    pid = Publisher(gateway_url=gateway.http_url, api_key="test-api-key-123").publish(
+        "tests.reports.ready", ["daily.pdf"], {"size": 12345})
+    event = allowed.next_event()
+    assert (event.publication, event.args, event.kwargs) == (pid, ["daily.pdf"], {"size": 12345})
+    assert refused.no_event(0.5)

@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "js" / "src"
 TARGET = ROOT / "python" / "src" / "telegraphy" / "django" / "static" / "telegraphy"
 #: Files of the Django app itself, not from js/src.
-OWN = {"boot.js", "widgets.js"}
+OWN = {"boot.js", "widgets.js", "ready.js"}
 
 
 def plan():

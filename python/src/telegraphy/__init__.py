@@ -12,9 +12,13 @@ Layout:
 * `uri`: topic rules, as the gateway applies them;
 * `errors`: `PublishError` and its four kinds;
 * `client`: the default publisher behind `publish()`;
+* `tokens`: browser tokens (JWTs) for any framework, `tokens.mint(...)`;
 * `django`: the Django app (model events, tokens, template tags, widgets).
 """
 
+import pathlib
+
+from . import tokens
 from .client import get_publisher, publish, set_publisher
 from .envelope import Envelope
 from .errors import InvalidInput, NoSubscriber, PublishError, Rejected, Unauthorized, Unavailable
@@ -22,10 +26,15 @@ from .publisher import DEFAULT_REALM, Publisher, publisher_from_env
 
 __version__ = "0.1.0"
 
+#: The browser client's ES modules (`telegraphy.js` and its siblings), to serve
+#: as static files from Flask, FastAPI or any web server.
+JS_DIR = pathlib.Path(__file__).resolve().parent / "django" / "static" / "telegraphy"
+
 __all__ = [
     "DEFAULT_REALM",
     "Envelope",
     "InvalidInput",
+    "JS_DIR",
     "PublishError",
     "Publisher",
     "NoSubscriber",
@@ -36,4 +45,5 @@ __all__ = [
     "publish",
     "publisher_from_env",
     "set_publisher",
+    "tokens",
 ]

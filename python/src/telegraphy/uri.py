@@ -46,3 +46,43 @@ def check_topic(topic) -> str:
     if topic.startswith("wamp."):
         raise InvalidInput("topics under `wamp.` are reserved for the router")
     return topic
+
+
+def pattern_error(pattern) -> str | None:
+    """Why `pattern` is not a permission pattern the gateway accepts in a
+    token's `subscribe`/`publish` claim (`gateway/src/authz.rs`), or None.
+
+    `*` (every topic), `a.b.c` (exactly), `a.b.*` / `a.b*` (topics starting
+    with `a.b.` / `a.b`), `a..c` (any one component in the empty place)."""
+    if not isinstance(pattern, str):
+        return f"a pattern must be a string, not {type(pattern).__name__}"
+    if pattern == "*":
+        return None
+    if pattern.endswith("*"):
+        prefix = pattern[:-1]
+        if "*" in prefix or not prefix:
+            return f"pattern `{pattern}`: `*` may only end a pattern (or be the whole pattern)"
+        if not is_valid_topic(prefix[:-1] if prefix.endswith(".") else prefix):
+            return f"pattern `{pattern}`: `{prefix}` is not a valid topic prefix"
+        return None
+    if "*" in pattern:
+        return f"pattern `{pattern}`: `*` may only end a pattern"
+    if is_valid_topic(pattern):
+        return None
+    parts = pattern.split(".")
+    if len(parts) > 1 and any(parts) and all(not c or _component_ok(c) for c in parts):
+        return None  # a wildcard such as `a..c`
+    return f"pattern `{pattern}` is not a topic, a prefix ending in `*`, a wildcard like `a..c`, or `*`"
+
+
+def pattern_matches(pattern: str, topic: str) -> bool:
+    """Whether a concrete `topic` matches a permission pattern (as the gateway
+    decides it)."""
+    if pattern == "*":
+        return True
+    if pattern.endswith("*"):
+        return topic.startswith(pattern[:-1])
+    if is_valid_topic(pattern):
+        return pattern == topic
+    want, have = pattern.split("."), topic.split(".")
+    return len(want) == len(have) and all(not w or w == h for w, h in zip(want, have))

@@ -129,11 +129,87 @@ def check_settings(app_configs=None, **kwargs):
     timeout = conf.get("TIMEOUT")
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         errors.append(_error("E013", f"TELEGRAPHY['TIMEOUT'] must be a positive number of seconds, not {timeout!r}."))
-    origins = conf.get("ALLOWED_ORIGINS")
-    if origins is not None and (isinstance(origins, str) or not all(isinstance(o, str) for o in origins)):
-        errors.append(_error("E014", "TELEGRAPHY['ALLOWED_ORIGINS'] must be a list of origins like "
-                                     "'https://app.example.com'."))
+    errors += _check_origins(conf.get("ALLOWED_ORIGINS"))
+    errors += _check_topics(conf.get("TOPICS"))
+    errors += _check_topics_for(conf.get("TOPICS_FOR"))
     return errors
+
+
+def _origin_ok(origin: str) -> bool:
+    if origin == "*":
+        return True
+    parts = urllib.parse.urlsplit(origin.rstrip("/"))
+    try:
+        parts.port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.path and not parts.query
+
+
+def _check_origins(origins):
+    """ALLOWED_ORIGINS: a list (or tuple) of origins, or one string of
+    comma-separated origins (as the gateway's TELEGRAPHY_ALLOWED_ORIGINS)."""
+    if origins is None:
+        return []
+    hint = ("For example ['http://127.0.0.1:8000', 'https://app.example.com'], or the same as one comma-separated "
+            "string 'http://127.0.0.1:8000,https://app.example.com'.")
+    if not isinstance(origins, (str, list, tuple)) or not all(isinstance(o, str) for o in origins):
+        return [_error("E014", f"TELEGRAPHY['ALLOWED_ORIGINS'] must be a list of origins (or a comma-separated "
+                               f"string), not {origins!r}.", hint)]
+    bad = [o for o in conf.origins_list(origins) if not _origin_ok(o)]
+    if bad:
+        return [_error("E014", f"TELEGRAPHY['ALLOWED_ORIGINS'] has {bad[0]!r}, which is not a page origin "
+                               f"(scheme://host[:port], no path).", hint)]
+    if not conf.origins_list(origins):
+        return [_error("E014", "TELEGRAPHY['ALLOWED_ORIGINS'] is empty: no page could open a WebSocket.", hint)]
+    return []
+
+
+def _check_topics(topics):
+    from ..uri import pattern_error
+
+    hint = ("TOPICS maps topic patterns to who may receive them, e.g. {'myshop.reports.*': ['staff', "
+            "'group:managers'], 'myshop.news': 'authenticated'}; audiences: 'everyone', 'authenticated', 'staff', "
+            "'superuser', 'group:NAME', 'perm:APP_LABEL.CODENAME'.")
+    if not isinstance(topics, dict):
+        return [_error("E015", f"TELEGRAPHY['TOPICS'] must be a dict of pattern → audiences, not "
+                               f"{type(topics).__name__}.", hint)]
+    errors = []
+    for pattern, audiences in topics.items():
+        problem = pattern_error(pattern)
+        if problem:
+            errors.append(_error("E015", f"TELEGRAPHY['TOPICS'] key {pattern!r}: {problem}.", hint))
+        if not isinstance(audiences, (str, list, tuple)) or not all(isinstance(a, str) for a in audiences):
+            errors.append(_error("E015", f"TELEGRAPHY['TOPICS'][{pattern!r}] must be an audience or a list of them, "
+                                         f"not {audiences!r}.", hint))
+            continue
+        for audience in conf.audiences_of(audiences):
+            known = audience in conf.AUDIENCES or (
+                audience.startswith(conf.AUDIENCE_PREFIXES) and audience.split(":", 1)[1]
+                and (not audience.startswith("perm:") or "." in audience))
+            if not known:
+                close = difflib.get_close_matches(audience, conf.AUDIENCES, n=1)
+                errors.append(_error(
+                    "E015", f"TELEGRAPHY['TOPICS'][{pattern!r}] has an unknown audience {audience!r}.",
+                    f"Did you mean {close[0]!r}?" if close else hint))
+    return errors
+
+
+def _check_topics_for(path):
+    if path is None or callable(path):
+        return []
+    from django.utils.module_loading import import_string
+
+    hint = "TOPICS_FOR is the dotted path of a function `def topics_for(user): return [patterns]`."
+    if not isinstance(path, str):
+        return [_error("E016", f"TELEGRAPHY['TOPICS_FOR'] must be a dotted path, not {path!r}.", hint)]
+    try:
+        fn = import_string(path)
+    except ImportError as e:
+        return [_error("E016", f"TELEGRAPHY['TOPICS_FOR'] {path!r} cannot be imported: {e}.", hint)]
+    if not callable(fn):
+        return [_error("E016", f"TELEGRAPHY['TOPICS_FOR'] {path!r} is not callable.", hint)]
+    return []
 
 
 def check_events(app_configs=None, **kwargs):

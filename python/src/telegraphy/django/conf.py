@@ -38,7 +38,32 @@ DEFAULTS = {
     # may open WebSockets (default: http://127.0.0.1:8000, http://localhost:8000).
     "GATEWAY_BIN": None,
     "ALLOWED_ORIGINS": None,
+    # Topics that are not model events (published with telegraphy.publish):
+    # {pattern: audience or [audiences]}, audiences "everyone",
+    # "authenticated", "staff", "superuser", "group:NAME", "perm:APP.CODENAME".
+    "TOPICS": {},
+    # Dotted path of `def topics_for(user) -> iterable of patterns`, added to
+    # each token (per-user topics such as f"myshop.users.{user.pk}.*").
+    "TOPICS_FOR": None,
 }
+
+AUDIENCES = ("everyone", "authenticated", "staff", "superuser")
+AUDIENCE_PREFIXES = ("group:", "perm:")
+
+
+def origins_list(value) -> list[str] | None:
+    """ALLOWED_ORIGINS as a list: a list/tuple as it is, a string split at
+    commas (like the gateway's TELEGRAPHY_ALLOWED_ORIGINS), None as None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [o.strip() for o in value.split(",") if o.strip()]
+    return list(value)
+
+
+def audiences_of(value) -> list:
+    """One TOPICS value as a list of audiences (a string is one audience)."""
+    return [value] if isinstance(value, str) else list(value)
 
 
 def user_settings() -> dict:

@@ -1,5 +1,7 @@
 """Short-lived JWTs for browsers: HS256 with the gateway's shared secret,
-naming the user and the exact topics `is_authorized(user)` allows."""
+naming the user and the exact topics they may receive: the ModelEvents
+whose `is_authorized(user)` is true, the TOPICS setting's patterns whose
+audience includes the user, and the patterns of the TOPICS_FOR hook."""
 
 from __future__ import annotations
 
@@ -10,11 +12,76 @@ from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 
 from . import conf
 from .model_events import registry
+from ..tokens import TokenError, check_patterns, mint as mint_token
+from ..uri import pattern_matches
+
+
+def in_audience(user, audience: str) -> bool:
+    """Whether `user` belongs to one TOPICS audience."""
+    authenticated = bool(getattr(user, "is_authenticated", False))
+    if audience == "everyone":
+        return True
+    if audience == "authenticated":
+        return authenticated
+    if not authenticated:
+        return False
+    if audience == "staff":
+        return bool(getattr(user, "is_staff", False))
+    if audience == "superuser":
+        return bool(getattr(user, "is_superuser", False))
+    if audience.startswith("group:"):
+        groups = getattr(user, "groups", None)
+        return groups is not None and groups.filter(name=audience[len("group:"):]).exists()
+    if audience.startswith("perm:"):
+        return user.has_perm(audience[len("perm:"):])
+    raise ImproperlyConfigured(f"TELEGRAPHY['TOPICS'] has an unknown audience {audience!r} (see manage.py check)")
+
+
+def hook():
+    """The TOPICS_FOR callable, or None."""
+    from django.utils.module_loading import import_string
+
+    path = conf.get("TOPICS_FOR")
+    if not path:
+        return None
+    if callable(path):
+        return path
+    try:
+        return import_string(path)
+    except ImportError as e:
+        raise ImproperlyConfigured(f"TELEGRAPHY['TOPICS_FOR'] {path!r} cannot be imported: {e}") from None
+
+
+def model_topics_for(user) -> list[str]:
+    """The topics of every ModelEvents whose `is_authorized(user)` is true."""
+    return sorted({e.topic for e in registry.all() if e.model_class is not None and e.is_authorized(user)})
+
+
+def extra_topics_for(user) -> list[str]:
+    """Patterns of plain topics for `user`: TOPICS entries whose audience
+    includes them, then what TOPICS_FOR returns."""
+    found = []
+    for pattern, audiences in (conf.get("TOPICS") or {}).items():
+        if any(in_audience(user, a) for a in conf.audiences_of(audiences)):
+            found.append(pattern)
+    fn = hook()
+    if fn is not None:
+        extra = fn(user)
+        try:
+            found += check_patterns(extra if extra is not None else [], "subscribe")
+        except TokenError as e:
+            raise ImproperlyConfigured(f"TELEGRAPHY['TOPICS_FOR'] returned a bad pattern list: {e}") from None
+    return found
 
 
 def topics_for(user) -> list[str]:
-    """The topics of every ModelEvents whose `is_authorized(user)` is true."""
-    return sorted({e.topic for e in registry.all() if e.model_class is not None and e.is_authorized(user)})
+    """Every topic pattern `user`'s token lists (claim `subscribe`)."""
+    return sorted(set(model_topics_for(user)) | set(extra_topics_for(user)))
+
+
+def may_receive(user, topic: str) -> bool:
+    """Whether `user`'s token lets them receive events on `topic`."""
+    return any(pattern_matches(p, topic) for p in topics_for(user))
 
 
 def claims_for(user, now: int | None = None) -> dict:
@@ -33,11 +100,10 @@ def claims_for(user, now: int | None = None) -> dict:
 
 def mint(user) -> dict:
     """`{"token", "url", "realm", "expires_at"}` for `user`."""
-    import jwt
-
     secret = conf.get("SECRET")
     if not secret:
         raise ImproperlyConfigured("TELEGRAPHY['SECRET'] is not set: use the gateway's TELEGRAPHY_JWT_SECRET")
-    claims = claims_for(user)
-    token = jwt.encode(claims, secret, algorithm="HS256")
-    return {"token": token, "url": conf.get("GATEWAY_URL"), "realm": conf.get("REALM"), "expires_at": claims["exp"]}
+    c = claims_for(user)
+    token = mint_token(c["sub"], subscribe=c["subscribe"], role=c["role"], ttl=c["exp"] - c["iat"],
+                       secret=secret, now=c["iat"])
+    return {"token": token, "url": conf.get("GATEWAY_URL"), "realm": conf.get("REALM"), "expires_at": c["exp"]}

@@ -11,6 +11,8 @@
   evaluates on each event: rows that stop matching leave, new ones join) and
   `empty="text"`; every widget takes `events="name"` to pick one of several
   ModelEvents of a model.
+* `{% telegraphy_feed "myshop.reports.ready" %}`: a <ul> of the events of a
+  plain topic (not model events; see TOPICS), newest first.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from django.utils.safestring import mark_safe
 from django.utils.text import capfirst
 
 from .. import conf, tokens
+from ...uri import is_valid_prefix, is_valid_topic, pattern_error
 from ..model_events import ModelEvents, registry
 
 register = template.Library()
@@ -133,6 +136,8 @@ def telegraphy_scripts(context, widgets=True, resync=True):
         "resync": bool(resync),
     }
     html = [json_script(config, "telegraphy-config"),
+            # Classic, so it runs at once: defines window.telegraphyReady for classic scripts.
+            format_html('<script src="{}"></script>', static("telegraphy/ready.js")),
             format_html('<script type="module" src="{}"></script>', static("telegraphy/boot.js"))]
     if widgets:
         html.append(format_html('<script type="module" src="{}"></script>', static("telegraphy/widgets.js")))
@@ -232,4 +237,39 @@ def telegraphy_table(context, model, queryset, fields, filter=None, empty="", la
         'data-fields="{}" data-filter="{}">\n  <thead><tr>{}</tr></thead>\n  <tbody>\n{}{}\n  </tbody>\n</table>',
         _widget_id(context, "table", ev.topic, ",".join(names), filter_json), ev.topic, meta.pk.name,
         ",".join(names), filter_json, head, empty_html, body,
+    )
+
+
+@register.simple_tag(takes_context=True)
+def telegraphy_feed(context, topic, match="exact", limit=50, empty=""):
+    """A <ul> that shows each event published on a plain topic (one that is
+    not a model's: `telegraphy.publish("myshop.reports.ready", ...)`), newest
+    first, at most `limit`. The user's token must list the topic (TOPICS or
+    TOPICS_FOR); for an exact topic it does not, the feed stays empty and
+    does not subscribe (class `telegraphy-denied`). `match="prefix"` or
+    `"wildcard"` follows several topics (the gateway still checks each event)."""
+    if match not in ("exact", "prefix", "wildcard"):
+        raise template.TemplateSyntaxError(f'match= is "exact", "prefix" or "wildcard", not {match!r}')
+    valid = {"exact": is_valid_topic, "prefix": is_valid_prefix}.get(match, lambda t: pattern_error(t) is None)
+    if not valid(topic):
+        raise template.TemplateSyntaxError(f"telegraphy_feed: {topic!r} is not a valid {match} topic")
+    try:
+        limit = int(limit)
+    except (TypeError, ValueError):
+        raise template.TemplateSyntaxError(f"limit= takes a number, not {limit!r}") from None
+    request = context.get("request")
+    user = getattr(request, "user", None) or AnonymousUser()
+    denied = False
+    if match == "exact":
+        try:
+            tokens.claims_for(user)
+            denied = not tokens.may_receive(user, topic)
+        except PermissionDenied:
+            denied = True
+    empty_html = format_html('<li class="telegraphy-empty">{}</li>', empty) if empty else ""
+    return format_html(
+        '<ul id="{}" class="telegraphy-feed{}" data-telegraphy-widget="feed" data-topic="{}" data-match="{}" '
+        'data-limit="{}"{}>{}</ul>',
+        _widget_id(context, "feed", topic, match), " telegraphy-denied" if denied else "", topic, match, limit,
+        mark_safe(" data-denied") if denied else "", empty_html,
     )

@@ -6,7 +6,10 @@
 //     the token view (tokenUrl) for a fresh one before every reconnect,
 //   - mirrors the connection state on <html data-telegraphy-state="..."> and
 //     as a "telegraphy:state" DOM event,
-//   - connects, unless there is no token (anonymous visitor).
+//   - connects, unless there is no token (anonymous visitor),
+//   - resolves window.telegraphyReady (defined early by ready.js) with the
+//     client and dispatches "telegraphy:ready" on document, so that classic
+//     scripts, which run before any module, can wait for it.
 // Other modules: `import { client, config } from "/static/telegraphy/boot.js"`.
 
 import { Telegraphy } from "./telegraphy.js";
@@ -52,3 +55,8 @@ if (client) {
   if (config.token) client.connect();
   else root.dataset.telegraphyState = "anonymous";
 }
+
+// Classic scripts wait with window.telegraphyReady (ready.js) or "telegraphy:ready".
+if (typeof window.__telegraphyResolve === "function") window.__telegraphyResolve(client);
+else if (!window.telegraphyReady) window.telegraphyReady = Promise.resolve(client);
+document.dispatchEvent(new CustomEvent("telegraphy:ready", { detail: { client, config } }));

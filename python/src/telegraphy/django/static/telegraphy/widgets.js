@@ -9,6 +9,9 @@
 //          updated ones change (and leave when they stop matching), deleted ones leave
 //   table  <table data-telegraphy-widget="table" data-topic data-pk-field data-fields data-filter>
 //          the same with one <tr data-pk> per object and one <td data-field> per field
+//   feed   <ul data-telegraphy-widget="feed" data-topic data-match data-limit [data-denied]>
+//          a plain topic (not model events): one <li> per event, newest first, at most
+//          data-limit; each event also dispatches "telegraphy:event" ({ topic, args, kwargs, details })
 //
 // Changed elements get the class "telegraphy-changed" for 1.5 s, and the
 // widget element dispatches a "telegraphy:change" DOM event ({ data, event }).
@@ -137,7 +140,38 @@ function bindTable(widget) {
   });
 }
 
-const BINDERS = { label: bindLabel, list: bindList, table: bindTable };
+/** How a plain event is shown in a feed: its args, then its kwargs as `key: value`. */
+export function describe(args, kwargs) {
+  return [...args.map(display), ...Object.entries(kwargs).map(([k, v]) => `${k}: ${display(v)}`)].join(" · ");
+}
+
+function bindFeed(widget) {
+  // The template tag found that this user's token does not list the topic:
+  // the gateway would refuse the subscription anyway.
+  if ("denied" in widget.dataset) return;
+  const { topic, match } = widget.dataset;
+  const limit = Number(widget.dataset.limit) || 50;
+  client.subscribeTopic(topic, (args, kwargs, details) => {
+    const item = document.createElement("li");
+    item.className = "telegraphy-item";
+    item.dataset.topic = details.topic;
+    item.textContent = describe(args, kwargs);
+    const empty = widget.querySelector(":scope > .telegraphy-empty");
+    widget.insertBefore(item, empty ? empty.nextSibling : widget.firstChild);
+    if (empty) empty.hidden = true;
+    const items = widget.querySelectorAll(":scope > .telegraphy-item");
+    for (let i = limit; i < items.length; i++) items[i].remove();
+    flash(item);
+    widget.dispatchEvent(new CustomEvent("telegraphy:event", {
+      bubbles: true, detail: { topic: details.topic, args, kwargs, details },
+    }));
+  }, { match: match || "exact" }).catch((err) => {
+    widget.classList.add("telegraphy-denied");
+    console.warn(`telegraphy: the feed of ${topic} is not available:`, err.uri || err.message);
+  });
+}
+
+const BINDERS = { label: bindLabel, list: bindList, table: bindTable, feed: bindFeed };
 
 /** Binds every widget under `root` that is not bound yet. */
 export function bindWidgets(root = document) {
@@ -153,7 +187,8 @@ export function bindWidgets(root = document) {
 
 /** Replaces each widget's content with a fresh server render of this page. */
 export async function resync() {
-  const widgets = [...document.querySelectorAll("[data-telegraphy-widget][id]")];
+  // Feeds hold events, not a server render: they are left as they are.
+  const widgets = [...document.querySelectorAll("[data-telegraphy-widget][id]:not([data-telegraphy-widget=feed])")];
   if (!widgets.length) return;
   replay = [];
   try {
@@ -186,7 +221,7 @@ if (client) {
     let waiting = null;
     client.on("state", (state, info) => {
       if (state !== "connected" || !info?.reconnected) return;
-      const topics = new Set([...document.querySelectorAll("[data-telegraphy-widget][data-topic]")].map((w) => w.dataset.topic));
+      const topics = new Set([...document.querySelectorAll("[data-telegraphy-widget][data-topic]:not([data-telegraphy-widget=feed])")].map((w) => w.dataset.topic));
       clearTimeout(waiting?.timer);
       waiting = { topics, timer: setTimeout(() => { waiting = null; resync(); }, 3000) };
     });
