@@ -2,7 +2,11 @@
 # Tests of the Python package, the Django app and the example site:
 #   python/tests               publisher (shared envelope vectors, HTTP, Redis, RabbitMQ,
 #                              outages), Django app (model events, tokens, checks, template
-#                              tags, buses, management command) against real gateways
+#                              tags, buses, management command) against real gateways;
+#                              tokens without Django; examples/flask and examples/fastapi
+#                              (tests/test_examples_web.py) and a new Django project made
+#                              by following docs/django.md (tests/test_guide_django.py),
+#                              both in headless Chromium
 #   examples/taskboard/tests   the task board in headless Chromium (Playwright)
 #
 # Idempotent: makes python/.venv, installs the package (editable, with every extra)

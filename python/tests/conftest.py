@@ -94,3 +94,26 @@ def telegraphy_settings(settings, gateway):
         "FAIL_SILENTLY": False,
     }
     return settings.TELEGRAPHY
+
+
+CHROMIUM = __import__("os").environ.get("CHROMIUM_BIN", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium driven by Playwright (never a downloaded browser)."""
+    import os
+
+    from playwright.sync_api import sync_playwright
+
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} not found: apt-get install chromium (or set CHROMIUM_BIN)")
+    # Playwright's sync API runs an event loop in this thread; Django's ORM
+    # calls in these tests are plain synchronous code all the same.
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
