@@ -2,7 +2,8 @@
 # The whole test suite: Rust unit and integration tests (gateway nodes on the
 # real Redis and RabbitMQ, the telegraphy-publish binary), the fault-injection
 # suite (private Redis and RabbitMQ instances killed and restarted, nodes
-# killed and drained, stalled readers, floods), the shared envelope
+# killed and drained, stalled readers, floods), the instruction budgets of
+# the hot paths (callgrind, release build), the shared envelope
 # vectors checked by an independent msgpack implementation, the
 # interoperability tests with third-party WAMP clients (AutobahnJS under
 # Node, AutobahnPython), the Python package with its Django app and the
@@ -11,7 +12,7 @@
 # validated, dashboard and alert queries against a real Prometheus) and the
 # headless-browser tests.
 # Installs and starts what the tests need: Redis and RabbitMQ, Node and
-# Python test dependencies, Debian's prometheus (promtool) and Chromium.
+# Python test dependencies, Debian's prometheus (promtool), valgrind and Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +33,17 @@ echo "==> Rust tests"
 cargo test --workspace --locked
 
 export TELEGRAPHY_GATEWAY_BIN="$PWD/target/debug/telegraphy-gateway"
+
+echo "==> instruction budgets (valgrind's callgrind; bench/instructions, docs/benchmarks.md)"
+if ! command -v valgrind >/dev/null; then
+  echo "installing Debian's valgrind for the instruction counts"
+  sudo=""
+  [[ "$(id -u)" -ne 0 ]] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq valgrind >/dev/null
+fi
+cargo build --release --locked -p telegraphy-bench --bin telegraphy-instr
+python3 bench/instructions/run.py
 
 echo "==> fault-injection suite (tests/chaos: private brokers killed and restarted, nodes killed and drained, slow readers, floods)"
 bash tests/chaos/run.sh -q
