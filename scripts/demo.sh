@@ -8,14 +8,15 @@
 #   `manage.py telegraphy_gateway`) and Django's runserver on 127.0.0.1, and
 #   stops both on Ctrl-C.
 # Needs Rust, Python 3.11+ (with venv) and nothing else: no Redis, no RabbitMQ.
-# Ports: TASKBOARD_PORT (8000), TASKBOARD_GATEWAY_PORT (8080), TASKBOARD_ADMIN_PORT (9090).
+# Ports: TASKBOARD_PORT (8000), TASKBOARD_GATEWAY_PORT (8080), TASKBOARD_ADMIN_PORT (8081; not 9090,
+# which Prometheus uses).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
 example="$root/examples/taskboard"
 port="${TASKBOARD_PORT:-8000}"
 gateway_port="${TASKBOARD_GATEWAY_PORT:-8080}"
-admin_port="${TASKBOARD_ADMIN_PORT:-9090}"
+admin_port="${TASKBOARD_ADMIN_PORT:-8081}"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
