@@ -12,6 +12,10 @@
 # Tests use their own key prefixes and exchanges (deleted afterwards) and
 # stop every gateway they start. Exits non-zero when a test fails.
 set -euo pipefail
+# A TELEGRAPHY_GATEWAY_BIN given relative is relative to where you run this.
+if [ -n "${TELEGRAPHY_GATEWAY_BIN:-}" ]; then
+  TELEGRAPHY_GATEWAY_BIN="$(realpath -m "$TELEGRAPHY_GATEWAY_BIN")"
+fi
 cd "$(dirname "$0")"
 
 if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)'; then

@@ -129,7 +129,7 @@ drain_timeout = "2s"
     async stop() {
       if (child.exitCode === null && child.signalCode === null) {
         process.kill(child.pid, "SIGTERM");
-        const done = await Promise.race([exited, sleep(5000).then(() => null)]);
+        const done = await Promise.race([exited, sleep(5000, null, { ref: false })]); // unref: no 5 s wait at exit
         if (!done) {
           process.kill(child.pid, "SIGKILL");
           await exited;
