@@ -7,8 +7,8 @@
 #
 # Needs Node >= 20 and npm, the gateway binary (TELEGRAPHY_GATEWAY_BIN,
 # default ../target/debug/telegraphy-gateway; this script never builds it),
-# Redis (TELEGRAPHY_TEST_REDIS_URL, default redis://127.0.0.1:6379/0) and
-# RabbitMQ (TELEGRAPHY_TEST_AMQP_URL, default amqp://guest:guest@127.0.0.1:5672/%2f).
+# Redis (TELEGRAPHY_TEST_REDIS, default redis://127.0.0.1:6379/0) and
+# RabbitMQ (TELEGRAPHY_TEST_AMQP, default amqp://guest:guest@127.0.0.1:5672/%2f).
 # Tests use their own key prefixes and exchanges (deleted afterwards) and
 # stop every gateway they start. Exits non-zero when a test fails.
 set -euo pipefail
