@@ -8,7 +8,7 @@
 # interoperability tests with third-party WAMP clients (AutobahnJS under
 # Node, AutobahnPython), the Python package with its Django app and the
 # example site (pytest-django, real gateways, headless Chromium), the JS
-# client (node --test against real gateways), the operations suite (Helm chart rendered and
+# client (node --test against real gateways), the Node.js server package, the operations suite (Helm chart rendered and
 # validated, dashboard and alert queries against a real Prometheus) and the
 # headless-browser tests.
 # Installs and starts what the tests need: Redis and RabbitMQ, Node and
@@ -56,6 +56,9 @@ tests/interop/python/.venv/bin/python tests/vectors/check_vectors.py
 
 echo "==> JS client (node --test against real gateways)"
 (cd js && npm ci --no-audit --no-fund --loglevel=error && node --test)
+
+echo "==> Node.js server package (node/run-tests.sh: HTTP, Redis and RabbitMQ publishing, tokens, the Express example)"
+bash node/run-tests.sh
 
 echo "==> Python package, Django app, example site (python/run-tests.sh)"
 bash python/run-tests.sh

@@ -17,7 +17,7 @@ use telegraphy_wamp::UriRules;
 
 /// Environment variables under `TELEGRAPHY_` that belong to client tools
 /// (the CLI, test harnesses), which the gateway ignores instead of rejecting.
-pub const CLIENT_ENV_VARS: &[&str] = &["api_key", "gateway_url", "gateway_bin", "publish_bin", "timeout"];
+pub const CLIENT_ENV_VARS: &[&str] = &["api_key", "gateway_url", "gateway_bin", "publish_bin", "timeout", "test_redis", "test_amqp"];
 
 /// Gateway configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
