@@ -29,22 +29,28 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The gateway binary under an open-files limit of `files` (util-linux's
+/// prlimit, part of every Debian, sets the soft and hard limit), on its own
+/// ports, with only the environment given.
+fn prlimit_gateway(files: u64, port: u16, admin: u16, args: &[&str], env: &[(&str, &str)], stdout: Stdio) -> Gateway {
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--nofile={files}:{files}"))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_telegraphy-gateway"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdout(stdout)
+        .stderr(Stdio::inherit());
+    Gateway(cmd.spawn().expect("start telegraphy-gateway"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_low_open_files_limit_lowers_max_connections_and_refuses_cleanly() {
     let (port, admin) = (free_port(), free_port());
-    // util-linux's prlimit (part of every Debian) runs the gateway with a
-    // soft and hard limit of FILES.
-    let mut cmd = Command::new("prlimit");
-    cmd.arg(format!("--nofile={FILES}:{FILES}"))
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_telegraphy-gateway"))
-        .args(["--allow-anonymous", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
-        .env_clear()
-        // Asked for explicitly (the default is fitted quietly: see below).
-        .env("TELEGRAPHY_LIMITS__MAX_CONNECTIONS", "50000")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut gw = Gateway(cmd.spawn().expect("start telegraphy-gateway"));
+    // max_connections asked for explicitly (the default is fitted quietly: see below).
+    let mut gw = prlimit_gateway(FILES, port, admin, &["--allow-anonymous"], &[("TELEGRAPHY_LIMITS__MAX_CONNECTIONS", "50000")], Stdio::piped());
     let stdout = gw.0.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -149,17 +155,8 @@ async fn logins_succeed_while_an_attacker_holds_idle_sockets() {
     // untrusted slots), and with no cap (the node sheds the oldest).
     for per_ip in ["256", "0"] {
         let (port, admin) = (free_port(), free_port());
-        let mut cmd = Command::new("prlimit");
-        cmd.arg(format!("--nofile={ATTACK_FILES}:{ATTACK_FILES}"))
-            .arg("--")
-            .arg(env!("CARGO_BIN_EXE_telegraphy-gateway"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}"), "--api-keys", "attack-test-key"])
-            .env_clear()
-            .env("TELEGRAPHY_JWT_SECRET", SECRET)
-            .env("TELEGRAPHY_LIMITS__MAX_UNAUTHENTICATED_PER_IP", per_ip)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        let _gw = Gateway(cmd.spawn().expect("start telegraphy-gateway"));
+        let env = [("TELEGRAPHY_JWT_SECRET", SECRET), ("TELEGRAPHY_LIMITS__MAX_UNAUTHENTICATED_PER_IP", per_ip)];
+        let _gw = prlimit_gateway(ATTACK_FILES, port, admin, &["--api-keys", "attack-test-key"], &env, Stdio::null());
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while http.get(format!("http://127.0.0.1:{admin}/readyz")).send().await.is_err() {
@@ -221,15 +218,7 @@ async fn logins_succeed_while_an_attacker_holds_idle_sockets() {
 #[test]
 fn the_default_limit_is_fitted_quietly() {
     let (port, admin) = (free_port(), free_port());
-    let mut cmd = Command::new("prlimit");
-    cmd.arg(format!("--nofile={FILES}:{FILES}"))
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_telegraphy-gateway"))
-        .args(["--allow-anonymous", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
-        .env_clear()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut gw = Gateway(cmd.spawn().expect("start telegraphy-gateway"));
+    let mut gw = prlimit_gateway(FILES, port, admin, &["--allow-anonymous"], &[], Stdio::piped());
     let stdout = gw.0.stdout.take().unwrap();
     let mut before = Vec::new();
     let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
