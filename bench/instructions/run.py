@@ -72,6 +72,8 @@ PATHS = [
     path("session-setup-jwt", "session", lambda n: ["session-setup", "--sessions", str(n)], (20, 60), lambda n: n),
     path("bus-redis", "event", lambda n: ["bus-redis", "--url", REDIS, "--events", str(n)], (500, 1500), lambda n: n),
     path("bus-amqp", "event", lambda n: ["bus-amqp", "--url", AMQP, "--events", str(n)], (500, 1500), lambda n: n),
+    path("bus-ceiling-redis", "event", lambda n: ["bus-ceiling-redis", "--url", REDIS, "--events", str(n)], (500, 1500), lambda n: n),
+    path("bus-ceiling-amqp", "event", lambda n: ["bus-ceiling-amqp", "--url", AMQP, "--events", str(n)], (500, 1500), lambda n: n),
 ]
 
 
@@ -132,6 +134,11 @@ def main() -> int:
             failures.append(f"{name}: {base:,.1f} -> {now:,.1f} instructions ({change:+.1%}, budget +{TOLERANCE:.0%})")
         print(line)
 
+    # The bus paths against the bare client libraries.
+    for bus in ("redis", "amqp"):
+        mine, bare = figures.get(f"bus-{bus}"), figures.get(f"bus-ceiling-{bus}")
+        if mine and bare:
+            print(f"bus-{bus}: {mine / bare:.2f}x the bare client's instructions per event consumed")
     # The fan-out against the ceiling.
     for key in [k for k in figures if k.startswith("fanout-gateway-")]:
         ceiling = figures.get(key.replace("gateway", "ceiling"))

@@ -18,7 +18,10 @@
 //!   to SUBSCRIBED, through the gateway's [`Session`] state machine;
 //! * `bus-redis`, `bus-amqp`: one event consumed from the broker by the
 //!   bus adapter and handed to the node (publishers run beforehand, in
-//!   the helper process, so the adapter reads a full socket).
+//!   the helper process, so the adapter reads a full socket);
+//! * `bus-ceiling-redis`, `bus-ceiling-amqp`: the same events consumed by
+//!   the bare client library (redis-rs pub/sub, lapin with the same
+//!   acknowledgement batching), which is the least any consumer pays.
 
 // The binary's own items; `pub` is not an interface here.
 #![allow(unreachable_pub)]
@@ -112,6 +115,20 @@ enum What {
         #[arg(long)]
         events: u64,
     },
+    /// Events consumed from Redis by a bare redis-rs pub/sub client.
+    BusCeilingRedis {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        events: u64,
+    },
+    /// Events consumed from RabbitMQ by a bare lapin consumer.
+    BusCeilingAmqp {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        events: u64,
+    },
     /// (helper) Opens `n` connections to `addr` and reads them until they close.
     Hold {
         #[arg(long)]
@@ -146,6 +163,8 @@ fn main() -> anyhow::Result<()> {
         What::SessionSetup { sessions } => rt.block_on(session_setup(sessions)),
         What::BusRedis { url, events } => bus(&rt, BusKind::Redis, &url, events),
         What::BusAmqp { url, events } => bus(&rt, BusKind::Amqp, &url, events),
+        What::BusCeilingRedis { url, events } => bus_ceiling_redis(&rt, &url, events),
+        What::BusCeilingAmqp { url, events } => bus_ceiling_amqp(&rt, &url, events),
         What::Publish { url, prefix, exchange, events } => rt.block_on(publish(url, prefix, exchange, events)),
         What::Hold { .. } => unreachable!("handled above"),
     }
@@ -387,12 +406,7 @@ fn bus(rt: &tokio::runtime::Runtime, kind: BusKind, url: &str, events: u64) -> a
     })?;
     // The publisher runs to completion while this process is not polling:
     // the events wait in the broker and the socket buffers.
-    let status = Command::new(helper_exe()?)
-        .args(["publish", "--url", url, "--prefix", &prefix, "--exchange", &exchange, "--events", &events.to_string()])
-        .status()?;
-    if !status.success() {
-        bail!("the publisher failed");
-    }
+    run_publisher(url, &prefix, &exchange, events)?;
     rt.block_on(async {
         for n in 0..events {
             match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
@@ -415,6 +429,83 @@ fn bus(rt: &tokio::runtime::Runtime, kind: BusKind, url: &str, events: u64) -> a
         });
     }
     Ok(())
+}
+
+/// Runs the helper publisher to completion (while this process does not poll).
+fn run_publisher(url: &str, prefix: &str, exchange: &str, events: u64) -> anyhow::Result<()> {
+    let status = Command::new(helper_exe()?)
+        .args(["publish", "--url", url, "--prefix", prefix, "--exchange", exchange, "--events", &events.to_string()])
+        .status()?;
+    if !status.success() {
+        bail!("the publisher failed");
+    }
+    Ok(())
+}
+
+fn bus_ceiling_redis(rt: &tokio::runtime::Runtime, url: &str, events: u64) -> anyhow::Result<()> {
+    use futures_util::StreamExt as _;
+    let prefix = format!("instrc{}:", std::process::id());
+    let channel = telegraphy_bus::redis::channel(&prefix, REALM, TOPIC);
+    let client = redis::Client::open(url)?;
+    let mut pubsub = rt.block_on(async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(&channel).await?;
+        anyhow::Ok(pubsub)
+    })?;
+    run_publisher(url, &prefix, "unused", events)?;
+    rt.block_on(async {
+        let mut stream = pubsub.on_message();
+        for n in 0..events {
+            match tokio::time::timeout(Duration::from_secs(60), stream.next()).await {
+                Ok(Some(msg)) => {
+                    std::hint::black_box(msg.get_payload_bytes());
+                }
+                _ => bail!("only {n} of {events} events arrived"),
+            }
+        }
+        anyhow::Ok(())
+    })
+}
+
+fn bus_ceiling_amqp(rt: &tokio::runtime::Runtime, url: &str, events: u64) -> anyhow::Result<()> {
+    use futures_util::StreamExt as _;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let exchange = format!("telegraphy-instrc-{}", std::process::id());
+    let (conn, channel, mut consumer) = rt.block_on(async {
+        let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
+        let channel = conn.create_channel().await?;
+        channel.basic_qos(1000, BasicQosOptions::default()).await?;
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        channel.exchange_declare(exchange.as_str().into(), lapin::ExchangeKind::Topic, durable, FieldTable::default()).await?;
+        let queue = channel
+            .queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+            .await?;
+        let key = telegraphy_bus::amqp::routing_key(REALM, TOPIC);
+        channel
+            .queue_bind(queue.name().clone(), exchange.as_str().into(), key.as_str().into(), QueueBindOptions::default(), FieldTable::default())
+            .await?;
+        let consumer = channel.basic_consume(queue.name().clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+        anyhow::Ok((conn, channel, consumer))
+    })?;
+    run_publisher(url, "unused", &exchange, events)?;
+    rt.block_on(async {
+        // Acknowledged in batches of 64, as the adapter does.
+        for n in 0..events {
+            match tokio::time::timeout(Duration::from_secs(60), consumer.next()).await {
+                Ok(Some(Ok(delivery))) => {
+                    std::hint::black_box(&delivery.data);
+                    if (n + 1) % 64 == 0 || n + 1 == events {
+                        channel.basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true }).await?;
+                    }
+                }
+                _ => bail!("only {n} of {events} events arrived"),
+            }
+        }
+        let _ = channel.exchange_delete(exchange.as_str().into(), Default::default()).await;
+        let _ = conn.close(200, "done".into()).await;
+        anyhow::Ok(())
+    })
 }
 
 async fn publish(url: String, prefix: String, exchange: String, events: u64) -> anyhow::Result<()> {
