@@ -61,3 +61,52 @@ proptest! {
         }
     }
 }
+
+/// Fields a newer format revision appends are skipped, however deep (the
+/// decoder's depth limit holds there too), and a newer major version is
+/// named as such whatever follows it.
+#[test]
+fn appended_fields_are_skipped_and_bounded() {
+    let e = Envelope {
+        realm: "realm1".into(),
+        publication: 7,
+        topic: "a.b".into(),
+        args: vec![Value::UInt(1)],
+        kwargs: Default::default(),
+        filter: Filter::default(),
+        publisher: None,
+        published_at_us: 1,
+    };
+    let mut bytes = e.encode();
+    // The list header 0x99 (9 fields) becomes 0x9a (10), then an extra field.
+    assert_eq!(bytes[0], 0x99);
+    bytes[0] = 0x9a;
+    let mut one_more = bytes.clone();
+    one_more.push(0xc0);
+    assert_eq!(Envelope::decode(&one_more).unwrap(), e, "an appended field is skipped");
+    // A hostile appended field nested 100,000 levels deep: refused, no stack overflow.
+    let mut deep = bytes.clone();
+    deep.extend(std::iter::repeat_n(0x91u8, 100_000));
+    deep.push(0xc0);
+    assert!(Envelope::decode(&deep).is_err());
+    // Version 2 with anything after it: unsupported, not malformed.
+    let mut v2 = bytes;
+    v2[1] = 2;
+    v2.push(0xc0);
+    assert_eq!(Envelope::decode(&v2).unwrap_err().cause(), "unsupported_version");
+}
+
+/// Unknown keys in the filter and publisher maps are skipped, however deep
+/// their values (depth-limited, never a stack overflow).
+#[test]
+fn unknown_map_keys_are_skipped_and_bounded() {
+    // [1, 7, "r", "a.b", 1, [], {}, {"x": <deep>}, nil]
+    let mut bytes = vec![0x99, 0x01, 0x07, 0xa1, b'r', 0xa3, b'a', b'.', b'b', 0x01, 0x90, 0x80, 0x81, 0xa1, b'x'];
+    let mut shallow = bytes.clone();
+    shallow.extend([0x91, 0xc0, 0xc0]);
+    let e = Envelope::decode(&shallow).unwrap();
+    assert_eq!((e.realm.as_str(), e.topic.as_str(), e.filter.is_open()), ("r", "a.b", true));
+    bytes.extend(std::iter::repeat_n(0x91u8, 100_000));
+    bytes.push(0xc0);
+    assert!(Envelope::decode(&bytes).is_err());
+}
