@@ -72,6 +72,25 @@ def test_settings_shape_the_claims(user, settings):
     claims = claims_for(user, now=1000)
     assert (claims["exp"], claims["role"], claims["iat"]) == (1060, "member", 1000)
     assert claims["subscribe"] == ["com.shop.testapp.article", "com.shop.testapp.note"]
+    assert claims["realm"] == settings.TELEGRAPHY.get("REALM", "realm1")
+
+
+def test_tokens_are_bound_to_the_realm_for_multi_tenant_gateways(user, wamp):
+    """A gateway that requires the `realm` claim (realms as tenants) takes
+    Django's tokens for the configured realm, and refuses them elsewhere."""
+    from tests.support.gateway import Gateway
+    from tests.support.wamp import Aborted
+
+    gw = Gateway('realms = ["realm1", "other"]\n[auth]\nrequire_realm_claim = true\n')
+    try:
+        token = mint(user)["token"]
+        assert decode(token)["realm"] == "realm1"
+        client = wamp(gw, token=token)
+        assert client.welcome["authid"] == str(user.pk)
+        with pytest.raises(Aborted, match="realm"):
+            wamp(gw, token=token, realm="other")
+    finally:
+        gw.stop()
 
 
 def test_the_gateway_accepts_the_token(user, wamp, gateway):

@@ -95,7 +95,9 @@ def claims_for(user, now: int | None = None) -> dict:
         sub, role = f"anonymous-{secrets.token_hex(8)}", conf.get("ANONYMOUS_ROLE")
     else:
         raise PermissionDenied("sign in to receive live updates (TELEGRAPHY['ALLOW_ANONYMOUS'] is off)")
-    return {"sub": sub, "role": role, "iat": now, "exp": now + ttl, "subscribe": topics_for(user)}
+    # Bound to the realm the page joins, so a gateway with
+    # auth.require_realm_claim (realms as tenants) accepts it there only.
+    return {"sub": sub, "role": role, "iat": now, "exp": now + ttl, "subscribe": topics_for(user), "realm": conf.get("REALM")}
 
 
 def mint(user) -> dict:
@@ -105,5 +107,5 @@ def mint(user) -> dict:
         raise ImproperlyConfigured("TELEGRAPHY['SECRET'] is not set: use the gateway's TELEGRAPHY_JWT_SECRET")
     c = claims_for(user)
     token = mint_token(c["sub"], subscribe=c["subscribe"], role=c["role"], ttl=c["exp"] - c["iat"],
-                       secret=secret, now=c["iat"])
+                       realm=c["realm"], secret=secret, now=c["iat"])
     return {"token": token, "url": conf.get("GATEWAY_URL"), "realm": conf.get("REALM"), "expires_at": c["exp"]}
