@@ -657,12 +657,10 @@ async fn sessions_end_at_exp_and_expired_tokens_get_no_welcome() {
     let (reason, message, _) = refused(&gw, &hs256(&claims("late", "user", now() - 10), SECRET)).await;
     assert_eq!(reason, err::AUTHENTICATION_FAILED);
     assert!(message.contains("expired"), "{message}");
-    let started = std::time::Instant::now();
-    let mut c = Client::join_ticket(&gw, JSON, &hs256(&claims("g", "user", now() + 2), SECRET)).await.unwrap();
+    let mut c = Client::join_ticket(&gw, JSON, &hs256(&claims("g", "user", now() + 4), SECRET)).await.unwrap();
     // Closed at exp, not exp + 30 s.
     let goodbye = tokio::time::timeout(Duration::from_secs(10), c.recv()).await.expect("closed at exp, not 30 s later");
     assert!(matches!(goodbye, Message::Goodbye { ref reason, .. } if reason == err::TOKEN_EXPIRED), "{goodbye:?}");
-    assert!(started.elapsed() < Duration::from_secs(10));
 }
 
 /// Finding 4: one ticket joined every realm. A `realm` claim binds it, and
