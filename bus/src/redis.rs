@@ -92,6 +92,14 @@ fn subscription_for(prefix: &str, i: &Interest) -> Sub {
     }
 }
 
+/// What a PUBLISH that `receivers` subscriptions got means for the caller.
+fn answer(event: &Envelope, channel: &str, receivers: i64, delivery: Delivery) -> Result<(), PublishError> {
+    if delivery == Delivery::Subscribed && receivers == 0 {
+        return Err(PublishError::NoSubscriber(format!("no node is subscribed to `{}` (Redis channel {channel})", event.topic)));
+    }
+    Ok(())
+}
+
 /// Timeouts for the PUBLISH connection: a broker that stops answering
 /// fails the publish (the caller reports it) instead of hanging it.
 fn connection_config(options: &BusOptions) -> redis::AsyncConnectionConfig {
@@ -166,10 +174,7 @@ impl Bus for RedisBus {
                 s.metrics.publish_errors.inc();
                 PublishError::Unavailable(format!("Redis at {} did not take the event: {e}", s.url))
             })?;
-            if delivery == Delivery::Subscribed && receivers == 0 {
-                return Err(PublishError::NoSubscriber(format!("no node is subscribed to `{}` (Redis channel {name})", event.topic)));
-            }
-            Ok(())
+            answer(&event, &name, receivers, delivery)
         }
         .boxed()
     }
@@ -193,13 +198,7 @@ impl Bus for RedisBus {
                 Ok(counts) if counts.len() == n => events
                     .iter()
                     .zip(counts)
-                    .map(|(event, receivers)| {
-                        if delivery == Delivery::Subscribed && receivers == 0 {
-                            Err(PublishError::NoSubscriber(format!("no node is subscribed to `{}`", event.topic)))
-                        } else {
-                            Ok(())
-                        }
-                    })
+                    .map(|(event, receivers)| answer(event, &channel(&s.options.redis_key_prefix, &event.realm, &event.topic), receivers, delivery))
                     .collect(),
                 other => {
                     s.metrics.publish_errors.inc_by(n as u64);

@@ -91,27 +91,19 @@ impl Supervisor {
         let backoff = tokio::time::sleep(delay);
         tokio::pin!(backoff);
         // While the broker refuses connections, watch for its return: a
-        // node is back within one probe interval of its broker.
-        let Some(addr) = self.probe.clone().filter(|_| !stop.is_cancelled()) else {
-            return tokio::select! {
-                _ = stop.cancelled() => false,
-                _ = &mut backoff => !stop.is_cancelled(),
-            };
+        // node is back within one probe interval of its broker. When it
+        // answers but the session failed (starting up, refusing us), the
+        // backoff delay is the right wait.
+        let probe = match &self.probe {
+            Some(addr) if !stop.is_cancelled() && !reachable(addr).await => Some(addr.clone()),
+            _ => None,
         };
-        if reachable(&addr).await {
-            // The broker answers but the session failed (starting up,
-            // refusing us): the backoff delay is the right wait.
-            return tokio::select! {
-                _ = stop.cancelled() => false,
-                _ = &mut backoff => !stop.is_cancelled(),
-            };
-        }
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return false,
                 _ = &mut backoff => return !stop.is_cancelled(),
-                _ = tokio::time::sleep(PROBE_EVERY) => {
-                    if reachable(&addr).await {
+                _ = tokio::time::sleep(PROBE_EVERY), if probe.is_some() => {
+                    if reachable(probe.as_ref().expect("probing")).await {
                         tracing::debug!(bus = %self.url, "{} accepts connections again; reconnecting now", self.broker);
                         // The broker just came back: if it is still starting
                         // up, retry it from short delays again.

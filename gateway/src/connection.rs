@@ -213,14 +213,12 @@ async fn run(node: Arc<Node>, mut socket: WebSocket, wire: Arc<Wire>, serializat
     let ended = serve(&node, &handle, &mut session, &mut socket, &mut guards).await;
     session.cleanup();
     drop(session);
-    match ended {
-        // Shed to make room: the socket is closed at once, without a word.
-        End::Shed => {
-            handle.outbox.close(close::NORMAL);
-        }
-        // Boxed, like the other once-per-connection work: it would otherwise
-        // take room in every idle connection's task.
-        End::Close { peer_closed } => Box::pin(close_connection(&node, &handle, &mut socket, peer_closed)).await,
+    // Shed to make room: the socket is closed at once, without a word
+    // (dropped with the task). Otherwise the close handshake, boxed like the
+    // other once-per-connection work: it would otherwise take room in every
+    // idle connection's task.
+    if let End::Close { peer_closed } = ended {
+        Box::pin(close_connection(&node, &handle, &mut socket, peer_closed)).await;
     }
 }
 

@@ -99,7 +99,7 @@ pub const AUTH_FAILURE_REASONS: [&str; 13] = [
 /// Why a session never got a message (the `reason` label of
 /// `telegraphy_queue_drops_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Drop {
+pub enum DropReason {
     /// The message found the session's queue full (the session is then
     /// closed as a slow consumer).
     QueueFull,
@@ -109,7 +109,7 @@ pub enum Drop {
     Closing,
 }
 
-/// The `reason` labels, in [`Drop`] order.
+/// The `reason` labels, in [`DropReason`] order.
 pub const DROP_REASONS: [&str; 3] = ["queue_full", "discarded", "closing"];
 
 /// Protocol violation kinds (the `kind` label).
@@ -307,7 +307,7 @@ impl Metrics {
     }
 
     /// Counts `n` messages a session never got.
-    pub fn dropped(&self, reason: Drop, n: u64) {
+    pub fn dropped(&self, reason: DropReason, n: u64) {
         self.queue_drops[reason as usize].inc_by(n);
     }
 

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use telegraphy_wamp::codes;
 
-use crate::metrics::{Drop, Metrics};
+use crate::metrics::{DropReason, Metrics};
 use crate::wire::{Sent, When, Wire};
 
 /// The sending side, shared by the session, the hub and the connection's task.
@@ -81,7 +81,7 @@ impl Outbox {
     /// per frame.
     pub fn push_event(&self, frame: &Bytes, when: When) -> Result<(), PushError> {
         if self.is_closing() {
-            self.metrics.dropped(Drop::Closing, 1);
+            self.metrics.dropped(DropReason::Closing, 1);
             return Err(PushError::Closed);
         }
         self.send(frame, when)
@@ -135,7 +135,7 @@ impl Outbox {
     pub async fn finish(&self) -> std::io::Result<()> {
         if self.close_code() == Some(codes::close::SLOW_CONSUMER) {
             let discarded = self.wire.discard_queued();
-            self.metrics.dropped(Drop::Discarded, discarded as u64);
+            self.metrics.dropped(DropReason::Discarded, discarded as u64);
         }
         if let Some(last) = self.last_words.lock().unwrap_or_else(|e| e.into_inner()).take() {
             self.count_sent(&last);
@@ -149,7 +149,7 @@ impl Outbox {
     /// included, is counted as discarded.
     pub fn abandon(&self) {
         let left = self.wire.discard_all();
-        self.metrics.dropped(Drop::Discarded, left as u64);
+        self.metrics.dropped(DropReason::Discarded, left as u64);
     }
 
     fn count_sent(&self, frame: &Bytes) {
@@ -158,7 +158,7 @@ impl Outbox {
     }
 
     fn overflow(&self) {
-        self.metrics.dropped(Drop::QueueFull, 1);
+        self.metrics.dropped(DropReason::QueueFull, 1);
         if self.close(codes::close::SLOW_CONSUMER) {
             self.metrics.slow_consumer_closes.inc();
         }
@@ -230,9 +230,9 @@ mod tests {
         assert!(outbox.is_closing());
         assert_eq!(outbox.push(&data_frame(b"d".to_vec(), false)), Err(PushError::Closed));
         assert_eq!(metrics.slow_consumer_closes.get(), 1);
-        assert_eq!(metrics.queue_drops[Drop::QueueFull as usize].get(), 1);
+        assert_eq!(metrics.queue_drops[DropReason::QueueFull as usize].get(), 1);
         outbox.push_event(&data_frame(b"e".to_vec(), false), When::Now).unwrap_err();
-        assert_eq!(metrics.queue_drops[Drop::Closing as usize].get(), 1, "an event for a closing session is counted");
+        assert_eq!(metrics.queue_drops[DropReason::Closing as usize].get(), 1, "an event for a closing session is counted");
         assert!(matches!(outbox.serve_writes().await, Ended::Closing), "closing wins over the backlog");
     }
 
@@ -258,7 +258,7 @@ mod tests {
         // mid-write included.
         let queued = outbox.wire.queued_frames();
         outbox.abandon();
-        assert_eq!(outbox.metrics.queue_drops[Drop::Discarded as usize].get(), queued as u64);
+        assert_eq!(outbox.metrics.queue_drops[DropReason::Discarded as usize].get(), queued as u64);
         assert!(queued >= 1);
     }
 
@@ -308,7 +308,7 @@ mod tests {
             all
         });
         tokio::time::timeout(Duration::from_secs(20), outbox.finish()).await.unwrap().unwrap();
-        let discarded = outbox.metrics.queue_drops[Drop::Discarded as usize].get();
+        let discarded = outbox.metrics.queue_drops[DropReason::Discarded as usize].get();
         drop(outbox);
         let all = tokio::time::timeout(Duration::from_secs(20), reader).await.unwrap().unwrap();
         assert!(all.ends_with(&last), "the last words come last");

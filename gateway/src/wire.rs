@@ -240,8 +240,9 @@ impl Wire {
         dropped
     }
 
-    /// How many frames wait in the queue.
-    pub fn queued_frames(&self) -> usize {
+    /// How many frames wait in the queue (tests).
+    #[cfg(test)]
+    pub(crate) fn queued_frames(&self) -> usize {
         self.lock().pending.len()
     }
 
