@@ -1,6 +1,8 @@
 //! Error URIs, close reasons and WebSocket close codes, in one place.
 //!
-//! `docs/protocol.md` lists the same table for users; keep both in step.
+//! `tests/vectors/codes.json` is the source of truth, shared with the JS
+//! client and described for users in `docs/protocol.md` section 6;
+//! `tests/codes_vectors.rs` fails when this file and the vectors differ.
 
 /// WAMP error and close-reason URIs the router sends.
 pub mod uri {
@@ -46,7 +48,9 @@ pub mod uri {
     pub const MESSAGE_TOO_BIG: &str = "telegraphy.error.message_too_big";
 }
 
-/// WebSocket close codes the gateway uses.
+/// WebSocket close codes the gateway sends, and those a client must
+/// understand although the gateway never sends them (they come from proxies,
+/// other servers, or the client's own WebSocket).
 ///
 /// Codes below 4000 are RFC 6455 codes. Telegraphy's own codes split in two
 /// ranges so that clients know what to do without knowing each code:
@@ -55,16 +59,37 @@ pub mod uri {
 pub mod close {
     /// Normal closure, after a GOODBYE exchange.
     pub const NORMAL: u16 = 1000;
+    /// Not sent by the gateway: the other end (a server, a proxy) is going
+    /// away. Reconnect.
+    pub const GOING_AWAY: u16 = 1001;
     /// The peer broke the WAMP protocol; an ABORT with the reason came first.
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// A binary frame on a JSON session or a text frame on a msgpack session.
     pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// Never on the wire: a client's WebSocket reports it when the peer
+    /// closed without a code, as proxies and load balancers often do.
+    /// Reconnect.
+    pub const NO_STATUS: u16 = 1005;
+    /// Never on the wire: the connection dropped without a close frame (also
+    /// a shed connection or a refused upgrade, seen from a browser). Reconnect.
+    pub const ABNORMAL: u16 = 1006;
     /// A text frame that is not valid UTF-8.
     pub const INVALID_PAYLOAD: u16 = 1007;
+    /// Not sent by the gateway (it sends [`AUTH_FAILED`]): a policy refused
+    /// the connection. Do not reconnect.
+    pub const POLICY_VIOLATION: u16 = 1008;
     /// A message larger than the configured maximum.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// Not sent by the gateway: the server hit an unexpected condition.
+    /// Reconnect.
+    pub const INTERNAL_ERROR: u16 = 1011;
     /// The node is draining (rollout, shutdown): reconnect, to another node.
     pub const SERVICE_RESTART: u16 = 1012;
+    /// Not sent by the gateway: the server is overloaded for now. Reconnect.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// Not sent by the gateway: a proxy in front got an invalid answer from
+    /// the server behind it. Reconnect.
+    pub const BAD_GATEWAY: u16 = 1014;
     /// The session could not keep up with its events and its outbound queue
     /// filled up: reconnect (and recover).
     pub const SLOW_CONSUMER: u16 = 4000;
@@ -78,8 +103,11 @@ pub mod close {
     /// same credentials.
     pub const AUTH_FAILED: u16 = 4500;
 
-    /// Whether a client should reconnect after this close code.
+    /// Whether a client should reconnect (with backoff) after this close
+    /// code: the RFC 6455 codes that say "the other end or the path is in
+    /// trouble, not you", and Telegraphy's range `4000..=4499`.
     pub fn should_reconnect(code: u16) -> bool {
-        matches!(code, SERVICE_RESTART | 1001 | 1006 | 1011 | 1013) || (4000..4500).contains(&code)
+        matches!(code, GOING_AWAY | NO_STATUS | ABNORMAL | INTERNAL_ERROR | SERVICE_RESTART | TRY_AGAIN_LATER | BAD_GATEWAY)
+            || (4000..4500).contains(&code)
     }
 }

@@ -10,7 +10,8 @@
 //! * [`codec`]: [`Serialization`] (`wamp.2.json`, `wamp.2.msgpack`) decodes
 //!   and encodes messages.
 //! * [`uri`]: URI validation (loose / strict) and [`MatchPolicy`] matching.
-//! * [`codes`]: every error URI and WebSocket close code the router sends.
+//! * [`codes`]: every error URI and WebSocket close code the router sends,
+//!   and the close codes a client must understand (`tests/vectors/codes.json`).
 
 pub mod codec;
 pub mod codes;
