@@ -68,6 +68,22 @@ impl Shared {
         })
     }
 
+    /// Records one latency (µs) in histogram shard `shard`.
+    pub fn record(&self, shard: usize, us: u64) {
+        self.hist[shard % HIST_SHARDS].lock().expect("histogram").saturating_record(us);
+    }
+
+    /// Forgets every delivery and latency recorded so far.
+    pub fn reset(&self) {
+        for c in &self.counts {
+            c.store(0, Ordering::Relaxed);
+        }
+        self.delivered.store(0, Ordering::Relaxed);
+        for h in &self.hist {
+            h.lock().expect("histogram").reset();
+        }
+    }
+
     /// All latencies recorded so far.
     pub fn latency(&self) -> Histogram<u64> {
         let mut h = histogram();
@@ -293,7 +309,8 @@ pub struct PublishTargets {
     pub cli_bin: Option<PathBuf>,
 }
 
-enum Publisher {
+/// A publisher on one of the [`PublishPath`]s.
+pub enum Publisher {
     Wamp { session: Session, buf: Vec<u8> },
     Http { client: reqwest::Client, url: String, key: String, sem: Arc<Semaphore> },
     Cli { tx: Option<std::sync::mpsc::SyncSender<String>>, child: std::process::Child, writer: Option<std::thread::JoinHandle<()>> },
@@ -303,7 +320,8 @@ enum Publisher {
 const IN_FLIGHT: usize = 64;
 
 impl Publisher {
-    async fn new(path: PublishPath, spec: &ClientSpec, to: &PublishTargets) -> anyhow::Result<Publisher> {
+    /// Connects the publisher.
+    pub async fn new(path: PublishPath, spec: &ClientSpec, to: &PublishTargets) -> anyhow::Result<Publisher> {
         Ok(match path {
             PublishPath::Wamp => {
                 let (target, source) = spec.route(0);
@@ -370,7 +388,8 @@ impl Publisher {
         })
     }
 
-    async fn publish(&mut self, topic: &str, seq: u64, pad: &Arc<str>, shared: &Arc<Shared>) -> anyhow::Result<()> {
+    /// Publishes event `seq` (timestamped now) to `topic`.
+    pub async fn publish(&mut self, topic: &str, seq: u64, pad: &Arc<str>, shared: &Arc<Shared>) -> anyhow::Result<()> {
         match self {
             Publisher::Wamp { session, buf } => {
                 buf.clear();
@@ -414,7 +433,7 @@ impl Publisher {
     }
 
     /// Waits for publishes in flight; ends the CLI.
-    async fn finish(self) {
+    pub async fn finish(self) {
         match self {
             Publisher::Wamp { .. } => {}
             Publisher::Http { sem, .. } | Publisher::Bus { sem, .. } => {
@@ -574,8 +593,30 @@ pub async fn run(spec: &ClientSpec, w: &Workload, to: &PublishTargets, mut on_ph
     for (i, s) in opened.sessions {
         receivers.spawn(receive(s, shared.clone(), i));
     }
+    let result = measure(spec, w, to, &shared, &subs_per_topic, &mut on_phase).await;
+    receivers.abort_all();
+    while receivers.join_next().await.is_some() {}
+    Ok(LoadResult { subscribers, connect_failures: opened.failures, setup_s, ..result? })
+}
+
+/// The measuring half of [`run`], for any receivers that update `shared`
+/// (subscriber sessions, or a bare broker consumer): publishes the
+/// workload (windowed by what `shared` counted for each event, expecting
+/// `subs_per_topic[k]` deliveries of an event to topic `k`), waits for
+/// what is in flight, and reports.
+pub async fn measure(
+    spec: &ClientSpec,
+    w: &Workload,
+    to: &PublishTargets,
+    shared: &Arc<Shared>,
+    subs_per_topic: &[u32],
+    on_phase: &mut impl FnMut(&str),
+) -> anyhow::Result<LoadResult> {
+    let t = subs_per_topic.len().max(1);
+    let subscribers = subs_per_topic.iter().map(|&n| n as usize).sum::<usize>();
     let mut publisher = Publisher::new(w.path, spec, to).await?;
     let topics: Vec<String> = (0..t).map(|k| w.topic(k)).collect();
+    let shared = shared.clone();
     let pad: Arc<str> = Arc::from("x".repeat(w.payload));
     // Let the sockets settle (SUBSCRIBED is sent before the router routes on some peers).
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -634,12 +675,10 @@ pub async fn run(spec: &ClientSpec, w: &Workload, to: &PublishTargets, mut on_ph
     let last_us = shared.last_us.load(Ordering::Relaxed).max(first_us + 1);
     let elapsed_s = (last_us - first_us) as f64 / 1e6;
     let disconnects = shared.disconnects.load(Ordering::Relaxed);
-    receivers.abort_all();
-    while receivers.join_next().await.is_some() {}
     Ok(LoadResult {
         subscribers,
-        connect_failures: opened.failures,
-        setup_s,
+        connect_failures: 0,
+        setup_s: 0.0,
         events: seq,
         events_per_s: seq as f64 / publish_elapsed.as_secs_f64(),
         expected,

@@ -9,9 +9,11 @@
 // The modules are this binary's own; `pub` in them marks their interface.
 #![allow(unreachable_pub)]
 
+mod bare;
 mod load;
 mod procstat;
 mod router;
+mod scale;
 mod wamp;
 mod ws;
 
@@ -46,12 +48,21 @@ enum Scenario {
     ManyTopics(LoadArgs),
     /// The fan-out workload against the bare ceiling program (`telegraphy-ceiling`).
     Ceiling(LoadArgs),
+    /// The many-topics workload consumed by a bare broker client instead
+    /// of a gateway node: the ceiling of the bus path (`--bus redis|amqp`).
+    BusCeiling(LoadArgs),
     /// Several gateway nodes on Redis or RabbitMQ; subscribers spread over them.
     Cluster(ClusterArgs),
     /// New sessions as fast as possible (or at a rate) until a target count.
     ConnectStorm(StormArgs),
     /// Many idle authenticated sessions: RSS per session.
     Idle(IdleArgs),
+    /// 100,000 JWT sessions over several nodes on a bus: RSS, latency and
+    /// losses at a steady rate, then every node restarted (see `scale.rs`).
+    Scale(ScaleArgs),
+    /// One worker process of `scale` (started by it; not for direct use).
+    #[command(hide = true)]
+    ScaleWorker(WorkerArgs),
 }
 
 #[derive(Args, Clone)]
@@ -187,6 +198,82 @@ struct IdleArgs {
     no_subscribe: bool,
 }
 
+#[derive(Args, Clone)]
+struct ScaleArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Sessions in all (each authenticated with a JWT and subscribed to one topic).
+    #[arg(long, short = 'n', default_value_t = 100_000)]
+    sessions: usize,
+    /// Gateway nodes (each must hold sessions/nodes under its open-files limit).
+    #[arg(long, default_value_t = 6)]
+    nodes: usize,
+    /// Worker processes holding the sessions (0: as many as the open-files limit needs).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// Topics; session i takes topic i % topics, event s goes to topic s % topics.
+    #[arg(long, default_value_t = 1000)]
+    topics: usize,
+    /// Events per second in the steady phases.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Seconds of the steady phase.
+    #[arg(long, default_value_t = 30.0)]
+    duration: f64,
+    /// Seconds of the steady phase after the restart.
+    #[arg(long, default_value_t = 10.0)]
+    after_restart: f64,
+    /// Latencies of events published in the first seconds of a phase are not recorded.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Padding bytes in each event.
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Bus (redis, amqp, or a URL).
+    #[arg(long, default_value = "redis")]
+    bus: String,
+    /// How events enter (redis or amqp straight onto the bus, http, or cli).
+    #[arg(long, value_enum, default_value_t = PublishPath::Redis)]
+    publish: PublishPath,
+    /// A closed session reconnects after a random delay below this many seconds.
+    #[arg(long, default_value_t = 5.0)]
+    jitter: f64,
+    /// Seconds to wait for every session to be up (at the start, and after the restart).
+    #[arg(long, default_value_t = 300)]
+    setup_timeout: u64,
+    /// Skip the restart phase.
+    #[arg(long)]
+    no_restart: bool,
+}
+
+#[derive(Args, Clone)]
+struct WorkerArgs {
+    /// Gateway endpoints; session i goes to target i % count.
+    #[arg(long = "target", required = true)]
+    targets: Vec<String>,
+    /// First session index.
+    #[arg(long)]
+    from: usize,
+    /// One past the last session index.
+    #[arg(long)]
+    to: usize,
+    /// Topics (session i subscribes to topic i % topics).
+    #[arg(long)]
+    topics: usize,
+    /// json or msgpack.
+    #[arg(long, default_value = "json")]
+    serializer: String,
+    /// Source addresses, round-robin.
+    #[arg(long = "source")]
+    sources: Vec<IpAddr>,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Reconnect jitter, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    jitter: f64,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Ser {
     Json,
@@ -209,7 +296,7 @@ enum AuthMode {
 }
 
 enum Kind {
-    Gateway { nodes: usize, bus: String },
+    Gateway { nodes: usize, bus: String, production_limits: bool },
     Ceiling,
 }
 
@@ -284,7 +371,7 @@ async fn routers(c: &Common, kind: Kind, jwt: bool) -> anyhow::Result<Routers> {
             r._procs.push(p);
             r.label = c.label.clone().unwrap_or_else(|| "ceiling".into());
         }
-        Kind::Gateway { nodes, bus } => {
+        Kind::Gateway { nodes, bus, production_limits } => {
             let bin = router::find_bin(c.gateway_bin.as_deref(), "telegraphy-gateway")?;
             let secret = jwt.then(|| (0..32).map(|_| format!("{:02x}", fastrand::u8(..))).collect::<String>());
             let api_key = format!("bench-{:016x}", fastrand::u64(..));
@@ -300,6 +387,7 @@ async fn routers(c: &Common, kind: Kind, jwt: bool) -> anyhow::Result<Routers> {
                 allow_anonymous: !jwt,
                 api_key: api_key.clone(),
                 env,
+                production_limits,
             };
             for i in 0..nodes {
                 let p = router::start_gateway(&bin, &spec, &dir, i).await?;
@@ -437,9 +525,12 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
         Scenario::Fanout(a) => load_scenario("fanout", a, 1, false).await,
         Scenario::ManyTopics(a) => load_scenario("many-topics", a, 1, false).await,
         Scenario::Ceiling(a) => load_scenario("fanout", a, 1, true).await,
+        Scenario::BusCeiling(a) => bus_ceiling(a).await,
         Scenario::Cluster(a) => load_scenario("cluster", a.load, a.nodes, false).await,
         Scenario::ConnectStorm(a) => storm(a).await,
         Scenario::Idle(a) => idle(a).await,
+        Scenario::Scale(a) => scale::run(a).await,
+        Scenario::ScaleWorker(a) => scale::worker(a).await,
     }
 }
 
@@ -471,7 +562,7 @@ async fn load_scenario(name: &str, a: LoadArgs, nodes: usize, ceiling: bool) -> 
     let mut rates = Vec::new();
     let mut p99s = Vec::new();
     for run in 0..c.runs.max(1) {
-        let kind = if ceiling { Kind::Ceiling } else { Kind::Gateway { nodes, bus: bus.clone() } };
+        let kind = if ceiling { Kind::Ceiling } else { Kind::Gateway { nodes, bus: bus.clone(), production_limits: false } };
         let r = routers(c, kind, c.auth == Some(AuthMode::Jwt)).await?;
         let spec = client_spec(c, &r);
         let sampler = Sampler::start(r.pids.clone(), Duration::from_millis(100));
@@ -580,12 +671,89 @@ async fn load_scenario(name: &str, a: LoadArgs, nodes: usize, ceiling: bool) -> 
     Ok(())
 }
 
+async fn bus_ceiling(a: LoadArgs) -> anyhow::Result<()> {
+    let c = &a.common;
+    let n = a.topics.or(a.subscribers).unwrap_or(10_000).max(1);
+    let url = bus_url(&a.bus);
+    let path = if url.starts_with("amqp") {
+        PublishPath::Amqp
+    } else if url.starts_with("redis") {
+        PublishPath::Redis
+    } else {
+        bail!("bus-ceiling measures a broker: --bus redis or --bus amqp");
+    };
+    let w = Workload {
+        subscribers: n,
+        topics: n,
+        path,
+        rate: a.rate,
+        duration: Duration::from_secs_f64(a.duration),
+        window: a.window,
+        payload: a.payload,
+        warmup: Duration::from_secs_f64(a.warmup.min(a.duration / 2.0)),
+    };
+    let spec =
+        ClientSpec { targets: Vec::new(), ser: c.serializer.get(), realm: "realm1".into(), jwt_secret: None, sources: Vec::new(), concurrency: 1 };
+    let to = PublishTargets { bus_url: Some(url.clone()), namespace: c.namespace.clone(), ..PublishTargets::default() };
+    let mut rates = Vec::new();
+    for run in 0..c.runs.max(1) {
+        let shared = load::Shared::new();
+        let topics: Vec<String> = (0..n).map(|k| w.topic(k)).collect();
+        let t_setup = Instant::now();
+        let reader = bare::consume(&url, &c.namespace, &topics, shared.clone()).await?;
+        let setup_s = t_setup.elapsed().as_secs_f64();
+        let m0 = procstat::CpuMark::now();
+        let result = load::measure(&spec, &w, &to, &shared, &vec![1; n], &mut |_| {}).await;
+        let (machine_cpu, bench_cpu) = procstat::machine_pct(&m0, &procstat::CpuMark::now());
+        reader.abort();
+        let result = load::LoadResult { setup_s, ..result? };
+        println!("many-topics · broker alone (bare consumer) · publish {:?} · {n} topics · run {}/{}", w.path, run + 1, c.runs.max(1));
+        println!(
+            "  events {} ({}/s) · consumed {} of {} (lost {}) in {:.2} s → {}events/s",
+            result.events,
+            si(result.events_per_s),
+            result.delivered,
+            result.expected,
+            result.lost,
+            result.elapsed_s,
+            si(result.delivered_per_s)
+        );
+        println!("  latency {}", lat(&result.latency_us));
+        let machine_cpu = machine_cpu_line(machine_cpu, bench_cpu, 0.0);
+        rates.push(result.delivered_per_s);
+        emit(
+            c,
+            json!({
+                "scenario": "many-topics",
+                "label": "broker",
+                "publish": w.path,
+                "subscribers": n,
+                "topics": n,
+                "nodes": 0,
+                "bus": url.split("://").next().unwrap_or(""),
+                "rate": w.rate,
+                "duration_s": a.duration,
+                "window": w.window,
+                "payload": w.payload,
+                "run": run + 1,
+                "result": result,
+                "machine_cpu": machine_cpu,
+            }),
+        )?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if rates.len() > 1 {
+        println!("median of {} runs: {}events/s", rates.len(), si(median(rates)));
+    }
+    Ok(())
+}
+
 async fn storm(a: StormArgs) -> anyhow::Result<()> {
     let c = &a.common;
     fd_budget(a.sessions)?;
     let mut rates = Vec::new();
     for run in 0..c.runs.max(1) {
-        let r = routers(c, Kind::Gateway { nodes: 1, bus: "memory".into() }, c.auth == Some(AuthMode::Jwt)).await?;
+        let r = routers(c, Kind::Gateway { nodes: 1, bus: "memory".into(), production_limits: false }, c.auth == Some(AuthMode::Jwt)).await?;
         let spec = client_spec(c, &r);
         let sampler = Sampler::start(r.pids.clone(), Duration::from_millis(100));
         let before = sampler.now();
@@ -660,7 +828,7 @@ async fn idle(a: IdleArgs) -> anyhow::Result<()> {
     let jwt = c.auth != Some(AuthMode::Anonymous);
     let mut per = Vec::new();
     for run in 0..c.runs.max(1) {
-        let r = routers(c, Kind::Gateway { nodes: 1, bus: "memory".into() }, jwt).await?;
+        let r = routers(c, Kind::Gateway { nodes: 1, bus: "memory".into(), production_limits: false }, jwt).await?;
         let spec = client_spec(c, &r);
         let sampler = Sampler::start(r.pids.clone(), Duration::from_millis(200));
         let shared = load::Shared::new();

@@ -15,7 +15,7 @@ pub struct Sample {
 }
 
 /// Clock ticks per second of /proc's CPU times (asked of `getconf` once).
-fn clock_ticks() -> f64 {
+pub fn clock_ticks() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *TICKS.get_or_init(|| {
         std::process::Command::new("getconf")

@@ -3,7 +3,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -19,6 +19,12 @@ pub struct RouterProc {
     pub http_url: String,
     /// Where its output goes.
     pub log: PathBuf,
+    /// `http://…` of the admin listener (gateways only; empty for the ceiling).
+    pub admin_url: String,
+    /// How to start it again on the same ports (gateways only).
+    relaunch: Option<Command>,
+    /// False once [`RouterProc::stop`] has reaped it (its pid may be reused).
+    running: bool,
 }
 
 impl RouterProc {
@@ -30,19 +36,45 @@ impl RouterProc {
     }
 }
 
-impl Drop for RouterProc {
-    fn drop(&mut self) {
-        // SIGTERM first (the gateway drains), then make sure.
+impl RouterProc {
+    /// SIGTERM (the gateway drains its sessions), then SIGKILL after
+    /// `grace`; returns how it ended. Blocking.
+    pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        if !self.running {
+            return None;
+        }
+        self.running = false;
         let _ = Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.wait().ok()
+    }
+
+    /// Starts a stopped gateway again with the same configuration and
+    /// ports, and waits until it is ready.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        if self.running {
+            bail!("the gateway is still running");
+        }
+        let cmd = self.relaunch.as_mut().context("only gateways can be restarted")?;
+        let out = std::fs::OpenOptions::new().append(true).open(&self.log)?;
+        cmd.stdout(out.try_clone()?).stderr(out);
+        self.child = cmd.spawn().context("restarting the gateway")?;
+        self.pid = self.child.id();
+        self.running = true;
+        wait_ready(self, Duration::from_secs(30)).await
+    }
+}
+
+impl Drop for RouterProc {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
     }
 }
 
@@ -94,6 +126,10 @@ pub struct GatewaySpec {
     pub api_key: String,
     /// Extra `KEY=VALUE` environment for the gateway (TELEGRAPHY_…).
     pub env: Vec<(String, String)>,
+    /// Keep the gateway's own connection limits (max_connections fitted to
+    /// the open-files limit, pending-handshake and per-IP limits) instead
+    /// of lifting them for a throughput run.
+    pub production_limits: bool,
 }
 
 /// The role the benchmark's publisher token carries.
@@ -136,11 +172,10 @@ exchange = "{ns}"
 level = "warn"
 
 [limits]
-max_connections = 1000000
-max_pending_handshakes = 1000000
-outbound_queue_messages = 8192
+{limits}outbound_queue_messages = 8192
 outbound_queue_bytes = 16777216
 "#,
+        limits = if spec.production_limits { "" } else { "max_connections = 1000000\nmax_pending_handshakes = 1000000\n" },
         bus = spec.bus,
         key = spec.api_key,
         anon = spec.allow_anonymous,
@@ -178,20 +213,38 @@ async fn start_gateway_once(bin: &Path, spec: &GatewaySpec, dir: &Path, index: u
     cmd.stdout(out.try_clone()?).stderr(out).stdin(Stdio::null());
     let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
     let pid = child.id();
-    let mut proc = RouterProc { child, pid, ws_url: format!("ws://{listen}/ws"), http_url: format!("http://{listen}"), log: log.clone() };
+    let mut relaunch = Command::new(bin);
+    relaunch.arg("--config").arg(&config).envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?)))).stdin(Stdio::null());
+    let mut proc = RouterProc {
+        child,
+        pid,
+        ws_url: format!("ws://{listen}/ws"),
+        http_url: format!("http://{listen}"),
+        log,
+        admin_url: format!("http://{admin}"),
+        relaunch: Some(relaunch),
+        running: true,
+    };
+    wait_ready(&mut proc, Duration::from_secs(20)).await?;
+    Ok(proc)
+}
+
+/// Waits until the gateway's `/readyz` answers 200.
+async fn wait_ready(proc: &mut RouterProc, within: Duration) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + within;
     loop {
-        if let Ok(r) = client.get(format!("http://{admin}/readyz")).send().await {
+        if let Ok(r) = client.get(format!("{}/readyz", proc.admin_url)).send().await {
             if r.status() == 200 {
-                return Ok(proc);
+                return Ok(());
             }
         }
         if let Ok(Some(status)) = proc.child.try_wait() {
-            bail!("the gateway exited ({status}) before it was ready:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            proc.running = false;
+            bail!("the gateway exited ({status}) before it was ready:\n{}", std::fs::read_to_string(&proc.log).unwrap_or_default());
         }
         if Instant::now() > deadline {
-            bail!("the gateway was not ready within 20 s; log: {}", log.display());
+            bail!("the gateway was not ready within {within:?}; log: {}", proc.log.display());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -211,13 +264,23 @@ pub async fn start_ceiling(bin: &Path, dir: &Path) -> anyhow::Result<RouterProc>
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let pid = child.id();
-    let mut proc = RouterProc { child, pid, ws_url: format!("ws://{listen}/ws"), http_url: format!("http://{listen}"), log: log.clone() };
+    let mut proc = RouterProc {
+        child,
+        pid,
+        ws_url: format!("ws://{listen}/ws"),
+        http_url: format!("http://{listen}"),
+        log: log.clone(),
+        admin_url: String::new(),
+        relaunch: None,
+        running: true,
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if tokio::net::TcpStream::connect(listen).await.is_ok() {
             return Ok(proc);
         }
         if let Ok(Some(status)) = proc.child.try_wait() {
+            proc.running = false;
             bail!("the ceiling program exited ({status}):\n{}", std::fs::read_to_string(&log).unwrap_or_default());
         }
         if Instant::now() > deadline {

@@ -144,3 +144,55 @@ fn cluster_on_rabbitmq() {
     assert_eq!(l[0]["publish"], "amqp");
     assert_delivered(&l[0]);
 }
+
+#[test]
+fn scale_with_a_restart_of_every_node() {
+    let l = bench(&[
+        "scale",
+        "-n",
+        "60",
+        "--nodes",
+        "2",
+        "--workers",
+        "2",
+        "--topics",
+        "6",
+        "--rate",
+        "50",
+        "--duration",
+        "1",
+        "--after-restart",
+        "1",
+        "--warmup",
+        "0",
+        "--jitter",
+        "0.5",
+        "--namespace",
+        "telegraphy-bench-smoke-scale",
+    ]);
+    let r = &l[0]["result"];
+    assert_eq!(l[0]["sessions"], 60, "{}", l[0]);
+    assert_eq!(r["sessions_per_node"], serde_json::json!([30.0, 30.0]), "{}", l[0]);
+    for phase in ["steady", "after_restart"] {
+        let p = &r[phase];
+        assert_eq!(p["expected"], 50 * 10, "{phase}: {}", l[0]);
+        assert_eq!(p["lost"], 0, "{phase}: {}", l[0]);
+        assert_eq!(p["received"], p["expected"], "{phase}: {}", l[0]);
+    }
+    assert!(r["restart"]["all_back_s"].as_f64().unwrap() > 0.0, "{}", l[0]);
+    assert_eq!(r["restart"]["over_limit_nodes"], serde_json::json!([]), "{}", l[0]);
+}
+
+#[test]
+fn bus_ceiling_on_redis_and_rabbitmq() {
+    for bus in ["redis", "amqp"] {
+        let l = bench(&[&["bus-ceiling", "-n", "50", "--bus", bus, "--namespace", "telegraphy-bench-smoke-bare"], SHORT].concat());
+        assert_eq!(l[0]["label"], "broker");
+        assert_eq!(l[0]["topics"], 50);
+        let r = &l[0]["result"];
+        assert!(r["expected"].as_u64().unwrap() > 0, "{}", l[0]);
+        assert_eq!(r["delivered"], r["expected"], "{}", l[0]);
+        assert_eq!(r["lost"], 0, "{}", l[0]);
+        assert!(r["latency_us"]["count"].as_u64().unwrap() > 0, "no latency samples: {}", l[0]);
+    }
+}
