@@ -5,7 +5,16 @@
 #   bench/crossbar/crossbar.sh setup        # once
 #   bench/run-all.sh [RESULTS_DIR] [PHASE...]
 #
-# Phases: fanout window latency many-topics storm idle cluster (default: all).
+# Phases: fanout window latency many-topics storm idle cluster (default: all),
+# and the scale figures (not in the default set; about 25 minutes together):
+#   scale      100,000 JWT sessions over 6 nodes on Redis, steady 1,000
+#              events/s, then every node restarted (telegraphy-bench scale)
+#   bus-path   one node consuming 10,000 topics from Redis / RabbitMQ vs
+#              the broker alone (telegraphy-bench bus-ceiling)
+#   curve-subscribers  deliveries/s and CPU per delivery, 10 → 10,000 subscribers
+#   curve-sessions     RSS vs sessions, 1,000 → 100,000 over 6 nodes
+#   curve-nodes        latency vs nodes (1 → 5) on Redis and RabbitMQ
+# bench/curves.sh RESULTS_DIR draws the curves (PNG) from these phases' lines.
 # Each run appends JSON lines to RESULTS_DIR/<phase>.jsonl; bench/plot.py
 # turns them into the report's figures. Never run two benchmarks at once,
 # and nothing else heavy (fuzzers, builds) meanwhile: 2 cores are shared by
@@ -104,6 +113,34 @@ for phase in "${phases[@]}"; do
         done
         "$B" cluster --bus "$bus" --nodes 3 -n 10000 --topics 1000 --rate 1000 --duration "$DUR" --runs 1 --json "$j"
         "$B" cluster --bus "$bus" --nodes 2 -n 10000 --topics 1 --rate 20 --duration "$DUR" --runs "$RUNS" --json "$j"
+      done
+      ;;
+    scale)
+      "$B" scale -n 100000 --nodes 6 --topics 1000 --rate 1000 --duration 30 --after-restart 20 --json "$j"
+      ;;
+    bus-path)
+      for bus in redis amqp; do
+        "$B" many-topics -n 10000 --bus "$bus" --publish "$bus" --duration "$DUR" --runs "$RUNS" --json "$j"
+        "$B" bus-ceiling -n 10000 --bus "$bus" --duration "$DUR" --runs "$RUNS" --json "$j"
+      done
+      ;;
+    curve-subscribers)
+      for n in 10 100 1000 10000; do
+        "$B" fanout  -n "$n" --duration "$DUR" --runs "$RUNS" --json "$j"
+        "$B" ceiling -n "$n" --duration "$DUR" --runs "$RUNS" --json "$j"
+        if [[ -x bench/crossbar/venv/bin/crossbar ]]; then crossbar fanout -n "$n" --duration "$DUR" --runs "$RUNS" --json "$j"; fi
+      done
+      ;;
+    curve-sessions)
+      for n in 1000 10000 30000 60000 100000; do
+        "$B" scale -n "$n" --nodes 6 --topics 1000 --rate 1000 --duration "$DUR" --no-restart --json "$j"
+      done
+      ;;
+    curve-nodes)
+      for bus in redis amqp; do
+        for k in 1 2 3 4 5; do
+          "$B" cluster --bus "$bus" --nodes "$k" -n 5000 --topics 100 --rate 1000 --duration "$DUR" --runs "$RUNS" --json "$j"
+        done
       done
       ;;
     *) echo "unknown phase $phase" >&2; exit 2 ;;
