@@ -15,8 +15,18 @@
 //! * Deliveries are acknowledged (in batches) only after the node took
 //!   them, and at most `amqp_prefetch` are in flight: a slow node makes
 //!   RabbitMQ hold events instead of this process buffering them.
+//! * Publishes go through two confirm-mode channels: `Delivery::Accepted`
+//!   events straight through one, `Delivery::Subscribed` (`mandatory`)
+//!   events through the other, whose returns are matched to their events by
+//!   message id (see [`mandatory`] for why).
 //! * One task owns the connection; on loss it reconnects with capped,
-//!   jittered backoff, declares a fresh queue and re-binds everything.
+//!   jittered backoff, declares a fresh queue and re-binds everything. It
+//!   also ends the session when a publishing channel closed (RabbitMQ closes
+//!   a channel on some errors), so publishes never keep failing on a dead
+//!   channel. A publish-only client ([`AmqpBus::connect_publisher`]) runs
+//!   the same task with a session that only publishes.
+
+mod mandatory;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -32,11 +42,13 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::PublisherConfirm;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use telegraphy_wamp::MatchPolicy;
+use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::interest::{Interest, Interests};
-use crate::supervisor::Supervisor;
+use crate::supervisor::{Client, Supervisor, Watched};
 use crate::{redact, Bus, BusError, BusOptions, Delivery, Envelope, Inbound, PublishError, Ticket};
+use mandatory::{Mandatory, Request};
 
 /// Acknowledge after this many deliveries (or on the tick below).
 const ACK_BATCH: u64 = 64;
@@ -44,6 +56,10 @@ const ACK_BATCH: u64 = 64;
 const ACK_TICK: Duration = Duration::from_millis(50);
 /// AMQP routing keys are short strings.
 const MAX_ROUTING_KEY: usize = 255;
+/// How often a session checks that its publishing channels are open.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// The `content_type` of every event this adapter publishes.
+const CONTENT_TYPE: &str = "application/x-telegraphy-envelope";
 
 /// The RabbitMQ bus.
 pub struct AmqpBus {
@@ -55,12 +71,25 @@ struct Shared {
     redacted: String,
     options: BusOptions,
     interests: Interests,
-    /// The confirm-mode channel publishes go through; `None` while disconnected.
+    /// The confirm-mode channel `Delivery::Accepted` publishes go through;
+    /// `None` while disconnected.
     publisher: Mutex<Option<Channel>>,
-    /// A publish-only client's connection, kept open as long as the bus.
-    connection: Mutex<Option<Connection>>,
+    /// Where `Delivery::Subscribed` publishes go (a channel of their own);
+    /// `None` while disconnected.
+    mandatory: Mutex<Option<Mandatory>>,
+    /// Wakes the session's check of its publishing channels: a publish failed.
+    check_now: Arc<Notify>,
     stop: CancellationToken,
     metrics: crate::BusMetrics,
+}
+
+/// A connection and the two confirm-mode channels events are published on.
+struct Publishing {
+    conn: Connection,
+    /// For `Delivery::Accepted`.
+    accepted: Channel,
+    /// For `Delivery::Subscribed` (`mandatory`), owned by a [`Mandatory`] task.
+    mandatory: Channel,
 }
 
 /// The routing key of an event.
@@ -92,13 +121,18 @@ fn classify(url: &str, e: lapin::Error) -> BusError {
     }
 }
 
-async fn open_publisher(url: &str, options: &BusOptions) -> Result<(Connection, Channel), BusError> {
+async fn open_publisher(url: &str, options: &BusOptions) -> Result<Publishing, BusError> {
     let conn = Connection::connect(url, ConnectionProperties::default().with_connection_name(options.connection_name.as_str().into()))
         .await
         .map_err(|e| classify(url, e))?;
-    let channel = conn.create_channel().await.map_err(|e| classify(url, e))?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| classify(url, e))?;
-    channel
+    let confirm_channel = || async {
+        let channel = conn.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok::<Channel, lapin::Error>(channel)
+    };
+    let accepted = confirm_channel().await.map_err(|e| classify(url, e))?;
+    let mandatory = confirm_channel().await.map_err(|e| classify(url, e))?;
+    accepted
         .exchange_declare(
             options.amqp_exchange.as_str().into(),
             ExchangeKind::Topic,
@@ -113,74 +147,90 @@ async fn open_publisher(url: &str, options: &BusOptions) -> Result<(Connection, 
                 options.amqp_exchange
             ),
         })?;
-    Ok((conn, channel))
+    Ok(Publishing { conn, accepted, mandatory })
+}
+
+/// The broker's TCP address, probed by the supervisor while it refuses connections.
+fn probe(url: &str) -> Option<(String, u16)> {
+    url.parse::<lapin::uri::AMQPUri>().ok().map(|u| (u.authority.host, u.authority.port))
 }
 
 impl AmqpBus {
     /// A node's RabbitMQ bus; connects (and reconnects) in the background.
     pub fn start(url: &str, options: &BusOptions, inbound: Inbound) -> Result<AmqpBus, BusError> {
         url.parse::<lapin::uri::AMQPUri>().map_err(|e| BusError::InvalidUrl(format!("bus `{}`: {e}", redact(url))))?;
-        let shared = Arc::new(Shared {
-            url: url.to_string(),
-            redacted: redact(url),
-            options: options.clone(),
-            interests: Interests::default(),
-            publisher: Mutex::new(None),
-            connection: Mutex::new(None),
-            stop: CancellationToken::new(),
-            metrics: inbound.metrics.clone(),
-        });
-        tokio::spawn(run(shared.clone(), inbound));
+        let shared = Arc::new(Shared::new(url, options, inbound.metrics.clone()));
+        let supervisor = Supervisor::new("RabbitMQ", Client::Node, shared.redacted.clone(), options.reconnect_max_delay, probe(url));
+        tokio::spawn(run(shared.clone(), Some(inbound), supervisor, None));
         Ok(AmqpBus { shared })
     }
 
-    /// A publish-only RabbitMQ bus, connected now.
+    /// A publish-only RabbitMQ bus, connected now: fails fast when RabbitMQ
+    /// cannot be reached within `connect_timeout`. From then on it is
+    /// supervised like a node's bus: not ready while RabbitMQ is gone,
+    /// reconnected by itself.
     pub async fn connect_publisher(url: &str, options: &BusOptions) -> Result<AmqpBus, BusError> {
         url.parse::<lapin::uri::AMQPUri>().map_err(|e| BusError::InvalidUrl(format!("bus `{}`: {e}", redact(url))))?;
-        let (conn, channel) = tokio::time::timeout(options.connect_timeout, open_publisher(url, options))
+        let publishing = tokio::time::timeout(options.connect_timeout, open_publisher(url, options))
             .await
             .map_err(|_| BusError::Connect { url: redact(url), reason: format!("no answer within {:?}", options.connect_timeout) })??;
-        let metrics = crate::BusMetrics::unregistered();
-        metrics.connected.set(1);
-        let shared = Arc::new(Shared {
-            url: url.to_string(),
-            redacted: redact(url),
-            options: options.clone(),
-            interests: Interests::default(),
-            publisher: Mutex::new(Some(channel)),
-            connection: Mutex::new(Some(conn)),
-            stop: CancellationToken::new(),
-            metrics,
-        });
-        shared.interests.set_connected(true);
+        let shared = Arc::new(Shared::new(url, options, crate::BusMetrics::unregistered()));
+        let mut supervisor = Supervisor::new("RabbitMQ", Client::Publisher, shared.redacted.clone(), options.reconnect_max_delay, probe(url));
+        // Ready before this returns: the first session is this connection.
+        shared.install(&publishing);
+        supervisor.up(&shared.interests, &shared.metrics, 0);
+        tokio::spawn(run(shared.clone(), None, supervisor, Some(publishing)));
         Ok(AmqpBus { shared })
     }
 }
 
 impl Shared {
-    /// Sends one event (in order with the events sent before it) and
-    /// returns the broker's pending answer, to be awaited with [`Shared::confirmed`].
-    async fn send(&self, event: &Envelope, delivery: Delivery) -> Result<PublisherConfirm, PublishError> {
-        let key = routing_key(&event.realm, &event.topic);
-        if key.len() > MAX_ROUTING_KEY {
-            return Err(PublishError::Rejected(format!(
-                "realm and topic make a {}-byte AMQP routing key; RabbitMQ allows {MAX_ROUTING_KEY}",
-                key.len()
-            )));
+    fn new(url: &str, options: &BusOptions, metrics: crate::BusMetrics) -> Shared {
+        Shared {
+            url: url.to_string(),
+            redacted: redact(url),
+            options: options.clone(),
+            interests: Interests::default(),
+            publisher: Mutex::new(None),
+            mandatory: Mutex::new(None),
+            check_now: Arc::new(Notify::new()),
+            stop: CancellationToken::new(),
+            metrics,
         }
+    }
+
+    /// Lets publishes through `p`'s channels (until the session ends).
+    fn install(&self, p: &Publishing) {
+        let mandatory = Mandatory::start(p.mandatory.clone(), self.options.amqp_exchange.clone(), self.redacted.clone());
+        *self.mandatory.lock().unwrap_or_else(|e| e.into_inner()) = Some(mandatory);
+        *self.publisher.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.accepted.clone());
+    }
+
+    /// Publishes fail fast from now on (the session ended).
+    fn uninstall(&self) {
+        *self.publisher.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.mandatory.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn not_connected(&self) -> PublishError {
+        self.metrics.publish_errors.inc();
+        PublishError::Unavailable(format!("not connected to RabbitMQ at {}", self.redacted))
+    }
+
+    /// Sends one `Delivery::Accepted` event (in order with the events sent
+    /// before it) and returns the broker's pending answer, to be awaited
+    /// with [`Shared::confirmed`].
+    async fn send(&self, event: &Envelope) -> Result<PublisherConfirm, PublishError> {
+        let key = checked_routing_key(event)?;
         let channel = self.publisher.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let Some(channel) = channel else {
-            self.metrics.publish_errors.inc();
-            return Err(PublishError::Unavailable(format!("not connected to RabbitMQ at {}", self.redacted)));
-        };
+        let Some(channel) = channel else { return Err(self.not_connected()) };
         let payload = event.encode();
         let send = channel.basic_publish(
             self.options.amqp_exchange.as_str().into(),
             key.as_str().into(),
-            // `mandatory`: RabbitMQ returns an event no queue is bound for.
-            BasicPublishOptions { mandatory: delivery == Delivery::Subscribed, ..Default::default() },
+            BasicPublishOptions::default(),
             &payload,
-            BasicProperties::default().with_content_type("application/x-telegraphy-envelope".into()),
+            BasicProperties::default().with_content_type(CONTENT_TYPE.into()),
         );
         // A broker that stops answering fails the publish instead of hanging it.
         tokio::time::timeout(self.options.connect_timeout, send)
@@ -190,52 +240,102 @@ impl Shared {
     }
 
     /// Awaits the broker's answer to an event [`Shared::send`] sent.
-    async fn confirmed(&self, topic: &str, confirm: PublisherConfirm, delivery: Delivery) -> Result<(), PublishError> {
+    async fn confirmed(&self, confirm: PublisherConfirm) -> Result<(), PublishError> {
         let confirm = tokio::time::timeout(self.options.connect_timeout, confirm)
             .await
             .map_err(|_| self.failed(format!("no confirmation within {:?}", self.options.connect_timeout)))?
             .map_err(|e| self.failed(e.to_string()))?;
         match confirm {
-            Confirmation::Ack(Some(_)) if delivery == Delivery::Subscribed => {
-                Err(PublishError::NoSubscriber(format!("no node is subscribed to `{topic}` (RabbitMQ returned it: no queue is bound for it)")))
-            }
+            // Not `mandatory`: RabbitMQ never returns these.
             Confirmation::Ack(_) => Ok(()),
             Confirmation::Nack(_) => Err(self.failed("the broker refused it (nack)".into())),
             Confirmation::NotRequested => Err(self.failed("publisher confirms are off on this channel".into())),
         }
     }
 
+    /// Hands one `Delivery::Subscribed` event to the mandatory channel's task
+    /// (in order with the events handed before it) and returns where its
+    /// answer will come, to be awaited with [`Shared::routed`].
+    async fn send_mandatory(&self, event: &Envelope) -> Result<oneshot::Receiver<Result<(), PublishError>>, PublishError> {
+        let routing_key = checked_routing_key(event)?;
+        let mandatory = self.mandatory.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(mandatory) = mandatory else { return Err(self.not_connected()) };
+        let (answer, answered) = oneshot::channel();
+        let request = Request { publication: event.publication, topic: event.topic.clone(), routing_key, payload: event.encode(), answer };
+        match tokio::time::timeout(self.options.connect_timeout, mandatory.send(request)).await {
+            Ok(Ok(())) => Ok(answered),
+            Ok(Err(())) => Err(self.not_connected()),
+            Err(_) => Err(self.failed(format!("could not send it within {:?}", self.options.connect_timeout))),
+        }
+    }
+
+    /// Awaits the answer to an event [`Shared::send_mandatory`] sent: `Ok`
+    /// once RabbitMQ confirmed it and did not return it.
+    async fn routed(&self, answered: oneshot::Receiver<Result<(), PublishError>>) -> Result<(), PublishError> {
+        match tokio::time::timeout(self.options.connect_timeout, answered).await {
+            Err(_) => Err(self.failed(format!("no confirmation within {:?}", self.options.connect_timeout))),
+            Ok(Err(_)) => Err(self.failed("the connection closed before RabbitMQ answered".into())),
+            Ok(Ok(Err(e @ PublishError::NoSubscriber(_)))) => Err(e),
+            Ok(Ok(Err(e))) => {
+                self.metrics.publish_errors.inc();
+                self.check_now.notify_one();
+                Err(e)
+            }
+            Ok(Ok(Ok(()))) => Ok(()),
+        }
+    }
+
+    /// A publish failed: counts it, and has the session check its channels now.
     fn failed(&self, e: String) -> PublishError {
         self.metrics.publish_errors.inc();
+        self.check_now.notify_one();
         PublishError::Unavailable(format!("RabbitMQ at {} did not take the event: {e}", self.redacted))
     }
+}
+
+/// The event's routing key, or why RabbitMQ would refuse it.
+fn checked_routing_key(event: &Envelope) -> Result<String, PublishError> {
+    let key = routing_key(&event.realm, &event.topic);
+    if key.len() > MAX_ROUTING_KEY {
+        return Err(PublishError::Rejected(format!("realm and topic make a {}-byte AMQP routing key; RabbitMQ allows {MAX_ROUTING_KEY}", key.len())));
+    }
+    Ok(key)
 }
 
 impl Bus for AmqpBus {
     fn publish(&self, event: Envelope, delivery: Delivery) -> BoxFuture<'_, Result<(), PublishError>> {
         async move {
-            let confirm = self.shared.send(&event, delivery).await?;
-            self.shared.confirmed(&event.topic, confirm, delivery).await
+            let s = &self.shared;
+            match delivery {
+                Delivery::Accepted => s.confirmed(s.send(&event).await?).await,
+                Delivery::Subscribed => s.routed(s.send_mandatory(&event).await?).await,
+            }
         }
         .boxed()
     }
 
-    /// Sends every event in order, then awaits the confirms together: one
-    /// round trip for the batch instead of one per event.
+    /// Sends every event in order, then awaits the answers together: one
+    /// round trip for the batch instead of one per event (`Subscribed`:
+    /// about one round of the mandatory channel).
     fn publish_batch(&self, events: Vec<Envelope>, delivery: Delivery) -> BoxFuture<'_, Vec<Result<(), PublishError>>> {
         async move {
             let s = &self.shared;
-            let mut sent = Vec::with_capacity(events.len());
-            for event in &events {
-                sent.push(s.send(event, delivery).await);
-            }
-            let answers = events.iter().zip(sent).map(|(event, sent)| async move {
-                match sent {
-                    Ok(confirm) => s.confirmed(&event.topic, confirm, delivery).await,
-                    Err(e) => Err(e),
+            match delivery {
+                Delivery::Accepted => {
+                    let mut sent = Vec::with_capacity(events.len());
+                    for event in &events {
+                        sent.push(s.send(event).await);
+                    }
+                    futures_util::future::join_all(sent.into_iter().map(|sent| async move { s.confirmed(sent?).await })).await
                 }
-            });
-            futures_util::future::join_all(answers).await
+                Delivery::Subscribed => {
+                    let mut sent = Vec::with_capacity(events.len());
+                    for event in &events {
+                        sent.push(s.send_mandatory(event).await);
+                    }
+                    futures_util::future::join_all(sent.into_iter().map(|sent| async move { s.routed(sent?).await })).await
+                }
+            }
         }
         .boxed()
     }
@@ -262,8 +362,8 @@ impl Bus for AmqpBus {
 
     fn shutdown(&self) {
         self.shared.stop.cancel();
-        // A publish-only client's connection closes when dropped.
-        self.shared.connection.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // Publishes fail from now on, not once the task noticed.
+        self.shared.uninstall();
     }
 }
 
@@ -273,30 +373,79 @@ impl Drop for AmqpBus {
     }
 }
 
-async fn run(s: Arc<Shared>, inbound: Inbound) {
-    let probe = s.url.parse::<lapin::uri::AMQPUri>().ok().map(|u| (u.authority.host, u.authority.port));
-    let mut supervisor = Supervisor::new("RabbitMQ", s.redacted.clone(), s.options.reconnect_max_delay, probe);
+/// The adapter task: connect, (a node:) bind and consume; on loss, back
+/// off and start over. `inbound` is `None` for a publish-only client, whose
+/// first session is `installed`, the connection it was created with.
+async fn run(s: Arc<Shared>, inbound: Option<Inbound>, mut supervisor: Supervisor, mut installed: Option<Publishing>) {
     let mut more = !s.stop.is_cancelled();
     while more {
-        let outcome = session(&s, &inbound, &mut supervisor).await;
-        *s.publisher.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let outcome = session(&s, inbound.as_ref(), &mut supervisor, installed.take()).await;
         more = supervisor.session_ended(outcome, &s.stop, &s.interests, &s.metrics).await;
     }
 }
 
-async fn session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor) -> Result<(), String> {
+async fn session(s: &Shared, inbound: Option<&Inbound>, supervisor: &mut Supervisor, installed: Option<Publishing>) -> Result<(), String> {
     let timeout = s.options.connect_timeout;
-    let (conn, publisher) = tokio::time::timeout(timeout, open_publisher(&s.url, &s.options))
-        .await
-        .map_err(|_| format!("no answer within {timeout:?}"))?
-        .map_err(|e| e.to_string())?;
-    let result = consume(s, inbound, supervisor, &conn, publisher).await;
-    let _ = conn.close(200, "telegraphy node closing".into()).await;
+    let already_installed = installed.is_some();
+    let publishing = match installed {
+        Some(p) => p,
+        None => tokio::time::timeout(timeout, open_publisher(&s.url, &s.options))
+            .await
+            .map_err(|_| format!("no answer within {timeout:?}"))?
+            .map_err(|e| e.to_string())?,
+    };
+    let result = match inbound {
+        Some(inbound) => consume(s, inbound, supervisor, &publishing).await,
+        None => publish_only(s, supervisor, &publishing, already_installed).await,
+    };
+    s.uninstall();
+    let _ = publishing.conn.close(200, "telegraphy client closing".into()).await;
     result
 }
 
-async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, conn: &Connection, publisher: Channel) -> Result<(), String> {
+/// Checks `p`'s connection and publishing channels beside the session.
+fn watch(s: &Shared, p: &Publishing) -> Watched {
+    Watched::spawn(&s.stop, check(s.check_now.clone(), p.conn.status().clone(), [p.accepted.clone(), p.mandatory.clone()]))
+}
+
+/// Resolves, with the reason, once the connection or a publishing channel
+/// closed: checked every [`CHECK_EVERY`], and at once after a publish
+/// failed (`check_now`).
+async fn check(check_now: Arc<Notify>, connection: lapin::ConnectionStatus, channels: [Channel; 2]) -> String {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(CHECK_EVERY) => {}
+            _ = check_now.notified() => {}
+        }
+        if !connection.connected() {
+            return "the connection closed".into();
+        }
+        for (what, channel) in ["publishing", "mandatory publishing"].into_iter().zip(&channels) {
+            if !channel.status().connected() {
+                return format!("the {what} channel closed");
+            }
+        }
+    }
+}
+
+/// A publish-only client's session: its channels, installed (unless they
+/// already are) and watched until they fail or the bus stops.
+async fn publish_only(s: &Shared, supervisor: &mut Supervisor, publishing: &Publishing, installed: bool) -> Result<(), String> {
+    if !installed {
+        s.install(publishing);
+        supervisor.up(&s.interests, &s.metrics, 0);
+    }
+    let watched = watch(s, publishing);
+    watched.ended().cancelled().await;
+    watched.outcome()
+}
+
+/// A node's session: declare its queue, bind every interest, then install
+/// the publishing channels and consume until something fails or the bus stops.
+async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, publishing: &Publishing) -> Result<(), String> {
     let e = |e: lapin::Error| e.to_string();
+    let conn = &publishing.conn;
+    let watched = watch(s, publishing);
     let channel = conn.create_channel().await.map_err(e)?;
     channel.basic_qos(s.options.amqp_prefetch, BasicQosOptions::default()).await.map_err(e)?;
     let mut args = FieldTable::default();
@@ -307,9 +456,8 @@ async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, con
     let queue_name = queue.name().clone();
     let mut consumer =
         channel.basic_consume(queue_name.clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await.map_err(e)?;
-    // Publishes go through `publisher` only once every binding is in force
+    // Publishes go through `publishing` only once every binding is in force
     // again (below): until then they fail fast, as the node is not ready.
-    let mut publisher = Some(publisher);
     let exchange = s.options.amqp_exchange.as_str();
     let mut applied: HashSet<String> = HashSet::new();
     let mut applied_version = None;
@@ -337,11 +485,11 @@ async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, con
         }
         if !connected {
             connected = true;
-            *s.publisher.lock().unwrap_or_else(|e| e.into_inner()) = publisher.take();
+            s.install(publishing);
             supervisor.up(&s.interests, &s.metrics, applied.len());
         }
         tokio::select! {
-            _ = s.stop.cancelled() => return Ok(()),
+            _ = watched.ended().cancelled() => return watched.outcome(),
             _ = s.interests.changed() => {}
             _ = tick.tick(), if pending > 0 => {
                 if let Some(tag) = unacked.take() {

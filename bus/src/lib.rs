@@ -50,6 +50,7 @@
 //! * **Outages**: adapters reconnect on their own with capped, jittered
 //!   backoff and re-apply every interest; [`Bus::is_ready`] is false
 //!   meanwhile and `publish` fails fast with [`PublishError::Unavailable`].
+//!   Publish-only clients ([`connect_publisher`]) too.
 //! * **Backpressure**: events consumed from a broker go to the node through
 //!   a bounded queue; when it is full the adapter stops reading (RabbitMQ
 //!   then stops at the prefetch limit; Redis buffers in its output buffer
@@ -197,7 +198,8 @@ pub struct BusOptions {
     pub amqp_queue_max_length: u32,
     /// Longest wait between reconnect attempts.
     pub reconnect_max_delay: Duration,
-    /// How long a publish-only client tries to connect before giving up.
+    /// How long a connection attempt (and a broker's answer to a publish)
+    /// may take; a publish-only client's first connect gives up after it.
     pub connect_timeout: Duration,
     /// Name this client gives its broker connection (RabbitMQ shows it).
     pub connection_name: String,
@@ -265,6 +267,10 @@ pub fn start(url: &str, options: &BusOptions, inbound: Inbound) -> Result<Arc<dy
 
 /// Connects a publish-only bus (for the CLI and the publisher library):
 /// fails fast when the broker cannot be reached within `connect_timeout`.
+/// Once connected it is supervised like a node's bus: when the broker goes
+/// away it turns not ready and fails publishes fast with
+/// [`PublishError::Unavailable`], and it reconnects by itself (capped,
+/// jittered backoff), so one handle can live as long as the program.
 pub async fn connect_publisher(url: &str, options: &BusOptions) -> Result<Arc<dyn Bus>, BusError> {
     match check_url(url).map_err(BusError::InvalidUrl)? {
         BusKind::Memory => Err(BusError::InvalidUrl(

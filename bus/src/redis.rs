@@ -10,23 +10,34 @@
 //!   id so each node sees each event once.
 //! * One task owns the subscriber connection: it reconnects with capped,
 //!   jittered backoff and re-subscribes the node's whole interest set.
+//! * The PUBLISH connection is watched too (a PING every [`PING_EVERY`], and
+//!   at once after a publish failed): when it breaks, the session ends and the
+//!   same task reconnects. A publish-only client ([`RedisBus::connect_publisher`])
+//!   runs that task with only the PUBLISH connection.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt as _, StreamExt as _};
 use redis::aio::MultiplexedConnection;
 use telegraphy_wamp::MatchPolicy;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::interest::{Interest, Interests};
-use crate::supervisor::Supervisor;
+use crate::supervisor::{Client, Supervisor, Watched};
 use crate::{redact, Bus, BusError, BusOptions, Delivery, Envelope, Inbound, PublishError, Ticket};
 
 /// How many recent publication ids the duplicate filter remembers. Copies
 /// of one event arrive back to back, so a small window is plenty.
 const DEDUP_WINDOW: usize = 4096;
+/// How often the PUBLISH connection is checked. A connection Redis closed
+/// fails its next command at once, so this bounds how long a bus that lost
+/// only that connection (a publish-only client, whose broker restarted)
+/// still says it is ready.
+const PING_EVERY: Duration = Duration::from_secs(1);
 
 /// The Redis bus.
 pub struct RedisBus {
@@ -40,6 +51,8 @@ struct Shared {
     interests: Interests,
     /// The connection PUBLISH goes through; `None` while disconnected.
     publisher: Mutex<Option<MultiplexedConnection>>,
+    /// Wakes the session's check of the PUBLISH connection: a publish failed.
+    check_now: Arc<Notify>,
     stop: CancellationToken,
     metrics: crate::BusMetrics,
 }
@@ -121,39 +134,49 @@ fn connect_error(url: &str, e: redis::RedisError) -> BusError {
 impl RedisBus {
     /// A node's Redis bus; connects (and reconnects) in the background.
     pub fn start(url: &str, options: &BusOptions, inbound: Inbound) -> Result<RedisBus, BusError> {
-        let shared = Arc::new(Shared {
-            client: open(url)?,
-            url: redact(url),
-            options: options.clone(),
-            interests: Interests::default(),
-            publisher: Mutex::new(None),
-            stop: CancellationToken::new(),
-            metrics: inbound.metrics.clone(),
-        });
-        tokio::spawn(run(shared.clone(), inbound));
+        let shared = Arc::new(Shared::new(open(url)?, url, options, inbound.metrics.clone()));
+        let supervisor = Supervisor::new("Redis", Client::Node, shared.url.clone(), options.reconnect_max_delay, probe(&shared.client));
+        tokio::spawn(run(shared.clone(), Some(inbound), supervisor, None));
         Ok(RedisBus { shared })
     }
 
-    /// A publish-only Redis bus, connected now.
+    /// A publish-only Redis bus, connected now: fails fast when Redis cannot
+    /// be reached within `connect_timeout`. From then on it is supervised
+    /// like a node's bus: not ready while Redis is gone, reconnected by itself.
     pub async fn connect_publisher(url: &str, options: &BusOptions) -> Result<RedisBus, BusError> {
         let client = open(url)?;
         let conn = tokio::time::timeout(options.connect_timeout, client.get_multiplexed_async_connection_with_config(&connection_config(options)))
             .await
             .map_err(|_| BusError::Connect { url: redact(url), reason: format!("no answer within {:?}", options.connect_timeout) })?
             .map_err(|e| connect_error(url, e))?;
-        let metrics = crate::BusMetrics::unregistered();
-        metrics.connected.set(1);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Shared::new(client, url, options, crate::BusMetrics::unregistered()));
+        let mut supervisor = Supervisor::new("Redis", Client::Publisher, shared.url.clone(), options.reconnect_max_delay, probe(&shared.client));
+        // Ready before this returns: the first session is this connection.
+        *shared.publisher.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+        supervisor.up(&shared.interests, &shared.metrics, 0);
+        tokio::spawn(run(shared.clone(), None, supervisor, Some(conn)));
+        Ok(RedisBus { shared })
+    }
+}
+
+impl Shared {
+    fn new(client: redis::Client, url: &str, options: &BusOptions, metrics: crate::BusMetrics) -> Shared {
+        Shared {
             client,
             url: redact(url),
             options: options.clone(),
             interests: Interests::default(),
-            publisher: Mutex::new(Some(conn)),
+            publisher: Mutex::new(None),
+            check_now: Arc::new(Notify::new()),
             stop: CancellationToken::new(),
             metrics,
-        });
-        shared.interests.set_connected(true);
-        Ok(RedisBus { shared })
+        }
+    }
+
+    /// A PUBLISH failed: counts it, and has the session check its connection now.
+    fn failed(&self, n: u64) {
+        self.metrics.publish_errors.inc_by(n);
+        self.check_now.notify_one();
     }
 }
 
@@ -171,7 +194,7 @@ impl Bus for RedisBus {
             // Redis answers how many subscriptions (channels and patterns,
             // of every node) got the event.
             let receivers = result.map_err(|e| {
-                s.metrics.publish_errors.inc();
+                s.failed(1);
                 PublishError::Unavailable(format!("Redis at {} did not take the event: {e}", s.url))
             })?;
             answer(&event, &name, receivers, delivery)
@@ -201,7 +224,7 @@ impl Bus for RedisBus {
                     .map(|(event, receivers)| answer(event, &channel(&s.options.redis_key_prefix, &event.realm, &event.topic), receivers, delivery))
                     .collect(),
                 other => {
-                    s.metrics.publish_errors.inc_by(n as u64);
+                    s.failed(n as u64);
                     let why = match other {
                         Err(e) => e.to_string(),
                         Ok(c) => format!("{} answers to {n} commands", c.len()),
@@ -235,6 +258,8 @@ impl Bus for RedisBus {
 
     fn shutdown(&self) {
         self.shared.stop.cancel();
+        // Publishes fail from now on, not once the task noticed.
+        *self.shared.publisher.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
@@ -244,29 +269,80 @@ impl Drop for RedisBus {
     }
 }
 
-/// The subscriber task: connect, reconcile, consume; on loss, back off and
-/// start over.
-async fn run(s: Arc<Shared>, inbound: Inbound) {
-    let probe = match &s.client.get_connection_info().addr {
+/// Redis's TCP address, probed by the supervisor while Redis refuses connections.
+fn probe(client: &redis::Client) -> Option<(String, u16)> {
+    match &client.get_connection_info().addr {
         redis::ConnectionAddr::Tcp(host, port) | redis::ConnectionAddr::TcpTls { host, port, .. } => Some((host.clone(), *port)),
         _ => None,
-    };
-    let mut supervisor = Supervisor::new("Redis", s.url.clone(), s.options.reconnect_max_delay, probe);
+    }
+}
+
+/// The adapter task: connect, (a node:) reconcile and consume; on loss,
+/// back off and start over. `inbound` is `None` for a publish-only client,
+/// whose first session is `installed`, the connection it was created with.
+async fn run(s: Arc<Shared>, inbound: Option<Inbound>, mut supervisor: Supervisor, mut installed: Option<MultiplexedConnection>) {
     let mut more = !s.stop.is_cancelled();
     while more {
-        let outcome = session(&s, &inbound, &mut supervisor).await;
+        let outcome = match &inbound {
+            Some(inbound) => node_session(&s, inbound, &mut supervisor).await,
+            None => publisher_session(&s, &mut supervisor, installed.take()).await,
+        };
         *s.publisher.lock().unwrap_or_else(|e| e.into_inner()) = None;
         more = supervisor.session_ended(outcome, &s.stop, &s.interests, &s.metrics).await;
     }
 }
 
-async fn session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor) -> Result<(), String> {
+/// Opens the PUBLISH connection.
+async fn connect_publishing(s: &Shared) -> Result<MultiplexedConnection, String> {
+    let timeout = s.options.connect_timeout;
+    tokio::time::timeout(timeout, s.client.get_multiplexed_async_connection_with_config(&connection_config(&s.options)))
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+        .map_err(|e| e.to_string())
+}
+
+/// Resolves, with the reason, once the PUBLISH connection stopped
+/// answering: checked every [`PING_EVERY`], and at once after a publish
+/// failed (`check_now`).
+async fn check(check_now: Arc<Notify>, mut conn: MultiplexedConnection) -> String {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PING_EVERY) => {}
+            _ = check_now.notified() => {}
+        }
+        if let Err(e) = redis::cmd("PING").query_async::<()>(&mut conn).await {
+            return format!("the publishing connection failed: {e}");
+        }
+    }
+}
+
+/// A publish-only client's session: the PUBLISH connection, installed and
+/// watched until it fails or the bus stops.
+async fn publisher_session(s: &Shared, supervisor: &mut Supervisor, installed: Option<MultiplexedConnection>) -> Result<(), String> {
+    let conn = match installed {
+        Some(conn) => conn,
+        None => {
+            let conn = connect_publishing(s).await?;
+            *s.publisher.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+            supervisor.up(&s.interests, &s.metrics, 0);
+            conn
+        }
+    };
+    let watched = Watched::spawn(&s.stop, check(s.check_now.clone(), conn));
+    watched.ended().cancelled().await;
+    watched.outcome()
+}
+
+/// A node's session: subscribe to every interest, then install the PUBLISH
+/// connection and consume until either connection fails or the bus stops.
+async fn node_session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor) -> Result<(), String> {
     let timeout = s.options.connect_timeout;
     let pubsub = tokio::time::timeout(timeout, s.client.get_async_pubsub())
         .await
         .map_err(|_| format!("no answer within {timeout:?}"))?
         .map_err(|e| e.to_string())?;
-    let conn = s.client.get_multiplexed_async_connection_with_config(&connection_config(&s.options)).await.map_err(|e| e.to_string())?;
+    let conn = connect_publishing(s).await?;
+    let watched = Watched::spawn(&s.stop, check(s.check_now.clone(), conn.clone()));
     let (mut sink, mut stream) = pubsub.split();
     // Publishes go through `conn` only once every interest is subscribed
     // again (below): until then they fail fast, as the node is not ready.
@@ -305,7 +381,7 @@ async fn session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor) -> 
             supervisor.up(&s.interests, &s.metrics, applied.len());
         }
         tokio::select! {
-            _ = s.stop.cancelled() => return Ok(()),
+            _ = watched.ended().cancelled() => return watched.outcome(),
             _ = s.interests.changed() => {}
             msg = stream.next() => {
                 let Some(msg) = msg else { return Err("the subscriber connection closed".into()) };

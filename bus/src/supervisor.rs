@@ -4,6 +4,14 @@
 //! and its session calls [`Supervisor::up`] once subscriptions or bindings
 //! are in force (and only then installs its publishing connection, so that
 //! no publish is acknowledged before the node's own interests are restored).
+//! A publish-only client ([`crate::connect_publisher`]) runs the same task
+//! with sessions that only publish: it too turns not ready when its broker
+//! goes away and reconnects by itself.
+//!
+//! A session's publishing connection is checked beside it ([`Watched`]):
+//! when that connection breaks while the rest of the session looks fine (a
+//! publish-only client has nothing else; a node's PUBLISH connection or
+//! channel can fail alone), the session ends and the next one starts.
 //!
 //! Reconnects are prompt: the first retry comes after at most 50 ms, and
 //! while the broker refuses TCP connections its port is probed every
@@ -13,6 +21,8 @@
 //! Logging: one warning when an outage starts, one line when it ends (with
 //! its duration); the failed attempts in between are debug lines.
 
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -21,10 +31,21 @@ use crate::backoff::Backoff;
 use crate::interest::Interests;
 use crate::BusMetrics;
 
+/// What an adapter task serves, for log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Client {
+    /// A gateway node's bus: it consumes and publishes.
+    Node,
+    /// A publish-only client (the CLI, the publisher library).
+    Publisher,
+}
+
 /// Connection state of one adapter task.
 pub(crate) struct Supervisor {
     /// `Redis` or `RabbitMQ`, for log lines.
     broker: &'static str,
+    /// Whose connection this is, for log lines.
+    client: Client,
     /// The broker URL without its password.
     url: String,
     backoff: Backoff,
@@ -44,8 +65,17 @@ pub(crate) const PROBE_EVERY: Duration = Duration::from_millis(100);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl Supervisor {
-    pub(crate) fn new(broker: &'static str, url: String, max_delay: Duration, probe: Option<(String, u16)>) -> Supervisor {
-        Supervisor { broker, url, backoff: Backoff::new(Duration::from_millis(50), max_delay), down_since: None, first: true, probe, attempts: 0 }
+    pub(crate) fn new(broker: &'static str, client: Client, url: String, max_delay: Duration, probe: Option<(String, u16)>) -> Supervisor {
+        Supervisor {
+            broker,
+            client,
+            url,
+            backoff: Backoff::new(Duration::from_millis(50), max_delay),
+            down_since: None,
+            first: true,
+            probe,
+            attempts: 0,
+        }
     }
 
     /// The session is connected and every interest is in force.
@@ -59,12 +89,16 @@ impl Supervisor {
             metrics.reconnects.inc();
             metrics.disconnected_seconds.inc_by(d.as_secs_f64());
         }
-        match (self.first, down_for) {
-            (true, None) => tracing::info!(bus = %self.url, "{} bus connected", self.broker),
-            (true, Some(d)) => tracing::info!(bus = %self.url, waited = ?d, attempts, "{} bus connected; this node is ready", self.broker),
-            (false, d) => tracing::info!(
+        match (self.first, down_for, self.client) {
+            (true, None, _) => tracing::info!(bus = %self.url, "{} bus connected", self.broker),
+            (true, Some(d), _) => tracing::info!(bus = %self.url, waited = ?d, attempts, "{} bus connected; this node is ready", self.broker),
+            (false, d, Client::Node) => tracing::info!(
                 bus = %self.url, interests = applied, down_for = ?d.unwrap_or_default(), attempts,
                 "{} bus reconnected; subscriptions restored, this node is ready again", self.broker
+            ),
+            (false, d, Client::Publisher) => tracing::info!(
+                bus = %self.url, down_for = ?d.unwrap_or_default(), attempts,
+                "{} bus reconnected; this publisher takes events again", self.broker
             ),
         }
         self.first = false;
@@ -130,10 +164,16 @@ impl Supervisor {
                     bus = %self.url, error,
                     "cannot connect to the {} bus yet; this node is not ready until it does (retrying in the background)", self.broker
                 );
-            } else {
+            } else if self.client == Client::Node {
                 tracing::warn!(
                     bus = %self.url, error,
                     "{} bus disconnected; this node is not ready and refuses publishes until it reconnects (retrying in the background)",
+                    self.broker
+                );
+            } else {
+                tracing::warn!(
+                    bus = %self.url, error,
+                    "{} bus disconnected; this publisher refuses events until it reconnects (retrying in the background)",
                     self.broker
                 );
             }
@@ -147,4 +187,60 @@ impl Supervisor {
 /// Whether the broker accepts a TCP connection at `addr` now.
 async fn reachable((host, port): &(String, u16)) -> bool {
     matches!(tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect((host.as_str(), *port))).await, Ok(Ok(_)))
+}
+
+/// A check of a session's publishing side, run in a task of its own beside
+/// the session, so that the session's loop pays nothing per event for it:
+/// the session waits on [`Watched::ended`] where it waited on the adapter's
+/// stop token.
+pub(crate) struct Watched {
+    /// Cancelled when the adapter stops or the check failed.
+    ended: CancellationToken,
+    /// Why the check failed.
+    failure: Arc<Mutex<Option<String>>>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Watched {
+    /// Runs `check` (resolving with a reason once the publishing side
+    /// broke) until the adapter's `stop` or the returned value is dropped.
+    pub(crate) fn spawn(stop: &CancellationToken, check: impl Future<Output = String> + Send + 'static) -> Watched {
+        let ended = stop.child_token();
+        let failure = Arc::new(Mutex::new(None));
+        let task = tokio::spawn({
+            let (ended, failure) = (ended.clone(), failure.clone());
+            async move {
+                tokio::select! {
+                    _ = ended.cancelled() => {}
+                    why = check => {
+                        *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                        ended.cancel();
+                    }
+                }
+            }
+        })
+        .abort_handle();
+        Watched { ended, failure, task }
+    }
+
+    /// Cancelled when the adapter stops or the check failed; then
+    /// [`Watched::outcome`] says which.
+    pub(crate) fn ended(&self) -> &CancellationToken {
+        &self.ended
+    }
+
+    /// The session's outcome once [`Watched::ended`] fired: `Ok` when the
+    /// adapter stopped, else why the publishing side broke.
+    pub(crate) fn outcome(&self) -> Result<(), String> {
+        match self.failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

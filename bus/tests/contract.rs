@@ -920,17 +920,6 @@ macro_rules! contract {
     };
 }
 
-// Known bug (issue 19): the RabbitMQ adapter answers overlapping
-// `Delivery::Subscribed` publishes (a batch, or concurrent publishes through
-// one node) for the wrong events. lapin hands each `basic.return` to
-// whichever pending confirm it completes first (RabbitMQ acknowledges many at
-// once), and a returned message can only be matched to its event by content.
-//
-// Known bug (issue 19): a publish-only client (`connect_publisher`) never
-// reconnects after its broker went away, and its `is_ready` stays true.
-//
-// `cargo test -p telegraphy-bus --test contract -- --ignored` shows both.
-
 contract! {
     every bus: [
         ready_means_subscribed,
@@ -941,13 +930,13 @@ contract! {
         ordering,
         interest_applied_means_routed,
         removing_an_interest_keeps_the_others,
-        publish_batch_answers_each_in_order (amqp: ignore = "known bug: overlapping Subscribed publishes get each other's answers"),
-        concurrent_subscribed_publishes_answer_each (amqp: ignore = "known bug: overlapping Subscribed publishes get each other's answers"),
+        publish_batch_answers_each_in_order,
+        concurrent_subscribed_publishes_answer_each,
         envelope_round_trip,
         backpressure_stops_reading,
     ],
     brokers: [
         outage,
-        publish_only_client_recovers (both: ignore = "known bug: a publish-only client never reconnects, and says it is ready meanwhile"),
+        publish_only_client_recovers,
     ],
 }

@@ -14,6 +14,12 @@
 //! event (Redis answered; RabbitMQ confirmed; the gateway answered 200).
 //! Errors say what to fix; match on [`Error::kind`].
 //!
+//! Keep one [`Publisher`] for the life of the program (a web app: in its
+//! state, cloned into handlers). `connect` fails at once when the broker
+//! cannot be reached; afterwards the handle reconnects by itself when the
+//! broker goes away and comes back, and meanwhile `publish` fails fast with
+//! [`ErrorKind::Unavailable`] (retry later) instead of hanging.
+//!
 //! # Layout
 //!
 //! One file: [`Publisher`] (a cloneable handle), [`Event`] (a builder) and
@@ -276,7 +282,8 @@ impl Publisher {
         answers.into_iter().map(|a| a.expect("every event answered")).collect()
     }
 
-    /// Stops background work of the bus connection.
+    /// Closes the bus connection and stops reconnecting; publishes through
+    /// this handle (and its clones) fail with [`ErrorKind::Unavailable`] afterwards.
     pub fn close(&self) {
         if let Transport::Bus(bus) = &self.transport {
             bus.shutdown();
