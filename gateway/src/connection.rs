@@ -26,7 +26,7 @@ use telegraphy_wamp::Serialization;
 use tokio::time::{sleep_until, Instant};
 
 use crate::admission::Ticket;
-use crate::hub::SessionHandle;
+use crate::broker::SessionHandle;
 use crate::metrics::Violation;
 use crate::node::{secure_random_id, Node};
 use crate::outbox::{Ended, Outbox};

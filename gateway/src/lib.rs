@@ -13,8 +13,13 @@
 //! * [`session`]: the WAMP session state machine (HELLO to GOODBYE).
 //! * [`auth`]: authentication (JWT tickets, WAMP-CRA, anonymous) and roles.
 //! * [`authz`]: permission patterns and the subscribe/publish checks.
-//! * [`hub`]: a realm's subscriptions and event fan-out (encode once per
-//!   subscription and serializer, write the same bytes to every subscriber).
+//! * [`realm`]: a realm and what it owns (its broker today; its dealer,
+//!   session registry and event store next).
+//! * [`broker`]: the broker role of a realm: subscriptions, bus interest
+//!   and event fan-out (encode once per subscription and serializer, write
+//!   the same bytes to every subscriber).
+//! * [`match_index`]: which (match policy, pattern) entries a URI matches,
+//!   for subscriptions and, next, registrations.
 //! * [`outbox`]: each session's sending side: queue limits, the
 //!   slow-consumer policy, the close signal.
 //! * [`wire`]: a connection's socket, shared by hyper, tungstenite and the
@@ -29,15 +34,17 @@
 pub mod admission;
 pub mod auth;
 pub mod authz;
+pub mod broker;
 pub mod config;
 pub mod connection;
-pub mod hub;
 pub mod listener;
+pub mod match_index;
 pub mod metrics;
 pub mod node;
 pub mod options;
 pub mod outbox;
 pub mod publish;
+pub mod realm;
 pub mod server;
 pub mod session;
 pub mod wire;

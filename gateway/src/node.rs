@@ -1,5 +1,4 @@
-//! What every connection on this node shares: configuration, the realms'
-//! hubs, the bus, metrics, readiness and the shutdown signal.
+//! What every connection on this node shares: configuration, the realms, the bus, metrics, readiness and the shutdown signal.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,8 +14,8 @@ use tokio_util::task::TaskTracker;
 use crate::admission::Admission;
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::realm::Realms;
 
 /// The state of one gateway node.
 pub struct Node {
@@ -24,8 +23,8 @@ pub struct Node {
     pub config: Config,
     /// Random id of this node, carried in envelopes for `exclude_me`.
     pub id: u64,
-    /// One hub per realm.
-    pub hubs: HashMap<String, Arc<Hub>>,
+    /// The realms this node serves.
+    pub realms: Realms,
     /// Where events go.
     pub bus: Arc<dyn Bus>,
     /// Metric handles.
@@ -64,7 +63,7 @@ impl Node {
         metrics: Arc<Metrics>,
     ) -> Arc<Node> {
         metrics.max_connections.set(config.limits.max_connections as i64);
-        let hubs = config.realms.iter().map(|realm| (realm.clone(), Arc::new(Hub::new(realm, bus.clone(), metrics.clone(), id)))).collect();
+        let realms = Realms::new(&config.realms, &bus, &metrics, id);
         Arc::new(Node {
             uri_rules: config.uri_rules.into(),
             api_keys: config.effective_api_keys(),
@@ -74,7 +73,7 @@ impl Node {
             admission: Admission::new(config.limits.max_connections, config.limits.max_unauthenticated_per_ip, metrics.clone()),
             config,
             id,
-            hubs,
+            realms,
             bus,
             metrics,
             draining: AtomicBool::new(false),
@@ -115,9 +114,9 @@ impl Node {
             }
             self.metrics.events_received.inc_by(batch.len() as u64);
             for event in &batch {
-                match self.hubs.get(&event.realm) {
-                    Some(hub) => {
-                        hub.dispatch(event);
+                match self.realms.get(&event.realm) {
+                    Some(realm) => {
+                        realm.dispatch(event);
                     }
                     None => tracing::debug!(realm = %event.realm, "event for a realm this node does not serve; dropped"),
                 }

@@ -21,6 +21,11 @@ use telegraphy_wamp::codes;
 use crate::metrics::{DropReason, Metrics};
 use crate::wire::{Sent, When, Wire};
 
+/// Fan-outs to at most this many local sessions have their frames written
+/// straight from the fan-out loop (`docs/benchmarks.md`: for large
+/// fan-outs, writes spread over per-session tasks win on a small machine).
+pub(crate) const DIRECT_WRITE_MAX: usize = 128;
+
 /// The sending side, shared by the session, the hub and the connection's task.
 pub struct Outbox {
     wire: Arc<Wire>,
@@ -75,16 +80,18 @@ impl Outbox {
         Ok(())
     }
 
-    /// Sends an EVENT frame for the fan-out: `When::Now` as [`Outbox::push`],
-    /// `When::Task` queues it for the connection's task. The caller counts
-    /// what it sent (`messages_out`, `bytes_out`), once per event rather than
-    /// per frame.
-    pub fn push_event(&self, frame: &Bytes, when: When) -> Result<(), PushError> {
+    /// Sends an EVENT frame of a fan-out to `fanout` sessions. A small
+    /// fan-out writes each frame here and now (one system call each, no
+    /// task woken); a larger one queues the frame and wakes each session's
+    /// task, so the writes run on every core and a session that fell behind
+    /// gets several events per write. The caller counts what it sent
+    /// (`messages_out`, `bytes_out`), once per event rather than per frame.
+    pub fn push_event(&self, frame: &Bytes, fanout: usize) -> Result<(), PushError> {
         if self.is_closing() {
             self.metrics.dropped(DropReason::Closing, 1);
             return Err(PushError::Closed);
         }
-        self.send(frame, when)
+        self.send(frame, if fanout <= DIRECT_WRITE_MAX { When::Now } else { When::Task })
     }
 
     fn send(&self, frame: &Bytes, when: When) -> Result<(), PushError> {
@@ -231,7 +238,7 @@ mod tests {
         assert_eq!(outbox.push(&data_frame(b"d".to_vec(), false)), Err(PushError::Closed));
         assert_eq!(metrics.slow_consumer_closes.get(), 1);
         assert_eq!(metrics.queue_drops[DropReason::QueueFull as usize].get(), 1);
-        outbox.push_event(&data_frame(b"e".to_vec(), false), When::Now).unwrap_err();
+        outbox.push_event(&data_frame(b"e".to_vec(), false), 1).unwrap_err();
         assert_eq!(metrics.queue_drops[DropReason::Closing as usize].get(), 1, "an event for a closing session is counted");
         assert!(matches!(outbox.serve_writes().await, Ended::Closing), "closing wins over the backlog");
     }

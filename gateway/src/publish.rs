@@ -79,7 +79,7 @@ async fn handle(node: &Node, body: &[u8]) -> Result<u64, PublishFailure> {
         return Err(too_large(node, Some(body.len())));
     }
     let default_realm = &node.config.realms[0];
-    let request = parse_body(body, default_realm, |r| node.hubs.contains_key(r), node.uri_rules).map_err(PublishFailure::bad)?;
+    let request = parse_body(body, default_realm, |r| node.realms.get(r).is_some(), node.uri_rules).map_err(PublishFailure::bad)?;
     let PublishRequest { realm, topic, args, kwargs, filter, require_subscriber } = request;
     let publication = random_id();
     let event = Envelope { realm, publication, topic, args, kwargs, filter, publisher: None, published_at_us: now_us() };

@@ -367,6 +367,20 @@ pub fn data_frame(payload: impl Into<Bytes>, binary: bool) -> Bytes {
     format(Frame::message(payload, opcode, true))
 }
 
+/// Encodes a WAMP message into a complete WebSocket frame (text for JSON,
+/// binary for msgpack), ready to be written to any session of that
+/// serializer.
+pub(crate) fn encode_frame<T: serde::Serialize + ?Sized>(s: telegraphy_wamp::Serialization, msg: &T) -> Option<Bytes> {
+    match s.encode(msg) {
+        // serde_json writes valid UTF-8, as a text frame must carry.
+        Ok(payload) => Some(data_frame(payload, s.is_binary())),
+        Err(e) => {
+            tracing::error!(error = %e, "could not encode a message; not sent");
+            None
+        }
+    }
+}
+
 /// A WebSocket ping frame with no payload.
 pub fn ping_frame() -> Bytes {
     format(Frame::ping(Bytes::new()))

@@ -9,7 +9,7 @@
 //! trace. Units:
 //!
 //! * `fanout-gateway`: one EVENT delivered, through the gateway's own
-//!   [`Hub::dispatch`], outboxes and wires (and the connection tasks'
+//!   [`Broker::dispatch`], outboxes and wires (and the connection tasks'
 //!   writes for large subscriptions), to N real loopback sockets;
 //! * `fanout-ceiling`: the same delivery done as cheaply as possible: the
 //!   EVENT encoded once, the same frame written to every socket;
@@ -35,7 +35,7 @@ use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use telegraphy_bus::{BusMetrics, BusOptions, Envelope, Inbound, MemoryBus};
-use telegraphy_gateway::hub::{Hub, SessionHandle};
+use telegraphy_gateway::broker::{Broker, SessionHandle};
 use telegraphy_gateway::metrics::Metrics;
 use telegraphy_gateway::outbox::Outbox;
 use telegraphy_gateway::wire::{data_frame, Wire};
@@ -249,7 +249,7 @@ async fn fanout_gateway(subscribers: usize, ser: Serialization, events: u64) -> 
     let (socks, mut helper) = sockets(subscribers).await?;
     let metrics = Arc::new(Metrics::new());
     let (bus, _rx) = memory_bus();
-    let hub = Hub::new(REALM, bus, metrics.clone(), 1);
+    let hub = Broker::new(REALM, bus, metrics.clone(), 1);
     let mut handles = Vec::with_capacity(subscribers);
     for (i, s) in socks.into_iter().enumerate() {
         let outbox = Outbox::new(Wire::tcp(s), ser.index(), 1024, 1 << 20, metrics.clone());

@@ -1,20 +1,28 @@
 //! The WAMP session state machine: what the router does with each message
 //! a client sends. It sees decoded messages and queues replies on the
 //! session's outbox; the socket belongs to [`crate::connection`].
+//!
+//! This module runs a session's life, HELLO (and authentication) to
+//! GOODBYE, and hands an established session's messages to the role they
+//! are for: [`broker`] (SUBSCRIBE, UNSUBSCRIBE, PUBLISH) today. Each role
+//! keeps its per-session state (the broker: the subscriptions held) in the
+//! established state and releases it in [`Session::cleanup`]; the dealer
+//! (REGISTER, CALL, …) will sit beside it the same way.
 
-use std::collections::HashSet;
+mod broker;
+
 use std::sync::Arc;
 
-use telegraphy_bus::{Envelope, Publisher};
 use telegraphy_wamp::codes::{close, uri as err};
-use telegraphy_wamp::{code, dict, uri, Dict, Id, MatchPolicy, Message, UriKind, Value};
+use telegraphy_wamp::{code, dict, Dict, Id, Message, Value};
 
 use crate::auth::{AuthFailure, Authenticated, CraChallenge};
-use crate::authz::{Decision, Permissions};
-use crate::hub::{encode_frame, Hub, Identity, SessionHandle};
+use crate::authz::Permissions;
+use crate::broker::{Identity, SessionHandle};
 use crate::metrics::Violation;
-use crate::node::{now_us, random_id, Node};
-use crate::options;
+use crate::node::Node;
+use crate::realm::Realm;
+use crate::wire::encode_frame;
 
 /// A token bucket: `rate` per second, `burst` at once.
 fn rate_limiter(rate: f64, burst: u32) -> Option<governor::DefaultDirectRateLimiter> {
@@ -23,9 +31,6 @@ fn rate_limiter(rate: f64, burst: u32) -> Option<governor::DefaultDirectRateLimi
     let quota = governor::Quota::with_period(period)?.allow_burst(std::num::NonZeroU32::new(burst).unwrap_or(std::num::NonZeroU32::MIN));
     Some(governor::RateLimiter::direct(quota))
 }
-
-/// Longest wait for the bus to route a new subscription before SUBSCRIBED.
-const INTEREST_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the connection should do after a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,14 +45,13 @@ enum State {
     AwaitingHello,
     /// CHALLENGE sent; waiting for AUTHENTICATE.
     Challenged {
-        realm: String,
-        hub: Arc<Hub>,
+        realm: Arc<Realm>,
         method: Challenge,
     },
     Established {
-        realm: String,
-        hub: Arc<Hub>,
-        subscriptions: HashSet<Id>,
+        realm: Arc<Realm>,
+        /// The broker role's state for this session.
+        broker: broker::BrokerState,
         rights: Rights,
     },
     Closed,
@@ -123,16 +127,8 @@ impl Session {
                 self.cleanup();
                 Flow::Close(close::NORMAL)
             }
-            (State::Established { .. }, Message::Subscribe { request, options, topic }) => {
-                self.subscribe(request, options, topic).await;
-                Flow::Continue
-            }
-            (State::Established { .. }, Message::Unsubscribe { request, subscription }) => {
-                self.unsubscribe(request, subscription);
-                Flow::Continue
-            }
-            (State::Established { .. }, Message::Publish { request, options, topic, args, kwargs }) => {
-                self.publish(request, options, topic, args, kwargs).await;
+            (State::Established { .. }, msg @ (Message::Subscribe { .. } | Message::Unsubscribe { .. } | Message::Publish { .. })) => {
+                self.broker_message(msg).await;
                 Flow::Continue
             }
             (State::Established { .. }, Message::DealerRequest { code, request }) => {
@@ -146,10 +142,10 @@ impl Session {
         }
     }
 
-    fn hello(&mut self, realm: String, details: Dict) -> Flow {
-        let Some(hub) = self.node.hubs.get(&realm).cloned() else {
+    fn hello(&mut self, name: String, details: Dict) -> Flow {
+        let Some(realm) = self.node.realms.get(&name).cloned() else {
             self.send_last(&Message::Abort {
-                details: dict! {"message" => format!("realm `{realm}` does not exist on this router")},
+                details: dict! {"message" => format!("realm `{name}` does not exist on this router")},
                 reason: err::NO_SUCH_REALM.into(),
             });
             self.state = State::Closed;
@@ -165,21 +161,21 @@ impl Session {
         let auth = &self.node.auth;
         if methods.contains(&"ticket") && auth.accepts_tickets() {
             self.send(&Message::Challenge { authmethod: "ticket".into(), extra: Dict::new() });
-            self.state = State::Challenged { realm, hub, method: Challenge::Ticket };
+            self.state = State::Challenged { realm, method: Challenge::Ticket };
             return Flow::Continue;
         }
         if methods.contains(&"wampcra") {
             let authid = details.get("authid").and_then(Value::as_str).unwrap_or_default();
             if let Some(challenge) = auth.cra_challenge(authid, self.handle.id) {
                 self.send(&Message::Challenge { authmethod: "wampcra".into(), extra: dict! {"challenge" => challenge.challenge.clone()} });
-                self.state = State::Challenged { realm, hub, method: Challenge::Cra(challenge) };
+                self.state = State::Challenged { realm, method: Challenge::Cra(challenge) };
                 return Flow::Continue;
             }
         }
         if methods.is_empty() || methods.contains(&"anonymous") {
             if let Some(result) = auth.anonymous(self.handle.id) {
                 return match result {
-                    Ok(who) => self.welcome(realm, hub, who),
+                    Ok(who) => self.welcome(realm, who),
                     Err(f) => self.refuse(f),
                 };
             }
@@ -198,15 +194,15 @@ impl Session {
     }
 
     fn authenticate(&mut self, signature: String) -> Flow {
-        let State::Challenged { realm, hub, method } = std::mem::replace(&mut self.state, State::Closed) else {
+        let State::Challenged { realm, method } = std::mem::replace(&mut self.state, State::Closed) else {
             return Flow::Close(close::PROTOCOL_ERROR);
         };
         let result = match &method {
-            Challenge::Ticket => self.node.auth.verify_ticket(&signature, &realm),
+            Challenge::Ticket => self.node.auth.verify_ticket(&signature, &realm.name),
             Challenge::Cra(c) => self.node.auth.verify_cra(c, &signature),
         };
         match result {
-            Ok(who) => self.welcome(realm, hub, who),
+            Ok(who) => self.welcome(realm, who),
             Err(f) => self.refuse(f),
         }
     }
@@ -220,13 +216,10 @@ impl Session {
         Flow::Close(close::AUTH_FAILED)
     }
 
-    fn welcome(&mut self, realm: String, hub: Arc<Hub>, who: Authenticated) -> Flow {
-        let features = |names: &[&str]| Value::Dict(names.iter().map(|n| (n.to_string(), Value::Bool(true))).collect::<Dict>());
-        let broker = features(&["pattern_based_subscription", "publisher_exclusion", "publisher_identification", "subscriber_blackwhite_listing"]);
-        let mut roles = Dict::new();
-        roles.insert("broker".into(), Value::Dict(dict! {"features" => broker}));
+    fn welcome(&mut self, realm: Arc<Realm>, who: Authenticated) -> Flow {
+        let roles = realm.welcome_roles();
         let mut welcome = dict! {
-            "realm" => realm.clone(),
+            "realm" => realm.name.clone(),
             "authid" => who.authid.clone(),
             "authrole" => who.authrole.clone(),
             "authmethod" => who.authmethod,
@@ -246,7 +239,7 @@ impl Session {
         let _ = self.handle.identity.set(Identity { authid: who.authid, authrole: who.authrole });
         let limiter = (who.role.publish_rate > 0.0).then(|| rate_limiter(who.role.publish_rate, who.role.publish_burst)).flatten();
         self.send(&Message::Welcome { session: self.handle.id, details: welcome });
-        self.state = State::Established { realm, hub, subscriptions: HashSet::new(), rights: Rights { permissions: who.permissions, limiter } };
+        self.state = State::Established { realm, broker: broker::BrokerState::default(), rights: Rights { permissions: who.permissions, limiter } };
         self.node.metrics.sessions.inc();
         self.node.metrics.sessions_total.inc();
         tracing::debug!(session = self.handle.id, serializer = self.handle.serialization.label(), "session established");
@@ -266,143 +259,6 @@ impl Session {
         });
         self.cleanup();
         Flow::Close(close::TOKEN_EXPIRED)
-    }
-
-    async fn subscribe(&mut self, request: Id, options: Dict, topic: String) {
-        let policy = match options.get("match") {
-            None | Some(Value::Null) => MatchPolicy::Exact,
-            Some(Value::Str(s)) => match MatchPolicy::parse(s) {
-                Some(p) => p,
-                None => {
-                    return self.error(
-                        code::SUBSCRIBE,
-                        request,
-                        err::INVALID_ARGUMENT,
-                        &format!("unknown match policy `{s}`; use exact, prefix or wildcard"),
-                    )
-                }
-            },
-            Some(other) => {
-                return self.error(
-                    code::SUBSCRIBE,
-                    request,
-                    err::INVALID_ARGUMENT,
-                    &format!("option `match` must be a string, got {}", other.type_name()),
-                )
-            }
-        };
-        if !uri::is_valid(&topic, self.node.uri_rules, UriKind::Pattern(policy)) {
-            return self.error(code::SUBSCRIBE, request, err::INVALID_URI, &format!("`{topic}` is not a valid topic for a {policy} subscription"));
-        }
-        let limit = self.node.config.limits.max_subscriptions_per_session;
-        let State::Established { hub, subscriptions, rights, .. } = &mut self.state else { return };
-        let check = match rights.permissions.subscribe(policy, &topic) {
-            Decision::Full => None,
-            Decision::Partial => Some(rights.permissions.clone()),
-            Decision::Denied => {
-                self.node.metrics.denied_subscribe.inc();
-                return self.error(code::SUBSCRIBE, request, err::NOT_AUTHORIZED, &format!("your role may not subscribe to `{topic}` ({policy})"));
-            }
-        };
-        if let Some(id) = hub.subscription_id(policy, &topic).filter(|id| subscriptions.contains(id)) {
-            // Already held: the spec asks for the existing id.
-            return self.send(&Message::Subscribed { request, subscription: id });
-        }
-        if subscriptions.len() >= limit {
-            return self.error(
-                code::SUBSCRIBE,
-                request,
-                err::LIMIT_EXCEEDED,
-                &format!("this session already holds {limit} subscriptions, the most allowed"),
-            );
-        }
-        let subscribed = hub.subscribe(&self.handle, policy, &topic, check);
-        subscriptions.insert(subscribed.id);
-        // Confirm once the bus routes the topic here, so that events
-        // published after SUBSCRIBED arrive (bounded: a stuck broker must
-        // not stall the session; the interest is re-applied on reconnect).
-        if tokio::time::timeout(INTEREST_WAIT, self.node.bus.interest_applied(subscribed.ticket)).await.is_err() {
-            tracing::warn!(topic = %topic, "the bus took longer than {INTEREST_WAIT:?} to route a new subscription; confirming anyway");
-        }
-        self.send(&Message::Subscribed { request, subscription: subscribed.id });
-    }
-
-    fn unsubscribe(&mut self, request: Id, subscription: Id) {
-        let State::Established { hub, subscriptions, .. } = &mut self.state else { return };
-        if subscriptions.remove(&subscription) {
-            hub.unsubscribe(self.handle.id, subscription);
-            self.send(&Message::Unsubscribed { request });
-        } else {
-            self.error(code::UNSUBSCRIBE, request, err::NO_SUCH_SUBSCRIPTION, &format!("this session holds no subscription {subscription}"));
-        }
-    }
-
-    async fn publish(&mut self, request: Id, options: Dict, topic: String, args: Vec<Value>, kwargs: Dict) {
-        let opts = match options::parse(&options) {
-            Ok(o) => o,
-            Err(message) => {
-                // Without a readable `acknowledge` the client gets the error
-                // anyway: silently dropping a malformed publish helps nobody.
-                return self.error(code::PUBLISH, request, err::INVALID_ARGUMENT, &message);
-            }
-        };
-        let reject = |this: &mut Self, error: &str, message: &str| {
-            if opts.acknowledge {
-                this.error(code::PUBLISH, request, error, message);
-            }
-        };
-        if !uri::is_valid(&topic, self.node.uri_rules, UriKind::Concrete) {
-            return reject(self, err::INVALID_URI, &format!("`{topic}` is not a valid topic URI"));
-        }
-        if topic.starts_with("wamp.") {
-            return reject(self, err::NOT_AUTHORIZED, "topics under `wamp.` are reserved for the router");
-        }
-        let State::Established { rights, .. } = &self.state else { return };
-        if !rights.permissions.may_publish(&topic) {
-            self.node.metrics.denied_publish.inc();
-            return reject(self, err::NOT_AUTHORIZED, &format!("your role may not publish to `{topic}`"));
-        }
-        if !opts.filter.is_open() && !rights.permissions.publish_options {
-            self.node.metrics.denied_publish.inc();
-            return reject(self, err::NOT_AUTHORIZED, "your role may not use the exclude/eligible publish options");
-        }
-        if rights.limiter.as_ref().is_some_and(|l| l.check().is_err()) {
-            self.node.metrics.rate_limited.inc();
-            return reject(self, err::RATE_LIMITED, "you publish faster than your role allows (roles.NAME.publish_rate); slow down");
-        }
-        let identity = self.handle.identity.get().cloned().unwrap_or(Identity { authid: String::new(), authrole: String::new() });
-        let State::Established { realm, .. } = &self.state else { return };
-        let realm = realm.clone();
-        let publication = random_id();
-        let envelope = Envelope {
-            realm,
-            publication,
-            topic,
-            args,
-            kwargs,
-            filter: opts.filter.clone(),
-            publisher: Some(Publisher {
-                node: self.node.id,
-                session: self.handle.id,
-                authid: identity.authid,
-                authrole: identity.authrole,
-                exclude_me: opts.exclude_me,
-                disclose_me: opts.disclose_me,
-            }),
-            published_at_us: now_us(),
-        };
-        match self.node.bus.publish(envelope, telegraphy_bus::Delivery::Accepted).await {
-            Ok(()) => {
-                self.node.metrics.published_wamp.inc();
-                if opts.acknowledge {
-                    self.send(&Message::Published { request, publication });
-                }
-            }
-            Err(e @ telegraphy_bus::PublishError::Unavailable(_)) => reject(self, err::BUS_UNAVAILABLE, &e.to_string()),
-            Err(e @ (telegraphy_bus::PublishError::Rejected(_) | telegraphy_bus::PublishError::NoSubscriber(_))) => {
-                reject(self, err::INVALID_ARGUMENT, &e.to_string())
-            }
-        }
     }
 
     /// Sends ABORT for a protocol violation and asks to close.
@@ -440,8 +296,8 @@ impl Session {
 
     /// Leaves every subscription; idempotent. Called on every way out.
     pub fn cleanup(&mut self) {
-        if let State::Established { hub, subscriptions, .. } = std::mem::replace(&mut self.state, State::Closed) {
-            hub.remove_session(self.handle.id, subscriptions);
+        if let State::Established { realm, broker, .. } = std::mem::replace(&mut self.state, State::Closed) {
+            broker.leave(&realm.broker, self.handle.id);
             self.node.metrics.sessions.dec();
         }
     }

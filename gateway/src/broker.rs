@@ -1,0 +1,526 @@
+//! The broker role of one realm on this node: its subscriptions and the
+//! fan-out of events to them.
+//!
+//! Subscriptions are shared per (match policy, URI): every session that
+//! subscribes to the same pair gets the same subscription id, so an event is
+//! encoded once per (subscription, serializer) and the very same bytes are
+//! sent to every subscriber.
+//!
+//! Subscription ids are a keyed hash of (match policy, URI) under a random
+//! per-node key: the same pair always gets the same id on this node, whether
+//! or not another session holds it, so an id tells a session nothing about
+//! other sessions' subscriptions (sequential ids did).
+//!
+//! Locking: the realm-wide index (a [`MatchIndex`] of subscriptions) is
+//! held only to find or change subscriptions, never while frames are
+//! written; each subscription has its own lock over its subscriber set,
+//! which the fan-out holds while it writes to that subscription's sessions.
+//! A SUBSCRIBE to one topic so waits at most for a fan-out on that same
+//! topic, never for the rest of the realm. Lock order: index, then
+//! subscription.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use telegraphy_bus::{Bus, Envelope, Ticket};
+use telegraphy_wamp::{Dict, EventRef, Id, MatchPolicy, Serialization, Value};
+
+use crate::authz::Permissions;
+use crate::match_index::MatchIndex;
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+use crate::wire::encode_frame;
+
+/// What the broker knows of a session: enough to route and filter events.
+pub struct SessionHandle {
+    /// The WAMP session id.
+    pub id: Id,
+    /// The session's serializer, to pick the right encoded bytes.
+    pub serialization: Serialization,
+    /// Who the session is; set once, at WELCOME.
+    pub identity: OnceLock<Identity>,
+    /// Where its frames go.
+    pub outbox: Outbox,
+}
+
+/// A session's authenticated identity.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// `authid`.
+    pub authid: String,
+    /// `authrole`.
+    pub authrole: String,
+}
+
+/// One subscription: (policy, URI), its id, and the local sessions on it.
+struct Subscription {
+    id: Id,
+    policy: MatchPolicy,
+    uri: Arc<str>,
+    /// Resolves (through the bus) once the broker routes this topic here.
+    ticket: Ticket,
+    subscribers: RwLock<Subscribers>,
+}
+
+#[derive(Default)]
+struct Subscribers {
+    by_session: HashMap<Id, Subscriber>,
+    /// Set once the subscription has left the index (its last subscriber
+    /// left): a SUBSCRIBE that found it just before must look again.
+    retired: bool,
+}
+
+struct Subscriber {
+    session: Arc<SessionHandle>,
+    /// Set when the session may see only some topics this subscription
+    /// matches: each event is checked against it before it is sent.
+    check: Option<Arc<Permissions>>,
+}
+
+#[derive(Default)]
+struct Index {
+    by_pattern: MatchIndex<Arc<Subscription>>,
+    ids: HashMap<Id, Arc<Subscription>>,
+}
+
+/// Result of [`Broker::subscribe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscribed {
+    /// The (shared) subscription id.
+    pub id: Id,
+    /// False when the session already held this subscription.
+    pub new_for_session: bool,
+    /// Await `Bus::interest_applied(ticket)` before confirming: then events
+    /// published from now on reach the session.
+    pub ticket: Ticket,
+}
+
+/// The broker role of one realm: subscriptions and fan-out.
+pub struct Broker {
+    /// The realm (bus interests are per realm).
+    realm: String,
+    index: RwLock<Index>,
+    bus: Arc<dyn Bus>,
+    metrics: Arc<Metrics>,
+    /// This node's id, to recognise its own sessions in `exclude_me`.
+    node_id: u64,
+    /// Key of the subscription-id hash (random per broker).
+    id_key: [u8; 32],
+}
+
+impl Broker {
+    /// A broker with no subscriptions.
+    pub fn new(realm: &str, bus: Arc<dyn Bus>, metrics: Arc<Metrics>, node_id: u64) -> Broker {
+        Broker { realm: realm.to_string(), index: RwLock::new(Index::default()), bus, metrics, node_id, id_key: crate::node::secure_random_bytes() }
+    }
+
+    /// The id for (policy, uri): a keyed hash, moved on past ids taken by
+    /// other pairs (a collision in 2^53 ids).
+    fn id_for(&self, index: &Index, policy: MatchPolicy, uri: &str) -> Id {
+        use hmac::Mac as _;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.id_key).expect("HMAC takes any key length");
+        mac.update(policy.as_str().as_bytes());
+        mac.update(&[0]);
+        mac.update(uri.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let mut id = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")) % telegraphy_wamp::MAX_ID + 1;
+        while index.ids.contains_key(&id) {
+            id = id % telegraphy_wamp::MAX_ID + 1;
+        }
+        id
+    }
+
+    /// Adds `session` to the subscription for (policy, uri), creating it if needed.
+    pub fn subscribe(&self, session: &Arc<SessionHandle>, policy: MatchPolicy, uri: &str, check: Option<Arc<Permissions>>) -> Subscribed {
+        loop {
+            let existing = self.index.read().unwrap_or_else(|e| e.into_inner()).by_pattern.get(policy, uri).cloned();
+            let sub = match existing {
+                Some(sub) => sub,
+                None => {
+                    let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+                    match index.by_pattern.get(policy, uri) {
+                        Some(sub) => sub.clone(),
+                        None => {
+                            let id = self.id_for(&index, policy, uri);
+                            let ticket = self.bus.add_interest(&self.realm, policy, uri);
+                            let uri: Arc<str> = Arc::from(uri);
+                            let sub = Arc::new(Subscription { id, policy, uri: uri.clone(), ticket, subscribers: RwLock::default() });
+                            index.by_pattern.insert(policy, uri, sub.clone());
+                            index.ids.insert(id, sub.clone());
+                            self.metrics.topics.inc();
+                            sub
+                        }
+                    }
+                }
+            };
+            let mut subscribers = sub.subscribers.write().unwrap_or_else(|e| e.into_inner());
+            if subscribers.retired {
+                // Its last subscriber left between the lookup and now.
+                continue;
+            }
+            let new_for_session = subscribers.by_session.insert(session.id, Subscriber { session: session.clone(), check }).is_none();
+            if new_for_session {
+                self.metrics.subscriptions.inc();
+            }
+            return Subscribed { id: sub.id, new_for_session, ticket: sub.ticket };
+        }
+    }
+
+    /// The id of the subscription for (policy, uri), if it exists.
+    pub fn subscription_id(&self, policy: MatchPolicy, uri: &str) -> Option<Id> {
+        self.index.read().unwrap_or_else(|e| e.into_inner()).by_pattern.get(policy, uri).map(|s| s.id)
+    }
+
+    /// Removes `session` from subscription `id`; false if it was not in it.
+    pub fn unsubscribe(&self, session: Id, id: Id) -> bool {
+        let Some(sub) = self.index.read().unwrap_or_else(|e| e.into_inner()).ids.get(&id).cloned() else { return false };
+        let now_empty = {
+            let mut subscribers = sub.subscribers.write().unwrap_or_else(|e| e.into_inner());
+            if subscribers.by_session.remove(&session).is_none() {
+                return false;
+            }
+            subscribers.by_session.is_empty()
+        };
+        self.metrics.subscriptions.dec();
+        if now_empty {
+            self.retire_if_empty(&sub);
+        }
+        true
+    }
+
+    /// Takes an empty subscription out of the index (and the bus interest
+    /// with it), unless a session joined it meanwhile.
+    fn retire_if_empty(&self, sub: &Arc<Subscription>) {
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        let mut subscribers = sub.subscribers.write().unwrap_or_else(|e| e.into_inner());
+        if subscribers.retired || !subscribers.by_session.is_empty() {
+            return;
+        }
+        subscribers.retired = true;
+        index.by_pattern.remove(sub.policy, &sub.uri);
+        index.ids.remove(&sub.id);
+        self.metrics.topics.dec();
+        self.bus.remove_interest(&self.realm, sub.policy, &sub.uri);
+    }
+
+    /// Removes a closing session from all of its subscriptions.
+    pub fn remove_session(&self, session: Id, subscriptions: impl IntoIterator<Item = Id>) {
+        for id in subscriptions {
+            self.unsubscribe(session, id);
+        }
+    }
+
+    /// Sends `event` to every local session it is for. Returns how many
+    /// EVENT messages were sent.
+    pub fn dispatch(&self, event: &Envelope) -> usize {
+        let started = Instant::now();
+        let topic = event.topic.as_str();
+        let mut matched: Vec<Arc<Subscription>> = Vec::new();
+        self.index.read().unwrap_or_else(|e| e.into_inner()).by_pattern.for_each_match(topic, |_, sub| matched.push(sub.clone()));
+        let mut delivered = 0;
+        let publisher = event.publisher.as_ref();
+        let excluded_self = publisher.filter(|p| p.exclude_me && p.node == self.node_id).map(|p| p.session);
+        let open = event.filter.is_open();
+        for sub in matched {
+            let mut details = Dict::new();
+            if sub.policy != MatchPolicy::Exact {
+                details.insert("topic".into(), Value::Str(event.topic.clone()));
+            }
+            if let Some(p) = publisher.filter(|p| p.disclose_me) {
+                details.insert("publisher".into(), Value::UInt(p.session));
+                details.insert("publisher_authid".into(), Value::Str(p.authid.clone()));
+                details.insert("publisher_authrole".into(), Value::Str(p.authrole.clone()));
+            }
+            let eref = EventRef { subscription: sub.id, publication: event.publication, details: &details, args: &event.args, kwargs: &event.kwargs };
+            let mut frames: [Option<Bytes>; 2] = [None, None];
+            let mut sent = [0u64; 2];
+            let subscribers = sub.subscribers.read().unwrap_or_else(|e| e.into_inner());
+            let fanout = subscribers.by_session.len();
+            'subscribers: for (sid, subscriber) in &subscribers.by_session {
+                if excluded_self == Some(*sid) {
+                    continue;
+                }
+                if subscriber.check.as_ref().is_some_and(|p| !p.may_receive(topic)) {
+                    continue;
+                }
+                let session = &subscriber.session;
+                if !open {
+                    let Some(who) = session.identity.get() else { continue };
+                    if !event.filter.admits(*sid, &who.authid, &who.authrole) {
+                        continue;
+                    }
+                }
+                let s = session.serialization;
+                let frame = match &mut frames[s.index()] {
+                    Some(f) => &*f,
+                    slot => match encode_frame(s, &eref) {
+                        Some(f) => &*slot.insert(f),
+                        // Logged by encode_frame; nobody on this subscription can get it.
+                        None => break 'subscribers,
+                    },
+                };
+                let ok = session.outbox.push_event(frame, fanout).is_ok();
+                sent[s.index()] += u64::from(ok);
+            }
+            drop(subscribers);
+            for (si, n) in sent.into_iter().enumerate() {
+                if let (Some(frame), true) = (&frames[si], n > 0) {
+                    self.metrics.messages_out[si].inc_by(n);
+                    self.metrics.bytes_out[si].inc_by(n * frame.len() as u64);
+                    delivered += n as usize;
+                }
+            }
+        }
+        self.metrics.events_delivered.inc_by(delivered as u64);
+        self.metrics.fanout_duration.observe(started.elapsed().as_secs_f64());
+        delivered
+    }
+
+    /// Number of subscriptions.
+    #[cfg(test)]
+    fn subscription_count(&self) -> usize {
+        self.index.read().unwrap_or_else(|e| e.into_inner()).by_pattern.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    use futures_util::future::BoxFuture;
+    use telegraphy_bus::{Delivery, Filter, PublishError, Publisher};
+    use telegraphy_wamp::{Message, Serialization};
+    use tokio::io::AsyncReadExt as _;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::authz::PatternSet;
+    use crate::wire::Wire;
+
+    /// A bus that only records the interests it is given (this module's
+    /// promise to the bus: an interest exactly while a subscription exists).
+    #[derive(Default)]
+    struct Interests(Mutex<HashSet<(MatchPolicy, String)>>);
+
+    impl Bus for Interests {
+        fn publish(&self, _: Envelope, _: Delivery) -> BoxFuture<'_, Result<(), PublishError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn add_interest(&self, realm: &str, policy: MatchPolicy, pattern: &str) -> Ticket {
+            assert_eq!(realm, "realm1");
+            assert!(self.0.lock().unwrap().insert((policy, pattern.to_string())), "interest added twice: {policy} {pattern}");
+            0
+        }
+        fn remove_interest(&self, _: &str, policy: MatchPolicy, pattern: &str) {
+            assert!(self.0.lock().unwrap().remove(&(policy, pattern.to_string())), "interest removed without being added: {policy} {pattern}");
+        }
+        fn interest_applied(&self, _: Ticket) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+        fn is_ready(&self) -> bool {
+            true
+        }
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+        fn shutdown(&self) {}
+    }
+
+    struct Fixture {
+        broker: Broker,
+        bus: Arc<Interests>,
+        listener: TcpListener,
+    }
+
+    impl Fixture {
+        async fn new() -> Fixture {
+            let bus = Arc::new(Interests::default());
+            let broker = Broker::new("realm1", bus.clone(), Arc::new(Metrics::new()), 7);
+            Fixture { broker, bus, listener: TcpListener::bind("127.0.0.1:0").await.unwrap() }
+        }
+
+        /// A session over a real loopback socket, and the client's end.
+        async fn session(&self, id: Id, ser: Serialization, who: (&str, &str)) -> (Arc<SessionHandle>, TcpStream) {
+            let client = TcpStream::connect(self.listener.local_addr().unwrap()).await.unwrap();
+            let (server, _) = self.listener.accept().await.unwrap();
+            let outbox = Outbox::new(Wire::tcp(server), ser.index(), 64, 1 << 20, Arc::new(Metrics::new()));
+            let identity = OnceLock::new();
+            identity.set(Identity { authid: who.0.into(), authrole: who.1.into() }).unwrap();
+            (Arc::new(SessionHandle { id, serialization: ser, identity, outbox }), client)
+        }
+
+        fn interests(&self) -> HashSet<(MatchPolicy, String)> {
+            self.bus.0.lock().unwrap().clone()
+        }
+    }
+
+    fn event(topic: &str) -> Envelope {
+        Envelope {
+            realm: "realm1".into(),
+            publication: 99,
+            topic: topic.into(),
+            args: vec![Value::UInt(1)],
+            kwargs: Dict::new(),
+            filter: Filter::default(),
+            publisher: None,
+            published_at_us: 0,
+        }
+    }
+
+    /// Reads one WebSocket frame the gateway wrote (unmasked, short) and decodes it.
+    async fn read_message(client: &mut TcpStream, ser: Serialization) -> Message {
+        let mut head = [0u8; 2];
+        client.read_exact(&mut head).await.unwrap();
+        let mut len = usize::from(head[1] & 0x7f);
+        if len == 126 {
+            let mut ext = [0u8; 2];
+            client.read_exact(&mut ext).await.unwrap();
+            len = usize::from(u16::from_be_bytes(ext));
+        }
+        let mut payload = vec![0u8; len];
+        client.read_exact(&mut payload).await.unwrap();
+        ser.decode(&payload).unwrap()
+    }
+
+    #[tokio::test]
+    async fn sessions_share_a_subscription_and_its_interest() {
+        let f = Fixture::new().await;
+        let (a, _ca) = f.session(1, Serialization::Json, ("alice", "user")).await;
+        let (b, _cb) = f.session(2, Serialization::Msgpack, ("bob", "user")).await;
+        let first = f.broker.subscribe(&a, MatchPolicy::Exact, "t.x", None);
+        let again = f.broker.subscribe(&a, MatchPolicy::Exact, "t.x", None);
+        let other = f.broker.subscribe(&b, MatchPolicy::Exact, "t.x", None);
+        assert!(first.new_for_session && !again.new_for_session && other.new_for_session);
+        assert_eq!((first.id, again.id), (other.id, other.id));
+        let prefix = f.broker.subscribe(&b, MatchPolicy::Prefix, "t.x", None);
+        assert_ne!(prefix.id, first.id, "another policy is another subscription");
+        assert_eq!(f.broker.subscription_count(), 2);
+        assert_eq!(f.interests(), HashSet::from([(MatchPolicy::Exact, "t.x".into()), (MatchPolicy::Prefix, "t.x".into())]));
+        assert_eq!(f.broker.subscription_id(MatchPolicy::Exact, "t.x"), Some(first.id));
+    }
+
+    #[tokio::test]
+    async fn the_last_subscriber_leaving_ends_the_subscription_and_its_interest() {
+        let f = Fixture::new().await;
+        let (a, _ca) = f.session(1, Serialization::Json, ("alice", "user")).await;
+        let (b, _cb) = f.session(2, Serialization::Json, ("bob", "user")).await;
+        let s = f.broker.subscribe(&a, MatchPolicy::Wildcard, "t..z", None);
+        f.broker.subscribe(&b, MatchPolicy::Wildcard, "t..z", None);
+        assert!(f.broker.unsubscribe(1, s.id));
+        assert!(!f.broker.unsubscribe(1, s.id), "already left");
+        assert_eq!(f.broker.subscription_count(), 1);
+        f.broker.remove_session(2, [s.id]);
+        assert_eq!(f.broker.subscription_count(), 0);
+        assert!(f.interests().is_empty());
+        assert_eq!(f.broker.dispatch(&event("t.y.z")), 0);
+        // Subscribing again brings back the same id (keyed hash) and the interest.
+        assert_eq!(f.broker.subscribe(&a, MatchPolicy::Wildcard, "t..z", None).id, s.id);
+        assert_eq!(f.interests().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_event_reaches_every_matching_subscription_once_per_session() {
+        let f = Fixture::new().await;
+        let (a, mut ca) = f.session(1, Serialization::Json, ("alice", "user")).await;
+        let (b, mut cb) = f.session(2, Serialization::Msgpack, ("bob", "user")).await;
+        let exact = f.broker.subscribe(&a, MatchPolicy::Exact, "shop.order.7", None).id;
+        let prefix = f.broker.subscribe(&b, MatchPolicy::Prefix, "shop.order", None).id;
+        f.broker.subscribe(&b, MatchPolicy::Exact, "shop.other", None);
+        assert_eq!(f.broker.dispatch(&event("shop.order.7")), 2);
+        match read_message(&mut ca, Serialization::Json).await {
+            Message::Event { subscription, publication, details, args, .. } => {
+                assert_eq!((subscription, publication), (exact, 99));
+                assert!(!details.contains_key("topic"), "an exact subscription does not repeat the topic");
+                assert_eq!(args, vec![Value::UInt(1)]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match read_message(&mut cb, Serialization::Msgpack).await {
+            Message::Event { subscription, details, .. } => {
+                assert_eq!(subscription, prefix);
+                assert_eq!(details.get("topic"), Some(&Value::Str("shop.order.7".into())), "a pattern subscription names the topic");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(f.broker.dispatch(&event("shop.nothing")), 0);
+    }
+
+    #[tokio::test]
+    async fn filters_exclusion_and_partial_rights_are_applied_per_session() {
+        let f = Fixture::new().await;
+        let (a, _ca) = f.session(1, Serialization::Json, ("alice", "user")).await;
+        let (b, _cb) = f.session(2, Serialization::Json, ("bob", "staff")).await;
+        let (c, _cc) = f.session(3, Serialization::Json, ("carol", "user")).await;
+        f.broker.subscribe(&a, MatchPolicy::Prefix, "news", None);
+        f.broker.subscribe(&b, MatchPolicy::Prefix, "news", None);
+        // Carol may read news.public only: the prefix subscription is checked per event.
+        let partial = Permissions::new(PatternSet::parse(&["news.public.*"]).unwrap(), PatternSet::parse::<&str>(&[]).unwrap(), None, None, false);
+        f.broker.subscribe(&c, MatchPolicy::Prefix, "news", Some(Arc::new(partial)));
+        assert_eq!(f.broker.dispatch(&event("news.public.1")), 3);
+        assert_eq!(f.broker.dispatch(&event("news.secret.1")), 2);
+        let mut e = event("news.public.2");
+        e.filter.eligible_authrole = Some(vec!["staff".into()]);
+        assert_eq!(f.broker.dispatch(&e), 1);
+        let mut e = event("news.public.3");
+        e.filter.exclude_authid = vec!["alice".into()];
+        e.filter.exclude = vec![2];
+        assert_eq!(f.broker.dispatch(&e), 1);
+        // exclude_me applies to the publisher's own session on this node only.
+        let mut e = event("news.public.4");
+        e.publisher = Some(Publisher { node: 7, session: 1, authid: "alice".into(), authrole: "user".into(), exclude_me: true, disclose_me: false });
+        assert_eq!(f.broker.dispatch(&e), 2);
+        e.publisher.as_mut().unwrap().node = 8;
+        assert_eq!(f.broker.dispatch(&e), 3);
+    }
+
+    /// Sessions joining and leaving one topic from several threads while
+    /// events are dispatched: no subscriber is lost to a subscription that
+    /// was being retired, and the bus interest ends exactly when the last
+    /// subscriber leaves.
+    #[test]
+    fn concurrent_joins_and_leaves_keep_the_registry_consistent() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let f = Arc::new(rt.block_on(Fixture::new()));
+        let mut sessions = Vec::new();
+        for i in 0..4u64 {
+            sessions.push(rt.block_on(f.session(i + 1, Serialization::Json, ("u", "user"))));
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let dispatcher = {
+            let (f, stop) = (f.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    f.broker.dispatch(&event("race.topic"));
+                }
+            })
+        };
+        let workers: Vec<_> = sessions
+            .iter()
+            .map(|(handle, _)| {
+                let (f, handle) = (f.clone(), handle.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..2000 {
+                        let s = f.broker.subscribe(&handle, MatchPolicy::Exact, "race.topic", None);
+                        assert!(f.broker.unsubscribe(handle.id, s.id), "a session's own subscription was lost");
+                    }
+                    f.broker.subscribe(&handle, MatchPolicy::Exact, "race.topic", None)
+                })
+            })
+            .collect();
+        let ids: HashSet<Id> = workers.into_iter().map(|w| w.join().unwrap().id).collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        dispatcher.join().unwrap();
+        assert_eq!(ids.len(), 1, "every session ends on the one subscription");
+        assert_eq!(f.broker.subscription_count(), 1);
+        assert_eq!(f.interests().len(), 1);
+        let id = *ids.iter().next().unwrap();
+        for i in 1..=4 {
+            assert!(f.broker.unsubscribe(i, id));
+        }
+        assert_eq!(f.broker.subscription_count(), 0);
+        assert!(f.interests().is_empty());
+    }
+}

@@ -1,0 +1,62 @@
+//! A realm on this node and what it owns: today the broker role (its
+//! subscriptions and fan-out). The dealer's registrations, the realm's
+//! session registry and its event store sit beside the broker here as they
+//! land; a session reaches them all through its [`Realm`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use telegraphy_bus::{Bus, Envelope};
+use telegraphy_wamp::{Dict, Value};
+
+use crate::broker::Broker;
+use crate::metrics::Metrics;
+
+/// One realm: its name and its roles.
+pub struct Realm {
+    /// The realm's URI.
+    pub name: String,
+    /// Publish/subscribe.
+    pub broker: Broker,
+}
+
+/// The WAMP features this router's broker announces in WELCOME.
+const BROKER_FEATURES: &[&str] = &["pattern_based_subscription", "publisher_exclusion", "publisher_identification", "subscriber_blackwhite_listing"];
+
+impl Realm {
+    /// A realm with empty registries.
+    pub fn new(name: &str, bus: Arc<dyn Bus>, metrics: Arc<Metrics>, node_id: u64) -> Realm {
+        Realm { name: name.to_string(), broker: Broker::new(name, bus, metrics, node_id) }
+    }
+
+    /// `WELCOME.Details.roles`: each role this realm serves, with its features.
+    pub fn welcome_roles(&self) -> Dict {
+        let features = |names: &[&str]| Value::Dict(names.iter().map(|n| (n.to_string(), Value::Bool(true))).collect::<Dict>());
+        let mut roles = Dict::new();
+        let mut broker = Dict::new();
+        broker.insert("features".into(), features(BROKER_FEATURES));
+        roles.insert("broker".into(), Value::Dict(broker));
+        roles
+    }
+
+    /// Hands an event from the bus to the realm's subscribers; returns the
+    /// number of EVENT messages sent.
+    pub fn dispatch(&self, event: &Envelope) -> usize {
+        self.broker.dispatch(event)
+    }
+}
+
+/// Every realm this node serves, by name (fixed at startup).
+pub struct Realms(HashMap<String, Arc<Realm>>);
+
+impl Realms {
+    /// The realms of the configuration.
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a String>, bus: &Arc<dyn Bus>, metrics: &Arc<Metrics>, node_id: u64) -> Realms {
+        Realms(names.into_iter().map(|n| (n.clone(), Arc::new(Realm::new(n, bus.clone(), metrics.clone(), node_id)))).collect())
+    }
+
+    /// The realm called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<Realm>> {
+        self.0.get(name)
+    }
+}
