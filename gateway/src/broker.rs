@@ -30,7 +30,7 @@ use telegraphy_wamp::{Dict, EventRef, Id, MatchPolicy, Serialization, Value};
 use crate::authz::Permissions;
 use crate::match_index::MatchIndex;
 use crate::metrics::Metrics;
-use crate::outbox::Outbox;
+use crate::outbox::{Flush, Outbox};
 use crate::wire::encode_frame;
 
 /// What the broker knows of a session: enough to route and filter events.
@@ -213,8 +213,9 @@ impl Broker {
     }
 
     /// Sends `event` to every local session it is for. Returns how many
-    /// EVENT messages were sent.
-    pub fn dispatch(&self, event: &Envelope) -> usize {
+    /// EVENT messages were sent. Frames for small fan-outs wait in `flush`
+    /// until the caller's batch of events is done.
+    pub fn dispatch(&self, event: &Envelope, flush: &mut Flush) -> usize {
         let started = Instant::now();
         let topic = event.topic.as_str();
         let mut matched: Vec<Arc<Subscription>> = Vec::new();
@@ -261,7 +262,7 @@ impl Broker {
                         None => break 'subscribers,
                     },
                 };
-                let ok = session.outbox.push_event(frame, fanout).is_ok();
+                let ok = session.outbox.push_event(frame, fanout, flush).is_ok();
                 sent[s.index()] += u64::from(ok);
             }
             drop(subscribers);
@@ -357,6 +358,11 @@ mod tests {
         }
     }
 
+    /// One event as its own batch: dispatched, then flushed.
+    fn dispatch(broker: &Broker, event: &Envelope) -> usize {
+        broker.dispatch(event, &mut Flush::default())
+    }
+
     fn event(topic: &str) -> Envelope {
         Envelope {
             realm: "realm1".into(),
@@ -415,7 +421,7 @@ mod tests {
         f.broker.remove_session(2, [s.id]);
         assert_eq!(f.broker.subscription_count(), 0);
         assert!(f.interests().is_empty());
-        assert_eq!(f.broker.dispatch(&event("t.y.z")), 0);
+        assert_eq!(dispatch(&f.broker, &event("t.y.z")), 0);
         // Subscribing again brings back the same id (keyed hash) and the interest.
         assert_eq!(f.broker.subscribe(&a, MatchPolicy::Wildcard, "t..z", None).id, s.id);
         assert_eq!(f.interests().len(), 1);
@@ -429,7 +435,7 @@ mod tests {
         let exact = f.broker.subscribe(&a, MatchPolicy::Exact, "shop.order.7", None).id;
         let prefix = f.broker.subscribe(&b, MatchPolicy::Prefix, "shop.order", None).id;
         f.broker.subscribe(&b, MatchPolicy::Exact, "shop.other", None);
-        assert_eq!(f.broker.dispatch(&event("shop.order.7")), 2);
+        assert_eq!(dispatch(&f.broker, &event("shop.order.7")), 2);
         match read_message(&mut ca, Serialization::Json).await {
             Message::Event { subscription, publication, details, args, .. } => {
                 assert_eq!((subscription, publication), (exact, 99));
@@ -445,7 +451,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(f.broker.dispatch(&event("shop.nothing")), 0);
+        assert_eq!(dispatch(&f.broker, &event("shop.nothing")), 0);
     }
 
     #[tokio::test]
@@ -459,21 +465,21 @@ mod tests {
         // Carol may read news.public only: the prefix subscription is checked per event.
         let partial = Permissions::new(PatternSet::parse(&["news.public.*"]).unwrap(), PatternSet::parse::<&str>(&[]).unwrap(), None, None, false);
         f.broker.subscribe(&c, MatchPolicy::Prefix, "news", Some(Arc::new(partial)));
-        assert_eq!(f.broker.dispatch(&event("news.public.1")), 3);
-        assert_eq!(f.broker.dispatch(&event("news.secret.1")), 2);
+        assert_eq!(dispatch(&f.broker, &event("news.public.1")), 3);
+        assert_eq!(dispatch(&f.broker, &event("news.secret.1")), 2);
         let mut e = event("news.public.2");
         e.filter.eligible_authrole = Some(vec!["staff".into()]);
-        assert_eq!(f.broker.dispatch(&e), 1);
+        assert_eq!(dispatch(&f.broker, &e), 1);
         let mut e = event("news.public.3");
         e.filter.exclude_authid = vec!["alice".into()];
         e.filter.exclude = vec![2];
-        assert_eq!(f.broker.dispatch(&e), 1);
+        assert_eq!(dispatch(&f.broker, &e), 1);
         // exclude_me applies to the publisher's own session on this node only.
         let mut e = event("news.public.4");
         e.publisher = Some(Publisher { node: 7, session: 1, authid: "alice".into(), authrole: "user".into(), exclude_me: true, disclose_me: false });
-        assert_eq!(f.broker.dispatch(&e), 2);
+        assert_eq!(dispatch(&f.broker, &e), 2);
         e.publisher.as_mut().unwrap().node = 8;
-        assert_eq!(f.broker.dispatch(&e), 3);
+        assert_eq!(dispatch(&f.broker, &e), 3);
     }
 
     /// Sessions joining and leaving one topic from several threads while
@@ -493,7 +499,7 @@ mod tests {
             let (f, stop) = (f.clone(), stop.clone());
             std::thread::spawn(move || {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    f.broker.dispatch(&event("race.topic"));
+                    dispatch(&f.broker, &event("race.topic"));
                 }
             })
         };

@@ -15,6 +15,7 @@ use crate::admission::Admission;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::outbox::Flush;
 use crate::realm::Realms;
 
 /// The state of one gateway node.
@@ -113,14 +114,18 @@ impl Node {
                 return;
             }
             self.metrics.events_received.inc_by(batch.len() as u64);
+            // Small fan-outs leave their frames queued until the batch is
+            // done: a session then gets the batch's events in one write.
+            let mut flush = Flush::default();
             for event in &batch {
                 match self.realms.get(&event.realm) {
                     Some(realm) => {
-                        realm.dispatch(event);
+                        realm.dispatch(event, &mut flush);
                     }
                     None => tracing::debug!(realm = %event.realm, "event for a realm this node does not serve; dropped"),
                 }
             }
+            flush.run();
         }
     }
 }

@@ -63,6 +63,28 @@ pub enum PushError {
     Closed,
 }
 
+/// The sessions a fan-out left frames for (`When::Later`): written out by
+/// [`Flush::run`] once the batch of events is done, and when dropped, so no
+/// frame waits past its batch.
+#[derive(Default)]
+pub struct Flush(Vec<Arc<Wire>>);
+
+impl Flush {
+    /// Writes every session's deferred frames (what the kernel does not
+    /// take goes to the session's task).
+    pub fn run(&mut self) {
+        for wire in self.0.drain(..) {
+            wire.flush();
+        }
+    }
+}
+
+impl Drop for Flush {
+    fn drop(&mut self) {
+        self.run();
+    }
+}
+
 impl Outbox {
     /// An outbox over `wire` for a session whose serializer has index `si`.
     pub fn new(wire: Arc<Wire>, si: usize, max_messages: usize, max_bytes: usize, metrics: Arc<Metrics>) -> Outbox {
@@ -86,12 +108,25 @@ impl Outbox {
     /// task, so the writes run on every core and a session that fell behind
     /// gets several events per write. The caller counts what it sent
     /// (`messages_out`, `bytes_out`), once per event rather than per frame.
-    pub fn push_event(&self, frame: &Bytes, fanout: usize) -> Result<(), PushError> {
+    pub fn push_event(&self, frame: &Bytes, fanout: usize, flush: &mut Flush) -> Result<(), PushError> {
         if self.is_closing() {
             self.metrics.dropped(DropReason::Closing, 1);
             return Err(PushError::Closed);
         }
-        self.send(frame, if fanout <= DIRECT_WRITE_MAX { When::Now } else { When::Task })
+        if fanout > DIRECT_WRITE_MAX {
+            return self.send(frame, When::Task);
+        }
+        match self.wire.send(frame, self.max_messages, self.max_bytes, When::Later) {
+            Sent::Full => {
+                self.overflow();
+                Err(PushError::Full)
+            }
+            Sent::Deferred => {
+                flush.0.push(self.wire.clone());
+                Ok(())
+            }
+            Sent::Written | Sent::Queued => Ok(()),
+        }
     }
 
     fn send(&self, frame: &Bytes, when: When) -> Result<(), PushError> {
@@ -100,7 +135,7 @@ impl Outbox {
                 self.overflow();
                 Err(PushError::Full)
             }
-            Sent::Written | Sent::Queued => Ok(()),
+            Sent::Written | Sent::Queued | Sent::Deferred => Ok(()),
         }
     }
 
@@ -238,7 +273,7 @@ mod tests {
         assert_eq!(outbox.push(&data_frame(b"d".to_vec(), false)), Err(PushError::Closed));
         assert_eq!(metrics.slow_consumer_closes.get(), 1);
         assert_eq!(metrics.queue_drops[DropReason::QueueFull as usize].get(), 1);
-        outbox.push_event(&data_frame(b"e".to_vec(), false), 1).unwrap_err();
+        outbox.push_event(&data_frame(b"e".to_vec(), false), 1, &mut Flush::default()).unwrap_err();
         assert_eq!(metrics.queue_drops[DropReason::Closing as usize].get(), 1, "an event for a closing session is counted");
         assert!(matches!(outbox.serve_writes().await, Ended::Closing), "closing wins over the backlog");
     }

@@ -11,6 +11,7 @@ use telegraphy_wamp::{Dict, Value};
 
 use crate::broker::Broker;
 use crate::metrics::Metrics;
+use crate::outbox::Flush;
 
 /// One realm: its name and its roles.
 pub struct Realm {
@@ -40,9 +41,10 @@ impl Realm {
     }
 
     /// Hands an event from the bus to the realm's subscribers; returns the
-    /// number of EVENT messages sent.
-    pub fn dispatch(&self, event: &Envelope) -> usize {
-        self.broker.dispatch(event)
+    /// number of EVENT messages sent (some wait in `flush` for the end of
+    /// the batch).
+    pub fn dispatch(&self, event: &Envelope, flush: &mut Flush) -> usize {
+        self.broker.dispatch(event, flush)
     }
 }
 

@@ -5,10 +5,12 @@
 //! pings), and the gateway writes its own messages to it, framed once per
 //! event and serializer ([`data_frame`]) and shared by every subscriber.
 //!
-//! Who writes a frame ([`When`]): the session's replies, and events of
-//! subscriptions with few local subscribers, are written by the caller at
-//! once (plain TCP, nothing waiting): one lock and one `send`, no task
-//! woken. Events of large subscriptions, and everything over TLS, are
+//! Who writes a frame ([`When`]): the session's replies are written by the
+//! caller at once (plain TCP, nothing waiting): one lock and one `send`, no
+//! task woken. Events of subscriptions with few local subscribers are
+//! queued by the fan-out and written by it once its batch of events is
+//! done ([`Wire::flush`]): one `writev` per session per batch. Events of
+//! large subscriptions, and everything over TLS, are
 //! queued for the connection's task, which writes all it finds in one
 //! `writev`: then the writes of one event run on every core, and a session
 //! that falls behind gets several events per write. What the kernel does
@@ -134,6 +136,10 @@ pub enum When {
     /// The caller, now, if nothing waits before the frame and the kernel
     /// takes it (plain TCP).
     Now,
+    /// The caller, soon: the frame is queued without waking the task, and
+    /// the caller promises a [`Wire::flush`] (the fan-out flushes once per
+    /// batch of events, so a session gets a batch's events in one write).
+    Later,
     /// The connection's task: the frame is queued and the task woken.
     Task,
 }
@@ -145,6 +151,9 @@ pub enum Sent {
     Written,
     /// It waits in the queue; the connection's task writes it.
     Queued,
+    /// (`When::Later`) It is the first frame waiting: the caller must
+    /// [`Wire::flush`] the wire.
+    Deferred,
     /// The queue was at its limit: the frame was dropped.
     Full,
 }
@@ -196,8 +205,45 @@ impl Wire {
         if inner.pending.len() >= max_frames || inner.pending_bytes + frame.len() > max_bytes {
             return Sent::Full;
         }
+        if when == When::Later {
+            let first = inner.pending.is_empty();
+            inner.pending_bytes += frame.len();
+            inner.pending.push_back(frame.clone());
+            if first {
+                inner.front_started = false;
+                return Sent::Deferred;
+            }
+            return Sent::Queued;
+        }
         self.queue(&mut inner, frame.clone(), false);
         Sent::Queued
+    }
+
+    /// Writes what is queued, as far as the kernel takes it without
+    /// waiting (plain TCP, vectored writes), and wakes the connection's
+    /// task for the rest (and always over TLS). Called after frames were
+    /// sent with `When::Later`.
+    pub fn flush(&self) {
+        let mut inner = self.lock();
+        if let Io::Tcp(tcp) = &self.io {
+            while !inner.pending.is_empty() {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let k = gather(&inner.pending, &mut slices);
+                match tcp.try_write_vectored(&slices[..k]) {
+                    Ok(n) if n > 0 => {
+                        if inner.advance(n).is_err() {
+                            break;
+                        }
+                    }
+                    // Full kernel buffer or a broken connection: the task's
+                    // write waits for room or finds the error.
+                    _ => break,
+                }
+            }
+        }
+        if !inner.pending.is_empty() {
+            self.wake.notify_one();
+        }
     }
 
     /// Queues `frame` whatever the limits (the session's last words).
@@ -432,6 +478,7 @@ mod tests {
                     queued_at.get_or_insert(i);
                 }
                 Sent::Full => unreachable!("no limits"),
+                Sent::Deferred => unreachable!("only When::Later defers"),
             }
         }
         let queued_at = queued_at.expect("64 MiB does not fit in loopback socket buffers");
@@ -463,6 +510,41 @@ mod tests {
             assert_eq!(&all[at..at + 4], &(i as u32).to_be_bytes(), "frame {i} out of place (first queued: {queued_at})");
         }
         assert_eq!(&all[1000 * 64 * 1024..], b"end");
+    }
+
+    #[tokio::test]
+    async fn deferred_frames_wait_for_the_flush_and_keep_their_order() {
+        let (wire, mut client) = pair().await;
+        let a = data_frame(b"[36,1,1,{}]".to_vec(), false);
+        let b = data_frame(b"[36,1,2,{}]".to_vec(), false);
+        let reply = data_frame(b"[17,5,9]".to_vec(), false);
+        assert_eq!(wire.send(&a, 8, usize::MAX, When::Later), Sent::Deferred, "the first deferred frame asks for a flush");
+        assert_eq!(wire.send(&b, 8, usize::MAX, When::Later), Sent::Queued, "later ones ride on the same flush");
+        // A reply sent meanwhile waits behind them (order), without a write of its own.
+        assert_eq!(wire.send(&reply, 8, usize::MAX, When::Now), Sent::Queued);
+        assert!(wire.is_backed_up(), "nothing is written before the flush");
+        wire.flush();
+        assert!(!wire.is_backed_up(), "the kernel took all of it in the flush");
+        let mut got = vec![0u8; a.len() + b.len() + reply.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [&a[..], &b[..], &reply[..]].concat());
+        // Limits hold for deferred frames too.
+        assert_eq!(wire.send(&a, 1, usize::MAX, When::Later), Sent::Deferred);
+        assert_eq!(wire.send(&b, 1, usize::MAX, When::Later), Sent::Full);
+        wire.flush();
+    }
+
+    #[tokio::test]
+    async fn a_flush_the_kernel_cannot_take_wakes_the_task() {
+        let (wire, _client) = pair().await;
+        let frame = Bytes::from(vec![7u8; 256 * 1024]);
+        // The client reads nothing: the socket buffers fill and the rest stays queued.
+        for _ in 0..400 {
+            wire.send(&frame, usize::MAX, usize::MAX, When::Later);
+        }
+        wire.flush();
+        assert!(wire.is_backed_up(), "100 MiB do not fit in loopback buffers");
+        tokio::time::timeout(std::time::Duration::from_secs(5), wire.notified()).await.expect("the task is woken for the rest");
     }
 
     #[tokio::test]

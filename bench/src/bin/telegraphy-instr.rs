@@ -37,7 +37,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use telegraphy_bus::{BusMetrics, BusOptions, Envelope, Inbound, MemoryBus};
 use telegraphy_gateway::broker::{Broker, SessionHandle};
 use telegraphy_gateway::metrics::Metrics;
-use telegraphy_gateway::outbox::Outbox;
+use telegraphy_gateway::outbox::{Flush, Outbox};
 use telegraphy_gateway::wire::{data_frame, Wire};
 use telegraphy_wamp::{Dict, EventRef, MatchPolicy, Message, Serialization, Value};
 use tokio::io::AsyncReadExt;
@@ -266,7 +266,7 @@ async fn fanout_gateway(subscribers: usize, ser: Serialization, events: u64) -> 
         })
         .collect();
     for n in 0..events {
-        let delivered = hub.dispatch(&envelope(n));
+        let delivered = hub.dispatch(&envelope(n), &mut Flush::default());
         if delivered != subscribers {
             bail!("event {n} reached {delivered} of {subscribers} sessions");
         }
