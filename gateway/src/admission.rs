@@ -19,10 +19,15 @@
 //!   untrusted connections from one IP; more are closed at accept.
 //! * When every slot is held by trusted connections, a few more
 //!   ([`OVERFLOW`]) are let in just long enough to be told HTTP 503.
+//! * **WebSockets**: at most `limits.max_pending_handshakes` upgraded
+//!   connections that have not finished HELLO/authentication
+//!   ([`Admission::take_handshake`]), and at most
+//!   `limits.max_connections_per_ip` WebSockets per address when set
+//!   ([`Admission::take_websocket_for`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -50,6 +55,12 @@ pub struct Admission {
     max_untrusted_per_ip: usize,
     state: Mutex<State>,
     metrics: Arc<Metrics>,
+    /// `limits.max_pending_handshakes`, and how many are taken.
+    max_handshakes: usize,
+    handshakes: AtomicUsize,
+    /// `limits.max_connections_per_ip` (0: no limit), and the WebSockets per address.
+    max_websockets_per_ip: usize,
+    websockets_per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
 #[derive(Default)]
@@ -66,9 +77,42 @@ struct State {
 }
 
 impl Admission {
-    /// Admission for `max_connections` slots.
-    pub fn new(max_connections: usize, max_untrusted_per_ip: usize, metrics: Arc<Metrics>) -> Arc<Admission> {
-        Arc::new(Admission { max_connections, max_untrusted_per_ip, state: Mutex::new(State::default()), metrics })
+    /// Admission under the configured limits.
+    pub fn new(limits: &crate::config::Limits, metrics: Arc<Metrics>) -> Arc<Admission> {
+        Arc::new(Admission {
+            max_connections: limits.max_connections,
+            max_untrusted_per_ip: limits.max_unauthenticated_per_ip,
+            state: Mutex::new(State::default()),
+            metrics,
+            max_handshakes: limits.max_pending_handshakes,
+            handshakes: AtomicUsize::new(0),
+            max_websockets_per_ip: limits.max_connections_per_ip,
+            websockets_per_ip: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// One of `limits.max_pending_handshakes`, held until the session is
+    /// established or the connection ends; `None` when all are taken.
+    pub fn take_handshake(self: &Arc<Self>) -> Option<HandshakeSlot> {
+        let limit = self.max_handshakes;
+        let taken = self.handshakes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1)).is_ok();
+        taken.then(|| HandshakeSlot(self.clone()))
+    }
+
+    /// One of `limits.max_connections_per_ip` WebSockets for `ip` (always
+    /// given when there is no such limit); `None` when the address has its
+    /// share.
+    pub fn take_websocket_for(self: &Arc<Self>, ip: IpAddr) -> Option<WebSocketSlot> {
+        if self.max_websockets_per_ip == 0 {
+            return Some(WebSocketSlot(None));
+        }
+        let mut map = self.websockets_per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_default();
+        if *n >= self.max_websockets_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(WebSocketSlot(Some((self.clone(), ip))))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -140,6 +184,33 @@ impl Admission {
     /// Connections holding a slot (for tests and metrics).
     pub fn admitted(&self) -> usize {
         self.lock().admitted
+    }
+}
+
+/// One of `limits.max_pending_handshakes` ([`Admission::take_handshake`]).
+pub struct HandshakeSlot(Arc<Admission>);
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.0.handshakes.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One of an address's `limits.max_connections_per_ip` WebSockets
+/// ([`Admission::take_websocket_for`]); nothing when there is no limit.
+pub struct WebSocketSlot(Option<(Arc<Admission>, IpAddr)>);
+
+impl Drop for WebSocketSlot {
+    fn drop(&mut self) {
+        if let Some((admission, ip)) = &self.0 {
+            let mut map = admission.websockets_per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = map.get_mut(ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(ip);
+                }
+            }
+        }
     }
 }
 
@@ -254,11 +325,43 @@ mod tests {
     use super::*;
 
     fn admission(max: usize, per_ip: usize) -> Arc<Admission> {
-        Admission::new(max, per_ip, Arc::new(Metrics::new()))
+        let limits = crate::config::Limits { max_connections: max, max_unauthenticated_per_ip: per_ip, ..Default::default() };
+        Admission::new(&limits, Arc::new(Metrics::new()))
     }
 
     const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     const T: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn handshake_slots_are_bounded_and_given_back() {
+        let limits = crate::config::Limits { max_pending_handshakes: 2, ..Default::default() };
+        let a = Admission::new(&limits, Arc::new(Metrics::new()));
+        let (one, two) = (a.take_handshake().unwrap(), a.take_handshake().unwrap());
+        assert!(a.take_handshake().is_none(), "a third handshake is refused");
+        drop(one);
+        let three = a.take_handshake().expect("a slot given back is taken again");
+        drop((two, three));
+        assert_eq!(a.handshakes.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn websockets_per_address_are_bounded_when_configured() {
+        let other: IpAddr = "10.0.0.9".parse().unwrap();
+        let limits = crate::config::Limits { max_connections_per_ip: 1, ..Default::default() };
+        let a = Admission::new(&limits, Arc::new(Metrics::new()));
+        let first = a.take_websocket_for(IP).unwrap();
+        assert!(a.take_websocket_for(IP).is_none(), "one per address");
+        let _elsewhere = a.take_websocket_for(other).expect("another address has its own share");
+        drop(first);
+        assert!(a.take_websocket_for(IP).is_some());
+        drop(_elsewhere);
+        assert!(a.websockets_per_ip.lock().unwrap().get(&other).is_none(), "an address with none left is forgotten");
+        // No limit configured: always given, nothing counted.
+        let unlimited = Admission::new(&crate::config::Limits { max_connections_per_ip: 0, ..Default::default() }, Arc::new(Metrics::new()));
+        let held: Vec<_> = (0..100).map(|_| unlimited.take_websocket_for(IP).unwrap()).collect();
+        assert!(unlimited.websockets_per_ip.lock().unwrap().is_empty());
+        drop(held);
+    }
 
     #[tokio::test]
     async fn the_oldest_untrusted_connection_makes_room() {

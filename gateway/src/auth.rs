@@ -30,7 +30,7 @@ use sha2::Sha256;
 use telegraphy_wamp::codes::uri as err;
 
 use crate::authz::{PatternSet, Permissions};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, RoleConfig};
 
 /// A role's rights, parsed once at startup.
 #[derive(Debug, Clone)]
@@ -131,6 +131,22 @@ fn header_alg(ticket: &str) -> Option<String> {
     value.get("alg")?.as_str().map(String::from)
 }
 
+/// Every role the gateway knows: the built-in `anonymous` and `user`
+/// (subscribe to anything, publish nothing, rate limited), overridden or
+/// extended by `[roles.NAME]`. In dev mode `anonymous` may publish too.
+fn effective_roles(config: &Config) -> BTreeMap<String, RoleConfig> {
+    let builtin =
+        |publish: Vec<String>| RoleConfig { subscribe: vec!["*".into()], publish, publish_rate: 50.0, publish_burst: 100, publish_options: false };
+    let anonymous_publish = if config.dev { vec!["*".to_string()] } else { Vec::new() };
+    let mut roles = BTreeMap::new();
+    roles.insert("user".to_string(), builtin(Vec::new()));
+    roles.insert(config.auth.anonymous_role.clone(), builtin(anonymous_publish));
+    for (name, role) in &config.roles {
+        roles.insert(name.clone(), role.clone());
+    }
+    roles
+}
+
 /// Verifies credentials and resolves roles.
 pub struct Authenticator {
     jwt: Option<Jwt>,
@@ -162,7 +178,7 @@ impl Authenticator {
     pub fn from_config(config: &Config) -> Result<Authenticator, ConfigError> {
         let invalid = |m: String| ConfigError::Invalid(m);
         let mut roles = BTreeMap::new();
-        for (name, r) in config.effective_roles() {
+        for (name, r) in effective_roles(config) {
             let subscribe = PatternSet::parse(&r.subscribe).map_err(|e| invalid(format!("roles.{name}.subscribe: {e}")))?;
             let publish = PatternSet::parse(&r.publish).map_err(|e| invalid(format!("roles.{name}.publish: {e}")))?;
             let shared = Arc::new(Permissions::new(subscribe.clone(), publish.clone(), None, None, r.publish_options));

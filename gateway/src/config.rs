@@ -525,11 +525,6 @@ impl Config {
             (None, None) => {}
             _ => return invalid("set both `tls.cert_file` and `tls.key_file`, or neither".into()),
         }
-        // Keys, roles and CRA users are checked the way the gateway will use them.
-        crate::auth::Authenticator::from_config(self)?;
-        if let (Some(cert), Some(key)) = (&self.tls.cert_file, &self.tls.key_file) {
-            crate::listener::tls_acceptor(cert, key).map_err(|e| ConfigError::Invalid(format!("{e:#}")))?;
-        }
         if self.limits.max_pending_handshakes == 0 || self.limits.http_header_timeout.is_zero() || self.limits.http_body_timeout.is_zero() {
             return invalid(
                 "keys `limits.max_pending_handshakes`, `limits.http_header_timeout` and `limits.http_body_timeout` must be greater than 0".into(),
@@ -611,27 +606,6 @@ impl Config {
             connection_name: format!("telegraphy-gateway-{node_id:016x}"),
             ..telegraphy_bus::BusOptions::default()
         }
-    }
-
-    /// Every role the gateway knows: the built-in `anonymous` and `user`
-    /// (subscribe to anything, publish nothing, rate limited), overridden
-    /// or extended by `[roles.NAME]`. In dev mode `anonymous` may publish too.
-    pub fn effective_roles(&self) -> std::collections::BTreeMap<String, RoleConfig> {
-        let mut roles = std::collections::BTreeMap::new();
-        let builtin = |publish: Vec<String>| RoleConfig {
-            subscribe: vec!["*".into()],
-            publish,
-            publish_rate: 50.0,
-            publish_burst: 100,
-            publish_options: false,
-        };
-        let anonymous_publish = if self.dev { vec!["*".to_string()] } else { Vec::new() };
-        roles.insert("user".to_string(), builtin(Vec::new()));
-        roles.insert(self.auth.anonymous_role.clone(), builtin(anonymous_publish));
-        for (name, role) in &self.roles {
-            roles.insert(name.clone(), role.clone());
-        }
-        roles
     }
 
     /// Whether anonymous sessions are let in (configured, or dev mode).

@@ -14,8 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Extension, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -25,7 +24,7 @@ use telegraphy_wamp::codes::{close, uri as err};
 use telegraphy_wamp::Serialization;
 use tokio::time::{sleep_until, Instant};
 
-use crate::admission::Ticket;
+use crate::admission::{HandshakeSlot, Ticket, WebSocketSlot};
 use crate::broker::SessionHandle;
 use crate::metrics::Violation;
 use crate::node::{secure_random_id, Node};
@@ -57,7 +56,7 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if node.is_draining() {
+    if node.lifecycle.is_draining() {
         node.metrics.refused("draining");
         return (StatusCode::SERVICE_UNAVAILABLE, "this gateway node is draining; connect to another node\n").into_response();
     }
@@ -87,11 +86,11 @@ pub async fn upgrade(
         return (StatusCode::SERVICE_UNAVAILABLE, "this gateway node is at its connection limit; retry later or connect to another node\n")
             .into_response();
     };
-    let Some(pending) = Pending::take(&node) else {
+    let Some(pending) = node.admission.take_handshake() else {
         node.metrics.refused("pending_handshakes");
         return (StatusCode::SERVICE_UNAVAILABLE, "too many WebSockets are still authenticating here; retry later\n").into_response();
     };
-    let Some(per_ip) = PerIp::take(&node, peer.ip()) else {
+    let Some(per_ip) = node.admission.take_websocket_for(peer.ip()) else {
         node.metrics.refused("per_ip");
         return (StatusCode::TOO_MANY_REQUESTS, "too many WebSockets from your address\n").into_response();
     };
@@ -103,7 +102,7 @@ pub async fn upgrade(
         .max_frame_size(limits.max_message_size)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"));
     ws.set_selected_protocol(HeaderValue::from_static(serialization.subprotocol()));
-    let tracker = node.sessions.clone();
+    let tracker = node.lifecycle.sessions.clone();
     let guards = Guards { ticket, pending: Some(pending), _per_ip: per_ip };
     ws.on_upgrade(move |socket| tracker.track_future(run(node, socket, wire, serialization, guards)))
 }
@@ -144,58 +143,8 @@ struct Guards {
     /// Its admission slot (shed while unauthenticated, trusted at WELCOME).
     ticket: Arc<Ticket>,
     /// Released once the session is established (or the connection ends).
-    pending: Option<Pending>,
-    _per_ip: PerIp,
-}
-
-/// One of `limits.max_pending_handshakes`.
-struct Pending(Arc<Node>);
-
-impl Pending {
-    fn take(node: &Arc<Node>) -> Option<Pending> {
-        let limit = node.config.limits.max_pending_handshakes;
-        let taken = node.pending_handshakes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1)).is_ok();
-        taken.then(|| Pending(node.clone()))
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        self.0.pending_handshakes.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// One of `limits.max_connections_per_ip` for an address (no-op when unlimited).
-struct PerIp(Option<(Arc<Node>, IpAddr)>);
-
-impl PerIp {
-    fn take(node: &Arc<Node>, ip: IpAddr) -> Option<PerIp> {
-        let limit = node.config.limits.max_connections_per_ip;
-        if limit == 0 {
-            return Some(PerIp(None));
-        }
-        let mut map = node.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(ip).or_default();
-        if *n >= limit {
-            return None;
-        }
-        *n += 1;
-        Some(PerIp(Some((node.clone(), ip))))
-    }
-}
-
-impl Drop for PerIp {
-    fn drop(&mut self) {
-        if let Some((node, ip)) = &self.0 {
-            let mut map = node.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(n) = map.get_mut(ip) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(ip);
-                }
-            }
-        }
-    }
+    pending: Option<HandshakeSlot>,
+    _per_ip: WebSocketSlot,
 }
 
 /// Runs one connection to its end, in one task: reading and handling
@@ -290,7 +239,7 @@ async fn serve(node: &Node, handle: &SessionHandle, session: &mut Session, socke
         // client sends (and the other way round).
         let wake = tokio::select! {
             ended = handle.outbox.serve_writes() => Wake::Outbox(ended),
-            _ = node.shutdown.cancelled(), if !draining => Wake::Shutdown,
+            _ = node.lifecycle.shutdown.cancelled(), if !draining => Wake::Shutdown,
             _ = &mut timer => Wake::Timer,
             _ = ticket.shed(), if guards.pending.is_some() => Wake::Shed,
             frame = socket.next() => Wake::Frame(frame),

@@ -27,6 +27,8 @@
 //! * [`publish`]: `POST /publish` for the web-app side.
 //! * [`options`]: publish options shared by WAMP and HTTP.
 //! * [`node`]: state shared by every connection; the bus dispatcher.
+//! * [`lifecycle`]: draining flag, shutdown signal and session tracker
+//!   (the drain itself is run by [`server`]).
 //! * [`metrics`]: Prometheus metric names and handles.
 //!
 //! The WAMP codec lives in `telegraphy-wamp` and the bus in `telegraphy-bus`.
@@ -37,6 +39,7 @@ pub mod authz;
 pub mod broker;
 pub mod config;
 pub mod connection;
+pub mod lifecycle;
 pub mod listener;
 pub mod match_index;
 pub mod metrics;

@@ -101,6 +101,14 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     }
     fit_open_files(&mut config);
+    // Keys, roles, CRA users and TLS files, loaded before anything listens.
+    let prepared = match server::Prepared::new(config) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("telegraphy-gateway: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -109,7 +117,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     match runtime.block_on(async {
-        let gateway = Gateway::bind(config).await?;
+        let gateway = Gateway::bind_prepared(prepared).await?;
         gateway.run(server::shutdown_signal()).await
     }) {
         Ok(()) => std::process::ExitCode::SUCCESS,

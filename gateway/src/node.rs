@@ -1,19 +1,19 @@
-//! What every connection on this node shares: configuration, the realms, the bus, metrics, readiness and the shutdown signal.
+//! What every connection on this node shares: the validated configuration,
+//! the realms, the bus, metrics, admission (connection slots and limits)
+//! and the lifecycle (draining, shutdown signal); and the bus dispatcher
+//! that hands each event to its realm.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use telegraphy_bus::{Bus, Envelope};
 use telegraphy_wamp::{Id, UriRules, MAX_ID};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::admission::Admission;
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::outbox::Flush;
 use crate::realm::Realms;
@@ -36,19 +36,12 @@ pub struct Node {
     pub api_keys: Vec<String>,
     /// Verifies credentials and resolves roles.
     pub auth: Authenticator,
-    /// WebSockets accepted that have not finished HELLO/authentication.
-    pub pending_handshakes: std::sync::atomic::AtomicUsize,
-    /// Open WebSockets per client IP (when `limits.max_connections_per_ip` is set).
-    pub per_ip: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
     /// Every connection of the public listener, from accept to close
-    /// (`limits.max_connections`, unauthenticated ones shed first).
+    /// (`limits.max_connections`, unauthenticated ones shed first; pending
+    /// handshakes; WebSockets per address).
     pub admission: Arc<Admission>,
-    /// False while draining; `/readyz` reports it.
-    draining: AtomicBool,
-    /// Cancelled when sessions must wind down (drain).
-    pub shutdown: CancellationToken,
-    /// Tracks every session task, so the drain can wait for them.
-    pub sessions: TaskTracker,
+    /// Draining, the shutdown signal, the session tracker.
+    pub lifecycle: Lifecycle,
     /// The bus queue toward the dispatcher, to report its depth.
     bus_queue: mpsc::WeakSender<Envelope>,
 }
@@ -69,39 +62,25 @@ impl Node {
             uri_rules: config.uri_rules.into(),
             api_keys: config.effective_api_keys(),
             auth,
-            pending_handshakes: std::sync::atomic::AtomicUsize::new(0),
-            per_ip: std::sync::Mutex::new(HashMap::new()),
-            admission: Admission::new(config.limits.max_connections, config.limits.max_unauthenticated_per_ip, metrics.clone()),
+            admission: Admission::new(&config.limits, metrics.clone()),
             config,
             id,
             realms,
             bus,
             metrics,
-            draining: AtomicBool::new(false),
-            shutdown: CancellationToken::new(),
-            sessions: TaskTracker::new(),
+            lifecycle: Lifecycle::default(),
             bus_queue,
         })
     }
 
     /// Whether the node should receive traffic.
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && self.bus.is_ready()
+        !self.lifecycle.is_draining() && self.bus.is_ready()
     }
 
     /// Events waiting in the bus queue for fan-out.
     pub fn bus_queue_depth(&self) -> usize {
         self.bus_queue.upgrade().map(|tx| tx.max_capacity() - tx.capacity()).unwrap_or(0)
-    }
-
-    /// Whether a drain has started.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-
-    /// Marks the node as draining (`/readyz` turns 503, upgrades are refused).
-    pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::Release);
     }
 
     /// Takes events from the bus and fans them out until the bus closes or

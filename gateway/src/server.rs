@@ -22,7 +22,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::Config;
+use crate::auth::Authenticator;
+use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::{connection, publish};
@@ -55,16 +56,38 @@ pub struct Gateway {
     admin: TcpListener,
 }
 
+/// A configuration checked the way the gateway will use it: its values
+/// ([`Config::validate`]), then its keys, roles, CRA users and TLS files
+/// loaded, once. A bad key so stops the gateway before it listens.
+pub struct Prepared {
+    config: Config,
+    auth: Authenticator,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Prepared {
+    /// Validates `config` and loads what it points to.
+    pub fn new(config: Config) -> Result<Prepared, ConfigError> {
+        config.validate()?;
+        let auth = Authenticator::from_config(&config)?;
+        let tls = match (&config.tls.cert_file, &config.tls.key_file) {
+            (Some(cert), Some(key)) => Some(crate::listener::tls_acceptor(cert, key).map_err(|e| ConfigError::Invalid(format!("{e:#}")))?),
+            _ => None,
+        };
+        Ok(Prepared { config, auth, tls })
+    }
+}
+
 impl Gateway {
     /// Builds the node and binds both listeners (so bind errors surface here).
     pub async fn bind(config: Config) -> anyhow::Result<Gateway> {
+        Gateway::bind_prepared(Prepared::new(config)?).await
+    }
+
+    /// [`Gateway::bind`] for a configuration already prepared.
+    pub async fn bind_prepared(prepared: Prepared) -> anyhow::Result<Gateway> {
         use anyhow::Context as _;
-        // Credentials and TLS files first: a bad key stops the gateway before it listens.
-        let auth = crate::auth::Authenticator::from_config(&config)?;
-        let tls = match (&config.tls.cert_file, &config.tls.key_file) {
-            (Some(cert), Some(key)) => Some(crate::listener::tls_acceptor(cert, key)?),
-            _ => None,
-        };
+        let Prepared { config, auth, tls } = prepared;
         let metrics = Arc::new(Metrics::new());
         let (tx, events) = mpsc::channel(config.limits.bus_queue);
         let queue = tx.downgrade();
@@ -141,14 +164,14 @@ impl Gateway {
             idle_timeout: config.limits.idle_timeout,
             send_buffer: config.limits.socket_send_buffer,
         };
-        let mut serve = tokio::spawn(crate::listener::serve(public, tls, app, node.shutdown.clone(), node.admission.clone(), limits));
+        let mut serve = tokio::spawn(crate::listener::serve(public, tls, app, node.lifecycle.shutdown.clone(), node.admission.clone(), limits));
         let early_exit = tokio::select! {
             _ = shutdown => None,
             r = &mut serve => Some(r),
         };
         if let Some(result) = early_exit {
             // The public server stopped on its own: nothing to drain.
-            node.shutdown.cancel();
+            node.lifecycle.shutdown.cancel();
             dispatcher.abort();
             node.bus.shutdown();
             admin_stop.cancel();
@@ -158,7 +181,7 @@ impl Gateway {
             };
         }
         let deadline = Instant::now() + node.config.shutdown.drain_timeout;
-        node.start_draining();
+        node.lifecycle.start_draining();
         tracing::info!(
             drain_delay = ?node.config.shutdown.drain_delay,
             drain_timeout = ?node.config.shutdown.drain_timeout,
@@ -166,10 +189,10 @@ impl Gateway {
         );
         tokio::time::sleep(node.config.shutdown.drain_delay).await;
         // Stop accepting and tell every session to say goodbye.
-        node.shutdown.cancel();
-        node.sessions.close();
+        node.lifecycle.shutdown.cancel();
+        node.lifecycle.sessions.close();
         tracing::info!(sessions = node.metrics.connections.get(), "draining sessions");
-        if tokio::time::timeout_at(deadline, node.sessions.wait()).await.is_err() {
+        if tokio::time::timeout_at(deadline, node.lifecycle.sessions.wait()).await.is_err() {
             tracing::warn!(remaining = node.metrics.connections.get(), "drain deadline reached with sessions still open; exiting anyway");
         }
         if tokio::time::timeout_at(deadline, &mut serve).await.is_err() {
@@ -194,7 +217,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    if node.is_draining() {
+    if node.lifecycle.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
     } else if !node.bus.is_ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "bus unavailable\n")

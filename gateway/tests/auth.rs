@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use telegraphy_gateway::config::{CraUser, RoleConfig};
+use telegraphy_gateway::server::Prepared;
 use telegraphy_gateway::Config;
 use telegraphy_wamp::codes::{close, uri as err};
 use telegraphy_wamp::{dict, Dict, Message, Serialization, Value};
@@ -117,14 +118,14 @@ fn private_keys_and_bad_files_are_refused_at_startup() {
     let mut config = secured();
     config.auth.jwt_secret = None;
     config.auth.jwt_public_key_file = Some(key_path("rsa_private.pem"));
-    let err = config.validate().unwrap_err().to_string();
+    let err = Prepared::new(config.clone()).err().expect("a private key is refused").to_string();
     assert!(err.contains("PRIVATE"), "{err}");
     config.auth.jwt_public_key_file = Some(key_path("README.md"));
-    assert!(config.validate().unwrap_err().to_string().contains("not a PEM"));
+    assert!(Prepared::new(config).err().expect("not a key").to_string().contains("not a PEM"));
     let mut config = util::config();
     config.tls.cert_file = Some(key_path("README.md"));
     config.tls.key_file = Some(key_path("tls_key.pem"));
-    assert!(config.validate().is_err(), "a bad certificate stops the gateway before it listens");
+    assert!(Prepared::new(config).is_err(), "a bad certificate stops the gateway before it listens");
 }
 
 #[tokio::test]
