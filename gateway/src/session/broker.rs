@@ -24,6 +24,12 @@ pub(super) struct BrokerState {
 }
 
 impl BrokerState {
+    /// Whether the session holds subscription `id`.
+    #[cfg(test)]
+    pub(super) fn holds(&self, id: Id) -> bool {
+        self.subscriptions.contains(&id)
+    }
+
     /// Leaves every subscription (the session is ending).
     pub(super) fn leave(self, broker: &Broker, session: Id) {
         broker.remove_session(session, self.subscriptions);

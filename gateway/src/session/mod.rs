@@ -340,3 +340,122 @@ impl Drop for Session {
         self.cleanup();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::OnceLock;
+
+    use telegraphy_bus::memory::MemoryBus;
+    use telegraphy_bus::{BusMetrics, Inbound};
+    use telegraphy_wamp::{MatchPolicy, Serialization};
+    use tokio::io::AsyncReadExt as _;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::auth::Authenticator;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use crate::outbox::Outbox;
+    use crate::wire::Wire;
+
+    /// A node on the memory bus (anonymous sessions allowed), one session
+    /// on it over a real loopback socket, and the client's end.
+    async fn session() -> (Session, TcpStream, tokio::sync::mpsc::Receiver<telegraphy_bus::Envelope>) {
+        let mut config = Config::default();
+        config.auth.allow_anonymous = true;
+        config.roles.insert(
+            "anonymous".into(),
+            crate::config::RoleConfig {
+                subscribe: vec!["*".into()],
+                publish: vec!["*".into()],
+                publish_rate: 0.0,
+                publish_burst: 1,
+                publish_options: false,
+            },
+        );
+        let auth = Authenticator::from_config(&config).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let bus: Arc<dyn telegraphy_bus::Bus> = Arc::new(MemoryBus::new(Inbound::new(tx.clone(), BusMetrics::unregistered())));
+        let node = Node::new(1, config, auth, bus, tx.downgrade(), metrics.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let json = Serialization::Json;
+        let outbox = Outbox::new(Wire::tcp(server), json.index(), 64, 1 << 20, metrics);
+        let handle = Arc::new(SessionHandle { id: 42, serialization: json, identity: OnceLock::new(), outbox });
+        (Session::new(node, handle), client, rx)
+    }
+
+    async fn reply(client: &mut TcpStream) -> Message {
+        let mut head = [0u8; 2];
+        client.read_exact(&mut head).await.unwrap();
+        let mut len = usize::from(head[1] & 0x7f);
+        if len == 126 {
+            let mut ext = [0u8; 2];
+            client.read_exact(&mut ext).await.unwrap();
+            len = usize::from(u16::from_be_bytes(ext));
+        }
+        let mut payload = vec![0u8; len];
+        client.read_exact(&mut payload).await.unwrap();
+        Serialization::Json.decode(&payload).unwrap()
+    }
+
+    fn hello() -> Message {
+        Message::Hello { realm: "realm1".into(), details: dict! {"roles" => Value::Dict(dict! {"subscriber" => Value::Dict(Dict::new())})} }
+    }
+
+    #[tokio::test]
+    async fn welcome_announces_the_realms_roles() {
+        let (mut s, mut client, _rx) = session().await;
+        assert_eq!(s.handle(hello()).await, Flow::Continue);
+        let Message::Welcome { session, details } = reply(&mut client).await else { panic!("WELCOME expected") };
+        assert_eq!(session, 42);
+        let Some(Value::Dict(roles)) = details.get("roles") else { panic!("roles: {details:?}") };
+        let Some(Value::Dict(broker)) = roles.get("broker") else { panic!("broker role: {roles:?}") };
+        let Some(Value::Dict(features)) = broker.get("features") else { panic!("features: {broker:?}") };
+        assert_eq!(features.get("pattern_based_subscription"), Some(&Value::Bool(true)));
+        assert!(roles.get("dealer").is_none(), "no dealer is announced until one exists");
+        assert!(s.is_established());
+    }
+
+    #[tokio::test]
+    async fn broker_messages_reach_the_broker_role_and_its_state() {
+        let (mut s, mut client, mut bus) = session().await;
+        s.handle(hello()).await;
+        reply(&mut client).await;
+        let sub = Message::Subscribe { request: 1, options: dict! {"match" => "prefix"}, topic: "news".into() };
+        assert_eq!(s.handle(sub).await, Flow::Continue);
+        let Message::Subscribed { request: 1, subscription } = reply(&mut client).await else { panic!("SUBSCRIBED expected") };
+        let State::Established { realm, broker, .. } = &s.state else { panic!("established") };
+        let realm = realm.clone();
+        assert_eq!(realm.broker.subscription_id(MatchPolicy::Prefix, "news"), Some(subscription));
+        assert!(broker.holds(subscription), "the session's broker state records the subscription");
+        let publish =
+            Message::Publish { request: 2, options: dict! {"acknowledge" => true}, topic: "news.a".into(), args: vec![], kwargs: Dict::new() };
+        assert_eq!(s.handle(publish).await, Flow::Continue);
+        assert!(matches!(reply(&mut client).await, Message::Published { request: 2, .. }));
+        assert_eq!(bus.recv().await.unwrap().topic, "news.a", "the publication went to the bus");
+        assert_eq!(s.handle(Message::Unsubscribe { request: 3, subscription }).await, Flow::Continue);
+        assert!(matches!(reply(&mut client).await, Message::Unsubscribed { request: 3 }));
+        assert_eq!(realm.broker.subscription_id(MatchPolicy::Prefix, "news"), None, "the last subscriber left");
+    }
+
+    #[tokio::test]
+    async fn dealer_messages_are_refused_as_no_such_procedure_and_cleanup_leaves_subscriptions() {
+        let (mut s, mut client, _bus) = session().await;
+        s.handle(hello()).await;
+        reply(&mut client).await;
+        s.handle(Message::DealerRequest { code: code::CALL, request: 5 }).await;
+        let Message::Error { request_type, request: 5, error, .. } = reply(&mut client).await else { panic!("ERROR expected") };
+        assert_eq!((request_type, error.as_str()), (code::CALL, err::NO_SUCH_PROCEDURE));
+        s.handle(Message::Subscribe { request: 6, options: Dict::new(), topic: "t".into() }).await;
+        reply(&mut client).await;
+        let State::Established { realm, .. } = &s.state else { panic!("established") };
+        let realm = realm.clone();
+        assert!(realm.broker.subscription_id(MatchPolicy::Exact, "t").is_some());
+        s.cleanup();
+        assert_eq!(realm.broker.subscription_id(MatchPolicy::Exact, "t"), None, "cleanup releases the broker role's state");
+        assert!(!s.is_established());
+    }
+}
