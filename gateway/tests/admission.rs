@@ -4,7 +4,7 @@
 //! out (security review, finding 1). Each test here failed before the
 //! admission layer: idle sockets and unsent bodies were held forever.
 
-mod util;
+use telegraphy_testkit as util;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! nodes on Redis); rate limits; token expiry; Origin; handshake limits;
 //! TLS; slowloris; a SUBSCRIBE burst.
 
-mod util;
+use telegraphy_testkit as util;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -2,7 +2,7 @@
 //! end in the documented ABORT / ERROR and close code, count a metric, and
 //! leave other sessions untouched.
 
-mod util;
+use telegraphy_testkit as util;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Broker behaviour over real sockets: match policies, publish options,
 //! HTTP publish, limits, slow consumers, drain and metrics.
 
-mod util;
+use telegraphy_testkit as util;
 
 use std::time::Duration;
 

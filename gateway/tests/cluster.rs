@@ -7,7 +7,7 @@
 //! never see each other's events. Set TELEGRAPHY_TEST_REDIS /
 //! TELEGRAPHY_TEST_AMQP to point at other brokers.
 
-mod util;
+use telegraphy_testkit as util;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -165,14 +165,6 @@ async fn three_nodes(bus: Bus) {
     // a published 4 (excluded from its own event) and was not excluded from 5.
     expect_once(&mut a, Value::UInt(5)).await;
     expect_marker(&mut a, "marker").await;
-}
-
-impl TestGateway {
-    async fn publish_http_to(addr: std::net::SocketAddr, body: serde_json::Value) -> (u16, serde_json::Value) {
-        let resp = reqwest::Client::new().post(format!("http://{addr}/publish")).bearer_auth(util::API_KEY).json(&body).send().await.unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap())
-    }
 }
 
 #[tokio::test]

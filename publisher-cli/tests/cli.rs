@@ -1,8 +1,7 @@
 //! `telegraphy-publish` run as a user runs it: the built binary, against
 //! real gateway nodes on the machine's Redis and RabbitMQ (and over HTTP).
 
-#[path = "../../gateway/tests/util/mod.rs"]
-mod util;
+use telegraphy_testkit as util;
 
 use std::io::Write as _;
 use std::process::{Command, Output, Stdio};

@@ -1,7 +1,12 @@
-//! Test support: a real gateway on ephemeral ports, and a small raw WAMP
-//! client over a real WebSocket (tokio-tungstenite), so tests can send exact
-//! bytes and see exact replies and close codes.
-#![allow(dead_code, unreachable_pub, missing_docs)]
+//! Test support for the integration tests of `telegraphy-gateway` and
+//! `telegraphy-publish`: a real gateway on ephemeral ports, and a small raw
+//! WAMP client over a real WebSocket (tokio-tungstenite), so tests can send
+//! exact bytes and see exact replies and close codes.
+//!
+//! The gateways it starts use whatever bus their [`Config`] names (the
+//! embedded memory bus by default, or the machine's Redis and RabbitMQ);
+//! nothing here flushes or stops a broker. Tests import it as
+//! `use telegraphy_testkit as util;`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,14 +23,23 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message as Ws;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// The API key [`config`] accepts for `POST /publish`.
 pub const API_KEY: &str = "test-key-123456";
+/// How long [`Client`] waits for a frame before the test fails.
 pub const WAIT: Duration = Duration::from_secs(5);
 
+/// A gateway running in this process on ephemeral ports; dropping it
+/// triggers its drain.
 pub struct TestGateway {
+    /// The node's id (as in envelopes and metrics).
     pub node_id: u64,
+    /// The WebSocket and `POST /publish` listener.
     pub addr: SocketAddr,
+    /// The admin listener: `/metrics`, `/healthz`, `/readyz`.
     pub admin: SocketAddr,
+    /// Fires the shutdown future the gateway runs with.
     stop: Option<oneshot::Sender<()>>,
+    /// The gateway's run task, for tests that wait for the drain to end.
     pub task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -52,10 +66,12 @@ pub fn config() -> Config {
 }
 
 impl TestGateway {
+    /// Starts a node with [`config`].
     pub async fn start() -> TestGateway {
         Self::start_with(config()).await
     }
 
+    /// Starts a node with `config` (which must validate).
     pub async fn start_with(config: Config) -> TestGateway {
         config.validate().expect("test config is valid");
         let gw = Gateway::bind(config).await.expect("bind");
@@ -89,6 +105,7 @@ impl TestGateway {
         false
     }
 
+    /// The WebSocket URL (`ws://addr/ws`).
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)
     }
@@ -100,6 +117,7 @@ impl TestGateway {
         }
     }
 
+    /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
         reqwest::get(format!("http://{}/metrics", self.admin)).await.unwrap().text().await.unwrap()
     }
@@ -110,8 +128,15 @@ impl TestGateway {
         text.lines().find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse().unwrap())).unwrap_or(0.0)
     }
 
+    /// `POST /publish` with [`API_KEY`]: the status and the JSON answer.
     pub async fn publish_http(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
-        let resp = reqwest::Client::new().post(format!("http://{}/publish", self.addr)).bearer_auth(API_KEY).json(&body).send().await.unwrap();
+        Self::publish_http_to(self.addr, body).await
+    }
+
+    /// `POST /publish` with [`API_KEY`] to the node listening on `addr` (for
+    /// tests that keep only a node's address).
+    pub async fn publish_http_to(addr: SocketAddr, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let resp = reqwest::Client::new().post(format!("http://{addr}/publish")).bearer_auth(API_KEY).json(&body).send().await.unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap())
     }
@@ -125,10 +150,15 @@ impl Drop for TestGateway {
 
 /// A raw WAMP client.
 pub struct Client {
+    /// The WebSocket, for tests that send or read raw frames.
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The serializer negotiated by subprotocol.
     pub ser: Serialization,
+    /// The session id from WELCOME (0 before joining).
     pub session: u64,
+    /// WELCOME's details (authid, authrole, roles...).
     pub details: Dict,
+    /// The next request id [`Client::request_id`] hands out.
     next_request: u64,
     /// Messages read while waiting for something else (an EVENT that came
     /// before its PUBLISHED: WAMP does not order the two).
@@ -138,7 +168,9 @@ pub struct Client {
 /// How a connection ended.
 #[derive(Debug, PartialEq)]
 pub struct Closed {
+    /// The close code, if the close frame had one.
     pub code: Option<u16>,
+    /// The close reason, or the transport error.
     pub reason: String,
 }
 
@@ -166,22 +198,26 @@ impl Client {
         c
     }
 
+    /// The authid WELCOME gave.
     pub fn authid(&self) -> String {
         self.details["authid"].as_str().unwrap().to_string()
     }
 
+    /// A fresh request id.
     pub fn request_id(&mut self) -> u64 {
         let r = self.next_request;
         self.next_request += 1;
         r
     }
 
+    /// Encodes `msg` with the session's serializer and sends it.
     pub async fn send(&mut self, msg: &Message) {
         let bytes = self.ser.encode(msg).unwrap();
         let frame = if self.ser.is_binary() { Ws::Binary(bytes) } else { Ws::Text(String::from_utf8(bytes.to_vec()).unwrap().into()) };
         self.ws.send(frame).await.unwrap();
     }
 
+    /// Sends a frame as is.
     pub async fn send_raw(&mut self, frame: Ws) {
         self.ws.send(frame).await.unwrap();
     }
@@ -236,6 +272,7 @@ impl Client {
         (reason, self.closed().await.code)
     }
 
+    /// SUBSCRIBE with a match policy; returns the subscription id.
     pub async fn subscribe(&mut self, topic: &str, policy: &str) -> u64 {
         let request = self.request_id();
         let mut options = Dict::new();
@@ -347,6 +384,7 @@ impl Client {
     }
 }
 
+/// HELLO for `realm` with the subscriber and publisher roles.
 pub fn hello(realm: &str) -> Message {
     let mut roles = Dict::new();
     roles.insert("subscriber".into(), Value::Dict(Dict::new()));
@@ -356,6 +394,7 @@ pub fn hello(realm: &str) -> Message {
     Message::Hello { realm: realm.into(), details }
 }
 
+/// A close code as a number.
 pub fn close_code(c: CloseCode) -> u16 {
     c.into()
 }
