@@ -1,6 +1,10 @@
 //! One event on the bus, with what every node needs to route it.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use telegraphy_wamp::{Dict, Id, Value};
+
+use crate::request::Filter;
 
 /// An event as it travels from a publisher to every node.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,8 +24,15 @@ pub struct Envelope {
     /// Who published it, when a WAMP session did (for `exclude_me` and
     /// `disclose_me`); `None` for HTTP and CLI publishes.
     pub publisher: Option<Publisher>,
-    /// Publish time, microseconds since the Unix epoch (for latency figures).
+    /// Publish time, microseconds since the Unix epoch (for latency
+    /// figures): [`now_us`] when the event was published.
     pub published_at_us: u64,
+}
+
+/// Microseconds since the Unix epoch, the clock of
+/// [`Envelope::published_at_us`] (0 if the system clock is before 1970).
+pub fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 /// The publishing session, as other nodes need to know it.
@@ -39,74 +50,6 @@ pub struct Publisher {
     pub exclude_me: bool,
     /// Disclose the publisher to subscribers (`disclose_me`).
     pub disclose_me: bool,
-}
-
-/// Subscriber black- and white-listing (WAMP advanced profile). A subscriber
-/// receives the event when it is in no exclude list and, for each eligible
-/// list that is set, in that list.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Filter {
-    /// Session ids that must not receive the event.
-    pub exclude: Vec<Id>,
-    /// When set, only these session ids may receive it.
-    pub eligible: Option<Vec<Id>>,
-    /// Authids that must not receive the event.
-    pub exclude_authid: Vec<String>,
-    /// When set, only these authids may receive it.
-    pub eligible_authid: Option<Vec<String>>,
-    /// Authroles that must not receive the event.
-    pub exclude_authrole: Vec<String>,
-    /// When set, only these authroles may receive it.
-    pub eligible_authrole: Option<Vec<String>>,
-}
-
-impl Filter {
-    /// True when the filter lets everyone through (the common case, which
-    /// the hub uses to skip per-subscriber checks).
-    pub fn is_open(&self) -> bool {
-        self.exclude.is_empty()
-            && self.eligible.is_none()
-            && self.exclude_authid.is_empty()
-            && self.eligible_authid.is_none()
-            && self.exclude_authrole.is_empty()
-            && self.eligible_authrole.is_none()
-    }
-
-    /// Whether a subscriber with this identity may receive the event.
-    pub fn admits(&self, session: Id, authid: &str, authrole: &str) -> bool {
-        fn listed(list: &[String], s: &str) -> bool {
-            list.iter().any(|x| x == s)
-        }
-        !self.exclude.contains(&session)
-            && self.eligible.as_ref().is_none_or(|l| l.contains(&session))
-            && !listed(&self.exclude_authid, authid)
-            && self.eligible_authid.as_ref().is_none_or(|l| listed(l, authid))
-            && !listed(&self.exclude_authrole, authrole)
-            && self.eligible_authrole.as_ref().is_none_or(|l| listed(l, authrole))
-    }
-}
-
-#[cfg(test)]
-mod filter_tests {
-    use super::*;
-
-    #[test]
-    fn filter_lists() {
-        let open = Filter::default();
-        assert!(open.is_open() && open.admits(1, "a", "r"));
-        let f = Filter { exclude: vec![1], ..Default::default() };
-        assert!(!f.admits(1, "a", "r") && f.admits(2, "a", "r"));
-        let f = Filter { eligible: Some(vec![2]), ..Default::default() };
-        assert!(!f.admits(1, "a", "r") && f.admits(2, "a", "r"));
-        let f = Filter { eligible: Some(vec![]), ..Default::default() };
-        assert!(!f.admits(2, "a", "r"), "an empty eligible list admits nobody");
-        let f = Filter { exclude_authid: vec!["a".into()], ..Default::default() };
-        assert!(!f.admits(1, "a", "r") && f.admits(1, "b", "r"));
-        let f = Filter { eligible_authrole: Some(vec!["admin".into()]), ..Default::default() };
-        assert!(!f.admits(1, "a", "r") && f.admits(1, "a", "admin"));
-        let f = Filter { eligible: Some(vec![1]), exclude: vec![1], ..Default::default() };
-        assert!(!f.admits(1, "a", "r"), "exclusion wins over eligibility");
-    }
 }
 
 /// The envelope format's major version. Readers refuse a newer major
@@ -142,33 +85,9 @@ struct FilterFields<'a>(&'a Filter);
 impl serde::Serialize for FilterFields<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let f = self.0;
         // Keys in byte order, absent lists left out: the canonical form.
-        let len = usize::from(f.eligible.is_some())
-            + usize::from(f.eligible_authid.is_some())
-            + usize::from(f.eligible_authrole.is_some())
-            + usize::from(!f.exclude.is_empty())
-            + usize::from(!f.exclude_authid.is_empty())
-            + usize::from(!f.exclude_authrole.is_empty());
-        let mut map = s.serialize_map(Some(len))?;
-        if let Some(l) = &f.eligible {
-            map.serialize_entry("eligible", l)?;
-        }
-        if let Some(l) = &f.eligible_authid {
-            map.serialize_entry("eligible_authid", l)?;
-        }
-        if let Some(l) = &f.eligible_authrole {
-            map.serialize_entry("eligible_authrole", l)?;
-        }
-        if !f.exclude.is_empty() {
-            map.serialize_entry("exclude", &f.exclude)?;
-        }
-        if !f.exclude_authid.is_empty() {
-            map.serialize_entry("exclude_authid", &f.exclude_authid)?;
-        }
-        if !f.exclude_authrole.is_empty() {
-            map.serialize_entry("exclude_authrole", &f.exclude_authrole)?;
-        }
+        let mut map = s.serialize_map(Some(self.0.lists_set()))?;
+        self.0.serialize_lists(&mut map)?;
         map.end()
     }
 }
@@ -246,28 +165,7 @@ impl Envelope {
             }),
             _ => return Err(bad("publisher is neither nil nor a map")),
         };
-        let ids = |key: &str| -> Result<Option<Vec<Id>>, EnvelopeError> {
-            match filter.get(key) {
-                None => Ok(None),
-                Some(Value::List(l)) => l.iter().map(|v| v.as_u64().ok_or_else(|| bad(key))).collect::<Result<_, _>>().map(Some),
-                Some(_) => Err(bad(key)),
-            }
-        };
-        let strs = |key: &str| -> Result<Option<Vec<String>>, EnvelopeError> {
-            match filter.get(key) {
-                None => Ok(None),
-                Some(Value::List(l)) => l.iter().map(|v| v.as_str().map(String::from).ok_or_else(|| bad(key))).collect::<Result<_, _>>().map(Some),
-                Some(_) => Err(bad(key)),
-            }
-        };
-        let filter = Filter {
-            exclude: ids("exclude")?.unwrap_or_default(),
-            eligible: ids("eligible")?,
-            exclude_authid: strs("exclude_authid")?.unwrap_or_default(),
-            eligible_authid: strs("eligible_authid")?,
-            exclude_authrole: strs("exclude_authrole")?.unwrap_or_default(),
-            eligible_authrole: strs("eligible_authrole")?,
-        };
+        let filter = Filter::from_dict(&filter).map_err(|e| EnvelopeError::Malformed(format!("filter: {e}")))?;
         Ok(Envelope { realm, publication, topic, args, kwargs, filter, publisher, published_at_us })
     }
 }

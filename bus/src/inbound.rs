@@ -4,7 +4,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
@@ -55,7 +54,7 @@ impl Inbound {
     /// Passes an event to the node, waiting while its queue is full.
     pub async fn deliver(&self, event: Envelope) -> Result<(), Closed> {
         self.metrics.received.inc();
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+        let now = crate::now_us();
         if event.published_at_us > 0 && now >= event.published_at_us {
             self.metrics.lag.observe((now - event.published_at_us) as f64 / 1e6);
         }

@@ -7,7 +7,13 @@
 //!
 //! # Layout
 //!
-//! * [`envelope`]: the [`Envelope`] and its versioned msgpack bytes.
+//! * [`envelope`]: the [`Envelope`] and its versioned msgpack bytes, and
+//!   [`now_us`], the clock events are stamped with.
+//! * [`request`]: what a publisher asks for, in every form it arrives in:
+//!   the JSON [`PublishRequest`] (`POST /publish` bodies, CLI lines), WAMP
+//!   [`PublishOptions`], the subscriber [`Filter`] they share, and which
+//!   topics may be published to ([`check_topic`]). Every publishing path
+//!   (gateway, library, CLI) reads and writes requests through it.
 //! * [`memory`]: `memory://`, the embedded single-node bus (the default).
 //! * [`redis`]: `redis://`, Redis pub/sub.
 //! * [`amqp`]: `amqp://`, a RabbitMQ topic exchange.
@@ -64,6 +70,7 @@ pub mod interest;
 pub mod memory;
 pub mod metrics;
 pub mod redis;
+pub mod request;
 mod supervisor;
 
 use std::sync::Arc;
@@ -73,11 +80,12 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
 use telegraphy_wamp::MatchPolicy;
 
-pub use envelope::{Envelope, EnvelopeError, Filter, Publisher, FORMAT_VERSION};
+pub use envelope::{now_us, Envelope, EnvelopeError, Publisher, FORMAT_VERSION};
 pub use inbound::Inbound;
 pub use interest::Ticket;
 pub use memory::MemoryBus;
 pub use metrics::BusMetrics;
+pub use request::{check_topic, is_reserved_topic, Filter, JsonOptions, OptionError, PublishOptions, PublishRequest, RequestError, TopicError};
 
 /// What [`Bus::publish`] makes sure of before it succeeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

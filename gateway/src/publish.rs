@@ -19,12 +19,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 use subtle::ConstantTimeEq;
-use telegraphy_bus::{Delivery, Envelope, PublishError};
-use telegraphy_wamp::{uri, Dict, UriKind, Value};
+use telegraphy_bus::{check_topic, now_us, Delivery, Envelope, Filter, JsonOptions, PublishError, PublishRequest};
+use telegraphy_wamp::{Dict, Value};
 
 use crate::admission::Ticket;
-use crate::node::{now_us, random_id, Node};
-use crate::options;
+use crate::node::{random_id, Node};
 
 /// An HTTP publish failure: status, a stable error code and a message.
 struct PublishFailure(StatusCode, &'static str, String);
@@ -80,7 +79,7 @@ async fn handle(node: &Node, body: &[u8]) -> Result<u64, PublishFailure> {
     }
     let default_realm = &node.config.realms[0];
     let request = parse_body(body, default_realm, |r| node.realms.get(r).is_some(), node.uri_rules).map_err(PublishFailure::bad)?;
-    let PublishRequest { realm, topic, args, kwargs, filter, require_subscriber } = request;
+    let HttpPublish { realm, topic, args, kwargs, filter, require_subscriber } = request;
     let publication = random_id();
     let event = Envelope { realm, publication, topic, args, kwargs, filter, publisher: None, published_at_us: now_us() };
     let delivery = if require_subscriber { Delivery::Subscribed } else { Delivery::Accepted };
@@ -93,9 +92,9 @@ async fn handle(node: &Node, body: &[u8]) -> Result<u64, PublishFailure> {
     Ok(publication)
 }
 
-/// A parsed `POST /publish` body.
+/// A `POST /publish` body, read and checked against this gateway.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PublishRequest {
+pub struct HttpPublish {
     /// The realm (the first configured one when the body names none).
     pub realm: String,
     /// The topic URI.
@@ -104,66 +103,33 @@ pub struct PublishRequest {
     pub args: Vec<Value>,
     /// Keyword payload.
     pub kwargs: Dict,
-    /// Black/white lists.
-    pub filter: telegraphy_bus::Filter,
+    /// Black/white lists (the other options have no effect without a
+    /// publishing session).
+    pub filter: Filter,
     /// Succeed only if a node subscribed to the topic got the event.
     pub require_subscriber: bool,
 }
 
-/// Parses and checks a publish body; the error says what to fix. Pure, so
-/// it can be fuzzed and property-tested.
+/// Reads a publish body with the shared codec ([`PublishRequest::from_json`])
+/// and checks it against this gateway: the realm must exist, the topic
+/// must follow `rules` and not be reserved. The error is the message for
+/// the client. Pure, so it can be fuzzed and property-tested.
 pub fn parse_body(
     body: &[u8],
     default_realm: &str,
     realm_exists: impl Fn(&str) -> bool,
     rules: telegraphy_wamp::UriRules,
-) -> Result<PublishRequest, String> {
-    let value = telegraphy_wamp::Serialization::Json.decode_value(body).map_err(|e| format!("the body must be a JSON object: {e}"))?;
-    let Value::Dict(mut fields) = value else {
-        return Err("the body must be a JSON object with at least a \"topic\"".into());
+) -> Result<HttpPublish, String> {
+    let request = PublishRequest::from_json(body, JsonOptions::Wamp).map_err(|e| e.to_string())?;
+    let PublishRequest { topic, args, kwargs, options, realm, require_subscriber } = request;
+    let realm = match realm {
+        None => default_realm.to_string(),
+        Some(r) if realm_exists(&r) => r,
+        Some(r) => return Err(format!("realm `{r}` does not exist on this gateway")),
     };
-    let topic = match fields.remove("topic") {
-        Some(Value::Str(t)) => t,
-        Some(other) => return Err(format!("\"topic\" must be a string, got {}", other.type_name())),
-        None => return Err("\"topic\" is missing".into()),
-    };
-    let args = match fields.remove("args") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::List(l)) => l,
-        Some(other) => return Err(format!("\"args\" must be a list, got {}", other.type_name())),
-    };
-    let kwargs = match fields.remove("kwargs") {
-        None | Some(Value::Null) => Dict::new(),
-        Some(Value::Dict(d)) => d,
-        Some(other) => return Err(format!("\"kwargs\" must be an object, got {}", other.type_name())),
-    };
-    let opts = match fields.remove("options") {
-        None | Some(Value::Null) => Dict::new(),
-        Some(Value::Dict(d)) => d,
-        Some(other) => return Err(format!("\"options\" must be an object, got {}", other.type_name())),
-    };
-    let realm = match fields.remove("realm") {
-        None | Some(Value::Null) => default_realm.to_string(),
-        Some(Value::Str(r)) if realm_exists(&r) => r,
-        Some(Value::Str(r)) => return Err(format!("realm `{r}` does not exist on this gateway")),
-        Some(other) => return Err(format!("\"realm\" must be a string, got {}", other.type_name())),
-    };
-    let require_subscriber = match fields.remove("require_subscriber") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => b,
-        Some(other) => return Err(format!("\"require_subscriber\" must be true or false, got {}", other.type_name())),
-    };
-    if let Some(key) = fields.keys().next() {
-        return Err(format!("unknown field \"{key}\"; the body takes topic, args, kwargs, options, realm and require_subscriber"));
-    }
-    if !uri::is_valid(&topic, rules, UriKind::Concrete) {
-        return Err(format!("`{topic}` is not a valid topic URI (dot-separated, no empty parts)"));
-    }
-    if topic.starts_with("wamp.") {
-        return Err("topics under `wamp.` are reserved for the router".into());
-    }
-    let filter = options::parse(&opts)?.filter;
-    Ok(PublishRequest { realm, topic, args, kwargs, filter, require_subscriber })
+    check_topic(&topic, rules).map_err(|e| e.to_string())?;
+    let filter = options.map(|o| o.filter).unwrap_or_default();
+    Ok(HttpPublish { realm, topic, args, kwargs, filter, require_subscriber: require_subscriber.unwrap_or(false) })
 }
 
 fn too_large(node: &Node, len: Option<usize>) -> PublishFailure {

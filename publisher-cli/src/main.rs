@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use telegraphy_bus::{BusOptions, Filter};
+use telegraphy_bus::{BusOptions, Filter, JsonOptions, PublishRequest};
 use telegraphy_publisher::{Error, ErrorKind, Event, Publisher};
-use telegraphy_wamp::{Dict, Value};
+use telegraphy_wamp::Value;
 
 /// Exit statuses (also listed in --help).
 mod status {
@@ -93,7 +93,8 @@ struct Args {
     window: usize,
     /// Read events from standard input, one JSON object per line:
     /// {"topic": "...", "args": [...], "kwargs": {...}, "options": {...}, "realm": "...",
-    /// "require_subscriber": true}.
+    /// "require_subscriber": true}. "options" takes the six lists above
+    /// (e.g. {"eligible": [ID]}); what a line leaves out comes from the flags.
     #[arg(long, conflicts_with_all = ["topic", "args", "kwargs"])]
     stdin: bool,
     /// The topic URI.
@@ -214,86 +215,18 @@ async fn publish_one(args: &Args, publisher: &Publisher) -> Result<(), Failure> 
     Ok(())
 }
 
-/// One stdin line into an event.
+/// One stdin line into an event: the shared request codec reads it (its
+/// options may only be the six lists); what the line leaves out comes from
+/// the flags.
 fn event_from_line(args: &Args, line: &str) -> Result<Event, Failure> {
-    let Value::Dict(mut fields) = parse_json("the line", line)? else {
-        return Err(bad("each line must be a JSON object with at least a \"topic\""));
-    };
-    let topic = match fields.remove("topic") {
-        Some(Value::Str(t)) => t,
-        _ => return Err(bad("\"topic\" is missing or not a string")),
-    };
-    let mut event = Event::new(topic).realm(args.realm.clone());
-    match fields.remove("args") {
-        None | Some(Value::Null) => {}
-        Some(Value::List(l)) => event.args = l,
-        Some(other) => return Err(bad(format!("\"args\" must be an array, got {}", other.type_name()))),
-    }
-    match fields.remove("kwargs") {
-        None | Some(Value::Null) => {}
-        Some(Value::Dict(d)) => event.kwargs = d,
-        Some(other) => return Err(bad(format!("\"kwargs\" must be an object, got {}", other.type_name()))),
-    }
-    match fields.remove("realm") {
-        None | Some(Value::Null) => {}
-        Some(Value::Str(r)) => event.realm = Some(r),
-        Some(other) => return Err(bad(format!("\"realm\" must be a string, got {}", other.type_name()))),
-    }
-    event.filter = match fields.remove("options") {
-        None | Some(Value::Null) => filter_from_flags(args),
-        Some(Value::Dict(options)) => filter_from_options(&options)?,
-        Some(other) => return Err(bad(format!("\"options\" must be an object, got {}", other.type_name()))),
-    };
-    match fields.remove("require_subscriber") {
-        None | Some(Value::Null) => event.require_subscriber = args.require_subscriber,
-        Some(Value::Bool(b)) => event.require_subscriber = b,
-        Some(other) => return Err(bad(format!("\"require_subscriber\" must be true or false, got {}", other.type_name()))),
-    }
-    if let Some(key) = fields.keys().next() {
-        return Err(bad(format!("unknown field \"{key}\"; a line takes topic, args, kwargs, options, realm and require_subscriber")));
-    }
+    let request = PublishRequest::from_json(line.as_bytes(), JsonOptions::ListsOnly).map_err(|e| bad(e.to_string()))?;
+    let PublishRequest { topic, args: payload, kwargs, options, realm, require_subscriber } = request;
+    let mut event = Event::new(topic).realm(realm.unwrap_or_else(|| args.realm.clone()));
+    event.args = payload;
+    event.kwargs = kwargs;
+    event.filter = options.map_or_else(|| filter_from_flags(args), |o| o.filter);
+    event.require_subscriber = require_subscriber.unwrap_or(args.require_subscriber);
     Ok(event)
-}
-
-fn filter_from_options(options: &Dict) -> Result<Filter, Failure> {
-    let ids = |key: &str| -> Result<Option<Vec<u64>>, Failure> {
-        match options.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::List(l)) => l
-                .iter()
-                .map(|v| v.as_u64().ok_or_else(|| bad(format!("option \"{key}\" must hold session ids"))))
-                .collect::<Result<Vec<_>, _>>()
-                .map(Some),
-            Some(_) => Err(bad(format!("option \"{key}\" must be an array of session ids"))),
-        }
-    };
-    let strs = |key: &str| -> Result<Option<Vec<String>>, Failure> {
-        match options.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::List(l)) => l
-                .iter()
-                .map(|v| v.as_str().map(String::from).ok_or_else(|| bad(format!("option \"{key}\" must hold strings"))))
-                .collect::<Result<Vec<_>, _>>()
-                .map(Some),
-            Some(_) => Err(bad(format!("option \"{key}\" must be an array of strings"))),
-        }
-    };
-    if let Some(key) = options
-        .keys()
-        .find(|k| !matches!(k.as_str(), "exclude" | "eligible" | "exclude_authid" | "eligible_authid" | "exclude_authrole" | "eligible_authrole"))
-    {
-        return Err(bad(format!(
-            "unknown option \"{key}\"; use exclude, eligible, exclude_authid, eligible_authid, exclude_authrole or eligible_authrole"
-        )));
-    }
-    Ok(Filter {
-        exclude: ids("exclude")?.unwrap_or_default(),
-        eligible: ids("eligible")?,
-        exclude_authid: strs("exclude_authid")?.unwrap_or_default(),
-        eligible_authid: strs("eligible_authid")?,
-        exclude_authrole: strs("exclude_authrole")?.unwrap_or_default(),
-        eligible_authrole: strs("eligible_authrole")?,
-    })
 }
 
 async fn publish_lines(args: &Args, publisher: &Publisher) -> Result<(), Failure> {
@@ -379,4 +312,51 @@ async fn publish_batch(args: &Args, publisher: &Publisher, batch: Vec<(usize, Ev
         }
     }
     stop
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(flags: &[&str]) -> Args {
+        Args::parse_from(["telegraphy-publish", "--stdin"].iter().chain(flags))
+    }
+
+    #[test]
+    fn a_line_takes_what_it_leaves_out_from_the_flags() {
+        let flags = args(&["--realm", "r9", "--exclude", "5", "--eligible-authrole", "admin", "--require-subscriber"]);
+        let e = event_from_line(&flags, r#"{"topic": "a.b", "args": [1]}"#).ok().unwrap();
+        assert_eq!((e.topic.as_str(), e.realm.as_deref(), e.require_subscriber), ("a.b", Some("r9"), true));
+        assert_eq!(e.args, vec![Value::UInt(1)]);
+        assert_eq!(e.filter, Filter { exclude: vec![5], eligible_authrole: Some(vec!["admin".into()]), ..Filter::default() });
+        // What the line says wins, options as a whole.
+        let line = r#"{"topic": "a.b", "realm": "r1", "options": {"eligible": [3]}, "require_subscriber": false}"#;
+        let e = event_from_line(&flags, line).ok().unwrap();
+        assert_eq!((e.realm.as_deref(), e.require_subscriber), (Some("r1"), false));
+        assert_eq!(e.filter, Filter { eligible: Some(vec![3]), ..Filter::default() });
+    }
+
+    #[test]
+    fn bad_lines_are_bad_input_with_the_codec_s_message() {
+        let flags = args(&[]);
+        for (line, message) in [
+            ("not json", "not valid JSON: expected ident at line 1 column 2"),
+            (r#"{"args": []}"#, "\"topic\" is missing"),
+            (
+                r#"{"topic": "a.b", "options": {"eligable": [1]}}"#,
+                "unknown option `eligable`; use eligible, eligible_authid, eligible_authrole, exclude, exclude_authid or exclude_authrole",
+            ),
+            (
+                r#"{"topic": "a.b", "options": {"acknowledge": true}}"#,
+                "unknown option `acknowledge`; use eligible, eligible_authid, eligible_authrole, exclude, exclude_authid or exclude_authrole",
+            ),
+            (
+                r#"{"topic": "a.b", "retain": true}"#,
+                "unknown field \"retain\"; a publish request takes topic, args, kwargs, options, realm and require_subscriber",
+            ),
+        ] {
+            let f = event_from_line(&flags, line).err().unwrap();
+            assert_eq!((f.status, f.message.as_str()), (status::BAD_INPUT, message), "{line}");
+        }
+    }
 }

@@ -26,10 +26,10 @@
 //! [`Error`] with its [`ErrorKind`].
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use telegraphy_bus::{Bus, BusError, BusOptions, Delivery, Envelope, Filter, PublishError};
-use telegraphy_wamp::{uri, Dict, Id, UriKind, UriRules, Value, MAX_ID};
+use telegraphy_bus::{check_topic, now_us, Bus, BusError, BusOptions, Delivery, Envelope, Filter, PublishError, PublishOptions, PublishRequest};
+use telegraphy_wamp::{Dict, Id, UriRules, Value, MAX_ID};
 
 /// The realm events go to unless the event names another.
 pub const DEFAULT_REALM: &str = "realm1";
@@ -157,21 +157,26 @@ impl Event {
             kwargs: self.kwargs,
             filter: self.filter,
             publisher: None,
-            published_at_us: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0),
+            published_at_us: now_us(),
+        }
+    }
+
+    /// The event as a `POST /publish` body. Without a realm the gateway
+    /// picks its first one.
+    fn request(self) -> PublishRequest {
+        PublishRequest {
+            topic: self.topic,
+            args: self.args,
+            kwargs: self.kwargs,
+            options: Some(PublishOptions { filter: self.filter, ..PublishOptions::default() }),
+            realm: self.realm,
+            require_subscriber: self.require_subscriber.then_some(true),
         }
     }
 
     fn check(&self) -> Result<(), Error> {
-        if !uri::is_valid(&self.topic, UriRules::Loose, UriKind::Concrete) {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!("`{}` is not a valid topic URI (dot-separated words, no spaces, no `#`, no empty parts)", self.topic),
-            ));
-        }
-        if self.topic.starts_with("wamp.") {
-            return Err(Error::new(ErrorKind::InvalidInput, "topics under `wamp.` are reserved for the router"));
-        }
-        Ok(())
+        // The gateway may apply strict rules too; it answers for itself.
+        check_topic(&self.topic, UriRules::Loose).map_err(|e| Error::new(ErrorKind::InvalidInput, e.to_string()))
     }
 }
 
@@ -291,46 +296,15 @@ impl Publisher {
     }
 }
 
-fn filter_json(f: &Filter) -> serde_json::Value {
-    let mut o = serde_json::Map::new();
-    if !f.exclude.is_empty() {
-        o.insert("exclude".into(), f.exclude.clone().into());
-    }
-    if let Some(l) = &f.eligible {
-        o.insert("eligible".into(), l.clone().into());
-    }
-    if !f.exclude_authid.is_empty() {
-        o.insert("exclude_authid".into(), f.exclude_authid.clone().into());
-    }
-    if let Some(l) = &f.eligible_authid {
-        o.insert("eligible_authid".into(), l.clone().into());
-    }
-    if !f.exclude_authrole.is_empty() {
-        o.insert("exclude_authrole".into(), f.exclude_authrole.clone().into());
-    }
-    if let Some(l) = &f.eligible_authrole {
-        o.insert("eligible_authrole".into(), l.clone().into());
-    }
-    serde_json::Value::Object(o)
-}
-
 async fn http_publish(client: &reqwest::Client, endpoint: &str, api_key: &str, event: Event) -> Result<Id, Error> {
-    let mut body = serde_json::json!({
-        "topic": event.topic,
-        "args": to_json(&event.args),
-        "kwargs": to_json(&event.kwargs),
-        "options": filter_json(&event.filter),
-    });
-    if let Some(realm) = event.realm {
-        body["realm"] = realm.into();
-    }
-    if event.require_subscriber {
-        body["require_subscriber"] = true.into();
-    }
-    let response = client.post(endpoint).bearer_auth(api_key).json(&body).send().await.map_err(|e| {
-        let what = if e.is_timeout() { "did not answer in time" } else { "cannot be reached" };
-        Error::new(ErrorKind::Unavailable, format!("the gateway at {endpoint} {what}: {e}"))
-    })?;
+    let body = event.request().to_json();
+    let response =
+        client.post(endpoint).bearer_auth(api_key).header(reqwest::header::CONTENT_TYPE, "application/json").body(body).send().await.map_err(
+            |e| {
+                let what = if e.is_timeout() { "did not answer in time" } else { "cannot be reached" };
+                Error::new(ErrorKind::Unavailable, format!("the gateway at {endpoint} {what}: {e}"))
+            },
+        )?;
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     let parsed: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
@@ -348,11 +322,6 @@ async fn http_publish(client: &reqwest::Client, endpoint: &str, api_key: &str, e
     }
 }
 
-/// Payload values as JSON (binary data in the WAMP JSON string form).
-fn to_json<T: serde::Serialize>(value: &T) -> serde_json::Value {
-    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,7 +330,21 @@ mod tests {
     fn events_are_checked() {
         assert!(Event::new("com.example.x").check().is_ok());
         assert_eq!(Event::new("com..x").check().unwrap_err().kind(), ErrorKind::InvalidInput);
-        assert_eq!(Event::new("wamp.session.on_join").check().unwrap_err().kind(), ErrorKind::InvalidInput);
+        let reserved = Event::new("wamp.session.on_join").check().unwrap_err();
+        assert_eq!(reserved.kind(), ErrorKind::InvalidInput);
+        assert_eq!(reserved.to_string(), "topics under `wamp.` are reserved for the router");
+    }
+
+    #[test]
+    fn the_http_body_is_the_documented_json() {
+        let mut event = Event::new("com.example.x").arg(1u64).arg(Value::Bin(vec![0, 255])).kwarg("k", "v").realm("r").require_subscriber(true);
+        event.filter = Filter { exclude: vec![7], eligible_authrole: Some(vec!["admin".into()]), ..Filter::default() };
+        assert_eq!(
+            String::from_utf8(event.request().to_json()).unwrap(),
+            r#"{"args":[1,"\u0000AP8="],"kwargs":{"k":"v"},"options":{"eligible_authrole":["admin"],"exclude":[7]},"realm":"r","require_subscriber":true,"topic":"com.example.x"}"#
+        );
+        // Without a realm the gateway picks its first; an open filter is an empty object.
+        assert_eq!(String::from_utf8(Event::new("a.b").request().to_json()).unwrap(), r#"{"args":[],"kwargs":{},"options":{},"topic":"a.b"}"#);
     }
 
     #[test]

@@ -3,15 +3,14 @@
 
 use std::collections::HashSet;
 
-use telegraphy_bus::{Envelope, Publisher};
+use telegraphy_bus::{check_topic, now_us, Envelope, PublishOptions, Publisher, TopicError};
 use telegraphy_wamp::codes::uri as err;
 use telegraphy_wamp::{code, uri, Dict, Id, MatchPolicy, Message, UriKind, Value};
 
 use super::{Session, State};
 use crate::authz::Decision;
 use crate::broker::{Broker, Identity};
-use crate::node::{now_us, random_id};
-use crate::options;
+use crate::node::random_id;
 
 /// Longest wait for the bus to route a new subscription before SUBSCRIBED.
 const INTEREST_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -118,12 +117,12 @@ impl Session {
     }
 
     async fn publish(&mut self, request: Id, options: Dict, topic: String, args: Vec<Value>, kwargs: Dict) {
-        let opts = match options::parse(&options) {
+        let opts = match PublishOptions::from_wamp_options(&options) {
             Ok(o) => o,
-            Err(message) => {
+            Err(e) => {
                 // Without a readable `acknowledge` the client gets the error
                 // anyway: silently dropping a malformed publish helps nobody.
-                return self.error(code::PUBLISH, request, err::INVALID_ARGUMENT, &message);
+                return self.error(code::PUBLISH, request, err::INVALID_ARGUMENT, &e.to_string());
             }
         };
         let reject = |this: &mut Self, error: &str, message: &str| {
@@ -131,11 +130,12 @@ impl Session {
                 this.error(code::PUBLISH, request, error, message);
             }
         };
-        if !uri::is_valid(&topic, self.node.uri_rules, UriKind::Concrete) {
-            return reject(self, err::INVALID_URI, &format!("`{topic}` is not a valid topic URI"));
-        }
-        if topic.starts_with("wamp.") {
-            return reject(self, err::NOT_AUTHORIZED, "topics under `wamp.` are reserved for the router");
+        if let Err(e) = check_topic(&topic, self.node.uri_rules) {
+            let error = match e {
+                TopicError::Invalid { .. } => err::INVALID_URI,
+                TopicError::Reserved => err::NOT_AUTHORIZED,
+            };
+            return reject(self, error, &e.to_string());
         }
         let State::Established { rights, .. } = &self.state else { return };
         if !rights.permissions.may_publish(&topic) {
