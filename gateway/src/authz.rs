@@ -36,24 +36,29 @@ pub enum Pattern {
     Wildcard(String),
 }
 
+/// A permission pattern that does not parse; the message says what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PatternError(String);
+
 impl Pattern {
     /// Parses the pattern syntax; errors say what is wrong.
-    pub fn parse(s: &str) -> Result<Pattern, String> {
+    pub fn parse(s: &str) -> Result<Pattern, PatternError> {
         if s == "*" {
             return Ok(Pattern::All);
         }
         if let Some(prefix) = s.strip_suffix('*') {
             if prefix.contains('*') || prefix.is_empty() {
-                return Err(format!("pattern `{s}`: `*` may only end a pattern (or be the whole pattern)"));
+                return Err(PatternError(format!("pattern `{s}`: `*` may only end a pattern (or be the whole pattern)")));
             }
             let check = prefix.strip_suffix('.').unwrap_or(prefix);
             if !uri::is_valid(check, UriRules::Loose, UriKind::Concrete) {
-                return Err(format!("pattern `{s}`: `{prefix}` is not a valid URI prefix"));
+                return Err(PatternError(format!("pattern `{s}`: `{prefix}` is not a valid URI prefix")));
             }
             return Ok(Pattern::Prefix(prefix.to_string()));
         }
         if s.contains('*') {
-            return Err(format!("pattern `{s}`: `*` may only end a pattern"));
+            return Err(PatternError(format!("pattern `{s}`: `*` may only end a pattern")));
         }
         if uri::is_valid(s, UriRules::Loose, UriKind::Concrete) {
             return Ok(Pattern::Exact(s.to_string()));
@@ -61,7 +66,7 @@ impl Pattern {
         if uri::is_valid(s, UriRules::Loose, UriKind::Pattern(MatchPolicy::Wildcard)) {
             return Ok(Pattern::Wildcard(s.to_string()));
         }
-        Err(format!("pattern `{s}` is not a topic, a prefix ending in `*`, a wildcard like `a..c`, or `*`"))
+        Err(PatternError(format!("pattern `{s}` is not a topic, a prefix ending in `*`, a wildcard like `a..c`, or `*`")))
     }
 
     /// Whether a concrete topic matches.
@@ -136,7 +141,7 @@ pub struct PatternSet(pub Vec<Pattern>);
 
 impl PatternSet {
     /// Parses every pattern.
-    pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<PatternSet, String> {
+    pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<PatternSet, PatternError> {
         patterns.iter().map(|p| Pattern::parse(p.as_ref())).collect::<Result<_, _>>().map(PatternSet)
     }
 

@@ -25,7 +25,6 @@
 //! * [`wire`]: a connection's socket, shared by hyper, tungstenite and the
 //!   gateway's own writers (the fan-out writes straight to it), in order.
 //! * [`publish`]: `POST /publish` for the web-app side.
-//! * [`options`]: publish options shared by WAMP and HTTP.
 //! * [`node`]: state shared by every connection; the bus dispatcher.
 //! * [`lifecycle`]: draining flag, shutdown signal and session tracker
 //!   (the drain itself is run by [`server`]).
@@ -44,7 +43,6 @@ pub mod listener;
 pub mod match_index;
 pub mod metrics;
 pub mod node;
-pub mod options;
 pub mod outbox;
 pub mod publish;
 pub mod realm;

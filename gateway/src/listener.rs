@@ -41,21 +41,51 @@ pub struct ListenLimits {
     pub send_buffer: usize,
 }
 
+/// Why the TLS certificate or key could not be loaded; the source error is kept.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The certificate file could not be read or is not PEM.
+    #[error("tls.cert_file {path} is not a readable PEM certificate chain")]
+    Certificate {
+        /// The file.
+        path: String,
+        /// What the PEM reader said.
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// The certificate file holds no certificate.
+    #[error("tls.cert_file {0} holds no certificate")]
+    NoCertificate(String),
+    /// The key file could not be read or is not a PEM private key.
+    #[error("tls.key_file {path} is not a PEM private key")]
+    Key {
+        /// The file.
+        path: String,
+        /// What the PEM reader said.
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// rustls refused the pair.
+    #[error("the TLS certificate and key do not fit together")]
+    Mismatch(#[source] rustls::Error),
+}
+
 /// Loads a TLS acceptor from PEM files (certificate chain, private key).
-pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> anyhow::Result<TlsAcceptor> {
-    use anyhow::Context as _;
+pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsError> {
+    let cert_path = || cert_file.display().to_string();
     let certs = CertificateDer::pem_file_iter(cert_file)
-        .with_context(|| format!("cannot read tls.cert_file {}", cert_file.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("tls.cert_file {} is not a PEM certificate chain", cert_file.display()))?;
-    anyhow::ensure!(!certs.is_empty(), "tls.cert_file {} holds no certificate", cert_file.display());
-    let key = PrivateKeyDer::from_pem_file(key_file).with_context(|| format!("tls.key_file {} is not a PEM private key", key_file.display()))?;
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| TlsError::Certificate { path: cert_path(), source })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate(cert_path()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|source| TlsError::Key { path: key_file.display().to_string(), source })?;
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .context("TLS protocol setup")?
+        .map_err(TlsError::Mismatch)?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .context("the TLS certificate and key do not fit together")?;
+        .map_err(TlsError::Mismatch)?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -106,7 +106,7 @@ fn main() -> std::process::ExitCode {
         Ok(p) => p,
         Err(e) => {
             eprintln!("telegraphy-gateway: {e}");
-            return std::process::ExitCode::from(2);
+            return std::process::ExitCode::from(if e.is_configuration() { 2 } else { 1 });
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -118,7 +118,8 @@ fn main() -> std::process::ExitCode {
     };
     match runtime.block_on(async {
         let gateway = Gateway::bind_prepared(prepared).await?;
-        gateway.run(server::shutdown_signal()).await
+        gateway.run(server::shutdown_signal()).await?;
+        anyhow::Ok(())
     }) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

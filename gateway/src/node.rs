@@ -4,7 +4,6 @@
 //! that hands each event to its realm.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use telegraphy_bus::{Bus, Envelope};
 use telegraphy_wamp::{Id, UriRules, MAX_ID};
@@ -129,9 +128,4 @@ pub fn secure_random_bytes<const N: usize>() -> [u8; N] {
     // it ever did, there is nothing safe to fall back to.
     getrandom::fill(&mut bytes).expect("the operating system's random number generator failed");
     bytes
-}
-
-/// Microseconds since the Unix epoch.
-pub fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }

@@ -56,6 +56,38 @@ pub struct Gateway {
     admin: TcpListener,
 }
 
+/// Why a gateway could not start. Each keeps its source error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration's values.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The TLS certificate or key.
+    #[error("invalid configuration: {0}")]
+    Tls(#[from] crate::listener::TlsError),
+    /// The bus URL or its options.
+    #[error(transparent)]
+    Bus(#[from] telegraphy_bus::BusError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({key}); is another process using it?")]
+    Listen {
+        /// The configuration key (`listen`, `admin_listen`).
+        key: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// Whether the configuration is at fault (the binary exits 2 then).
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, StartError::Config(_) | StartError::Tls(_))
+    }
+}
+
 /// A configuration checked the way the gateway will use it: its values
 /// ([`Config::validate`]), then its keys, roles, CRA users and TLS files
 /// loaded, once. A bad key so stops the gateway before it listens.
@@ -67,11 +99,11 @@ pub struct Prepared {
 
 impl Prepared {
     /// Validates `config` and loads what it points to.
-    pub fn new(config: Config) -> Result<Prepared, ConfigError> {
+    pub fn new(config: Config) -> Result<Prepared, StartError> {
         config.validate()?;
         let auth = Authenticator::from_config(&config)?;
         let tls = match (&config.tls.cert_file, &config.tls.key_file) {
-            (Some(cert), Some(key)) => Some(crate::listener::tls_acceptor(cert, key).map_err(|e| ConfigError::Invalid(format!("{e:#}")))?),
+            (Some(cert), Some(key)) => Some(crate::listener::tls_acceptor(cert, key)?),
             _ => None,
         };
         Ok(Prepared { config, auth, tls })
@@ -80,13 +112,12 @@ impl Prepared {
 
 impl Gateway {
     /// Builds the node and binds both listeners (so bind errors surface here).
-    pub async fn bind(config: Config) -> anyhow::Result<Gateway> {
+    pub async fn bind(config: Config) -> Result<Gateway, StartError> {
         Gateway::bind_prepared(Prepared::new(config)?).await
     }
 
     /// [`Gateway::bind`] for a configuration already prepared.
-    pub async fn bind_prepared(prepared: Prepared) -> anyhow::Result<Gateway> {
-        use anyhow::Context as _;
+    pub async fn bind_prepared(prepared: Prepared) -> Result<Gateway, StartError> {
         let Prepared { config, auth, tls } = prepared;
         let metrics = Arc::new(Metrics::new());
         let (tx, events) = mpsc::channel(config.limits.bus_queue);
@@ -94,11 +125,12 @@ impl Gateway {
         let inbound = Inbound::new(tx, BusMetrics::register(metrics.registry()));
         let node_id = fastrand::u64(1..);
         let bus = telegraphy_bus::start(&config.bus, &config.bus_options(node_id), inbound)?;
-        let public =
-            bind_listener(config.listen).with_context(|| format!("cannot listen on {} (listen); is another process using it?", config.listen))?;
-        let admin = TcpListener::bind(config.admin_listen)
-            .await
-            .with_context(|| format!("cannot listen on {} (admin_listen); is another process using it?", config.admin_listen))?;
+        let public = bind_listener(config.listen).map_err(|source| StartError::Listen { key: "listen", addr: config.listen, source })?;
+        let admin = TcpListener::bind(config.admin_listen).await.map_err(|source| StartError::Listen {
+            key: "admin_listen",
+            addr: config.admin_listen,
+            source,
+        })?;
         let node = Node::new(node_id, config, auth, bus, queue, metrics);
         Ok(Gateway { node, tls, events, public, admin })
     }
