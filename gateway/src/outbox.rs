@@ -70,6 +70,12 @@ pub enum PushError {
 pub struct Flush(Vec<Arc<Wire>>);
 
 impl Flush {
+    /// Remembers a wire that holds deferred frames (once per session per batch).
+    #[inline(never)]
+    fn defer(&mut self, wire: &Arc<Wire>) {
+        self.0.push(wire.clone());
+    }
+
     /// Writes every session's deferred frames (what the kernel does not
     /// take goes to the session's task).
     pub fn run(&mut self) {
@@ -108,25 +114,35 @@ impl Outbox {
     /// task, so the writes run on every core and a session that fell behind
     /// gets several events per write. The caller counts what it sent
     /// (`messages_out`, `bytes_out`), once per event rather than per frame.
+    ///
+    /// Inlined into the fan-out loop: it runs once per delivery (the
+    /// instruction budgets in `bench/instructions` watch it).
+    #[inline(always)]
     pub fn push_event(&self, frame: &Bytes, fanout: usize, flush: &mut Flush) -> Result<(), PushError> {
         if self.is_closing() {
-            self.metrics.dropped(DropReason::Closing, 1);
-            return Err(PushError::Closed);
+            return self.refuse_closing();
         }
-        if fanout > DIRECT_WRITE_MAX {
-            return self.send(frame, When::Task);
-        }
-        match self.wire.send(frame, self.max_messages, self.max_bytes, When::Later) {
-            Sent::Full => {
-                self.overflow();
-                Err(PushError::Full)
-            }
+        let when = if fanout > DIRECT_WRITE_MAX { When::Task } else { When::Later };
+        match self.wire.send(frame, self.max_messages, self.max_bytes, when) {
+            Sent::Written | Sent::Queued => Ok(()),
             Sent::Deferred => {
-                flush.0.push(self.wire.clone());
+                flush.defer(&self.wire);
                 Ok(())
             }
-            Sent::Written | Sent::Queued => Ok(()),
+            Sent::Full => self.overflowed(),
         }
+    }
+
+    #[cold]
+    fn refuse_closing(&self) -> Result<(), PushError> {
+        self.metrics.dropped(DropReason::Closing, 1);
+        Err(PushError::Closed)
+    }
+
+    #[cold]
+    fn overflowed(&self) -> Result<(), PushError> {
+        self.overflow();
+        Err(PushError::Full)
     }
 
     fn send(&self, frame: &Bytes, when: When) -> Result<(), PushError> {
