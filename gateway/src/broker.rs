@@ -294,12 +294,11 @@ mod tests {
     use futures_util::future::BoxFuture;
     use telegraphy_bus::{Delivery, Filter, PublishError, Publisher};
     use telegraphy_wamp::{Message, Serialization};
-    use tokio::io::AsyncReadExt as _;
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
     use crate::authz::PatternSet;
-    use crate::wire::Wire;
+    use crate::wire::{read_message, Wire};
 
     /// A bus that only records the interests it is given (this module's
     /// promise to the bus: an interest exactly while a subscription exists).
@@ -374,21 +373,6 @@ mod tests {
             publisher: None,
             published_at_us: 0,
         }
-    }
-
-    /// Reads one WebSocket frame the gateway wrote (unmasked, short) and decodes it.
-    async fn read_message(client: &mut TcpStream, ser: Serialization) -> Message {
-        let mut head = [0u8; 2];
-        client.read_exact(&mut head).await.unwrap();
-        let mut len = usize::from(head[1] & 0x7f);
-        if len == 126 {
-            let mut ext = [0u8; 2];
-            client.read_exact(&mut ext).await.unwrap();
-            len = usize::from(u16::from_be_bytes(ext));
-        }
-        let mut payload = vec![0u8; len];
-        client.read_exact(&mut payload).await.unwrap();
-        ser.decode(&payload).unwrap()
     }
 
     #[tokio::test]

@@ -427,6 +427,24 @@ pub(crate) fn encode_frame<T: serde::Serialize + ?Sized>(s: telegraphy_wamp::Ser
     }
 }
 
+/// Reads one frame the gateway wrote (unmasked, under 64 KiB) from a test
+/// client's socket and decodes its WAMP message.
+#[cfg(test)]
+pub(crate) async fn read_message(client: &mut TcpStream, ser: telegraphy_wamp::Serialization) -> telegraphy_wamp::Message {
+    use tokio::io::AsyncReadExt as _;
+    let mut head = [0u8; 2];
+    client.read_exact(&mut head).await.unwrap();
+    let mut len = usize::from(head[1] & 0x7f);
+    if len == 126 {
+        let mut ext = [0u8; 2];
+        client.read_exact(&mut ext).await.unwrap();
+        len = usize::from(u16::from_be_bytes(ext));
+    }
+    let mut payload = vec![0u8; len];
+    client.read_exact(&mut payload).await.unwrap();
+    ser.decode(&payload).unwrap()
+}
+
 /// A WebSocket ping frame with no payload.
 pub fn ping_frame() -> Bytes {
     format(Frame::ping(Bytes::new()))

@@ -348,7 +348,6 @@ mod tests {
     use telegraphy_bus::memory::MemoryBus;
     use telegraphy_bus::{BusMetrics, Inbound};
     use telegraphy_wamp::{MatchPolicy, Serialization};
-    use tokio::io::AsyncReadExt as _;
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
@@ -388,17 +387,7 @@ mod tests {
     }
 
     async fn reply(client: &mut TcpStream) -> Message {
-        let mut head = [0u8; 2];
-        client.read_exact(&mut head).await.unwrap();
-        let mut len = usize::from(head[1] & 0x7f);
-        if len == 126 {
-            let mut ext = [0u8; 2];
-            client.read_exact(&mut ext).await.unwrap();
-            len = usize::from(u16::from_be_bytes(ext));
-        }
-        let mut payload = vec![0u8; len];
-        client.read_exact(&mut payload).await.unwrap();
-        Serialization::Json.decode(&payload).unwrap()
+        crate::wire::read_message(client, Serialization::Json).await
     }
 
     fn hello() -> Message {
