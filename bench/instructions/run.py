@@ -67,6 +67,15 @@ PATHS = [
     fanout("ceiling", 10000, "json", (2, 7)),
     fanout("gateway", 10000, "msgpack", (2, 7)),
     fanout("ceiling", 10000, "msgpack", (2, 7)),
+    # Small fan-outs (<= 128 local sessions) are written once per session per
+    # dispatcher batch: 100 subscribers, 16 events per batch.
+    path(
+        "fanout-gateway-100-batch16-json",
+        "delivery",
+        lambda n: ["fanout-gateway", "--subscribers", "100", "--ser", "json", "--events", str(n), "--batch", "16"],
+        (64, 192),
+        lambda n: n * 100,
+    ),
     path("decode-json", "message", lambda n: ["decode", "--ser", "json", "--messages", str(n)], (3000, 9000), lambda n: n),
     path("decode-msgpack", "message", lambda n: ["decode", "--ser", "msgpack", "--messages", str(n)], (3000, 9000), lambda n: n),
     path("session-setup-jwt", "session", lambda n: ["session-setup", "--sessions", str(n)], (20, 60), lambda n: n),

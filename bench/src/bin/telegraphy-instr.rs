@@ -10,7 +10,9 @@
 //!
 //! * `fanout-gateway`: one EVENT delivered, through the gateway's own
 //!   [`Broker::dispatch`], outboxes and wires (and the connection tasks'
-//!   writes for large subscriptions), to N real loopback sockets;
+//!   writes for large subscriptions), to N real loopback sockets; with
+//!   `--batch K`, K events per dispatcher batch (small subscriptions'
+//!   frames are written once per session per batch);
 //! * `fanout-ceiling`: the same delivery done as cheaply as possible: the
 //!   EVENT encoded once, the same frame written to every socket;
 //! * `decode`: one WAMP message decoded (a mix of PUBLISH, SUBSCRIBE, EVENT);
@@ -71,7 +73,7 @@ impl Ser {
 
 #[derive(Subcommand)]
 enum What {
-    /// EVENTs delivered through the gateway's hub to N sockets.
+    /// EVENTs delivered through the gateway's broker to N sockets.
     FanoutGateway {
         #[arg(long)]
         subscribers: usize,
@@ -79,6 +81,11 @@ enum What {
         ser: Ser,
         #[arg(long)]
         events: u64,
+        /// Events dispatched per batch (one flush of the small fan-outs'
+        /// queued frames per batch, as the node's dispatcher does with what
+        /// it takes from the bus at once).
+        #[arg(long, default_value_t = 1)]
+        batch: u64,
     },
     /// The same deliveries by the bare minimum (encode once, write the frame to each socket).
     FanoutCeiling {
@@ -157,7 +164,7 @@ fn main() -> anyhow::Result<()> {
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cli.what {
-        What::FanoutGateway { subscribers, ser, events } => rt.block_on(fanout_gateway(subscribers, ser.get(), events)),
+        What::FanoutGateway { subscribers, ser, events, batch } => rt.block_on(fanout_gateway(subscribers, ser.get(), events, batch)),
         What::FanoutCeiling { subscribers, ser, events } => rt.block_on(fanout_ceiling(subscribers, ser.get(), events)),
         What::Decode { ser, messages } => decode(ser.get(), messages),
         What::SessionSetup { sessions } => rt.block_on(session_setup(sessions)),
@@ -245,7 +252,7 @@ fn memory_bus() -> (Arc<dyn telegraphy_bus::Bus>, tokio::sync::mpsc::Receiver<En
     (Arc::new(MemoryBus::new(Inbound::new(tx, BusMetrics::unregistered()))), rx)
 }
 
-async fn fanout_gateway(subscribers: usize, ser: Serialization, events: u64) -> anyhow::Result<()> {
+async fn fanout_gateway(subscribers: usize, ser: Serialization, events: u64, batch: u64) -> anyhow::Result<()> {
     let (socks, mut helper) = sockets(subscribers).await?;
     let metrics = Arc::new(Metrics::new());
     let (bus, _rx) = memory_bus();
@@ -265,14 +272,18 @@ async fn fanout_gateway(subscribers: usize, ser: Serialization, events: u64) -> 
             tokio::spawn(async move { h.outbox.serve_writes().await })
         })
         .collect();
+    let mut flush = Flush::default();
     for n in 0..events {
-        let delivered = hub.dispatch(&envelope(n), &mut Flush::default());
+        let delivered = hub.dispatch(&envelope(n), &mut flush);
         if delivered != subscribers {
             bail!("event {n} reached {delivered} of {subscribers} sessions");
         }
-        // The writers woken by this event run before the next one, as the
-        // connection tasks do between the dispatcher's batches.
-        tokio::task::yield_now().await;
+        if (n + 1) % batch.max(1) == 0 || n + 1 == events {
+            flush.run();
+            // The writers woken by this batch run before the next one, as
+            // the connection tasks do between the dispatcher's batches.
+            tokio::task::yield_now().await;
+        }
     }
     while handles.iter().any(|h| h.outbox.is_backed_up()) {
         tokio::task::yield_now().await;
