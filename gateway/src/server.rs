@@ -151,7 +151,7 @@ impl Gateway {
     }
 
     /// Serves until `shutdown` resolves, then drains (see the module docs).
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let Gateway { node, tls, events, public, admin } = self;
         let config = &node.config;
         let scheme = if config.tls.cert_file.is_some() { "wss" } else { "ws" };
@@ -209,7 +209,7 @@ impl Gateway {
             admin_stop.cancel();
             return match result {
                 Ok(()) => Ok(()),
-                Err(e) => Err(anyhow::anyhow!("the public listener task failed: {e}")),
+                Err(e) => Err(std::io::Error::other(format!("the public listener task failed: {e}"))),
             };
         }
         let deadline = Instant::now() + node.config.shutdown.drain_timeout;

@@ -40,7 +40,7 @@ pub struct TestGateway {
     /// Fires the shutdown future the gateway runs with.
     stop: Option<oneshot::Sender<()>>,
     /// The gateway's run task, for tests that wait for the drain to end.
-    pub task: Option<JoinHandle<anyhow::Result<()>>>,
+    pub task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 /// A config for tests: ephemeral ports, an API key, and anonymous sessions
