@@ -38,6 +38,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::PublisherConfirm;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
@@ -46,7 +47,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::interest::{Interest, Interests};
-use crate::supervisor::{Client, Supervisor, Watched};
+use crate::supervisor::{Client, SessionError, Supervisor, Watched};
 use crate::{redact, Bus, BusError, BusOptions, Delivery, Envelope, Inbound, PublishError, Ticket};
 use mandatory::{Mandatory, Request};
 
@@ -112,26 +113,84 @@ pub fn binding_key(i: &Interest) -> String {
     }
 }
 
-fn classify(url: &str, e: lapin::Error) -> BusError {
-    let reason = e.to_string();
-    if reason.contains("ACCESS_REFUSED") || reason.to_lowercase().contains("access refused") || reason.contains("NOT_ALLOWED") {
-        BusError::Auth { url: redact(url), reason }
-    } else {
-        BusError::Connect { url: redact(url), reason }
+/// Why [`open_publisher`] failed. A node logs its text while it cannot
+/// connect; a publish-only client gets it as the [`BusError`] it converts
+/// to (same text).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpenError {
+    /// RabbitMQ refused the credentials, or the user's access to the vhost
+    /// ([`refused`]).
+    #[error("the bus at {url} refused the credentials: {source}")]
+    Refused {
+        /// The URL, without its password.
+        url: String,
+        source: lapin::Error,
+    },
+    /// Connecting, or opening a publishing channel, failed otherwise.
+    #[error("cannot connect to the bus at {url}: {source}")]
+    Connect {
+        /// The URL, without its password.
+        url: String,
+        source: lapin::Error,
+    },
+    /// RabbitMQ refused to declare the topic exchange.
+    #[error("cannot connect to the bus at {url}: {}", exchange_reason(exchange, source))]
+    Exchange {
+        /// The URL, without its password.
+        url: String,
+        /// The exchange's name (`amqp.exchange`).
+        exchange: String,
+        source: lapin::Error,
+    },
+}
+
+fn exchange_reason(exchange: &str, e: &lapin::Error) -> String {
+    format!("cannot declare the topic exchange `{exchange}` ({e}); if it exists with another type, pick another name (amqp.exchange)")
+}
+
+impl From<OpenError> for BusError {
+    fn from(e: OpenError) -> BusError {
+        match e {
+            OpenError::Refused { url, source } => BusError::Auth { url, reason: source.to_string() },
+            OpenError::Connect { url, source } => BusError::Connect { url, reason: source.to_string() },
+            OpenError::Exchange { url, exchange, source } => BusError::Connect { url, reason: exchange_reason(&exchange, &source) },
+        }
     }
 }
 
-async fn open_publisher(url: &str, options: &BusOptions) -> Result<Publishing, BusError> {
+/// Whether RabbitMQ refused the credentials: `ACCESS_REFUSED` (403) when
+/// the login fails (RabbitMQ says so with a `connection.close` because
+/// lapin announces the `authentication_failure_close` capability), or
+/// `NOT_ALLOWED` (530) when the user may not use the vhost.
+fn refused(e: &lapin::Error) -> bool {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => {
+            matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED))
+        }
+        _ => false,
+    }
+}
+
+/// The [`OpenError`] for a failed connect or channel of `url`.
+fn connect_error(url: &str, source: lapin::Error) -> OpenError {
+    if refused(&source) {
+        OpenError::Refused { url: redact(url), source }
+    } else {
+        OpenError::Connect { url: redact(url), source }
+    }
+}
+
+async fn open_publisher(url: &str, options: &BusOptions) -> Result<Publishing, OpenError> {
     let conn = Connection::connect(url, ConnectionProperties::default().with_connection_name(options.connection_name.as_str().into()))
         .await
-        .map_err(|e| classify(url, e))?;
+        .map_err(|e| connect_error(url, e))?;
     let confirm_channel = || async {
         let channel = conn.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         Ok::<Channel, lapin::Error>(channel)
     };
-    let accepted = confirm_channel().await.map_err(|e| classify(url, e))?;
-    let mandatory = confirm_channel().await.map_err(|e| classify(url, e))?;
+    let accepted = confirm_channel().await.map_err(|e| connect_error(url, e))?;
+    let mandatory = confirm_channel().await.map_err(|e| connect_error(url, e))?;
     accepted
         .exchange_declare(
             options.amqp_exchange.as_str().into(),
@@ -140,13 +199,7 @@ async fn open_publisher(url: &str, options: &BusOptions) -> Result<Publishing, B
             FieldTable::default(),
         )
         .await
-        .map_err(|e| BusError::Connect {
-            url: redact(url),
-            reason: format!(
-                "cannot declare the topic exchange `{}` ({e}); if it exists with another type, pick another name (amqp.exchange)",
-                options.amqp_exchange
-            ),
-        })?;
+        .map_err(|source| OpenError::Exchange { url: redact(url), exchange: options.amqp_exchange.clone(), source })?;
     Ok(Publishing { conn, accepted, mandatory })
 }
 
@@ -384,15 +437,12 @@ async fn run(s: Arc<Shared>, inbound: Option<Inbound>, mut supervisor: Superviso
     }
 }
 
-async fn session(s: &Shared, inbound: Option<&Inbound>, supervisor: &mut Supervisor, installed: Option<Publishing>) -> Result<(), String> {
+async fn session(s: &Shared, inbound: Option<&Inbound>, supervisor: &mut Supervisor, installed: Option<Publishing>) -> Result<(), SessionError> {
     let timeout = s.options.connect_timeout;
     let already_installed = installed.is_some();
     let publishing = match installed {
         Some(p) => p,
-        None => tokio::time::timeout(timeout, open_publisher(&s.url, &s.options))
-            .await
-            .map_err(|_| format!("no answer within {timeout:?}"))?
-            .map_err(|e| e.to_string())?,
+        None => tokio::time::timeout(timeout, open_publisher(&s.url, &s.options)).await.map_err(|_| SessionError::Timeout(timeout))??,
     };
     let result = match inbound {
         Some(inbound) => consume(s, inbound, supervisor, &publishing).await,
@@ -411,18 +461,18 @@ fn watch(s: &Shared, p: &Publishing) -> Watched {
 /// Resolves, with the reason, once the connection or a publishing channel
 /// closed: checked every [`CHECK_EVERY`], and at once after a publish
 /// failed (`check_now`).
-async fn check(check_now: Arc<Notify>, connection: lapin::ConnectionStatus, channels: [Channel; 2]) -> String {
+async fn check(check_now: Arc<Notify>, connection: lapin::ConnectionStatus, channels: [Channel; 2]) -> SessionError {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(CHECK_EVERY) => {}
             _ = check_now.notified() => {}
         }
         if !connection.connected() {
-            return "the connection closed".into();
+            return SessionError::AmqpConnectionClosed;
         }
         for (what, channel) in ["publishing", "mandatory publishing"].into_iter().zip(&channels) {
             if !channel.status().connected() {
-                return format!("the {what} channel closed");
+                return SessionError::AmqpChannelClosed(what);
             }
         }
     }
@@ -430,7 +480,7 @@ async fn check(check_now: Arc<Notify>, connection: lapin::ConnectionStatus, chan
 
 /// A publish-only client's session: its channels, installed (unless they
 /// already are) and watched until they fail or the bus stops.
-async fn publish_only(s: &Shared, supervisor: &mut Supervisor, publishing: &Publishing, installed: bool) -> Result<(), String> {
+async fn publish_only(s: &Shared, supervisor: &mut Supervisor, publishing: &Publishing, installed: bool) -> Result<(), SessionError> {
     if !installed {
         s.install(publishing);
         supervisor.up(&s.interests, &s.metrics, 0);
@@ -442,20 +492,17 @@ async fn publish_only(s: &Shared, supervisor: &mut Supervisor, publishing: &Publ
 
 /// A node's session: declare its queue, bind every interest, then install
 /// the publishing channels and consume until something fails or the bus stops.
-async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, publishing: &Publishing) -> Result<(), String> {
-    let e = |e: lapin::Error| e.to_string();
+async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, publishing: &Publishing) -> Result<(), SessionError> {
     let conn = &publishing.conn;
     let watched = watch(s, publishing);
-    let channel = conn.create_channel().await.map_err(e)?;
-    channel.basic_qos(s.options.amqp_prefetch, BasicQosOptions::default()).await.map_err(e)?;
+    let channel = conn.create_channel().await?;
+    channel.basic_qos(s.options.amqp_prefetch, BasicQosOptions::default()).await?;
     let mut args = FieldTable::default();
     args.insert("x-max-length".into(), AMQPValue::LongInt(s.options.amqp_queue_max_length.min(i32::MAX as u32) as i32));
     args.insert("x-overflow".into(), AMQPValue::LongString("drop-head".into()));
-    let queue =
-        channel.queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, args).await.map_err(e)?;
+    let queue = channel.queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, args).await?;
     let queue_name = queue.name().clone();
-    let mut consumer =
-        channel.basic_consume(queue_name.clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await.map_err(e)?;
+    let mut consumer = channel.basic_consume(queue_name.clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
     // Publishes go through `publishing` only once every binding is in force
     // again (below): until then they fail fast, as the node is not ready.
     let exchange = s.options.amqp_exchange.as_str();
@@ -472,11 +519,10 @@ async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, pub
             for key in want.difference(&applied) {
                 channel
                     .queue_bind(queue_name.clone(), exchange.into(), key.as_str().into(), QueueBindOptions::default(), FieldTable::default())
-                    .await
-                    .map_err(e)?;
+                    .await?;
             }
             for key in applied.difference(&want) {
-                channel.queue_unbind(queue_name.clone(), exchange.into(), key.as_str().into(), FieldTable::default()).await.map_err(e)?;
+                channel.queue_unbind(queue_name.clone(), exchange.into(), key.as_str().into(), FieldTable::default()).await?;
             }
             applied = want;
             applied_version = Some(version);
@@ -493,14 +539,14 @@ async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, pub
             _ = s.interests.changed() => {}
             _ = tick.tick(), if pending > 0 => {
                 if let Some(tag) = unacked.take() {
-                    channel.basic_ack(tag, BasicAckOptions { multiple: true }).await.map_err(e)?;
+                    channel.basic_ack(tag, BasicAckOptions { multiple: true }).await?;
                     pending = 0;
                 }
             }
             delivery = consumer.next() => {
                 let delivery = match delivery {
-                    None => return Err("the consumer was cancelled".into()),
-                    Some(Err(err)) => return Err(err.to_string()),
+                    None => return Err(SessionError::AmqpConsumerCancelled),
+                    Some(Err(err)) => return Err(err.into()),
                     Some(Ok(d)) => d,
                 };
                 let tag = delivery.delivery_tag;
@@ -512,7 +558,7 @@ async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, pub
                 unacked = Some(tag);
                 pending += 1;
                 if pending >= ACK_BATCH {
-                    channel.basic_ack(tag, BasicAckOptions { multiple: true }).await.map_err(e)?;
+                    channel.basic_ack(tag, BasicAckOptions { multiple: true }).await?;
                     unacked = None;
                     pending = 0;
                 }

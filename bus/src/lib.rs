@@ -227,22 +227,35 @@ impl Default for BusOptions {
     }
 }
 
+/// Why a bus URL cannot be used ([`check_url`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    /// `rediss://` or `amqps://`: TLS to the broker is not supported yet.
+    #[error("bus `{url}`: TLS connections to the bus are not supported yet; use {plain}:// on a private network (or a TLS sidecar)")]
+    Tls {
+        /// The URL, without its password.
+        url: String,
+        /// The scheme to use instead (`redis`, `amqp`).
+        plain: &'static str,
+    },
+    /// The scheme names no bus this build knows.
+    #[error("bus `{url}` is not a bus URL; use memory:// (embedded, single node), redis://HOST:6379/0 or amqp://USER:PASS@HOST:5672/VHOST")]
+    NotABus {
+        /// The URL, without its password.
+        url: String,
+    },
+}
+
 /// Which bus a URL names, or why it cannot be used.
-pub fn check_url(url: &str) -> Result<BusKind, String> {
+pub fn check_url(url: &str) -> Result<BusKind, UrlError> {
     let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
     match scheme {
         "memory" => Ok(BusKind::Memory),
         "redis" => Ok(BusKind::Redis),
         "amqp" => Ok(BusKind::Amqp),
-        "rediss" | "amqps" => Err(format!(
-            "bus `{}`: TLS connections to the bus are not supported yet; use {}:// on a private network (or a TLS sidecar)",
-            redact(url),
-            &scheme[..scheme.len() - 1]
-        )),
-        _ => Err(format!(
-            "bus `{}` is not a bus URL; use memory:// (embedded, single node), redis://HOST:6379/0 or amqp://USER:PASS@HOST:5672/VHOST",
-            redact(url)
-        )),
+        "rediss" => Err(UrlError::Tls { url: redact(url), plain: "redis" }),
+        "amqps" => Err(UrlError::Tls { url: redact(url), plain: "amqp" }),
+        _ => Err(UrlError::NotABus { url: redact(url) }),
     }
 }
 
@@ -266,7 +279,7 @@ pub fn redact(url: &str) -> String {
 /// Broker adapters connect in the background (the node starts not ready
 /// and becomes ready once connected).
 pub fn start(url: &str, options: &BusOptions, inbound: Inbound) -> Result<Arc<dyn Bus>, BusError> {
-    match check_url(url).map_err(BusError::InvalidUrl)? {
+    match check_url(url).map_err(|e| BusError::InvalidUrl(e.to_string()))? {
         BusKind::Memory => Ok(Arc::new(MemoryBus::new(inbound))),
         BusKind::Redis => Ok(Arc::new(redis::RedisBus::start(url, options, inbound)?)),
         BusKind::Amqp => Ok(Arc::new(amqp::AmqpBus::start(url, options, inbound)?)),
@@ -280,7 +293,7 @@ pub fn start(url: &str, options: &BusOptions, inbound: Inbound) -> Result<Arc<dy
 /// [`PublishError::Unavailable`], and it reconnects by itself (capped,
 /// jittered backoff), so one handle can live as long as the program.
 pub async fn connect_publisher(url: &str, options: &BusOptions) -> Result<Arc<dyn Bus>, BusError> {
-    match check_url(url).map_err(BusError::InvalidUrl)? {
+    match check_url(url).map_err(|e| BusError::InvalidUrl(e.to_string()))? {
         BusKind::Memory => Err(BusError::InvalidUrl(
             "memory:// lives inside one gateway process; publish through the gateway's HTTP endpoint (--gateway URL) instead".into(),
         )),
@@ -299,8 +312,12 @@ mod tests {
         assert_eq!(check_url("redis://127.0.0.1:6379/0"), Ok(BusKind::Redis));
         assert_eq!(check_url("amqp://guest:guest@127.0.0.1:5672/%2f"), Ok(BusKind::Amqp));
         let err = check_url("amqps://u:secret@h/v").unwrap_err();
-        assert!(err.contains("TLS") && !err.contains("secret"), "{err}");
-        assert!(check_url("kafka://x").unwrap_err().contains("redis://"));
+        assert_eq!(err, UrlError::Tls { url: "amqps://u:***@h/v".into(), plain: "amqp" });
+        let text = err.to_string();
+        assert!(text.contains("TLS") && text.contains("use amqp://") && !text.contains("secret"), "{text}");
+        assert!(check_url("rediss://h:6380/0").unwrap_err().to_string().contains("use redis://"));
+        assert!(matches!(check_url("kafka://x"), Err(UrlError::NotABus { .. })));
+        assert!(check_url("kafka://x").unwrap_err().to_string().contains("redis://"));
         assert_eq!(redact("amqp://guest:guest@h:5672/v"), "amqp://guest:***@h:5672/v");
         assert_eq!(redact("redis://h:6379/0"), "redis://h:6379/0");
     }

@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::interest::{Interest, Interests};
-use crate::supervisor::{Client, Supervisor, Watched};
+use crate::supervisor::{Client, SessionError, Supervisor, Watched};
 use crate::{redact, Bus, BusError, BusOptions, Delivery, Envelope, Inbound, PublishError, Ticket};
 
 /// How many recent publication ids the duplicate filter remembers. Copies
@@ -293,32 +293,31 @@ async fn run(s: Arc<Shared>, inbound: Option<Inbound>, mut supervisor: Superviso
 }
 
 /// Opens the PUBLISH connection.
-async fn connect_publishing(s: &Shared) -> Result<MultiplexedConnection, String> {
+async fn connect_publishing(s: &Shared) -> Result<MultiplexedConnection, SessionError> {
     let timeout = s.options.connect_timeout;
-    tokio::time::timeout(timeout, s.client.get_multiplexed_async_connection_with_config(&connection_config(&s.options)))
+    Ok(tokio::time::timeout(timeout, s.client.get_multiplexed_async_connection_with_config(&connection_config(&s.options)))
         .await
-        .map_err(|_| format!("no answer within {timeout:?}"))?
-        .map_err(|e| e.to_string())
+        .map_err(|_| SessionError::Timeout(timeout))??)
 }
 
 /// Resolves, with the reason, once the PUBLISH connection stopped
 /// answering: checked every [`PING_EVERY`], and at once after a publish
 /// failed (`check_now`).
-async fn check(check_now: Arc<Notify>, mut conn: MultiplexedConnection) -> String {
+async fn check(check_now: Arc<Notify>, mut conn: MultiplexedConnection) -> SessionError {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(PING_EVERY) => {}
             _ = check_now.notified() => {}
         }
         if let Err(e) = redis::cmd("PING").query_async::<()>(&mut conn).await {
-            return format!("the publishing connection failed: {e}");
+            return SessionError::RedisPublishing(e);
         }
     }
 }
 
 /// A publish-only client's session: the PUBLISH connection, installed and
 /// watched until it fails or the bus stops.
-async fn publisher_session(s: &Shared, supervisor: &mut Supervisor, installed: Option<MultiplexedConnection>) -> Result<(), String> {
+async fn publisher_session(s: &Shared, supervisor: &mut Supervisor, installed: Option<MultiplexedConnection>) -> Result<(), SessionError> {
     let conn = match installed {
         Some(conn) => conn,
         None => {
@@ -335,12 +334,9 @@ async fn publisher_session(s: &Shared, supervisor: &mut Supervisor, installed: O
 
 /// A node's session: subscribe to every interest, then install the PUBLISH
 /// connection and consume until either connection fails or the bus stops.
-async fn node_session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor) -> Result<(), String> {
+async fn node_session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor) -> Result<(), SessionError> {
     let timeout = s.options.connect_timeout;
-    let pubsub = tokio::time::timeout(timeout, s.client.get_async_pubsub())
-        .await
-        .map_err(|_| format!("no answer within {timeout:?}"))?
-        .map_err(|e| e.to_string())?;
+    let pubsub = tokio::time::timeout(timeout, s.client.get_async_pubsub()).await.map_err(|_| SessionError::Timeout(timeout))??;
     let conn = connect_publishing(s).await?;
     let watched = Watched::spawn(&s.stop, check(s.check_now.clone(), conn.clone()));
     let (mut sink, mut stream) = pubsub.split();
@@ -360,15 +356,13 @@ async fn node_session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor
                 match sub {
                     Sub::Channel(c) => sink.subscribe(c).await,
                     Sub::Pattern(p) => sink.psubscribe(p).await,
-                }
-                .map_err(|e| e.to_string())?;
+                }?;
             }
             for sub in applied.difference(&want) {
                 match sub {
                     Sub::Channel(c) => sink.unsubscribe(c).await,
                     Sub::Pattern(p) => sink.punsubscribe(p).await,
-                }
-                .map_err(|e| e.to_string())?;
+                }?;
             }
             applied = want;
             applied_version = Some(version);
@@ -384,7 +378,7 @@ async fn node_session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor
             _ = watched.ended().cancelled() => return watched.outcome(),
             _ = s.interests.changed() => {}
             msg = stream.next() => {
-                let Some(msg) = msg else { return Err("the subscriber connection closed".into()) };
+                let Some(msg) = msg else { return Err(SessionError::RedisSubscriberClosed) };
                 let Some(event) = inbound.decode(msg.get_payload_bytes()) else { continue };
                 if !recent_set.insert(event.publication) {
                     s.metrics.duplicates.inc();

@@ -31,6 +31,48 @@ use crate::backoff::Backoff;
 use crate::interest::Interests;
 use crate::BusMetrics;
 
+/// Why a broker session ended: the text goes into the outage warning (after
+/// "cannot connect to the … bus yet" or "… bus disconnected"), and the
+/// broker's own error stays reachable as its source.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    /// The broker did not answer within `connect_timeout`.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// Connecting to Redis, or a command of the session, failed.
+    #[error("{0}")]
+    Redis(#[from] redis::RedisError),
+    /// Redis's PUBLISH connection stopped answering.
+    #[error("the publishing connection failed: {0}")]
+    RedisPublishing(#[source] redis::RedisError),
+    /// Redis closed the subscriber connection.
+    #[error("the subscriber connection closed")]
+    RedisSubscriberClosed,
+    /// RabbitMQ could not be connected to, or the publishing channels or
+    /// exchange not set up (the text says which). Boxed: it is the largest.
+    #[error("{0}")]
+    AmqpOpen(#[source] Box<crate::amqp::OpenError>),
+    /// A RabbitMQ operation of the session failed.
+    #[error("{0}")]
+    Amqp(#[from] lapin::Error),
+    /// The node's RabbitMQ consumer ended (RabbitMQ cancelled it).
+    #[error("the consumer was cancelled")]
+    AmqpConsumerCancelled,
+    /// The RabbitMQ connection closed.
+    #[error("the connection closed")]
+    AmqpConnectionClosed,
+    /// A RabbitMQ publishing channel closed (RabbitMQ closes a channel on
+    /// some errors); names which.
+    #[error("the {0} channel closed")]
+    AmqpChannelClosed(&'static str),
+}
+
+impl From<crate::amqp::OpenError> for SessionError {
+    fn from(e: crate::amqp::OpenError) -> SessionError {
+        SessionError::AmqpOpen(Box::new(e))
+    }
+}
+
 /// What an adapter task serves, for log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Client {
@@ -109,7 +151,7 @@ impl Supervisor {
     /// backoff delay, or until `stop` (returns whether to start another).
     pub(crate) async fn session_ended(
         &mut self,
-        outcome: Result<(), String>,
+        outcome: Result<(), SessionError>,
         stop: &CancellationToken,
         interests: &Interests,
         metrics: &BusMetrics,
@@ -151,7 +193,7 @@ impl Supervisor {
 
     /// The session ended with `error`: marks the adapter down and returns how
     /// long to wait before the next attempt.
-    fn down(&mut self, interests: &Interests, metrics: &BusMetrics, error: &str) -> Duration {
+    fn down(&mut self, interests: &Interests, metrics: &BusMetrics, error: &SessionError) -> Duration {
         interests.set_connected(false);
         metrics.connected.set(0);
         metrics.interests.set(0);
@@ -161,24 +203,24 @@ impl Supervisor {
             self.down_since = Some(Instant::now());
             if self.first {
                 tracing::warn!(
-                    bus = %self.url, error,
+                    bus = %self.url, error = %error,
                     "cannot connect to the {} bus yet; this node is not ready until it does (retrying in the background)", self.broker
                 );
             } else if self.client == Client::Node {
                 tracing::warn!(
-                    bus = %self.url, error,
+                    bus = %self.url, error = %error,
                     "{} bus disconnected; this node is not ready and refuses publishes until it reconnects (retrying in the background)",
                     self.broker
                 );
             } else {
                 tracing::warn!(
-                    bus = %self.url, error,
+                    bus = %self.url, error = %error,
                     "{} bus disconnected; this publisher refuses events until it reconnects (retrying in the background)",
                     self.broker
                 );
             }
         } else {
-            tracing::debug!(bus = %self.url, error, retry_in = ?delay, attempt = self.attempts, "{} bus still unreachable", self.broker);
+            tracing::debug!(bus = %self.url, error = %error, retry_in = ?delay, attempt = self.attempts, "{} bus still unreachable", self.broker);
         }
         delay
     }
@@ -197,14 +239,14 @@ pub(crate) struct Watched {
     /// Cancelled when the adapter stops or the check failed.
     ended: CancellationToken,
     /// Why the check failed.
-    failure: Arc<Mutex<Option<String>>>,
+    failure: Arc<Mutex<Option<SessionError>>>,
     task: tokio::task::AbortHandle,
 }
 
 impl Watched {
     /// Runs `check` (resolving with a reason once the publishing side
     /// broke) until the adapter's `stop` or the returned value is dropped.
-    pub(crate) fn spawn(stop: &CancellationToken, check: impl Future<Output = String> + Send + 'static) -> Watched {
+    pub(crate) fn spawn(stop: &CancellationToken, check: impl Future<Output = SessionError> + Send + 'static) -> Watched {
         let ended = stop.child_token();
         let failure = Arc::new(Mutex::new(None));
         let task = tokio::spawn({
@@ -231,7 +273,7 @@ impl Watched {
 
     /// The session's outcome once [`Watched::ended`] fired: `Ok` when the
     /// adapter stopped, else why the publishing side broke.
-    pub(crate) fn outcome(&self) -> Result<(), String> {
+    pub(crate) fn outcome(&self) -> Result<(), SessionError> {
         match self.failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
             Some(why) => Err(why),
             None => Ok(()),
@@ -242,5 +284,29 @@ impl Watched {
 impl Drop for Watched {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn session_errors_say_what_happened_and_keep_their_source() {
+        assert_eq!(SessionError::Timeout(Duration::from_secs(5)).to_string(), "no answer within 5s");
+        assert_eq!(SessionError::AmqpChannelClosed("mandatory publishing").to_string(), "the mandatory publishing channel closed");
+        assert!(SessionError::AmqpConnectionClosed.source().is_none());
+
+        let redis = || redis::RedisError::from((redis::ErrorKind::IoError, "broken pipe"));
+        let e = SessionError::RedisPublishing(redis());
+        assert_eq!(e.to_string(), format!("the publishing connection failed: {}", redis()));
+        assert_eq!(e.source().and_then(|s| s.downcast_ref::<redis::RedisError>()).map(|r| r.kind()), Some(redis::ErrorKind::IoError));
+
+        let e = SessionError::from(lapin::Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+        assert_eq!(e.to_string(), lapin::Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset)).to_string());
+        let lapin = e.source().and_then(|s| s.downcast_ref::<lapin::Error>()).expect("the lapin error is the source");
+        assert!(lapin.is_io_error());
     }
 }

@@ -23,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use telegraphy_bus::{Bus, BusMetrics, BusOptions, Delivery, Envelope, Filter, Inbound, PublishError, Publisher};
+use telegraphy_bus::{Bus, BusError, BusMetrics, BusOptions, Delivery, Envelope, Filter, Inbound, PublishError, Publisher};
 use telegraphy_wamp::{Dict, MatchPolicy, Value};
 use tokio::sync::mpsc;
 
@@ -736,6 +736,30 @@ async fn all_interests_route(node: &mut Node, topics: &[&str], when: &str) {
         publish_ok(&*node.bus, e.clone(), Delivery::Subscribed).await;
     }
     node.expect(&events.iter().collect::<Vec<_>>(), &format!("every interest {when}")).await;
+}
+
+// ---------------------------------------------------------------------------
+// What a publish-only client's connect reports.
+// ---------------------------------------------------------------------------
+
+/// RabbitMQ refusing the login is told apart from an unreachable broker
+/// (the CLI and the publisher library answer "unauthorized" for one,
+/// "unavailable" for the other), from lapin's typed error, not its text.
+#[tokio::test]
+async fn amqp_refused_login_is_an_auth_error() {
+    let refused = Cluster::on(Kind::Amqp, "amqp://guest:not-the-password@127.0.0.1:5672/%2f".into());
+    match telegraphy_bus::connect_publisher(&refused.url, &refused.options).await.err() {
+        Some(BusError::Auth { url, reason }) => {
+            assert_eq!(url, "amqp://guest:***@127.0.0.1:5672/%2f");
+            assert!(reason.contains("ACCESS"), "the reason quotes RabbitMQ: {reason}");
+        }
+        other => panic!("a wrong password: {other:?}"),
+    }
+    let unreachable = Cluster::on(Kind::Amqp, format!("amqp://guest:guest@127.0.0.1:{}/%2f", free_port()));
+    match telegraphy_bus::connect_publisher(&unreachable.url, &unreachable.options).await.err() {
+        Some(BusError::Connect { .. }) => {}
+        other => panic!("nothing listening: {other:?}"),
+    }
 }
 
 // ---------------------------------------------------------------------------
