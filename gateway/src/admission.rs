@@ -38,11 +38,11 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 
 /// Connections let in beyond the limit only to be refused with HTTP 503.
-pub const OVERFLOW: usize = 32;
+pub(crate) const OVERFLOW: usize = 32;
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// Too many untrusted connections from this address.
     PerIp,
     /// Every slot and the overflow are taken by trusted connections.
@@ -50,7 +50,7 @@ pub enum Refused {
 }
 
 /// The admission state of one node's public listener.
-pub struct Admission {
+pub(crate) struct Admission {
     max_connections: usize,
     max_untrusted_per_ip: usize,
     state: Mutex<State>,
@@ -78,7 +78,7 @@ struct State {
 
 impl Admission {
     /// Admission under the configured limits.
-    pub fn new(limits: &crate::config::Limits, metrics: Arc<Metrics>) -> Arc<Admission> {
+    pub(crate) fn new(limits: &crate::config::Limits, metrics: Arc<Metrics>) -> Arc<Admission> {
         Arc::new(Admission {
             max_connections: limits.max_connections,
             max_untrusted_per_ip: limits.max_unauthenticated_per_ip,
@@ -93,7 +93,7 @@ impl Admission {
 
     /// One of `limits.max_pending_handshakes`, held until the session is
     /// established or the connection ends; `None` when all are taken.
-    pub fn take_handshake(self: &Arc<Self>) -> Option<HandshakeSlot> {
+    pub(crate) fn take_handshake(self: &Arc<Self>) -> Option<HandshakeSlot> {
         let limit = self.max_handshakes;
         let taken = self.handshakes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1)).is_ok();
         taken.then(|| HandshakeSlot(self.clone()))
@@ -102,7 +102,7 @@ impl Admission {
     /// One of `limits.max_connections_per_ip` WebSockets for `ip` (always
     /// given when there is no such limit); `None` when the address has its
     /// share.
-    pub fn take_websocket_for(self: &Arc<Self>, ip: IpAddr) -> Option<WebSocketSlot> {
+    pub(crate) fn take_websocket_for(self: &Arc<Self>, ip: IpAddr) -> Option<WebSocketSlot> {
         if self.max_websockets_per_ip == 0 {
             return Some(WebSocketSlot(None));
         }
@@ -121,7 +121,7 @@ impl Admission {
 
     /// Admits a connection just accepted from `ip`, shedding the oldest
     /// untrusted one if every slot is taken.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr, header_timeout: Duration) -> Result<Arc<Ticket>, Refused> {
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr, header_timeout: Duration) -> Result<Arc<Ticket>, Refused> {
         let mut state = self.lock();
         let from_ip = state.per_ip.get(&ip).copied().unwrap_or(0);
         if self.max_untrusted_per_ip > 0 && from_ip >= self.max_untrusted_per_ip {
@@ -168,7 +168,7 @@ impl Admission {
 
     /// Sheds the oldest untrusted connection (the process is out of file
     /// descriptors); returns whether there was one.
-    pub fn shed_oldest(&self) -> bool {
+    pub(crate) fn shed_oldest(&self) -> bool {
         let mut state = self.lock();
         match state.untrusted.pop_first() {
             Some((_, victim)) => {
@@ -182,13 +182,13 @@ impl Admission {
     }
 
     /// Connections holding a slot (for tests and metrics).
-    pub fn admitted(&self) -> usize {
+    pub(crate) fn admitted(&self) -> usize {
         self.lock().admitted
     }
 }
 
 /// One of `limits.max_pending_handshakes` ([`Admission::take_handshake`]).
-pub struct HandshakeSlot(Arc<Admission>);
+pub(crate) struct HandshakeSlot(Arc<Admission>);
 
 impl Drop for HandshakeSlot {
     fn drop(&mut self) {
@@ -198,7 +198,7 @@ impl Drop for HandshakeSlot {
 
 /// One of an address's `limits.max_connections_per_ip` WebSockets
 /// ([`Admission::take_websocket_for`]); nothing when there is no limit.
-pub struct WebSocketSlot(Option<(Arc<Admission>, IpAddr)>);
+pub(crate) struct WebSocketSlot(Option<(Arc<Admission>, IpAddr)>);
 
 impl Drop for WebSocketSlot {
     fn drop(&mut self) {
@@ -215,7 +215,7 @@ impl Drop for WebSocketSlot {
 }
 
 /// One admitted connection's place. Dropped when the connection ends.
-pub struct Ticket {
+pub(crate) struct Ticket {
     admission: Arc<Admission>,
     seq: u64,
     ip: IpAddr,
@@ -231,14 +231,14 @@ pub struct Ticket {
 
 impl Ticket {
     /// Whether the connection holds a slot (else it is told 503).
-    pub fn has_slot(&self) -> bool {
+    pub(crate) fn has_slot(&self) -> bool {
         self.slot
     }
 
     /// The connection authenticated (WELCOME, a valid API key): it is no
     /// longer shed, its phase deadlines end, and it no longer counts
     /// against its address's untrusted connections.
-    pub fn trust(&self) {
+    pub(crate) fn trust(&self) {
         if self.trusted.swap(true, Ordering::AcqRel) || !self.slot {
             return;
         }
@@ -249,24 +249,24 @@ impl Ticket {
     }
 
     /// Whether [`Ticket::trust`] was called.
-    pub fn is_trusted(&self) -> bool {
+    pub(crate) fn is_trusted(&self) -> bool {
         self.trusted.load(Ordering::Acquire)
     }
 
     /// Resolves when the connection is shed.
-    pub async fn shed(&self) {
+    pub(crate) async fn shed(&self) {
         self.shed.cancelled().await
     }
 
     /// Sets (or clears) the deadline of the current phase.
-    pub fn set_deadline(&self, deadline: Option<Instant>) {
+    pub(crate) fn set_deadline(&self, deadline: Option<Instant>) {
         *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
         self.deadline_changed.notify_one();
     }
 
     /// Resolves when the connection must be closed: shed, or its phase
     /// deadline passed.
-    pub async fn expired(&self) {
+    pub(crate) async fn expired(&self) {
         loop {
             let deadline = *self.deadline.lock().unwrap_or_else(|e| e.into_inner());
             let changed = self.deadline_changed.notified();

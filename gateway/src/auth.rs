@@ -34,7 +34,7 @@ use crate::config::{Config, ConfigError, RoleConfig};
 
 /// A role's rights, parsed once at startup.
 #[derive(Debug, Clone)]
-pub struct Role {
+pub(crate) struct Role {
     subscribe: PatternSet,
     publish: PatternSet,
     /// Publishes per second per session (0: no limit).
@@ -61,7 +61,7 @@ pub struct Authenticated {
     /// What the session may do.
     pub permissions: Arc<Permissions>,
     /// The role (for the rate limit).
-    pub role: Role,
+    pub(crate) role: Role,
     /// When the credentials expire (token `exp`).
     pub expires_at: Option<SystemTime>,
 }
@@ -166,7 +166,7 @@ pub struct Authenticator {
 
 /// What a CHALLENGE for WAMP-CRA carries and expects.
 #[derive(Debug, Clone)]
-pub struct CraChallenge {
+pub(crate) struct CraChallenge {
     /// The authid being challenged.
     pub authid: String,
     /// The challenge string sent to the client.
@@ -249,17 +249,12 @@ impl Authenticator {
     }
 
     /// Whether tickets (JWTs) are accepted.
-    pub fn accepts_tickets(&self) -> bool {
+    pub(crate) fn accepts_tickets(&self) -> bool {
         self.jwt.is_some()
     }
 
-    /// Whether anonymous sessions are let in.
-    pub fn accepts_anonymous(&self) -> bool {
-        self.anonymous.is_some()
-    }
-
     /// The methods on offer, for error messages.
-    pub fn methods(&self) -> Vec<&'static str> {
+    pub(crate) fn methods(&self) -> Vec<&'static str> {
         let mut m = Vec::new();
         if self.jwt.is_some() {
             m.push("ticket");
@@ -308,7 +303,7 @@ impl Authenticator {
     }
 
     /// An anonymous session, if allowed.
-    pub fn anonymous(&self, session: u64) -> Option<Result<Authenticated, AuthFailure>> {
+    pub(crate) fn anonymous(&self, session: u64) -> Option<Result<Authenticated, AuthFailure>> {
         let role = self.anonymous.as_ref()?;
         Some(self.session_for(format!("anonymous-{session}"), role, ("anonymous", "static"), None, None, None))
     }
@@ -374,7 +369,7 @@ impl Authenticator {
     /// authids get the same challenge (with one of the configured roles,
     /// always the same for one authid), so the handshake does not reveal
     /// which users exist or what their roles are.
-    pub fn cra_challenge(&self, authid: &str, session: u64) -> Option<CraChallenge> {
+    pub(crate) fn cra_challenge(&self, authid: &str, session: u64) -> Option<CraChallenge> {
         if self.cra.is_empty() {
             return None;
         }
@@ -411,7 +406,7 @@ impl Authenticator {
     /// Every failure gets the same answer, and an unknown authid costs the
     /// same work as a known one (its signature is checked against a secret
     /// nobody has).
-    pub fn verify_cra(&self, challenge: &CraChallenge, signature: &str) -> Result<Authenticated, AuthFailure> {
+    pub(crate) fn verify_cra(&self, challenge: &CraChallenge, signature: &str) -> Result<Authenticated, AuthFailure> {
         let refused = || failure("cra_failed", "the signature does not match; check the authid and the secret");
         let known = self.cra.get(&challenge.authid);
         // Computed for every authid, used for unknown ones: the same work either way.

@@ -25,7 +25,7 @@ use telegraphy_wamp::{uri, MatchPolicy, UriKind, UriRules};
 
 /// One permission pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Pattern {
+pub(crate) enum Pattern {
     /// Every topic.
     All,
     /// One exact topic.
@@ -39,11 +39,11 @@ pub enum Pattern {
 /// A permission pattern that does not parse; the message says what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct PatternError(String);
+pub(crate) struct PatternError(String);
 
 impl Pattern {
     /// Parses the pattern syntax; errors say what is wrong.
-    pub fn parse(s: &str) -> Result<Pattern, PatternError> {
+    pub(crate) fn parse(s: &str) -> Result<Pattern, PatternError> {
         if s == "*" {
             return Ok(Pattern::All);
         }
@@ -70,7 +70,7 @@ impl Pattern {
     }
 
     /// Whether a concrete topic matches.
-    pub fn matches(&self, topic: &str) -> bool {
+    pub(crate) fn matches(&self, topic: &str) -> bool {
         match self {
             Pattern::All => true,
             Pattern::Exact(t) => t == topic,
@@ -137,17 +137,12 @@ fn wildcard_meets_prefix(w: &str, prefix: &str) -> bool {
 
 /// A set of patterns: allowed when any matches.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PatternSet(pub Vec<Pattern>);
+pub(crate) struct PatternSet(pub Vec<Pattern>);
 
 impl PatternSet {
     /// Parses every pattern.
-    pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<PatternSet, PatternError> {
+    pub(crate) fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<PatternSet, PatternError> {
         patterns.iter().map(|p| Pattern::parse(p.as_ref())).collect::<Result<_, _>>().map(PatternSet)
-    }
-
-    /// A set that allows everything.
-    pub fn all() -> PatternSet {
-        PatternSet(vec![Pattern::All])
     }
 
     fn matches(&self, topic: &str) -> bool {
@@ -163,15 +158,11 @@ impl PatternSet {
             Decision::Denied
         }
     }
-
-    fn is_all(&self) -> bool {
-        self.0.contains(&Pattern::All)
-    }
 }
 
 /// The outcome of checking a SUBSCRIBE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// No allowed topic can match the subscription.
     Denied,
     /// Some can: each event must be checked for this session.
@@ -203,7 +194,7 @@ pub struct Permissions {
 
 impl Permissions {
     /// Rights from a role, narrowed by token claims when present.
-    pub fn new(
+    pub(crate) fn new(
         role_subscribe: PatternSet,
         role_publish: PatternSet,
         token_subscribe: Option<PatternSet>,
@@ -213,13 +204,8 @@ impl Permissions {
         Permissions { role_subscribe, role_publish, token_subscribe, token_publish, publish_options }
     }
 
-    /// Everything allowed (tests, trusted internal sessions).
-    pub fn all() -> Permissions {
-        Permissions::new(PatternSet::all(), PatternSet::all(), None, None, true)
-    }
-
     /// Checks a SUBSCRIBE.
-    pub fn subscribe(&self, policy: MatchPolicy, sub: &str) -> Decision {
+    pub(crate) fn subscribe(&self, policy: MatchPolicy, sub: &str) -> Decision {
         let role = self.role_subscribe.decide(policy, sub);
         match &self.token_subscribe {
             Some(t) => role.and(t.decide(policy, sub)),
@@ -228,18 +214,13 @@ impl Permissions {
     }
 
     /// Whether an event on `topic` may reach this session.
-    pub fn may_receive(&self, topic: &str) -> bool {
+    pub(crate) fn may_receive(&self, topic: &str) -> bool {
         self.role_subscribe.matches(topic) && self.token_subscribe.as_ref().is_none_or(|t| t.matches(topic))
     }
 
     /// Whether the session may publish to `topic`.
-    pub fn may_publish(&self, topic: &str) -> bool {
+    pub(crate) fn may_publish(&self, topic: &str) -> bool {
         self.role_publish.matches(topic) && self.token_publish.as_ref().is_none_or(|t| t.matches(topic))
-    }
-
-    /// Whether every subscription is fully allowed (no per-event checks needed).
-    pub fn subscribes_everything(&self) -> bool {
-        self.role_subscribe.is_all() && self.token_subscribe.as_ref().is_none_or(|t| t.is_all())
     }
 }
 
@@ -292,7 +273,5 @@ mod tests {
         assert_eq!(p.subscribe(Exact, "orders.8.paid"), Decision::Denied);
         assert_eq!(p.subscribe(Prefix, "orders"), Decision::Partial);
         assert!(p.may_publish("chat.room1") && !p.may_publish("chat.room2") && !p.may_publish("orders.7.x"));
-        assert!(!p.subscribes_everything());
-        assert!(Permissions::all().subscribes_everything());
     }
 }

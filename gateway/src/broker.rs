@@ -169,12 +169,12 @@ impl Broker {
     }
 
     /// The id of the subscription for (policy, uri), if it exists.
-    pub fn subscription_id(&self, policy: MatchPolicy, uri: &str) -> Option<Id> {
+    pub(crate) fn subscription_id(&self, policy: MatchPolicy, uri: &str) -> Option<Id> {
         self.index.read().unwrap_or_else(|e| e.into_inner()).by_pattern.get(policy, uri).map(|s| s.id)
     }
 
     /// Removes `session` from subscription `id`; false if it was not in it.
-    pub fn unsubscribe(&self, session: Id, id: Id) -> bool {
+    pub(crate) fn unsubscribe(&self, session: Id, id: Id) -> bool {
         let Some(sub) = self.index.read().unwrap_or_else(|e| e.into_inner()).ids.get(&id).cloned() else { return false };
         let now_empty = {
             let mut subscribers = sub.subscribers.write().unwrap_or_else(|e| e.into_inner());
@@ -206,7 +206,7 @@ impl Broker {
     }
 
     /// Removes a closing session from all of its subscriptions.
-    pub fn remove_session(&self, session: Id, subscriptions: impl IntoIterator<Item = Id>) {
+    pub(crate) fn remove_session(&self, session: Id, subscriptions: impl IntoIterator<Item = Id>) {
         for id in subscriptions {
             self.unsubscribe(session, id);
         }

@@ -17,7 +17,7 @@ use telegraphy_wamp::UriRules;
 
 /// Environment variables under `TELEGRAPHY_` that belong to client tools
 /// (the CLI, test harnesses), which the gateway ignores instead of rejecting.
-pub const CLIENT_ENV_VARS: &[&str] = &["api_key", "gateway_url", "gateway_bin", "publish_bin", "timeout", "test_redis", "test_amqp"];
+pub(crate) const CLIENT_ENV_VARS: &[&str] = &["api_key", "gateway_url", "gateway_bin", "publish_bin", "timeout", "test_redis", "test_amqp"];
 
 /// Gateway configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,7 +59,7 @@ pub struct Config {
     /// gateway, e.g. a reverse proxy that serves the web-app and `/ws` on
     /// one host: pages from those hosts may connect. The request's own
     /// `Host` header is never trusted for this (DNS rebinding). With `dev`,
-    /// loopback hosts (127.0.0.1, localhost, [::1]) are implied.
+    /// loopback hosts (127.0.0.1, localhost, `[::1]`) are implied.
     #[serde(deserialize_with = "list_or_csv")]
     pub public_hosts: Vec<String>,
     /// TLS on the public listener (for deployments without a terminating proxy).
@@ -467,7 +467,8 @@ impl Config {
     }
 
     /// Parses a TOML document alone (no env, no flags), then validates it.
-    pub fn from_toml_str(toml: &str) -> Result<Config, ConfigError> {
+    #[cfg(test)]
+    pub(crate) fn from_toml_str(toml: &str) -> Result<Config, ConfigError> {
         let config: Config = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::string(toml))
             .extract()
@@ -596,7 +597,7 @@ impl Config {
     }
 
     /// The bus adapter settings, from `redis`, `amqp` and limits.
-    pub fn bus_options(&self, node_id: u64) -> telegraphy_bus::BusOptions {
+    pub(crate) fn bus_options(&self, node_id: u64) -> telegraphy_bus::BusOptions {
         telegraphy_bus::BusOptions {
             redis_key_prefix: self.redis.key_prefix.clone(),
             amqp_exchange: self.amqp.exchange.clone(),
@@ -609,12 +610,12 @@ impl Config {
     }
 
     /// Whether anonymous sessions are let in (configured, or dev mode).
-    pub fn anonymous_allowed(&self) -> bool {
+    pub(crate) fn anonymous_allowed(&self) -> bool {
         self.auth.allow_anonymous || self.dev
     }
 
     /// The API keys `POST /publish` accepts (adds `dev` in dev mode when none is set).
-    pub fn effective_api_keys(&self) -> Vec<String> {
+    pub(crate) fn effective_api_keys(&self) -> Vec<String> {
         if self.api_keys.is_empty() && self.dev {
             vec!["dev".into()]
         } else {

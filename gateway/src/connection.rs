@@ -48,7 +48,7 @@ const READ_BUFFER: usize = 256;
 const WRITE_BUFFER: usize = 256;
 
 /// `GET /ws`: negotiates the WAMP subprotocol and starts the session.
-pub async fn upgrade(
+pub(crate) async fn upgrade(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(wire): Extension<Arc<Wire>>,
@@ -417,7 +417,7 @@ fn closing_already(e: &axum::Error) -> bool {
 }
 
 /// The reason text sent with each close code (`docs/protocol.md`).
-pub fn close_reason(code: u16) -> &'static str {
+pub(crate) fn close_reason(code: u16) -> &'static str {
     match code {
         close::NORMAL => "normal closure",
         close::PROTOCOL_ERROR => "WAMP protocol violation",

@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //!
-//! * [`config`]: the one [`Config`](config::Config) struct (TOML file,
+//! * [`config`]: the one [`Config`] struct (TOML file,
 //!   `TELEGRAPHY_*` env, flags), validated at startup.
 //! * [`server`]: listeners, routes and the single owner of shutdown/drain.
 //! * [`listener`]: the public accept loop (TLS, admission, peer address).
@@ -32,23 +32,27 @@
 //!
 //! The WAMP codec lives in `telegraphy-wamp` and the bus in `telegraphy-bus`.
 
-pub mod admission;
+// The layout above is for maintainers (`cargo doc --document-private-items`).
+#![allow(rustdoc::private_intra_doc_links)]
+
+mod admission;
 pub mod auth;
-pub mod authz;
+mod authz;
 pub mod broker;
 pub mod config;
 pub mod connection;
-pub mod lifecycle;
-pub mod listener;
-pub mod match_index;
+mod lifecycle;
+mod listener;
+mod match_index;
 pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod publish;
-pub mod realm;
+mod realm;
 pub mod server;
 pub mod session;
 pub mod wire;
 
 pub use config::Config;
+pub use listener::TlsError;
 pub use server::Gateway;

@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 
 /// Draining flag, shutdown signal and session tracker of one node.
 #[derive(Default)]
-pub struct Lifecycle {
+pub(crate) struct Lifecycle {
     /// False while draining; `/readyz` reports it.
     draining: AtomicBool,
     /// Cancelled when sessions must wind down (drain).
@@ -21,12 +21,12 @@ pub struct Lifecycle {
 
 impl Lifecycle {
     /// Whether a drain has started.
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
 
     /// Marks the node as draining (`/readyz` turns 503, upgrades are refused).
-    pub fn start_draining(&self) {
+    pub(crate) fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
     }
 }

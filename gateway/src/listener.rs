@@ -32,7 +32,7 @@ use crate::wire::Wire;
 
 /// What the listener needs to know of the limits.
 #[derive(Debug, Clone, Copy)]
-pub struct ListenLimits {
+pub(crate) struct ListenLimits {
     /// Request headers (and the TLS handshake) must arrive within this.
     pub header_timeout: Duration,
     /// A trusted (API-key) HTTP connection may idle this long between requests.
@@ -71,7 +71,7 @@ pub enum TlsError {
 }
 
 /// Loads a TLS acceptor from PEM files (certificate chain, private key).
-pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsError> {
+pub(crate) fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsError> {
     let cert_path = || cert_file.display().to_string();
     let certs = CertificateDer::pem_file_iter(cert_file)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
@@ -91,7 +91,7 @@ pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, Tl
 
 /// Serves `app` on `listener` until `stop` is cancelled, then waits for
 /// in-flight HTTP requests (the caller bounds that wait).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     app: Router,

@@ -10,77 +10,77 @@ use telegraphy_wamp::Serialization;
 /// Metric names (the dashboard and alert rules query these).
 pub mod name {
     /// Open WebSocket connections.
-    pub const CONNECTIONS: &str = "telegraphy_connections";
+    pub(crate) const CONNECTIONS: &str = "telegraphy_connections";
     /// Connections refused at accept or at the WebSocket upgrade, by reason.
-    pub const CONNECTIONS_REFUSED: &str = "telegraphy_connections_refused_total";
+    pub(crate) const CONNECTIONS_REFUSED: &str = "telegraphy_connections_refused_total";
     /// Established WAMP sessions.
-    pub const SESSIONS: &str = "telegraphy_sessions";
+    pub(crate) const SESSIONS: &str = "telegraphy_sessions";
     /// WAMP sessions established since start.
-    pub const SESSIONS_TOTAL: &str = "telegraphy_sessions_total";
+    pub(crate) const SESSIONS_TOTAL: &str = "telegraphy_sessions_total";
     /// Close frames written, by WebSocket close code.
-    pub const DISCONNECTS: &str = "telegraphy_disconnects_total";
+    pub(crate) const DISCONNECTS: &str = "telegraphy_disconnects_total";
     /// Session subscriptions held (one per session and subscription).
-    pub const SUBSCRIPTIONS: &str = "telegraphy_subscriptions";
+    pub(crate) const SUBSCRIPTIONS: &str = "telegraphy_subscriptions";
     /// Distinct (topic, match policy) subscriptions on this node.
-    pub const TOPICS: &str = "telegraphy_topics";
+    pub(crate) const TOPICS: &str = "telegraphy_topics";
     /// WAMP messages received, by serializer.
-    pub const MESSAGES_IN: &str = "telegraphy_messages_in_total";
+    pub(crate) const MESSAGES_IN: &str = "telegraphy_messages_in_total";
     /// WAMP messages sent, by serializer.
-    pub const MESSAGES_OUT: &str = "telegraphy_messages_out_total";
+    pub(crate) const MESSAGES_OUT: &str = "telegraphy_messages_out_total";
     /// Payload bytes received, by serializer.
-    pub const BYTES_IN: &str = "telegraphy_bytes_in_total";
+    pub(crate) const BYTES_IN: &str = "telegraphy_bytes_in_total";
     /// Payload bytes sent, by serializer.
-    pub const BYTES_OUT: &str = "telegraphy_bytes_out_total";
+    pub(crate) const BYTES_OUT: &str = "telegraphy_bytes_out_total";
     /// Events accepted by the bus, by source (`wamp`, `http`).
-    pub const EVENTS_PUBLISHED: &str = "telegraphy_events_published_total";
+    pub(crate) const EVENTS_PUBLISHED: &str = "telegraphy_events_published_total";
     /// Events taken from the bus and fanned out on this node.
-    pub const EVENTS_RECEIVED: &str = "telegraphy_events_received_total";
+    pub(crate) const EVENTS_RECEIVED: &str = "telegraphy_events_received_total";
     /// EVENT messages written or queued to sessions.
-    pub const EVENTS_DELIVERED: &str = "telegraphy_events_delivered_total";
+    pub(crate) const EVENTS_DELIVERED: &str = "telegraphy_events_delivered_total";
     /// Time to fan one event out to every local subscriber's queue.
-    pub const FANOUT_DURATION: &str = "telegraphy_fanout_duration_seconds";
+    pub(crate) const FANOUT_DURATION: &str = "telegraphy_fanout_duration_seconds";
     /// Protocol violations, by kind.
-    pub const PROTOCOL_VIOLATIONS: &str = "telegraphy_protocol_violations_total";
+    pub(crate) const PROTOCOL_VIOLATIONS: &str = "telegraphy_protocol_violations_total";
     /// Sessions closed because their outbound queue was full.
-    pub const SLOW_CONSUMER_CLOSES: &str = "telegraphy_slow_consumer_closes_total";
+    pub(crate) const SLOW_CONSUMER_CLOSES: &str = "telegraphy_slow_consumer_closes_total";
     /// Messages a session never got, by reason: `queue_full` (the message
     /// that found the queue full), `discarded` (still queued when a slow
     /// consumer was closed), `closing` (for a session already closing).
-    pub const QUEUE_DROPS: &str = "telegraphy_queue_drops_total";
+    pub(crate) const QUEUE_DROPS: &str = "telegraphy_queue_drops_total";
     /// Closes whose close frame could not be written (the peer was gone or
     /// did not read within the close timeout), by the close code meant.
-    pub const CLOSE_UNSENT: &str = "telegraphy_close_unsent_total";
+    pub(crate) const CLOSE_UNSENT: &str = "telegraphy_close_unsent_total";
     /// Connections accepted on the public listener and not closed yet
     /// (WebSocket or HTTP, authenticated or not).
-    pub const ADMITTED_CONNECTIONS: &str = "telegraphy_admitted_connections";
+    pub(crate) const ADMITTED_CONNECTIONS: &str = "telegraphy_admitted_connections";
     /// Unauthenticated connections closed to make room (all slots taken, or
     /// out of file descriptors).
-    pub const CONNECTIONS_SHED: &str = "telegraphy_connections_shed_total";
+    pub(crate) const CONNECTIONS_SHED: &str = "telegraphy_connections_shed_total";
     /// Sessions refused at authentication, by reason.
-    pub const AUTH_FAILURES: &str = "telegraphy_auth_failures_total";
+    pub(crate) const AUTH_FAILURES: &str = "telegraphy_auth_failures_total";
     /// SUBSCRIBE / PUBLISH refused by authorization, by action.
-    pub const AUTHORIZATION_DENIED: &str = "telegraphy_authorization_denied_total";
+    pub(crate) const AUTHORIZATION_DENIED: &str = "telegraphy_authorization_denied_total";
     /// Publishes refused by a role's rate limit.
-    pub const RATE_LIMITED: &str = "telegraphy_rate_limited_total";
+    pub(crate) const RATE_LIMITED: &str = "telegraphy_rate_limited_total";
     /// 1 while the node wants traffic (`/readyz` 200), 0 while draining or
     /// disconnected from its bus.
-    pub const READY: &str = "telegraphy_ready";
+    pub(crate) const READY: &str = "telegraphy_ready";
     /// Always 1; the `version` label says which build runs (rollouts).
-    pub const BUILD_INFO: &str = "telegraphy_build_info";
+    pub(crate) const BUILD_INFO: &str = "telegraphy_build_info";
     /// `limits.max_connections` of this node (for utilisation).
-    pub const MAX_CONNECTIONS: &str = "telegraphy_max_connections";
+    pub(crate) const MAX_CONNECTIONS: &str = "telegraphy_max_connections";
     /// Events waiting in this node's bus queue for fan-out.
-    pub const BUS_QUEUE_DEPTH: &str = "telegraphy_bus_queue_depth";
+    pub(crate) const BUS_QUEUE_DEPTH: &str = "telegraphy_bus_queue_depth";
     /// HTTP publish requests refused, by status code.
-    pub const HTTP_PUBLISH_ERRORS: &str = "telegraphy_http_publish_errors_total";
+    pub(crate) const HTTP_PUBLISH_ERRORS: &str = "telegraphy_http_publish_errors_total";
 }
 
 /// The close codes the gateway sends (exported at 0 from the start).
-pub const DISCONNECT_CODES: [u16; 11] = [1000, 1002, 1003, 1007, 1009, 1012, 4000, 4001, 4002, 4003, 4500];
+pub(crate) const DISCONNECT_CODES: [u16; 11] = [1000, 1002, 1003, 1007, 1009, 1012, 4000, 4001, 4002, 4003, 4500];
 
 /// Every `reason` label of `telegraphy_auth_failures_total` (exported at 0
 /// from the start, so dashboards and alerts see the series).
-pub const AUTH_FAILURE_REASONS: [&str; 13] = [
+pub(crate) const AUTH_FAILURE_REASONS: [&str; 13] = [
     "expired",
     "not_yet_valid",
     "bad_signature",
@@ -99,7 +99,7 @@ pub const AUTH_FAILURE_REASONS: [&str; 13] = [
 /// Why a session never got a message (the `reason` label of
 /// `telegraphy_queue_drops_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
+pub(crate) enum DropReason {
     /// The message found the session's queue full (the session is then
     /// closed as a slow consumer).
     QueueFull,
@@ -110,11 +110,11 @@ pub enum DropReason {
 }
 
 /// The `reason` labels, in [`DropReason`] order.
-pub const DROP_REASONS: [&str; 3] = ["queue_full", "discarded", "closing"];
+pub(crate) const DROP_REASONS: [&str; 3] = ["queue_full", "discarded", "closing"];
 
 /// Protocol violation kinds (the `kind` label).
 #[derive(Debug, Clone, Copy)]
-pub enum Violation {
+pub(crate) enum Violation {
     /// Not valid JSON / msgpack.
     Malformed,
     /// Valid data, not a valid WAMP message (code, arity, types).
@@ -286,43 +286,43 @@ impl Metrics {
     }
 
     /// The registry, for metrics other crates keep (the bus).
-    pub fn registry(&self) -> &Registry {
+    pub(crate) fn registry(&self) -> &Registry {
         &self.registry
     }
 
     /// Counts a protocol violation.
-    pub fn violation(&self, kind: Violation) {
+    pub(crate) fn violation(&self, kind: Violation) {
         self.violations[kind as usize].inc();
     }
 
     /// Counts a refused authentication (`reason` is one of [`AUTH_FAILURE_REASONS`]).
-    pub fn auth_failure(&self, reason: &'static str) {
+    pub(crate) fn auth_failure(&self, reason: &'static str) {
         self.auth_failures.with_label_values(&[reason]).inc();
     }
 
     /// Counts a close: its close frame was written (`sent`), or not.
-    pub fn disconnect(&self, code: u16, sent: bool) {
+    pub(crate) fn disconnect(&self, code: u16, sent: bool) {
         let counter = if sent { &self.disconnects } else { &self.close_unsent };
         counter.with_label_values(&[&code.to_string()]).inc();
     }
 
     /// Counts `n` messages a session never got.
-    pub fn dropped(&self, reason: DropReason, n: u64) {
+    pub(crate) fn dropped(&self, reason: DropReason, n: u64) {
         self.queue_drops[reason as usize].inc_by(n);
     }
 
     /// Counts a refused WebSocket upgrade (`reason` is a fixed word).
-    pub fn refused(&self, reason: &'static str) {
+    pub(crate) fn refused(&self, reason: &'static str) {
         self.connections_refused.with_label_values(&[reason]).inc();
     }
 
     /// Counts a refused HTTP publish.
-    pub fn http_publish_error(&self, status: u16) {
+    pub(crate) fn http_publish_error(&self, status: u16) {
         self.http_publish_errors.with_label_values(&[&status.to_string()]).inc();
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding of metrics cannot fail");
         String::from_utf8(buf).unwrap_or_default()

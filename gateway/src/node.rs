@@ -24,7 +24,7 @@ pub struct Node {
     /// Random id of this node, carried in envelopes for `exclude_me`.
     pub id: u64,
     /// The realms this node serves.
-    pub realms: Realms,
+    pub(crate) realms: Realms,
     /// Where events go.
     pub bus: Arc<dyn Bus>,
     /// Metric handles.
@@ -38,9 +38,9 @@ pub struct Node {
     /// Every connection of the public listener, from accept to close
     /// (`limits.max_connections`, unauthenticated ones shed first; pending
     /// handshakes; WebSockets per address).
-    pub admission: Arc<Admission>,
+    pub(crate) admission: Arc<Admission>,
     /// Draining, the shutdown signal, the session tracker.
-    pub lifecycle: Lifecycle,
+    pub(crate) lifecycle: Lifecycle,
     /// The bus queue toward the dispatcher, to report its depth.
     bus_queue: mpsc::WeakSender<Envelope>,
 }
@@ -73,18 +73,18 @@ impl Node {
     }
 
     /// Whether the node should receive traffic.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         !self.lifecycle.is_draining() && self.bus.is_ready()
     }
 
     /// Events waiting in the bus queue for fan-out.
-    pub fn bus_queue_depth(&self) -> usize {
+    pub(crate) fn bus_queue_depth(&self) -> usize {
         self.bus_queue.upgrade().map(|tx| tx.max_capacity() - tx.capacity()).unwrap_or(0)
     }
 
     /// Takes events from the bus and fans them out until the bus closes or
     /// the node shuts down.
-    pub async fn run_dispatcher(self: Arc<Self>, mut events: mpsc::Receiver<Envelope>) {
+    pub(crate) async fn run_dispatcher(self: Arc<Self>, mut events: mpsc::Receiver<Envelope>) {
         let mut batch = Vec::with_capacity(64);
         loop {
             batch.clear();
@@ -110,19 +110,19 @@ impl Node {
 
 /// A random WAMP global-scope id in `1..=2^53`, for publications (which
 /// gate nothing; fast).
-pub fn random_id() -> Id {
+pub(crate) fn random_id() -> Id {
     fastrand::u64(1..=MAX_ID)
 }
 
 /// A WAMP id in `1..=2^53` from the operating system's cryptographic
 /// generator, for session ids: they gate the `eligible`/`exclude` publish
 /// options, so they must not be predictable.
-pub fn secure_random_id() -> Id {
+pub(crate) fn secure_random_id() -> Id {
     u64::from_le_bytes(secure_random_bytes()) % MAX_ID + 1
 }
 
 /// Bytes from the operating system's cryptographic generator.
-pub fn secure_random_bytes<const N: usize>() -> [u8; N] {
+pub(crate) fn secure_random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
     // The kernel's generator does not fail once the system has booted; if
     // it ever did, there is nothing safe to fall back to.

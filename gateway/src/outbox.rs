@@ -56,7 +56,7 @@ pub enum Ended {
 
 /// Why a frame was not sent.
 #[derive(Debug, PartialEq, Eq)]
-pub enum PushError {
+pub(crate) enum PushError {
     /// The queue was full; the session is now closing as a slow consumer.
     Full,
     /// The session is already closing.
@@ -99,7 +99,7 @@ impl Outbox {
 
     /// Sends a complete WebSocket frame without waiting: written now if the
     /// kernel takes it, queued otherwise. On overflow the session is closed.
-    pub fn push(&self, frame: &Bytes) -> Result<(), PushError> {
+    pub(crate) fn push(&self, frame: &Bytes) -> Result<(), PushError> {
         if self.is_closing() {
             return Err(PushError::Closed);
         }
@@ -118,7 +118,7 @@ impl Outbox {
     /// Inlined into the fan-out loop: it runs once per delivery (the
     /// instruction budgets in `bench/instructions` watch it).
     #[inline(always)]
-    pub fn push_event(&self, frame: &Bytes, fanout: usize, flush: &mut Flush) -> Result<(), PushError> {
+    pub(crate) fn push_event(&self, frame: &Bytes, fanout: usize, flush: &mut Flush) -> Result<(), PushError> {
         if self.is_closing() {
             return self.refuse_closing();
         }
@@ -190,7 +190,7 @@ impl Outbox {
     /// Writes the end of the session: what is still queued (unless the
     /// session closes as a slow consumer: its backlog is the problem) and
     /// the last words. The close frame itself is tungstenite's to write.
-    pub async fn finish(&self) -> std::io::Result<()> {
+    pub(crate) async fn finish(&self) -> std::io::Result<()> {
         if self.close_code() == Some(codes::close::SLOW_CONSUMER) {
             let discarded = self.wire.discard_queued();
             self.metrics.dropped(DropReason::Discarded, discarded as u64);
@@ -205,7 +205,7 @@ impl Outbox {
     /// The session ends without its last frames reaching the client (the
     /// close timed out): what is still queued, a partly written frame
     /// included, is counted as discarded.
-    pub fn abandon(&self) {
+    pub(crate) fn abandon(&self) {
         let left = self.wire.discard_all();
         self.metrics.dropped(DropReason::Discarded, left as u64);
     }
@@ -234,12 +234,12 @@ impl Outbox {
     }
 
     /// Sets the frame written just before the close frame.
-    pub fn set_last_words(&self, frame: Bytes) {
+    pub(crate) fn set_last_words(&self, frame: Bytes) {
         *self.last_words.lock().unwrap_or_else(|e| e.into_inner()) = Some(frame);
     }
 
     /// The close code asked for, if any.
-    pub fn close_code(&self) -> Option<u16> {
+    pub(crate) fn close_code(&self) -> Option<u16> {
         match self.close_code.load(Ordering::Acquire) {
             0 => None,
             c => Some(c),
@@ -247,7 +247,7 @@ impl Outbox {
     }
 
     /// Whether the session must close.
-    pub fn is_closing(&self) -> bool {
+    pub(crate) fn is_closing(&self) -> bool {
         self.close_code.load(Ordering::Acquire) != 0
     }
 }

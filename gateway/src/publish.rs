@@ -35,7 +35,7 @@ impl PublishFailure {
 }
 
 /// The handler.
-pub async fn publish(State(node): State<Arc<Node>>, Extension(ticket): Extension<Arc<Ticket>>, headers: HeaderMap, body: Body) -> Response {
+pub(crate) async fn publish(State(node): State<Arc<Node>>, Extension(ticket): Extension<Arc<Ticket>>, headers: HeaderMap, body: Body) -> Response {
     // The key is checked first, before the body is read: callers without
     // one learn nothing else and cannot hold the connection.
     let result = match authorize(&node, &headers) {

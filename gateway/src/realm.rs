@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 use crate::outbox::Flush;
 
 /// One realm: its name and its roles.
-pub struct Realm {
+pub(crate) struct Realm {
     /// The realm's URI.
     pub name: String,
     /// Publish/subscribe.
@@ -26,12 +26,12 @@ const BROKER_FEATURES: &[&str] = &["pattern_based_subscription", "publisher_excl
 
 impl Realm {
     /// A realm with empty registries.
-    pub fn new(name: &str, bus: Arc<dyn Bus>, metrics: Arc<Metrics>, node_id: u64) -> Realm {
+    pub(crate) fn new(name: &str, bus: Arc<dyn Bus>, metrics: Arc<Metrics>, node_id: u64) -> Realm {
         Realm { name: name.to_string(), broker: Broker::new(name, bus, metrics, node_id) }
     }
 
     /// `WELCOME.Details.roles`: each role this realm serves, with its features.
-    pub fn welcome_roles(&self) -> Dict {
+    pub(crate) fn welcome_roles(&self) -> Dict {
         let features = |names: &[&str]| Value::Dict(names.iter().map(|n| (n.to_string(), Value::Bool(true))).collect::<Dict>());
         let mut roles = Dict::new();
         let mut broker = Dict::new();
@@ -43,22 +43,22 @@ impl Realm {
     /// Hands an event from the bus to the realm's subscribers; returns the
     /// number of EVENT messages sent (some wait in `flush` for the end of
     /// the batch).
-    pub fn dispatch(&self, event: &Envelope, flush: &mut Flush) -> usize {
+    pub(crate) fn dispatch(&self, event: &Envelope, flush: &mut Flush) -> usize {
         self.broker.dispatch(event, flush)
     }
 }
 
 /// Every realm this node serves, by name (fixed at startup).
-pub struct Realms(HashMap<String, Arc<Realm>>);
+pub(crate) struct Realms(HashMap<String, Arc<Realm>>);
 
 impl Realms {
     /// The realms of the configuration.
-    pub fn new<'a>(names: impl IntoIterator<Item = &'a String>, bus: &Arc<dyn Bus>, metrics: &Arc<Metrics>, node_id: u64) -> Realms {
+    pub(crate) fn new<'a>(names: impl IntoIterator<Item = &'a String>, bus: &Arc<dyn Bus>, metrics: &Arc<Metrics>, node_id: u64) -> Realms {
         Realms(names.into_iter().map(|n| (n.clone(), Arc::new(Realm::new(n, bus.clone(), metrics.clone(), node_id)))).collect())
     }
 
     /// The realm called `name`.
-    pub fn get(&self, name: &str) -> Option<&Arc<Realm>> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Arc<Realm>> {
         self.0.get(name)
     }
 }

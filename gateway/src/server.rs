@@ -6,7 +6,7 @@
 //! 3. after `shutdown.drain_delay` the public listener stops accepting and
 //!    every session gets GOODBYE `wamp.close.system_shutdown` and close code
 //!    1012 (reconnect to another node);
-//! 4. [`run`] returns when every session ended, or at `shutdown.drain_timeout`.
+//! 4. [`Gateway::run`] returns when every session ended, or at `shutdown.drain_timeout`.
 
 use std::future::Future;
 use std::net::SocketAddr;

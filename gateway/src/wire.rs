@@ -132,7 +132,7 @@ pub struct Wire {
 
 /// Who writes a frame that [`Wire::send`] is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum When {
+pub(crate) enum When {
     /// The caller, now, if nothing waits before the frame and the kernel
     /// takes it (plain TCP).
     Now,
@@ -146,7 +146,7 @@ pub enum When {
 
 /// What [`Wire::send`] did with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sent {
+pub(crate) enum Sent {
     /// The kernel took all of it.
     Written,
     /// It waits in the queue; the connection's task writes it.
@@ -165,7 +165,7 @@ impl Wire {
     }
 
     /// A TLS connection (handshake done).
-    pub fn tls(stream: TlsStream<TcpStream>) -> Arc<Wire> {
+    pub(crate) fn tls(stream: TlsStream<TcpStream>) -> Arc<Wire> {
         Wire::new(Io::Tls(Box::new(Mutex::new(stream))))
     }
 
@@ -178,7 +178,7 @@ impl Wire {
     }
 
     /// The handle hyper and tungstenite read and write through.
-    pub fn io(self: &Arc<Self>) -> WireIo {
+    pub(crate) fn io(self: &Arc<Self>) -> WireIo {
         WireIo(self.clone())
     }
 
@@ -187,7 +187,7 @@ impl Wire {
     /// `max_bytes`. With `When::Now` on plain TCP and nothing waiting, it
     /// is written at once; over TLS frames are always queued for the
     /// connection's task (which encrypts).
-    pub fn send(&self, frame: &Bytes, max_frames: usize, max_bytes: usize, when: When) -> Sent {
+    pub(crate) fn send(&self, frame: &Bytes, max_frames: usize, max_bytes: usize, when: When) -> Sent {
         let mut inner = self.lock();
         if let (When::Now, true, Io::Tcp(tcp)) = (when, inner.pending.is_empty(), &self.io) {
             match tcp.try_write(frame) {
@@ -223,7 +223,7 @@ impl Wire {
     /// waiting (plain TCP, vectored writes), and wakes the connection's
     /// task for the rest (and always over TLS). Called after frames were
     /// sent with `When::Later`.
-    pub fn flush(&self) {
+    pub(crate) fn flush(&self) {
         let mut inner = self.lock();
         if let Io::Tcp(tcp) = &self.io {
             while !inner.pending.is_empty() {
@@ -247,7 +247,7 @@ impl Wire {
     }
 
     /// Queues `frame` whatever the limits (the session's last words).
-    pub fn push_unbounded(&self, frame: Bytes) {
+    pub(crate) fn push_unbounded(&self, frame: Bytes) {
         let mut inner = self.lock();
         self.queue(&mut inner, frame, false);
     }
@@ -265,7 +265,7 @@ impl Wire {
     /// Drops the queued frames the client has seen nothing of (a slow
     /// consumer's backlog); a partly written front frame is kept. Returns
     /// how many frames were dropped.
-    pub fn discard_queued(&self) -> usize {
+    pub(crate) fn discard_queued(&self) -> usize {
         let mut inner = self.lock();
         let keep = usize::from(inner.front_started);
         let dropped = inner.pending.len().saturating_sub(keep);
@@ -277,7 +277,7 @@ impl Wire {
 
     /// Drops everything queued, a partly written front frame included (the
     /// connection is given up); returns how many frames were dropped.
-    pub fn discard_all(&self) -> usize {
+    pub(crate) fn discard_all(&self) -> usize {
         let mut inner = self.lock();
         let dropped = inner.pending.len();
         inner.pending.clear();
@@ -293,23 +293,23 @@ impl Wire {
     }
 
     /// Whether bytes are waiting for the socket to become writable.
-    pub fn is_backed_up(&self) -> bool {
+    pub(crate) fn is_backed_up(&self) -> bool {
         !self.lock().pending.is_empty()
     }
 
     /// Writes out everything queued; resolves once the queue is empty.
-    pub async fn drain(&self) -> io::Result<()> {
+    pub(crate) async fn drain(&self) -> io::Result<()> {
         poll_fn(|cx| self.lock().poll_drain(&self.io, cx)).await
     }
 
     /// Resolves on the next [`Wire::notify`] (or one that came while nobody
     /// waited).
-    pub fn notified(&self) -> Notified<'_> {
+    pub(crate) fn notified(&self) -> Notified<'_> {
         self.wake.notified()
     }
 
     /// Wakes the connection's task.
-    pub fn notify(&self) {
+    pub(crate) fn notify(&self) {
         self.wake.notify_one();
     }
 }
@@ -370,7 +370,7 @@ fn gather<'a>(pending: &'a VecDeque<Bytes>, slices: &mut [IoSlice<'a>; MAX_IOVEC
 
 /// The connection as hyper and tungstenite see it. Writes wait behind
 /// whatever is queued in the [`Wire`], so they keep their place in order.
-pub struct WireIo(Arc<Wire>);
+pub(crate) struct WireIo(Arc<Wire>);
 
 impl AsyncRead for WireIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
@@ -446,7 +446,7 @@ pub(crate) async fn read_message(client: &mut TcpStream, ser: telegraphy_wamp::S
 }
 
 /// A WebSocket ping frame with no payload.
-pub fn ping_frame() -> Bytes {
+pub(crate) fn ping_frame() -> Bytes {
     format(Frame::ping(Bytes::new()))
 }
 

@@ -98,7 +98,7 @@ impl Session {
     }
 
     /// Handles one decoded message.
-    pub async fn handle(&mut self, msg: Message) -> Flow {
+    pub(crate) async fn handle(&mut self, msg: Message) -> Flow {
         match (&mut self.state, msg) {
             (State::Closed, _) => Flow::Close(close::NORMAL),
             (State::AwaitingHello, Message::Hello { realm, details }) => self.hello(realm, details),
@@ -247,12 +247,12 @@ impl Session {
     }
 
     /// When the session's credentials expire (it is then closed).
-    pub fn expires_at(&self) -> Option<tokio::time::Instant> {
+    pub(crate) fn expires_at(&self) -> Option<tokio::time::Instant> {
         self.expires_at
     }
 
     /// Says GOODBYE because the token expired.
-    pub fn expire(&mut self) -> Flow {
+    pub(crate) fn expire(&mut self) -> Flow {
         self.send_last(&Message::Goodbye {
             details: dict! {"message" => "the session's token expired; reconnect with a fresh token"},
             reason: err::TOKEN_EXPIRED.into(),
@@ -262,7 +262,7 @@ impl Session {
     }
 
     /// Sends ABORT for a protocol violation and asks to close.
-    pub fn violation(&mut self, kind: Violation, message: &str) -> Flow {
+    pub(crate) fn violation(&mut self, kind: Violation, message: &str) -> Flow {
         self.node.metrics.violation(kind);
         tracing::debug!(session = self.handle.id, kind = ?kind, message, "protocol violation");
         self.abort(err::PROTOCOL_VIOLATION, message);
@@ -270,12 +270,12 @@ impl Session {
     }
 
     /// Counts a protocol violation found outside the session (socket level).
-    pub fn count_violation(&self, kind: Violation) {
+    pub(crate) fn count_violation(&self, kind: Violation) {
         self.node.metrics.violation(kind);
     }
 
     /// Sends ABORT with `reason` and ends the session (the caller closes).
-    pub fn abort(&mut self, reason: &str, message: &str) {
+    pub(crate) fn abort(&mut self, reason: &str, message: &str) {
         if !matches!(self.state, State::Closed) {
             self.send_last(&Message::Abort { details: dict! {"message" => message}, reason: reason.into() });
         }
@@ -283,7 +283,7 @@ impl Session {
     }
 
     /// Says GOODBYE because the node is draining.
-    pub fn shutdown(&mut self) -> Flow {
+    pub(crate) fn shutdown(&mut self) -> Flow {
         if self.is_established() {
             self.send_last(&Message::Goodbye {
                 details: dict! {"message" => "this gateway node is shutting down; reconnect to another node"},
@@ -295,7 +295,7 @@ impl Session {
     }
 
     /// Leaves every subscription; idempotent. Called on every way out.
-    pub fn cleanup(&mut self) {
+    pub(crate) fn cleanup(&mut self) {
         if let State::Established { realm, broker, .. } = std::mem::replace(&mut self.state, State::Closed) {
             broker.leave(&realm.broker, self.handle.id);
             self.node.metrics.sessions.dec();
@@ -323,7 +323,7 @@ impl Session {
 
     /// Queues a WebSocket ping (the client's pong keeps the session from
     /// the idle timeout).
-    pub fn send_ping(&self) {
+    pub(crate) fn send_ping(&self) {
         let _ = self.handle.outbox.push(&crate::wire::ping_frame());
     }
 
