@@ -7,6 +7,6 @@ use telegraphy_wamp::UriRules;
 fuzz_target!(|data: &[u8]| {
     match parse_body(data, "realm1", |r| r == "realm1", UriRules::Loose) {
         Ok(req) => assert!(!req.topic.is_empty()),
-        Err(message) => assert!(!message.is_empty()),
+        Err(error) => assert!(!error.to_string().is_empty()),
     }
 });

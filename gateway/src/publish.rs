@@ -78,7 +78,8 @@ async fn handle(node: &Node, body: &[u8]) -> Result<u64, PublishFailure> {
         return Err(too_large(node, Some(body.len())));
     }
     let default_realm = &node.config.realms[0];
-    let request = parse_body(body, default_realm, |r| node.realms.get(r).is_some(), node.uri_rules).map_err(PublishFailure::bad)?;
+    let request =
+        parse_body(body, default_realm, |r| node.realms.get(r).is_some(), node.uri_rules).map_err(|e| PublishFailure::bad(e.to_string()))?;
     let HttpPublish { realm, topic, args, kwargs, filter, require_subscriber } = request;
     let publication = random_id();
     let event = Envelope { realm, publication, topic, args, kwargs, filter, publisher: None, published_at_us: now_us() };
@@ -110,24 +111,37 @@ pub struct HttpPublish {
     pub require_subscriber: bool,
 }
 
+/// Why a `POST /publish` body was refused; the text is the message for the client.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Not a publish request (JSON, fields, options).
+    #[error(transparent)]
+    Request(#[from] telegraphy_bus::RequestError),
+    /// The body names a realm this gateway does not serve.
+    #[error("realm `{0}` does not exist on this gateway")]
+    UnknownRealm(String),
+    /// The topic is malformed or reserved.
+    #[error(transparent)]
+    Topic(#[from] telegraphy_bus::TopicError),
+}
+
 /// Reads a publish body with the shared codec ([`PublishRequest::from_json`])
 /// and checks it against this gateway: the realm must exist, the topic
-/// must follow `rules` and not be reserved. The error is the message for
-/// the client. Pure, so it can be fuzzed and property-tested.
+/// must follow `rules` and not be reserved. Pure, so it can be fuzzed and property-tested.
 pub fn parse_body(
     body: &[u8],
     default_realm: &str,
     realm_exists: impl Fn(&str) -> bool,
     rules: telegraphy_wamp::UriRules,
-) -> Result<HttpPublish, String> {
-    let request = PublishRequest::from_json(body, JsonOptions::Wamp).map_err(|e| e.to_string())?;
+) -> Result<HttpPublish, BodyError> {
+    let request = PublishRequest::from_json(body, JsonOptions::Wamp)?;
     let PublishRequest { topic, args, kwargs, options, realm, require_subscriber } = request;
     let realm = match realm {
         None => default_realm.to_string(),
         Some(r) if realm_exists(&r) => r,
-        Some(r) => return Err(format!("realm `{r}` does not exist on this gateway")),
+        Some(r) => return Err(BodyError::UnknownRealm(r)),
     };
-    check_topic(&topic, rules).map_err(|e| e.to_string())?;
+    check_topic(&topic, rules)?;
     let filter = options.map(|o| o.filter).unwrap_or_default();
     Ok(HttpPublish { realm, topic, args, kwargs, filter, require_subscriber: require_subscriber.unwrap_or(false) })
 }

@@ -33,7 +33,7 @@ proptest! {
         }
         match parse_body(&bytes, "realm1", |r| r == "realm1", UriRules::Loose) {
             Ok(req) => prop_assert!(!req.topic.is_empty()),
-            Err(message) => prop_assert!(!message.is_empty()),
+            Err(error) => prop_assert!(!error.to_string().is_empty()),
         }
     }
 
