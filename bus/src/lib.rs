@@ -17,6 +17,8 @@
 //! * [`memory`]: `memory://`, the embedded single-node bus (the default).
 //! * [`redis`]: `redis://`, Redis pub/sub.
 //! * [`amqp`]: `amqp://`, a RabbitMQ topic exchange.
+//! * [`pattern`]: the topic-pattern syntax of the configuration and of
+//!   tokens (role rights, token claims, history topics).
 //! * [`interest`]: the node's desired (realm, policy, pattern) set, which
 //!   broker adapters reconcile their subscriptions or bindings with.
 //! * [`inbound`]: the hand-off of consumed events to the node (decode,
@@ -69,6 +71,7 @@ pub mod inbound;
 pub mod interest;
 pub mod memory;
 pub mod metrics;
+pub mod pattern;
 pub mod redis;
 pub mod request;
 mod supervisor;

@@ -5,15 +5,8 @@
 //! it matches a role pattern **and** (if the token lists patterns) a token
 //! pattern.
 //!
-//! Pattern syntax (roles and token claims alike):
-//!
-//! | pattern | matches |
-//! |---|---|
-//! | `*` | every topic |
-//! | `com.example.orders` | exactly that topic |
-//! | `com.example.orders.*` | topics starting with `com.example.orders.` |
-//! | `com.example.orders*` | topics starting with `com.example.orders` |
-//! | `com..update` | `com.X.update` for any one component `X` |
+//! Pattern syntax (roles and token claims alike): see
+//! [`telegraphy_bus::pattern`].
 //!
 //! A SUBSCRIBE is checked against the subscription's own pattern: refused
 //! when no allowed topic can match it, accepted **fully** when every topic
@@ -21,97 +14,41 @@
 //! event is checked for that session before it is queued, so a prefix or
 //! wildcard subscription never leaks a forbidden topic.
 
-use telegraphy_wamp::{uri, MatchPolicy, UriKind, UriRules};
+pub(crate) use telegraphy_bus::pattern::{Pattern, PatternSet};
+use telegraphy_wamp::MatchPolicy;
 
-/// One permission pattern.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Pattern {
-    /// Every topic.
-    All,
-    /// One exact topic.
-    Exact(String),
-    /// Topics starting with this string.
-    Prefix(String),
-    /// Topics with as many components, equal in each non-empty one.
-    Wildcard(String),
+/// Whether every topic the subscription can match matches `pattern`.
+fn covers(pattern: &Pattern, policy: MatchPolicy, sub: &str) -> bool {
+    match (pattern, policy) {
+        (Pattern::All, _) => true,
+        (p, MatchPolicy::Exact) => p.matches(sub),
+        (Pattern::Prefix(p), MatchPolicy::Prefix) => sub.starts_with(p.as_str()),
+        (Pattern::Wildcard(w), MatchPolicy::Wildcard) => {
+            let (wc, sc): (Vec<&str>, Vec<&str>) = (w.split('.').collect(), sub.split('.').collect());
+            wc.len() == sc.len() && wc.iter().zip(&sc).all(|(w, s)| w.is_empty() || (!s.is_empty() && w == s))
+        }
+        (Pattern::Prefix(p), MatchPolicy::Wildcard) => {
+            // Covered when the wildcard's fixed leading part already starts with the prefix.
+            let fixed: String = sub.split('.').take_while(|c| !c.is_empty()).collect::<Vec<_>>().join(".");
+            !fixed.is_empty() && fixed.len() < sub.len() && format!("{fixed}.").starts_with(p.as_str())
+        }
+        _ => false,
+    }
 }
 
-/// A permission pattern that does not parse; the message says what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub(crate) struct PatternError(String);
-
-impl Pattern {
-    /// Parses the pattern syntax; errors say what is wrong.
-    pub(crate) fn parse(s: &str) -> Result<Pattern, PatternError> {
-        if s == "*" {
-            return Ok(Pattern::All);
-        }
-        if let Some(prefix) = s.strip_suffix('*') {
-            if prefix.contains('*') || prefix.is_empty() {
-                return Err(PatternError(format!("pattern `{s}`: `*` may only end a pattern (or be the whole pattern)")));
-            }
-            let check = prefix.strip_suffix('.').unwrap_or(prefix);
-            if !uri::is_valid(check, UriRules::Loose, UriKind::Concrete) {
-                return Err(PatternError(format!("pattern `{s}`: `{prefix}` is not a valid URI prefix")));
-            }
-            return Ok(Pattern::Prefix(prefix.to_string()));
-        }
-        if s.contains('*') {
-            return Err(PatternError(format!("pattern `{s}`: `*` may only end a pattern")));
-        }
-        if uri::is_valid(s, UriRules::Loose, UriKind::Concrete) {
-            return Ok(Pattern::Exact(s.to_string()));
-        }
-        if uri::is_valid(s, UriRules::Loose, UriKind::Pattern(MatchPolicy::Wildcard)) {
-            return Ok(Pattern::Wildcard(s.to_string()));
-        }
-        Err(PatternError(format!("pattern `{s}` is not a topic, a prefix ending in `*`, a wildcard like `a..c`, or `*`")))
-    }
-
-    /// Whether a concrete topic matches.
-    pub(crate) fn matches(&self, topic: &str) -> bool {
-        match self {
-            Pattern::All => true,
-            Pattern::Exact(t) => t == topic,
-            Pattern::Prefix(p) => topic.starts_with(p.as_str()),
-            Pattern::Wildcard(w) => MatchPolicy::Wildcard.matches(w, topic),
-        }
-    }
-
-    /// Whether every topic the subscription can match matches this pattern.
-    fn covers(&self, policy: MatchPolicy, sub: &str) -> bool {
-        match (self, policy) {
-            (Pattern::All, _) => true,
-            (p, MatchPolicy::Exact) => p.matches(sub),
-            (Pattern::Prefix(p), MatchPolicy::Prefix) => sub.starts_with(p.as_str()),
-            (Pattern::Wildcard(w), MatchPolicy::Wildcard) => {
-                let (wc, sc): (Vec<&str>, Vec<&str>) = (w.split('.').collect(), sub.split('.').collect());
-                wc.len() == sc.len() && wc.iter().zip(&sc).all(|(w, s)| w.is_empty() || (!s.is_empty() && w == s))
-            }
-            (Pattern::Prefix(p), MatchPolicy::Wildcard) => {
-                // Covered when the wildcard's fixed leading part already starts with the prefix.
-                let fixed: String = sub.split('.').take_while(|c| !c.is_empty()).collect::<Vec<_>>().join(".");
-                !fixed.is_empty() && fixed.len() < sub.len() && format!("{fixed}.").starts_with(p.as_str())
-            }
-            _ => false,
-        }
-    }
-
-    /// Whether some topic could match both this pattern and the subscription
-    /// (conservative: "maybe" counts as yes; events are checked anyway).
-    fn overlaps(&self, policy: MatchPolicy, sub: &str) -> bool {
-        match (self, policy) {
-            (Pattern::All, _) => true,
-            (p, MatchPolicy::Exact) => p.matches(sub),
-            (Pattern::Exact(t), policy) => policy.matches(sub, t),
-            (Pattern::Prefix(p), MatchPolicy::Prefix) => p.starts_with(sub) || sub.starts_with(p.as_str()),
-            (Pattern::Prefix(p), MatchPolicy::Wildcard) => wildcard_meets_prefix(sub, p),
-            (Pattern::Wildcard(w), MatchPolicy::Prefix) => wildcard_meets_prefix(w, sub),
-            (Pattern::Wildcard(a), MatchPolicy::Wildcard) => {
-                let (a, b): (Vec<&str>, Vec<&str>) = (a.split('.').collect(), sub.split('.').collect());
-                a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| x.is_empty() || y.is_empty() || x == y)
-            }
+/// Whether some topic could match both `pattern` and the subscription
+/// (conservative: "maybe" counts as yes; events are checked anyway).
+fn overlaps(pattern: &Pattern, policy: MatchPolicy, sub: &str) -> bool {
+    match (pattern, policy) {
+        (Pattern::All, _) => true,
+        (p, MatchPolicy::Exact) => p.matches(sub),
+        (Pattern::Exact(t), policy) => policy.matches(sub, t),
+        (Pattern::Prefix(p), MatchPolicy::Prefix) => p.starts_with(sub) || sub.starts_with(p.as_str()),
+        (Pattern::Prefix(p), MatchPolicy::Wildcard) => wildcard_meets_prefix(sub, p),
+        (Pattern::Wildcard(w), MatchPolicy::Prefix) => wildcard_meets_prefix(w, sub),
+        (Pattern::Wildcard(a), MatchPolicy::Wildcard) => {
+            let (a, b): (Vec<&str>, Vec<&str>) = (a.split('.').collect(), sub.split('.').collect());
+            a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| x.is_empty() || y.is_empty() || x == y)
         }
     }
 }
@@ -135,28 +72,14 @@ fn wildcard_meets_prefix(w: &str, prefix: &str) -> bool {
     })
 }
 
-/// A set of patterns: allowed when any matches.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct PatternSet(pub Vec<Pattern>);
-
-impl PatternSet {
-    /// Parses every pattern.
-    pub(crate) fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<PatternSet, PatternError> {
-        patterns.iter().map(|p| Pattern::parse(p.as_ref())).collect::<Result<_, _>>().map(PatternSet)
-    }
-
-    fn matches(&self, topic: &str) -> bool {
-        self.0.iter().any(|p| p.matches(topic))
-    }
-
-    fn decide(&self, policy: MatchPolicy, sub: &str) -> Decision {
-        if self.0.iter().any(|p| p.covers(policy, sub)) {
-            Decision::Full
-        } else if self.0.iter().any(|p| p.overlaps(policy, sub)) {
-            Decision::Partial
-        } else {
-            Decision::Denied
-        }
+/// Decides a SUBSCRIBE against a set of patterns.
+fn decide(set: &PatternSet, policy: MatchPolicy, sub: &str) -> Decision {
+    if set.0.iter().any(|p| covers(p, policy, sub)) {
+        Decision::Full
+    } else if set.0.iter().any(|p| overlaps(p, policy, sub)) {
+        Decision::Partial
+    } else {
+        Decision::Denied
     }
 }
 
@@ -206,9 +129,9 @@ impl Permissions {
 
     /// Checks a SUBSCRIBE.
     pub(crate) fn subscribe(&self, policy: MatchPolicy, sub: &str) -> Decision {
-        let role = self.role_subscribe.decide(policy, sub);
+        let role = decide(&self.role_subscribe, policy, sub);
         match &self.token_subscribe {
-            Some(t) => role.and(t.decide(policy, sub)),
+            Some(t) => role.and(decide(t, policy, sub)),
             None => role,
         }
     }
