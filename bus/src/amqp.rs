@@ -42,7 +42,7 @@ use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::PublisherConfirm;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
-use telegraphy_wamp::MatchPolicy;
+use telegraphy_wamp::{Id, MatchPolicy};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -356,13 +356,14 @@ fn checked_routing_key(event: &Envelope) -> Result<String, PublishError> {
 }
 
 impl Bus for AmqpBus {
-    fn publish(&self, event: Envelope, delivery: Delivery) -> BoxFuture<'_, Result<(), PublishError>> {
+    fn publish(&self, event: Envelope, delivery: Delivery) -> BoxFuture<'_, Result<Id, PublishError>> {
         async move {
             let s = &self.shared;
             match delivery {
                 Delivery::Accepted => s.confirmed(s.send(&event).await?).await,
                 Delivery::Subscribed => s.routed(s.send_mandatory(&event).await?).await,
             }
+            .map(|()| event.publication)
         }
         .boxed()
     }
@@ -370,7 +371,7 @@ impl Bus for AmqpBus {
     /// Sends every event in order, then awaits the answers together: one
     /// round trip for the batch instead of one per event (`Subscribed`:
     /// about one round of the mandatory channel).
-    fn publish_batch(&self, events: Vec<Envelope>, delivery: Delivery) -> BoxFuture<'_, Vec<Result<(), PublishError>>> {
+    fn publish_batch(&self, events: Vec<Envelope>, delivery: Delivery) -> BoxFuture<'_, Vec<Result<Id, PublishError>>> {
         async move {
             let s = &self.shared;
             match delivery {
@@ -379,14 +380,20 @@ impl Bus for AmqpBus {
                     for event in &events {
                         sent.push(s.send(event).await);
                     }
-                    futures_util::future::join_all(sent.into_iter().map(|sent| async move { s.confirmed(sent?).await })).await
+                    futures_util::future::join_all(
+                        sent.into_iter().zip(&events).map(|(sent, e)| async move { s.confirmed(sent?).await.map(|()| e.publication) }),
+                    )
+                    .await
                 }
                 Delivery::Subscribed => {
                     let mut sent = Vec::with_capacity(events.len());
                     for event in &events {
                         sent.push(s.send_mandatory(event).await);
                     }
-                    futures_util::future::join_all(sent.into_iter().map(|sent| async move { s.routed(sent?).await })).await
+                    futures_util::future::join_all(
+                        sent.into_iter().zip(&events).map(|(sent, e)| async move { s.routed(sent?).await.map(|()| e.publication) }),
+                    )
+                    .await
                 }
             }
         }

@@ -4,6 +4,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use telegraphy_wamp::{Dict, Id, Value};
 
+use crate::history::Position;
 use crate::request::Filter;
 
 /// An event as it travels from a publisher to every node.
@@ -27,6 +28,12 @@ pub struct Envelope {
     /// Publish time, microseconds since the Unix epoch (for latency
     /// figures): [`now_us`] when the event was published.
     pub published_at_us: u64,
+    /// The publisher asked the broker to keep it as the topic's retained
+    /// event (`retain`).
+    pub retain: bool,
+    /// Its place in the topic's history, when the topic keeps history
+    /// (set by the store; then `publication` is `position.publication()`).
+    pub position: Option<Position>,
 }
 
 /// Microseconds since the Unix epoch, the clock of
@@ -58,6 +65,11 @@ pub const FORMAT_VERSION: u64 = 1;
 
 /// Fields in a version-1 envelope.
 const V1_FIELDS: usize = 9;
+
+/// Fields in a version-1.1 envelope: `options` (a map: `retain`) and
+/// `position` (nil or `[epoch, offset]`) appended. Written only when one
+/// is set, so events without them keep the 1.0 bytes.
+const V1_1_FIELDS: usize = 11;
 
 /// Why bytes from the bus are not an envelope this node can use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +104,21 @@ impl serde::Serialize for FilterFields<'_> {
     }
 }
 
+struct OptionFields {
+    retain: bool,
+}
+
+impl serde::Serialize for OptionFields {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(usize::from(self.retain)))?;
+        if self.retain {
+            map.serialize_entry("retain", &true)?;
+        }
+        map.end()
+    }
+}
+
 struct PublisherFields<'a>(&'a Publisher);
 
 impl serde::Serialize for PublisherFields<'_> {
@@ -112,7 +139,8 @@ impl serde::Serialize for PublisherFields<'_> {
 impl serde::Serialize for Envelope {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
-        let mut seq = s.serialize_seq(Some(V1_FIELDS))?;
+        let extended = self.retain || self.position.is_some();
+        let mut seq = s.serialize_seq(Some(if extended { V1_1_FIELDS } else { V1_FIELDS }))?;
         seq.serialize_element(&FORMAT_VERSION)?;
         seq.serialize_element(&self.publication)?;
         seq.serialize_element(&self.realm)?;
@@ -124,6 +152,13 @@ impl serde::Serialize for Envelope {
         match &self.publisher {
             Some(p) => seq.serialize_element(&PublisherFields(p))?,
             None => seq.serialize_element(&())?,
+        }
+        if extended {
+            seq.serialize_element(&OptionFields { retain: self.retain })?;
+            match self.position {
+                Some(p) => seq.serialize_element(&(p.epoch, p.offset))?,
+                None => seq.serialize_element(&())?,
+            }
         }
         seq.end()
     }
@@ -166,7 +201,30 @@ impl Envelope {
             _ => return Err(bad("publisher is neither nil nor a map")),
         };
         let filter = Filter::from_dict(&filter).map_err(|e| EnvelopeError::Malformed(format!("filter: {e}")))?;
-        Ok(Envelope { realm, publication, topic, args, kwargs, filter, publisher, published_at_us })
+        // 1.1: options and position (absent in 1.0 envelopes).
+        let retain = match it.next() {
+            None | Some(Value::Null) => false,
+            Some(Value::Dict(options)) => match options.get("retain") {
+                None => false,
+                Some(v) => v.as_bool().ok_or_else(|| bad("options.retain is not a boolean"))?,
+            },
+            Some(_) => return Err(bad("options is not a map")),
+        };
+        let position = match it.next() {
+            None | Some(Value::Null) => None,
+            Some(Value::List(p)) => match p.as_slice() {
+                [epoch, offset] => {
+                    let epoch = epoch.as_u64().and_then(|e| u16::try_from(e).ok()).filter(|e| *e != 0).ok_or_else(|| bad("position.epoch"))?;
+                    let offset = offset.as_u64().filter(|o| (1..=crate::history::MAX_OFFSET).contains(o)).ok_or_else(|| bad("position.offset"))?;
+                    Some(Position { epoch, offset })
+                }
+                _ => return Err(bad("position is not [epoch, offset]")),
+            },
+            Some(_) => return Err(bad("position is neither nil nor a list")),
+        };
+        // A kept event's id is its position, whoever assigned the position.
+        let publication = position.map(Position::publication).unwrap_or(publication);
+        Ok(Envelope { realm, publication, topic, args, kwargs, filter, publisher, published_at_us, retain, position })
     }
 }
 

@@ -14,6 +14,9 @@
 //!   [`PublishOptions`], the subscriber [`Filter`] they share, and which
 //!   topics may be published to ([`check_topic`]). Every publishing path
 //!   (gateway, library, CLI) reads and writes requests through it.
+//! * [`history`]: positions in a topic's one cluster-wide order, and the
+//!   [`EventStore`] beside the bus that keeps recent and retained events
+//!   (its contract is written there); [`MemoryStore`] for `memory://`.
 //! * [`memory`]: `memory://`, the embedded single-node bus (the default).
 //! * [`redis`]: `redis://`, Redis pub/sub.
 //! * [`amqp`]: `amqp://`, a RabbitMQ topic exchange.
@@ -67,6 +70,7 @@
 pub mod amqp;
 pub mod backoff;
 pub mod envelope;
+pub mod history;
 pub mod inbound;
 pub mod interest;
 pub mod memory;
@@ -81,9 +85,10 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
-use telegraphy_wamp::MatchPolicy;
+use telegraphy_wamp::{Id, MatchPolicy};
 
 pub use envelope::{now_us, Envelope, EnvelopeError, Publisher, FORMAT_VERSION};
+pub use history::{EventStore, HistoryConfig, MemoryStore, Position};
 pub use inbound::Inbound;
 pub use interest::Ticket;
 pub use memory::MemoryBus;
@@ -146,13 +151,15 @@ pub trait Bus: Send + Sync + 'static {
     /// Hands one event to the bus; resolves once the bus accepted it (and,
     /// with [`Delivery::Subscribed`], once a node subscribed to it got it).
     /// Fails fast with [`PublishError::Unavailable`] while not ready.
-    fn publish(&self, event: Envelope, delivery: Delivery) -> BoxFuture<'_, Result<(), PublishError>>;
+    /// Answers the publication id subscribers get (the event's own, or its
+    /// history position's when its topic keeps history).
+    fn publish(&self, event: Envelope, delivery: Delivery) -> BoxFuture<'_, Result<Id, PublishError>>;
 
     /// Publishes `events` in order and answers for each, like as many
     /// [`Bus::publish`] calls one after the other; brokers overlap their
     /// round trips (a Redis pipeline, RabbitMQ confirms awaited together).
     /// The caller bounds the batch (the events in flight).
-    fn publish_batch(&self, events: Vec<Envelope>, delivery: Delivery) -> BoxFuture<'_, Vec<Result<(), PublishError>>> {
+    fn publish_batch(&self, events: Vec<Envelope>, delivery: Delivery) -> BoxFuture<'_, Vec<Result<Id, PublishError>>> {
         async move {
             let mut answers = Vec::with_capacity(events.len());
             for event in events {
@@ -214,6 +221,8 @@ pub struct BusOptions {
     pub connect_timeout: Duration,
     /// Name this client gives its broker connection (RabbitMQ shows it).
     pub connection_name: String,
+    /// Which topics keep history, and how much (nodes only).
+    pub history: HistoryConfig,
 }
 
 impl Default for BusOptions {
@@ -226,6 +235,7 @@ impl Default for BusOptions {
             reconnect_max_delay: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             connection_name: "telegraphy".into(),
+            history: HistoryConfig::default(),
         }
     }
 }
@@ -281,12 +291,23 @@ pub fn redact(url: &str) -> String {
 /// Starts a node's bus: it publishes, and it consumes into `inbound`.
 /// Broker adapters connect in the background (the node starts not ready
 /// and becomes ready once connected).
-pub fn start(url: &str, options: &BusOptions, inbound: Inbound) -> Result<Arc<dyn Bus>, BusError> {
-    match check_url(url).map_err(|e| BusError::InvalidUrl(e.to_string()))? {
-        BusKind::Memory => Ok(Arc::new(MemoryBus::new(inbound))),
-        BusKind::Redis => Ok(Arc::new(redis::RedisBus::start(url, options, inbound)?)),
-        BusKind::Amqp => Ok(Arc::new(amqp::AmqpBus::start(url, options, inbound)?)),
-    }
+pub fn start(url: &str, options: &BusOptions, inbound: Inbound) -> Result<Started, BusError> {
+    Ok(match check_url(url).map_err(|e| BusError::InvalidUrl(e.to_string()))? {
+        BusKind::Memory => {
+            let store = Arc::new(MemoryStore::new(options.history.clone()));
+            Started { bus: Arc::new(MemoryBus::with_store(inbound, store.clone())), store: Some(store) }
+        }
+        BusKind::Redis => Started { bus: Arc::new(redis::RedisBus::start(url, options, inbound)?), store: None },
+        BusKind::Amqp => Started { bus: Arc::new(amqp::AmqpBus::start(url, options, inbound)?), store: None },
+    })
+}
+
+/// A node's bus, and the event store beside it when the bus has one.
+pub struct Started {
+    /// The bus.
+    pub bus: Arc<dyn Bus>,
+    /// History and retention (`None`: this bus keeps no events yet).
+    pub store: Option<Arc<dyn EventStore>>,
 }
 
 /// Connects a publish-only bus (for the CLI and the publisher library):

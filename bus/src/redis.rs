@@ -22,7 +22,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt as _, StreamExt as _};
 use redis::aio::MultiplexedConnection;
-use telegraphy_wamp::MatchPolicy;
+use telegraphy_wamp::{Id, MatchPolicy};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -181,7 +181,7 @@ impl Shared {
 }
 
 impl Bus for RedisBus {
-    fn publish(&self, event: Envelope, delivery: Delivery) -> BoxFuture<'_, Result<(), PublishError>> {
+    fn publish(&self, event: Envelope, delivery: Delivery) -> BoxFuture<'_, Result<Id, PublishError>> {
         async move {
             let s = &self.shared;
             let conn = s.publisher.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -197,13 +197,13 @@ impl Bus for RedisBus {
                 s.failed(1);
                 PublishError::Unavailable(format!("Redis at {} did not take the event: {e}", s.url))
             })?;
-            answer(&event, &name, receivers, delivery)
+            answer(&event, &name, receivers, delivery).map(|()| event.publication)
         }
         .boxed()
     }
 
     /// One pipeline: every PUBLISH in order, one round trip.
-    fn publish_batch(&self, events: Vec<Envelope>, delivery: Delivery) -> BoxFuture<'_, Vec<Result<(), PublishError>>> {
+    fn publish_batch(&self, events: Vec<Envelope>, delivery: Delivery) -> BoxFuture<'_, Vec<Result<Id, PublishError>>> {
         async move {
             let s = &self.shared;
             let n = events.len();
@@ -221,7 +221,10 @@ impl Bus for RedisBus {
                 Ok(counts) if counts.len() == n => events
                     .iter()
                     .zip(counts)
-                    .map(|(event, receivers)| answer(event, &channel(&s.options.redis_key_prefix, &event.realm, &event.topic), receivers, delivery))
+                    .map(|(event, receivers)| {
+                        answer(event, &channel(&s.options.redis_key_prefix, &event.realm, &event.topic), receivers, delivery)
+                            .map(|()| event.publication)
+                    })
                     .collect(),
                 other => {
                     s.failed(n as u64);

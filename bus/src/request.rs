@@ -251,18 +251,20 @@ pub struct PublishOptions {
     pub disclose_me: bool,
     /// Black- and white-lists.
     pub filter: Filter,
+    /// Keep the event as the topic's retained event (`retain`, default false).
+    pub retain: bool,
 }
 
 impl Default for PublishOptions {
     fn default() -> Self {
-        PublishOptions { acknowledge: false, exclude_me: true, disclose_me: false, filter: Filter::default() }
+        PublishOptions { acknowledge: false, exclude_me: true, disclose_me: false, filter: Filter::default(), retain: false }
     }
 }
 
 impl PublishOptions {
     /// Reads a WAMP PUBLISH options dictionary. Unknown keys are ignored,
-    /// as the spec asks (`retain`, payload passthrough and vendor `x_` keys
-    /// are not implemented); `null` means the default (some clients send it
+    /// as the spec asks (payload passthrough and vendor `x_` keys are not
+    /// implemented); `null` means the default (some clients send it
     /// for an unset option); a known key with a wrong type is an error
     /// naming the key.
     pub fn from_wamp_options(options: &Dict) -> Result<PublishOptions, OptionError> {
@@ -275,6 +277,7 @@ impl PublishOptions {
                 "acknowledge" => out.acknowledge = flag(key, value)?,
                 "exclude_me" => out.exclude_me = flag(key, value)?,
                 "disclose_me" => out.disclose_me = flag(key, value)?,
+                "retain" => out.retain = flag(key, value)?,
                 _ => {
                     out.filter.read(key, value)?;
                 }
@@ -290,7 +293,9 @@ impl PublishOptions {
             JsonOptions::ListsOnly => {
                 let mut out = PublishOptions::default();
                 for (key, value) in options {
-                    if !matches!(value, Value::Null) && !out.filter.read(key, value)? {
+                    if key == "retain" && !matches!(value, Value::Null) {
+                        out.retain = flag(key, value)?;
+                    } else if !matches!(value, Value::Null) && !out.filter.read(key, value)? {
                         return Err(OptionError::Unknown(key.clone()));
                     }
                 }
@@ -303,7 +308,11 @@ impl PublishOptions {
 /// Writes the options that differ from their defaults, keys in byte order.
 impl serde::Serialize for PublishOptions {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let len = usize::from(self.acknowledge) + usize::from(self.disclose_me) + self.filter.lists_set() + usize::from(!self.exclude_me);
+        let len = usize::from(self.acknowledge)
+            + usize::from(self.disclose_me)
+            + self.filter.lists_set()
+            + usize::from(!self.exclude_me)
+            + usize::from(self.retain);
         let mut map = s.serialize_map(Some(len))?;
         if self.acknowledge {
             map.serialize_entry("acknowledge", &true)?;
@@ -314,6 +323,9 @@ impl serde::Serialize for PublishOptions {
         self.filter.serialize_lists(&mut map)?;
         if !self.exclude_me {
             map.serialize_entry("exclude_me", &false)?;
+        }
+        if self.retain {
+            map.serialize_entry("retain", &true)?;
         }
         map.end()
     }
@@ -326,9 +338,9 @@ pub enum JsonOptions {
     /// ([`PublishOptions::from_wamp_options`]: unknown keys ignored). The
     /// `POST /publish` body.
     Wamp,
-    /// Only the six lists; any other key is an error, so a misspelt list
-    /// cannot silently widen an event's audience. `telegraphy-publish
-    /// --stdin` lines.
+    /// Only the six lists (and `retain`); any other key is an error, so a
+    /// misspelt list cannot silently widen an event's audience.
+    /// `telegraphy-publish --stdin` lines.
     ListsOnly,
 }
 
@@ -539,7 +551,7 @@ mod tests {
         d.insert("exclude_authrole".into(), list(vec!["guest".into()]));
         d.insert("eligible_authrole".into(), list(vec![]));
         let o = PublishOptions::from_wamp_options(&d).unwrap();
-        assert_eq!(o, PublishOptions { acknowledge: true, exclude_me: false, disclose_me: true, filter: full_filter() });
+        assert_eq!(o, PublishOptions { acknowledge: true, exclude_me: false, disclose_me: true, filter: full_filter(), retain: false });
     }
 
     #[test]
@@ -688,7 +700,7 @@ mod tests {
             )
         );
         let flags = PublishRequest {
-            options: Some(PublishOptions { acknowledge: true, exclude_me: false, disclose_me: true, filter: Filter::default() }),
+            options: Some(PublishOptions { acknowledge: true, exclude_me: false, disclose_me: true, filter: Filter::default(), retain: false }),
             ..PublishRequest::new("a.b")
         };
         assert_eq!(
@@ -704,7 +716,7 @@ mod tests {
             topic: "com.example.x".into(),
             args: vec![Value::Null, Value::Bin(vec![255; 5]), list(vec![Value::Dict(dict! {"k" => "v"})]), Value::Float(-0.25)],
             kwargs: dict! {"n" => 7u64},
-            options: Some(PublishOptions { acknowledge: true, exclude_me: false, disclose_me: true, filter: full_filter() }),
+            options: Some(PublishOptions { acknowledge: true, exclude_me: false, disclose_me: true, filter: full_filter(), retain: false }),
             realm: Some("r".into()),
             require_subscriber: Some(false),
         });

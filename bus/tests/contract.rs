@@ -89,7 +89,7 @@ impl Cluster {
     fn node_with_queue(&self, capacity: usize) -> Node {
         let (tx, events) = mpsc::channel(capacity);
         let metrics = BusMetrics::unregistered();
-        let bus = telegraphy_bus::start(&self.url, &self.options, Inbound::new(tx, metrics.clone())).expect("the bus starts");
+        let bus = telegraphy_bus::start(&self.url, &self.options, Inbound::new(tx, metrics.clone())).expect("the bus starts").bus;
         assert_eq!(
             bus.kind(),
             match self.kind {
@@ -234,6 +234,8 @@ fn event(topic: &str, label: &str) -> Envelope {
         filter: Filter::default(),
         publisher: None,
         published_at_us: 0,
+        retain: false,
+        position: None,
     }
 }
 
@@ -248,7 +250,7 @@ async fn publish_ok(bus: &dyn Bus, event: Envelope, delivery: Delivery) {
     }
 }
 
-fn is_unavailable(r: &Result<(), PublishError>) -> bool {
+fn is_unavailable<T>(r: &Result<T, PublishError>) -> bool {
     matches!(r, Err(PublishError::Unavailable(_)))
 }
 
@@ -289,7 +291,7 @@ async fn publish_until_accepted(bus: &dyn Bus, make: impl Fn() -> Envelope, limi
         let start = Instant::now();
         let answer = bus.publish(e.clone(), Delivery::Accepted).await;
         match answer {
-            Ok(()) => return e,
+            Ok(_) => return e,
             Err(PublishError::Unavailable(_)) => assert!(start.elapsed() < FAST, "a publish while not ready took {:?}", start.elapsed()),
             Err(other) => panic!("a publish while not ready failed with {other:?}, not Unavailable"),
         }
@@ -316,7 +318,7 @@ async fn subscribed_fails_without_subscriber(kind: Kind) {
     let cluster = Cluster::shared(kind);
     let mut node = cluster.node().await;
     let publisher = cluster.publisher(&node).await;
-    let no_subscriber = |r: Result<(), PublishError>, what: &str| match r {
+    let no_subscriber = |r: Result<u64, PublishError>, what: &str| match r {
         Err(PublishError::NoSubscriber(_)) => {}
         other => panic!("{what}: expected NoSubscriber, got {other:?}"),
     };
@@ -464,7 +466,7 @@ async fn removing_an_interest_keeps_the_others(kind: Kind) {
             let probe = event(topic, "after removing both");
             match publisher.publish(probe.clone(), Delivery::Subscribed).await {
                 Err(PublishError::NoSubscriber(_)) => break,
-                Ok(()) => assert!(Instant::now() < deadline, "{topic} still routed {WAIT:?} after its last interest was removed"),
+                Ok(_) => assert!(Instant::now() < deadline, "{topic} still routed {WAIT:?} after its last interest was removed"),
                 Err(e) => panic!("after removing the last interest: {e}"),
             }
             routed.push(probe);
@@ -488,7 +490,7 @@ async fn publish_batch_answers_each_in_order(kind: Kind) {
     assert_eq!(answers.len(), events.len(), "one answer per event");
     for (n, (e, answer)) in events.iter().zip(&answers).enumerate() {
         match (e.topic.as_str(), answer) {
-            ("b.yes.x", Ok(())) | ("b.no", Err(PublishError::NoSubscriber(_))) => {}
+            ("b.yes.x", Ok(_)) | ("b.no", Err(PublishError::NoSubscriber(_))) => {}
             (topic, other) => panic!("batch answer {n} (topic {topic}): {other:?}"),
         }
     }
@@ -520,7 +522,7 @@ async fn concurrent_subscribed_publishes_answer_each(kind: Kind) {
         let wrong: Vec<String> = events
             .iter()
             .zip(&answers)
-            .filter(|(e, a)| !matches!((e.topic.as_str(), a), ("cc.yes", Ok(())) | ("cc.no", Err(PublishError::NoSubscriber(_)))))
+            .filter(|(e, a)| !matches!((e.topic.as_str(), a), ("cc.yes", Ok(_)) | ("cc.no", Err(PublishError::NoSubscriber(_)))))
             .map(|(e, a)| format!("{} {:?}: {a:?}", e.topic, e.args[0]))
             .collect();
         assert!(
@@ -583,6 +585,8 @@ async fn envelope_round_trip(kind: Kind) {
             disclose_me: true,
         }),
         published_at_us: 1_700_000_000_000_000,
+        retain: false,
+        position: None,
     };
     let plain = event("env.plain", "plain");
     for e in [&full, &plain] {

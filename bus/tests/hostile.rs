@@ -32,6 +32,8 @@ fn envelope() -> impl Strategy<Value = Envelope> {
             filter,
             publisher,
             published_at_us,
+            retain: false,
+            position: None,
         },
     )
 }
@@ -76,6 +78,8 @@ fn appended_fields_are_skipped_and_bounded() {
         filter: Filter::default(),
         publisher: None,
         published_at_us: 1,
+        retain: false,
+        position: None,
     };
     let mut bytes = e.encode();
     // The list header 0x99 (9 fields) becomes 0x9a (10), then an extra field.

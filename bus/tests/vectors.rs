@@ -57,6 +57,8 @@ fn envelope_from(description: &Value) -> Envelope {
         filter,
         publisher,
         published_at_us: d["published_at_us"].as_u64().unwrap(),
+        retain: false,
+        position: None,
     }
 }
 

@@ -306,8 +306,8 @@ mod tests {
     struct Interests(Mutex<HashSet<(MatchPolicy, String)>>);
 
     impl Bus for Interests {
-        fn publish(&self, _: Envelope, _: Delivery) -> BoxFuture<'_, Result<(), PublishError>> {
-            Box::pin(async { Ok(()) })
+        fn publish(&self, _: Envelope, _: Delivery) -> BoxFuture<'_, Result<telegraphy_wamp::Id, PublishError>> {
+            Box::pin(async { Ok(1) })
         }
         fn add_interest(&self, realm: &str, policy: MatchPolicy, pattern: &str) -> Ticket {
             assert_eq!(realm, "realm1");
@@ -372,6 +372,8 @@ mod tests {
             filter: Filter::default(),
             publisher: None,
             published_at_us: 0,
+            retain: false,
+            position: None,
         }
     }
 

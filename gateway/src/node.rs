@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use telegraphy_bus::{Bus, Envelope};
+use telegraphy_bus::{Bus, Envelope, EventStore};
 use telegraphy_wamp::{Id, UriRules, MAX_ID};
 use tokio::sync::mpsc;
 
@@ -52,11 +52,12 @@ impl Node {
         config: Config,
         auth: Authenticator,
         bus: Arc<dyn Bus>,
+        store: Option<Arc<dyn EventStore>>,
         bus_queue: mpsc::WeakSender<Envelope>,
         metrics: Arc<Metrics>,
     ) -> Arc<Node> {
         metrics.max_connections.set(config.limits.max_connections as i64);
-        let realms = Realms::new(&config.realms, &bus, &metrics, id);
+        let realms = Realms::new(&config.realms, &bus, store.as_ref(), &metrics, id);
         Arc::new(Node {
             uri_rules: config.uri_rules.into(),
             api_keys: config.effective_api_keys(),

@@ -80,11 +80,11 @@ async fn handle(node: &Node, body: &[u8]) -> Result<u64, PublishFailure> {
     let default_realm = &node.config.realms[0];
     let request =
         parse_body(body, default_realm, |r| node.realms.get(r).is_some(), node.uri_rules).map_err(|e| PublishFailure::bad(e.to_string()))?;
-    let HttpPublish { realm, topic, args, kwargs, filter, require_subscriber } = request;
-    let publication = random_id();
-    let event = Envelope { realm, publication, topic, args, kwargs, filter, publisher: None, published_at_us: now_us() };
+    let HttpPublish { realm, topic, args, kwargs, filter, require_subscriber, retain } = request;
+    let event =
+        Envelope { realm, publication: random_id(), topic, args, kwargs, filter, publisher: None, published_at_us: now_us(), retain, position: None };
     let delivery = if require_subscriber { Delivery::Subscribed } else { Delivery::Accepted };
-    node.bus.publish(event, delivery).await.map_err(|e| match e {
+    let publication = node.bus.publish(event, delivery).await.map_err(|e| match e {
         PublishError::Unavailable(_) => PublishFailure(StatusCode::SERVICE_UNAVAILABLE, "bus_unavailable", format!("{e}; retry later")),
         PublishError::Rejected(_) => PublishFailure::bad(e.to_string()),
         PublishError::NoSubscriber(_) => PublishFailure(StatusCode::CONFLICT, "no_subscriber", e.to_string()),
@@ -109,6 +109,8 @@ pub struct HttpPublish {
     pub filter: Filter,
     /// Succeed only if a node subscribed to the topic got the event.
     pub require_subscriber: bool,
+    /// Keep it as the topic's retained event.
+    pub retain: bool,
 }
 
 /// Why a `POST /publish` body was refused; the text is the message for the client.
@@ -142,8 +144,8 @@ pub fn parse_body(
         Some(r) => return Err(BodyError::UnknownRealm(r)),
     };
     check_topic(&topic, rules)?;
-    let filter = options.map(|o| o.filter).unwrap_or_default();
-    Ok(HttpPublish { realm, topic, args, kwargs, filter, require_subscriber: require_subscriber.unwrap_or(false) })
+    let (filter, retain) = options.map(|o| (o.filter, o.retain)).unwrap_or_default();
+    Ok(HttpPublish { realm, topic, args, kwargs, filter, require_subscriber: require_subscriber.unwrap_or(false), retain })
 }
 
 fn too_large(node: &Node, len: Option<usize>) -> PublishFailure {

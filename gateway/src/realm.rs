@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use telegraphy_bus::{Bus, Envelope};
+use telegraphy_bus::{Bus, Envelope, EventStore};
 use telegraphy_wamp::{Dict, Value};
 
 use crate::broker::Broker;
@@ -19,23 +19,40 @@ pub(crate) struct Realm {
     pub name: String,
     /// Publish/subscribe.
     pub broker: Broker,
+    /// Recent and retained events (when the bus keeps them).
+    pub store: Option<Arc<dyn EventStore>>,
 }
 
 /// The WAMP features this router's broker announces in WELCOME.
 const BROKER_FEATURES: &[&str] = &["pattern_based_subscription", "publisher_exclusion", "publisher_identification", "subscriber_blackwhite_listing"];
 
+/// What the broker announces on top when an event store is in place.
+const STORE_FEATURES: &[&str] = &["event_history", "event_retention"];
+
 impl Realm {
     /// A realm with empty registries.
-    pub(crate) fn new(name: &str, bus: Arc<dyn Bus>, metrics: Arc<Metrics>, node_id: u64) -> Realm {
-        Realm { name: name.to_string(), broker: Broker::new(name, bus, metrics, node_id) }
+    pub(crate) fn new(name: &str, bus: Arc<dyn Bus>, store: Option<Arc<dyn EventStore>>, metrics: Arc<Metrics>, node_id: u64) -> Realm {
+        Realm { name: name.to_string(), broker: Broker::new(name, bus, metrics, node_id), store }
     }
 
     /// `WELCOME.Details.roles`: each role this realm serves, with its features.
     pub(crate) fn welcome_roles(&self) -> Dict {
-        let features = |names: &[&str]| Value::Dict(names.iter().map(|n| (n.to_string(), Value::Bool(true))).collect::<Dict>());
+        let features =
+            |names: &[&[&str]]| Value::Dict(names.iter().flat_map(|n| n.iter()).map(|n| (n.to_string(), Value::Bool(true))).collect::<Dict>());
         let mut roles = Dict::new();
         let mut broker = Dict::new();
-        broker.insert("features".into(), features(BROKER_FEATURES));
+        match self.store {
+            Some(_) => {
+                broker.insert("features".into(), features(&[BROKER_FEATURES, STORE_FEATURES]));
+                // Event history is read through a meta procedure
+                // (`wamp.subscription.get_events`), which the router answers
+                // as a dealer; it is the only procedure it answers yet.
+                roles.insert("dealer".into(), Value::Dict(Dict::from_iter([("features".to_string(), Value::Dict(Dict::new()))])));
+            }
+            None => {
+                broker.insert("features".into(), features(&[BROKER_FEATURES]));
+            }
+        }
         roles.insert("broker".into(), Value::Dict(broker));
         roles
     }
@@ -53,8 +70,14 @@ pub(crate) struct Realms(HashMap<String, Arc<Realm>>);
 
 impl Realms {
     /// The realms of the configuration.
-    pub(crate) fn new<'a>(names: impl IntoIterator<Item = &'a String>, bus: &Arc<dyn Bus>, metrics: &Arc<Metrics>, node_id: u64) -> Realms {
-        Realms(names.into_iter().map(|n| (n.clone(), Arc::new(Realm::new(n, bus.clone(), metrics.clone(), node_id)))).collect())
+    pub(crate) fn new<'a>(
+        names: impl IntoIterator<Item = &'a String>,
+        bus: &Arc<dyn Bus>,
+        store: Option<&Arc<dyn EventStore>>,
+        metrics: &Arc<Metrics>,
+        node_id: u64,
+    ) -> Realms {
+        Realms(names.into_iter().map(|n| (n.clone(), Arc::new(Realm::new(n, bus.clone(), store.cloned(), metrics.clone(), node_id)))).collect())
     }
 
     /// The realm called `name`.

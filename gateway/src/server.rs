@@ -124,14 +124,14 @@ impl Gateway {
         let queue = tx.downgrade();
         let inbound = Inbound::new(tx, BusMetrics::register(metrics.registry()));
         let node_id = fastrand::u64(1..);
-        let bus = telegraphy_bus::start(&config.bus, &config.bus_options(node_id), inbound)?;
+        let telegraphy_bus::Started { bus, store } = telegraphy_bus::start(&config.bus, &config.bus_options(node_id), inbound)?;
         let public = bind_listener(config.listen).map_err(|source| StartError::Listen { key: "listen", addr: config.listen, source })?;
         let admin = TcpListener::bind(config.admin_listen).await.map_err(|source| StartError::Listen {
             key: "admin_listen",
             addr: config.admin_listen,
             source,
         })?;
-        let node = Node::new(node_id, config, auth, bus, queue, metrics);
+        let node = Node::new(node_id, config, auth, bus, store, queue, metrics);
         Ok(Gateway { node, tls, events, public, admin })
     }
 

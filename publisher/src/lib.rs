@@ -158,6 +158,8 @@ impl Event {
             filter: self.filter,
             publisher: None,
             published_at_us: now_us(),
+            retain: false,
+            position: None,
         }
     }
 
@@ -234,10 +236,7 @@ impl Publisher {
         match &self.transport {
             Transport::Bus(bus) => {
                 let delivery = event.delivery();
-                let envelope = event.envelope();
-                let publication = envelope.publication;
-                bus.publish(envelope, delivery).await?;
-                Ok(publication)
+                Ok(bus.publish(event.envelope(), delivery).await?)
             }
             Transport::Http { client, endpoint, api_key } => http_publish(client, endpoint, api_key, event).await,
         }
@@ -260,14 +259,14 @@ impl Publisher {
         };
         // Bad events are answered at once; the rest go out together, per
         // delivery mode (in order within each).
-        let mut pending: Vec<(usize, Id, Envelope, Delivery)> = Vec::new();
+        let mut pending: Vec<(usize, Envelope, Delivery)> = Vec::new();
         for (i, event) in events.into_iter().enumerate() {
             match event.check() {
                 Err(e) => answers.push(Some(Err(e))),
                 Ok(()) => {
                     let delivery = event.delivery();
                     let envelope = event.envelope();
-                    pending.push((i, envelope.publication, envelope, delivery));
+                    pending.push((i, envelope, delivery));
                     answers.push(None);
                 }
             }
@@ -275,12 +274,12 @@ impl Publisher {
         let mut start = 0;
         while start < pending.len() {
             // A run of events with the same delivery mode is one batch.
-            let delivery = pending[start].3;
-            let end = pending[start..].iter().position(|p| p.3 != delivery).map_or(pending.len(), |k| start + k);
-            let run: Vec<Envelope> = pending[start..end].iter().map(|p| p.2.clone()).collect();
+            let delivery = pending[start].2;
+            let end = pending[start..].iter().position(|p| p.2 != delivery).map_or(pending.len(), |k| start + k);
+            let run: Vec<Envelope> = pending[start..end].iter().map(|p| p.1.clone()).collect();
             let results = bus.publish_batch(run, delivery).await;
             for (p, result) in pending[start..end].iter().zip(results) {
-                answers[p.0] = Some(result.map(|()| p.1).map_err(Error::from));
+                answers[p.0] = Some(result.map_err(Error::from));
             }
             start = end;
         }

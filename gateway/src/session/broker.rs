@@ -153,10 +153,9 @@ impl Session {
         let identity = self.handle.identity.get().cloned().unwrap_or(Identity { authid: String::new(), authrole: String::new() });
         let State::Established { realm, .. } = &self.state else { return };
         let realm = realm.name.clone();
-        let publication = random_id();
         let envelope = Envelope {
             realm,
-            publication,
+            publication: random_id(),
             topic,
             args,
             kwargs,
@@ -170,9 +169,11 @@ impl Session {
                 disclose_me: opts.disclose_me,
             }),
             published_at_us: now_us(),
+            retain: opts.retain,
+            position: None,
         };
         match self.node.bus.publish(envelope, telegraphy_bus::Delivery::Accepted).await {
-            Ok(()) => {
+            Ok(publication) => {
                 self.node.metrics.published_wamp.inc();
                 if opts.acknowledge {
                     self.send(&Message::Published { request, publication });

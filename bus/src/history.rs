@@ -1,0 +1,465 @@
+//! Event history and retention: where each event of a history topic sits
+//! in its topic's one cluster-wide order, and the [`EventStore`] that keeps
+//! recent events (and retained ones) for resumes and
+//! `wamp.subscription.get_events`.
+//!
+//! # Positions and publication ids
+//!
+//! An event of a history topic gets a [`Position`] when it is published:
+//! the topic log's `epoch` (random, new whenever the log starts from
+//! nothing: first use, expiry, a store reset) and its `offset` (1, 2, 3, …
+//! per topic). The position is assigned by the store, atomically with the
+//! publish, whoever publishes, so every node sees the same order.
+//!
+//! The publication id subscribers see *is* the position
+//! (`offset << 16 | epoch`, see [`Position::publication`]), so a client
+//! that remembers the last publication id it got can resume from it on any
+//! node, with standard WAMP (`get_events(after_publication=…)`) or with
+//! the `_after_publication` SUBSCRIBE option. An id from another epoch, or
+//! one older than what the store still keeps, resumes as "not recovered":
+//! never a partial list.
+//!
+//! # The `EventStore` contract
+//!
+//! * **Order**: [`EventStore::read`] returns a topic's events oldest first,
+//!   in position order, the order live delivery used.
+//! * **Bounds**: a topic keeps at most `size` events, none older than
+//!   `ttl`; the page says what is kept (`first`, `head`), so a reader can
+//!   tell a complete range from a trimmed one.
+//! * **What is kept**: events whose filter names session ids (`eligible`,
+//!   `exclude`) are never kept: session ids do not survive a reconnect, so
+//!   replaying such an event could reach the wrong session. They are
+//!   delivered live only. Filters by authid and authrole are kept and
+//!   applied again to every reader.
+//! * **Retention**: the most recent retained events of a topic (one per
+//!   distinct filter, newest first, a few at most), so that a subscriber
+//!   gets the newest one it may receive.
+//! * **Outage**: a store that cannot be reached fails the read with
+//!   [`StoreError::Unavailable`]; the caller then reports "not recovered".
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt as _;
+use telegraphy_wamp::{Id, MAX_ID};
+
+use crate::pattern::PatternSet;
+use crate::Envelope;
+
+/// Which topics keep history, and how much.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryConfig {
+    /// Topics that keep history (empty: none; retention works anyway).
+    pub topics: PatternSet,
+    /// Events kept per topic.
+    pub size: usize,
+    /// How long an event is kept.
+    pub ttl: Duration,
+    /// Most topics a store inside the node (`memory://`) keeps a log for;
+    /// beyond it new topics are not kept (counted, logged).
+    pub max_topics: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig { topics: PatternSet::default(), size: 1000, ttl: Duration::from_secs(300), max_topics: 100_000 }
+    }
+}
+
+impl HistoryConfig {
+    /// Whether `topic` keeps history.
+    pub fn keeps(&self, topic: &str) -> bool {
+        self.topics.matches(topic)
+    }
+}
+
+/// Bits of a publication id that hold the epoch.
+const EPOCH_BITS: u32 = 16;
+
+/// The largest offset a publication id can carry (2^37 - 1: at 1,000
+/// events per second on one topic, 4 years).
+pub const MAX_OFFSET: u64 = (MAX_ID >> EPOCH_BITS) - 1;
+
+/// Where an event sits in its topic's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Position {
+    /// The log's incarnation (never 0).
+    pub epoch: u16,
+    /// 1 for the log's first event, then one more per event.
+    pub offset: u64,
+}
+
+impl Position {
+    /// The publication id subscribers see for this event.
+    pub fn publication(self) -> Id {
+        (self.offset << EPOCH_BITS) | u64::from(self.epoch)
+    }
+
+    /// The position a publication id stands for, when it can stand for one.
+    /// (Ids of events without history decode too, to positions no store
+    /// holds: a resume from one reports "not recovered".)
+    pub fn from_publication(id: Id) -> Option<Position> {
+        let epoch = (id & 0xFFFF) as u16;
+        let offset = id >> EPOCH_BITS;
+        (epoch != 0 && offset != 0 && id <= MAX_ID).then_some(Position { epoch, offset })
+    }
+}
+
+/// A read from a topic's log.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Page {
+    /// The log's epoch; `None` when the topic has no log (nothing kept).
+    pub epoch: Option<u16>,
+    /// Offset of the oldest event still kept (`head + 1` when none is).
+    pub first: u64,
+    /// Offset of the newest event (0 before the first).
+    pub head: u64,
+    /// The events read, oldest first, with their positions set.
+    pub events: Vec<Envelope>,
+}
+
+/// Why the store could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached now; retry later.
+    #[error("the event store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Recent events and retained events (see the module docs for the contract).
+pub trait EventStore: Send + Sync + 'static {
+    /// The events of `topic` after `after` (exclusive; `None`: the newest
+    /// `limit`), oldest first, at most `limit`. When `after` is from another
+    /// epoch the page has no events (and says the log's epoch).
+    fn read(&self, realm: &str, topic: &str, after: Option<Position>, limit: usize) -> BoxFuture<'_, Result<Page, StoreError>>;
+
+    /// The topic's retained events, newest first.
+    fn retained(&self, realm: &str, topic: &str) -> BoxFuture<'_, Result<Vec<Envelope>, StoreError>>;
+
+    /// Which topics keep history.
+    fn config(&self) -> &HistoryConfig;
+
+    /// A short name for logs and metrics (`memory`, `redis`, `amqp`).
+    fn kind(&self) -> &'static str;
+}
+
+/// What a resume from a position comes to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resume {
+    /// Every event after the position, oldest first (maybe none).
+    Recovered(Vec<Envelope>),
+    /// Some events after the position are no longer kept (or the log was
+    /// reset, or more were missed than may be replayed): the client must
+    /// reload its state.
+    Lost,
+}
+
+/// Decides a resume from `after`, given a page read with
+/// `read(after, max + 1)`: recovered only when nothing between `after` and
+/// the head was trimmed and at most `max` events were missed.
+pub fn resume(page: Page, after: Position, max: usize) -> Resume {
+    let same_log = page.epoch == Some(after.epoch);
+    let known = after.offset <= page.head;
+    let nothing_trimmed = after.offset + 1 >= page.first;
+    if same_log && known && nothing_trimmed && page.events.len() <= max {
+        Resume::Recovered(page.events)
+    } else {
+        Resume::Lost
+    }
+}
+
+/// Whether an event may be kept at all (see the contract).
+pub fn keepable(event: &Envelope) -> bool {
+    event.filter.exclude.is_empty() && event.filter.eligible.is_none()
+}
+
+/// Retained events kept per topic (newest first), for subscribers that
+/// may not receive the newest one.
+const RETAINED_PER_TOPIC: usize = 4;
+
+/// The store inside the node, for `memory://`: a bounded ring per topic.
+pub struct MemoryStore {
+    config: HistoryConfig,
+    logs: Mutex<Logs>,
+}
+
+#[derive(Default)]
+struct Logs {
+    by_topic: HashMap<(String, String), Log>,
+    /// Appends since the last sweep of expired logs.
+    since_sweep: usize,
+    /// Events not kept because `max_topics` logs exist.
+    refused: u64,
+}
+
+struct Log {
+    epoch: u16,
+    head: u64,
+    events: VecDeque<(Instant, Envelope)>,
+    retained: VecDeque<Envelope>,
+}
+
+impl Log {
+    fn new() -> Log {
+        Log { epoch: fastrand::u16(1..), head: 0, events: VecDeque::new(), retained: VecDeque::new() }
+    }
+
+    fn trim(&mut self, config: &HistoryConfig, now: Instant) {
+        while self.events.len() > config.size || self.events.front().is_some_and(|(at, _)| now.duration_since(*at) > config.ttl) {
+            self.events.pop_front();
+        }
+    }
+
+    fn first(&self) -> u64 {
+        self.events.front().and_then(|(_, e)| e.position).map(|p| p.offset).unwrap_or(self.head + 1)
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new(config: HistoryConfig) -> MemoryStore {
+        MemoryStore { config, logs: Mutex::new(Logs::default()) }
+    }
+
+    /// Gives `event` its position (when its topic keeps history) and keeps
+    /// it; keeps it as retained when it asks to be. The caller hands events
+    /// to the node in the order of these calls.
+    pub fn append(&self, event: &mut Envelope) {
+        let history = self.config.keeps(&event.topic) && keepable(event);
+        let retain = event.retain && keepable(event);
+        if !history && !retain {
+            return;
+        }
+        let now = Instant::now();
+        let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        logs.since_sweep += 1;
+        if logs.since_sweep >= 1024 {
+            logs.since_sweep = 0;
+            let config = &self.config;
+            logs.by_topic.retain(|_, log| {
+                log.trim(config, now);
+                !log.events.is_empty() || !log.retained.is_empty()
+            });
+        }
+        let key = (event.realm.clone(), event.topic.clone());
+        let at_capacity = logs.by_topic.len() >= self.config.max_topics;
+        let log = match logs.by_topic.get_mut(&key) {
+            Some(log) => log,
+            None if at_capacity => {
+                logs.refused += 1;
+                if logs.refused.is_power_of_two() {
+                    tracing::warn!(
+                        topics = self.config.max_topics,
+                        refused = logs.refused,
+                        "the history store holds history.max_topics topics; new topics are delivered live but not kept"
+                    );
+                }
+                return;
+            }
+            None => logs.by_topic.entry(key).or_insert_with(Log::new),
+        };
+        if history {
+            log.trim(&self.config, now);
+            if log.events.is_empty() && log.head > 0 {
+                // Everything expired: a new log, so that old positions
+                // cannot be mistaken for recoverable ones.
+                let retained = std::mem::take(&mut log.retained);
+                *log = Log::new();
+                log.retained = retained;
+            }
+            if log.head < MAX_OFFSET {
+                log.head += 1;
+                let position = Position { epoch: log.epoch, offset: log.head };
+                event.position = Some(position);
+                event.publication = position.publication();
+                log.events.push_back((now, event.clone()));
+                log.trim(&self.config, now);
+            }
+        }
+        if retain {
+            log.retained.retain(|e| e.filter != event.filter);
+            log.retained.push_front(event.clone());
+            log.retained.truncate(RETAINED_PER_TOPIC);
+        }
+    }
+
+    /// Events kept, over all topics.
+    pub fn kept(&self) -> usize {
+        self.logs.lock().unwrap_or_else(|e| e.into_inner()).by_topic.values().map(|l| l.events.len()).sum()
+    }
+
+    fn read_now(&self, realm: &str, topic: &str, after: Option<Position>, limit: usize) -> Page {
+        let now = Instant::now();
+        let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(log) = logs.by_topic.get_mut(&(realm.to_string(), topic.to_string())) else { return Page::default() };
+        log.trim(&self.config, now);
+        if log.events.is_empty() && log.retained.is_empty() && log.head == 0 {
+            return Page::default();
+        }
+        let mut page = Page { epoch: Some(log.epoch), first: log.first(), head: log.head, events: Vec::new() };
+        let offset_of = |e: &Envelope| e.position.map(|p| p.offset).unwrap_or(0);
+        match after {
+            Some(p) if p.epoch != log.epoch => {}
+            Some(p) => page.events = log.events.iter().map(|(_, e)| e).filter(|e| offset_of(e) > p.offset).take(limit).cloned().collect(),
+            None => {
+                let skip = log.events.len().saturating_sub(limit);
+                page.events = log.events.iter().skip(skip).map(|(_, e)| e.clone()).collect();
+            }
+        }
+        page
+    }
+}
+
+impl EventStore for MemoryStore {
+    fn read(&self, realm: &str, topic: &str, after: Option<Position>, limit: usize) -> BoxFuture<'_, Result<Page, StoreError>> {
+        let page = self.read_now(realm, topic, after, limit);
+        async move { Ok(page) }.boxed()
+    }
+
+    fn retained(&self, realm: &str, topic: &str) -> BoxFuture<'_, Result<Vec<Envelope>, StoreError>> {
+        let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        let found = logs.by_topic.get(&(realm.to_string(), topic.to_string())).map(|l| l.retained.iter().cloned().collect()).unwrap_or_default();
+        async move { Ok(found) }.boxed()
+    }
+
+    fn config(&self) -> &HistoryConfig {
+        &self.config
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Filter;
+
+    fn config(size: usize) -> HistoryConfig {
+        HistoryConfig { topics: PatternSet::parse(&["h.*"]).unwrap(), size, ttl: Duration::from_secs(60), max_topics: 3 }
+    }
+
+    fn event(topic: &str, n: u64) -> Envelope {
+        Envelope {
+            realm: "realm1".into(),
+            publication: 7,
+            topic: topic.into(),
+            args: vec![telegraphy_wamp::Value::UInt(n)],
+            kwargs: Default::default(),
+            filter: Filter::default(),
+            publisher: None,
+            published_at_us: 0,
+            retain: false,
+            position: None,
+        }
+    }
+
+    fn numbers(events: &[Envelope]) -> Vec<u64> {
+        events.iter().map(|e| e.args[0].as_u64().unwrap()).collect()
+    }
+
+    fn block_on<T>(f: BoxFuture<'_, T>) -> T {
+        futures_util::FutureExt::now_or_never(f).expect("the memory store answers at once")
+    }
+
+    #[test]
+    fn publication_ids_round_trip_and_stay_in_the_wamp_range() {
+        for p in [Position { epoch: 1, offset: 1 }, Position { epoch: u16::MAX, offset: MAX_OFFSET }] {
+            let id = p.publication();
+            assert!((1..=MAX_ID).contains(&id), "{id}");
+            assert_eq!(Position::from_publication(id), Some(p));
+        }
+        assert_eq!(Position::from_publication(0), None);
+        assert_eq!(Position::from_publication(5), None, "offset 0 is no position");
+        assert_eq!(Position::from_publication(1 << 16), None, "epoch 0 is no position");
+    }
+
+    #[test]
+    fn positions_follow_publish_order_and_ids_are_the_positions() {
+        let store = MemoryStore::new(config(10));
+        let mut ids = Vec::new();
+        for n in 1..=3 {
+            let mut e = event("h.a", n);
+            store.append(&mut e);
+            let p = e.position.expect("a history topic gets a position");
+            assert_eq!((p.offset, e.publication), (n, p.publication()));
+            ids.push(e.publication);
+        }
+        let mut other = event("x.a", 9);
+        store.append(&mut other);
+        assert_eq!((other.position, other.publication), (None, 7), "topics without history are left alone");
+        let after = Position::from_publication(ids[0]).unwrap();
+        let page = block_on(store.read("realm1", "h.a", Some(after), 10)).unwrap();
+        assert_eq!(numbers(&page.events), vec![2, 3]);
+        assert_eq!(resume(page, after, 10), Resume::Recovered(vec![event_at(&store, 2), event_at(&store, 3)]));
+    }
+
+    fn event_at(store: &MemoryStore, offset: u64) -> Envelope {
+        let page = block_on(store.read("realm1", "h.a", None, 100)).unwrap();
+        page.events.into_iter().find(|e| e.position.unwrap().offset == offset).unwrap()
+    }
+
+    #[test]
+    fn a_trimmed_range_another_epoch_or_too_many_missed_is_lost_never_partial() {
+        let store = MemoryStore::new(config(3));
+        let mut first = None;
+        for n in 1..=5 {
+            let mut e = event("h.a", n);
+            store.append(&mut e);
+            first.get_or_insert(e.position.unwrap());
+        }
+        let first = first.unwrap();
+        // Offsets 3..=5 are kept; a resume after 1 misses 2.
+        let page = block_on(store.read("realm1", "h.a", Some(first), 10)).unwrap();
+        assert_eq!((page.first, page.head), (3, 5));
+        assert_eq!(resume(page, first, 10), Resume::Lost);
+        // After 2: 3, 4, 5 are all kept.
+        let two = Position { offset: 2, ..first };
+        assert!(matches!(resume(block_on(store.read("realm1", "h.a", Some(two), 10)).unwrap(), two, 10), Resume::Recovered(v) if v.len() == 3));
+        // More missed than may be replayed.
+        assert_eq!(resume(block_on(store.read("realm1", "h.a", Some(two), 3)).unwrap(), two, 2), Resume::Lost);
+        // At the head: nothing missed.
+        let head = Position { offset: 5, ..first };
+        assert_eq!(resume(block_on(store.read("realm1", "h.a", Some(head), 10)).unwrap(), head, 10), Resume::Recovered(vec![]));
+        // Another epoch, or a position past the head (a random id).
+        let other = Position { epoch: first.epoch.wrapping_add(1).max(1), offset: 4 };
+        assert_eq!(resume(block_on(store.read("realm1", "h.a", Some(other), 10)).unwrap(), other, 10), Resume::Lost);
+        let ahead = Position { offset: 99, ..first };
+        assert_eq!(resume(block_on(store.read("realm1", "h.a", Some(ahead), 10)).unwrap(), ahead, 10), Resume::Lost);
+        // An unknown topic.
+        assert_eq!(resume(block_on(store.read("realm1", "h.zz", Some(first), 10)).unwrap(), first, 10), Resume::Lost);
+    }
+
+    #[test]
+    fn session_targeted_events_are_never_kept_and_topics_are_bounded() {
+        let store = MemoryStore::new(config(10));
+        let mut targeted = event("h.a", 1);
+        targeted.filter.eligible = Some(vec![42]);
+        targeted.retain = true;
+        store.append(&mut targeted);
+        assert_eq!(targeted.position, None);
+        assert_eq!(store.kept(), 0);
+        assert!(block_on(store.retained("realm1", "h.a")).unwrap().is_empty());
+        for t in ["h.1", "h.2", "h.3", "h.4"] {
+            store.append(&mut event(t, 1));
+        }
+        assert_eq!(store.kept(), 3, "max_topics is 3: the fourth topic is not kept");
+    }
+
+    #[test]
+    fn retained_events_keep_the_newest_per_filter() {
+        let store = MemoryStore::new(config(10));
+        for (n, only) in [(1, None), (2, Some("alice")), (3, None)] {
+            let mut e = event("x.r", n);
+            e.retain = true;
+            e.filter.eligible_authid = only.map(|a| vec![a.to_string()]);
+            store.append(&mut e);
+        }
+        let retained = block_on(store.retained("realm1", "x.r")).unwrap();
+        assert_eq!(numbers(&retained), vec![3, 2], "newest first; the open event 1 was replaced by 3");
+        assert_eq!(store.kept(), 0, "x.r keeps no history, only its retained events");
+    }
+}
