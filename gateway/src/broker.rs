@@ -6,10 +6,17 @@
 //! encoded once per (subscription, serializer) and the very same bytes are
 //! sent to every subscriber.
 //!
-//! Subscription ids are a keyed hash of (match policy, URI) under a random
-//! per-node key: the same pair always gets the same id on this node, whether
-//! or not another session holds it, so an id tells a session nothing about
-//! other sessions' subscriptions (sequential ids did).
+//! Subscription ids are a hash of (realm, match policy, URI): the same on
+//! every node and across restarts, so a client that moves to another node
+//! and subscribes again gets the id it had, and `get_events` on it works
+//! after the move. An id tells a session nothing about other sessions'
+//! subscriptions (it can compute it alone).
+//!
+//! A subscriber can join *held*: its events wait (bounded) until the
+//! session has sent what must come first (retained or missed events), and
+//! [`Broker::release`] then writes those, the held events the replay did
+//! not already cover, and lets live events through, all under the
+//! subscription's lock so nothing overtakes.
 //!
 //! Locking: the realm-wide index (a [`MatchIndex`] of subscriptions) is
 //! held only to find or change subscriptions, never while frames are
@@ -20,7 +27,7 @@
 //! subscription.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -77,7 +84,20 @@ struct Subscriber {
     /// Set when the session may see only some topics this subscription
     /// matches: each event is checked against it before it is sent.
     check: Option<Arc<Permissions>>,
+    /// Set while the session replays: events wait here instead of going out.
+    hold: Option<Box<Mutex<Held>>>,
 }
+
+/// Events held for a replaying subscriber: (history offset, frame).
+#[derive(Default)]
+struct Held {
+    frames: Vec<(u64, Bytes)>,
+    overflowed: bool,
+}
+
+/// Most events held for one replaying subscriber; beyond it the session is
+/// closed as a slow consumer when released (it could not keep up anyway).
+const HOLD_MAX: usize = 10_000;
 
 #[derive(Default)]
 struct Index {
@@ -106,34 +126,27 @@ pub struct Broker {
     metrics: Arc<Metrics>,
     /// This node's id, to recognise its own sessions in `exclude_me`.
     node_id: u64,
-    /// Key of the subscription-id hash (random per broker).
-    id_key: [u8; 32],
 }
 
 impl Broker {
     /// A broker with no subscriptions.
     pub fn new(realm: &str, bus: Arc<dyn Bus>, metrics: Arc<Metrics>, node_id: u64) -> Broker {
-        Broker { realm: realm.to_string(), index: RwLock::new(Index::default()), bus, metrics, node_id, id_key: crate::node::secure_random_bytes() }
+        Broker { realm: realm.to_string(), index: RwLock::new(Index::default()), bus, metrics, node_id }
     }
 
-    /// The id for (policy, uri): a keyed hash, moved on past ids taken by
-    /// other pairs (a collision in 2^53 ids).
+    /// The id for (policy, uri): [`stable_id`], moved on past ids taken by
+    /// other pairs on this node (a collision in 2^53 ids).
     fn id_for(&self, index: &Index, policy: MatchPolicy, uri: &str) -> Id {
-        use hmac::Mac as _;
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.id_key).expect("HMAC takes any key length");
-        mac.update(policy.as_str().as_bytes());
-        mac.update(&[0]);
-        mac.update(uri.as_bytes());
-        let digest = mac.finalize().into_bytes();
-        let mut id = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")) % telegraphy_wamp::MAX_ID + 1;
+        let mut id = stable_id(&self.realm, policy, uri);
         while index.ids.contains_key(&id) {
             id = id % telegraphy_wamp::MAX_ID + 1;
         }
         id
     }
 
-    /// Adds `session` to the subscription for (policy, uri), creating it if needed.
-    pub fn subscribe(&self, session: &Arc<SessionHandle>, policy: MatchPolicy, uri: &str, check: Option<Arc<Permissions>>) -> Subscribed {
+    /// Adds `session` to the subscription for (policy, uri), creating it if
+    /// needed; `held`: its events wait until [`Broker::release`].
+    pub fn subscribe(&self, session: &Arc<SessionHandle>, policy: MatchPolicy, uri: &str, check: Option<Arc<Permissions>>, held: bool) -> Subscribed {
         loop {
             let existing = self.index.read().unwrap_or_else(|e| e.into_inner()).by_pattern.get(policy, uri).cloned();
             let sub = match existing {
@@ -160,12 +173,43 @@ impl Broker {
                 // Its last subscriber left between the lookup and now.
                 continue;
             }
-            let new_for_session = subscribers.by_session.insert(session.id, Subscriber { session: session.clone(), check }).is_none();
+            let hold = held.then(Box::default);
+            let new_for_session = subscribers.by_session.insert(session.id, Subscriber { session: session.clone(), check, hold }).is_none();
             if new_for_session {
                 self.metrics.subscriptions.inc();
             }
             return Subscribed { id: sub.id, new_for_session, ticket: sub.ticket };
         }
+    }
+
+    /// Ends the hold of `session` on subscription `id`: writes `first`
+    /// (frames the session must send before any live event), then the held
+    /// events whose history offset is above `replayed` (or that have none),
+    /// then lets live events through. Returns false when too many events
+    /// were held (the caller closes the session as a slow consumer).
+    pub(crate) fn release(&self, id: Id, session: Id, first: &[Bytes], replayed: u64) -> bool {
+        let Some(sub) = self.index.read().unwrap_or_else(|e| e.into_inner()).ids.get(&id).cloned() else { return true };
+        let mut subscribers = sub.subscribers.write().unwrap_or_else(|e| e.into_inner());
+        let Some(subscriber) = subscribers.by_session.get_mut(&session) else { return true };
+        let held = subscriber.hold.take().map(|h| h.into_inner().unwrap_or_else(|e| e.into_inner())).unwrap_or_default();
+        if held.overflowed {
+            return false;
+        }
+        let outbox = &subscriber.session.outbox;
+        for frame in first {
+            let _ = outbox.push(frame);
+        }
+        for (offset, frame) in held.frames {
+            if offset == 0 || offset > replayed {
+                let _ = outbox.push(&frame);
+            }
+        }
+        true
+    }
+
+    /// The (policy, URI) of subscription `id`, if it exists on this node.
+    pub(crate) fn subscription(&self, id: Id) -> Option<(MatchPolicy, Arc<str>)> {
+        self.index.read().unwrap_or_else(|e| e.into_inner()).ids.get(&id).map(|s| (s.policy, s.uri.clone()))
     }
 
     /// The id of the subscription for (policy, uri), if it exists.
@@ -225,15 +269,7 @@ impl Broker {
         let excluded_self = publisher.filter(|p| p.exclude_me && p.node == self.node_id).map(|p| p.session);
         let open = event.filter.is_open();
         for sub in matched {
-            let mut details = Dict::new();
-            if sub.policy != MatchPolicy::Exact {
-                details.insert("topic".into(), Value::Str(event.topic.clone()));
-            }
-            if let Some(p) = publisher.filter(|p| p.disclose_me) {
-                details.insert("publisher".into(), Value::UInt(p.session));
-                details.insert("publisher_authid".into(), Value::Str(p.authid.clone()));
-                details.insert("publisher_authrole".into(), Value::Str(p.authrole.clone()));
-            }
+            let details = event_details(sub.policy, event);
             let eref = EventRef { subscription: sub.id, publication: event.publication, details: &details, args: &event.args, kwargs: &event.kwargs };
             let mut frames: [Option<Bytes>; 2] = [None, None];
             let mut sent = [0u64; 2];
@@ -262,6 +298,10 @@ impl Broker {
                         None => break 'subscribers,
                     },
                 };
+                if let Some(hold) = &subscriber.hold {
+                    hold_event(hold, event, frame);
+                    continue;
+                }
                 let ok = session.outbox.push_event(frame, fanout, flush).is_ok();
                 sent[s.index()] += u64::from(ok);
             }
@@ -284,6 +324,46 @@ impl Broker {
     fn subscription_count(&self) -> usize {
         self.index.read().unwrap_or_else(|e| e.into_inner()).by_pattern.len()
     }
+}
+
+/// EVENT details for `event` on a subscription of `policy`: the concrete
+/// topic for pattern subscriptions, the publisher when it disclosed itself.
+pub(crate) fn event_details(policy: MatchPolicy, event: &Envelope) -> Dict {
+    let mut details = Dict::new();
+    if policy != MatchPolicy::Exact {
+        details.insert("topic".into(), Value::Str(event.topic.clone()));
+    }
+    if let Some(p) = event.publisher.as_ref().filter(|p| p.disclose_me) {
+        details.insert("publisher".into(), Value::UInt(p.session));
+        details.insert("publisher_authid".into(), Value::Str(p.authid.clone()));
+        details.insert("publisher_authrole".into(), Value::Str(p.authrole.clone()));
+    }
+    details
+}
+
+/// Keeps an event for a replaying subscriber.
+#[cold]
+fn hold_event(hold: &Mutex<Held>, event: &Envelope, frame: &Bytes) {
+    let mut held = hold.lock().unwrap_or_else(|e| e.into_inner());
+    if held.frames.len() >= HOLD_MAX {
+        held.overflowed = true;
+        held.frames = Vec::new();
+    } else if !held.overflowed {
+        held.frames.push((event.position.map_or(0, |p| p.offset), frame.clone()));
+    }
+}
+
+/// The id of subscription (policy, uri) in `realm`, the same on every node:
+/// the first 8 bytes of SHA-256 over the three, in `1..=2^53`.
+pub(crate) fn stable_id(realm: &str, policy: MatchPolicy, uri: &str) -> Id {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    for part in [realm, policy.as_str(), uri] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    let digest = hash.finalize();
+    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")) % telegraphy_wamp::MAX_ID + 1
 }
 
 #[cfg(test)]
@@ -382,12 +462,12 @@ mod tests {
         let f = Fixture::new().await;
         let (a, _ca) = f.session(1, Serialization::Json, ("alice", "user")).await;
         let (b, _cb) = f.session(2, Serialization::Msgpack, ("bob", "user")).await;
-        let first = f.broker.subscribe(&a, MatchPolicy::Exact, "t.x", None);
-        let again = f.broker.subscribe(&a, MatchPolicy::Exact, "t.x", None);
-        let other = f.broker.subscribe(&b, MatchPolicy::Exact, "t.x", None);
+        let first = f.broker.subscribe(&a, MatchPolicy::Exact, "t.x", None, false);
+        let again = f.broker.subscribe(&a, MatchPolicy::Exact, "t.x", None, false);
+        let other = f.broker.subscribe(&b, MatchPolicy::Exact, "t.x", None, false);
         assert!(first.new_for_session && !again.new_for_session && other.new_for_session);
         assert_eq!((first.id, again.id), (other.id, other.id));
-        let prefix = f.broker.subscribe(&b, MatchPolicy::Prefix, "t.x", None);
+        let prefix = f.broker.subscribe(&b, MatchPolicy::Prefix, "t.x", None, false);
         assert_ne!(prefix.id, first.id, "another policy is another subscription");
         assert_eq!(f.broker.subscription_count(), 2);
         assert_eq!(f.interests(), HashSet::from([(MatchPolicy::Exact, "t.x".into()), (MatchPolicy::Prefix, "t.x".into())]));
@@ -399,8 +479,8 @@ mod tests {
         let f = Fixture::new().await;
         let (a, _ca) = f.session(1, Serialization::Json, ("alice", "user")).await;
         let (b, _cb) = f.session(2, Serialization::Json, ("bob", "user")).await;
-        let s = f.broker.subscribe(&a, MatchPolicy::Wildcard, "t..z", None);
-        f.broker.subscribe(&b, MatchPolicy::Wildcard, "t..z", None);
+        let s = f.broker.subscribe(&a, MatchPolicy::Wildcard, "t..z", None, false);
+        f.broker.subscribe(&b, MatchPolicy::Wildcard, "t..z", None, false);
         assert!(f.broker.unsubscribe(1, s.id));
         assert!(!f.broker.unsubscribe(1, s.id), "already left");
         assert_eq!(f.broker.subscription_count(), 1);
@@ -409,7 +489,7 @@ mod tests {
         assert!(f.interests().is_empty());
         assert_eq!(dispatch(&f.broker, &event("t.y.z")), 0);
         // Subscribing again brings back the same id (keyed hash) and the interest.
-        assert_eq!(f.broker.subscribe(&a, MatchPolicy::Wildcard, "t..z", None).id, s.id);
+        assert_eq!(f.broker.subscribe(&a, MatchPolicy::Wildcard, "t..z", None, false).id, s.id);
         assert_eq!(f.interests().len(), 1);
     }
 
@@ -418,9 +498,9 @@ mod tests {
         let f = Fixture::new().await;
         let (a, mut ca) = f.session(1, Serialization::Json, ("alice", "user")).await;
         let (b, mut cb) = f.session(2, Serialization::Msgpack, ("bob", "user")).await;
-        let exact = f.broker.subscribe(&a, MatchPolicy::Exact, "shop.order.7", None).id;
-        let prefix = f.broker.subscribe(&b, MatchPolicy::Prefix, "shop.order", None).id;
-        f.broker.subscribe(&b, MatchPolicy::Exact, "shop.other", None);
+        let exact = f.broker.subscribe(&a, MatchPolicy::Exact, "shop.order.7", None, false).id;
+        let prefix = f.broker.subscribe(&b, MatchPolicy::Prefix, "shop.order", None, false).id;
+        f.broker.subscribe(&b, MatchPolicy::Exact, "shop.other", None, false);
         assert_eq!(dispatch(&f.broker, &event("shop.order.7")), 2);
         match read_message(&mut ca, Serialization::Json).await {
             Message::Event { subscription, publication, details, args, .. } => {
@@ -446,11 +526,11 @@ mod tests {
         let (a, _ca) = f.session(1, Serialization::Json, ("alice", "user")).await;
         let (b, _cb) = f.session(2, Serialization::Json, ("bob", "staff")).await;
         let (c, _cc) = f.session(3, Serialization::Json, ("carol", "user")).await;
-        f.broker.subscribe(&a, MatchPolicy::Prefix, "news", None);
-        f.broker.subscribe(&b, MatchPolicy::Prefix, "news", None);
+        f.broker.subscribe(&a, MatchPolicy::Prefix, "news", None, false);
+        f.broker.subscribe(&b, MatchPolicy::Prefix, "news", None, false);
         // Carol may read news.public only: the prefix subscription is checked per event.
         let partial = Permissions::new(PatternSet::parse(&["news.public.*"]).unwrap(), PatternSet::parse::<&str>(&[]).unwrap(), None, None, false);
-        f.broker.subscribe(&c, MatchPolicy::Prefix, "news", Some(Arc::new(partial)));
+        f.broker.subscribe(&c, MatchPolicy::Prefix, "news", Some(Arc::new(partial)), false);
         assert_eq!(dispatch(&f.broker, &event("news.public.1")), 3);
         assert_eq!(dispatch(&f.broker, &event("news.secret.1")), 2);
         let mut e = event("news.public.2");
@@ -495,10 +575,10 @@ mod tests {
                 let (f, handle) = (f.clone(), handle.clone());
                 std::thread::spawn(move || {
                     for _ in 0..2000 {
-                        let s = f.broker.subscribe(&handle, MatchPolicy::Exact, "race.topic", None);
+                        let s = f.broker.subscribe(&handle, MatchPolicy::Exact, "race.topic", None, false);
                         assert!(f.broker.unsubscribe(handle.id, s.id), "a session's own subscription was lost");
                     }
-                    f.broker.subscribe(&handle, MatchPolicy::Exact, "race.topic", None)
+                    f.broker.subscribe(&handle, MatchPolicy::Exact, "race.topic", None, false)
                 })
             })
             .collect();

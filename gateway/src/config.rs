@@ -74,6 +74,36 @@ pub struct Config {
     pub limits: Limits,
     /// Graceful drain on SIGTERM / SIGINT.
     pub shutdown: ShutdownConfig,
+    /// Event history: which topics keep recent events for resumes and
+    /// `wamp.subscription.get_events`.
+    pub history: HistorySettings,
+}
+
+/// `[history]`: recent events kept per topic, so that a client that comes
+/// back (on any node) gets what it missed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistorySettings {
+    /// Topics that keep history (patterns, as in roles; env: comma-separated).
+    /// Empty: none (`--dev`: every topic). Retention works for every topic.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub topics: Vec<String>,
+    /// Events kept per topic.
+    pub size: usize,
+    /// How long an event is kept.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Most events one resume or one `get_events` call returns; a client
+    /// that missed more is told it did not recover.
+    pub max_replay: usize,
+    /// `memory://`: most topics the node keeps events for.
+    pub max_topics: usize,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        HistorySettings { topics: Vec::new(), size: 1000, ttl: Duration::from_secs(300), max_replay: 1000, max_topics: 100_000 }
+    }
 }
 
 /// TLS settings.
@@ -334,6 +364,7 @@ impl Default for Config {
             log: LogConfig::default(),
             limits: Limits::default(),
             shutdown: ShutdownConfig::default(),
+            history: HistorySettings::default(),
         }
     }
 }
@@ -587,6 +618,14 @@ impl Config {
         if self.shutdown.drain_timeout <= self.shutdown.drain_delay {
             return invalid("key `shutdown.drain_timeout` must be longer than `shutdown.drain_delay`".into());
         }
+        telegraphy_bus::pattern::PatternSet::parse(&self.history.topics).map_err(|e| ConfigError::Invalid(format!("key `history.topics`: {e}")))?;
+        let h = &self.history;
+        if !(1..=100_000).contains(&h.size) {
+            return invalid(format!("key `history.size` is {}; keep between 1 and 100000 events per topic", h.size));
+        }
+        if h.ttl.is_zero() || h.max_replay == 0 || h.max_topics == 0 {
+            return invalid("keys `history.ttl`, `history.max_replay` and `history.max_topics` must be above zero".into());
+        }
         if self.dev && !(self.listen.ip().is_loopback() && self.admin_listen.ip().is_loopback()) {
             return invalid(format!(
                 "dev mode accepts the well-known API key `dev` and is refused on a non-loopback address ({}); drop --dev or listen on 127.0.0.1",
@@ -605,7 +644,21 @@ impl Config {
             amqp_queue_max_length: self.amqp.queue_max_length,
             reconnect_max_delay: self.limits.bus_reconnect_max_delay,
             connection_name: format!("telegraphy-gateway-{node_id:016x}"),
+            history: self.history_config(),
             ..telegraphy_bus::BusOptions::default()
+        }
+    }
+
+    /// The history settings in force (`--dev` keeps every topic's history
+    /// when no topic is listed). Patterns were checked by `validate`.
+    pub(crate) fn history_config(&self) -> telegraphy_bus::HistoryConfig {
+        let h = &self.history;
+        let topics = if h.topics.is_empty() && self.dev { vec!["*".to_string()] } else { h.topics.clone() };
+        telegraphy_bus::HistoryConfig {
+            topics: telegraphy_bus::pattern::PatternSet::parse(&topics).unwrap_or_default(),
+            size: h.size,
+            ttl: h.ttl,
+            max_topics: h.max_topics,
         }
     }
 

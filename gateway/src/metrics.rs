@@ -37,6 +37,10 @@ pub mod name {
     pub(crate) const EVENTS_RECEIVED: &str = "telegraphy_events_received_total";
     /// EVENT messages written or queued to sessions.
     pub(crate) const EVENTS_DELIVERED: &str = "telegraphy_events_delivered_total";
+    /// Resumes (`_after_publication`), by outcome (`recovered`: true/false).
+    pub(crate) const HISTORY_RESUMES: &str = "telegraphy_history_resumes_total";
+    /// Events sent again to resuming sessions.
+    pub(crate) const HISTORY_REPLAYED: &str = "telegraphy_history_replayed_events_total";
     /// Time to fan one event out to every local subscriber's queue.
     pub(crate) const FANOUT_DURATION: &str = "telegraphy_fanout_duration_seconds";
     /// Protocol violations, by kind.
@@ -170,6 +174,9 @@ pub struct Metrics {
     pub events_received: IntCounter,
     pub events_delivered: IntCounter,
     pub fanout_duration: Histogram,
+    /// Resumes that did not recover (`[0]`) and that did (`[1]`).
+    pub resumes: [IntCounter; 2],
+    pub history_replayed: IntCounter,
     violations: [IntCounter; 6],
     pub slow_consumer_closes: IntCounter,
     pub queue_drops: [IntCounter; 3],
@@ -216,6 +223,7 @@ impl Metrics {
         reg(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
 
         let published = counter_vec(name::EVENTS_PUBLISHED, "Events accepted by the bus, by source.", "source");
+        let resumes = counter_vec(name::HISTORY_RESUMES, "Resumes from a publication (_after_publication), by outcome.", "recovered");
         let violations_vec = counter_vec(name::PROTOCOL_VIOLATIONS, "WAMP protocol violations, by kind.", "kind");
         let fanout_duration = Histogram::with_opts(
             HistogramOpts::new(
@@ -278,6 +286,8 @@ impl Metrics {
             violations: Violation::ALL.map(|v| violations_vec.with_label_values(&[v.label()])),
             slow_consumer_closes: counter(name::SLOW_CONSUMER_CLOSES, "Sessions closed for not keeping up."),
             queue_drops: DROP_REASONS.map(|r| queue_drops.with_label_values(&[r])),
+            resumes: ["false", "true"].map(|r| resumes.with_label_values(&[r])),
+            history_replayed: counter(name::HISTORY_REPLAYED, "Events sent again to resuming sessions."),
             close_unsent,
             admitted_connections: gauge(name::ADMITTED_CONNECTIONS, "Connections accepted and not closed yet (WebSocket or HTTP)."),
             shed_connections: counter(name::CONNECTIONS_SHED, "Unauthenticated connections closed to make room."),

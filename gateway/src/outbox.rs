@@ -215,7 +215,8 @@ impl Outbox {
         self.metrics.bytes_out[self.si].inc_by(frame.len() as u64);
     }
 
-    fn overflow(&self) {
+    /// Closes the session as a slow consumer (counted).
+    pub(crate) fn overflow(&self) {
         self.metrics.dropped(DropReason::QueueFull, 1);
         if self.close(codes::close::SLOW_CONSUMER) {
             self.metrics.slow_consumer_closes.inc();

@@ -114,7 +114,22 @@ pub enum Message {
         args: Vec<Value>,
         kwargs: Dict,
     },
-    /// A dealer-role request (CALL, REGISTER, UNREGISTER): this router has no
+    /// A call of a procedure (the router answers its meta procedures).
+    Call {
+        request: Id,
+        options: Dict,
+        procedure: String,
+        args: Vec<Value>,
+        kwargs: Dict,
+    },
+    /// The answer to a CALL.
+    Result {
+        request: Id,
+        details: Dict,
+        args: Vec<Value>,
+        kwargs: Dict,
+    },
+    /// A dealer-role request (REGISTER, UNREGISTER): this router has no
     /// dealer yet, so it only needs the code and request id to answer ERROR.
     DealerRequest {
         code: u64,
@@ -173,6 +188,8 @@ impl Message {
             Message::Goodbye { .. } => GOODBYE,
             Message::Error { .. } => ERROR,
             Message::Publish { .. } => PUBLISH,
+            Message::Call { .. } => CALL,
+            Message::Result { .. } => RESULT,
             Message::Published { .. } => PUBLISHED,
             Message::Subscribe { .. } => SUBSCRIBE,
             Message::Subscribed { .. } => SUBSCRIBED,
@@ -286,7 +303,26 @@ impl Message {
                     kwargs: r.opt_dict("ArgumentsKw")?,
                 }
             }
-            CALL | REGISTER | UNREGISTER => {
+            CALL => {
+                arity(3, 5, "3 to 5 (Request, Options, Procedure, Arguments, ArgumentsKw)")?;
+                Message::Call {
+                    request: r.id("Request")?,
+                    options: r.dict("Options")?,
+                    procedure: r.string("Procedure")?,
+                    args: r.opt_list("Arguments")?,
+                    kwargs: r.opt_dict("ArgumentsKw")?,
+                }
+            }
+            RESULT => {
+                arity(2, 4, "2 to 4 (CALL.Request, Details, Arguments, ArgumentsKw)")?;
+                Message::Result {
+                    request: r.id("CALL.Request")?,
+                    details: r.dict("Details")?,
+                    args: r.opt_list("Arguments")?,
+                    kwargs: r.opt_dict("ArgumentsKw")?,
+                }
+            }
+            REGISTER | UNREGISTER => {
                 arity(2, 5, "2 to 5")?;
                 Message::DealerRequest { code, request: r.id("Request")? }
             }
@@ -441,6 +477,23 @@ impl Serialize for Message {
             Message::Unsubscribed { request } => (code, request).serialize(s),
             Message::Event { subscription, publication, details, args, kwargs } => {
                 EventRef { subscription: *subscription, publication: *publication, details, args, kwargs }.serialize(s)
+            }
+            Message::Call { request, options, procedure, args, kwargs } => {
+                let mut seq = s.serialize_seq(Some(4 + payload_len(args, kwargs)))?;
+                seq.serialize_element(&code)?;
+                seq.serialize_element(request)?;
+                seq.serialize_element(options)?;
+                seq.serialize_element(procedure)?;
+                payload(&mut seq, args, kwargs)?;
+                seq.end()
+            }
+            Message::Result { request, details, args, kwargs } => {
+                let mut seq = s.serialize_seq(Some(3 + payload_len(args, kwargs)))?;
+                seq.serialize_element(&code)?;
+                seq.serialize_element(request)?;
+                seq.serialize_element(details)?;
+                payload(&mut seq, args, kwargs)?;
+                seq.end()
             }
             Message::DealerRequest { request, .. } => (code, request).serialize(s),
             Message::DealerOther { .. } => (code,).serialize(s),

@@ -263,7 +263,7 @@ async fn fanout_gateway(subscribers: usize, ser: Serialization, events: u64, bat
     for (i, s) in socks.into_iter().enumerate() {
         let outbox = Outbox::new(Wire::tcp(s), ser.index(), 1024, 1 << 20, metrics.clone());
         let handle = Arc::new(SessionHandle { id: i as u64 + 1, serialization: ser, identity: OnceLock::new(), outbox });
-        hub.subscribe(&handle, MatchPolicy::Exact, TOPIC, None);
+        hub.subscribe(&handle, MatchPolicy::Exact, TOPIC, None, false);
         handles.push(handle);
     }
     // Each session's writer, as the connection task runs it.

@@ -14,7 +14,7 @@ mod broker;
 use std::sync::Arc;
 
 use telegraphy_wamp::codes::{close, uri as err};
-use telegraphy_wamp::{code, dict, Dict, Id, Message, Value};
+use telegraphy_wamp::{dict, Dict, Id, Message, Value};
 
 use crate::auth::{AuthFailure, Authenticated, CraChallenge};
 use crate::authz::Permissions;
@@ -131,9 +131,12 @@ impl Session {
                 self.broker_message(msg).await;
                 Flow::Continue
             }
+            (State::Established { .. }, Message::Call { request, procedure, args, kwargs, .. }) => {
+                self.call(request, procedure, args, kwargs).await;
+                Flow::Continue
+            }
             (State::Established { .. }, Message::DealerRequest { code, request }) => {
-                let error = if code == code::CALL { err::NO_SUCH_PROCEDURE } else { err::FEATURE_NOT_SUPPORTED };
-                self.error(code, request, error, "this router implements the broker role only (publish/subscribe)");
+                self.error(code, request, err::FEATURE_NOT_SUPPORTED, "this router has no dealer yet: it cannot register procedures");
                 Flow::Continue
             }
             (State::Established { .. }, other) => {
@@ -435,9 +438,10 @@ mod tests {
         let (mut s, mut client, _bus) = session().await;
         s.handle(hello()).await;
         reply(&mut client).await;
-        s.handle(Message::DealerRequest { code: code::CALL, request: 5 }).await;
+        let call = Message::Call { request: 5, options: Dict::new(), procedure: "com.example.add".into(), args: vec![], kwargs: Dict::new() };
+        s.handle(call).await;
         let Message::Error { request_type, request: 5, error, .. } = reply(&mut client).await else { panic!("ERROR expected") };
-        assert_eq!((request_type, error.as_str()), (code::CALL, err::NO_SUCH_PROCEDURE));
+        assert_eq!((request_type, error.as_str()), (telegraphy_wamp::code::CALL, err::NO_SUCH_PROCEDURE));
         s.handle(Message::Subscribe { request: 6, options: Dict::new(), topic: "t".into() }).await;
         reply(&mut client).await;
         let State::Established { realm, .. } = &s.state else { panic!("established") };

@@ -1,0 +1,247 @@
+//! Event history and retention on the embedded bus, over real sockets:
+//! resume with `_after_publication`, `wamp.subscription.get_events`,
+//! `get_retained`, and what they refuse.
+
+use telegraphy_testkit as util;
+
+use telegraphy_wamp::codes::uri as err;
+use telegraphy_wamp::{code, Dict, Message, Serialization, Value};
+use util::{Client, TestGateway};
+
+const JSON: Serialization = Serialization::Json;
+const MSGPACK: Serialization = Serialization::Msgpack;
+
+async fn gateway() -> TestGateway {
+    let mut config = util::config();
+    config.history.topics = vec!["h.*".into()];
+    config.history.size = 5;
+    config.history.max_replay = 4;
+    TestGateway::start_with(config).await
+}
+
+fn options(pairs: &[(&str, Value)]) -> Dict {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+}
+
+/// SUBSCRIBE with `options`; returns the id and every EVENT up to and
+/// including the `_recovered` marker (when `until_marker`).
+async fn subscribe_with(c: &mut Client, topic: &str, opts: Dict, until_marker: bool) -> (u64, Vec<Message>) {
+    let request = c.request_id();
+    c.send(&Message::Subscribe { request, options: opts, topic: topic.into() }).await;
+    let id = match c.recv().await {
+        Message::Subscribed { subscription, .. } => subscription,
+        other => panic!("expected SUBSCRIBED, got {other:?}"),
+    };
+    let mut events = Vec::new();
+    while until_marker {
+        let m = c.recv().await;
+        let last = matches!(&m, Message::Event { details, .. } if details.contains_key("_recovered"));
+        events.push(m);
+        if last {
+            break;
+        }
+    }
+    (id, events)
+}
+
+fn numbers(events: &[Message]) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|m| match m {
+            Message::Event { args, details, .. } if !details.contains_key("_recovered") => args.first().and_then(Value::as_u64),
+            _ => None,
+        })
+        .collect()
+}
+
+fn recovered(events: &[Message]) -> Option<bool> {
+    events.iter().find_map(|m| match m {
+        Message::Event { details, .. } => details.get("_recovered").and_then(Value::as_bool),
+        _ => None,
+    })
+}
+
+async fn call(c: &mut Client, args: Vec<Value>, kwargs: Dict) -> Result<Vec<Value>, String> {
+    let request = c.request_id();
+    c.send(&Message::Call { request, options: Dict::new(), procedure: "wamp.subscription.get_events".into(), args, kwargs }).await;
+    match c.recv().await {
+        Message::Result { args, .. } => match args.into_iter().next() {
+            Some(Value::List(list)) => Ok(list),
+            other => panic!("get_events answers one list, got {other:?}"),
+        },
+        Message::Error { request_type: code::CALL, error, .. } => Err(error),
+        other => panic!("expected RESULT or ERROR, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_that_comes_back_gets_exactly_what_it_missed_then_live_events() {
+    let gw = gateway().await;
+    let topic = util::unique("h.resume");
+    let mut publisher = Client::join(&gw, JSON).await;
+    let mut first = Client::join(&gw, MSGPACK).await;
+    let sub = first.subscribe(&topic, "exact").await;
+    publisher.publish(&topic, vec![Value::UInt(1)], Dict::new()).await;
+    let last_seen = match first.recv().await {
+        Message::Event { publication, args, .. } => {
+            assert_eq!(args, vec![Value::UInt(1)]);
+            publication
+        }
+        other => panic!("expected EVENT, got {other:?}"),
+    };
+    drop(first);
+    for n in 2..=4 {
+        publisher.publish(&topic, vec![Value::UInt(n)], Dict::new()).await;
+    }
+    // Back on a new connection: the same subscription id, the three missed
+    // events in order, the marker, then live events.
+    let mut back = Client::join(&gw, JSON).await;
+    let (again, events) = subscribe_with(&mut back, &topic, options(&[("_after_publication", Value::UInt(last_seen))]), true).await;
+    assert_eq!(again, sub, "subscription ids are derived from realm, policy and topic");
+    assert_eq!((numbers(&events), recovered(&events)), (vec![2, 3, 4], Some(true)));
+    let fifth = publisher.publish(&topic, vec![Value::UInt(5)], Dict::new()).await;
+    match back.recv().await {
+        Message::Event { publication, args, .. } => assert_eq!((publication, args), (fifth, vec![Value::UInt(5)]), "PUBLISHED and EVENT agree"),
+        other => panic!("expected EVENT, got {other:?}"),
+    }
+    // From the newest position: nothing missed, recovered.
+    let mut up_to_date = Client::join(&gw, JSON).await;
+    let (_, events) = subscribe_with(&mut up_to_date, &topic, options(&[("_after_publication", Value::UInt(fifth))]), true).await;
+    assert_eq!((numbers(&events), recovered(&events)), (vec![], Some(true)));
+}
+
+#[tokio::test]
+async fn a_position_that_is_gone_or_too_far_back_is_not_recovered_never_partial() {
+    let gw = gateway().await;
+    let topic = util::unique("h.gone");
+    let mut publisher = Client::join(&gw, JSON).await;
+    let mut ids = Vec::new();
+    for n in 1..=8 {
+        ids.push(publisher.publish(&topic, vec![Value::UInt(n)], Dict::new()).await);
+    }
+    // size 5: events 4..=8 are kept; after 2 means 3 is gone.
+    let mut c = Client::join(&gw, JSON).await;
+    let (_, events) = subscribe_with(&mut c, &topic, options(&[("_after_publication", Value::UInt(ids[1]))]), true).await;
+    assert_eq!((numbers(&events), recovered(&events)), (vec![], Some(false)));
+    // After 3: 4..=8 are kept, but 5 events exceed max_replay (4).
+    let mut c = Client::join(&gw, JSON).await;
+    let (_, events) = subscribe_with(&mut c, &topic, options(&[("_after_publication", Value::UInt(ids[2]))]), true).await;
+    assert_eq!((numbers(&events), recovered(&events)), (vec![], Some(false)));
+    // After 4: 5..=8, four events, recovered.
+    let mut c = Client::join(&gw, JSON).await;
+    let (_, events) = subscribe_with(&mut c, &topic, options(&[("_after_publication", Value::UInt(ids[3]))]), true).await;
+    assert_eq!((numbers(&events), recovered(&events)), (vec![5, 6, 7, 8], Some(true)));
+    // An id that was never a position on this topic.
+    let mut c = Client::join(&gw, JSON).await;
+    let (_, events) = subscribe_with(&mut c, &topic, options(&[("_after_publication", Value::UInt(12345))]), true).await;
+    assert_eq!((numbers(&events), recovered(&events)), (vec![], Some(false)));
+    // Not an id at all: a clear error.
+    let request = c.request_id();
+    c.send(&Message::Subscribe { request, options: options(&[("_after_publication", Value::Str("x".into()))]), topic: topic.clone() }).await;
+    match c.recv().await {
+        Message::Error { request_type: code::SUBSCRIBE, error, .. } => assert_eq!(error, err::INVALID_ARGUMENT),
+        other => panic!("expected ERROR, got {other:?}"),
+    }
+    assert_eq!(gw.metric("telegraphy_history_resumes_total{recovered=\"false\"}").await, 3.0);
+    assert_eq!(gw.metric("telegraphy_history_resumes_total{recovered=\"true\"}").await, 1.0);
+}
+
+#[tokio::test]
+async fn get_events_answers_the_spec_shape_and_applies_the_audience_again() {
+    let gw = gateway().await;
+    let topic = util::unique("h.get");
+    let mut publisher = Client::join(&gw, JSON).await;
+    let mut reader = Client::join(&gw, MSGPACK).await;
+    let sub = reader.subscribe(&topic, "exact").await;
+    let me = reader.authid();
+    publisher.publish(&topic, vec![Value::UInt(1)], Dict::new()).await;
+    // Only for someone else: never replayed to the reader.
+    publisher.publish(&topic, vec![Value::UInt(2)], options(&[("eligible_authid", Value::List(vec![Value::Str("someone-else".into())]))])).await;
+    publisher.publish(&topic, vec![Value::UInt(3)], options(&[("eligible_authid", Value::List(vec![Value::Str(me)]))])).await;
+    // Session-targeted: live only, never kept.
+    publisher.publish(&topic, vec![Value::UInt(4)], options(&[("eligible", Value::List(vec![Value::UInt(1)]))])).await;
+    for expected in [1, 3] {
+        assert_eq!(reader.event().await.1, vec![Value::UInt(expected)]);
+    }
+    let list = call(&mut reader, vec![Value::UInt(sub)], Dict::new()).await.unwrap();
+    let got: Vec<u64> = list.iter().filter_map(first_arg).collect();
+    assert_eq!(got, vec![1, 3]);
+    let first = &list[0];
+    for key in ["timestamp", "subscription", "publication", "details", "args", "kwargs"] {
+        assert!(field(first, key).is_some(), "{key} missing from {first:?}");
+    }
+    assert_eq!(field(first, "subscription").and_then(Value::as_u64), Some(sub));
+    assert!(field(first, "timestamp").and_then(Value::as_str).is_some_and(|t| t.ends_with('Z') && t.contains('T')));
+    // Crossbar.io's positional limit, reverse, and after_publication.
+    let newest = call(&mut reader, vec![Value::UInt(sub), Value::UInt(1)], options(&[("reverse", Value::Bool(true))])).await.unwrap();
+    assert_eq!(newest.iter().filter_map(first_arg).collect::<Vec<_>>(), vec![3]);
+    let after_first = field(first, "publication").and_then(Value::as_u64).unwrap();
+    let rest = call(&mut reader, vec![Value::UInt(sub)], options(&[("after_publication", Value::UInt(after_first))])).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    // Refusals: a huge limit, a subscription not held, another procedure.
+    assert_eq!(call(&mut reader, vec![Value::UInt(sub)], options(&[("limit", Value::UInt(1_000_000))])).await, Err(err::INVALID_ARGUMENT.into()));
+    assert_eq!(call(&mut publisher, vec![Value::UInt(sub)], Dict::new()).await, Err(err::NO_SUCH_SUBSCRIPTION.into()));
+    let request = reader.request_id();
+    reader.send(&Message::Call { request, options: Dict::new(), procedure: "com.example.add".into(), args: vec![], kwargs: Dict::new() }).await;
+    match reader.recv().await {
+        Message::Error { error, .. } => assert_eq!(error, err::NO_SUCH_PROCEDURE),
+        other => panic!("expected ERROR, got {other:?}"),
+    }
+}
+
+/// The first positional argument of a get_events entry.
+fn first_arg(v: &Value) -> Option<u64> {
+    match field(v, "args") {
+        Some(Value::List(a)) => a.first().and_then(Value::as_u64),
+        _ => None,
+    }
+}
+
+fn field<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    match v {
+        Value::Dict(d) => d.get(key),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn retained_events_reach_late_subscribers_that_ask_and_only_those_that_may_see_them() {
+    let gw = gateway().await;
+    // Retention works for topics without history too.
+    let topic = util::unique("r.sensor");
+    let mut publisher = Client::join(&gw, JSON).await;
+    publisher.publish(&topic, vec![Value::UInt(20)], options(&[("retain", Value::Bool(true))])).await;
+    publisher.publish(&topic, vec![Value::UInt(21)], options(&[("retain", Value::Bool(true))])).await;
+    publisher.publish(&topic, vec![Value::UInt(99)], Dict::new()).await;
+    let mut late = Client::join(&gw, MSGPACK).await;
+    let request = late.request_id();
+    late.send(&Message::Subscribe { request, options: options(&[("get_retained", Value::Bool(true))]), topic: topic.clone() }).await;
+    assert!(matches!(late.recv().await, Message::Subscribed { .. }));
+    match late.recv().await {
+        Message::Event { args, details, .. } => {
+            assert_eq!(args, vec![Value::UInt(21)], "the newest retained event");
+            assert_eq!(details.get("retained"), Some(&Value::Bool(true)));
+        }
+        other => panic!("expected the retained EVENT, got {other:?}"),
+    }
+    // A subscriber that does not ask gets nothing until the next event.
+    let mut plain = Client::join(&gw, JSON).await;
+    plain.subscribe(&topic, "exact").await;
+    publisher.publish(&topic, vec![Value::UInt(22)], Dict::new()).await;
+    assert_eq!(plain.event().await.1, vec![Value::UInt(22)]);
+    // A retained event only for someone else is not handed to others.
+    let secret = util::unique("r.secret");
+    publisher
+        .publish(
+            &secret,
+            vec![Value::UInt(7)],
+            options(&[("retain", Value::Bool(true)), ("eligible_authid", Value::List(vec![Value::Str("x".into())]))]),
+        )
+        .await;
+    let mut other = Client::join(&gw, JSON).await;
+    let request = other.request_id();
+    other.send(&Message::Subscribe { request, options: options(&[("get_retained", Value::Bool(true))]), topic: secret.clone() }).await;
+    assert!(matches!(other.recv().await, Message::Subscribed { .. }));
+    publisher.publish(&secret, vec![Value::UInt(8)], Dict::new()).await;
+    assert_eq!(other.event().await.1, vec![Value::UInt(8)], "the first event it sees is the live one");
+}
