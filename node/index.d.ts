@@ -57,6 +57,8 @@ export interface PublishOptions {
   realm?: string;
   /** Succeed only if a gateway node subscribed to the topic got the event; else NoSubscriber. */
   requireSubscriber?: boolean;
+  /** Keep it as the topic's retained event (subscribers asking `get_retained` get it at once). */
+  retain?: boolean;
   /** Session ids that must not receive the event. */
   exclude?: Array<number | bigint>;
   /** Only these session ids may receive it (an empty array: nobody). */

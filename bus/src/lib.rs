@@ -297,7 +297,11 @@ pub fn start(url: &str, options: &BusOptions, inbound: Inbound) -> Result<Starte
             let store = Arc::new(MemoryStore::new(options.history.clone()));
             Started { bus: Arc::new(MemoryBus::with_store(inbound, store.clone())), store: Some(store) }
         }
-        BusKind::Redis => Started { bus: Arc::new(redis::RedisBus::start(url, options, inbound)?), store: None },
+        BusKind::Redis => {
+            let bus = redis::RedisBus::start(url, options, inbound)?;
+            let store: Arc<dyn EventStore> = Arc::new(bus.store());
+            Started { bus: Arc::new(bus), store: Some(store) }
+        }
         BusKind::Amqp => Started { bus: Arc::new(amqp::AmqpBus::start(url, options, inbound)?), store: None },
     })
 }

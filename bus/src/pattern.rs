@@ -68,6 +68,17 @@ impl Pattern {
     }
 }
 
+/// The pattern as it is written (parses back to itself).
+impl std::fmt::Display for Pattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pattern::All => f.write_str("*"),
+            Pattern::Exact(t) | Pattern::Wildcard(t) => f.write_str(t),
+            Pattern::Prefix(p) => write!(f, "{p}*"),
+        }
+    }
+}
+
 /// A set of patterns: a topic is in the set when any pattern matches it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PatternSet(pub Vec<Pattern>);

@@ -14,9 +14,15 @@
 //!   at once after a publish failed): when it breaks, the session ends and the
 //!   same task reconnects. A publish-only client ([`RedisBus::connect_publisher`])
 //!   runs that task with only the PUBLISH connection.
+//! * Every publish runs [`PUBLISH_SCRIPT`] (a Lua script): it gives events
+//!   of history topics their position, keeps them in a stream per topic
+//!   and retained events in a list per topic, and PUBLISHes, in one atomic
+//!   step, whoever publishes. Nodes write the history topics into Redis
+//!   (`{key_prefix}history`) so that publishers need no configuration;
+//!   [`RedisStore`] reads the streams back (see `docs/bus.md`).
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -26,9 +32,45 @@ use telegraphy_wamp::{Id, MatchPolicy};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::history::{keepable, Page, StoreError};
 use crate::interest::{Interest, Interests};
 use crate::supervisor::{Client, SessionError, Supervisor, Watched};
-use crate::{redact, Bus, BusError, BusOptions, Delivery, Envelope, Inbound, PublishError, Ticket};
+use crate::{redact, Bus, BusError, BusOptions, Delivery, Envelope, EventStore, HistoryConfig, Inbound, Position, PublishError, Ticket};
+
+/// The Lua script every publish runs (history, retention, PUBLISH).
+pub const PUBLISH_SCRIPT: &str = include_str!("redis/publish.lua");
+
+static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PUBLISH_SCRIPT));
+
+/// The keys of one topic: history settings, stream, log meta, retained list, channel.
+fn keys(prefix: &str, realm: &str, topic: &str) -> [String; 5] {
+    [
+        format!("{prefix}history"),
+        format!("{prefix}h:{realm}:{topic}"),
+        format!("{prefix}hm:{realm}:{topic}"),
+        format!("{prefix}r:{realm}:{topic}"),
+        channel(prefix, realm, topic),
+    ]
+}
+
+/// The script call that publishes `event`.
+fn invocation(prefix: &str, event: &Envelope) -> redis::ScriptInvocation<'static> {
+    let mut call = SCRIPT.prepare_invoke();
+    for key in keys(prefix, &event.realm, &event.topic) {
+        call.key(key);
+    }
+    call.arg(event.encode()).arg(&event.topic).arg(u8::from(event.retain)).arg(u8::from(keepable(event))).arg(fastrand::u16(1..));
+    call
+}
+
+/// The publication id subscribers get, from the script's answer.
+fn published_id(event: &Envelope, epoch: u16, offset: u64) -> Id {
+    if offset > 0 && epoch > 0 {
+        Position { epoch, offset }.publication()
+    } else {
+        event.publication
+    }
+}
 
 /// How many recent publication ids the duplicate filter remembers. Copies
 /// of one event arrive back to back, so a small window is plenty.
@@ -131,7 +173,96 @@ fn connect_error(url: &str, e: redis::RedisError) -> BusError {
     }
 }
 
+/// The event store of a Redis bus: the streams and lists the publish
+/// script writes, read through the bus's PUBLISH connection.
+pub struct RedisStore {
+    shared: Arc<Shared>,
+}
+
+impl RedisStore {
+    fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
+        let s = &self.shared;
+        let conn = s.publisher.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        conn.ok_or_else(|| StoreError::Unavailable(format!("not connected to Redis at {}", s.url)))
+    }
+
+    fn unavailable(&self, e: redis::RedisError) -> StoreError {
+        StoreError::Unavailable(format!("Redis at {}: {e}", self.shared.url))
+    }
+
+    async fn read_now(&self, realm: &str, topic: &str, after: Option<Position>, limit: usize) -> Result<Page, StoreError> {
+        let s = &self.shared;
+        let mut conn = self.connection()?;
+        let [_, stream, meta, _, _] = keys(&s.options.redis_key_prefix, realm, topic);
+        let (epoch, head): (Option<u16>, Option<u64>) =
+            redis::cmd("HMGET").arg(&meta).arg("epoch").arg("head").query_async(&mut conn).await.map_err(|e| self.unavailable(e))?;
+        let (Some(epoch), Some(head)) = (epoch, head) else { return Ok(Page::default()) };
+        let mut page = Page { epoch: Some(epoch), first: head + 1, head, events: Vec::new() };
+        type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
+        let entries: Entries = match after {
+            Some(p) if p.epoch != epoch => Ok(Vec::new()),
+            Some(p) => {
+                redis::cmd("XRANGE").arg(&stream).arg(format!("(0-{}", p.offset)).arg("+").arg("COUNT").arg(limit).query_async(&mut conn).await
+            }
+            None => redis::cmd("XREVRANGE").arg(&stream).arg("+").arg("-").arg("COUNT").arg(limit).query_async(&mut conn).await,
+        }
+        .map_err(|e| self.unavailable(e))?;
+        let oldest_kept = crate::now_us().saturating_sub(s.options.history.ttl.as_micros() as u64);
+        for (_, fields) in entries {
+            let Some((_, bytes)) = fields.into_iter().find(|(k, _)| k == "e") else { continue };
+            match Envelope::decode(&bytes) {
+                Ok(e) if e.published_at_us >= oldest_kept => page.events.push(e),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(topic, error = %e, "an event kept in Redis is not readable; skipped"),
+            }
+        }
+        if after.is_none() {
+            page.events.reverse();
+        }
+        // What is kept starts at the oldest readable event within its ttl
+        // (with `after`: the first one after it, which a resume needs).
+        match (after, page.events.first().and_then(|e| e.position)) {
+            (Some(p), Some(first)) if p.epoch == epoch => page.first = first.offset,
+            (None, Some(first)) => page.first = first.offset,
+            _ => {}
+        }
+        Ok(page)
+    }
+
+    async fn retained_now(&self, realm: &str, topic: &str) -> Result<Vec<Envelope>, StoreError> {
+        let mut conn = self.connection()?;
+        let [_, _, _, list, _] = keys(&self.shared.options.redis_key_prefix, realm, topic);
+        let raw: Vec<Vec<u8>> = redis::cmd("LRANGE").arg(&list).arg(0).arg(3).query_async(&mut conn).await.map_err(|e| self.unavailable(e))?;
+        Ok(raw.iter().filter_map(|b| Envelope::decode(b).ok()).collect())
+    }
+}
+
+impl EventStore for RedisStore {
+    fn read(&self, realm: &str, topic: &str, after: Option<Position>, limit: usize) -> BoxFuture<'_, Result<Page, StoreError>> {
+        let (realm, topic) = (realm.to_string(), topic.to_string());
+        async move { self.read_now(&realm, &topic, after, limit).await }.boxed()
+    }
+
+    fn retained(&self, realm: &str, topic: &str) -> BoxFuture<'_, Result<Vec<Envelope>, StoreError>> {
+        let (realm, topic) = (realm.to_string(), topic.to_string());
+        async move { self.retained_now(&realm, &topic).await }.boxed()
+    }
+
+    fn config(&self) -> &HistoryConfig {
+        &self.shared.options.history
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
+
 impl RedisBus {
+    /// The event store beside this bus.
+    pub fn store(&self) -> RedisStore {
+        RedisStore { shared: self.shared.clone() }
+    }
+
     /// A node's Redis bus; connects (and reconnects) in the background.
     pub fn start(url: &str, options: &BusOptions, inbound: Inbound) -> Result<RedisBus, BusError> {
         let shared = Arc::new(Shared::new(open(url)?, url, options, inbound.metrics.clone()));
@@ -190,14 +321,14 @@ impl Bus for RedisBus {
                 return Err(PublishError::Unavailable(format!("not connected to Redis at {}", s.url)));
             };
             let name = channel(&s.options.redis_key_prefix, &event.realm, &event.topic);
-            let result: redis::RedisResult<i64> = redis::cmd("PUBLISH").arg(&name).arg(event.encode()).query_async(&mut conn).await;
+            let result: redis::RedisResult<(i64, u16, u64)> = invocation(&s.options.redis_key_prefix, &event).invoke_async(&mut conn).await;
             // Redis answers how many subscriptions (channels and patterns,
-            // of every node) got the event.
-            let receivers = result.map_err(|e| {
+            // of every node) got the event, and its position if kept.
+            let (receivers, epoch, offset) = result.map_err(|e| {
                 s.failed(1);
                 PublishError::Unavailable(format!("Redis at {} did not take the event: {e}", s.url))
             })?;
-            answer(&event, &name, receivers, delivery).map(|()| event.publication)
+            answer(&event, &name, receivers, delivery).map(|()| published_id(&event, epoch, offset))
         }
         .boxed()
     }
@@ -213,17 +344,21 @@ impl Bus for RedisBus {
                 return (0..n).map(|_| Err(PublishError::Unavailable(format!("not connected to Redis at {}", s.url)))).collect();
             };
             let mut pipe = redis::pipe();
-            for event in &events {
-                pipe.cmd("PUBLISH").arg(channel(&s.options.redis_key_prefix, &event.realm, &event.topic)).arg(event.encode());
+            // Loading a loaded script is cheap; it makes the batch safe
+            // after a Redis restart or a SCRIPT FLUSH.
+            pipe.load_script(&SCRIPT).ignore();
+            let calls: Vec<_> = events.iter().map(|e| invocation(&s.options.redis_key_prefix, e)).collect();
+            for call in &calls {
+                pipe.invoke_script(call);
             }
-            let answers: redis::RedisResult<Vec<i64>> = pipe.query_async(&mut conn).await;
+            let answers: redis::RedisResult<Vec<(i64, u16, u64)>> = pipe.query_async(&mut conn).await;
             match answers {
                 Ok(counts) if counts.len() == n => events
                     .iter()
                     .zip(counts)
-                    .map(|(event, receivers)| {
+                    .map(|(event, (receivers, epoch, offset))| {
                         answer(event, &channel(&s.options.redis_key_prefix, &event.realm, &event.topic), receivers, delivery)
-                            .map(|()| event.publication)
+                            .map(|()| published_id(event, epoch, offset))
                     })
                     .collect(),
                 other => {
@@ -295,6 +430,25 @@ async fn run(s: Arc<Shared>, inbound: Option<Inbound>, mut supervisor: Superviso
     }
 }
 
+/// Tells publishers which topics keep history: the publish script reads
+/// it. Every node writes its own settings when it connects (the cluster's
+/// nodes share one configuration; the last one to connect wins).
+async fn write_history_settings(options: &BusOptions, conn: &mut MultiplexedConnection) -> Result<(), SessionError> {
+    let h = &options.history;
+    let topics: Vec<String> = h.topics.0.iter().map(ToString::to_string).collect();
+    redis::cmd("HSET")
+        .arg(format!("{}history", options.redis_key_prefix))
+        .arg("topics")
+        .arg(topics.join("\n"))
+        .arg("size")
+        .arg(h.size)
+        .arg("ttl_ms")
+        .arg(h.ttl.as_millis() as u64)
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}
+
 /// Opens the PUBLISH connection.
 async fn connect_publishing(s: &Shared) -> Result<MultiplexedConnection, SessionError> {
     let timeout = s.options.connect_timeout;
@@ -340,7 +494,8 @@ async fn publisher_session(s: &Shared, supervisor: &mut Supervisor, installed: O
 async fn node_session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor) -> Result<(), SessionError> {
     let timeout = s.options.connect_timeout;
     let pubsub = tokio::time::timeout(timeout, s.client.get_async_pubsub()).await.map_err(|_| SessionError::Timeout(timeout))??;
-    let conn = connect_publishing(s).await?;
+    let mut conn = connect_publishing(s).await?;
+    write_history_settings(&s.options, &mut conn).await?;
     let watched = Watched::spawn(&s.stop, check(s.check_now.clone(), conn.clone()));
     let (mut sink, mut stream) = pubsub.split();
     // Publishes go through `conn` only once every interest is subscribed

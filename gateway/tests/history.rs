@@ -19,13 +19,13 @@ async fn gateway() -> TestGateway {
     TestGateway::start_with(config).await
 }
 
-fn options(pairs: &[(&str, Value)]) -> Dict {
+fn options_of(pairs: &[(&str, Value)]) -> Dict {
     pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
 }
 
 /// SUBSCRIBE with `options`; returns the id and every EVENT up to and
-/// including the `_recovered` marker (when `until_marker`).
-async fn subscribe_with(c: &mut Client, topic: &str, opts: Dict, until_marker: bool) -> (u64, Vec<Message>) {
+/// including the `_recovered` marker.
+async fn subscribe_with(c: &mut Client, topic: &str, opts: Dict) -> (u64, Vec<Message>) {
     let request = c.request_id();
     c.send(&Message::Subscribe { request, options: opts, topic: topic.into() }).await;
     let id = match c.recv().await {
@@ -33,7 +33,7 @@ async fn subscribe_with(c: &mut Client, topic: &str, opts: Dict, until_marker: b
         other => panic!("expected SUBSCRIBED, got {other:?}"),
     };
     let mut events = Vec::new();
-    while until_marker {
+    loop {
         let m = c.recv().await;
         let last = matches!(&m, Message::Event { details, .. } if details.contains_key("_recovered"));
         events.push(m);
@@ -96,7 +96,7 @@ async fn a_subscriber_that_comes_back_gets_exactly_what_it_missed_then_live_even
     // Back on a new connection: the same subscription id, the three missed
     // events in order, the marker, then live events.
     let mut back = Client::join(&gw, JSON).await;
-    let (again, events) = subscribe_with(&mut back, &topic, options(&[("_after_publication", Value::UInt(last_seen))]), true).await;
+    let (again, events) = subscribe_with(&mut back, &topic, options_of(&[("_after_publication", Value::UInt(last_seen))])).await;
     assert_eq!(again, sub, "subscription ids are derived from realm, policy and topic");
     assert_eq!((numbers(&events), recovered(&events)), (vec![2, 3, 4], Some(true)));
     let fifth = publisher.publish(&topic, vec![Value::UInt(5)], Dict::new()).await;
@@ -106,7 +106,7 @@ async fn a_subscriber_that_comes_back_gets_exactly_what_it_missed_then_live_even
     }
     // From the newest position: nothing missed, recovered.
     let mut up_to_date = Client::join(&gw, JSON).await;
-    let (_, events) = subscribe_with(&mut up_to_date, &topic, options(&[("_after_publication", Value::UInt(fifth))]), true).await;
+    let (_, events) = subscribe_with(&mut up_to_date, &topic, options_of(&[("_after_publication", Value::UInt(fifth))])).await;
     assert_eq!((numbers(&events), recovered(&events)), (vec![], Some(true)));
 }
 
@@ -121,23 +121,23 @@ async fn a_position_that_is_gone_or_too_far_back_is_not_recovered_never_partial(
     }
     // size 5: events 4..=8 are kept; after 2 means 3 is gone.
     let mut c = Client::join(&gw, JSON).await;
-    let (_, events) = subscribe_with(&mut c, &topic, options(&[("_after_publication", Value::UInt(ids[1]))]), true).await;
+    let (_, events) = subscribe_with(&mut c, &topic, options_of(&[("_after_publication", Value::UInt(ids[1]))])).await;
     assert_eq!((numbers(&events), recovered(&events)), (vec![], Some(false)));
     // After 3: 4..=8 are kept, but 5 events exceed max_replay (4).
     let mut c = Client::join(&gw, JSON).await;
-    let (_, events) = subscribe_with(&mut c, &topic, options(&[("_after_publication", Value::UInt(ids[2]))]), true).await;
+    let (_, events) = subscribe_with(&mut c, &topic, options_of(&[("_after_publication", Value::UInt(ids[2]))])).await;
     assert_eq!((numbers(&events), recovered(&events)), (vec![], Some(false)));
     // After 4: 5..=8, four events, recovered.
     let mut c = Client::join(&gw, JSON).await;
-    let (_, events) = subscribe_with(&mut c, &topic, options(&[("_after_publication", Value::UInt(ids[3]))]), true).await;
+    let (_, events) = subscribe_with(&mut c, &topic, options_of(&[("_after_publication", Value::UInt(ids[3]))])).await;
     assert_eq!((numbers(&events), recovered(&events)), (vec![5, 6, 7, 8], Some(true)));
     // An id that was never a position on this topic.
     let mut c = Client::join(&gw, JSON).await;
-    let (_, events) = subscribe_with(&mut c, &topic, options(&[("_after_publication", Value::UInt(12345))]), true).await;
+    let (_, events) = subscribe_with(&mut c, &topic, options_of(&[("_after_publication", Value::UInt(12345))])).await;
     assert_eq!((numbers(&events), recovered(&events)), (vec![], Some(false)));
     // Not an id at all: a clear error.
     let request = c.request_id();
-    c.send(&Message::Subscribe { request, options: options(&[("_after_publication", Value::Str("x".into()))]), topic: topic.clone() }).await;
+    c.send(&Message::Subscribe { request, options: options_of(&[("_after_publication", Value::Str("x".into()))]), topic: topic.clone() }).await;
     match c.recv().await {
         Message::Error { request_type: code::SUBSCRIBE, error, .. } => assert_eq!(error, err::INVALID_ARGUMENT),
         other => panic!("expected ERROR, got {other:?}"),
@@ -156,10 +156,10 @@ async fn get_events_answers_the_spec_shape_and_applies_the_audience_again() {
     let me = reader.authid();
     publisher.publish(&topic, vec![Value::UInt(1)], Dict::new()).await;
     // Only for someone else: never replayed to the reader.
-    publisher.publish(&topic, vec![Value::UInt(2)], options(&[("eligible_authid", Value::List(vec![Value::Str("someone-else".into())]))])).await;
-    publisher.publish(&topic, vec![Value::UInt(3)], options(&[("eligible_authid", Value::List(vec![Value::Str(me)]))])).await;
+    publisher.publish(&topic, vec![Value::UInt(2)], options_of(&[("eligible_authid", Value::List(vec![Value::Str("someone-else".into())]))])).await;
+    publisher.publish(&topic, vec![Value::UInt(3)], options_of(&[("eligible_authid", Value::List(vec![Value::Str(me)]))])).await;
     // Session-targeted: live only, never kept.
-    publisher.publish(&topic, vec![Value::UInt(4)], options(&[("eligible", Value::List(vec![Value::UInt(1)]))])).await;
+    publisher.publish(&topic, vec![Value::UInt(4)], options_of(&[("eligible", Value::List(vec![Value::UInt(1)]))])).await;
     for expected in [1, 3] {
         assert_eq!(reader.event().await.1, vec![Value::UInt(expected)]);
     }
@@ -173,13 +173,13 @@ async fn get_events_answers_the_spec_shape_and_applies_the_audience_again() {
     assert_eq!(field(first, "subscription").and_then(Value::as_u64), Some(sub));
     assert!(field(first, "timestamp").and_then(Value::as_str).is_some_and(|t| t.ends_with('Z') && t.contains('T')));
     // Crossbar.io's positional limit, reverse, and after_publication.
-    let newest = call(&mut reader, vec![Value::UInt(sub), Value::UInt(1)], options(&[("reverse", Value::Bool(true))])).await.unwrap();
+    let newest = call(&mut reader, vec![Value::UInt(sub), Value::UInt(1)], options_of(&[("reverse", Value::Bool(true))])).await.unwrap();
     assert_eq!(newest.iter().filter_map(first_arg).collect::<Vec<_>>(), vec![3]);
     let after_first = field(first, "publication").and_then(Value::as_u64).unwrap();
-    let rest = call(&mut reader, vec![Value::UInt(sub)], options(&[("after_publication", Value::UInt(after_first))])).await.unwrap();
+    let rest = call(&mut reader, vec![Value::UInt(sub)], options_of(&[("after_publication", Value::UInt(after_first))])).await.unwrap();
     assert_eq!(rest.len(), 1);
     // Refusals: a huge limit, a subscription not held, another procedure.
-    assert_eq!(call(&mut reader, vec![Value::UInt(sub)], options(&[("limit", Value::UInt(1_000_000))])).await, Err(err::INVALID_ARGUMENT.into()));
+    assert_eq!(call(&mut reader, vec![Value::UInt(sub)], options_of(&[("limit", Value::UInt(1_000_000))])).await, Err(err::INVALID_ARGUMENT.into()));
     assert_eq!(call(&mut publisher, vec![Value::UInt(sub)], Dict::new()).await, Err(err::NO_SUCH_SUBSCRIPTION.into()));
     let request = reader.request_id();
     reader.send(&Message::Call { request, options: Dict::new(), procedure: "com.example.add".into(), args: vec![], kwargs: Dict::new() }).await;
@@ -210,12 +210,12 @@ async fn retained_events_reach_late_subscribers_that_ask_and_only_those_that_may
     // Retention works for topics without history too.
     let topic = util::unique("r.sensor");
     let mut publisher = Client::join(&gw, JSON).await;
-    publisher.publish(&topic, vec![Value::UInt(20)], options(&[("retain", Value::Bool(true))])).await;
-    publisher.publish(&topic, vec![Value::UInt(21)], options(&[("retain", Value::Bool(true))])).await;
+    publisher.publish(&topic, vec![Value::UInt(20)], options_of(&[("retain", Value::Bool(true))])).await;
+    publisher.publish(&topic, vec![Value::UInt(21)], options_of(&[("retain", Value::Bool(true))])).await;
     publisher.publish(&topic, vec![Value::UInt(99)], Dict::new()).await;
     let mut late = Client::join(&gw, MSGPACK).await;
     let request = late.request_id();
-    late.send(&Message::Subscribe { request, options: options(&[("get_retained", Value::Bool(true))]), topic: topic.clone() }).await;
+    late.send(&Message::Subscribe { request, options: options_of(&[("get_retained", Value::Bool(true))]), topic: topic.clone() }).await;
     assert!(matches!(late.recv().await, Message::Subscribed { .. }));
     match late.recv().await {
         Message::Event { args, details, .. } => {
@@ -235,13 +235,89 @@ async fn retained_events_reach_late_subscribers_that_ask_and_only_those_that_may
         .publish(
             &secret,
             vec![Value::UInt(7)],
-            options(&[("retain", Value::Bool(true)), ("eligible_authid", Value::List(vec![Value::Str("x".into())]))]),
+            options_of(&[("retain", Value::Bool(true)), ("eligible_authid", Value::List(vec![Value::Str("x".into())]))]),
         )
         .await;
     let mut other = Client::join(&gw, JSON).await;
     let request = other.request_id();
-    other.send(&Message::Subscribe { request, options: options(&[("get_retained", Value::Bool(true))]), topic: secret.clone() }).await;
+    other.send(&Message::Subscribe { request, options: options_of(&[("get_retained", Value::Bool(true))]), topic: secret.clone() }).await;
     assert!(matches!(other.recv().await, Message::Subscribed { .. }));
     publisher.publish(&secret, vec![Value::UInt(8)], Dict::new()).await;
     assert_eq!(other.event().await.1, vec![Value::UInt(8)], "the first event it sees is the live one");
+}
+
+fn redis_url() -> String {
+    std::env::var("TELEGRAPHY_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+#[tokio::test]
+async fn on_redis_a_client_resumes_on_another_node_whoever_published() {
+    let prefix = util::unique("test-history") + ":";
+    let config = || {
+        let mut c = util::config();
+        c.bus = redis_url();
+        c.redis.key_prefix = prefix.clone();
+        c.history.topics = vec!["h.*".into()];
+        c.history.size = 5;
+        c.history.max_replay = 4;
+        c
+    };
+    let a = TestGateway::start_ready(config()).await;
+    let b = TestGateway::start_ready(config()).await;
+    let topic = util::unique("h.redis");
+    let mut on_b = Client::join(&b, JSON).await;
+    let mut first = Client::join(&a, MSGPACK).await;
+    let sub = first.subscribe(&topic, "exact").await;
+    let one = on_b.publish(&topic, vec![Value::UInt(1)], Dict::new()).await;
+    match first.recv().await {
+        Message::Event { publication, args, .. } => {
+            assert_eq!((publication, args), (one, vec![Value::UInt(1)]), "PUBLISHED and EVENT agree across nodes")
+        }
+        other => panic!("expected EVENT, got {other:?}"),
+    }
+    drop(first);
+    // Missed events, through every path: WAMP on node B, HTTP on node A,
+    // and a publisher writing straight onto Redis (the CLI's and the Rust
+    // publisher's path), which knows nothing of the history settings.
+    on_b.publish(&topic, vec![Value::UInt(2)], Dict::new()).await;
+    let (status, _) = a.publish_http(serde_json::json!({"topic": topic, "args": [3]})).await;
+    assert_eq!(status, 200);
+    let options = telegraphy_bus::BusOptions { redis_key_prefix: prefix.clone(), ..Default::default() };
+    let direct = telegraphy_bus::connect_publisher(&redis_url(), &options).await.expect("Redis is reachable");
+    let event = telegraphy_bus::Envelope {
+        realm: "realm1".into(),
+        publication: 99,
+        topic: topic.clone(),
+        args: vec![Value::UInt(4)],
+        kwargs: Dict::new(),
+        filter: Default::default(),
+        publisher: None,
+        published_at_us: telegraphy_bus::now_us(),
+        retain: true,
+        position: None,
+    };
+    let four = direct.publish(event, telegraphy_bus::Delivery::Accepted).await.unwrap();
+    assert!(telegraphy_bus::Position::from_publication(four).is_some_and(|p| p.offset == 4), "the script gave the direct publish its position");
+    // Back on node B: the same subscription id, exactly 2, 3, 4.
+    let mut back = Client::join(&b, JSON).await;
+    let (again, events) = subscribe_with(&mut back, &topic, options_of(&[("_after_publication", Value::UInt(one))])).await;
+    assert_eq!(again, sub);
+    assert_eq!((numbers(&events), recovered(&events)), (vec![2, 3, 4], Some(true)));
+    on_b.publish(&topic, vec![Value::UInt(5)], Dict::new()).await;
+    assert_eq!(back.event().await.1, vec![Value::UInt(5)]);
+    // get_events reads the same stream; the retained event is there too.
+    let list = call(&mut back, vec![Value::UInt(sub)], Dict::new()).await.unwrap();
+    assert_eq!(list.iter().filter_map(first_arg).collect::<Vec<_>>(), vec![2, 3, 4, 5], "size 5 keeps 1..=5; max_replay 4 returns the newest 4");
+    let mut late = Client::join(&a, JSON).await;
+    let request = late.request_id();
+    late.send(&Message::Subscribe { request, options: options_of(&[("get_retained", Value::Bool(true))]), topic: topic.clone() }).await;
+    assert!(matches!(late.recv().await, Message::Subscribed { .. }));
+    match late.recv().await {
+        Message::Event { args, details, publication, .. } => {
+            assert_eq!((args, publication), (vec![Value::UInt(4)], four));
+            assert_eq!(details.get("retained"), Some(&Value::Bool(true)));
+        }
+        other => panic!("expected the retained EVENT, got {other:?}"),
+    }
+    direct.shutdown();
 }

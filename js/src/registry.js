@@ -17,6 +17,14 @@
 // When the session ends every record goes back to "inactive" and is
 // subscribed again on the next WELCOME, with the same listeners.
 //
+// Resume: each exact record remembers the last publication id it got. When
+// it subscribes again it sends `_after_publication` (docs/protocol.md,
+// "Event history"): the gateway replays what was missed, in order and
+// without duplicates, then a marker EVENT `{_recovered: true|false}`. The
+// marker is not handed to listeners; it fires "subscribed" with
+// { resubscribed: true, resumed }: resumed false is the moment to reload.
+// A gateway without history for the topic answers resumed false too.
+//
 // A listener is { persistent, onEvent(args, kwargs, details), onError(err) }.
 // A non-persistent listener (subscribeTopic) that is still waiting for its
 // first SUBSCRIBED is dropped, and its promise rejected, when the connection
@@ -26,7 +34,7 @@ import { TelegraphyError } from "./errors.js";
 import { MSG } from "./wamp.js";
 
 export class Registry {
-  /** @param host { request(build) → Promise, sessionOpen: boolean, subscribed(topic, info), report(err) } */
+  /** @param host { request(build, onReply) → Promise, sessionOpen: boolean, subscribed(topic, info), report(err) } */
   constructor(host) {
     this.host = host;
     this.records = new Map(); // `${match} ${topic}` → record
@@ -39,7 +47,11 @@ export class Registry {
     const key = `${match} ${topic}`;
     let record = this.records.get(key);
     if (!record) {
-      record = { key, topic, match, state: "inactive", id: null, listeners: new Map(), unsubWaiters: [], wasActive: false };
+      record = {
+        key, topic, match, state: "inactive", id: null, listeners: new Map(), unsubWaiters: [], wasActive: false,
+        lastPublication: null, // the last publication id delivered (exact subscriptions: the resume point)
+        resuming: false, // waiting for the gateway's _recovered marker
+      };
       this.records.set(key, record);
     }
     const promise = new Promise((resolve, reject) => {
@@ -104,6 +116,16 @@ export class Registry {
   dispatch(subscriptionId, publicationId, eventDetails, args, kwargs) {
     const record = this.byId.get(subscriptionId);
     if (!record) return; // a late event for a subscription we just left
+    if (record.resuming && eventDetails && typeof eventDetails._recovered === "boolean") {
+      // The end of the replay: tell the application whether it is whole.
+      record.resuming = false;
+      if (eventDetails._recovered) record.lastPublication = publicationId;
+      if (record.listeners.size > 0) {
+        this.host.subscribed(record.topic, { match: record.match, resubscribed: true, resumed: eventDetails._recovered });
+      }
+      return;
+    }
+    record.lastPublication = publicationId;
     const details = {
       ...eventDetails,
       topic: eventDetails?.topic ?? record.topic,
@@ -144,7 +166,18 @@ export class Registry {
     const epoch = this.epoch;
     record.state = "subscribing";
     const options = record.match === "exact" ? {} : { match: record.match };
-    this.host.request((req) => [MSG.SUBSCRIBE, req, options, record.topic]).then(
+    const resume = record.wasActive && record.match === "exact" && record.lastPublication != null;
+    if (resume) options._after_publication = record.lastPublication;
+    record.resuming = false;
+    // Known as soon as SUBSCRIBED is read: the EVENTs right behind it (a
+    // replay) must find their record.
+    const known = (subscriptionId) => {
+      if (epoch !== this.epoch) return;
+      record.id = subscriptionId;
+      record.resuming = resume;
+      this.byId.set(subscriptionId, record);
+    };
+    this.host.request((req) => [MSG.SUBSCRIBE, req, options, record.topic], known).then(
       (subscriptionId) => {
         if (epoch !== this.epoch) return;
         record.state = "active";
@@ -158,7 +191,8 @@ export class Registry {
             waiter.resolve();
           }
         }
-        if (record.listeners.size > 0) this.host.subscribed(record.topic, { match: record.match, resubscribed, resumed: false });
+        // A resume reports once its marker arrives (dispatch).
+        if (!resume && record.listeners.size > 0) this.host.subscribed(record.topic, { match: record.match, resubscribed, resumed: false });
         this.#sync(record);
       },
       (err) => {

@@ -194,6 +194,33 @@ test("token expiry (4003): reconnects with a fresh token", T, async () => {
   assert.deepEqual((await got.next())[0], ["fresh"]);
 });
 
+test("resume after a reconnect: the missed events arrive once, in order, then resumed: true", T, async () => {
+  const gw = await startGateway({ extraToml: '[history]\ntopics = ["com.resume.*"]\n' });
+  let n = 0;
+  const c = newClient(gw, {
+    // The first token lives 2 seconds: the gateway closes the session (4003).
+    getToken: async () => tokenFor(`rose-${n}`, { seconds: n++ === 0 ? 2 : 300 }),
+  });
+  const got = inbox();
+  await withTimeout(c.connect(), 5000, "WELCOME");
+  await c.subscribeTopic("com.resume.orders", got);
+  await gw.publish("com.resume.orders", [1]);
+  assert.deepEqual((await got.next())[0], [1]);
+  const resumes = [];
+  c.on("subscribed", (topic, info) => resumes.push([topic, info.resubscribed, info.resumed]));
+  await nextState(c, "disconnected", 8000);
+  // Published while the client is away.
+  await gw.publish("com.resume.orders", [2]);
+  await gw.publish("com.resume.orders", [3]);
+  await nextState(c, "connected", 8000);
+  assert.deepEqual((await got.next(5000, "the first missed event"))[0], [2]);
+  assert.deepEqual((await got.next(5000, "the second missed event"))[0], [3]);
+  await waitFor(() => resumes.length > 0, 5000, "the resume to be reported");
+  assert.deepEqual(resumes, [["com.resume.orders", true, true]]);
+  await gw.publish("com.resume.orders", [4]);
+  assert.deepEqual((await got.next(5000, "a live event after the resume"))[0], [4], "no duplicate, then live");
+});
+
 test("a static token that expired: reconnect is refused, then closed", T, async () => {
   const gw = await startGateway();
   const c = newClient(gw, { token: tokenFor("frank", { seconds: 2 }) });

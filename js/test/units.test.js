@@ -77,8 +77,10 @@ function fakeHost() {
     sent: [], // { message, resolve, reject }
     subscribed: [],
     reports: [],
-    request(build) {
-      return new Promise((resolve, reject) => host.sent.push({ message: build(host.sent.length + 1), resolve, reject }));
+    request(build, onReply) {
+      return new Promise((resolve, reject) =>
+        host.sent.push({ message: build(host.sent.length + 1), resolve: (v) => (onReply?.(v), resolve(v)), reject }),
+      );
     },
     report(err) {
       host.reports.push(err);
@@ -89,7 +91,7 @@ function fakeHost() {
     get sessionOpen() {
       return host.sessionOpen;
     },
-    request: (b) => host.request(b),
+    request: (b, onReply) => host.request(b, onReply),
     subscribed: (topic, info) => host.subscribed.push([topic, info]),
     report: (err) => host.report(err),
   };
@@ -129,11 +131,30 @@ test("registry: one SUBSCRIBE per (topic, match), shared by listeners, resubscri
   host.sessionOpen = true;
   registry.sessionOpened();
   assert.equal(host.sent.length, 4);
+  // The exact subscription resumes from the last publication it got; the
+  // prefix one cannot.
+  assert.deepEqual(host.sent[2].message, [MSG.SUBSCRIBE, 3, { _after_publication: 99 }, "com.t"]);
+  assert.deepEqual(host.sent[3].message, [MSG.SUBSCRIBE, 4, { match: "prefix" }, "com.t"]);
+  const before = host.subscribed.length;
   host.sent[2].resolve(21);
   await tick();
-  assert.deepEqual(host.subscribed.at(-1)[1], { match: "exact", resubscribed: true, resumed: false });
+  assert.equal(host.subscribed.length, before, "a resume is reported when its marker arrives");
+  registry.dispatch(21, 100, {}, [2]); // a missed event, replayed
+  registry.dispatch(21, 100, { _recovered: true }, []); // the marker: not an event
+  assert.deepEqual(host.subscribed.at(-1)[1], { match: "exact", resubscribed: true, resumed: true });
+  assert.deepEqual(a.events.map((e) => e[0]), [[1], [2]], "the marker never reaches listeners");
   registry.dispatch(21, 101, {}, [3]);
-  assert.equal(a.events.length, 2);
+  assert.equal(a.events.length, 3);
+  // The next reconnect resumes from the newest publication.
+  host.sessionOpen = false;
+  registry.sessionClosed(new TelegraphyError("lost", { code: "disconnected" }));
+  host.sessionOpen = true;
+  registry.sessionOpened();
+  assert.deepEqual(host.sent[4].message, [MSG.SUBSCRIBE, 5, { _after_publication: 101 }, "com.t"]);
+  host.sent[4].resolve(21);
+  await tick();
+  registry.dispatch(21, 101, { _recovered: false }, []);
+  assert.deepEqual(host.subscribed.at(-1)[1], { match: "exact", resubscribed: true, resumed: false });
 });
 
 test("registry: leaving while subscribing, coming back while unsubscribing", async () => {

@@ -444,7 +444,7 @@ function uint(w, value, name) {
 
 /** The canonical msgpack bytes of an envelope (every value checked). */
 export function encodeEnvelope(envelope) {
-  const { realm, topic, publication, publishedAtUs = 0, args = [], kwargs = {}, filter = {}, publisher = null } = envelope;
+  const { realm, topic, publication, publishedAtUs = 0, args = [], kwargs = {}, filter = {}, publisher = null, retain = false } = envelope;
   if (!Array.isArray(args)) throw new InvalidInput(`args must be an array, not ${describe(args)}`);
   if (kwargs === null || typeof kwargs !== "object" || Array.isArray(kwargs) || !(kwargs instanceof Map || isPlainObject(kwargs))) {
     throw new InvalidInput(`kwargs must be a plain object, not ${describe(kwargs)}`);
@@ -453,7 +453,8 @@ export function encodeEnvelope(envelope) {
     throw new InvalidInput("an envelope needs a realm and a topic (strings)");
   }
   const w = new Writer();
-  w.array(9);
+  // Format 1.1 appends options and position (nil: a store sets it).
+  w.array(retain ? 11 : 9);
   w.int(FORMAT_VERSION);
   uint(w, publication, "publication");
   w.value(realm, 1, "realm");
@@ -475,6 +476,12 @@ export function encodeEnvelope(envelope) {
         w.str(v);
       } else w.bool(Boolean(v));
     }
+  }
+  if (retain) {
+    w.map(1);
+    w.str("retain");
+    w.bool(true);
+    w.nil();
   }
   return w.result();
 }
@@ -505,10 +512,16 @@ export function decodeEnvelope(bytes) {
   if (!Array.isArray(fields) || fields.length < 9) {
     throw new InvalidInput("not an envelope: expected an array of at least 9 elements");
   }
-  fields = smallBigIntsToNumbers(fields.slice(0, 9));
+  fields = smallBigIntsToNumbers(fields.slice(0, 11));
   if (fields[0] !== FORMAT_VERSION) {
     throw new InvalidInput(`envelope format version ${String(fields[0])} is not ${FORMAT_VERSION}; upgrade this package`);
   }
-  const [, publication, realm, topic, publishedAtUs, args, kwargs, filter, publisher] = fields;
-  return { publication, realm, topic, publishedAtUs, args, kwargs, filter, publisher };
+  const [, id, realm, topic, publishedAtUs, args, kwargs, filter, publisher, options, position] = fields;
+  // 1.1: options (retain) and the history position; a kept event's
+  // publication id is its position (offset * 65536 + epoch).
+  const retain = options?.retain === true;
+  const publication = Array.isArray(position) ? Number(position[1]) * 65536 + Number(position[0]) : id;
+  const envelope = { publication, realm, topic, publishedAtUs, args, kwargs, filter, publisher };
+  if (retain) envelope.retain = true;
+  return envelope;
 }

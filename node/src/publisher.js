@@ -27,7 +27,7 @@ const FILTER_OPTIONS = {
   excludeAuthrole: "exclude_authrole",
   eligibleAuthrole: "eligible_authrole",
 };
-const PUBLISH_OPTIONS = ["realm", "requireSubscriber", ...Object.keys(FILTER_OPTIONS)];
+const PUBLISH_OPTIONS = ["realm", "requireSubscriber", "retain", ...Object.keys(FILTER_OPTIONS)];
 const camel = (name) => name.replace(/_([a-z])/g, (_, c) => c.toUpperCase());
 
 function checkOptions(options, allowed, what) {
@@ -127,7 +127,8 @@ export class Publisher {
    *   (by default an event nobody subscribes to is accepted and dropped);
    * - `exclude`, `eligible` (session ids), `excludeAuthid`, `eligibleAuthid`
    *   (token `sub`s), `excludeAuthrole`, `eligibleAuthrole` (roles): who may
-   *   receive it; an empty `eligible*` list admits nobody.
+   *   receive it; an empty `eligible*` list admits nobody;
+   * - `retain: true`: keep it as the topic's retained event.
    */
   async publish(topic, args = [], kwargs = {}, options = {}) {
     checkTopic(topic);
@@ -142,15 +143,17 @@ export class Publisher {
       throw new InvalidInput(`kwargs must be a plain object, not ${describe(kwargs)}`);
     }
     checkOptions(options ?? {}, PUBLISH_OPTIONS, "publish");
-    const { realm: realmOption, requireSubscriber = false, ...lists } = options ?? {};
+    const { realm: realmOption, requireSubscriber = false, retain = false, ...lists } = options ?? {};
     if (typeof requireSubscriber !== "boolean") {
       throw new InvalidInput(`requireSubscriber must be true or false, not ${describe(requireSubscriber)}`);
     }
+    if (typeof retain !== "boolean") throw new InvalidInput(`retain must be true or false, not ${describe(retain)}`);
     let realm = realmOption ?? this.realm;
     if (realm != null) checkRealm(realm);
     else if (this.kind !== "http") realm = DEFAULT_REALM;
     const filter = canonicalFilter(Object.fromEntries(Object.entries(lists).map(([k, v]) => [FILTER_OPTIONS[k], v])));
     const envelope = newEnvelope({ realm, topic, args, kwargs, filter });
+    envelope.retain = retain;
     return this.transport.publish(envelope, requireSubscriber);
   }
 

@@ -62,3 +62,38 @@ test("redis: after close(), the next publish connects again", async () => {
   assert.ok((await pub.publish("com.example.again")) > 0);
   await pub.close();
 });
+
+test("redis: the publish script is the gateway's (bus/src/redis/publish.lua)", async () => {
+  const { readFileSync } = await import("node:fs");
+  const { PUBLISH_SCRIPT } = await import("../src/transports/redis.js");
+  const gateways = readFileSync(new URL("../../bus/src/redis/publish.lua", import.meta.url), "utf8");
+  assert.equal(PUBLISH_SCRIPT, gateways, "node/src/transports/redis_publish.lua must be a copy of bus/src/redis/publish.lua");
+});
+
+test("redis: history topics get their position from the script; retain keeps the event", async () => {
+  const prefix = `${unique("tg-node-history")}:`;
+  const raw = createClient({ url: REDIS_URL });
+  raw.on("error", () => {});
+  await raw.connect();
+  const pub = new Publisher({ bus: REDIS_URL, redisKeyPrefix: prefix });
+  try {
+    // What a gateway with `[history] topics = ["node.history.*"]` writes when it connects.
+    await raw.hSet(`${prefix}history`, { topics: "node.history.*", size: "10", ttl_ms: "60000" });
+    const first = await pub.publish("node.history.orders", [1]);
+    const second = await pub.publish("node.history.orders", [2], {}, { retain: true });
+    const live = await pub.publish("node.live.orders", [3]);
+    assert.deepEqual([Math.floor(first / 65536), Math.floor(second / 65536)], [1, 2], "offsets 1 and 2");
+    assert.equal(first % 65536, second % 65536, "one epoch");
+    assert.ok(Math.floor(live / 65536) > 1000, "a topic without history keeps its random id");
+    const { RESP_TYPES } = await import("redis");
+    const binary = { typeMapping: { [RESP_TYPES.BLOB_STRING]: Buffer } }; // node-redis 5
+    const kept = await raw.sendCommand(["XRANGE", `${prefix}h:realm1:node.history.orders`, "-", "+"], binary);
+    assert.deepEqual(kept.map(([, fields]) => decodeEnvelope(fields[1]).args), [[1], [2]]);
+    const retained = await raw.sendCommand(["LRANGE", `${prefix}r:realm1:node.history.orders`, "0", "-1"], binary);
+    assert.deepEqual(retained.map((b) => [decodeEnvelope(b).args, decodeEnvelope(b).publication]), [[[2], second]]);
+  } finally {
+    await pub.close();
+    if (raw.destroy) raw.destroy();
+    else await raw.disconnect();
+  }
+});

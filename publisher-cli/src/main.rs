@@ -87,14 +87,18 @@ struct Args {
     /// subscribes to is accepted and dropped by the bus, which is not an error.
     #[arg(long)]
     require_subscriber: bool,
+    /// Keep the event as the topic's retained event: subscribers that ask
+    /// for it (`get_retained`) get it as soon as they subscribe.
+    #[arg(long)]
+    retain: bool,
     /// With --stdin: most events in flight at once (their confirms are
     /// awaited together; each event's fate is still reported in order).
     #[arg(long, default_value_t = 256, value_name = "N")]
     window: usize,
     /// Read events from standard input, one JSON object per line:
     /// {"topic": "...", "args": [...], "kwargs": {...}, "options": {...}, "realm": "...",
-    /// "require_subscriber": true}. "options" takes the six lists above
-    /// (e.g. {"eligible": [ID]}); what a line leaves out comes from the flags.
+    /// "require_subscriber": true}. "options" takes the six lists above and
+    /// "retain" (e.g. {"eligible": [ID]}); what a line leaves out comes from the flags.
     #[arg(long, conflicts_with_all = ["topic", "args", "kwargs"])]
     stdin: bool,
     /// The topic URI.
@@ -208,6 +212,7 @@ async fn publish_one(args: &Args, publisher: &Publisher) -> Result<(), Failure> 
     }
     event.filter = filter_from_flags(args);
     event.require_subscriber = args.require_subscriber;
+    event.retain = args.retain;
     let id = tokio::time::timeout(args.timeout, publisher.publish(event))
         .await
         .map_err(|_| Failure { status: status::UNAVAILABLE, message: format!("no confirmation within {:?}", args.timeout) })??;
@@ -224,6 +229,7 @@ fn event_from_line(args: &Args, line: &str) -> Result<Event, Failure> {
     let mut event = Event::new(topic).realm(realm.unwrap_or_else(|| args.realm.clone()));
     event.args = payload;
     event.kwargs = kwargs;
+    event.retain = options.as_ref().map_or(args.retain, |o| o.retain || args.retain);
     event.filter = options.map_or_else(|| filter_from_flags(args), |o| o.filter);
     event.require_subscriber = require_subscriber.unwrap_or(args.require_subscriber);
     Ok(event)

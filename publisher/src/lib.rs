@@ -108,12 +108,23 @@ pub struct Event {
     /// Succeed only if at least one node subscribed to the topic got the
     /// event (otherwise [`ErrorKind::NoSubscriber`]); see `docs/bus.md`.
     pub require_subscriber: bool,
+    /// Keep it as the topic's retained event: a subscriber that asks
+    /// (`get_retained`) gets it at once.
+    pub retain: bool,
 }
 
 impl Event {
     /// An event on `topic` with no payload.
     pub fn new(topic: impl Into<String>) -> Event {
-        Event { topic: topic.into(), args: Vec::new(), kwargs: Dict::new(), filter: Filter::default(), realm: None, require_subscriber: false }
+        Event {
+            topic: topic.into(),
+            args: Vec::new(),
+            kwargs: Dict::new(),
+            filter: Filter::default(),
+            realm: None,
+            require_subscriber: false,
+            retain: false,
+        }
     }
 
     /// Appends a positional argument.
@@ -140,6 +151,12 @@ impl Event {
         self
     }
 
+    /// Keep it as the topic's retained event.
+    pub fn retain(mut self, yes: bool) -> Event {
+        self.retain = yes;
+        self
+    }
+
     fn delivery(&self) -> Delivery {
         if self.require_subscriber {
             Delivery::Subscribed
@@ -158,7 +175,7 @@ impl Event {
             filter: self.filter,
             publisher: None,
             published_at_us: now_us(),
-            retain: false,
+            retain: self.retain,
             position: None,
         }
     }
@@ -170,7 +187,7 @@ impl Event {
             topic: self.topic,
             args: self.args,
             kwargs: self.kwargs,
-            options: Some(PublishOptions { filter: self.filter, ..PublishOptions::default() }),
+            options: Some(PublishOptions { filter: self.filter, retain: self.retain, ..PublishOptions::default() }),
             realm: self.realm,
             require_subscriber: self.require_subscriber.then_some(true),
         }

@@ -364,3 +364,38 @@ def test_redis_gateway_cluster_config(redis_prefix):
         assert gw.ready()
     finally:
         gw.stop()
+
+
+def test_the_redis_publish_script_is_the_gateways():
+    from pathlib import Path
+
+    import telegraphy.transports as transports
+
+    gateway_copy = Path(__file__).resolve().parents[2] / "bus" / "src" / "redis" / "publish.lua"
+    assert transports._publish_script() == gateway_copy.read_text(encoding="utf-8"), (
+        "python/src/telegraphy/redis_publish.lua must be a copy of bus/src/redis/publish.lua"
+    )
+
+
+def test_redis_publishes_follow_the_history_order_of_the_gateways(tmp_path):
+    """A publisher writing straight onto Redis gets positions from the same
+    script as the gateways, and its retained event reaches a late subscriber."""
+    import redis
+
+    prefix = f"telegraphy-pytest-{uuid.uuid4().hex[:8]}:"
+    gw = Gateway(redis_config(prefix) + '[history]\ntopics = ["py.history.*"]\n')
+    try:
+        with Publisher(bus=REDIS_URL, redis_key_prefix=prefix) as publisher:
+            first = publisher.publish("py.history.orders", [1])
+            second = publisher.publish("py.history.orders", [2], retain=True)
+            other = publisher.publish("py.live.orders", [3])
+        # Positions: offset * 65536 + epoch, the same epoch, offsets 1 and 2.
+        assert (first >> 16, second >> 16) == (1, 2) and first & 0xFFFF == second & 0xFFFF != 0
+        assert other >> 16 > 1000, "a topic without history keeps a random id"
+        client = redis.Redis.from_url(REDIS_URL)
+        kept = client.xrange(f"{prefix}h:realm1:py.history.orders")
+        assert [Envelope.decode(fields[b"e"]).args for _, fields in kept] == [[1], [2]]
+        retained = [Envelope.decode(b) for b in client.lrange(f"{prefix}r:realm1:py.history.orders", 0, -1)]
+        assert [(e.args, e.retain, e.publication) for e in retained] == [([2], True, second)]
+    finally:
+        gw.stop()

@@ -90,6 +90,15 @@ fn bad_input_gets_the_right_error() {
 
 #[test]
 fn dealer_messages_are_recognised() {
-    assert_eq!(JSON.decode(br#"[48, 7, {}, "com.proc", [1]]"#).unwrap(), Message::DealerRequest { code: 48, request: 7 });
+    let call = Message::Call { request: 7, options: Dict::new(), procedure: "com.proc".into(), args: vec![Value::UInt(1)], kwargs: Dict::new() };
+    assert_eq!(JSON.decode(br#"[48, 7, {}, "com.proc", [1]]"#).unwrap(), call);
+    // The router answers calls: RESULT round trips in both serializers.
+    let result = Message::Result { request: 7, details: Dict::new(), args: vec![Value::List(vec![])], kwargs: Dict::new() };
+    for s in [JSON, MSGPACK] {
+        assert_eq!(s.decode(&s.encode(&result).unwrap()).unwrap(), result);
+    }
+    assert_eq!(&JSON.encode(&result).unwrap()[..], br#"[50,7,{},[[]]]"#);
+    assert!(JSON.decode(br#"[48, 7, {}]"#).is_err(), "CALL without a procedure");
+    assert_eq!(JSON.decode(br#"[64, 7, {}, "com.proc"]"#).unwrap(), Message::DealerRequest { code: 64, request: 7 });
     assert_eq!(JSON.decode(br#"[70, 7, {}]"#).unwrap(), Message::DealerOther { code: 70 });
 }

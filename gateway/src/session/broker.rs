@@ -103,6 +103,11 @@ impl HistoryQuery {
         Ok(q)
     }
 
+    /// Whether the query pages forward from a lower bound.
+    fn forward(&self) -> bool {
+        !self.reverse && (self.offsets.0 > 0 || self.times.0 > 0)
+    }
+
     /// Whether a kept event passes the query's bounds (`epoch`: the log's).
     fn admits(&self, e: &Envelope, epoch: Option<u16>) -> bool {
         if self.epoch.is_some() && self.epoch != epoch {
@@ -355,10 +360,17 @@ impl Session {
         let mine = |e: &Envelope| e.publisher.as_ref().is_some_and(|p| p.exclude_me && (p.node, p.session) == me);
         let mut events: Vec<&Envelope> =
             page.events.iter().filter(|e| e.filter.admits(me.1, &who.authid, &who.authrole) && !mine(e) && query.admits(e, page.epoch)).collect();
+        // Paging forward from a lower bound takes the first `limit` events
+        // after it; otherwise the newest `limit` (Crossbar.io's
+        // `get_events(sub, limit)`: the latest events).
+        if query.forward() {
+            events.truncate(query.limit);
+        } else {
+            events.drain(..events.len().saturating_sub(query.limit));
+        }
         if query.reverse {
             events.reverse();
         }
-        events.truncate(query.limit);
         let list = events
             .into_iter()
             .map(|e| {

@@ -36,7 +36,7 @@ export class HttpTransport {
       `"topic":${JSON.stringify(envelope.topic)}`,
       `"args":${toWampJson(envelope.args, 2, "args")}`,
       `"kwargs":${toWampJson(envelope.kwargs, 2, "kwargs")}`,
-      `"options":${JSON.stringify(envelope.filter)}`,
+      `"options":${JSON.stringify(envelope.retain ? { ...envelope.filter, retain: true } : envelope.filter)}`,
     ];
     if (envelope.realm != null) parts.push(`"realm":${JSON.stringify(envelope.realm)}`);
     if (requireSubscriber) parts.push(`"require_subscriber":true`);

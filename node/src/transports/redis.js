@@ -1,12 +1,28 @@
-// PUBLISH of the envelope bytes on `{keyPrefix}{realm}:{topic}` (node-redis).
-// Redis answers how many subscriptions (of every node) got the event: that
-// is what `requireSubscriber` checks.
+// Publishes on `{keyPrefix}{realm}:{topic}` (node-redis) through the
+// gateway's publish script (redis_publish.lua, a copy of
+// bus/src/redis/publish.lua): events of history topics get their position
+// and are kept exactly as when a gateway publishes them. Redis answers how
+// many subscriptions (of every node) got the event: that is what
+// `requireSubscriber` checks.
+
+import { createHash, randomInt } from "node:crypto";
+import { readFileSync } from "node:fs";
 
 import { encodeEnvelope } from "../envelope.js";
 import { InvalidInput, NoSubscriber, Rejected, Unauthorized, Unavailable } from "../errors.js";
 import { importOptional, redact, withTimeout } from "./common.js";
 
 const AUTH_REPLY = /^(WRONGPASS|NOAUTH|NOPERM)\b|without any password configured/;
+
+/** The publish script, and its SHA-1 for EVALSHA. */
+export const PUBLISH_SCRIPT = readFileSync(new URL("./redis_publish.lua", import.meta.url), "utf8");
+const SCRIPT_SHA = createHash("sha1").update(PUBLISH_SCRIPT).digest("hex");
+
+/** Whether an envelope may be kept by a store: not addressed to session ids. */
+function keepable(envelope) {
+  const f = envelope.filter ?? {};
+  return !(f.exclude?.length > 0) && f.eligible == null;
+}
 
 export class RedisTransport {
   kind = "redis";
@@ -75,11 +91,26 @@ export class RedisTransport {
     const payload = encodeEnvelope(envelope);
     const redis = await importOptional("redis", "Redis");
     const client = await this.connection(redis);
-    const channel = `${this.keyPrefix}${envelope.realm}:${envelope.topic}`;
-    let receivers;
+    const p = this.keyPrefix;
+    const { realm, topic } = envelope;
+    const channel = `${p}${realm}:${topic}`;
+    const keys = [`${p}history`, `${p}h:${realm}:${topic}`, `${p}hm:${realm}:${topic}`, `${p}r:${realm}:${topic}`, channel];
+    const args = [
+      Buffer.from(payload.buffer, payload.byteOffset, payload.length),
+      topic,
+      envelope.retain ? "1" : "0",
+      keepable(envelope) ? "1" : "0",
+      String(randomInt(1, 65536)),
+    ];
+    const run = (command, first) => client.sendCommand([command, first, String(keys.length), ...keys, ...args]);
+    let receivers, epoch, offset;
     try {
-      receivers = await withTimeout(
-        client.publish(channel, Buffer.from(payload.buffer, payload.byteOffset, payload.length)),
+      [receivers, epoch, offset] = await withTimeout(
+        run("EVALSHA", SCRIPT_SHA).catch((e) => {
+          // Redis restarted, or SCRIPT FLUSH: send the script itself once.
+          if (e instanceof redis.ErrorReply && e.message.startsWith("NOSCRIPT")) return run("EVAL", PUBLISH_SCRIPT);
+          throw e;
+        }),
         this.timeoutMs,
         () => new Error(`no answer within ${this.timeoutMs} ms`),
       );
@@ -90,6 +121,8 @@ export class RedisTransport {
     if (requireSubscriber && !(receivers > 0)) {
       throw new NoSubscriber(`no node is subscribed to \`${envelope.topic}\` (Redis channel ${channel})`);
     }
+    // A kept event's publication id is its position: offset * 65536 + epoch.
+    if (offset > 0 && epoch > 0) return offset * 65536 + epoch;
     return envelope.publication;
   }
 

@@ -132,6 +132,11 @@ class Envelope:
     published_at_us: int = 0
     #: The publishing WAMP session (gateway publishes only), else None.
     publisher: dict | None = None
+    #: Keep it as the topic's retained event (WAMP `retain`).
+    retain: bool = False
+    #: Its place in the topic's history, `(epoch, offset)`, when the topic
+    #: keeps history (set by the store, never by a publisher).
+    position: tuple | None = None
 
     @classmethod
     def new(cls, realm: str, topic: str, args=None, kwargs=None, filter=None) -> "Envelope":
@@ -155,7 +160,7 @@ class Envelope:
         publisher = None
         if self.publisher is not None:
             publisher = {k: self.publisher[k] for k in PUBLISHER_KEYS}
-        return [
+        fields = [
             FORMAT_VERSION,
             self.publication,
             self.realm,
@@ -166,6 +171,15 @@ class Envelope:
             canonical_filter(self.filter),
             publisher,
         ]
+        if self.retain or self.position is not None:
+            # Format 1.1: options and position appended (docs/envelope.md).
+            fields.append({"retain": True} if self.retain else {})
+            fields.append(list(self.position) if self.position is not None else None)
+        return fields
+
+    def keepable(self) -> bool:
+        """Whether a store may keep it: not addressed to session ids."""
+        return not self.filter.get("exclude") and self.filter.get("eligible") is None
 
     def encode(self) -> bytes:
         """The canonical msgpack bytes."""
@@ -182,8 +196,14 @@ class Envelope:
             raise InvalidInput("not an envelope: expected a list of at least 9 elements")
         if fields[0] != FORMAT_VERSION:
             raise InvalidInput(f"envelope format version {fields[0]!r} is not {FORMAT_VERSION}")
+        options = fields[9] if len(fields) > 9 and isinstance(fields[9], dict) else {}
+        position = tuple(fields[10]) if len(fields) > 10 and isinstance(fields[10], list) else None
+        publication = fields[1]
+        if position is not None:
+            # A kept event's id is its position (offset * 65536 + epoch).
+            publication = (position[1] << 16) | position[0]
         return cls(
-            publication=fields[1],
+            publication=publication,
             realm=fields[2],
             topic=fields[3],
             published_at_us=fields[4],
@@ -191,6 +211,8 @@ class Envelope:
             kwargs=fields[6],
             filter=fields[7],
             publisher=fields[8],
+            retain=bool(options.get("retain", False)),
+            position=position,
         )
 
 

@@ -96,6 +96,7 @@ class Publisher:
         exclude_authrole=None,
         eligible_authrole=None,
         require_subscriber: bool = False,
+        retain: bool = False,
     ) -> int:
         """Publishes one event; returns its publication id once the gateway
         or the bus accepted it. Raises a `PublishError` subclass otherwise.
@@ -109,6 +110,9 @@ class Publisher:
         one gateway node subscribed to the topic got the event, and raises
         `NoSubscriber` otherwise (by default an event nobody subscribes to
         is accepted and dropped, which is not an error).
+
+        With `retain=True` the event is kept as the topic's retained event:
+        a subscriber that asks (`get_retained`) gets it at once.
         """
         check_topic(topic)
         realm = realm if realm is not None else self.realm
@@ -127,6 +131,7 @@ class Publisher:
         if kwargs is not None and not isinstance(kwargs, dict):
             raise InvalidInput(f"kwargs must be a dict, not {type(kwargs).__name__}")
         envelope = Envelope.new(realm, topic, args, kwargs, filter)
+        envelope.retain = bool(retain)
         return self._transport.publish(envelope, require_subscriber=bool(require_subscriber))
 
     def close(self):

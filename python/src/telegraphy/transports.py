@@ -5,6 +5,7 @@ once the other side accepted the event, else raises a PublishError."""
 from __future__ import annotations
 
 import json
+import secrets
 import os
 import socket
 import threading
@@ -64,6 +65,8 @@ class HttpTransport:
         }
         if envelope.realm is not None:
             body["realm"] = envelope.realm
+        if envelope.retain:
+            body["options"] = dict(body["options"], retain=True)
         if require_subscriber:
             body["require_subscriber"] = True
         data = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
@@ -110,8 +113,18 @@ class HttpTransport:
         pass
 
 
+def _publish_script() -> str:
+    """The Lua script every Redis publish runs (history, retention and
+    PUBLISH in one atomic step); the same file as the gateway's."""
+    from importlib.resources import files
+
+    return files(__package__).joinpath("redis_publish.lua").read_text(encoding="utf-8")
+
+
 class RedisTransport:
-    """PUBLISH of the envelope bytes on `{key_prefix}{realm}:{topic}`."""
+    """Publishes on `{key_prefix}{realm}:{topic}` through the gateway's
+    publish script, so that events of history topics get their position
+    and are kept, exactly as when a gateway publishes them."""
 
     kind = "redis"
 
@@ -122,6 +135,7 @@ class RedisTransport:
             raise InvalidInput("publishing to Redis needs the redis package: pip install 'telegraphy[redis]'") from None
         self.url, self.key_prefix, self.timeout = url, key_prefix, timeout
         self._client = None
+        self._script = None
         self._pid = None
         self._lock = threading.Lock()
 
@@ -137,6 +151,7 @@ class RedisTransport:
                     )
                 except ValueError as e:
                     raise InvalidInput(f"bus `{redact(self.url)}`: {e}") from None
+                self._script = self._client.register_script(_publish_script())
                 self._pid = os.getpid()
             return self._client
 
@@ -144,11 +159,15 @@ class RedisTransport:
         import redis
 
         payload = envelope.encode()
-        channel = f"{self.key_prefix}{envelope.realm}:{envelope.topic}"
-        client = self._connection()
+        p, realm, topic = self.key_prefix, envelope.realm, envelope.topic
+        channel = f"{p}{realm}:{topic}"
+        keys = [f"{p}history", f"{p}h:{realm}:{topic}", f"{p}hm:{realm}:{topic}", f"{p}r:{realm}:{topic}", channel]
+        self._connection()
+        argv = [payload, topic, int(envelope.retain), int(envelope.keepable()), secrets.randbelow(65535) + 1]
         try:
-            # Redis answers how many subscriptions (of every node) got it.
-            receivers = client.publish(channel, payload)
+            # Redis answers how many subscriptions (of every node) got it,
+            # and the event's position when its topic keeps history.
+            receivers, epoch, offset = self._script(keys=keys, args=argv)
         except redis.AuthenticationError as e:
             raise Unauthorized(f"Redis at {redact(self.url)} refused the credentials: {e}") from None
         except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
@@ -165,6 +184,8 @@ class RedisTransport:
             raise Unavailable(f"Redis at {redact(self.url)} did not take the event: {e}") from None
         if require_subscriber and not receivers:
             raise NoSubscriber(f"no node is subscribed to `{envelope.topic}` (Redis channel {channel})")
+        if offset and epoch:
+            return (int(offset) << 16) | int(epoch)
         return envelope.publication
 
     def close(self):

@@ -27,11 +27,14 @@
 //
 //   any state ──close(), or a close that must not be retried (4500, 1000, ...)──► closed
 //
-// The gateway keeps no history yet: events published while the client is
-// away are lost. After a reconnect the client resubscribes but cannot recover
-// them; "connected" says { resumed: false, reconnected: true } and each
-// resubscription fires "subscribed" with { resubscribed: true, resumed: false },
-// the moment to reload data.
+// After a reconnect the client resubscribes and resumes: for each exact
+// subscription it asks the gateway for the events published since the last
+// one it got (registry.js). Each resubscription fires "subscribed" with
+// { resubscribed: true, resumed }: resumed true means nothing was missed (the
+// missed events were delivered, in order, no duplicates); resumed false (the
+// topic keeps no history, the client was away too long, or a prefix/wildcard
+// subscription) is the moment to reload data. "connected" says
+// { reconnected: true, resumed: false }: per subscription is where it is known.
 
 import { Backoff } from "./backoff.js";
 import { Channel, ChannelRoot } from "./channel.js";
@@ -108,7 +111,7 @@ export class Telegraphy {
       get sessionOpen() {
         return client.#session !== null;
       },
-      request: (build) => this.#request(build),
+      request: (build, onReply) => this.#request(build, onReply),
       subscribed: (topic, info) => this.#events.emit("subscribed", topic, info),
       report: (err, topic) => this.#report(err, topic),
     });
@@ -460,13 +463,19 @@ export class Telegraphy {
 
   // ---- requests ----------------------------------------------------------------------
 
-  #request(build) {
+  /**
+   * Sends a request; resolves with its answer. `onReply(value)`, when given,
+   * runs synchronously as the answer is read, before any later message is
+   * handled (a promise callback would run after EVENTs that arrived in the
+   * same read).
+   */
+  #request(build, onReply) {
     if (!this.#session) {
       return Promise.reject(new TelegraphyError(`not connected (state ${this.#state})`, { code: "not_connected" }));
     }
     const req = this.#nextRequest++;
     return new Promise((resolve, reject) => {
-      this.#pending.set(req, { resolve, reject });
+      this.#pending.set(req, { resolve, reject, onReply });
       // If the socket is already closing, the request stays pending and is
       // rejected with the others when the close arrives.
       this.#send(build(req));
@@ -477,8 +486,13 @@ export class Telegraphy {
     const pending = this.#pending.get(req);
     if (!pending) return;
     this.#pending.delete(req);
-    if (error) pending.reject(error);
-    else pending.resolve(value);
+    if (error) return pending.reject(error);
+    try {
+      pending.onReply?.(value);
+    } catch (err) {
+      this.#report(err);
+    }
+    pending.resolve(value);
   }
 
   #send(message) {

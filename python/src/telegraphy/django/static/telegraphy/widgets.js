@@ -16,9 +16,11 @@
 // Changed elements get the class "telegraphy-changed" for 1.5 s, and the
 // widget element dispatches a "telegraphy:change" DOM event ({ data, event }).
 //
-// After a reconnect (events published meanwhile are lost: the gateway keeps
-// no history) the widgets are refreshed from a new render of the page
-// (GET location.href), unless {% telegraphy_scripts resync=False %}.
+// After a reconnect the client resumes each topic (the gateway replays the
+// events missed meanwhile, on topics that keep history). When every widget
+// topic resumed, nothing more is needed; when one did not (no history for
+// it, away too long), the widgets are refreshed from a new render of the
+// page (GET location.href), unless {% telegraphy_scripts resync=False %}.
 
 import { client, config } from "./boot.js";
 
@@ -217,21 +219,24 @@ if (client) {
   bindWidgets();
   if (config.resync !== false) {
     // Once every widget topic is subscribed again (so no later event is
-    // missed), fetch the page: it holds what happened while we were away.
+    // missed), fetch the page, which holds what happened while we were
+    // away, unless every topic resumed (its missed events were delivered).
     let waiting = null;
     client.on("state", (state, info) => {
       if (state !== "connected" || !info?.reconnected) return;
       const topics = new Set([...document.querySelectorAll("[data-telegraphy-widget][data-topic]:not([data-telegraphy-widget=feed])")].map((w) => w.dataset.topic));
       clearTimeout(waiting?.timer);
-      waiting = { topics, timer: setTimeout(() => { waiting = null; resync(); }, 3000) };
+      waiting = { topics, lost: false, timer: setTimeout(() => { waiting = null; resync(); }, 3000) };
     });
-    client.on("subscribed", (topic) => {
-      if (!waiting) return;
+    client.on("subscribed", (topic, info) => {
+      if (!waiting || !waiting.topics.has(topic)) return;
       waiting.topics.delete(topic);
+      if (!info?.resumed) waiting.lost = true;
       if (waiting.topics.size === 0) {
         clearTimeout(waiting.timer);
+        const lost = waiting.lost;
         waiting = null;
-        resync();
+        if (lost) resync();
       }
     });
   }
