@@ -309,7 +309,7 @@ impl Session {
         let State::Established { realm, broker: BrokerState { subscriptions }, rights } = &self.state else { return };
         let Some(store) = realm.store.clone().filter(|_| procedure == GET_EVENTS) else {
             let message = if procedure == GET_EVENTS {
-                "event history is not kept on this bus yet (it is on memory://)".to_string()
+                "event history is not kept on this bus yet (it is on memory:// and redis://)".to_string()
             } else {
                 format!("no procedure `{procedure}` here: this router answers only `{GET_EVENTS}` (event history)")
             };
