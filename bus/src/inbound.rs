@@ -2,7 +2,8 @@
 //! logging unusable envelopes once per cause), measure bus lag, and send
 //! through the node's bounded queue (waiting when it is full).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -16,6 +17,28 @@ pub struct Inbound {
     /// Bus metrics (shared with the adapter).
     pub metrics: BusMetrics,
     logged: Arc<[AtomicBool; 2]>,
+    sessions: Arc<BusSessions>,
+}
+
+/// Counts the adapter's consuming sessions (connects and reconnects, every
+/// interest in force), and wakes the node when one starts: it then reads
+/// what its history topics missed from the event store.
+#[derive(Default)]
+pub struct BusSessions {
+    count: AtomicU64,
+    changed: tokio::sync::Notify,
+}
+
+impl BusSessions {
+    /// Sessions so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Resolves once a session started since the last call.
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
 }
 
 /// The node stopped consuming.
@@ -25,7 +48,18 @@ pub struct Closed;
 impl Inbound {
     /// An inbound feeding `tx`.
     pub fn new(tx: mpsc::Sender<Envelope>, metrics: BusMetrics) -> Inbound {
-        Inbound { tx, metrics, logged: Arc::new([AtomicBool::new(false), AtomicBool::new(false)]) }
+        Inbound { tx, metrics, logged: Arc::new([AtomicBool::new(false), AtomicBool::new(false)]), sessions: Arc::default() }
+    }
+
+    /// The adapter's consuming sessions (see [`BusSessions`]).
+    pub fn sessions(&self) -> Arc<BusSessions> {
+        self.sessions.clone()
+    }
+
+    /// The adapter's consuming session is up, with every interest in force.
+    pub fn session_started(&self) {
+        self.sessions.count.fetch_add(1, Ordering::Release);
+        self.sessions.changed.notify_one();
     }
 
     /// Decodes bytes from the broker; `None` (counted, logged once per cause)

@@ -531,6 +531,7 @@ async fn node_session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor
             connected = true;
             *s.publisher.lock().unwrap_or_else(|e| e.into_inner()) = conn.take();
             supervisor.up(&s.interests, &s.metrics, applied.len());
+            inbound.session_started();
         }
         tokio::select! {
             _ = watched.ended().cancelled() => return watched.outcome(),

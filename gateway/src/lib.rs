@@ -26,6 +26,9 @@
 //!   gateway's own writers (the fan-out writes straight to it), in order.
 //! * [`publish`]: `POST /publish` for the web-app side.
 //! * [`node`]: state shared by every connection; the bus dispatcher.
+//! * [`continuity`]: the dispatcher's memory of each history topic's last
+//!   position, so that events the node missed on the bus are read from the
+//!   event store and delivered in order.
 //! * [`lifecycle`]: draining flag, shutdown signal and session tracker
 //!   (the drain itself is run by [`server`]).
 //! * [`metrics`]: Prometheus metric names and handles.
@@ -41,6 +44,7 @@ mod authz;
 pub mod broker;
 pub mod config;
 pub mod connection;
+mod continuity;
 mod lifecycle;
 mod listener;
 mod match_index;

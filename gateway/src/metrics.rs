@@ -41,6 +41,8 @@ pub mod name {
     pub(crate) const HISTORY_RESUMES: &str = "telegraphy_history_resumes_total";
     /// Events sent again to resuming sessions.
     pub(crate) const HISTORY_REPLAYED: &str = "telegraphy_history_replayed_events_total";
+    /// Gaps in a topic's offsets a node filled from the event store.
+    pub(crate) const HISTORY_GAP_FILLS: &str = "telegraphy_history_gap_fills_total";
     /// Time to fan one event out to every local subscriber's queue.
     pub(crate) const FANOUT_DURATION: &str = "telegraphy_fanout_duration_seconds";
     /// Protocol violations, by kind.
@@ -177,6 +179,7 @@ pub struct Metrics {
     /// Resumes that did not recover (`[0]`) and that did (`[1]`).
     pub resumes: [IntCounter; 2],
     pub history_replayed: IntCounter,
+    pub history_gap_fills: IntCounter,
     violations: [IntCounter; 6],
     pub slow_consumer_closes: IntCounter,
     pub queue_drops: [IntCounter; 3],
@@ -287,7 +290,8 @@ impl Metrics {
             slow_consumer_closes: counter(name::SLOW_CONSUMER_CLOSES, "Sessions closed for not keeping up."),
             queue_drops: DROP_REASONS.map(|r| queue_drops.with_label_values(&[r])),
             resumes: ["false", "true"].map(|r| resumes.with_label_values(&[r])),
-            history_replayed: counter(name::HISTORY_REPLAYED, "Events sent again to resuming sessions."),
+            history_replayed: counter(name::HISTORY_REPLAYED, "Events sent again: to resuming sessions, and after gaps a node filled."),
+            history_gap_fills: counter(name::HISTORY_GAP_FILLS, "Gaps in a topic's offsets this node filled from the event store."),
             close_unsent,
             admitted_connections: gauge(name::ADMITTED_CONNECTIONS, "Connections accepted and not closed yet (WebSocket or HTTP)."),
             shed_connections: counter(name::CONNECTIONS_SHED, "Unauthenticated connections closed to make room."),

@@ -5,13 +5,15 @@
 
 use std::sync::Arc;
 
-use telegraphy_bus::{Bus, Envelope, EventStore};
+use telegraphy_bus::inbound::BusSessions;
+use telegraphy_bus::{Bus, Envelope, EventStore, Position};
 use telegraphy_wamp::{Id, UriRules, MAX_ID};
 use tokio::sync::mpsc;
 
 use crate::admission::Admission;
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::continuity::{Check, Continuity};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::outbox::Flush;
@@ -43,6 +45,11 @@ pub struct Node {
     pub(crate) lifecycle: Lifecycle,
     /// The bus queue toward the dispatcher, to report its depth.
     bus_queue: mpsc::WeakSender<Envelope>,
+    /// Recent events, when the bus keeps them outside this node and events
+    /// can be missed on the way (to fill gaps; not `memory://`).
+    store: Option<Arc<dyn EventStore>>,
+    /// The bus adapter's consuming sessions (`Inbound::sessions`).
+    bus_sessions: Arc<BusSessions>,
 }
 
 impl Node {
@@ -54,6 +61,7 @@ impl Node {
         bus: Arc<dyn Bus>,
         store: Option<Arc<dyn EventStore>>,
         bus_queue: mpsc::WeakSender<Envelope>,
+        bus_sessions: Arc<BusSessions>,
         metrics: Arc<Metrics>,
     ) -> Arc<Node> {
         metrics.max_connections.set(config.limits.max_connections as i64);
@@ -70,6 +78,8 @@ impl Node {
             metrics,
             lifecycle: Lifecycle::default(),
             bus_queue,
+            store: store.filter(|s| s.kind() != "memory"),
+            bus_sessions,
         })
     }
 
@@ -87,24 +97,89 @@ impl Node {
     /// the node shuts down.
     pub(crate) async fn run_dispatcher(self: Arc<Self>, mut events: mpsc::Receiver<Envelope>) {
         let mut batch = Vec::with_capacity(64);
+        let mut continuity = Continuity::default();
+        let mut sessions_seen = self.bus_sessions.count();
         loop {
             batch.clear();
-            if events.recv_many(&mut batch, 64).await == 0 {
-                return;
+            tokio::select! {
+                n = events.recv_many(&mut batch, 64) => if n == 0 { return },
+                // The bus reconnected: a quiet topic must not wait for its
+                // next event to get what it missed.
+                _ = self.bus_sessions.changed(), if self.store.is_some() => {}
             }
             self.metrics.events_received.inc_by(batch.len() as u64);
+            if let Some(store) = &self.store {
+                let sessions = self.bus_sessions.count();
+                if sessions != sessions_seen {
+                    sessions_seen = sessions;
+                    self.catch_up(&**store, &mut continuity).await;
+                }
+            }
             // Small fan-outs leave their frames queued until the batch is
             // done: a session then gets the batch's events in one write.
             let mut flush = Flush::default();
             for event in &batch {
-                match self.realms.get(&event.realm) {
-                    Some(realm) => {
-                        realm.dispatch(event, &mut flush);
+                if let (Some(store), Some(position)) = (&self.store, event.position) {
+                    match continuity.check(event, position) {
+                        Check::Seen => continue,
+                        Check::Gap { after } => {
+                            flush.run();
+                            self.fill(&**store, &mut continuity, &event.realm, &event.topic, after, Some(position)).await;
+                        }
+                        Check::Next => {}
                     }
-                    None => tracing::debug!(realm = %event.realm, "event for a realm this node does not serve; dropped"),
+                    continuity.delivered(&event.realm, &event.topic, position);
                 }
+                self.dispatch(event, &mut flush);
             }
             flush.run();
+        }
+    }
+
+    fn dispatch(&self, event: &Envelope, flush: &mut Flush) {
+        match self.realms.get(&event.realm) {
+            Some(realm) => {
+                realm.dispatch(event, flush);
+            }
+            None => tracing::debug!(realm = %event.realm, "event for a realm this node does not serve; dropped"),
+        }
+    }
+
+    /// Delivers the kept events of `topic` after `after` (and before
+    /// `before`, when given), in order.
+    async fn fill(&self, store: &dyn EventStore, continuity: &mut Continuity, realm: &str, topic: &str, after: Position, before: Option<Position>) {
+        let missing = before.map_or(self.config.history.max_replay, |b| (b.offset - after.offset - 1) as usize);
+        let page = match store.read(realm, topic, Some(after), missing.min(self.config.history.max_replay)).await {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "could not read the events this node missed; its subscribers miss them too");
+                return;
+            }
+        };
+        let mut flush = Flush::default();
+        let mut filled = 0;
+        for e in page.events.iter().filter(|e| e.position.is_some_and(|p| before.is_none_or(|b| p.offset < b.offset))) {
+            let Some(p) = e.position else { continue };
+            if continuity.check(e, p) == Check::Seen {
+                continue;
+            }
+            continuity.delivered(realm, topic, p);
+            self.dispatch(e, &mut flush);
+            filled += 1;
+        }
+        flush.run();
+        if filled > 0 {
+            self.metrics.history_gap_fills.inc();
+            self.metrics.history_replayed.inc_by(filled);
+            tracing::info!(topic, events = filled, "delivered events this node had missed on the bus (read from the event store)");
+        }
+    }
+
+    /// After the bus reconnected: every topic delivered before gets what
+    /// was published while the node was away.
+    async fn catch_up(&self, store: &dyn EventStore, continuity: &mut Continuity) {
+        for (realm, topic, last) in continuity.remembered() {
+            self.fill(store, continuity, &realm, &topic, last, None).await;
         }
     }
 }

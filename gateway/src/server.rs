@@ -123,6 +123,7 @@ impl Gateway {
         let (tx, events) = mpsc::channel(config.limits.bus_queue);
         let queue = tx.downgrade();
         let inbound = Inbound::new(tx, BusMetrics::register(metrics.registry()));
+        let bus_sessions = inbound.sessions();
         let node_id = fastrand::u64(1..);
         let telegraphy_bus::Started { bus, store } = telegraphy_bus::start(&config.bus, &config.bus_options(node_id), inbound)?;
         let public = bind_listener(config.listen).map_err(|source| StartError::Listen { key: "listen", addr: config.listen, source })?;
@@ -131,7 +132,7 @@ impl Gateway {
             addr: config.admin_listen,
             source,
         })?;
-        let node = Node::new(node_id, config, auth, bus, store, queue, metrics);
+        let node = Node::new(node_id, config, auth, bus, store, queue, bus_sessions, metrics);
         Ok(Gateway { node, tls, events, public, admin })
     }
 

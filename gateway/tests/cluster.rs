@@ -9,12 +9,12 @@
 
 use telegraphy_testkit as util;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use telegraphy_gateway::Config;
 use telegraphy_wamp::{dict, Dict, Serialization, Value};
-use util::{eventually, unique, Client, TestGateway};
+use util::{eventually, unique, Client, RedisServer, TestGateway};
 
 const JSON: Serialization = Serialization::Json;
 const MSGPACK: Serialization = Serialization::Msgpack;
@@ -280,52 +280,6 @@ async fn amqp_nodes_bind_only_what_their_sessions_need() {
     drop(b);
     eventually("bindings removed", SLOW, || async { bindings_of(&exchange).is_empty() }).await;
     util::delete_exchange(&amqp_url(), &exchange).await;
-}
-
-/// A private redis-server on a free port, to stop and start at will.
-struct RedisServer {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut s = RedisServer { port, child: None };
-        s.spawn();
-        s
-    }
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (apt-get install redis-server)");
-        self.child = Some(child);
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("private redis-server did not start");
-    }
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 #[tokio::test]

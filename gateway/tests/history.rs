@@ -321,3 +321,99 @@ async fn on_redis_a_client_resumes_on_another_node_whoever_published() {
     }
     direct.shutdown();
 }
+
+/// A node's own bus outage (its connections to Redis dropped) and a Redis
+/// restart, while a publisher sends numbered events straight onto Redis: the
+/// subscriber, whose WebSocket stays up on node A, gets every event the
+/// publisher had acknowledged, in order, once each, without reconnecting.
+#[tokio::test]
+async fn redis_outages_lose_nothing_the_store_kept() {
+    let mut redis = util::RedisServer::start_persistent();
+    let config = || {
+        let mut c = util::config();
+        c.bus = redis.url();
+        c.redis.key_prefix = "fault:".into();
+        c.history.topics = vec!["h.*".into()];
+        c.limits.bus_reconnect_max_delay = std::time::Duration::from_millis(300);
+        c
+    };
+    let a = TestGateway::start_ready(config()).await;
+    let _b = TestGateway::start_ready(config()).await;
+    let mut sub = Client::join(&a, JSON).await;
+    sub.subscribe("h.fault", "exact").await;
+
+    let options = telegraphy_bus::BusOptions { redis_key_prefix: "fault:".into(), ..Default::default() };
+    let publisher = telegraphy_bus::connect_publisher(&redis.url(), &options).await.expect("the private Redis is up");
+    let publish = |n: u64| {
+        let publisher = publisher.clone();
+        async move {
+            let event = telegraphy_bus::Envelope {
+                realm: "realm1".into(),
+                publication: n,
+                topic: "h.fault".into(),
+                args: vec![Value::UInt(n)],
+                kwargs: Dict::new(),
+                filter: Default::default(),
+                publisher: None,
+                published_at_us: telegraphy_bus::now_us(),
+                retain: false,
+                position: None,
+            };
+            publisher.publish(event, telegraphy_bus::Delivery::Accepted).await.is_ok()
+        }
+    };
+    let url = redis.url();
+    let mut acknowledged = Vec::new();
+    let mut n = 0;
+    let pause = std::time::Duration::from_millis(10);
+    let mut step = |ok: bool, n: u64, acknowledged: &mut Vec<u64>| {
+        if ok {
+            acknowledged.push(n);
+        }
+    };
+    // Phase 1: normal.
+    for _ in 0..50 {
+        n += 1;
+        step(publish(n).await, n, &mut acknowledged);
+        tokio::time::sleep(pause).await;
+    }
+    // Phase 2: every node loses its subscriber connection (a network blip
+    // between the nodes and Redis); publishing goes on meanwhile.
+    let killed: i64 = {
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut conn).await.unwrap()
+    };
+    assert!(killed >= 1, "node A's subscriber connection was dropped ({killed})");
+    for _ in 0..50 {
+        n += 1;
+        step(publish(n).await, n, &mut acknowledged);
+        tokio::time::sleep(pause).await;
+    }
+    // Phase 3: Redis itself restarts (its append-only file keeps the history).
+    redis.kill();
+    for _ in 0..10 {
+        n += 1;
+        step(publish(n).await, n, &mut acknowledged);
+        tokio::time::sleep(pause).await;
+    }
+    redis.spawn();
+    for _ in 0..100 {
+        n += 1;
+        step(publish(n).await, n, &mut acknowledged);
+        tokio::time::sleep(pause).await;
+    }
+    let last = *acknowledged.last().expect("some events were acknowledged");
+    assert!(acknowledged.len() >= 150, "the publisher got most events through ({} of {n})", acknowledged.len());
+    let mut received = Vec::new();
+    while received.last() != Some(&last) {
+        let (_, args, _) = tokio::time::timeout(std::time::Duration::from_secs(20), sub.event())
+            .await
+            .unwrap_or_else(|_| panic!("waiting for event {last}; got {} events, the last {:?}", received.len(), received.last()));
+        received.push(args[0].as_u64().unwrap());
+    }
+    assert!(received.windows(2).all(|w| w[0] < w[1]), "in order, once each: {received:?}");
+    let missing: Vec<_> = acknowledged.iter().filter(|n| !received.contains(n)).collect();
+    assert!(missing.is_empty(), "acknowledged but never delivered: {missing:?}");
+    publisher.shutdown();
+}

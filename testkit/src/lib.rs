@@ -406,3 +406,83 @@ pub async fn delete_exchange(amqp_url: &str, exchange: &str) {
     channel.exchange_delete(exchange.into(), lapin::options::ExchangeDeleteOptions::default()).await.unwrap();
     let _ = conn.close(200, "done".into()).await;
 }
+
+/// A private redis-server on a free port, to stop and start at will (fault
+/// tests never touch the machine's shared Redis). Stopped by PID when
+/// dropped, also when a test fails.
+pub struct RedisServer {
+    port: u16,
+    child: Option<std::process::Child>,
+    /// With persistence: the directory of its append-only file.
+    dir: Option<std::path::PathBuf>,
+}
+
+impl RedisServer {
+    /// A server that keeps nothing on disk.
+    pub fn start() -> RedisServer {
+        let mut s = RedisServer { port: free_port(), child: None, dir: None };
+        s.spawn();
+        s
+    }
+
+    /// A server with an append-only file, so that a restart keeps its data
+    /// (as a production Redis does).
+    pub fn start_persistent() -> RedisServer {
+        let dir = std::env::temp_dir().join(unique("telegraphy-redis"));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let mut s = RedisServer { port: free_port(), child: None, dir: Some(dir) };
+        s.spawn();
+        s
+    }
+
+    /// Starts the process (again, on the same port and directory).
+    pub fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let mut args = vec!["--port", port.as_str(), "--bind", "127.0.0.1", "--save", ""];
+        let dir = self.dir.as_ref().map(|d| d.display().to_string());
+        match &dir {
+            Some(d) => args.extend(["--appendonly", "yes", "--appendfsync", "always", "--dir", d.as_str()]),
+            None => args.extend(["--appendonly", "no"]),
+        }
+        let child = std::process::Command::new("redis-server")
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs (apt-get install redis-server)");
+        self.child = Some(child);
+        for _ in 0..400 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("private redis-server did not start");
+    }
+
+    /// Kills the process (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The URL to reach it.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
