@@ -124,6 +124,17 @@ def test_the_defaults(django_like):
     assert p.env["TELEGRAPHY_ALLOW_ANONYMOUS"] == "false" and p.warnings == []
 
 
+def test_model_events_with_history_configure_the_gateways_history_topics(django_like, tmp_path):
+    p = plan("gw", {}, [], environ={})
+    assert p.env["TELEGRAPHY_HISTORY__TOPICS"] == "telegraphy.testapp.note"
+    assert p.sources["history_topics"] == "ModelEvents with history = True"
+    # The user's own history settings win.
+    config = tmp_path / "gw.toml"
+    config.write_text('[history]\ntopics = ["telegraphy.*"]\n')
+    p = plan("gw", {}, ["--config", str(config)], environ={})
+    assert "TELEGRAPHY_HISTORY__TOPICS" not in p.env and p.values["history_topics"] == ["telegraphy.*"]
+
+
 def test_flags_after_the_double_dash_win(django_like):
     p = plan("gw", {}, ["--admin-listen", "127.0.0.1:7001", "--listen=127.0.0.1:7002", "--realm", "realm1"],
              environ={})

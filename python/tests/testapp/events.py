@@ -24,6 +24,7 @@ class PayrollEvents(ModelEvents):
 class NoteEvents(ModelEvents):
     model = "testapp.Note"
     fields = ["text", "owner"]
+    history = True
 
     def recipients(self, instance):
         return [instance.owner]

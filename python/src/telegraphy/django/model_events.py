@@ -128,6 +128,11 @@ class Registry:
 registry = Registry()
 
 
+def history_topics() -> list[str]:
+    """The topics of every ModelEvents with `history = True`, sorted."""
+    return sorted({events.topic for events in registry.all() if events.history and events.model_class is not None})
+
+
 def _on_save(sender, instance, created=False, raw=False, using=None, **kwargs):
     if raw:  # loaddata: fixtures are not live changes
         return
@@ -175,7 +180,10 @@ class ModelEvents:
     (names to send; default: every concrete field) or `exclude`,
     `operations` (any of "create", "update", "delete"), `name` (the topic
     suffix; default `<app_label>.<model_name>`), `verbose_name` (default: the
-    model's verbose_name_plural). Override `to_dict(instance)`,
+    model's verbose_name_plural), `history` (True: the gateway keeps the
+    topic's recent events, so pages that reconnect get what they missed;
+    `manage.py telegraphy_gateway` configures it, production gateways list
+    the topic in `[history] topics`). Override `to_dict(instance)`,
     `is_authorized(user)` and `recipients(instance)` as needed. A subclass
     with `abstract = True` is a base for others and publishes nothing.
     """
@@ -186,6 +194,7 @@ class ModelEvents:
     operations = OPERATIONS
     name = None
     verbose_name = None
+    history = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -26,6 +26,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from ... import conf
+from ...model_events import history_topics
 
 BINARY = "telegraphy-gateway"
 DEFAULT_ORIGINS = ["http://127.0.0.1:8000", "http://localhost:8000"]
@@ -55,6 +56,7 @@ KEYS = {
                            ("--allow-anonymous", "--dev"), ("auth", "allow_anonymous")),
     "redis_key_prefix": Key(("TELEGRAPHY_REDIS__KEY_PREFIX",), (), ("redis", "key_prefix")),
     "amqp_exchange": Key(("TELEGRAPHY_AMQP__EXCHANGE",), (), ("amqp", "exchange")),
+    "history_topics": Key(("TELEGRAPHY_HISTORY__TOPICS",), (), ("history", "topics")),
 }
 #: Gateway flags that only print something and exit: no ports are checked.
 PRINT_ONLY = {"--print-config", "--help", "-h", "--version", "-V"}
@@ -216,6 +218,7 @@ def plan(binary: str, options: dict, gateway_args, environ=None) -> Plan:
         "amqp_exchange": (conf.get("AMQP_EXCHANGE") if bus and bus.startswith("amqp://") else None,
                           "TELEGRAPHY['AMQP_EXCHANGE']"),
         "jwt_public_key_file": (None, None),
+        "history_topics": (",".join(history_topics()) or None, "ModelEvents with history = True"),
     }
     explicit = {"listen": "--listen", "admin_listen": "--admin-listen", "bus": "--bus", "allowed_origins": "--origin"}
     env, values, sources, warnings = {}, {}, {}, []
