@@ -143,6 +143,13 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// A short name for logs and metrics (`memory`, `redis`, `amqp`).
     fn kind(&self) -> &'static str;
+
+    /// What this process holds for the store: (events, bytes of their
+    /// envelopes), history and retained together. `None` when the events
+    /// live in the broker (its own metrics tell).
+    fn held(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// What a resume from a position comes to.
@@ -192,13 +199,17 @@ struct Logs {
     since_sweep: usize,
     /// Events not kept because `max_topics` logs exist.
     refused: u64,
+    /// Events held (history and retained) and their envelopes' bytes.
+    events: u64,
+    bytes: u64,
 }
 
 struct Log {
     epoch: u16,
     head: u64,
-    events: VecDeque<(Instant, Envelope)>,
-    retained: VecDeque<Envelope>,
+    /// (kept at, envelope bytes, event).
+    events: VecDeque<(Instant, u64, Envelope)>,
+    retained: VecDeque<(u64, Envelope)>,
 }
 
 impl Log {
@@ -206,14 +217,20 @@ impl Log {
         Log { epoch: fastrand::u16(1..), head: 0, events: VecDeque::new(), retained: VecDeque::new() }
     }
 
-    fn trim(&mut self, config: &HistoryConfig, now: Instant) {
-        while self.events.len() > config.size || self.events.front().is_some_and(|(at, _)| now.duration_since(*at) > config.ttl) {
-            self.events.pop_front();
+    /// Drops events beyond `size` or older than `ttl`; returns their sizes' sum and count.
+    fn trim(&mut self, config: &HistoryConfig, now: Instant) -> (u64, u64) {
+        let (mut n, mut bytes) = (0, 0);
+        while self.events.len() > config.size || self.events.front().is_some_and(|(at, _, _)| now.duration_since(*at) > config.ttl) {
+            if let Some((_, size, _)) = self.events.pop_front() {
+                n += 1;
+                bytes += size;
+            }
         }
+        (n, bytes)
     }
 
     fn first(&self) -> u64 {
-        self.events.front().and_then(|(_, e)| e.position).map(|p| p.offset).unwrap_or(self.head + 1)
+        self.events.front().and_then(|(_, _, e)| e.position).map(|p| p.offset).unwrap_or(self.head + 1)
     }
 }
 
@@ -238,13 +255,19 @@ impl MemoryStore {
         if logs.since_sweep >= 1024 {
             logs.since_sweep = 0;
             let config = &self.config;
+            let (mut n, mut bytes) = (0, 0);
             logs.by_topic.retain(|_, log| {
-                log.trim(config, now);
+                let (dn, db) = log.trim(config, now);
+                n += dn;
+                bytes += db;
                 !log.events.is_empty() || !log.retained.is_empty()
             });
+            logs.events -= n;
+            logs.bytes -= bytes;
         }
         let key = (event.realm.clone(), event.topic.clone());
         let at_capacity = logs.by_topic.len() >= self.config.max_topics;
+        let logs = &mut *logs;
         let log = match logs.by_topic.get_mut(&key) {
             Some(log) => log,
             None if at_capacity => {
@@ -260,8 +283,10 @@ impl MemoryStore {
             }
             None => logs.by_topic.entry(key).or_insert_with(Log::new),
         };
+        let mut dropped = Vec::new();
         if history {
-            log.trim(&self.config, now);
+            let (n, bytes) = log.trim(&self.config, now);
+            dropped.push((n, bytes));
             if log.events.is_empty() && log.head > 0 {
                 // Everything expired: a new log, so that old positions
                 // cannot be mistaken for recoverable ones.
@@ -274,14 +299,38 @@ impl MemoryStore {
                 let position = Position { epoch: log.epoch, offset: log.head };
                 event.position = Some(position);
                 event.publication = position.publication();
-                log.events.push_back((now, event.clone()));
-                log.trim(&self.config, now);
+                let size = event.encode().len() as u64;
+                log.events.push_back((now, size, event.clone()));
+                dropped.push((0, 0));
+                logs.events += 1;
+                logs.bytes += size;
+                dropped.push(log.trim(&self.config, now));
             }
         }
         if retain {
-            log.retained.retain(|e| e.filter != event.filter);
-            log.retained.push_front(event.clone());
-            log.retained.truncate(RETAINED_PER_TOPIC);
+            let size = event.encode().len() as u64;
+            let before = log.retained.len();
+            let mut freed = 0;
+            log.retained.retain(|(s, e)| {
+                let keep = e.filter != event.filter;
+                if !keep {
+                    freed += s;
+                }
+                keep
+            });
+            dropped.push(((before - log.retained.len()) as u64, freed));
+            log.retained.push_front((size, event.clone()));
+            logs.events += 1;
+            logs.bytes += size;
+            while log.retained.len() > RETAINED_PER_TOPIC {
+                if let Some((s, _)) = log.retained.pop_back() {
+                    dropped.push((1, s));
+                }
+            }
+        }
+        for (n, bytes) in dropped {
+            logs.events -= n;
+            logs.bytes -= bytes;
         }
     }
 
@@ -292,9 +341,12 @@ impl MemoryStore {
 
     fn read_now(&self, realm: &str, topic: &str, after: Option<Position>, limit: usize) -> Page {
         let now = Instant::now();
-        let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        let logs = &mut *guard;
         let Some(log) = logs.by_topic.get_mut(&(realm.to_string(), topic.to_string())) else { return Page::default() };
-        log.trim(&self.config, now);
+        let (n, bytes) = log.trim(&self.config, now);
+        logs.events -= n;
+        logs.bytes -= bytes;
         if log.events.is_empty() && log.retained.is_empty() && log.head == 0 {
             return Page::default();
         }
@@ -302,10 +354,10 @@ impl MemoryStore {
         let offset_of = |e: &Envelope| e.position.map(|p| p.offset).unwrap_or(0);
         match after {
             Some(p) if p.epoch != log.epoch => {}
-            Some(p) => page.events = log.events.iter().map(|(_, e)| e).filter(|e| offset_of(e) > p.offset).take(limit).cloned().collect(),
+            Some(p) => page.events = log.events.iter().map(|(_, _, e)| e).filter(|e| offset_of(e) > p.offset).take(limit).cloned().collect(),
             None => {
                 let skip = log.events.len().saturating_sub(limit);
-                page.events = log.events.iter().skip(skip).map(|(_, e)| e.clone()).collect();
+                page.events = log.events.iter().skip(skip).map(|(_, _, e)| e.clone()).collect();
             }
         }
         page
@@ -320,7 +372,11 @@ impl EventStore for MemoryStore {
 
     fn retained(&self, realm: &str, topic: &str) -> BoxFuture<'_, Result<Vec<Envelope>, StoreError>> {
         let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
-        let found = logs.by_topic.get(&(realm.to_string(), topic.to_string())).map(|l| l.retained.iter().cloned().collect()).unwrap_or_default();
+        let found = logs
+            .by_topic
+            .get(&(realm.to_string(), topic.to_string()))
+            .map(|l| l.retained.iter().map(|(_, e)| e.clone()).collect())
+            .unwrap_or_default();
         async move { Ok(found) }.boxed()
     }
 
@@ -330,6 +386,11 @@ impl EventStore for MemoryStore {
 
     fn kind(&self) -> &'static str {
         "memory"
+    }
+
+    fn held(&self) -> Option<(u64, u64)> {
+        let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        Some((logs.events, logs.bytes))
     }
 }
 
@@ -447,6 +508,9 @@ mod tests {
             store.append(&mut event(t, 1));
         }
         assert_eq!(store.kept(), 3, "max_topics is 3: the fourth topic is not kept");
+        let (events, bytes) = store.held().unwrap();
+        assert_eq!(events, 3);
+        assert!(bytes > 3 * 20 && bytes < 3 * 100, "{bytes} bytes for three small envelopes");
     }
 
     #[test]
@@ -460,6 +524,7 @@ mod tests {
         }
         let retained = block_on(store.retained("realm1", "x.r")).unwrap();
         assert_eq!(numbers(&retained), vec![3, 2], "newest first; the open event 1 was replaced by 3");
+        assert_eq!(store.held().unwrap().0, 2, "the replaced retained event is no longer counted");
         assert_eq!(store.kept(), 0, "x.r keeps no history, only its retained events");
     }
 }

@@ -41,6 +41,10 @@ pub mod name {
     pub(crate) const HISTORY_RESUMES: &str = "telegraphy_history_resumes_total";
     /// Events sent again to resuming sessions.
     pub(crate) const HISTORY_REPLAYED: &str = "telegraphy_history_replayed_events_total";
+    /// Events the node's own store holds (memory://), history and retained.
+    pub(crate) const HISTORY_HELD_EVENTS: &str = "telegraphy_history_held_events";
+    /// Bytes of the envelopes the node's own store holds.
+    pub(crate) const HISTORY_HELD_BYTES: &str = "telegraphy_history_held_bytes";
     /// Gaps in a topic's offsets a node filled from the event store.
     pub(crate) const HISTORY_GAP_FILLS: &str = "telegraphy_history_gap_fills_total";
     /// Time to fan one event out to every local subscriber's queue.
@@ -180,6 +184,8 @@ pub struct Metrics {
     pub resumes: [IntCounter; 2],
     pub history_replayed: IntCounter,
     pub history_gap_fills: IntCounter,
+    pub history_held_events: IntGauge,
+    pub history_held_bytes: IntGauge,
     violations: [IntCounter; 6],
     pub slow_consumer_closes: IntCounter,
     pub queue_drops: [IntCounter; 3],
@@ -291,6 +297,8 @@ impl Metrics {
             queue_drops: DROP_REASONS.map(|r| queue_drops.with_label_values(&[r])),
             resumes: ["false", "true"].map(|r| resumes.with_label_values(&[r])),
             history_replayed: counter(name::HISTORY_REPLAYED, "Events sent again: to resuming sessions, and after gaps a node filled."),
+            history_held_events: gauge(name::HISTORY_HELD_EVENTS, "Events this node's own event store holds (memory://): history and retained."),
+            history_held_bytes: gauge(name::HISTORY_HELD_BYTES, "Bytes of the envelopes this node's own event store holds (memory://)."),
             history_gap_fills: counter(name::HISTORY_GAP_FILLS, "Gaps in a topic's offsets this node filled from the event store."),
             close_unsent,
             admitted_connections: gauge(name::ADMITTED_CONNECTIONS, "Connections accepted and not closed yet (WebSocket or HTTP)."),

@@ -88,6 +88,11 @@ impl Node {
         !self.lifecycle.is_draining() && self.bus.is_ready()
     }
 
+    /// What this node's own event store holds: (events, bytes).
+    pub(crate) fn store_held(&self) -> Option<(u64, u64)> {
+        self.realms.store().and_then(|s| s.held())
+    }
+
     /// Events waiting in the bus queue for fan-out.
     pub(crate) fn bus_queue_depth(&self) -> usize {
         self.bus_queue.upgrade().map(|tx| tx.max_capacity() - tx.capacity()).unwrap_or(0)

@@ -80,6 +80,11 @@ impl Realms {
         Realms(names.into_iter().map(|n| (n.clone(), Arc::new(Realm::new(n, bus.clone(), store.cloned(), metrics.clone(), node_id)))).collect())
     }
 
+    /// The event store the realms share, if any.
+    pub(crate) fn store(&self) -> Option<&Arc<dyn EventStore>> {
+        self.0.values().next().and_then(|r| r.store.as_ref())
+    }
+
     /// The realm called `name`.
     pub(crate) fn get(&self, name: &str) -> Option<&Arc<Realm>> {
         self.0.get(name)

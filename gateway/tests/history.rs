@@ -144,6 +144,9 @@ async fn a_position_that_is_gone_or_too_far_back_is_not_recovered_never_partial(
     }
     assert_eq!(gw.metric("telegraphy_history_resumes_total{recovered=\"false\"}").await, 3.0);
     assert_eq!(gw.metric("telegraphy_history_resumes_total{recovered=\"true\"}").await, 1.0);
+    // size 5: this topic holds 5 events (other tests use their own gateway).
+    assert_eq!(gw.metric("telegraphy_history_held_events").await, 5.0);
+    assert!(gw.metric("telegraphy_history_held_bytes").await > 5.0 * 30.0);
 }
 
 #[tokio::test]
@@ -366,7 +369,7 @@ async fn redis_outages_lose_nothing_the_store_kept() {
     let mut acknowledged = Vec::new();
     let mut n = 0;
     let pause = std::time::Duration::from_millis(10);
-    let mut step = |ok: bool, n: u64, acknowledged: &mut Vec<u64>| {
+    let step = |ok: bool, n: u64, acknowledged: &mut Vec<u64>| {
         if ok {
             acknowledged.push(n);
         }
