@@ -52,18 +52,22 @@ pub struct Node {
     bus_sessions: Arc<BusSessions>,
 }
 
+/// What a node takes from its bus.
+pub struct NodeBus {
+    /// The bus.
+    pub bus: Arc<dyn Bus>,
+    /// The event store beside it, if the bus has one.
+    pub store: Option<Arc<dyn EventStore>>,
+    /// The queue the bus feeds the dispatcher through (to report its depth).
+    pub queue: mpsc::WeakSender<Envelope>,
+    /// The bus adapter's consuming sessions (`Inbound::sessions`).
+    pub sessions: Arc<BusSessions>,
+}
+
 impl Node {
     /// Builds a node around a bus.
-    pub fn new(
-        id: u64,
-        config: Config,
-        auth: Authenticator,
-        bus: Arc<dyn Bus>,
-        store: Option<Arc<dyn EventStore>>,
-        bus_queue: mpsc::WeakSender<Envelope>,
-        bus_sessions: Arc<BusSessions>,
-        metrics: Arc<Metrics>,
-    ) -> Arc<Node> {
+    pub fn new(id: u64, config: Config, auth: Authenticator, bus: NodeBus, metrics: Arc<Metrics>) -> Arc<Node> {
+        let NodeBus { bus, store, queue: bus_queue, sessions: bus_sessions } = bus;
         metrics.max_connections.set(config.limits.max_connections as i64);
         let realms = Realms::new(&config.realms, &bus, store.as_ref(), &metrics, id);
         Arc::new(Node {

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
-use crate::node::Node;
+use crate::node::{Node, NodeBus};
 use crate::{connection, publish};
 
 const DEMO_PAGE: &str = include_str!("../assets/demo.html");
@@ -132,7 +132,7 @@ impl Gateway {
             addr: config.admin_listen,
             source,
         })?;
-        let node = Node::new(node_id, config, auth, bus, store, queue, bus_sessions, metrics);
+        let node = Node::new(node_id, config, auth, NodeBus { bus, store, queue, sessions: bus_sessions }, metrics);
         Ok(Gateway { node, tls, events, public, admin })
     }
 

@@ -358,7 +358,8 @@ async fn session_setup(sessions: usize) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let (tx, _rx) = tokio::sync::mpsc::channel(16);
     let bus: Arc<dyn telegraphy_bus::Bus> = Arc::new(MemoryBus::new(Inbound::new(tx.clone(), BusMetrics::unregistered())));
-    let node = telegraphy_gateway::node::Node::new(1, config, auth, bus, None, tx.downgrade(), Default::default(), metrics.clone());
+    let parts = telegraphy_gateway::node::NodeBus { bus, store: None, queue: tx.downgrade(), sessions: Default::default() };
+    let node = telegraphy_gateway::node::Node::new(1, config, auth, parts, metrics.clone());
     let ticket = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &serde_json::json!({"sub": "alice", "exp": 4_000_000_000u64}),

@@ -379,7 +379,13 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let bus: Arc<dyn telegraphy_bus::Bus> = Arc::new(MemoryBus::new(Inbound::new(tx.clone(), BusMetrics::unregistered())));
-        let node = Node::new(1, config, auth, bus, None, tx.downgrade(), Default::default(), metrics.clone());
+        let node = Node::new(
+            1,
+            config,
+            auth,
+            crate::node::NodeBus { bus, store: None, queue: tx.downgrade(), sessions: Default::default() },
+            metrics.clone(),
+        );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
