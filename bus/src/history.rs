@@ -98,12 +98,14 @@ impl Position {
     }
 
     /// The position a publication id stands for, when it can stand for one.
-    /// (Ids of events without history decode too, to positions no store
-    /// holds: a resume from one reports "not recovered".)
+    /// Offset 0 is the place before a log's first event (the position a
+    /// subscriber gets for a topic nothing was published to yet). Ids of
+    /// events without history decode too, to positions no store holds: a
+    /// resume from one reports "not recovered".
     pub fn from_publication(id: Id) -> Option<Position> {
         let epoch = (id & 0xFFFF) as u16;
         let offset = id >> EPOCH_BITS;
-        (epoch != 0 && offset != 0 && id <= MAX_ID).then_some(Position { epoch, offset })
+        (epoch != 0 && id <= MAX_ID).then_some(Position { epoch, offset })
     }
 }
 
@@ -134,6 +136,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// `limit`), oldest first, at most `limit`. When `after` is from another
     /// epoch the page has no events (and says the log's epoch).
     fn read(&self, realm: &str, topic: &str, after: Option<Position>, limit: usize) -> BoxFuture<'_, Result<Page, StoreError>>;
+
+    /// The topic's current position (its newest event, offset 0 before the
+    /// first), starting its log when the topic keeps history and has none:
+    /// a subscriber resumes from it even if nothing is published before it
+    /// goes away. `None` when the topic keeps no history.
+    fn head(&self, realm: &str, topic: &str) -> BoxFuture<'_, Result<Option<Position>, StoreError>>;
 
     /// The topic's retained events, newest first.
     fn retained(&self, realm: &str, topic: &str) -> BoxFuture<'_, Result<Vec<Envelope>, StoreError>>;
@@ -210,11 +218,13 @@ struct Log {
     /// (kept at, envelope bytes, event).
     events: VecDeque<(Instant, u64, Envelope)>,
     retained: VecDeque<(u64, Envelope)>,
+    /// Last append or position handed out: an empty log lives `ttl` after it.
+    touched: Instant,
 }
 
 impl Log {
     fn new() -> Log {
-        Log { epoch: fastrand::u16(1..), head: 0, events: VecDeque::new(), retained: VecDeque::new() }
+        Log { epoch: fastrand::u16(1..), head: 0, events: VecDeque::new(), retained: VecDeque::new(), touched: Instant::now() }
     }
 
     /// Drops events beyond `size` or older than `ttl`; returns their sizes' sum and count.
@@ -260,7 +270,7 @@ impl MemoryStore {
                 let (dn, db) = log.trim(config, now);
                 n += dn;
                 bytes += db;
-                !log.events.is_empty() || !log.retained.is_empty()
+                !log.events.is_empty() || !log.retained.is_empty() || now.duration_since(log.touched) < config.ttl
             });
             logs.events -= n;
             logs.bytes -= bytes;
@@ -294,6 +304,7 @@ impl MemoryStore {
                 *log = Log::new();
                 log.retained = retained;
             }
+            log.touched = now;
             if log.head < MAX_OFFSET {
                 log.head += 1;
                 let position = Position { epoch: log.epoch, offset: log.head };
@@ -364,7 +375,33 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    fn head_now(&self, realm: &str, topic: &str) -> Option<Position> {
+        if !self.config.keeps(topic) {
+            return None;
+        }
+        let now = Instant::now();
+        let mut guard = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        let logs = &mut *guard;
+        let key = (realm.to_string(), topic.to_string());
+        if !logs.by_topic.contains_key(&key) && logs.by_topic.len() >= self.config.max_topics {
+            return None;
+        }
+        let log = logs.by_topic.entry(key).or_insert_with(Log::new);
+        log.touched = now;
+        let (n, bytes) = log.trim(&self.config, now);
+        logs.events -= n;
+        logs.bytes -= bytes;
+        Some(Position { epoch: log.epoch, offset: log.head })
+    }
+}
+
 impl EventStore for MemoryStore {
+    fn head(&self, realm: &str, topic: &str) -> BoxFuture<'_, Result<Option<Position>, StoreError>> {
+        let head = self.head_now(realm, topic);
+        async move { Ok(head) }.boxed()
+    }
+
     fn read(&self, realm: &str, topic: &str, after: Option<Position>, limit: usize) -> BoxFuture<'_, Result<Page, StoreError>> {
         let page = self.read_now(realm, topic, after, limit);
         async move { Ok(page) }.boxed()
@@ -434,7 +471,7 @@ mod tests {
             assert_eq!(Position::from_publication(id), Some(p));
         }
         assert_eq!(Position::from_publication(0), None);
-        assert_eq!(Position::from_publication(5), None, "offset 0 is no position");
+        assert_eq!(Position::from_publication(5), Some(Position { epoch: 5, offset: 0 }), "offset 0: before the first event");
         assert_eq!(Position::from_publication(1 << 16), None, "epoch 0 is no position");
     }
 
@@ -492,6 +529,20 @@ mod tests {
         assert_eq!(resume(block_on(store.read("realm1", "h.a", Some(ahead), 10)).unwrap(), ahead, 10), Resume::Lost);
         // An unknown topic.
         assert_eq!(resume(block_on(store.read("realm1", "h.zz", Some(first), 10)).unwrap(), first, 10), Resume::Lost);
+    }
+
+    #[test]
+    fn a_subscriber_that_saw_nothing_resumes_from_the_head_it_was_given() {
+        let store = MemoryStore::new(config(10));
+        let head = block_on(store.head("realm1", "h.quiet")).unwrap().expect("a history topic has a head");
+        assert_eq!(head.offset, 0, "nothing published yet");
+        assert_eq!(Position::from_publication(head.publication()), Some(head));
+        for n in 1..=2 {
+            store.append(&mut event("h.quiet", n));
+        }
+        let page = block_on(store.read("realm1", "h.quiet", Some(head), 10)).unwrap();
+        assert!(matches!(resume(page, head, 10), Resume::Recovered(v) if numbers(&v) == vec![1, 2]), "same epoch: everything since");
+        assert_eq!(block_on(store.head("realm1", "x.none")).unwrap(), None, "no history for this topic");
     }
 
     #[test]

@@ -237,7 +237,49 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    async fn head_now(&self, realm: &str, topic: &str) -> Result<Option<Position>, StoreError> {
+        let s = &self.shared;
+        if !s.options.history.keeps(topic) {
+            return Ok(None);
+        }
+        let mut conn = self.connection()?;
+        let [_, _, meta, _, _] = keys(&s.options.redis_key_prefix, realm, topic);
+        // Start the log if there is none (the publish script keeps an
+        // existing one), and keep it for `ttl` like a published event would.
+        let (epoch, head): (Option<u16>, Option<u64>) = redis::pipe()
+            .cmd("HSETNX")
+            .arg(&meta)
+            .arg("epoch")
+            .arg(fastrand::u16(1..))
+            .ignore()
+            .cmd("HSETNX")
+            .arg(&meta)
+            .arg("head")
+            .arg(0)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&meta)
+            .arg(s.options.history.ttl.as_millis() as u64)
+            .ignore()
+            .cmd("HMGET")
+            .arg(&meta)
+            .arg("epoch")
+            .arg("head")
+            .query_async::<((Option<u16>, Option<u64>),)>(&mut conn)
+            .await
+            .map(|(r,)| r)
+            .map_err(|e| self.unavailable(e))?;
+        Ok(epoch.zip(head).map(|(epoch, offset)| Position { epoch, offset }))
+    }
+}
+
 impl EventStore for RedisStore {
+    fn head(&self, realm: &str, topic: &str) -> BoxFuture<'_, Result<Option<Position>, StoreError>> {
+        let (realm, topic) = (realm.to_string(), topic.to_string());
+        async move { self.head_now(&realm, &topic).await }.boxed()
+    }
+
     fn read(&self, realm: &str, topic: &str, after: Option<Position>, limit: usize) -> BoxFuture<'_, Result<Page, StoreError>> {
         let (realm, topic) = (realm.to_string(), topic.to_string());
         async move { self.read_now(&realm, &topic, after, limit).await }.boxed()

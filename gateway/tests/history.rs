@@ -420,3 +420,36 @@ async fn redis_outages_lose_nothing_the_store_kept() {
     assert!(missing.is_empty(), "acknowledged but never delivered: {missing:?}");
     publisher.shutdown();
 }
+
+#[tokio::test]
+async fn a_subscriber_that_saw_nothing_resumes_from_the_position_it_was_given() {
+    let gw = gateway().await;
+    let topic = util::unique("h.quiet");
+    let mut first = Client::join(&gw, JSON).await;
+    let request = first.request_id();
+    first.send(&Message::Subscribe { request, options: options_of(&[("_position", Value::Bool(true))]), topic: topic.clone() }).await;
+    assert!(matches!(first.recv().await, Message::Subscribed { .. }));
+    let position = match first.recv().await {
+        Message::Event { publication, details, args, .. } => {
+            assert_eq!((details.get("_position"), args.len()), (Some(&Value::Bool(true)), 0));
+            publication
+        }
+        other => panic!("expected the _position EVENT, got {other:?}"),
+    };
+    drop(first);
+    let mut publisher = Client::join(&gw, JSON).await;
+    for n in 1..=2 {
+        publisher.publish(&topic, vec![Value::UInt(n)], Dict::new()).await;
+    }
+    let mut back = Client::join(&gw, JSON).await;
+    let (_, events) = subscribe_with(&mut back, &topic, options_of(&[("_after_publication", Value::UInt(position))])).await;
+    assert_eq!((numbers(&events), recovered(&events)), (vec![1, 2], Some(true)));
+    // A topic without history gets no position.
+    let mut other = Client::join(&gw, JSON).await;
+    let request = other.request_id();
+    let plain = util::unique("x.plain");
+    other.send(&Message::Subscribe { request, options: options_of(&[("_position", Value::Bool(true))]), topic: plain.clone() }).await;
+    assert!(matches!(other.recv().await, Message::Subscribed { .. }));
+    publisher.publish(&plain, vec![Value::UInt(9)], Dict::new()).await;
+    assert_eq!(other.event().await.1, vec![Value::UInt(9)], "the first event it sees is the live one");
+}

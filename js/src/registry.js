@@ -24,6 +24,9 @@
 // marker is not handed to listeners; it fires "subscribed" with
 // { resubscribed: true, resumed }: resumed false is the moment to reload.
 // A gateway without history for the topic answers resumed false too.
+// An exact subscription with no position yet asks for one (`_position`): the
+// gateway answers with an EVENT `{_position: true}` carrying the topic's
+// current position, so a topic that stays quiet can be resumed too.
 //
 // A listener is { persistent, onEvent(args, kwargs, details), onError(err) }.
 // A non-persistent listener (subscribeTopic) that is still waiting for its
@@ -116,6 +119,10 @@ export class Registry {
   dispatch(subscriptionId, publicationId, eventDetails, args, kwargs) {
     const record = this.byId.get(subscriptionId);
     if (!record) return; // a late event for a subscription we just left
+    if (eventDetails?._position === true) {
+      record.lastPublication = publicationId; // where to resume from; not an event
+      return;
+    }
     if (record.resuming && eventDetails && typeof eventDetails._recovered === "boolean") {
       // The end of the replay: tell the application whether it is whole.
       record.resuming = false;
@@ -168,6 +175,7 @@ export class Registry {
     const options = record.match === "exact" ? {} : { match: record.match };
     const resume = record.wasActive && record.match === "exact" && record.lastPublication != null;
     if (resume) options._after_publication = record.lastPublication;
+    else if (record.match === "exact") options._position = true;
     record.resuming = false;
     // Known as soon as SUBSCRIBED is read: the EVENTs right behind it (a
     // replay) must find their record.

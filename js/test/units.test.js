@@ -112,7 +112,7 @@ test("registry: one SUBSCRIBE per (topic, match), shared by listeners, resubscri
   host.sessionOpen = true;
   registry.sessionOpened();
   assert.deepEqual(host.sent.map((s) => s.message), [
-    [MSG.SUBSCRIBE, 1, {}, "com.t"],
+    [MSG.SUBSCRIBE, 1, { _position: true }, "com.t"],
     [MSG.SUBSCRIBE, 2, { match: "prefix" }, "com.t"],
   ]);
   host.sent[0].resolve(11);
@@ -155,6 +155,14 @@ test("registry: one SUBSCRIBE per (topic, match), shared by listeners, resubscri
   await tick();
   registry.dispatch(21, 101, { _recovered: false }, []);
   assert.deepEqual(host.subscribed.at(-1)[1], { match: "exact", resubscribed: true, resumed: false });
+  // A position handed out by the gateway is where the next resume starts; never an event.
+  registry.dispatch(21, 4242, { _position: true }, []);
+  assert.equal(a.events.length, 3);
+  host.sessionOpen = false;
+  registry.sessionClosed(new TelegraphyError("lost", { code: "disconnected" }));
+  host.sessionOpen = true;
+  registry.sessionOpened();
+  assert.deepEqual(host.sent.at(-2).message.slice(2), [{ _after_publication: 4242 }, "com.t"]);
 });
 
 test("registry: leaving while subscribing, coming back while unsubscribing", async () => {
@@ -174,7 +182,7 @@ test("registry: leaving while subscribing, coming back while unsubscribing", asy
   host.sent[1].resolve();
   await left;
   await tick();
-  assert.deepEqual(host.sent[2].message, [MSG.SUBSCRIBE, 3, {}, "com.u"]);
+  assert.deepEqual(host.sent[2].message, [MSG.SUBSCRIBE, 3, { _position: true }, "com.u"]);
   host.sent[2].resolve(6);
   await pb;
   registry.dispatch(6, 1, {}, []);

@@ -217,3 +217,46 @@ def test_two_gateway_nodes_on_redis(browser, database):
         site.stop()
         node1.stop()
         node2.stop()
+
+
+def test_a_page_resumes_across_a_node_restart_without_reloading(browser, database):
+    """History on Redis: the page's node is killed, a task changes meanwhile
+    (published through the other node), the node comes back: the page gets
+    the change from the gateway's history, without re-reading itself."""
+    from board.models import Task
+
+    prefix = f"taskboard-history-{uuid.uuid4().hex[:8]}:"
+    config = f'bus = "{REDIS_URL}"\n[redis]\nkey_prefix = "{prefix}"\n[history]\ntopics = ["*"]\n'
+    site_port = free_port()
+    origin = [f"http://127.0.0.1:{site_port}"]
+    node1 = Gateway(config, env=gateway_env(origin), secret=SECRET, api_key=API_KEY)
+    node2 = Gateway(config, env=gateway_env(origin), secret=SECRET, api_key=API_KEY)
+    site = Site(database, node2.ws_url, node1.http_url, port=site_port)
+    try:
+        with publish_through(node1.http_url):
+            page = login(browser, site, "alice")
+            task = Task.objects.get(title="Review the gateway metrics")
+            # An event the page saw: its position is where it resumes from.
+            task.title = "Seen before the restart"
+            task.save()
+            wait_row(page, "Seen before the restart")
+            page_loads = []
+            page.on("request", lambda r: r.url.rstrip("/") == site.url and r.method == "GET" and page_loads.append(r.url))
+            node2.kill()
+            page.wait_for_function("document.documentElement.dataset.telegraphyState !== 'connected'", timeout=5000)
+            task.title = "Changed while the page's node was down"
+            task.save()  # published through node 1, kept in Redis
+            node2.start()
+            wait_connected(page, timeout=20_000)
+            wait_row(page, "Changed while the page's node was down", timeout=5000)
+            page.wait_for_timeout(500)  # a re-read would have started by now
+            assert page_loads == [], f"the page re-read itself: {page_loads}"
+            task.title = "Review the gateway metrics"
+            task.save()
+            wait_row(page, "Review the gateway metrics", timeout=2 * LIVE)
+            assert page.problems == []
+            page.context.close()
+    finally:
+        site.stop()
+        node1.stop()
+        node2.stop()

@@ -22,6 +22,18 @@ const AFTER_PUBLICATION: &str = "_after_publication";
 /// The EVENT detail that answers it.
 const RECOVERED: &str = "_recovered";
 
+/// The SUBSCRIBE option (and the EVENT detail answering it) that gives a
+/// new subscriber the topic's current position, to resume from later even
+/// if nothing is published meanwhile.
+const POSITION: &str = "_position";
+
+/// What a SUBSCRIBE asked to get before live events.
+struct Replay {
+    get_retained: bool,
+    after: Option<Id>,
+    position: bool,
+}
+
 /// The event history meta procedure.
 const GET_EVENTS: &str = "wamp.subscription.get_events";
 
@@ -200,6 +212,13 @@ impl Session {
                 }
             },
         };
+        let want_position = match options.get(POSITION) {
+            None | Some(Value::Null) => false,
+            Some(v) => match v.as_bool() {
+                Some(b) => b,
+                None => return self.error(code::SUBSCRIBE, request, err::INVALID_ARGUMENT, &format!("option `{POSITION}` must be a boolean")),
+            },
+        };
         let limit = self.node.config.limits.max_subscriptions_per_session;
         let State::Established { realm, broker: BrokerState { subscriptions }, rights } = &mut self.state else { return };
         let realm = realm.clone();
@@ -224,7 +243,8 @@ impl Session {
                 &format!("this session already holds {limit} subscriptions, the most allowed"),
             );
         }
-        let store = realm.store.clone().filter(|_| get_retained || after.is_some());
+        let want_position = want_position && after.is_none() && policy == MatchPolicy::Exact;
+        let store = realm.store.clone().filter(|_| get_retained || after.is_some() || want_position);
         let subscribed = broker.subscribe(&self.handle, policy, &topic, check, store.is_some());
         subscriptions.insert(subscribed.id);
         // Confirm once the bus routes the topic here, so that events
@@ -235,23 +255,14 @@ impl Session {
         }
         self.send(&Message::Subscribed { request, subscription: subscribed.id });
         if let Some(store) = store {
-            self.replay(&realm, &*store, subscribed.id, policy, &topic, get_retained, after).await;
+            self.replay(&realm, &*store, subscribed.id, policy, &topic, Replay { get_retained, after, position: want_position }).await;
         }
     }
 
     /// Sends what a SUBSCRIBE asked for before live events (the retained
     /// event, the events missed since `after`), then lets live events through.
-    #[allow(clippy::too_many_arguments)]
-    async fn replay(
-        &mut self,
-        realm: &Realm,
-        store: &dyn EventStore,
-        sub: Id,
-        policy: MatchPolicy,
-        topic: &str,
-        get_retained: bool,
-        after: Option<Id>,
-    ) {
+    async fn replay(&mut self, realm: &Realm, store: &dyn EventStore, sub: Id, policy: MatchPolicy, topic: &str, ask: Replay) {
+        let Replay { get_retained, after, position } = ask;
         let who = self.handle.identity.get().cloned().unwrap_or(Identity { authid: String::new(), authrole: String::new() });
         let me = self.handle.id;
         let may = |e: &Envelope| e.filter.admits(me, &who.authid, &who.authrole);
@@ -268,6 +279,18 @@ impl Session {
                     }
                 }
                 Err(e) => tracing::warn!(topic, error = %e, "could not read the retained event; subscribing without it"),
+            }
+        }
+        if position {
+            // The place to resume from even if nothing is published before
+            // the subscriber goes away.
+            match store.head(&realm.name, topic).await {
+                Ok(Some(head)) => {
+                    let details = Dict::from_iter([(POSITION.to_string(), Value::Bool(true))]);
+                    frames.extend(event_frame(s, sub, head.publication(), &details, &[], &Dict::new()));
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(topic, error = %e, "could not read the topic's position; subscribing without it"),
             }
         }
         if let Some(after) = after {
