@@ -10,6 +10,7 @@
 #![allow(unreachable_pub)]
 
 mod bare;
+mod history;
 mod load;
 mod procstat;
 mod router;
@@ -60,6 +61,9 @@ enum Scenario {
     /// 100,000 JWT sessions over several nodes on a bus: RSS, latency and
     /// losses at a steady rate, then every node restarted (see `scale.rs`).
     Scale(ScaleArgs),
+    /// What keeping events costs: publish throughput with history on vs
+    /// off, resume latency, memory per kept event (see `history.rs`).
+    History(history::HistoryArgs),
     /// One worker process of `scale` (started by it; not for direct use).
     #[command(hide = true)]
     ScaleWorker(WorkerArgs),
@@ -531,6 +535,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
         Scenario::Idle(a) => idle(a).await,
         Scenario::Scale(a) => scale::run(a).await,
         Scenario::ScaleWorker(a) => scale::worker(a).await,
+        Scenario::History(a) => history::run(a).await,
     }
 }
 
