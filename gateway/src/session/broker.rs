@@ -37,6 +37,14 @@ struct Replay {
 /// The event history meta procedure.
 const GET_EVENTS: &str = "wamp.subscription.get_events";
 
+/// A boolean SUBSCRIBE option (absent or null: false); the error names it.
+fn flag_option(options: &Dict, key: &str) -> Result<bool, String> {
+    match options.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(v) => v.as_bool().ok_or_else(|| format!("option `{key}` must be a boolean")),
+    }
+}
+
 /// An EVENT frame for subscription `sub` carrying `e`'s payload.
 fn event_frame(s: telegraphy_wamp::Serialization, sub: Id, publication: Id, details: &Dict, args: &[Value], kwargs: &Dict) -> Option<bytes::Bytes> {
     encode_frame(s, &telegraphy_wamp::EventRef { subscription: sub, publication, details, args, kwargs })
@@ -191,12 +199,9 @@ impl Session {
         if !uri::is_valid(&topic, self.node.uri_rules, UriKind::Pattern(policy)) {
             return self.error(code::SUBSCRIBE, request, err::INVALID_URI, &format!("`{topic}` is not a valid topic for a {policy} subscription"));
         }
-        let get_retained = match options.get("get_retained") {
-            None | Some(Value::Null) => false,
-            Some(v) => match v.as_bool() {
-                Some(b) => b,
-                None => return self.error(code::SUBSCRIBE, request, err::INVALID_ARGUMENT, "option `get_retained` must be a boolean"),
-            },
+        let (get_retained, want_position) = match (flag_option(&options, "get_retained"), flag_option(&options, POSITION)) {
+            (Ok(r), Ok(p)) => (r, p),
+            (Err(m), _) | (_, Err(m)) => return self.error(code::SUBSCRIBE, request, err::INVALID_ARGUMENT, &m),
         };
         let after = match options.get(AFTER_PUBLICATION) {
             None | Some(Value::Null) => None,
@@ -210,13 +215,6 @@ impl Session {
                         &format!("option `{AFTER_PUBLICATION}` must be a publication id (an integer from 1 to 2^53) you received on this topic"),
                     )
                 }
-            },
-        };
-        let want_position = match options.get(POSITION) {
-            None | Some(Value::Null) => false,
-            Some(v) => match v.as_bool() {
-                Some(b) => b,
-                None => return self.error(code::SUBSCRIBE, request, err::INVALID_ARGUMENT, &format!("option `{POSITION}` must be a boolean")),
             },
         };
         let limit = self.node.config.limits.max_subscriptions_per_session;

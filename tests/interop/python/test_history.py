@@ -8,7 +8,7 @@ import pytest
 from autobahn.wamp.exception import ApplicationError
 from autobahn.wamp.types import PublishOptions, SubscribeOptions
 
-from helpers import Gateway, Inbox, close_sessions, connect, listen, publish_acked
+from helpers import Gateway, Inbox, close_sessions, listen, publish_acked
 
 SERS = ["json", "msgpack"]
 
@@ -29,39 +29,27 @@ size = 100
 
 @pytest.fixture(scope="module")
 def gateway():
+    """This module's gateway (it overrides conftest's; conftest's `connect` uses it)."""
     gw = Gateway(config=CONFIG)
     yield gw
     gw.stop()
 
 
-@pytest.fixture
-async def sessions(gateway):
-    opened = []
-
-    async def open_session(ser):
-        s = await connect(gateway, ser)
-        opened.append(s)
-        return s
-
-    yield open_session
-    await close_sessions(opened)
-
-
 @pytest.mark.parametrize("ser", SERS)
-async def test_welcome_announces_retention_and_history(sessions, ser):
-    s = await sessions(ser)
+async def test_welcome_announces_retention_and_history(connect, ser):
+    s = await connect(ser)
     broker = s._router_roles["broker"]  # the roles AutobahnPython parsed from WELCOME
     assert broker.event_retention is True and broker.event_history is True
 
 
 @pytest.mark.parametrize("ser", SERS)
-async def test_get_retained_delivers_the_retained_event_at_once(sessions, ser):
+async def test_get_retained_delivers_the_retained_event_at_once(connect, ser):
     topic = f"com.interop.retained.{ser}"
-    pub = await sessions(ser)
+    pub = await connect(ser)
     await publish_acked(pub, topic, "old", options={"retain": True})
     kept = await publish_acked(pub, topic, "current", options={"retain": True})
     await publish_acked(pub, topic, "not retained")
-    late = await sessions(ser)
+    late = await connect(ser)
     inbox = Inbox()
 
     def on_event(*args, details=None, **kwargs):
@@ -73,17 +61,17 @@ async def test_get_retained_delivers_the_retained_event_at_once(sessions, ser):
     assert details.retained is True
     assert details.publication == kept
     # A subscriber that does not ask gets nothing until the next event.
-    plain = await sessions(ser)
+    plain = await connect(ser)
     _, plain_inbox = await listen(plain, topic)
     await publish_acked(pub, topic, "live")
     assert (await plain_inbox.next()).args == ["live"]
 
 
 @pytest.mark.parametrize("ser", SERS)
-async def test_get_events_returns_what_was_published_in_the_spec_shape(sessions, ser):
+async def test_get_events_returns_what_was_published_in_the_spec_shape(connect, ser):
     topic = f"com.interop.history.{ser}"
-    pub = await sessions(ser)
-    reader = await sessions(ser)
+    pub = await connect(ser)
+    reader = await connect(ser)
     sub, inbox = await listen(reader, topic)
     ids = [await publish_acked(pub, topic, n, kind="step") for n in range(1, 6)]
     for n in range(1, 6):
@@ -107,20 +95,20 @@ async def test_get_events_returns_what_was_published_in_the_spec_shape(sessions,
 
 
 @pytest.mark.parametrize("ser", SERS)
-async def test_a_session_that_comes_back_reads_what_it_missed(sessions, ser):
+async def test_a_session_that_comes_back_reads_what_it_missed(connect, ser):
     """The recovery an AutobahnPython application does by hand: remember the
     last publication, subscribe again (the subscription id is the same), ask
     for the events after it."""
     topic = f"com.interop.history.back.{ser}"
-    pub = await sessions(ser)
-    first = await sessions(ser)
+    pub = await connect(ser)
+    first = await connect(ser)
     sub, inbox = await listen(first, topic)
     await publish_acked(pub, topic, 1)
     last_seen = (await inbox.next()).details.publication
     await close_sessions([first])
     for n in (2, 3):
         await publish_acked(pub, topic, n)
-    again = await sessions(ser)
+    again = await connect(ser)
     sub2, live = await listen(again, topic)
     assert sub2.id == sub.id
     missed = await again.call("wamp.subscription.get_events", sub2.id, after_publication=last_seen)
@@ -130,8 +118,8 @@ async def test_a_session_that_comes_back_reads_what_it_missed(sessions, ser):
 
 
 @pytest.mark.parametrize("ser", SERS)
-async def test_get_events_refusals_are_wamp_errors(sessions, ser):
-    s = await sessions(ser)
+async def test_get_events_refusals_are_wamp_errors(connect, ser):
+    s = await connect(ser)
     sub, _ = await listen(s, f"com.interop.history.refusals.{ser}")
     with pytest.raises(ApplicationError) as e:
         await s.call("wamp.subscription.get_events", sub.id, limit=10_000_000)
