@@ -47,7 +47,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::interest::{Interest, Interests};
-use crate::supervisor::{Client, SessionError, Supervisor, Watched};
+use crate::supervisor::{Client, SessionError, Supervisor, Watched, DRAIN_AFTER_FAILURE};
 use crate::{redact, Bus, BusError, BusOptions, Delivery, Envelope, Inbound, PublishError, Ticket};
 use mandatory::{Mandatory, Request};
 
@@ -542,7 +542,25 @@ async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, pub
             supervisor.up(&s.interests, &s.metrics, applied.len());
         }
         tokio::select! {
-            _ = watched.ended().cancelled() => return watched.outcome(),
+            _ = watched.ended().cancelled() => {
+                let outcome = watched.outcome();
+                if outcome.is_err() {
+                    // The connection or a publishing channel broke: the
+                    // deliveries already received were confirmed to their
+                    // publishers; hand them to the node before starting over
+                    // (the broker takes no acknowledgement any more, and the
+                    // node's queue goes with the connection).
+                    let until = tokio::time::Instant::now() + DRAIN_AFTER_FAILURE;
+                    while let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(until, consumer.next()).await {
+                        if let Some(event) = inbound.decode(&delivery.data) {
+                            if inbound.deliver(event).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+                return outcome;
+            }
             _ = s.interests.changed() => {}
             _ = tick.tick(), if pending > 0 => {
                 if let Some(tag) = unacked.take() {

@@ -33,8 +33,11 @@
 //!
 //! * **Delivery**: at most once. An event that [`Bus::publish`] accepted is
 //!   delivered once to every node that is connected and whose interests
-//!   match the topic; a node that is disconnected at that moment misses it
-//!   (recovery is layered above the bus).
+//!   match the topic; a node that is disconnected at that moment misses it,
+//!   and a broker that dies between accepting an event and passing it on
+//!   loses it (recovery is layered above the bus: [`EventStore`]). A node
+//!   session whose publishing side broke delivers what its consuming side
+//!   already received before it starts over.
 //! * **Ordering**: events published through one bus handle, one after the
 //!   other, reach each node in that order. Nothing orders different publishers.
 //! * **Acceptance**: `publish` resolves `Ok` only once the broker took the

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::history::{keepable, Page, StoreError};
 use crate::interest::{Interest, Interests};
-use crate::supervisor::{Client, SessionError, Supervisor, Watched};
+use crate::supervisor::{Client, SessionError, Supervisor, Watched, DRAIN_AFTER_FAILURE};
 use crate::{redact, Bus, BusError, BusOptions, Delivery, Envelope, EventStore, HistoryConfig, Inbound, Position, PublishError, Ticket};
 
 /// The Lua script every publish runs (history, retention, PUBLISH).
@@ -545,8 +545,7 @@ async fn node_session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor
     let mut conn = Some(conn);
     let mut applied: HashSet<Sub> = HashSet::new();
     let mut applied_version = None;
-    let mut recent: VecDeque<u64> = VecDeque::with_capacity(DEDUP_WINDOW);
-    let mut recent_set: HashSet<u64> = HashSet::with_capacity(DEDUP_WINDOW);
+    let mut seen = Recent::default();
     let mut connected = false;
     loop {
         if applied_version != Some(s.interests.version()) {
@@ -576,26 +575,64 @@ async fn node_session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor
             inbound.session_started();
         }
         tokio::select! {
-            _ = watched.ended().cancelled() => return watched.outcome(),
+            _ = watched.ended().cancelled() => {
+                let outcome = watched.outcome();
+                if outcome.is_err() {
+                    // The PUBLISH connection broke (Redis went away, most
+                    // often): what the subscriber connection has already
+                    // received was published before, and may have been
+                    // acknowledged; deliver it before starting over.
+                    let until = tokio::time::Instant::now() + DRAIN_AFTER_FAILURE;
+                    while let Ok(Some(msg)) = tokio::time::timeout_at(until, stream.next()).await {
+                        if take(s, inbound, &mut seen, &msg).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+                return outcome;
+            }
             _ = s.interests.changed() => {}
             msg = stream.next() => {
                 let Some(msg) = msg else { return Err(SessionError::RedisSubscriberClosed) };
-                let Some(event) = inbound.decode(msg.get_payload_bytes()) else { continue };
-                if !recent_set.insert(event.publication) {
-                    s.metrics.duplicates.inc();
-                    continue;
-                }
-                if recent.len() == DEDUP_WINDOW {
-                    if let Some(old) = recent.pop_front() {
-                        recent_set.remove(&old);
-                    }
-                }
-                recent.push_back(event.publication);
-                if inbound.deliver(event).await.is_err() {
+                if take(s, inbound, &mut seen, &msg).await.is_err() {
                     return Ok(());
                 }
             }
         }
+    }
+}
+
+/// Hands one received message to the node, unless it is a copy of one just
+/// delivered (a topic matched by two subscriptions of the node arrives twice).
+async fn take(s: &Shared, inbound: &Inbound, seen: &mut Recent, msg: &redis::Msg) -> Result<(), crate::inbound::Closed> {
+    let Some(event) = inbound.decode(msg.get_payload_bytes()) else { return Ok(()) };
+    if !seen.first_time(event.publication) {
+        s.metrics.duplicates.inc();
+        return Ok(());
+    }
+    inbound.deliver(event).await
+}
+
+/// The last [`DEDUP_WINDOW`] publication ids a session delivered.
+#[derive(Default)]
+struct Recent {
+    order: VecDeque<u64>,
+    set: HashSet<u64>,
+}
+
+impl Recent {
+    /// Remembers `id`; false when it was already remembered.
+    fn first_time(&mut self, id: u64) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        if self.order.len() == DEDUP_WINDOW {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.order.push_back(id);
+        true
     }
 }
 

@@ -101,6 +101,12 @@ pub(crate) struct Supervisor {
     attempts: u32,
 }
 
+/// How long a session whose publishing side broke still takes what its
+/// consuming side had already received before it starts over: a broker that
+/// went away acknowledged those events, and they are on their way to the
+/// node's subscribers. A consumer the broker closed ends sooner.
+pub(crate) const DRAIN_AFTER_FAILURE: Duration = Duration::from_millis(500);
+
 /// How often the broker's port is probed while it refuses connections.
 pub(crate) const PROBE_EVERY: Duration = Duration::from_millis(100);
 /// How long one probe may take.
