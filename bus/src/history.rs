@@ -310,7 +310,7 @@ impl MemoryStore {
                 let position = Position { epoch: log.epoch, offset: log.head };
                 event.position = Some(position);
                 event.publication = position.publication();
-                let size = event.encode().len() as u64;
+                let size = event.footprint();
                 log.events.push_back((now, size, event.clone()));
                 dropped.push((0, 0));
                 logs.events += 1;
@@ -319,7 +319,7 @@ impl MemoryStore {
             }
         }
         if retain {
-            let size = event.encode().len() as u64;
+            let size = event.footprint();
             let before = log.retained.len();
             let mut freed = 0;
             log.retained.retain(|(s, e)| {
@@ -561,7 +561,21 @@ mod tests {
         assert_eq!(store.kept(), 3, "max_topics is 3: the fourth topic is not kept");
         let (events, bytes) = store.held().unwrap();
         assert_eq!(events, 3);
-        assert!(bytes > 3 * 20 && bytes < 3 * 100, "{bytes} bytes for three small envelopes");
+        let envelope = std::mem::size_of::<Envelope>() as u64;
+        assert!(bytes > 3 * envelope && bytes < 3 * (envelope + 200), "{bytes} bytes for three small envelopes of {envelope} B");
+    }
+
+    #[test]
+    fn held_bytes_grow_with_the_payload() {
+        let store = MemoryStore::new(config(10));
+        store.append(&mut event("h.small", 1));
+        let (_, small) = store.held().unwrap();
+        let mut big = event("h.big", 1);
+        big.kwargs.insert("body".into(), telegraphy_wamp::Value::Str("x".repeat(10_000)));
+        big.args.push(telegraphy_wamp::Value::List(vec![telegraphy_wamp::Value::Str("y".repeat(1_000))]));
+        store.append(&mut big);
+        let (_, both) = store.held().unwrap();
+        assert!(both - small > 11_000 && both - small < 11_000 + 2 * small, "{small} then {both}");
     }
 
     #[test]

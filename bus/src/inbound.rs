@@ -87,11 +87,38 @@ impl Inbound {
 
     /// Passes an event to the node, waiting while its queue is full.
     pub async fn deliver(&self, event: Envelope) -> Result<(), Closed> {
+        self.received(&event);
+        self.tx.send(event).await.map_err(|_| Closed)
+    }
+
+    /// Waits for room in the node's queue and holds it: the event put into
+    /// the [`Slot`] later takes it without waiting. A bus that must order
+    /// its deliveries under a lock (the memory bus with history) reserves
+    /// first, then locks, orders and delivers without awaiting.
+    pub async fn reserve(&self) -> Result<Slot<'_>, Closed> {
+        let permit = self.tx.reserve().await.map_err(|_| Closed)?;
+        Ok(Slot { permit, inbound: self })
+    }
+
+    fn received(&self, event: &Envelope) {
         self.metrics.received.inc();
         let now = crate::now_us();
         if event.published_at_us > 0 && now >= event.published_at_us {
             self.metrics.lag.observe((now - event.published_at_us) as f64 / 1e6);
         }
-        self.tx.send(event).await.map_err(|_| Closed)
+    }
+}
+
+/// Room for one event in the node's queue (see [`Inbound::reserve`]).
+pub struct Slot<'a> {
+    permit: mpsc::Permit<'a, Envelope>,
+    inbound: &'a Inbound,
+}
+
+impl Slot<'_> {
+    /// Hands `event` to the node, at once.
+    pub fn deliver(self, event: Envelope) {
+        self.inbound.received(&event);
+        self.permit.send(event);
     }
 }

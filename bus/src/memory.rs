@@ -29,7 +29,7 @@ pub struct MemoryBus {
     interests: Mutex<HashSet<Interest>>,
     /// Keeps history and retained events, when set; `order` makes the
     /// store's order the delivery order.
-    store: Option<(Arc<MemoryStore>, tokio::sync::Mutex<()>)>,
+    store: Option<(Arc<MemoryStore>, Mutex<()>)>,
 }
 
 impl MemoryBus {
@@ -41,7 +41,7 @@ impl MemoryBus {
 
     /// A bus that keeps events in `store` as it hands them on.
     pub fn with_store(inbound: Inbound, store: Arc<MemoryStore>) -> MemoryBus {
-        MemoryBus { store: Some((store, tokio::sync::Mutex::new(()))), ..MemoryBus::new(inbound) }
+        MemoryBus { store: Some((store, Mutex::new(()))), ..MemoryBus::new(inbound) }
     }
 
     fn routed(&self, event: &Envelope) -> bool {
@@ -59,10 +59,14 @@ impl Bus for MemoryBus {
             let closed = |_| PublishError::Unavailable("the node is shutting down".into());
             match &self.store {
                 Some((store, order)) if event.retain || store.config().keeps(&event.topic) => {
-                    let _in_order = order.lock().await;
+                    // Positions must reach the node in the order they were
+                    // given: room in the queue first (the only wait), then
+                    // position and hand over under one short lock.
+                    let slot = self.inbound.reserve().await.map_err(closed)?;
+                    let _in_order = order.lock().unwrap_or_else(|e| e.into_inner());
                     store.append(&mut event);
                     let id = event.publication;
-                    self.inbound.deliver(event).await.map_err(closed)?;
+                    slot.deliver(event);
                     Ok(id)
                 }
                 _ => {
