@@ -292,13 +292,14 @@ class ReadyPoller(threading.Thread):
         b = self.bracket(t0, t1)
         return b is not None and all(st == 200 for st in b)
 
-    def not_ready_around(self, t: float) -> bool:
-        """The last sample before t and the first after t both answered 503 (a sample
-        without an answer proves nothing either way)."""
-        s = list(self.samples)
-        before = [st for (a, b, st) in s if b < t][-1:]
-        after = [st for (a, b, st) in s if a > t][:1]
-        return bool(before and after) and before[0] == 503 and after[0] == 503
+    def not_ready_throughout(self, t0: float, t1: float) -> bool:
+        """The node said 503 for the whole of [t0, t1]: the last sample before t0, every
+        sample overlapping it and the first after t1 answered 503 (a sample without an
+        answer proves nothing either way). A request sent while the node was still
+        ready may be accepted then and answered after it turned not ready: the broker
+        died with it in flight, which is not an acknowledgement while not ready."""
+        b = self.bracket(t0, t1)
+        return b is not None and all(st == 503 for st in b)
 
     def first_ready_after(self, t: float) -> float | None:
         """End time of the first 200 sample after t that follows a non-200 sample after t."""

@@ -85,7 +85,10 @@ def test_duplicates_and_reordering_are_violations():
 
 def test_acked_while_not_ready_and_refusal_shape():
     timeline = [(t / 10, 503 if 30 <= t < 50 else 200) for t in range(0, 100)]
-    recs = [pub(0, 1.0), pub(1, 4.0), pub(2, 4.2, status=503), pub(3, 6.0)]
+    # seq 1: sent and answered inside the 503 stretch; seq 4: sent while ready,
+    # answered after the node turned not ready (in flight at the outage): allowed.
+    recs = [pub(0, 1.0), pub(1, 4.0), pub(2, 4.2, status=503), pub(3, 6.0),
+            Pub("http", 4, 2.95, 3.25, 200, None, 1004, None)]
     p = http(recs)
     fig = http_figures(p, poller(timeline))
     assert fig["acked_while_not_ready"] == 1

@@ -145,7 +145,7 @@ def http_figures(pub: HttpPublisher, poller: ReadyPoller | None = None) -> dict:
         "no_answer_examples": [r.error for r in recs if r.status is None][:3],
     }
     if poller is not None:
-        fig["acked_while_not_ready"] = sum(1 for r in acked if poller.not_ready_around(r.t1))
+        fig["acked_while_not_ready"] = sum(1 for r in acked if poller.not_ready_throughout(r.t0, r.t1))
         fig["acked_with_a_not_ready_neighbour_sample"] = sum(
             1 for r in acked if (b := poller.bracket(r.t1, r.t1)) is not None and any(st != 200 for st in b))
     return fig
