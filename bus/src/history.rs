@@ -194,7 +194,10 @@ pub fn keepable(event: &Envelope) -> bool {
 /// may not receive the newest one.
 const RETAINED_PER_TOPIC: usize = 4;
 
-/// The store inside the node, for `memory://`: a bounded ring per topic.
+/// The store inside the node: a bounded ring per topic. For `memory://` it
+/// numbers each topic's events itself ([`MemoryStore::new`]); for
+/// `amqp://` it indexes a broker stream whose offsets number the events of
+/// every history topic together ([`MemoryStore::numbered_by_stream`]).
 pub struct MemoryStore {
     config: HistoryConfig,
     logs: Mutex<Logs>,
@@ -207,33 +210,49 @@ struct Logs {
     since_sweep: usize,
     /// Events not kept because `max_topics` logs exist.
     refused: u64,
-    /// Events held (history and retained) and their envelopes' bytes.
+    /// Events held (history and retained) and their in-memory bytes.
     events: u64,
     bytes: u64,
+    /// Set when a broker stream numbers the events.
+    stream: Option<Stream>,
+}
+
+/// Where the store stands in the broker's stream it indexes.
+#[derive(Debug, Default, Clone, Copy)]
+struct Stream {
+    /// The stream's epoch (0 until the first [`MemoryStore::stream_reset`]).
+    epoch: u16,
+    /// The first offset read since the reset: the index is complete from it.
+    start: Option<u64>,
+    /// The newest offset read.
+    head: u64,
 }
 
 struct Log {
     epoch: u16,
     head: u64,
-    /// (kept at, envelope bytes, event).
+    /// (kept at, in-memory bytes, event).
     events: VecDeque<(Instant, u64, Envelope)>,
     retained: VecDeque<(u64, Envelope)>,
     /// Last append or position handed out: an empty log lives `ttl` after it.
     touched: Instant,
+    /// The offset of the newest event dropped by [`Log::trim`] (0: none).
+    trimmed: u64,
 }
 
 impl Log {
     fn new() -> Log {
-        Log { epoch: fastrand::u16(1..), head: 0, events: VecDeque::new(), retained: VecDeque::new(), touched: Instant::now() }
+        Log { epoch: fastrand::u16(1..), head: 0, events: VecDeque::new(), retained: VecDeque::new(), touched: Instant::now(), trimmed: 0 }
     }
 
-    /// Drops events beyond `size` or older than `ttl`; returns their sizes' sum and count.
+    /// Drops events beyond `size` or older than `ttl`; returns their count and bytes.
     fn trim(&mut self, config: &HistoryConfig, now: Instant) -> (u64, u64) {
         let (mut n, mut bytes) = (0, 0);
         while self.events.len() > config.size || self.events.front().is_some_and(|(at, _, _)| now.duration_since(*at) > config.ttl) {
-            if let Some((_, size, _)) = self.events.pop_front() {
+            if let Some((_, size, e)) = self.events.pop_front() {
                 n += 1;
                 bytes += size;
+                self.trimmed = self.trimmed.max(e.position.map_or(0, |p| p.offset));
             }
         }
         (n, bytes)
@@ -242,12 +261,85 @@ impl Log {
     fn first(&self) -> u64 {
         self.events.front().and_then(|(_, _, e)| e.position).map(|p| p.offset).unwrap_or(self.head + 1)
     }
+
+    /// Keeps `event` as retained (newest first, one per filter); returns
+    /// the count and bytes it replaced.
+    fn retain(&mut self, event: &Envelope) -> (u64, u64) {
+        let before = self.retained.len();
+        let mut freed = 0;
+        self.retained.retain(|(s, e)| {
+            let keep = e.filter != event.filter;
+            if !keep {
+                freed += s;
+            }
+            keep
+        });
+        let mut dropped = ((before - self.retained.len()) as u64, freed);
+        self.retained.push_front((event.footprint(), event.clone()));
+        while self.retained.len() > RETAINED_PER_TOPIC {
+            if let Some((s, _)) = self.retained.pop_back() {
+                dropped.0 += 1;
+                dropped.1 += s;
+            }
+        }
+        dropped
+    }
+}
+
+impl Logs {
+    /// Counts what was added (`+`) and dropped.
+    fn account(&mut self, added: (u64, u64), dropped: (u64, u64)) {
+        self.events = self.events + added.0 - dropped.0;
+        self.bytes = self.bytes + added.1 - dropped.1;
+    }
+
+    /// Every 1,024 calls, drops expired events and the logs left empty.
+    fn sweep(&mut self, config: &HistoryConfig, now: Instant) {
+        self.since_sweep += 1;
+        if self.since_sweep < 1024 {
+            return;
+        }
+        self.since_sweep = 0;
+        let (mut n, mut bytes) = (0, 0);
+        self.by_topic.retain(|_, log| {
+            let (dn, db) = log.trim(config, now);
+            n += dn;
+            bytes += db;
+            !log.events.is_empty() || !log.retained.is_empty() || now.duration_since(log.touched) < config.ttl
+        });
+        self.account((0, 0), (n, bytes));
+    }
+
+    /// The topic's log, made when missing unless `max_topics` logs exist
+    /// (then `None`: counted, logged now and then).
+    fn log(&mut self, config: &HistoryConfig, realm: &str, topic: &str) -> Option<&mut Log> {
+        let key = (realm.to_string(), topic.to_string());
+        if !self.by_topic.contains_key(&key) && self.by_topic.len() >= config.max_topics {
+            self.refused += 1;
+            if self.refused.is_power_of_two() {
+                tracing::warn!(
+                    topics = config.max_topics,
+                    refused = self.refused,
+                    "the history store holds history.max_topics topics; new topics are delivered live but not kept"
+                );
+            }
+            return None;
+        }
+        Some(self.by_topic.entry(key).or_insert_with(Log::new))
+    }
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store that numbers each topic's events itself (`memory://`).
     pub fn new(config: HistoryConfig) -> MemoryStore {
         MemoryStore { config, logs: Mutex::new(Logs::default()) }
+    }
+
+    /// An empty index of a broker stream (`amqp://`): events come with
+    /// their stream offsets ([`MemoryStore::insert`]), one sequence for
+    /// every history topic, so a topic's offsets increase but skip.
+    pub fn numbered_by_stream(config: HistoryConfig) -> MemoryStore {
+        MemoryStore { config, logs: Mutex::new(Logs { stream: Some(Stream::default()), ..Logs::default() }) }
     }
 
     /// Gives `event` its position (when its topic keeps history) and keeps
@@ -260,43 +352,17 @@ impl MemoryStore {
             return;
         }
         let now = Instant::now();
-        let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
-        logs.since_sweep += 1;
-        if logs.since_sweep >= 1024 {
-            logs.since_sweep = 0;
-            let config = &self.config;
-            let (mut n, mut bytes) = (0, 0);
-            logs.by_topic.retain(|_, log| {
-                let (dn, db) = log.trim(config, now);
-                n += dn;
-                bytes += db;
-                !log.events.is_empty() || !log.retained.is_empty() || now.duration_since(log.touched) < config.ttl
-            });
-            logs.events -= n;
-            logs.bytes -= bytes;
-        }
-        let key = (event.realm.clone(), event.topic.clone());
-        let at_capacity = logs.by_topic.len() >= self.config.max_topics;
-        let logs = &mut *logs;
-        let log = match logs.by_topic.get_mut(&key) {
-            Some(log) => log,
-            None if at_capacity => {
-                logs.refused += 1;
-                if logs.refused.is_power_of_two() {
-                    tracing::warn!(
-                        topics = self.config.max_topics,
-                        refused = logs.refused,
-                        "the history store holds history.max_topics topics; new topics are delivered live but not kept"
-                    );
-                }
-                return;
-            }
-            None => logs.by_topic.entry(key).or_insert_with(Log::new),
+        let mut guard = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        let logs = &mut *guard;
+        logs.sweep(&self.config, now);
+        let Some(log) = logs.log(&self.config, &event.realm, &event.topic) else { return };
+        let (mut added, mut dropped) = ((0, 0), (0, 0));
+        let mut drop = |(n, b): (u64, u64)| {
+            dropped.0 += n;
+            dropped.1 += b;
         };
-        let mut dropped = Vec::new();
         if history {
-            let (n, bytes) = log.trim(&self.config, now);
-            dropped.push((n, bytes));
+            drop(log.trim(&self.config, now));
             if log.events.is_empty() && log.head > 0 {
                 // Everything expired: a new log, so that old positions
                 // cannot be mistaken for recoverable ones.
@@ -312,36 +378,86 @@ impl MemoryStore {
                 event.publication = position.publication();
                 let size = event.footprint();
                 log.events.push_back((now, size, event.clone()));
-                dropped.push((0, 0));
-                logs.events += 1;
-                logs.bytes += size;
-                dropped.push(log.trim(&self.config, now));
+                added = (1, size);
+                drop(log.trim(&self.config, now));
             }
         }
         if retain {
             let size = event.footprint();
-            let before = log.retained.len();
-            let mut freed = 0;
-            log.retained.retain(|(s, e)| {
-                let keep = e.filter != event.filter;
-                if !keep {
-                    freed += s;
-                }
-                keep
-            });
-            dropped.push(((before - log.retained.len()) as u64, freed));
-            log.retained.push_front((size, event.clone()));
-            logs.events += 1;
-            logs.bytes += size;
-            while log.retained.len() > RETAINED_PER_TOPIC {
-                if let Some((s, _)) = log.retained.pop_back() {
-                    dropped.push((1, s));
-                }
+            drop(log.retain(event));
+            added = (added.0 + 1, added.1 + size);
+        }
+        logs.account(added, dropped);
+    }
+
+    /// Starts the index of a stream over: `epoch` names the stream, and
+    /// nothing read before counts any more.
+    pub fn stream_reset(&self, epoch: u16) {
+        let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        *logs = Logs { stream: Some(Stream { epoch, start: None, head: 0 }), refused: logs.refused, ..Logs::default() };
+    }
+
+    /// The epoch and newest offset of the stream indexed so far (`None`
+    /// for a store that numbers its own events).
+    pub fn stream_head(&self) -> Option<(u16, u64)> {
+        self.logs.lock().unwrap_or_else(|e| e.into_inner()).stream.map(|s| (s.epoch, s.head))
+    }
+
+    /// Keeps an event read from the stream at `offset` (1 and up): sets its
+    /// position and publication id from the offset, keeps it when its
+    /// topic keeps history (unless it is older than `ttl`) or it is
+    /// retained. Offsets must come in increasing order.
+    pub fn insert(&self, event: &mut Envelope, offset: u64) {
+        let now = Instant::now();
+        let mut guard = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        let logs = &mut *guard;
+        let Some(stream) = logs.stream.as_mut() else { return };
+        stream.start.get_or_insert(offset);
+        stream.head = stream.head.max(offset);
+        let position = Position { epoch: stream.epoch, offset };
+        event.position = Some(position);
+        event.publication = position.publication();
+        let history = self.config.keeps(&event.topic) && keepable(event);
+        let retain = event.retain && keepable(event);
+        if !history && !retain {
+            return;
+        }
+        logs.sweep(&self.config, now);
+        let age = Duration::from_micros(crate::now_us().saturating_sub(event.published_at_us));
+        let at = now.checked_sub(age).unwrap_or(now);
+        let Some(log) = logs.log(&self.config, &event.realm, &event.topic) else { return };
+        let (mut added, mut dropped) = ((0, 0), (0, 0));
+        let mut drop = |(n, b): (u64, u64)| {
+            dropped.0 += n;
+            dropped.1 += b;
+        };
+        if history {
+            log.touched = now;
+            if age > self.config.ttl {
+                // Read back from a stream that keeps more than `ttl`.
+                log.trimmed = offset;
+            } else {
+                let size = event.footprint();
+                log.events.push_back((at, size, event.clone()));
+                added = (1, size);
+                drop(log.trim(&self.config, now));
             }
         }
-        for (n, bytes) in dropped {
-            logs.events -= n;
-            logs.bytes -= bytes;
+        if retain {
+            let size = event.footprint();
+            drop(log.retain(event));
+            added = (added.0 + 1, added.1 + size);
+        }
+        logs.account(added, dropped);
+    }
+
+    /// The stream moved to `offset` with something that is not an event of
+    /// a history topic (a marker, another topic's event).
+    pub fn stream_passed(&self, offset: u64) {
+        let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(stream) = logs.stream.as_mut() {
+            stream.start.get_or_insert(offset);
+            stream.head = stream.head.max(offset);
         }
     }
 
@@ -354,23 +470,41 @@ impl MemoryStore {
         let now = Instant::now();
         let mut guard = self.logs.lock().unwrap_or_else(|e| e.into_inner());
         let logs = &mut *guard;
-        let Some(log) = logs.by_topic.get_mut(&(realm.to_string(), topic.to_string())) else { return Page::default() };
-        let (n, bytes) = log.trim(&self.config, now);
-        logs.events -= n;
-        logs.bytes -= bytes;
-        if log.events.is_empty() && log.retained.is_empty() && log.head == 0 {
-            return Page::default();
-        }
-        let mut page = Page { epoch: Some(log.epoch), first: log.first(), head: log.head, events: Vec::new() };
-        let offset_of = |e: &Envelope| e.position.map(|p| p.offset).unwrap_or(0);
-        match after {
-            Some(p) if p.epoch != log.epoch => {}
-            Some(p) => page.events = log.events.iter().map(|(_, _, e)| e).filter(|e| offset_of(e) > p.offset).take(limit).cloned().collect(),
-            None => {
-                let skip = log.events.len().saturating_sub(limit);
-                page.events = log.events.iter().skip(skip).map(|(_, _, e)| e.clone()).collect();
+        let stream = logs.stream;
+        let (n, bytes, page) = match logs.by_topic.get_mut(&(realm.to_string(), topic.to_string())) {
+            None => match stream {
+                // A topic the stream has not carried since the index started.
+                Some(st) if st.epoch != 0 && self.config.keeps(topic) => {
+                    (0, 0, Page { epoch: Some(st.epoch), first: st.start.unwrap_or(st.head + 1), head: st.head, events: Vec::new() })
+                }
+                _ => return Page::default(),
+            },
+            Some(log) => {
+                let (n, bytes) = log.trim(&self.config, now);
+                let mut page = match stream {
+                    Some(st) => {
+                        Page { epoch: Some(st.epoch), first: st.start.unwrap_or(st.head + 1).max(log.trimmed + 1), head: st.head, events: Vec::new() }
+                    }
+                    None if log.events.is_empty() && log.retained.is_empty() && log.head == 0 => Page::default(),
+                    None => Page { epoch: Some(log.epoch), first: log.first(), head: log.head, events: Vec::new() },
+                };
+                if page.epoch.is_some() {
+                    let offset_of = |e: &Envelope| e.position.map(|p| p.offset).unwrap_or(0);
+                    match after {
+                        Some(p) if Some(p.epoch) != page.epoch => {}
+                        Some(p) => {
+                            page.events = log.events.iter().map(|(_, _, e)| e).filter(|e| offset_of(e) > p.offset).take(limit).cloned().collect()
+                        }
+                        None => {
+                            let skip = log.events.len().saturating_sub(limit);
+                            page.events = log.events.iter().skip(skip).map(|(_, _, e)| e.clone()).collect();
+                        }
+                    }
+                }
+                (n, bytes, page)
             }
-        }
+        };
+        logs.account((0, 0), (n, bytes));
         page
     }
 }
@@ -383,6 +517,10 @@ impl MemoryStore {
         let now = Instant::now();
         let mut guard = self.logs.lock().unwrap_or_else(|e| e.into_inner());
         let logs = &mut *guard;
+        if let Some(st) = logs.stream {
+            // One sequence for every topic: the newest offset read.
+            return (st.epoch != 0).then_some(Position { epoch: st.epoch, offset: st.head });
+        }
         let key = (realm.to_string(), topic.to_string());
         if !logs.by_topic.contains_key(&key) && logs.by_topic.len() >= self.config.max_topics {
             return None;
@@ -563,6 +701,56 @@ mod tests {
         assert_eq!(events, 3);
         let envelope = std::mem::size_of::<Envelope>() as u64;
         assert!(bytes > 3 * envelope && bytes < 3 * (envelope + 200), "{bytes} bytes for three small envelopes of {envelope} B");
+    }
+
+    #[test]
+    fn a_stream_index_resumes_across_offsets_that_skip() {
+        let store = MemoryStore::numbered_by_stream(HistoryConfig { size: 2, ..config(10) });
+        assert_eq!(block_on(store.head("realm1", "h.a")).unwrap(), None, "no epoch before the stream is read");
+        store.stream_reset(7);
+        let insert = |topic: &str, n: u64, offset: u64| {
+            let mut e = event(topic, n);
+            e.published_at_us = crate::now_us();
+            store.insert(&mut e, offset);
+            e
+        };
+        assert_eq!(insert("h.a", 1, 3).publication, Position { epoch: 7, offset: 3 }.publication());
+        store.stream_passed(4);
+        insert("h.b", 1, 5);
+        insert("h.a", 2, 8);
+        insert("x.live", 1, 9);
+        insert("h.a", 3, 12);
+        assert_eq!(block_on(store.head("realm1", "h.quiet")).unwrap(), Some(Position { epoch: 7, offset: 12 }));
+        let from = |offset| {
+            let after = Position { epoch: 7, offset };
+            resume(block_on(store.read("realm1", "h.a", Some(after), 11)).unwrap(), after, 10)
+        };
+        assert!(matches!(from(3), Resume::Recovered(v) if numbers(&v) == vec![2, 3]));
+        assert!(matches!(from(2), Resume::Lost), "size 2: offset 3 was dropped");
+        let b = |offset| {
+            let after = Position { epoch: 7, offset };
+            resume(block_on(store.read("realm1", "h.b", Some(after), 11)).unwrap(), after, 10)
+        };
+        assert!(matches!(b(2), Resume::Recovered(v) if numbers(&v) == vec![1]), "2 is just before the first offset read");
+        assert!(matches!(b(1), Resume::Lost), "offset 2 was never read");
+        assert!(matches!(from(12), Resume::Recovered(v) if v.is_empty()));
+        assert!(matches!(from(13), Resume::Lost), "past the head");
+        let quiet = Position { epoch: 7, offset: 9 };
+        assert!(
+            matches!(resume(block_on(store.read("realm1", "h.quiet", Some(quiet), 11)).unwrap(), quiet, 10), Resume::Recovered(v) if v.is_empty())
+        );
+        insert("h.a", 4, 14);
+        assert!(matches!(from(3), Resume::Lost), "size 2: offset 8 was dropped");
+        assert!(matches!(from(8), Resume::Recovered(v) if numbers(&v) == vec![3, 4]));
+        let mut old = event("h.a", 5);
+        old.published_at_us = crate::now_us() - 120_000_000;
+        store.insert(&mut old, 20);
+        assert!(matches!(from(14), Resume::Lost), "an event older than ttl read back is not kept, and counts as dropped");
+        let other_epoch = Position { epoch: 8, offset: 14 };
+        assert!(matches!(resume(block_on(store.read("realm1", "h.a", Some(other_epoch), 11)).unwrap(), other_epoch, 10), Resume::Lost));
+        store.stream_reset(9);
+        assert_eq!(store.kept(), 0);
+        assert!(matches!(from(14), Resume::Lost), "a new epoch");
     }
 
     #[test]
