@@ -26,7 +26,10 @@
 //!   channel. A publish-only client ([`AmqpBus::connect_publisher`]) runs
 //!   the same task with a session that only publishes.
 
+mod history;
 mod mandatory;
+
+pub use history::AmqpStore;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -82,6 +85,8 @@ struct Shared {
     check_now: Arc<Notify>,
     stop: CancellationToken,
     metrics: crate::BusMetrics,
+    /// A node's reading of the history stream, when topics keep history.
+    history: Option<Arc<history::StreamState>>,
 }
 
 /// A connection and the two confirm-mode channels events are published on.
@@ -212,10 +217,20 @@ impl AmqpBus {
     /// A node's RabbitMQ bus; connects (and reconnects) in the background.
     pub fn start(url: &str, options: &BusOptions, inbound: Inbound) -> Result<AmqpBus, BusError> {
         url.parse::<lapin::uri::AMQPUri>().map_err(|e| BusError::InvalidUrl(format!("bus `{}`: {e}", redact(url))))?;
-        let shared = Arc::new(Shared::new(url, options, inbound.metrics.clone()));
+        let mut shared = Shared::new(url, options, inbound.metrics.clone());
+        if !options.history.topics.is_empty() {
+            shared.history = Some(Arc::new(history::StreamState::new(options.history.clone())));
+        }
+        let shared = Arc::new(shared);
         let supervisor = Supervisor::new("RabbitMQ", Client::Node, shared.redacted.clone(), options.reconnect_max_delay, probe(url));
         tokio::spawn(run(shared.clone(), Some(inbound), supervisor, None));
         Ok(AmqpBus { shared })
+    }
+
+    /// The node's event store: its index of the history stream (`None`
+    /// when no topic keeps history).
+    pub fn store(&self) -> Option<AmqpStore> {
+        self.shared.history.clone().map(|state| AmqpStore { state })
     }
 
     /// A publish-only RabbitMQ bus, connected now: fails fast when RabbitMQ
@@ -249,7 +264,13 @@ impl Shared {
             check_now: Arc::new(Notify::new()),
             stop: CancellationToken::new(),
             metrics,
+            history: None,
         }
+    }
+
+    /// Whether events of `topic` come from the history stream (not the node's queue).
+    fn streamed(&self, topic: &str) -> bool {
+        self.history.is_some() && self.options.history.keeps(topic)
     }
 
     /// Lets publishes through `p`'s channels (until the session ends).
@@ -456,6 +477,9 @@ async fn session(s: &Shared, inbound: Option<&Inbound>, supervisor: &mut Supervi
         None => publish_only(s, supervisor, &publishing, already_installed).await,
     };
     s.uninstall();
+    if let Some(state) = &s.history {
+        state.session_ended();
+    }
     let _ = publishing.conn.close(200, "telegraphy client closing".into()).await;
     result
 }
@@ -510,6 +534,11 @@ async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, pub
     let queue = channel.queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, args).await?;
     let queue_name = queue.name().clone();
     let mut consumer = channel.basic_consume(queue_name.clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+    let mut reader = match &s.history {
+        Some(state) => Some(history::start(conn, &publishing.accepted, &s.options, state).await?),
+        None => None,
+    };
+    let mut stream_pending = 0u64;
     // Publishes go through `publishing` only once every binding is in force
     // again (below): until then they fail fast, as the node is not ready.
     let exchange = s.options.amqp_exchange.as_str();
@@ -522,7 +551,9 @@ async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, pub
     loop {
         if applied_version != Some(s.interests.version()) {
             let (version, desired) = s.interests.snapshot();
-            let want: HashSet<String> = desired.iter().map(binding_key).collect();
+            // Exact topics that keep history come from the stream only.
+            let want: HashSet<String> =
+                desired.iter().filter(|i| !(i.policy == MatchPolicy::Exact && s.streamed(&i.pattern))).map(binding_key).collect();
             for key in want.difference(&applied) {
                 channel
                     .queue_bind(queue_name.clone(), exchange.into(), key.as_str().into(), QueueBindOptions::default(), FieldTable::default())
@@ -562,10 +593,33 @@ async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, pub
                 return outcome;
             }
             _ = s.interests.changed() => {}
-            _ = tick.tick(), if pending > 0 => {
+            _ = tick.tick(), if pending > 0 || stream_pending > 0 => {
                 if let Some(tag) = unacked.take() {
                     channel.basic_ack(tag, BasicAckOptions { multiple: true }).await?;
                     pending = 0;
+                }
+                if let Some(reader) = reader.as_mut() {
+                    reader.ack().await?;
+                    stream_pending = 0;
+                }
+            }
+            delivery = next_from_stream(&mut reader) => {
+                let delivery = match delivery {
+                    None => return Err(SessionError::AmqpConsumerCancelled),
+                    Some(Err(err)) => return Err(err.into()),
+                    Some(Ok(d)) => d,
+                };
+                if let (Some(r), Some(state)) = (reader.as_mut(), &s.history) {
+                    if let history::Read::Event(event) = r.take(&delivery, state, inbound) {
+                        if inbound.deliver(*event).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    stream_pending += 1;
+                    if stream_pending >= ACK_BATCH {
+                        r.ack().await?;
+                        stream_pending = 0;
+                    }
                 }
             }
             delivery = consumer.next() => {
@@ -575,7 +629,9 @@ async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, pub
                     Some(Ok(d)) => d,
                 };
                 let tag = delivery.delivery_tag;
-                if let Some(event) = inbound.decode(&delivery.data) {
+                // A history topic's event also reached this queue through a
+                // prefix or wildcard binding: the stream delivers it.
+                if let Some(event) = inbound.decode(&delivery.data).filter(|e| !s.streamed(&e.topic)) {
                     if inbound.deliver(event).await.is_err() {
                         return Ok(());
                     }
@@ -589,6 +645,14 @@ async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, pub
                 }
             }
         }
+    }
+}
+
+/// The next delivery of the history stream; never, without one.
+async fn next_from_stream(reader: &mut Option<history::Reader>) -> Option<Result<lapin::message::Delivery, lapin::Error>> {
+    match reader {
+        Some(r) => r.consumer.next().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -158,6 +158,14 @@ pub trait EventStore: Send + Sync + 'static {
     fn held(&self) -> Option<(u64, u64)> {
         None
     }
+
+    /// Whether a node's live path can skip events this store kept, so that
+    /// the node must fill gaps from it (Redis: pub/sub misses what was
+    /// published while the node was disconnected). False when live
+    /// delivery reads the store itself (`memory://`, the RabbitMQ stream).
+    fn live_path_may_skip(&self) -> bool {
+        false
+    }
 }
 
 /// What a resume from a position comes to.

@@ -305,7 +305,11 @@ pub fn start(url: &str, options: &BusOptions, inbound: Inbound) -> Result<Starte
             let store: Arc<dyn EventStore> = Arc::new(bus.store());
             Started { bus: Arc::new(bus), store: Some(store) }
         }
-        BusKind::Amqp => Started { bus: Arc::new(amqp::AmqpBus::start(url, options, inbound)?), store: None },
+        BusKind::Amqp => {
+            let bus = amqp::AmqpBus::start(url, options, inbound)?;
+            let store = bus.store().map(|s| Arc::new(s) as Arc<dyn EventStore>);
+            Started { bus: Arc::new(bus), store }
+        }
     })
 }
 

@@ -297,6 +297,10 @@ impl EventStore for RedisStore {
     fn kind(&self) -> &'static str {
         "redis"
     }
+
+    fn live_path_may_skip(&self) -> bool {
+        true
+    }
 }
 
 impl RedisBus {

@@ -65,6 +65,9 @@ pub(crate) enum SessionError {
     /// some errors); names which.
     #[error("the {0} channel closed")]
     AmqpChannelClosed(&'static str),
+    /// RabbitMQ refused a message the session needs (nack); names which.
+    #[error("RabbitMQ refused the {0} (nack)")]
+    AmqpRefused(&'static str),
 }
 
 impl From<crate::amqp::OpenError> for SessionError {

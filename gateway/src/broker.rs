@@ -27,6 +27,7 @@
 //! subscription.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
@@ -84,8 +85,17 @@ struct Subscriber {
     /// Set when the session may see only some topics this subscription
     /// matches: each event is checked against it before it is sent.
     check: Option<Arc<Permissions>>,
-    /// Set while the session replays: events wait here instead of going out.
-    hold: Option<Box<Mutex<Held>>>,
+    /// Set for a subscriber that replays: while `active`, live events take
+    /// the cold path through it (held, then filtered).
+    hold: Option<Box<Hold>>,
+}
+
+/// A replaying subscriber's live events.
+#[derive(Default)]
+struct Hold {
+    /// Cleared once the live path is past the replay: one load per event after.
+    active: AtomicBool,
+    held: Mutex<Held>,
 }
 
 /// Events held for a replaying subscriber: (history offset, frame).
@@ -93,6 +103,10 @@ struct Subscriber {
 struct Held {
     frames: Vec<(u64, Bytes)>,
     overflowed: bool,
+    /// Set on release: live events at or below this offset were replayed
+    /// (they were read from the store before the live path brought them
+    /// here) and are dropped; the first one above it ends the hold.
+    floor: Option<u64>,
 }
 
 /// Most events held for one replaying subscriber; beyond it the session is
@@ -173,7 +187,7 @@ impl Broker {
                 // Its last subscriber left between the lookup and now.
                 continue;
             }
-            let hold = held.then(Box::default);
+            let hold = held.then(|| Box::new(Hold { active: AtomicBool::new(true), held: Mutex::default() }));
             let new_for_session = subscribers.by_session.insert(session.id, Subscriber { session: session.clone(), check, hold }).is_none();
             if new_for_session {
                 self.metrics.subscriptions.inc();
@@ -191,18 +205,29 @@ impl Broker {
         let Some(sub) = self.index.read().unwrap_or_else(|e| e.into_inner()).ids.get(&id).cloned() else { return true };
         let mut subscribers = sub.subscribers.write().unwrap_or_else(|e| e.into_inner());
         let Some(subscriber) = subscribers.by_session.get_mut(&session) else { return true };
-        let held = subscriber.hold.take().map(|h| h.into_inner().unwrap_or_else(|e| e.into_inner())).unwrap_or_default();
+        let Some(hold) = subscriber.hold.as_mut() else { return true };
+        let held = std::mem::take(&mut *hold.held.lock().unwrap_or_else(|e| e.into_inner()));
         if held.overflowed {
+            subscriber.hold = None;
             return false;
         }
         let outbox = &subscriber.session.outbox;
         for frame in first {
             let _ = outbox.push(frame);
         }
+        let mut above = false;
         for (offset, frame) in held.frames {
             if offset == 0 || offset > replayed {
+                above = true;
                 let _ = outbox.push(&frame);
             }
+        }
+        if replayed == 0 || above {
+            subscriber.hold = None;
+        } else {
+            // Events the replay read from the store may still be on their
+            // way to this fan-out: drop them when they come.
+            hold.held.lock().unwrap_or_else(|e| e.into_inner()).floor = Some(replayed);
         }
         true
     }
@@ -298,9 +323,10 @@ impl Broker {
                         None => break 'subscribers,
                     },
                 };
-                if let Some(hold) = &subscriber.hold {
-                    hold_event(hold, event, frame);
-                    continue;
+                if let Some(hold) = subscriber.hold.as_ref().filter(|h| h.active.load(Ordering::Relaxed)) {
+                    if !hold_event(hold, event, frame) {
+                        continue;
+                    }
                 }
                 let ok = session.outbox.push_event(frame, fanout, flush).is_ok();
                 sent[s.index()] += u64::from(ok);
@@ -341,15 +367,30 @@ pub(crate) fn event_details(policy: MatchPolicy, event: &Envelope) -> Dict {
     details
 }
 
-/// Keeps an event for a replaying subscriber.
+/// A live event for a subscriber that replays, or replayed: keeps it
+/// (while replaying) or drops it (a copy of a replayed one); true when it
+/// goes out now (the live path is past the replay; the hold ends).
 #[cold]
-fn hold_event(hold: &Mutex<Held>, event: &Envelope, frame: &Bytes) {
-    let mut held = hold.lock().unwrap_or_else(|e| e.into_inner());
-    if held.frames.len() >= HOLD_MAX {
-        held.overflowed = true;
-        held.frames = Vec::new();
-    } else if !held.overflowed {
-        held.frames.push((event.position.map_or(0, |p| p.offset), frame.clone()));
+fn hold_event(hold: &Hold, event: &Envelope, frame: &Bytes) -> bool {
+    let offset = event.position.map_or(0, |p| p.offset);
+    let mut held = hold.held.lock().unwrap_or_else(|e| e.into_inner());
+    match held.floor {
+        Some(floor) if offset != 0 && offset <= floor => false,
+        Some(_) => {
+            hold.active.store(false, Ordering::Relaxed);
+            true
+        }
+        None if held.frames.len() >= HOLD_MAX => {
+            held.overflowed = true;
+            held.frames = Vec::new();
+            false
+        }
+        None => {
+            if !held.overflowed {
+                held.frames.push((offset, frame.clone()));
+            }
+            false
+        }
     }
 }
 

@@ -45,8 +45,8 @@ pub struct Node {
     pub(crate) lifecycle: Lifecycle,
     /// The bus queue toward the dispatcher, to report its depth.
     bus_queue: mpsc::WeakSender<Envelope>,
-    /// Recent events, when the bus keeps them outside this node and events
-    /// can be missed on the way (to fill gaps; not `memory://`).
+    /// The event store, when live delivery can miss events it kept (to
+    /// fill gaps: Redis; see `EventStore::live_path_may_skip`).
     store: Option<Arc<dyn EventStore>>,
     /// The bus adapter's consuming sessions (`Inbound::sessions`).
     bus_sessions: Arc<BusSessions>,
@@ -82,7 +82,7 @@ impl Node {
             metrics,
             lifecycle: Lifecycle::default(),
             bus_queue,
-            store: store.filter(|s| s.kind() != "memory"),
+            store: store.filter(|s| s.live_path_may_skip()),
             bus_sessions,
         })
     }

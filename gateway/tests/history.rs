@@ -325,6 +325,173 @@ async fn on_redis_a_client_resumes_on_another_node_whoever_published() {
     direct.shutdown();
 }
 
+fn amqp_url() -> String {
+    std::env::var("TELEGRAPHY_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn amqp_config(exchange: &util::AmqpExchange) -> telegraphy_gateway::Config {
+    let mut c = util::config();
+    c.bus = exchange.url.clone();
+    c.amqp.exchange = exchange.name.clone();
+    c.history.topics = vec!["h.*".into()];
+    c.history.size = 5;
+    c.history.max_replay = 4;
+    c.limits.bus_reconnect_max_delay = std::time::Duration::from_millis(300);
+    c
+}
+
+fn envelope(topic: &str, n: u64, retain: bool) -> telegraphy_bus::Envelope {
+    telegraphy_bus::Envelope {
+        realm: "realm1".into(),
+        publication: fastrand::u64(1..(1 << 53)),
+        topic: topic.into(),
+        args: vec![Value::UInt(n)],
+        kwargs: Dict::new(),
+        filter: Default::default(),
+        publisher: None,
+        published_at_us: telegraphy_bus::now_us(),
+        retain,
+        position: None,
+    }
+}
+
+/// RabbitMQ keeps history in a stream queue beside the exchange; the
+/// publishers know nothing of it.
+#[tokio::test]
+async fn on_rabbitmq_a_client_resumes_on_another_node_whoever_published() {
+    let exchange = util::AmqpExchange::new(&amqp_url(), "test-history");
+    let a = TestGateway::start_ready(amqp_config(&exchange)).await;
+    let b = TestGateway::start_ready(amqp_config(&exchange)).await;
+    let topic = util::unique("h.amqp");
+    let mut on_b = Client::join(&b, JSON).await;
+    // Sees every event on node A live: once it has one, node A read it.
+    let mut witness = Client::join(&a, JSON).await;
+    witness.subscribe(&topic, "exact").await;
+    let mut first = Client::join(&a, MSGPACK).await;
+    let sub = first.subscribe(&topic, "exact").await;
+    on_b.publish(&topic, vec![Value::UInt(1)], Dict::new()).await;
+    let one = match first.recv().await {
+        Message::Event { publication, args, .. } => {
+            assert_eq!(args, vec![Value::UInt(1)]);
+            publication
+        }
+        other => panic!("expected EVENT, got {other:?}"),
+    };
+    drop(first);
+    // Missed events, through every path: WAMP on node B, HTTP on node A,
+    // and a publisher writing straight onto RabbitMQ (the CLI's and the
+    // Rust publisher's path).
+    on_b.publish(&topic, vec![Value::UInt(2)], Dict::new()).await;
+    let (status, _) = a.publish_http(serde_json::json!({"topic": topic, "args": [3]})).await;
+    assert_eq!(status, 200);
+    let options = telegraphy_bus::BusOptions { amqp_exchange: exchange.name.clone(), ..Default::default() };
+    let direct = telegraphy_bus::connect_publisher(&exchange.url, &options).await.expect("RabbitMQ is reachable");
+    direct.publish(envelope(&topic, 4, true), telegraphy_bus::Delivery::Accepted).await.unwrap();
+    // Back on node B: the same subscription id, exactly 2, 3, 4. Node B
+    // replays what it has read of the stream; an event RabbitMQ confirmed
+    // that is still on its way to B follows the marker, live, in order.
+    let mut back = Client::join(&b, JSON).await;
+    let (again, mut events) = subscribe_with(&mut back, &topic, options_of(&[("_after_publication", Value::UInt(one))])).await;
+    assert_eq!(again, sub);
+    assert_eq!(recovered(&events), Some(true));
+    while numbers(&events).len() < 3 {
+        events.push(back.recv().await);
+    }
+    assert_eq!(numbers(&events), vec![2, 3, 4], "exactly what it missed, in order");
+    let four = events
+        .iter()
+        .find_map(|m| match m {
+            Message::Event { publication, args, .. } if args.first() == Some(&Value::UInt(4)) => Some(*publication),
+            _ => None,
+        })
+        .unwrap();
+    on_b.publish(&topic, vec![Value::UInt(5)], Dict::new()).await;
+    assert_eq!(back.event().await.1, vec![Value::UInt(5)], "then live events, once");
+    for n in 1..=5 {
+        assert_eq!(witness.event().await.1, vec![Value::UInt(n)], "node A read up to 5");
+    }
+    // get_events reads the same index; the retained event is there too.
+    let list = call(&mut back, vec![Value::UInt(sub)], Dict::new()).await.unwrap();
+    assert_eq!(list.iter().filter_map(first_arg).collect::<Vec<_>>(), vec![2, 3, 4, 5], "size 5 keeps 1..=5; max_replay 4 returns the newest 4");
+    let mut late = Client::join(&a, JSON).await;
+    let request = late.request_id();
+    late.send(&Message::Subscribe { request, options: options_of(&[("get_retained", Value::Bool(true))]), topic: topic.clone() }).await;
+    assert!(matches!(late.recv().await, Message::Subscribed { .. }));
+    match late.recv().await {
+        Message::Event { args, details, publication, .. } => {
+            assert_eq!((args, publication), (vec![Value::UInt(4)], four), "one publication id on every node and path");
+            assert_eq!(details.get("retained"), Some(&Value::Bool(true)));
+        }
+        other => panic!("expected the retained EVENT, got {other:?}"),
+    }
+    // A node started now reads the stream back: it resumes the same client.
+    let c = TestGateway::start_ready(amqp_config(&exchange)).await;
+    let mut third = Client::join(&c, MSGPACK).await;
+    let (_, events) = subscribe_with(&mut third, &topic, options_of(&[("_after_publication", Value::UInt(one))])).await;
+    assert_eq!((numbers(&events), recovered(&events)), (vec![2, 3, 4, 5], Some(true)));
+    direct.shutdown();
+}
+
+/// A node's connection to RabbitMQ is closed while a publisher sends
+/// numbered events straight onto RabbitMQ: the subscriber, whose WebSocket
+/// stays up on node A, gets every acknowledged event, in order, once each:
+/// the node reads the stream on from where it stopped.
+#[tokio::test]
+async fn rabbitmq_connection_loss_loses_nothing_the_stream_kept() {
+    let exchange = util::AmqpExchange::new(&amqp_url(), "test-history-fault");
+    let a = TestGateway::start_ready(amqp_config(&exchange)).await;
+    let mut sub = Client::join(&a, JSON).await;
+    sub.subscribe("h.fault", "exact").await;
+    let options = telegraphy_bus::BusOptions { amqp_exchange: exchange.name.clone(), ..Default::default() };
+    let publisher = telegraphy_bus::connect_publisher(&exchange.url, &options).await.expect("RabbitMQ is reachable");
+    let mut acknowledged = Vec::new();
+    let closer = {
+        let name = format!("telegraphy-gateway-{:016x}", a.node_id);
+        tokio::task::spawn_blocking(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let listing = std::process::Command::new("rabbitmqctl")
+                .args(["list_connections", "-q", "--no-table-headers", "pid", "client_properties"])
+                .output()
+                .unwrap();
+            let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+            let pid = listing.lines().find(|l| l.contains(&name)).and_then(|l| l.split('\t').next()).expect("node A's connection").to_string();
+            let closed =
+                std::process::Command::new("rabbitmqctl").args(["close_connection", &pid, "telegraphy test: connection loss"]).status().unwrap();
+            assert!(closed.success());
+        })
+    };
+    let mut n = 0;
+    while !closer.is_finished() || n < 200 {
+        n += 1;
+        if publisher.publish(envelope("h.fault", n, false), telegraphy_bus::Delivery::Accepted).await.is_ok() {
+            acknowledged.push(n);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    closer.await.unwrap();
+    util::eventually("node A reconnected", std::time::Duration::from_secs(20), || async { a.metric("telegraphy_bus_reconnects_total").await >= 1.0 })
+        .await;
+    // And events published after it came back arrive too.
+    for _ in 0..20 {
+        n += 1;
+        if publisher.publish(envelope("h.fault", n, false), telegraphy_bus::Delivery::Accepted).await.is_ok() {
+            acknowledged.push(n);
+        }
+    }
+    let last = *acknowledged.last().unwrap();
+    let mut received = Vec::new();
+    while received.last() != Some(&last) {
+        let (_, args, _) = tokio::time::timeout(std::time::Duration::from_secs(20), sub.event())
+            .await
+            .unwrap_or_else(|_| panic!("waiting for event {last}; got {} events, the last {:?}", received.len(), received.last()));
+        received.push(args[0].as_u64().unwrap());
+    }
+    assert!(received.windows(2).all(|w| w[0] < w[1]), "in order, once each: {received:?}");
+    let missing: Vec<_> = acknowledged.iter().filter(|n| !received.contains(n)).collect();
+    assert!(missing.is_empty(), "acknowledged but never delivered: {missing:?}");
+    publisher.shutdown();
+}
+
 /// A node's own bus outage (its connections to Redis dropped) and a Redis
 /// restart, while a publisher sends numbered events straight onto Redis: the
 /// subscriber, whose WebSocket stays up on node A, gets every event the

@@ -407,6 +407,47 @@ pub async fn delete_exchange(amqp_url: &str, exchange: &str) {
     let _ = conn.close(200, "done".into()).await;
 }
 
+/// A RabbitMQ exchange of a test, and the history streams nodes declare
+/// beside it (`{exchange}.history`, `{exchange}.history-epoch`): all
+/// deleted when dropped, also when the test fails (they are durable and
+/// live on the machine's shared broker).
+pub struct AmqpExchange {
+    /// The broker's URL.
+    pub url: String,
+    /// The exchange's name (unique per test).
+    pub name: String,
+}
+
+impl AmqpExchange {
+    /// A unique exchange name on the broker at `url` (nothing declared yet).
+    pub fn new(url: &str, prefix: &str) -> AmqpExchange {
+        AmqpExchange { url: url.to_string(), name: unique(prefix) }
+    }
+}
+
+impl Drop for AmqpExchange {
+    fn drop(&mut self) {
+        let (url, name) = (self.url.clone(), self.name.clone());
+        // A runtime of its own: drop may run inside or outside one.
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            rt.block_on(async {
+                let Ok(conn) = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await else { return };
+                for queue in [format!("{name}.history"), format!("{name}.history-epoch")] {
+                    if let Ok(channel) = conn.create_channel().await {
+                        let _ = channel.queue_delete(queue.as_str().into(), lapin::options::QueueDeleteOptions::default()).await;
+                    }
+                }
+                if let Ok(channel) = conn.create_channel().await {
+                    let _ = channel.exchange_delete(name.as_str().into(), lapin::options::ExchangeDeleteOptions::default()).await;
+                }
+                let _ = conn.close(200, "done".into()).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
 /// A private redis-server on a free port, to stop and start at will (fault
 /// tests never touch the machine's shared Redis). Stopped by PID when
 /// dropped, also when a test fails.
