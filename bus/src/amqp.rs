@@ -25,6 +25,8 @@
 //!   a channel on some errors), so publishes never keep failing on a dead
 //!   channel. A publish-only client ([`AmqpBus::connect_publisher`]) runs
 //!   the same task with a session that only publishes.
+//! * With history topics, a node also reads the history stream beside the
+//!   exchange and delivers those topics' events from it (see [`history`]).
 
 mod history;
 mod mandatory;

@@ -6,10 +6,12 @@
 //! # Positions and publication ids
 //!
 //! An event of a history topic gets a [`Position`] when it is published:
-//! the topic log's `epoch` (random, new whenever the log starts from
-//! nothing: first use, expiry, a store reset) and its `offset` (1, 2, 3, …
-//! per topic). The position is assigned by the store, atomically with the
-//! publish, whoever publishes, so every node sees the same order.
+//! the log's `epoch` (random, new whenever the log starts from nothing:
+//! first use, expiry, a store reset) and its `offset`. `memory://` and
+//! Redis number each topic 1, 2, 3, … (so a hole means missed events);
+//! RabbitMQ uses its stream's offsets, one sequence shared by every history
+//! topic (a topic's offsets increase but skip). The position is assigned
+//! with the publish, whoever publishes, so every node sees the same order.
 //!
 //! The publication id subscribers see *is* the position
 //! (`offset << 16 | epoch`, see [`Position::publication`]), so a client

@@ -41,9 +41,9 @@ pub mod name {
     pub(crate) const HISTORY_RESUMES: &str = "telegraphy_history_resumes_total";
     /// Events sent again to resuming sessions.
     pub(crate) const HISTORY_REPLAYED: &str = "telegraphy_history_replayed_events_total";
-    /// Events the node's own store holds (memory://), history and retained.
+    /// Events the node holds for history and retention (memory://, amqp://).
     pub(crate) const HISTORY_HELD_EVENTS: &str = "telegraphy_history_held_events";
-    /// Bytes of the envelopes the node's own store holds.
+    /// About how many bytes of memory those events hold.
     pub(crate) const HISTORY_HELD_BYTES: &str = "telegraphy_history_held_bytes";
     /// Gaps in a topic's offsets a node filled from the event store.
     pub(crate) const HISTORY_GAP_FILLS: &str = "telegraphy_history_gap_fills_total";
@@ -297,8 +297,11 @@ impl Metrics {
             queue_drops: DROP_REASONS.map(|r| queue_drops.with_label_values(&[r])),
             resumes: ["false", "true"].map(|r| resumes.with_label_values(&[r])),
             history_replayed: counter(name::HISTORY_REPLAYED, "Events sent again: to resuming sessions, and after gaps a node filled."),
-            history_held_events: gauge(name::HISTORY_HELD_EVENTS, "Events this node's own event store holds (memory://): history and retained."),
-            history_held_bytes: gauge(name::HISTORY_HELD_BYTES, "Bytes of the envelopes this node's own event store holds (memory://)."),
+            history_held_events: gauge(
+                name::HISTORY_HELD_EVENTS,
+                "Events this node holds for history and retention (memory://: its store; amqp://: its index of the history stream).",
+            ),
+            history_held_bytes: gauge(name::HISTORY_HELD_BYTES, "About how many bytes of memory those events hold (memory:// and amqp://)."),
             history_gap_fills: counter(name::HISTORY_GAP_FILLS, "Gaps in a topic's offsets this node filled from the event store."),
             close_unsent,
             admitted_connections: gauge(name::ADMITTED_CONNECTIONS, "Connections accepted and not closed yet (WebSocket or HTTP)."),
