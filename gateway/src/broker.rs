@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
-use telegraphy_bus::{Bus, Envelope, Ticket};
+use telegraphy_bus::{Bus, Envelope, Position, Ticket};
 use telegraphy_wamp::{Dict, EventRef, Id, MatchPolicy, Serialization, Value};
 
 use crate::authz::Permissions;
@@ -98,15 +98,20 @@ struct Hold {
     held: Mutex<Held>,
 }
 
-/// Events held for a replaying subscriber: (history offset, frame).
+/// Events held for a replaying subscriber: (history position, frame).
 #[derive(Default)]
 struct Held {
-    frames: Vec<(u64, Bytes)>,
+    frames: Vec<(Option<Position>, Bytes)>,
     overflowed: bool,
-    /// Set on release: live events at or below this offset were replayed
-    /// (they were read from the store before the live path brought them
-    /// here) and are dropped; the first one above it ends the hold.
-    floor: Option<u64>,
+    /// Set on release: live events at or below this position (same epoch)
+    /// were replayed (read from the store before the live path brought
+    /// them here) and are dropped; the first other one ends the hold.
+    floor: Option<Position>,
+}
+
+/// Whether a live event at `at` is one the replay up to `floor` sent.
+fn replayed_already(at: Option<Position>, floor: Position) -> bool {
+    at.is_some_and(|p| p.epoch == floor.epoch && p.offset <= floor.offset)
 }
 
 /// Most events held for one replaying subscriber; beyond it the session is
@@ -201,7 +206,7 @@ impl Broker {
     /// events whose history offset is above `replayed` (or that have none),
     /// then lets live events through. Returns false when too many events
     /// were held (the caller closes the session as a slow consumer).
-    pub(crate) fn release(&self, id: Id, session: Id, first: &[Bytes], replayed: u64) -> bool {
+    pub(crate) fn release(&self, id: Id, session: Id, first: &[Bytes], replayed: Option<Position>) -> bool {
         let Some(sub) = self.index.read().unwrap_or_else(|e| e.into_inner()).ids.get(&id).cloned() else { return true };
         let mut subscribers = sub.subscribers.write().unwrap_or_else(|e| e.into_inner());
         let Some(subscriber) = subscribers.by_session.get_mut(&session) else { return true };
@@ -215,19 +220,18 @@ impl Broker {
         for frame in first {
             let _ = outbox.push(frame);
         }
-        let mut above = false;
-        for (offset, frame) in held.frames {
-            if offset == 0 || offset > replayed {
-                above = true;
+        let mut past = false;
+        for (at, frame) in held.frames {
+            if !replayed.is_some_and(|floor| replayed_already(at, floor)) {
+                past = true;
                 let _ = outbox.push(&frame);
             }
         }
-        if replayed == 0 || above {
-            subscriber.hold = None;
-        } else {
+        match replayed {
             // Events the replay read from the store may still be on their
             // way to this fan-out: drop them when they come.
-            hold.held.lock().unwrap_or_else(|e| e.into_inner()).floor = Some(replayed);
+            Some(floor) if !past => hold.held.lock().unwrap_or_else(|e| e.into_inner()).floor = Some(floor),
+            _ => subscriber.hold = None,
         }
         true
     }
@@ -372,10 +376,9 @@ pub(crate) fn event_details(policy: MatchPolicy, event: &Envelope) -> Dict {
 /// goes out now (the live path is past the replay; the hold ends).
 #[cold]
 fn hold_event(hold: &Hold, event: &Envelope, frame: &Bytes) -> bool {
-    let offset = event.position.map_or(0, |p| p.offset);
     let mut held = hold.held.lock().unwrap_or_else(|e| e.into_inner());
     match held.floor {
-        Some(floor) if offset != 0 && offset <= floor => false,
+        Some(floor) if replayed_already(event.position, floor) => false,
         Some(_) => {
             hold.active.store(false, Ordering::Relaxed);
             true
@@ -387,7 +390,7 @@ fn hold_event(hold: &Hold, event: &Envelope, frame: &Bytes) -> bool {
         }
         None => {
             if !held.overflowed {
-                held.frames.push((offset, frame.clone()));
+                held.frames.push((event.position, frame.clone()));
             }
             false
         }
@@ -496,6 +499,16 @@ mod tests {
             retain: false,
             position: None,
         }
+    }
+
+    #[test]
+    fn only_copies_of_replayed_events_are_dropped_after_a_replay() {
+        let floor = Position { epoch: 7, offset: 10 };
+        assert!(replayed_already(Some(Position { epoch: 7, offset: 10 }), floor));
+        assert!(replayed_already(Some(Position { epoch: 7, offset: 3 }), floor));
+        assert!(!replayed_already(Some(Position { epoch: 7, offset: 11 }), floor), "newer");
+        assert!(!replayed_already(Some(Position { epoch: 8, offset: 1 }), floor), "a new epoch starts over at 1: not a copy");
+        assert!(!replayed_already(None, floor), "an event without a position was never replayed");
     }
 
     #[tokio::test]

@@ -266,7 +266,7 @@ impl Session {
         let may = |e: &Envelope| e.filter.admits(me, &who.authid, &who.authrole);
         let s = self.handle.serialization;
         let mut frames = Vec::new();
-        let mut replayed = 0;
+        let mut replayed = None;
         if get_retained && policy == MatchPolicy::Exact {
             match store.retained(&realm.name, topic).await {
                 Ok(retained) => {
@@ -298,7 +298,7 @@ impl Session {
                 None => false,
                 Some(position) => match store.read(&realm.name, topic, Some(position), max + 1).await.map(|page| resume(page, position, max)) {
                     Ok(Resume::Recovered(events)) => {
-                        replayed = events.last().and_then(|e| e.position).map_or(position.offset, |p| p.offset);
+                        replayed = Some(events.last().and_then(|e| e.position).unwrap_or(position));
                         marker = events.last().map_or(after, |e| e.publication);
                         self.node.metrics.history_replayed.inc_by(events.len() as u64);
                         for e in events.iter().filter(|e| may(e)) {
