@@ -8,12 +8,26 @@
 //!   The history settings are written into Redis here (`{prefix}history`,
 //!   as a gateway node does), under a key prefix of this run only; every
 //!   key of that prefix is deleted at the end.
+//! - `throughput --bus amqp`: the same publisher path and alternation
+//!   against the machine's RabbitMQ, onto an exchange of this run only. On
+//!   RabbitMQ history costs something only once the stream
+//!   `{exchange}.history` exists, is bound to the exchange and is read,
+//!   which a gateway node does: one node with `[history] topics` is started
+//!   here and nobody subscribes, so a history topic's event is written to
+//!   the stream and read back by the node, a live-only one is routed
+//!   nowhere. Between phases (outside the timing) the harness waits until
+//!   the node read every event of the phase. At the end the exchange and
+//!   the two streams (`{exchange}.history`, `{exchange}.history-epoch`) are
+//!   deleted, also after an error or SIGINT/SIGTERM.
 //! - `throughput --bus memory`: one gateway started here, WAMP publishers
 //!   with `acknowledge`, a history topic against a live-only one, same
 //!   alternation.
 //! - `resume`: N events published on a history topic, then many fresh
 //!   sessions SUBSCRIBE with `_after_publication` = the id just before
-//!   them; the time from sending SUBSCRIBE to the `_recovered` marker.
+//!   them; the time from sending SUBSCRIBE to the `_recovered` marker. On
+//!   RabbitMQ the ids come from a subscriber's EVENTs (there PUBLISHED's id
+//!   is not the event's position), and the run's exchange and streams are
+//!   deleted at the end.
 //! - `memory`: RSS growth of a fresh gateway for topics × events kept,
 //!   against the same events published to live-only topics, and the
 //!   gateway's own `telegraphy_history_held_events` / `_held_bytes`.
@@ -37,7 +51,7 @@ use crate::{client_spec, emit, median, routers, settled_rss, si, Common, Kind};
 /// What `history` measures.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum What {
-    /// Publish throughput with history on against off (`--bus redis|memory`).
+    /// Publish throughput with history on against off (`--bus redis|amqp|memory`).
     Throughput,
     /// Resume latency: SUBSCRIBE with `_after_publication` to the `_recovered` marker.
     Resume,
@@ -55,7 +69,8 @@ pub struct HistoryArgs {
     what: What,
     #[command(flatten)]
     common: Common,
-    /// Bus: memory (a gateway started here) or redis (127.0.0.1:6379, or a redis:// URL).
+    /// Bus: memory (a gateway started here), redis (127.0.0.1:6379, or a redis:// URL)
+    /// or amqp (guest@127.0.0.1:5672, or an amqp:// URL).
     #[arg(long, default_value = "memory")]
     bus: String,
     /// Throughput: rounds of (history on, history off), alternating which goes first.
@@ -64,7 +79,7 @@ pub struct HistoryArgs {
     /// Throughput: seconds of each phase.
     #[arg(long, default_value_t = 3.0)]
     phase: f64,
-    /// Throughput on Redis: events per `publish_batch` (one window in flight).
+    /// Throughput on Redis and RabbitMQ: events per `publish_batch` (one window in flight).
     #[arg(long, default_value_t = 256)]
     window: usize,
     /// Throughput on memory://: WAMP publisher sessions.
@@ -128,17 +143,18 @@ fn unique_namespace(base: &str) -> String {
 
 pub async fn run(a: HistoryArgs) -> anyhow::Result<()> {
     let url = crate::bus_url(&a.bus);
-    let redis = url.starts_with("redis");
-    if !redis && !url.starts_with("memory") && a.what != What::Store {
-        bail!("history is kept on memory:// and redis:// (--bus memory or --bus redis), not on {url}");
+    let (redis, amqp) = (url.starts_with("redis"), url.starts_with("amqp"));
+    if !redis && !amqp && !url.starts_with("memory") && a.what != What::Store {
+        bail!("history is kept on memory://, redis:// and amqp:// (--bus memory, redis or amqp), not on {url}");
     }
-    match (a.what, redis) {
-        (What::Throughput, true) => throughput_redis(&a).await,
-        (What::Throughput, false) => throughput_memory(&a).await,
-        (What::Resume, _) => resume(&a).await,
-        (What::Memory, false) => memory(&a).await,
-        (What::Memory, true) => bail!("`history memory` measures the gateway's own store: --bus memory"),
-        (What::Store, _) => store(&a).await,
+    match a.what {
+        What::Throughput if redis => throughput_redis(&a).await,
+        What::Throughput if amqp => throughput_amqp(&a).await,
+        What::Throughput => throughput_memory(&a).await,
+        What::Resume => resume(&a).await,
+        What::Memory if redis || amqp => bail!("`history memory` measures the gateway's own store: --bus memory"),
+        What::Memory => memory(&a).await,
+        What::Store => store(&a).await,
     }
 }
 
@@ -211,8 +227,10 @@ struct Phase {
     errors: u64,
     elapsed_s: f64,
     per_s: f64,
-    /// CPU seconds of the Redis server (or the gateway) during the phase.
+    /// CPU seconds of the Redis server, RabbitMQ (or the gateway) during the phase.
     server_cpu_s: f64,
+    /// RabbitMQ: CPU seconds of the gateway node (reading the stream) during the phase.
+    node_cpu_s: Option<f64>,
     bench_cpu_s: f64,
     machine_pct: f64,
     extra: serde_json::Value,
@@ -221,18 +239,24 @@ struct Phase {
 impl Phase {
     /// CPU other processes took during the phase, percent of one core.
     fn other_pct(&self) -> f64 {
-        (self.machine_pct - 100.0 * (self.bench_cpu_s + self.server_cpu_s) / self.elapsed_s).max(0.0)
+        let ours = self.bench_cpu_s + self.server_cpu_s + self.node_cpu_s.unwrap_or(0.0);
+        (self.machine_pct - 100.0 * ours / self.elapsed_s).max(0.0)
     }
 
     fn json(&self) -> serde_json::Value {
         let per = |s: f64| if self.events > 0 { s * 1e6 / self.events as f64 } else { 0.0 };
         let (m, b, srv) = (self.machine_pct, 100.0 * self.bench_cpu_s / self.elapsed_s, 100.0 * self.server_cpu_s / self.elapsed_s);
-        json!({
+        let mut v = json!({
             "events": self.events, "errors": self.errors, "elapsed_s": self.elapsed_s, "events_per_s": self.per_s,
             "server_cpu_us_per_event": per(self.server_cpu_s), "bench_cpu_us_per_event": per(self.bench_cpu_s),
-            "machine_cpu": {"total_pct": m, "bench_pct": b, "server_pct": srv, "other_pct": (m - b - srv).max(0.0)},
+            "machine_cpu": {"total_pct": m, "bench_pct": b, "server_pct": srv, "other_pct": self.other_pct()},
             "detail": self.extra,
-        })
+        });
+        if let Some(node) = self.node_cpu_s {
+            v["node_cpu_us_per_event"] = json!(per(node));
+            v["machine_cpu"]["node_pct"] = json!(100.0 * node / self.elapsed_s);
+        }
+        v
     }
 }
 
@@ -272,22 +296,10 @@ fn counters_json(a: Counters, b: Counters, events: u64) -> serde_json::Value {
     })
 }
 
-async fn redis_phase(
-    bus: &dyn telegraphy_bus::Bus,
-    conn: &mut redis::aio::MultiplexedConnection,
-    pid: Option<u32>,
-    topic: &str,
-    window: usize,
-    secs: f64,
-    pad: &str,
-) -> anyhow::Result<Phase> {
-    let ticks = procstat::clock_ticks();
-    let stats0 = commandstats(conn).await?;
-    let cpu0 = pid.and_then(|p| procstat::read(p, ticks)).map_or(0.0, |x| x.0);
-    let (srv0, me0) = (pid.map(counters).unwrap_or_default(), counters(std::process::id()));
-    let m0 = CpuMark::now();
-    let t0 = Instant::now();
-    let until = t0 + Duration::from_secs_f64(secs);
+/// Publishes `window` events at a time to `topic` until `until`, one
+/// `publish_batch` in flight (as `telegraphy-publish --stdin` does):
+/// (events the bus accepted, events it refused).
+async fn publish_batches(bus: &dyn telegraphy_bus::Bus, topic: &str, window: usize, until: Instant, pad: &str) -> (u64, u64) {
     let (mut events, mut errors, mut seq) = (0u64, 0u64, 0u64);
     while Instant::now() < until {
         let batch: Vec<Envelope> = (0..window)
@@ -303,6 +315,25 @@ async fn redis_phase(
             }
         }
     }
+    (events, errors)
+}
+
+async fn redis_phase(
+    bus: &dyn telegraphy_bus::Bus,
+    conn: &mut redis::aio::MultiplexedConnection,
+    pid: Option<u32>,
+    topic: &str,
+    window: usize,
+    secs: f64,
+    pad: &str,
+) -> anyhow::Result<Phase> {
+    let ticks = procstat::clock_ticks();
+    let stats0 = commandstats(conn).await?;
+    let cpu0 = pid.and_then(|p| procstat::read(p, ticks)).map_or(0.0, |x| x.0);
+    let (srv0, me0) = (pid.map(counters).unwrap_or_default(), counters(std::process::id()));
+    let m0 = CpuMark::now();
+    let t0 = Instant::now();
+    let (events, errors) = publish_batches(bus, topic, window, t0 + Duration::from_secs_f64(secs), pad).await;
     let elapsed_s = t0.elapsed().as_secs_f64();
     let m1 = CpuMark::now();
     let cpu1 = pid.and_then(|p| procstat::read(p, ticks)).map_or(0.0, |x| x.0);
@@ -321,6 +352,7 @@ async fn redis_phase(
         elapsed_s,
         per_s: events as f64 / elapsed_s,
         server_cpu_s: cpu1 - cpu0,
+        node_cpu_s: None,
         bench_cpu_s: bench_pct * elapsed_s / 100.0,
         machine_pct,
         extra: json!({
@@ -420,7 +452,11 @@ fn print_round(round: usize, rounds: usize, on: &Phase, off: &Phase, ratio: f64,
         ratio,
         if on.errors + off.errors > 0 { format!(" · {} errors", on.errors + off.errors) } else { String::new() }
     );
-    let key = if server == "Redis" { "redis_process" } else { "gateway_process" };
+    let key = match server {
+        "Redis" => "redis_process",
+        "RabbitMQ" => "rabbitmq_process",
+        _ => "gateway_process",
+    };
     let f = |p: &Phase, k: &str| p.extra[key][k].as_f64().unwrap_or(0.0);
     let sys = |p: &Phase| f(p, "read_syscalls_per_event") + f(p, "write_syscalls_per_event");
     let cs = |p: &Phase| f(p, "voluntary_switches_per_event") + f(p, "involuntary_switches_per_event");
@@ -473,6 +509,282 @@ fn summary(c: &Common, bus: &str, ratios: &[f64], quiet: &[bool], ons: &[f64], o
             "quiet_median_on_per_s": (!qon.is_empty()).then(|| median(qon)), "quiet_median_off_per_s": (!qoff.is_empty()).then(|| median(qoff)),
         }),
     )
+}
+
+// ---------------------------------------------------------------- RabbitMQ
+
+/// The pid of the RabbitMQ server at `url`: the Erlang VM (`beam.smp`
+/// with `rabbit` in its command line) that owns the socket listening on
+/// the URL's port, or the only such VM when sockets cannot be read (other
+/// users' file descriptors). Private brokers of tests may run beside it.
+fn rabbitmq_pid(url: &str) -> Option<u32> {
+    let port = url.parse::<lapin::uri::AMQPUri>().ok()?.authority.port;
+    let vms: Vec<u32> = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "beam.smp"))
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.windows(6).any(|w| w == b"rabbit")))
+        .collect();
+    // Inodes of the sockets listening (state 0A) on `port`.
+    let listening: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    let local_port = u16::from_str_radix(f.get(1)?.rsplit_once(':')?.1, 16).ok()?;
+                    let inode = f.get(9)?;
+                    (local_port == port && *f.get(3)? == "0A").then(|| format!("socket:[{inode}]"))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let owns = |pid: &u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+            fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| listening.iter().any(|s| l.as_os_str() == s.as_str())))
+        })
+    };
+    match vms.iter().copied().find(owns) {
+        Some(pid) => Some(pid),
+        None => (vms.len() == 1).then(|| vms[0]),
+    }
+}
+
+/// The queues a gateway node declares beside `exchange` when topics keep
+/// history (`stream_name` and `epoch_stream_name` in bus/src/amqp/history.rs).
+fn history_streams(exchange: &str) -> [String; 2] {
+    [format!("{exchange}.history"), format!("{exchange}.history-epoch")]
+}
+
+/// Deletes this run's RabbitMQ objects: the two history streams beside
+/// `exchange`, then the exchange. These three names only, each on a channel
+/// of its own (an error closes its channel); deleting one that is not there
+/// succeeds. Call it once nothing of the run is connected any more: a node
+/// would declare the streams again.
+async fn delete_amqp(url: &str, exchange: &str) -> anyhow::Result<()> {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let props = lapin::ConnectionProperties::default().with_connection_name("telegraphy-bench-history-cleanup".into());
+    let conn = tokio::time::timeout(Duration::from_secs(10), lapin::Connection::connect(url, props))
+        .await
+        .context("no answer from RabbitMQ within 10 s")?
+        .context("connecting to RabbitMQ")?;
+    let mut failed = Vec::new();
+    for queue in history_streams(exchange) {
+        let channel = conn.create_channel().await?;
+        match channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await {
+            Ok(_) => drop(channel.close(200, "".into()).await),
+            Err(e) => failed.push(format!("queue {queue}: {e}")),
+        }
+    }
+    let channel = conn.create_channel().await?;
+    match channel.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await {
+        Ok(()) => drop(channel.close(200, "".into()).await),
+        Err(e) => failed.push(format!("exchange {exchange}: {e}")),
+    }
+    let _ = conn.close(200, "".into()).await;
+    if !failed.is_empty() {
+        bail!("could not delete {} (delete them by hand)", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Deletes the run's exchange and history streams when `bus` is RabbitMQ
+/// (`c.namespace` is the exchange), and says so.
+async fn cleanup_amqp(bus: &str, c: &Common) -> anyhow::Result<()> {
+    let url = crate::bus_url(bus);
+    if !url.starts_with("amqp") {
+        return Ok(());
+    }
+    let exchange = &c.namespace;
+    let deleted = delete_amqp(&url, exchange).await;
+    let [stream, epochs] = history_streams(exchange);
+    println!(
+        "  deleted this run's RabbitMQ exchange {exchange} and streams {stream}, {epochs}: {}",
+        deleted.as_ref().map(|()| "done".to_string()).unwrap_or_else(|e| format!("failed: {e:#}"))
+    );
+    deleted
+}
+
+/// Runs `f` unless SIGINT or SIGTERM comes first; then `f` is dropped,
+/// which stops the gateway and the publisher it started, and the caller
+/// still cleans up what the run left on the shared broker.
+async fn until_interrupted<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut int, mut term) = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
+    tokio::select! {
+        r = f => r,
+        _ = int.recv() => bail!("interrupted (SIGINT)"),
+        _ = term.recv() => bail!("interrupted (SIGTERM)"),
+    }
+}
+
+/// The gateway node of a RabbitMQ run: what it read so far.
+struct Node {
+    pid: u32,
+    admin_url: String,
+}
+
+impl Node {
+    /// Events the node took off the bus so far: on this run, the history
+    /// topic's events it read from the stream (nobody subscribes, so its own
+    /// queue has no binding).
+    async fn received(&self) -> anyhow::Result<u64> {
+        let m = scrape(&self.admin_url).await?;
+        Ok(m.get(telegraphy_bus::metrics::name::RECEIVED).copied().unwrap_or(0.0) as u64)
+    }
+
+    /// Waits until the node read `target` events (at most `within`):
+    /// (what it read, how long that took).
+    async fn read_up_to(&self, target: u64, within: Duration) -> anyhow::Result<(u64, Duration)> {
+        let t0 = Instant::now();
+        loop {
+            let n = self.received().await?;
+            if n >= target || t0.elapsed() > within {
+                return Ok((n, t0.elapsed()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// One phase on RabbitMQ: `publish_batch` windows to `topic` for `secs`
+/// (the timed part: events/s are the events RabbitMQ confirmed), then,
+/// untimed, until the node read every event the phase routed to the
+/// history stream (none for a live-only topic), so that no phase pays for
+/// the node's reading of the one before.
+#[allow(clippy::too_many_arguments)]
+async fn amqp_phase(
+    bus: &dyn telegraphy_bus::Bus,
+    node: &Node,
+    rabbit: Option<u32>,
+    topic: &str,
+    history: bool,
+    window: usize,
+    secs: f64,
+    pad: &str,
+) -> anyhow::Result<Phase> {
+    let ticks = procstat::clock_ticks();
+    let cpu = |pid: u32| procstat::read(pid, ticks).map_or(0.0, |x| x.0);
+    let read0 = node.received().await?;
+    let (srv_cpu0, node_cpu0) = (rabbit.map_or(0.0, cpu), cpu(node.pid));
+    let (srv0, node0, me0) = (rabbit.map(counters).unwrap_or_default(), counters(node.pid), counters(std::process::id()));
+    let m0 = CpuMark::now();
+    let t0 = Instant::now();
+    let (events, errors) = publish_batches(bus, topic, window, t0 + Duration::from_secs_f64(secs), pad).await;
+    let elapsed_s = t0.elapsed().as_secs_f64();
+    let m1 = CpuMark::now();
+    let (srv_cpu1, node_cpu1) = (rabbit.map_or(0.0, cpu), cpu(node.pid));
+    let (srv1, node1, me1) = (rabbit.map(counters).unwrap_or_default(), counters(node.pid), counters(std::process::id()));
+    let (machine_pct, bench_pct) = procstat::machine_pct(&m0, &m1);
+    let expected = if history { events } else { 0 };
+    let (read, caught_up) = node.read_up_to(read0 + expected, Duration::from_secs(30)).await?;
+    let read = read - read0;
+    if read != expected {
+        println!("  WARNING: the node read {read} events from the history stream, {expected} expected (phase on {topic})");
+    }
+    let node_cpu_total = cpu(node.pid) - node_cpu0;
+    Ok(Phase {
+        events,
+        errors,
+        elapsed_s,
+        per_s: events as f64 / elapsed_s,
+        server_cpu_s: srv_cpu1 - srv_cpu0,
+        node_cpu_s: Some(node_cpu1 - node_cpu0),
+        bench_cpu_s: bench_pct * elapsed_s / 100.0,
+        machine_pct,
+        extra: json!({
+            "rabbitmq_pid": rabbit,
+            "rabbitmq_process": counters_json(srv0, srv1, events),
+            "gateway_process": counters_json(node0, node1, events),
+            "bench_process": counters_json(me0, me1, events),
+            "node_read_events": read,
+            "node_caught_up_ms_after_phase": caught_up.as_secs_f64() * 1000.0,
+            "node_cpu_us_per_event_until_caught_up": if events > 0 { node_cpu_total * 1e6 / events as f64 } else { 0.0 },
+        }),
+    })
+}
+
+async fn throughput_amqp(a: &HistoryArgs) -> anyhow::Result<()> {
+    let url = crate::bus_url(&a.bus);
+    let c = gateway_common(a, &unique_namespace(&a.common.namespace));
+    let result = until_interrupted(throughput_amqp_rounds(a, &url, &c)).await;
+    // The node and the publisher are gone by now.
+    let deleted = cleanup_amqp(&a.bus, &c).await;
+    result?;
+    deleted
+}
+
+async fn throughput_amqp_rounds(a: &HistoryArgs, url: &str, c: &Common) -> anyhow::Result<()> {
+    let exchange = c.namespace.as_str();
+    // One node on the run's exchange with `bench.hist.*` keeping history:
+    // ready once it declared `{exchange}.history`, bound `#.bench.hist.#`
+    // to it and started reading it.
+    let r = routers(c, Kind::Gateway { nodes: 1, bus: a.bus.clone(), production_limits: false }, false).await?;
+    let node = Node { pid: r.pids[0], admin_url: r._procs[0].admin_url.clone() };
+    let options =
+        telegraphy_bus::BusOptions { amqp_exchange: exchange.to_string(), connection_name: "telegraphy-bench-history".into(), ..Default::default() };
+    let bus = telegraphy_bus::connect_publisher(url, &options).await?;
+    let rabbit = rabbitmq_pid(url);
+    let pad = "x".repeat(a.payload);
+    let (on_topic, off_topic) = ("bench.hist.t0", "bench.live.t0");
+    println!(
+        "history throughput · amqp · exchange {exchange} · publish_batch windows of {} · topic {on_topic} (to the stream {exchange}.history, read by one gateway node) vs {off_topic} (routed nowhere) · {} rounds of {} s + {} s",
+        a.window, a.rounds, a.phase, a.phase
+    );
+    match rabbit {
+        Some(pid) => println!("  RabbitMQ: beam.smp pid {pid} · gateway node pid {}", node.pid),
+        None => println!("  RabbitMQ's process not found in /proc: its CPU counts as other processes' · gateway node pid {}", node.pid),
+    }
+    // Warm-up: the stream's first segment, the node's reading, the channels.
+    amqp_phase(&*bus, &node, rabbit, on_topic, true, a.window, 1.0, &pad).await?;
+    amqp_phase(&*bus, &node, rabbit, off_topic, false, a.window, 1.0, &pad).await?;
+    let mut ratios = Vec::new();
+    let mut quiet = Vec::new();
+    let (mut ons, mut offs) = (Vec::new(), Vec::new());
+    for round in 0..a.rounds.max(1) {
+        let on_first = round % 2 == 0;
+        let (mut on, mut off) = (None, None);
+        for on_now in [on_first, !on_first] {
+            let topic = if on_now { on_topic } else { off_topic };
+            let p = amqp_phase(&*bus, &node, rabbit, topic, on_now, a.window, a.phase, &pad).await?;
+            if on_now {
+                on = Some(p);
+            } else {
+                off = Some(p);
+            }
+        }
+        let (on, off) = (on.expect("ran"), off.expect("ran"));
+        let ratio = on.per_s / off.per_s;
+        print_round(round, a.rounds, &on, &off, ratio, "RabbitMQ");
+        let per = |p: &Phase, s: f64| s * 1e6 / p.events.max(1) as f64;
+        let detail = |p: &Phase, k: &str| p.extra[k].as_f64().unwrap_or(0.0);
+        println!(
+            "    gateway node: {:.2} µs CPU per event during the phase on, {:.2} µs until it read the last one ({:.0} ms after the phase) · off {:.2} µs",
+            per(&on, on.node_cpu_s.unwrap_or(0.0)),
+            detail(&on, "node_cpu_us_per_event_until_caught_up"),
+            detail(&on, "node_caught_up_ms_after_phase"),
+            per(&off, off.node_cpu_s.unwrap_or(0.0)),
+        );
+        ratios.push(ratio);
+        quiet.push(on.other_pct() <= crate::OTHER_CPU_WARN && off.other_pct() <= crate::OTHER_CPU_WARN);
+        ons.push(on.per_s);
+        offs.push(off.per_s);
+        emit(
+            c,
+            json!({
+                "scenario": "history-throughput", "bus": "amqp", "path": "connect_publisher+publish_batch",
+                "window": a.window, "payload": a.payload, "size": a.size, "round": round + 1, "on_first": on_first,
+                "on": on.json(), "off": off.json(), "ratio_on_off": ratio, "router": {"pids": r.pids},
+            }),
+        )?;
+    }
+    let out = summary(c, "amqp", &ratios, &quiet, &ons, &offs, 0.5);
+    drop(bus);
+    drop(r);
+    out
 }
 
 // ---------------------------------------------------------------- WAMP
@@ -614,6 +926,7 @@ async fn gateway_phase(
             elapsed_s,
             per_s: total.acked as f64 / elapsed_s,
             server_cpu_s: cpu1 - cpu0,
+            node_cpu_s: None,
             bench_cpu_s: bench_pct * wall / 100.0,
             machine_pct,
             extra: json!({
@@ -782,11 +1095,40 @@ async fn resume_once(s: &mut Session, topic: &str, after: u64, first_seq: u64) -
 }
 
 async fn resume(a: &HistoryArgs) -> anyhow::Result<()> {
-    let ns = if crate::bus_url(&a.bus).starts_with("redis") { unique_namespace(&a.common.namespace) } else { a.common.namespace.clone() };
+    let url = crate::bus_url(&a.bus);
+    let (redis, amqp) = (url.starts_with("redis"), url.starts_with("amqp"));
+    let ns = if redis || amqp { unique_namespace(&a.common.namespace) } else { a.common.namespace.clone() };
     let c = gateway_common(a, &ns);
-    let result = resume_run(a, &c).await;
+    let result = if amqp { until_interrupted(resume_run(a, &c)).await } else { resume_run(a, &c).await };
     cleanup_redis(&a.bus, &c).await;
-    result
+    // The gateway is gone by now (it would declare the streams again).
+    let deleted = cleanup_amqp(&a.bus, &c).await;
+    result?;
+    deleted
+}
+
+/// Reads `n` benchmark EVENTs (seq 0, 1, …) on a subscriber: the first and
+/// the last one's publication id.
+async fn event_ids(s: &mut Session, n: u64) -> anyhow::Result<(u64, u64)> {
+    let (mut first, mut last, mut seen) = (0, 0, 0u64);
+    while seen < n {
+        match tokio::time::timeout(Duration::from_secs(10), s.recv()).await.context("the subscriber got no EVENT within 10 s")?? {
+            Message::Event { publication, args, .. } => {
+                let seq = args.get(1).and_then(Value::as_u64);
+                if seq != Some(seen) {
+                    bail!("the subscriber got event seq {seq:?}, expected {seen}");
+                }
+                if seen == 0 {
+                    first = publication;
+                }
+                last = publication;
+                seen += 1;
+            }
+            Message::Error { error, .. } => bail!("the subscriber got an ERROR: {error}"),
+            _ => {}
+        }
+    }
+    Ok((first, last))
 }
 
 async fn resume_run(a: &HistoryArgs, c: &Common) -> anyhow::Result<()> {
@@ -799,13 +1141,28 @@ async fn resume_run(a: &HistoryArgs, c: &Common) -> anyhow::Result<()> {
     let topic = "bench.hist.resume";
     let pad = "x".repeat(a.payload);
     let mut publisher = open_sessions(&spec, 1, 0).await?.pop().context("a publisher")?;
+    // On RabbitMQ PUBLISHED's id is not the event's position (RabbitMQ
+    // assigns that after it confirmed): a subscriber learns the EVENTs' ids,
+    // and it leaves before the resumes.
+    let mut watcher = None;
+    if crate::bus_url(&a.bus).starts_with("amqp") {
+        let mut s = open_sessions(&spec, 1, 1).await?.pop().context("a subscriber")?;
+        s.subscribe(topic).await?;
+        watcher = Some(s);
+    }
     // The resume point: the event just before the N missed ones.
-    let after = publish_one(&mut publisher, topic, 0, &pad).await?;
+    let published = publish_one(&mut publisher, topic, 0, &pad).await?;
     let sent = publish_acked(&mut publisher, topic, a.in_flight, Instant::now() + Duration::from_secs(120), a.events as u64, 1, &pad).await?;
     if sent.acked != a.events as u64 || sent.errors > 0 {
         bail!("published {} of {} events ({} errors)", sent.acked, a.events, sent.errors);
     }
-    let expected_marker = Position::from_publication(after).map(|p| Position { offset: p.offset + a.events as u64, ..p }.publication());
+    let (after, expected_marker) = match watcher.take() {
+        Some(mut s) => {
+            let (first, last) = event_ids(&mut s, a.events as u64 + 1).await?;
+            (first, Some(last))
+        }
+        None => (published, Position::from_publication(published).map(|p| Position { offset: p.offset + a.events as u64, ..p }.publication())),
+    };
     println!(
         "history resume · {} gateway · {} events of {} B padding missed after publication {after} · {} resumes, each on a fresh session · history.size {} · max_replay {}",
         a.bus, a.events, a.payload, a.resumes, a.size, a.max_replay

@@ -270,11 +270,6 @@ impl Shared {
         }
     }
 
-    /// Whether events of `topic` come from the history stream (not the node's queue).
-    fn streamed(&self, topic: &str) -> bool {
-        self.history.is_some() && self.options.history.keeps(topic)
-    }
-
     /// Lets publishes through `p`'s channels (until the session ends).
     fn install(&self, p: &Publishing) {
         let mandatory = Mandatory::start(p.mandatory.clone(), self.options.amqp_exchange.clone(), self.redacted.clone());
@@ -536,10 +531,12 @@ async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, pub
     let queue = channel.queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, args).await?;
     let queue_name = queue.name().clone();
     let mut consumer = channel.basic_consume(queue_name.clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
-    let mut reader = match &s.history {
-        Some(state) => Some(history::start(conn, &publishing.accepted, &s.options, state).await?),
-        None => None,
-    };
+    // The history stream, once it could be opened. While it cannot (RabbitMQ
+    // has not restarted it yet after a crash), history topics are bound to
+    // this node's queue like the others: live, without history.
+    let mut reader: Option<history::Reader> = None;
+    let mut retry_history = tokio::time::Instant::now();
+    let mut history_down = false;
     let mut stream_pending = 0u64;
     // Publishes go through `publishing` only once every binding is in force
     // again (below): until then they fail fast, as the node is not ready.
@@ -551,11 +548,39 @@ async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, pub
     let mut pending = 0u64;
     let mut tick = tokio::time::interval(ACK_TICK);
     loop {
+        if let (None, Some(state)) = (&reader, &s.history) {
+            if tokio::time::Instant::now() >= retry_history {
+                match history::start(conn, &publishing.accepted, &s.options, state).await {
+                    Ok(r) => {
+                        if history_down {
+                            tracing::info!(stream = %history::stream_name(exchange), "the history stream is available again; history topics keep history again");
+                        }
+                        history_down = false;
+                        reader = Some(r);
+                        applied_version = None;
+                    }
+                    Err(e) => {
+                        retry_history = tokio::time::Instant::now() + HISTORY_RETRY;
+                        if !std::mem::replace(&mut history_down, true) {
+                            tracing::warn!(
+                                stream = %history::stream_name(exchange),
+                                error = %e,
+                                "the history stream in RabbitMQ is unavailable; history topics are delivered live, without history, until it is back (retrying every 5 s)"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let streaming = reader.is_some();
         if applied_version != Some(s.interests.version()) {
             let (version, desired) = s.interests.snapshot();
             // Exact topics that keep history come from the stream only.
-            let want: HashSet<String> =
-                desired.iter().filter(|i| !(i.policy == MatchPolicy::Exact && s.streamed(&i.pattern))).map(binding_key).collect();
+            let want: HashSet<String> = desired
+                .iter()
+                .filter(|i| !(streaming && i.policy == MatchPolicy::Exact && s.options.history.keeps(&i.pattern)))
+                .map(binding_key)
+                .collect();
             for key in want.difference(&applied) {
                 channel
                     .queue_bind(queue_name.clone(), exchange.into(), key.as_str().into(), QueueBindOptions::default(), FieldTable::default())
@@ -595,6 +620,7 @@ async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, pub
                 return outcome;
             }
             _ = s.interests.changed() => {}
+            _ = tokio::time::sleep_until(retry_history), if reader.is_none() && s.history.is_some() => {}
             _ = tick.tick(), if pending > 0 || stream_pending > 0 => {
                 if let Some(tag) = unacked.take() {
                     channel.basic_ack(tag, BasicAckOptions { multiple: true }).await?;
@@ -633,7 +659,7 @@ async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, pub
                 let tag = delivery.delivery_tag;
                 // A history topic's event also reached this queue through a
                 // prefix or wildcard binding: the stream delivers it.
-                if let Some(event) = inbound.decode(&delivery.data).filter(|e| !s.streamed(&e.topic)) {
+                if let Some(event) = inbound.decode(&delivery.data).filter(|e| !(streaming && s.options.history.keeps(&e.topic))) {
                     if inbound.deliver(event).await.is_err() {
                         return Ok(());
                     }
@@ -649,6 +675,9 @@ async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, pub
         }
     }
 }
+
+/// How often a session retries a history stream that could not be opened.
+const HISTORY_RETRY: Duration = Duration::from_secs(5);
 
 /// The next delivery of the history stream; never, without one.
 async fn next_from_stream(reader: &mut Option<history::Reader>) -> Option<Result<lapin::message::Delivery, lapin::Error>> {

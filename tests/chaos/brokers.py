@@ -30,8 +30,9 @@ class PortTaken(RuntimeError):
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, *, pubsub_limit_off: bool = False):
+    def __init__(self, workdir: Path, *, pubsub_limit_off: bool = False, appendonly: bool = False):
         self.workdir = workdir
+        self.appendonly = appendonly  # an append-only file, fsync'd at every write: a kill -9 loses nothing acknowledged
         self.port = procs.free_port()
         self.proc: subprocess.Popen | None = None
         self.log = workdir / f"redis-{self.port}.log"
@@ -54,7 +55,9 @@ class RedisServer:
                 self.starts = 0
 
     def _start(self, timeout: float) -> None:
-        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        aof = ["--appendonly", "yes", "--appendfsync", "always", "--appendfilename", f"redis-{self.port}.aof",
+               "--appenddirname", f"aof-{self.port}"] if self.appendonly else ["--appendonly", "no"]
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *aof,
                "--daemonize", "no", "--dir", str(self.workdir)]
         if self.pubsub_limit_off:
             cmd += ["--client-output-buffer-limit", "pubsub 0 0 0"]
