@@ -432,6 +432,45 @@ async fn on_rabbitmq_a_client_resumes_on_another_node_whoever_published() {
     direct.shutdown();
 }
 
+/// A client away longer than `history.ttl` is told it did not recover, on
+/// Redis (the topic's log expired: a new epoch) and on RabbitMQ (the node's
+/// index drops events older than `ttl`), never given a partial list.
+#[tokio::test]
+async fn a_client_away_longer_than_the_ttl_is_told_it_did_not_recover() {
+    let exchange = util::AmqpExchange::new(&amqp_url(), "test-history-ttl");
+    let prefix = util::unique("test-history-ttl") + ":";
+    let short = |mut c: telegraphy_gateway::Config| {
+        c.history.ttl = std::time::Duration::from_secs(1);
+        c
+    };
+    let redis = {
+        let mut c = util::config();
+        c.bus = redis_url();
+        c.redis.key_prefix = prefix.clone();
+        c.history.topics = vec!["h.*".into()];
+        short(c)
+    };
+    for config in [redis, short(amqp_config(&exchange))] {
+        let bus = config.bus.clone();
+        let node = TestGateway::start_ready(config).await;
+        let topic = util::unique("h.ttl");
+        let mut publisher = Client::join(&node, JSON).await;
+        let mut first = Client::join(&node, JSON).await;
+        first.subscribe(&topic, "exact").await;
+        publisher.publish(&topic, vec![Value::UInt(1)], Dict::new()).await;
+        let one = match first.recv().await {
+            Message::Event { publication, .. } => publication,
+            other => panic!("expected EVENT, got {other:?}"),
+        };
+        drop(first);
+        publisher.publish(&topic, vec![Value::UInt(2)], Dict::new()).await;
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        let mut back = Client::join(&node, JSON).await;
+        let (_, events) = subscribe_with(&mut back, &topic, options_of(&[("_after_publication", Value::UInt(one))])).await;
+        assert_eq!((numbers(&events), recovered(&events)), (vec![], Some(false)), "{bus}: event 2 is older than the ttl");
+    }
+}
+
 /// A node's connection to RabbitMQ is closed while a publisher sends
 /// numbered events straight onto RabbitMQ: the subscriber, whose WebSocket
 /// stays up on node A, gets every acknowledged event, in order, once each:
