@@ -286,7 +286,13 @@ async fn read_epoch(conn: &Connection, publisher: &Channel, epochs: &str) -> Res
         .basic_publish("".into(), epochs.into(), BasicPublishOptions::default(), &candidate.to_be_bytes(), BasicProperties::default())
         .await?
         .await?;
-    Ok(first_message(conn, epochs, Duration::from_secs(5)).await?.unwrap_or(candidate))
+    match first_message(conn, epochs, Duration::from_secs(5)).await? {
+        Some(epoch) => Ok(epoch),
+        None => {
+            tracing::warn!(stream = epochs, "could not read back the history epoch within 5 s; using this node's own (if another node picked another, resumes across them are told they did not recover until the next reconnect)");
+            Ok(candidate)
+        }
+    }
 }
 
 async fn first_message(conn: &Connection, stream: &str, wait: Duration) -> Result<Option<u16>, lapin::Error> {
