@@ -61,6 +61,7 @@ def test_the_command_runs_a_gateway_for_the_project(telegraphy_settings, wamp):
         [sys.executable, "-m", "django", "telegraphy_gateway", "--listen", f"127.0.0.1:{port}",
          "--admin-listen", f"127.0.0.1:{admin}", "--origin", "http://127.0.0.1:8000"],
         cwd=PYTHON_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # its gateway child is in its group: stop_command can end both
     )
     try:
         for _ in range(150):
@@ -84,8 +85,7 @@ def test_the_command_runs_a_gateway_for_the_project(telegraphy_settings, wamp):
         with pytest.raises(Aborted, match="no_auth_method"):
             wamp(f"ws://127.0.0.1:{port}/ws")
     finally:
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=20)
+        out = stop_command(proc)
     assert proc.returncode == 0, out
     assert f"WebSocket   ws://127.0.0.1:{port}/ws" in out
     assert "origins     http://127.0.0.1:8000" in out
@@ -182,7 +182,7 @@ def run_command(args, admin_port):
     env = {**clean_env(), "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(PYTHON_DIR),
            "TELEGRAPHY_GATEWAY_BIN": GATEWAY_BIN}
     proc = subprocess.Popen([sys.executable, "-m", "django", "telegraphy_gateway", *args], cwd=PYTHON_DIR, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     for _ in range(150):
         try:
             if http_status(f"http://127.0.0.1:{admin_port}/readyz") == 200:
@@ -197,12 +197,20 @@ def run_command(args, admin_port):
 
 
 def stop_command(proc) -> str:
+    """Ctrl-C to the command (it stops its gateway and exits); if it does not
+    within 20 s, SIGKILL to its whole process group, the gateway included, so
+    that no process outlives the test."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
     try:
         out, _ = proc.communicate(timeout=20)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        out = ""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # leftovers of its group (none after a clean exit)
+    except ProcessLookupError:
+        pass
+    if proc.returncode is None:
         out, _ = proc.communicate()
     return out
 
