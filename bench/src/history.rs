@@ -403,9 +403,7 @@ async fn throughput_redis_rounds(a: &HistoryArgs, url: &str, prefix: &str, conn:
     // Warm-up: the script loaded, the stream at its size.
     redis_phase(&*bus, conn, pid, on_topic, a.window, 1.0, &pad).await?;
     redis_phase(&*bus, conn, pid, off_topic, a.window, 1.0, &pad).await?;
-    let mut ratios = Vec::new();
-    let mut quiet = Vec::new();
-    let (mut ons, mut offs) = (Vec::new(), Vec::new());
+    let mut rounds = Rounds::default();
     for round in 0..a.rounds.max(1) {
         let on_first = round % 2 == 0;
         let (mut on, mut off) = (None, None);
@@ -421,10 +419,7 @@ async fn throughput_redis_rounds(a: &HistoryArgs, url: &str, prefix: &str, conn:
         let (on, off) = (on.expect("ran"), off.expect("ran"));
         let ratio = on.per_s / off.per_s;
         print_round(round, a.rounds, &on, &off, ratio, "Redis");
-        ratios.push(ratio);
-        quiet.push(on.other_pct() <= crate::OTHER_CPU_WARN && off.other_pct() <= crate::OTHER_CPU_WARN);
-        ons.push(on.per_s);
-        offs.push(off.per_s);
+        rounds.add(&on, &off);
         emit(
             &a.common,
             json!({
@@ -434,7 +429,7 @@ async fn throughput_redis_rounds(a: &HistoryArgs, url: &str, prefix: &str, conn:
             }),
         )?;
     }
-    summary(&a.common, "redis", &ratios, &quiet, &ons, &offs, 0.5)
+    summary(&a.common, "redis", &rounds, 0.5)
 }
 
 fn print_round(round: usize, rounds: usize, on: &Phase, off: &Phase, ratio: f64, server: &str) {
@@ -471,7 +466,26 @@ fn print_round(round: usize, rounds: usize, on: &Phase, off: &Phase, ratio: f64,
 
 /// Medians over every round, and over the quiet rounds (other processes
 /// under `OTHER_CPU_WARN` in both phases).
-fn summary(c: &Common, bus: &str, ratios: &[f64], quiet: &[bool], ons: &[f64], offs: &[f64], goal: f64) -> anyhow::Result<()> {
+/// What the rounds of a throughput run measured, for the summary.
+#[derive(Default)]
+struct Rounds {
+    ratios: Vec<f64>,
+    quiet: Vec<bool>,
+    ons: Vec<f64>,
+    offs: Vec<f64>,
+}
+
+impl Rounds {
+    fn add(&mut self, on: &Phase, off: &Phase) {
+        self.ratios.push(on.per_s / off.per_s);
+        self.quiet.push(on.other_pct() <= crate::OTHER_CPU_WARN && off.other_pct() <= crate::OTHER_CPU_WARN);
+        self.ons.push(on.per_s);
+        self.offs.push(off.per_s);
+    }
+}
+
+fn summary(c: &Common, bus: &str, rounds: &Rounds, goal: f64) -> anyhow::Result<()> {
+    let Rounds { ratios, quiet, ons, offs } = rounds;
     let r = median(ratios.to_vec());
     let (lo, hi) = ratios.iter().fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
     println!(
@@ -741,9 +755,7 @@ async fn throughput_amqp_rounds(a: &HistoryArgs, url: &str, c: &Common) -> anyho
     // Warm-up: the stream's first segment, the node's reading, the channels.
     amqp_phase(&*bus, &node, rabbit, on_topic, true, a.window, 1.0, &pad).await?;
     amqp_phase(&*bus, &node, rabbit, off_topic, false, a.window, 1.0, &pad).await?;
-    let mut ratios = Vec::new();
-    let mut quiet = Vec::new();
-    let (mut ons, mut offs) = (Vec::new(), Vec::new());
+    let mut rounds = Rounds::default();
     for round in 0..a.rounds.max(1) {
         let on_first = round % 2 == 0;
         let (mut on, mut off) = (None, None);
@@ -768,10 +780,7 @@ async fn throughput_amqp_rounds(a: &HistoryArgs, url: &str, c: &Common) -> anyho
             detail(&on, "node_caught_up_ms_after_phase"),
             per(&off, off.node_cpu_s.unwrap_or(0.0)),
         );
-        ratios.push(ratio);
-        quiet.push(on.other_pct() <= crate::OTHER_CPU_WARN && off.other_pct() <= crate::OTHER_CPU_WARN);
-        ons.push(on.per_s);
-        offs.push(off.per_s);
+        rounds.add(&on, &off);
         emit(
             c,
             json!({
@@ -781,7 +790,7 @@ async fn throughput_amqp_rounds(a: &HistoryArgs, url: &str, c: &Common) -> anyho
             }),
         )?;
     }
-    let out = summary(c, "amqp", &ratios, &quiet, &ons, &offs, 0.5);
+    let out = summary(c, "amqp", &rounds, 0.5);
     drop(bus);
     drop(r);
     out
@@ -970,9 +979,7 @@ async fn throughput_memory(a: &HistoryArgs) -> anyhow::Result<()> {
         publishers = back;
         seq += 1 << 48;
     }
-    let mut ratios = Vec::new();
-    let mut quiet = Vec::new();
-    let (mut ons, mut offs) = (Vec::new(), Vec::new());
+    let mut rounds = Rounds::default();
     for round in 0..a.rounds.max(1) {
         let on_first = round % 2 == 0;
         let (mut on, mut off) = (None, None);
@@ -990,10 +997,7 @@ async fn throughput_memory(a: &HistoryArgs) -> anyhow::Result<()> {
         let (on, off) = (on.expect("ran"), off.expect("ran"));
         let ratio = on.per_s / off.per_s;
         print_round(round, a.rounds, &on, &off, ratio, "gateway");
-        ratios.push(ratio);
-        quiet.push(on.other_pct() <= crate::OTHER_CPU_WARN && off.other_pct() <= crate::OTHER_CPU_WARN);
-        ons.push(on.per_s);
-        offs.push(off.per_s);
+        rounds.add(&on, &off);
         emit(
             &c,
             json!({
@@ -1008,7 +1012,7 @@ async fn throughput_memory(a: &HistoryArgs) -> anyhow::Result<()> {
         println!("  WARNING: subscriber sessions dropped during the run");
     }
     subscribers.abort_all();
-    let out = summary(&c, &a.bus, &ratios, &quiet, &ons, &offs, 0.8);
+    let out = summary(&c, &a.bus, &rounds, 0.8);
     drop(publishers);
     drop(r);
     out

@@ -238,6 +238,14 @@ struct Stream {
     head: u64,
 }
 
+impl Stream {
+    /// The stream was read up to `offset`.
+    fn passed(&mut self, offset: u64) {
+        self.start.get_or_insert(offset);
+        self.head = self.head.max(offset);
+    }
+}
+
 struct Log {
     epoch: u16,
     head: u64,
@@ -272,9 +280,16 @@ impl Log {
         self.events.front().and_then(|(_, _, e)| e.position).map(|p| p.offset).unwrap_or(self.head + 1)
     }
 
-    /// Keeps `event` as retained (newest first, one per filter); returns
-    /// the count and bytes it replaced.
-    fn retain(&mut self, event: &Envelope) -> (u64, u64) {
+    /// Keeps `event` at the end of the log (kept at `at`), then trims.
+    fn push(&mut self, config: &HistoryConfig, at: Instant, now: Instant, event: &Envelope, delta: &mut Delta) {
+        let size = event.footprint();
+        self.events.push_back((at, size, event.clone()));
+        delta.added(size);
+        delta.dropped(self.trim(config, now));
+    }
+
+    /// Keeps `event` as retained (newest first, one per filter).
+    fn retain(&mut self, event: &Envelope, delta: &mut Delta) {
         let before = self.retained.len();
         let mut freed = 0;
         self.retained.retain(|(s, e)| {
@@ -284,23 +299,40 @@ impl Log {
             }
             keep
         });
-        let mut dropped = ((before - self.retained.len()) as u64, freed);
-        self.retained.push_front((event.footprint(), event.clone()));
+        delta.dropped(((before - self.retained.len()) as u64, freed));
+        let size = event.footprint();
+        self.retained.push_front((size, event.clone()));
+        delta.added(size);
         while self.retained.len() > RETAINED_PER_TOPIC {
             if let Some((s, _)) = self.retained.pop_back() {
-                dropped.0 += 1;
-                dropped.1 += s;
+                delta.dropped((1, s));
             }
         }
-        dropped
+    }
+}
+
+/// Events and bytes one change to the store added and dropped.
+#[derive(Default)]
+struct Delta {
+    added: (u64, u64),
+    dropped: (u64, u64),
+}
+
+impl Delta {
+    fn added(&mut self, bytes: u64) {
+        self.added = (self.added.0 + 1, self.added.1 + bytes);
+    }
+
+    fn dropped(&mut self, (n, bytes): (u64, u64)) {
+        self.dropped = (self.dropped.0 + n, self.dropped.1 + bytes);
     }
 }
 
 impl Logs {
-    /// Counts what was added (`+`) and dropped.
-    fn account(&mut self, added: (u64, u64), dropped: (u64, u64)) {
-        self.events = self.events + added.0 - dropped.0;
-        self.bytes = self.bytes + added.1 - dropped.1;
+    /// Counts what a change added and dropped.
+    fn account(&mut self, d: Delta) {
+        self.events = self.events + d.added.0 - d.dropped.0;
+        self.bytes = self.bytes + d.added.1 - d.dropped.1;
     }
 
     /// Every 1,024 calls, drops expired events and the logs left empty.
@@ -317,7 +349,7 @@ impl Logs {
             bytes += db;
             !log.events.is_empty() || !log.retained.is_empty() || now.duration_since(log.touched) < config.ttl
         });
-        self.account((0, 0), (n, bytes));
+        self.account(Delta { dropped: (n, bytes), ..Delta::default() });
     }
 
     /// The topic's log, made when missing unless `max_topics` logs exist
@@ -366,13 +398,9 @@ impl MemoryStore {
         let logs = &mut *guard;
         logs.sweep(&self.config, now);
         let Some(log) = logs.log(&self.config, &event.realm, &event.topic) else { return };
-        let (mut added, mut dropped) = ((0, 0), (0, 0));
-        let mut drop = |(n, b): (u64, u64)| {
-            dropped.0 += n;
-            dropped.1 += b;
-        };
+        let mut delta = Delta::default();
         if history {
-            drop(log.trim(&self.config, now));
+            delta.dropped(log.trim(&self.config, now));
             if log.events.is_empty() && log.head > 0 {
                 // Everything expired: a new log, so that old positions
                 // cannot be mistaken for recoverable ones.
@@ -386,18 +414,13 @@ impl MemoryStore {
                 let position = Position { epoch: log.epoch, offset: log.head };
                 event.position = Some(position);
                 event.publication = position.publication();
-                let size = event.footprint();
-                log.events.push_back((now, size, event.clone()));
-                added = (1, size);
-                drop(log.trim(&self.config, now));
+                log.push(&self.config, now, now, event, &mut delta);
             }
         }
         if retain {
-            let size = event.footprint();
-            drop(log.retain(event));
-            added = (added.0 + 1, added.1 + size);
+            log.retain(event, &mut delta);
         }
-        logs.account(added, dropped);
+        logs.account(delta);
     }
 
     /// Starts the index of a stream over: `epoch` names the stream, and
@@ -422,8 +445,7 @@ impl MemoryStore {
         let mut guard = self.logs.lock().unwrap_or_else(|e| e.into_inner());
         let logs = &mut *guard;
         let Some(stream) = logs.stream.as_mut() else { return };
-        stream.start.get_or_insert(offset);
-        stream.head = stream.head.max(offset);
+        stream.passed(offset);
         let position = Position { epoch: stream.epoch, offset };
         event.position = Some(position);
         event.publication = position.publication();
@@ -436,29 +458,20 @@ impl MemoryStore {
         let age = Duration::from_micros(crate::now_us().saturating_sub(event.published_at_us));
         let at = now.checked_sub(age).unwrap_or(now);
         let Some(log) = logs.log(&self.config, &event.realm, &event.topic) else { return };
-        let (mut added, mut dropped) = ((0, 0), (0, 0));
-        let mut drop = |(n, b): (u64, u64)| {
-            dropped.0 += n;
-            dropped.1 += b;
-        };
+        let mut delta = Delta::default();
         if history {
             log.touched = now;
             if age > self.config.ttl {
                 // Read back from a stream that keeps more than `ttl`.
                 log.trimmed = offset;
             } else {
-                let size = event.footprint();
-                log.events.push_back((at, size, event.clone()));
-                added = (1, size);
-                drop(log.trim(&self.config, now));
+                log.push(&self.config, at, now, event, &mut delta);
             }
         }
         if retain {
-            let size = event.footprint();
-            drop(log.retain(event));
-            added = (added.0 + 1, added.1 + size);
+            log.retain(event, &mut delta);
         }
-        logs.account(added, dropped);
+        logs.account(delta);
     }
 
     /// The stream moved to `offset` with something that is not an event of
@@ -466,8 +479,7 @@ impl MemoryStore {
     pub fn stream_passed(&self, offset: u64) {
         let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(stream) = logs.stream.as_mut() {
-            stream.start.get_or_insert(offset);
-            stream.head = stream.head.max(offset);
+            stream.passed(offset);
         }
     }
 
@@ -514,7 +526,7 @@ impl MemoryStore {
                 (n, bytes, page)
             }
         };
-        logs.account((0, 0), (n, bytes));
+        logs.account(Delta { dropped: (n, bytes), ..Delta::default() });
         page
     }
 }
@@ -538,9 +550,9 @@ impl MemoryStore {
         let log = logs.by_topic.entry(key).or_insert_with(Log::new);
         log.touched = now;
         let (n, bytes) = log.trim(&self.config, now);
-        logs.events -= n;
-        logs.bytes -= bytes;
-        Some(Position { epoch: log.epoch, offset: log.head })
+        let head = Position { epoch: log.epoch, offset: log.head };
+        logs.account(Delta { dropped: (n, bytes), ..Delta::default() });
+        Some(head)
     }
 }
 
