@@ -44,6 +44,17 @@ async fn subscribe_with(c: &mut Client, topic: &str, opts: Dict) -> (u64, Vec<Me
     (id, events)
 }
 
+/// The next message, which must be the EVENT `[n]`: its publication id.
+async fn event_numbered(c: &mut Client, n: u64) -> u64 {
+    match c.recv().await {
+        Message::Event { publication, args, .. } => {
+            assert_eq!(args, vec![Value::UInt(n)]);
+            publication
+        }
+        other => panic!("expected EVENT, got {other:?}"),
+    }
+}
+
 fn numbers(events: &[Message]) -> Vec<u64> {
     events
         .iter()
@@ -82,13 +93,7 @@ async fn a_subscriber_that_comes_back_gets_exactly_what_it_missed_then_live_even
     let mut first = Client::join(&gw, MSGPACK).await;
     let sub = first.subscribe(&topic, "exact").await;
     publisher.publish(&topic, vec![Value::UInt(1)], Dict::new()).await;
-    let last_seen = match first.recv().await {
-        Message::Event { publication, args, .. } => {
-            assert_eq!(args, vec![Value::UInt(1)]);
-            publication
-        }
-        other => panic!("expected EVENT, got {other:?}"),
-    };
+    let last_seen = event_numbered(&mut first, 1).await;
     drop(first);
     for n in 2..=4 {
         publisher.publish(&topic, vec![Value::UInt(n)], Dict::new()).await;
@@ -272,12 +277,7 @@ async fn on_redis_a_client_resumes_on_another_node_whoever_published() {
     let mut first = Client::join(&a, MSGPACK).await;
     let sub = first.subscribe(&topic, "exact").await;
     let one = on_b.publish(&topic, vec![Value::UInt(1)], Dict::new()).await;
-    match first.recv().await {
-        Message::Event { publication, args, .. } => {
-            assert_eq!((publication, args), (one, vec![Value::UInt(1)]), "PUBLISHED and EVENT agree across nodes")
-        }
-        other => panic!("expected EVENT, got {other:?}"),
-    }
+    assert_eq!(event_numbered(&mut first, 1).await, one, "PUBLISHED and EVENT agree across nodes");
     drop(first);
     // Missed events, through every path: WAMP on node B, HTTP on node A,
     // and a publisher writing straight onto Redis (the CLI's and the Rust
@@ -370,13 +370,7 @@ async fn on_rabbitmq_a_client_resumes_on_another_node_whoever_published() {
     let mut first = Client::join(&a, MSGPACK).await;
     let sub = first.subscribe(&topic, "exact").await;
     on_b.publish(&topic, vec![Value::UInt(1)], Dict::new()).await;
-    let one = match first.recv().await {
-        Message::Event { publication, args, .. } => {
-            assert_eq!(args, vec![Value::UInt(1)]);
-            publication
-        }
-        other => panic!("expected EVENT, got {other:?}"),
-    };
+    let one = event_numbered(&mut first, 1).await;
     drop(first);
     // Missed events, through every path: WAMP on node B, HTTP on node A,
     // and a publisher writing straight onto RabbitMQ (the CLI's and the
@@ -458,10 +452,7 @@ async fn a_client_away_longer_than_the_ttl_is_told_it_did_not_recover() {
         let mut first = Client::join(&node, JSON).await;
         first.subscribe(&topic, "exact").await;
         publisher.publish(&topic, vec![Value::UInt(1)], Dict::new()).await;
-        let one = match first.recv().await {
-            Message::Event { publication, .. } => publication,
-            other => panic!("expected EVENT, got {other:?}"),
-        };
+        let one = event_numbered(&mut first, 1).await;
         drop(first);
         publisher.publish(&topic, vec![Value::UInt(2)], Dict::new()).await;
         tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
