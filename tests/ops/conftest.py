@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import copy
 import os
+import pathlib
+import random
 import re
 import shutil
 import signal
@@ -170,10 +172,29 @@ def duration_ms(text: str) -> int:
     return sum(int(n) * DURATION_UNITS_MS[u] for n, u in re.findall(r"(\d+)\s*(ms|s|m|h|d)", text))
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on now, below the kernel's
+    ephemeral range: a port from bind(0) is an ephemeral one, which any outgoing
+    connection may take before the server we start binds it."""
+    try:
+        low = int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(1000):
+        port = rng.randint(max(1024, low // 2), low - 1)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            if port not in _PORTS_GIVEN:
+                _PORTS_GIVEN.add(port)
+                return port
+    raise RuntimeError("no free TCP port below the ephemeral range")
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):

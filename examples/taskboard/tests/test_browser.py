@@ -254,7 +254,10 @@ def test_a_page_resumes_across_a_node_restart_without_reloading(browser, databas
             task.title = "Review the gateway metrics"
             task.save()
             wait_row(page, "Review the gateway metrics", timeout=2 * LIVE)
-            assert page.problems == []
+            # The client retries while its node is down: Chromium logs each
+            # refused attempt. Anything else is a problem.
+            refused = f"WebSocket connection to '{node2.ws_url}' failed: Error in connection establishment: net::ERR_CONNECTION_REFUSED"
+            assert [p for p in page.problems if p != refused] == []
             page.context.close()
     finally:
         site.stop()

@@ -4,6 +4,7 @@ ready when /readyz answers 200, stopped with SIGTERM (SIGKILL after 10 s)."""
 from __future__ import annotations
 
 import os
+import random
 import pathlib
 import signal
 import socket
@@ -21,10 +22,29 @@ REDIS_URL = os.environ.get("TELEGRAPHY_TEST_REDIS", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("TELEGRAPHY_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2f")
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on now, below the kernel's
+    ephemeral range: a port from bind(0) is an ephemeral one, which any outgoing
+    connection may take before the server we start binds it."""
+    try:
+        low = int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(1000):
+        port = rng.randint(max(1024, low // 2), low - 1)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            if port not in _PORTS_GIVEN:
+                _PORTS_GIVEN.add(port)
+                return port
+    raise RuntimeError("no free TCP port below the ephemeral range")
 
 
 def wait_port_closed(port: int, timeout: float = 10.0):

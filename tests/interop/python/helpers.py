@@ -6,6 +6,7 @@ collect events with timeouts, and publish over the gateway's HTTP API (urllib on
 import asyncio
 import json
 import os
+import random
 import signal
 import socket
 import pathlib
@@ -34,10 +35,29 @@ WAIT = 3.0
 SERIALIZERS = {"json": JsonSerializer, "msgpack": MsgPackSerializer}
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on now, below the kernel's
+    ephemeral range: a port from bind(0) is an ephemeral one, which any outgoing
+    connection may take before the server we start binds it."""
+    try:
+        low = int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(1000):
+        port = rng.randint(max(1024, low // 2), low - 1)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            if port not in _PORTS_GIVEN:
+                _PORTS_GIVEN.add(port)
+                return port
+    raise RuntimeError("no free TCP port below the ephemeral range")
 
 
 def http_request(url, method="GET", body=None, headers=None):
