@@ -141,7 +141,7 @@ pub(crate) enum OpenError {
         source: lapin::Error,
     },
     /// RabbitMQ refused to declare the topic exchange.
-    #[error("cannot connect to the bus at {url}: {}", exchange_reason(exchange, source))]
+    #[error("cannot connect to the bus at {url}: cannot declare the topic exchange `{exchange}` ({source}); if it exists with another type, pick another name (amqp.exchange)")]
     Exchange {
         /// The URL, without its password.
         url: String,
@@ -151,16 +151,12 @@ pub(crate) enum OpenError {
     },
 }
 
-fn exchange_reason(exchange: &str, e: &lapin::Error) -> String {
-    format!("cannot declare the topic exchange `{exchange}` ({e}); if it exists with another type, pick another name (amqp.exchange)")
-}
-
 impl From<OpenError> for BusError {
     fn from(e: OpenError) -> BusError {
         match e {
-            OpenError::Refused { url, source } => BusError::Auth { url, reason: source.to_string() },
-            OpenError::Connect { url, source } => BusError::Connect { url, reason: source.to_string() },
-            OpenError::Exchange { url, exchange, source } => BusError::Connect { url, reason: exchange_reason(&exchange, &source) },
+            OpenError::Refused { url, source } => BusError::Auth { url, source: source.into() },
+            OpenError::Connect { url, source } => BusError::Connect { url, source: source.into() },
+            OpenError::Exchange { url, exchange, source } => BusError::Connect { url, source: crate::ExchangeError { exchange, source: source.into() }.into() },
         }
     }
 }
@@ -243,7 +239,7 @@ impl AmqpBus {
         url.parse::<lapin::uri::AMQPUri>().map_err(|e| BusError::InvalidUrl(format!("bus `{}`: {e}", redact(url))))?;
         let publishing = tokio::time::timeout(options.connect_timeout, open_publisher(url, options))
             .await
-            .map_err(|_| BusError::Connect { url: redact(url), reason: format!("no answer within {:?}", options.connect_timeout) })??;
+            .map_err(|_| BusError::Connect { url: redact(url), source: crate::ConnectTimeout(options.connect_timeout).into() })??;
         let shared = Arc::new(Shared::new(url, options, crate::BusMetrics::unregistered()));
         let mut supervisor = Supervisor::new("RabbitMQ", Client::Publisher, shared.redacted.clone(), options.reconnect_max_delay, probe(url));
         // Ready before this returns: the first session is this connection.

@@ -132,21 +132,57 @@ pub enum BusError {
     #[error("{0}")]
     InvalidUrl(String),
     /// The broker could not be reached (publish-only clients connect eagerly).
-    #[error("cannot connect to the bus at {url}: {reason}")]
+    #[error("cannot connect to the bus at {url}")]
     Connect {
         /// The URL, without its password.
         url: String,
-        /// What went wrong.
-        reason: String,
+        /// What went wrong: the broker client's error, a [`ConnectTimeout`],
+        /// or an [`ExchangeError`].
+        #[source]
+        source: BoxError,
     },
     /// The broker refused the credentials.
-    #[error("the bus at {url} refused the credentials: {reason}")]
+    #[error("the bus at {url} refused the credentials")]
     Auth {
         /// The URL, without its password.
         url: String,
-        /// What the broker said.
-        reason: String,
+        /// What the broker said (the broker client's error).
+        #[source]
+        source: BoxError,
     },
+}
+
+/// The cause a [`BusError`] keeps: the broker client's own error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The broker did not answer a connect within the configured time.
+#[derive(Debug, thiserror::Error)]
+#[error("no answer within {0:?}")]
+pub struct ConnectTimeout(pub std::time::Duration);
+
+/// RabbitMQ refused to declare the topic exchange (most often: one of that
+/// name exists with another type).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot declare the topic exchange `{exchange}`; if it exists with another type, pick another name (amqp.exchange)")]
+pub struct ExchangeError {
+    /// The exchange's name.
+    pub exchange: String,
+    /// What RabbitMQ said.
+    #[source]
+    pub source: BoxError,
+}
+
+/// `error` and its causes on one line, outermost first, joined by `": "`:
+/// what a user reads when only one line is printed.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }
 
 /// An event bus (see the crate docs for the contract every adapter keeps).

@@ -167,9 +167,9 @@ fn open(url: &str) -> Result<redis::Client, BusError> {
 
 fn connect_error(url: &str, e: redis::RedisError) -> BusError {
     if e.kind() == redis::ErrorKind::AuthenticationFailed {
-        BusError::Auth { url: redact(url), reason: e.to_string() }
+        BusError::Auth { url: redact(url), source: e.into() }
     } else {
-        BusError::Connect { url: redact(url), reason: e.to_string() }
+        BusError::Connect { url: redact(url), source: e.into() }
     }
 }
 
@@ -324,7 +324,7 @@ impl RedisBus {
         let client = open(url)?;
         let conn = tokio::time::timeout(options.connect_timeout, client.get_multiplexed_async_connection_with_config(&connection_config(options)))
             .await
-            .map_err(|_| BusError::Connect { url: redact(url), reason: format!("no answer within {:?}", options.connect_timeout) })?
+            .map_err(|_| BusError::Connect { url: redact(url), source: crate::ConnectTimeout(options.connect_timeout).into() })?
             .map_err(|e| connect_error(url, e))?;
         let shared = Arc::new(Shared::new(client, url, options, crate::BusMetrics::unregistered()));
         let mut supervisor = Supervisor::new("Redis", Client::Publisher, shared.url.clone(), options.reconnect_max_delay, probe(&shared.client));

@@ -753,9 +753,10 @@ async fn all_interests_route(node: &mut Node, topics: &[&str], when: &str) {
 async fn amqp_refused_login_is_an_auth_error() {
     let refused = Cluster::on(Kind::Amqp, "amqp://guest:not-the-password@127.0.0.1:5672/%2f".into());
     match telegraphy_bus::connect_publisher(&refused.url, &refused.options).await.err() {
-        Some(BusError::Auth { url, reason }) => {
+        Some(BusError::Auth { url, source }) => {
             assert_eq!(url, "amqp://guest:***@127.0.0.1:5672/%2f");
-            assert!(reason.contains("ACCESS"), "the reason quotes RabbitMQ: {reason}");
+            let lapin = source.downcast_ref::<lapin::Error>().expect("the source is lapin's own error");
+            assert!(lapin.to_string().contains("ACCESS"), "the source quotes RabbitMQ: {lapin}");
         }
         other => panic!("a wrong password: {other:?}"),
     }

@@ -1,7 +1,7 @@
 //! `POST /publish` bodies: parsing never panics; refusals carry a message.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use telegraphy_gateway::publish::parse_body;
+use telegraphy_gateway::harness::parse_body;
 use telegraphy_wamp::UriRules;
 
 fuzz_target!(|data: &[u8]| {

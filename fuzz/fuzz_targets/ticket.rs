@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use telegraphy_gateway::auth::Authenticator;
+use telegraphy_gateway::harness::Authenticator;
 use telegraphy_gateway::Config;
 
 fn auth() -> &'static Authenticator {

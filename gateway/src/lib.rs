@@ -39,24 +39,40 @@
 #![allow(rustdoc::private_intra_doc_links)]
 
 mod admission;
-pub mod auth;
+mod auth;
 mod authz;
-pub mod broker;
+mod broker;
 pub mod config;
-pub mod connection;
+mod connection;
 mod continuity;
 mod lifecycle;
 mod listener;
 mod match_index;
-pub mod metrics;
-pub mod node;
-pub mod outbox;
-pub mod publish;
+mod metrics;
+mod node;
+mod outbox;
+mod publish;
 mod realm;
-pub mod server;
-pub mod session;
-pub mod wire;
+mod server;
+mod session;
+mod wire;
 
 pub use config::Config;
 pub use listener::TlsError;
-pub use server::Gateway;
+pub use server::{shutdown_signal, Gateway, Prepared, StartError};
+
+/// Internals that the instruction benchmark (`bench/src/bin/telegraphy-instr.rs`),
+/// the fuzz targets and the integration tests drive directly. Not an API: it
+/// changes with the code it exposes.
+#[doc(hidden)]
+pub mod harness {
+    pub use crate::auth::{cra_sign, Authenticator};
+    pub use crate::broker::{Broker, SessionHandle};
+    pub use crate::connection::origin_allowed;
+    pub use crate::metrics::Metrics;
+    pub use crate::node::{Node, NodeBus};
+    pub use crate::outbox::{Flush, Outbox};
+    pub use crate::publish::parse_body;
+    pub use crate::session::{Flow, Session};
+    pub use crate::wire::{data_frame, Wire};
+}

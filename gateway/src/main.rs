@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Parser;
 use telegraphy_gateway::config::{LogFormat, LogOverrides, Overrides, UriRulesSetting};
-use telegraphy_gateway::{server, Config, Gateway};
+use telegraphy_gateway::{shutdown_signal, Config, Gateway, Prepared};
 
 /// Telegraphy gateway: a WAMP v2 broker that pushes server-side events to browsers.
 ///
@@ -102,7 +102,7 @@ fn main() -> std::process::ExitCode {
     }
     fit_open_files(&mut config);
     // Keys, roles, CRA users and TLS files, loaded before anything listens.
-    let prepared = match server::Prepared::new(config) {
+    let prepared = match Prepared::new(config) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("telegraphy-gateway: {e}");
@@ -118,7 +118,7 @@ fn main() -> std::process::ExitCode {
     };
     match runtime.block_on(async {
         let gateway = Gateway::bind_prepared(prepared).await?;
-        gateway.run(server::shutdown_signal()).await?;
+        gateway.run(shutdown_signal()).await?;
         anyhow::Ok(())
     }) {
         Ok(()) => std::process::ExitCode::SUCCESS,

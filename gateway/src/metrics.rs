@@ -8,7 +8,7 @@ use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, I
 use telegraphy_wamp::Serialization;
 
 /// Metric names (the dashboard and alert rules query these).
-pub mod name {
+pub(crate) mod name {
     /// Open WebSocket connections.
     pub(crate) const CONNECTIONS: &str = "telegraphy_connections";
     /// Connections refused at accept or at the WebSocket upgrade, by reason.

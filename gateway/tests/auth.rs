@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use telegraphy_gateway::config::{CraUser, RoleConfig};
-use telegraphy_gateway::server::Prepared;
+use telegraphy_gateway::Prepared;
 use telegraphy_gateway::Config;
 use telegraphy_wamp::codes::{close, uri as err};
 use telegraphy_wamp::{dict, Dict, Message, Serialization, Value};
@@ -191,7 +191,7 @@ async fn wamp_cra_for_services() {
             }
             other => panic!("expected CHALLENGE, got {other:?}"),
         };
-        let signature = telegraphy_gateway::auth::cra_sign(secret, &challenge);
+        let signature = telegraphy_gateway::harness::cra_sign(secret, &challenge);
         c.send(&Message::Authenticate { signature, extra: Dict::new() }).await;
         match c.finish_join().await {
             Ok(c) => {
@@ -446,7 +446,7 @@ async fn origin_allow_list() {
 #[test]
 fn origins_match_configured_hosts_only() {
     use axum::http::HeaderValue;
-    use telegraphy_gateway::connection::origin_allowed;
+    use telegraphy_gateway::harness::origin_allowed;
     let o = |s: &'static str| HeaderValue::from_static(s);
     let hosts = vec!["gw.example.com".to_string(), "app.example.com:8443".to_string()];
     assert!(origin_allowed(&[], &hosts, false, &o("https://gw.example.com")));
@@ -639,7 +639,7 @@ async fn cra_answers_known_and_unknown_authids_alike() {
     {
         let (mut c, challenge) = challenge_for(authid).await;
         let signature = match signature {
-            Some(secret) => telegraphy_gateway::auth::cra_sign(secret, &challenge.to_string()),
+            Some(secret) => telegraphy_gateway::harness::cra_sign(secret, &challenge.to_string()),
             None => "not base64 !".to_string(),
         };
         c.send(&Message::Authenticate { signature, extra: Dict::new() }).await;

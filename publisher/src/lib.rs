@@ -77,7 +77,7 @@ impl From<BusError> for Error {
             BusError::Connect { .. } => ErrorKind::Unavailable,
             BusError::Auth { .. } => ErrorKind::Unauthorized,
         };
-        Error::new(kind, e.to_string())
+        Error::new(kind, telegraphy_bus::error_chain(&e))
     }
 }
 

@@ -37,10 +37,10 @@ use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use telegraphy_bus::{BusMetrics, BusOptions, Envelope, Inbound, MemoryBus};
-use telegraphy_gateway::broker::{Broker, SessionHandle};
-use telegraphy_gateway::metrics::Metrics;
-use telegraphy_gateway::outbox::{Flush, Outbox};
-use telegraphy_gateway::wire::{data_frame, Wire};
+use telegraphy_gateway::harness::{Broker, SessionHandle};
+use telegraphy_gateway::harness::Metrics;
+use telegraphy_gateway::harness::{Flush, Outbox};
+use telegraphy_gateway::harness::{data_frame, Wire};
 use telegraphy_wamp::{Dict, EventRef, MatchPolicy, Message, Serialization, Value};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -349,17 +349,17 @@ fn decode(ser: Serialization, messages: u64) -> anyhow::Result<()> {
 }
 
 async fn session_setup(sessions: usize) -> anyhow::Result<()> {
-    use telegraphy_gateway::session::{Flow, Session};
+    use telegraphy_gateway::harness::{Flow, Session};
     let (socks, mut helper) = sockets(sessions).await?;
     let mut config = telegraphy_gateway::Config::default();
     config.auth.jwt_secret = Some(SECRET.into());
     config.validate()?;
-    let auth = telegraphy_gateway::auth::Authenticator::from_config(&config)?;
+    let auth = telegraphy_gateway::harness::Authenticator::from_config(&config)?;
     let metrics = Arc::new(Metrics::new());
     let (tx, _rx) = tokio::sync::mpsc::channel(16);
     let bus: Arc<dyn telegraphy_bus::Bus> = Arc::new(MemoryBus::new(Inbound::new(tx.clone(), BusMetrics::unregistered())));
-    let parts = telegraphy_gateway::node::NodeBus { bus, store: None, queue: tx.downgrade(), sessions: Default::default() };
-    let node = telegraphy_gateway::node::Node::new(1, config, auth, parts, metrics.clone());
+    let parts = telegraphy_gateway::harness::NodeBus { bus, store: None, queue: tx.downgrade(), sessions: Default::default() };
+    let node = telegraphy_gateway::harness::Node::new(1, config, auth, parts, metrics.clone());
     let ticket = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &serde_json::json!({"sub": "alice", "exp": 4_000_000_000u64}),
