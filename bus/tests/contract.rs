@@ -3,6 +3,8 @@
 //! the same test body run against every adapter (`memory::ordering`,
 //! `redis::ordering`, `amqp::ordering`, ...). A new adapter joins the suite
 //! with a `Kind` and a module in the `contract!` macro at the end of this file.
+//! The `store_*` promises do the same for the [`EventStore`] contract
+//! (`bus/src/history.rs`) of the store each bus starts beside it.
 //!
 //! Brokers: the machine's shared Redis (127.0.0.1:6379) and RabbitMQ
 //! (127.0.0.1:5672, guest/guest). Each test uses a random Redis key prefix or
@@ -23,7 +25,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use telegraphy_bus::{Bus, BusError, BusMetrics, BusOptions, Delivery, Envelope, Filter, Inbound, PublishError, Publisher};
+use telegraphy_bus::history::{Page, StoreError};
+use telegraphy_bus::pattern::PatternSet;
+use telegraphy_bus::{Bus, BusError, BusMetrics, BusOptions, Delivery, Envelope, EventStore, Filter, HistoryConfig, Inbound, Position, PublishError, Publisher};
 use telegraphy_wamp::{Dict, MatchPolicy, Value};
 use tokio::sync::mpsc;
 
@@ -75,6 +79,12 @@ impl Cluster {
         Cluster { kind, url, options }
     }
 
+    /// The same, with history kept for topics under `h.` (`size` events each).
+    fn with_history(mut self, size: usize) -> Cluster {
+        self.options.history = HistoryConfig { topics: PatternSet::parse(&["h.*"]).expect("a pattern"), size, ..HistoryConfig::default() };
+        self
+    }
+
     /// How many distinct nodes the bus can have: the memory bus lives inside
     /// one node.
     fn max_nodes(&self) -> usize {
@@ -89,7 +99,8 @@ impl Cluster {
     fn node_with_queue(&self, capacity: usize) -> Node {
         let (tx, events) = mpsc::channel(capacity);
         let metrics = BusMetrics::unregistered();
-        let bus = telegraphy_bus::start(&self.url, &self.options, Inbound::new(tx, metrics.clone())).expect("the bus starts").bus;
+        let started = telegraphy_bus::start(&self.url, &self.options, Inbound::new(tx, metrics.clone())).expect("the bus starts");
+        let (bus, store) = (started.bus, started.store);
         assert_eq!(
             bus.kind(),
             match self.kind {
@@ -98,7 +109,7 @@ impl Cluster {
                 Kind::Amqp => "amqp",
             }
         );
-        Node { bus, events, metrics }
+        Node { bus, store, events, metrics }
     }
 
     /// A node that is ready.
@@ -123,6 +134,9 @@ impl Drop for Cluster {
     /// the shared RabbitMQ (also when the test failed). A private broker
     /// goes away whole.
     fn drop(&mut self) {
+        if self.kind == Kind::Redis && self.url == SHARED_REDIS {
+            self.delete_redis_keys();
+        }
         if self.kind != Kind::Amqp || self.url != SHARED_AMQP {
             return;
         }
@@ -134,6 +148,10 @@ impl Drop for Cluster {
                     let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await?;
                     let channel = conn.create_channel().await?;
                     channel.exchange_delete(exchange.as_str().into(), lapin::options::ExchangeDeleteOptions::default()).await?;
+                    // The history streams nodes declare beside it (if any).
+                    for queue in [format!("{exchange}.history"), format!("{exchange}.history-epoch")] {
+                        channel.queue_delete(queue.as_str().into(), lapin::options::QueueDeleteOptions::default()).await?;
+                    }
                     conn.close(200, "contract test done".into()).await
                 })
                 .await
@@ -146,9 +164,29 @@ impl Drop for Cluster {
     }
 }
 
+impl Cluster {
+    /// Deletes what this test's nodes wrote to the shared Redis (history
+    /// settings, logs, retained events): every key under its own prefix.
+    fn delete_redis_keys(&self) {
+        let deleted = (|| -> ::redis::RedisResult<()> {
+            let mut conn = ::redis::Client::open(self.url.as_str())?.get_connection_with_timeout(WAIT)?;
+            let keys: Vec<String> = ::redis::cmd("KEYS").arg(format!("{}*", self.options.redis_key_prefix)).query(&mut conn)?;
+            if !keys.is_empty() {
+                ::redis::cmd("DEL").arg(keys).query::<()>(&mut conn)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = deleted {
+            eprintln!("could not delete the test's Redis keys {}*: {e}", self.options.redis_key_prefix);
+        }
+    }
+}
+
 /// A node: its bus and the queue the bus hands consumed events to.
 struct Node {
     bus: Arc<dyn Bus>,
+    /// The event store beside the bus (history and retention).
+    store: Option<Arc<dyn EventStore>>,
     events: mpsc::Receiver<Envelope>,
     metrics: BusMetrics,
 }
@@ -633,6 +671,127 @@ async fn backpressure_stops_reading(kind: Kind) {
     within(WAIT, sending, "the publisher").await.expect("the publisher task").expect("every publish accepted");
 }
 
+// ---------------------------------------------------------------------------
+// The `EventStore` contract (`bus/src/history.rs`): the store beside each
+// bus, read by resumes and `wamp.subscription.get_events`.
+// ---------------------------------------------------------------------------
+
+impl Node {
+    fn store(&self) -> &dyn EventStore {
+        self.store.as_deref().unwrap_or_else(|| panic!("the {} bus has no event store", self.bus.kind()))
+    }
+
+    async fn read(&self, topic: &str, after: Option<Position>, limit: usize) -> Page {
+        let read = within(WAIT, self.store().read(REALM, topic, after, limit), "EventStore::read").await;
+        read.unwrap_or_else(|e| panic!("reading {topic} from the {} store: {e}", self.store().kind()))
+    }
+
+    /// Publishes `events` through this node's bus and takes them back from
+    /// its queue (the node has an interest in their topics): the copies
+    /// carry the positions the bus gave them.
+    async fn publish_and_receive(&mut self, events: &[Envelope], what: &str) -> Vec<Envelope> {
+        let mut received = Vec::new();
+        for e in events {
+            // Stamped like a publisher does: the store keeps events for `ttl` after it.
+            let stamped = Envelope { published_at_us: telegraphy_bus::now_us(), ..e.clone() };
+            publish_ok(&*self.bus, stamped, Delivery::Accepted).await;
+        }
+        for (n, want) in events.iter().enumerate() {
+            let got = self.next(&format!("{what}: event {n}")).await;
+            assert_eq!(got.args, want.args, "{what}: event {n} is not the one published");
+            received.push(got);
+        }
+        received
+    }
+}
+
+fn publications(events: &[Envelope]) -> Vec<u64> {
+    events.iter().map(|e| e.publication).collect()
+}
+
+/// Order and bounds: a history topic's events get positions in one epoch
+/// with growing offsets, and the publication id live delivery carries *is*
+/// the position. `read` returns them oldest first; it keeps the newest
+/// `size` and says so (`first`, `head`); a read after a position returns
+/// what followed it; a position of another epoch reads as no events (with
+/// the log's epoch, so the reader can tell "lost"). `head` is the newest
+/// position, and `None` for a topic that keeps no history.
+async fn store_order_and_bounds(kind: Kind) {
+    const SIZE: usize = 5;
+    let cluster = Cluster::shared(kind).with_history(SIZE);
+    let mut node = cluster.node().await;
+    node.interest(MatchPolicy::Exact, "h.order").await;
+    let published: Vec<Envelope> = (0..8).map(|n| event("h.order", &n.to_string())).collect();
+    let live = node.publish_and_receive(&published, "live").await;
+
+    let positions: Vec<Position> = live.iter().map(|e| e.position.unwrap_or_else(|| panic!("no position on {}", e.topic))).collect();
+    for (e, p) in live.iter().zip(&positions) {
+        assert_eq!(e.publication, p.publication(), "the publication id is the position");
+    }
+    assert!(positions.windows(2).all(|w| w[0].epoch == w[1].epoch && w[0].offset < w[1].offset), "one epoch, growing offsets: {positions:?}");
+
+    let page = node.read("h.order", None, 100).await;
+    assert_eq!(publications(&page.events), publications(&live[8 - SIZE..]), "the newest {SIZE}, oldest first");
+    assert_eq!(page.epoch, Some(positions[0].epoch));
+    assert_eq!((page.first, page.head), (positions[8 - SIZE].offset, positions[7].offset), "first and head say what is kept");
+    assert_eq!(page.events.iter().map(|e| e.position).collect::<Vec<_>>(), positions[8 - SIZE..].iter().map(|p| Some(*p)).collect::<Vec<_>>(), "read events carry their positions");
+
+    let after = node.read("h.order", Some(positions[5]), 100).await;
+    assert_eq!(publications(&after.events), publications(&live[6..]), "a read after a position: what followed it");
+    let limited = node.read("h.order", Some(positions[3]), 2).await;
+    assert_eq!(publications(&limited.events), publications(&live[4..6]), "at most `limit`, oldest first");
+    let newest = node.read("h.order", None, 2).await;
+    assert_eq!(publications(&newest.events), publications(&live[6..]), "no position: the newest `limit`");
+
+    let other_epoch = Position { epoch: positions[0].epoch.wrapping_add(1).max(1), offset: positions[5].offset };
+    let other = node.read("h.order", Some(other_epoch), 100).await;
+    assert!(other.events.is_empty(), "a position of another epoch reads as no events: {:?}", publications(&other.events));
+    assert_eq!(other.epoch, Some(positions[0].epoch), "and says the log's epoch");
+
+    let head = within(WAIT, node.store().head(REALM, "h.order"), "head").await.expect("head");
+    assert_eq!(head, Some(positions[7]));
+    let none = within(WAIT, node.store().head(REALM, "nohistory.order"), "head").await.expect("head");
+    assert_eq!(none, None, "a topic that keeps no history has no head");
+}
+
+/// What is kept: an event whose filter names session ids is delivered live
+/// but never kept; filters by authid and authrole are kept with the event.
+async fn store_keeps_no_session_filtered_events(kind: Kind) {
+    let cluster = Cluster::shared(kind).with_history(100);
+    let mut node = cluster.node().await;
+    node.interest(MatchPolicy::Exact, "h.kept").await;
+    let mut by_session = event("h.kept", "eligible session");
+    by_session.filter.eligible = Some(vec![42]);
+    let mut excluding = event("h.kept", "excluded session");
+    excluding.filter.exclude = vec![43];
+    let mut by_authid = event("h.kept", "eligible authid");
+    by_authid.filter.eligible_authid = Some(vec!["alice".into()]);
+    let plain = event("h.kept", "plain");
+    let live = node.publish_and_receive(&[by_session, excluding, by_authid, plain], "live").await;
+    let page = node.read("h.kept", None, 100).await;
+    assert_eq!(publications(&page.events), publications(&live[2..]), "kept: the authid-filtered and the plain event, not the session-filtered ones");
+    assert_eq!(page.events[0].filter.eligible_authid, Some(vec!["alice".to_string()]), "the authid filter is kept with the event");
+}
+
+/// Retention: the newest retained event per distinct filter, newest first,
+/// a few at most; an event published without `retain` replaces nothing.
+async fn store_retention(kind: Kind) {
+    let cluster = Cluster::shared(kind).with_history(100);
+    let mut node = cluster.node().await;
+    node.interest(MatchPolicy::Exact, "h.retained").await;
+    let retained = |label: &str| Envelope { retain: true, ..event("h.retained", label) };
+    let first = retained("first");
+    let second = retained("second");
+    let not_retained = event("h.retained", "not retained");
+    let mut for_alice = retained("for alice");
+    for_alice.filter.eligible_authid = Some(vec!["alice".into()]);
+    let live = node.publish_and_receive(&[first, second, not_retained, for_alice], "live").await;
+    let kept = within(WAIT, node.store().retained(REALM, "h.retained"), "retained").await.expect("retained");
+    assert_eq!(publications(&kept), vec![live[3].publication, live[1].publication], "newest first, one per filter; the unretained event replaced nothing");
+    let none = within(WAIT, node.store().retained(REALM, "h.never-retained"), "retained").await.expect("retained");
+    assert!(none.is_empty());
+}
+
 /// Outages (broker adapters): the bus connects in the background (not
 /// ready, publishes and batches fail fast with `Unavailable`,
 /// `interest_applied` resolves at once while disconnected); when the broker
@@ -745,6 +904,34 @@ async fn all_interests_route(node: &mut Node, topics: &[&str], when: &str) {
 // ---------------------------------------------------------------------------
 // What a publish-only client's connect reports.
 // ---------------------------------------------------------------------------
+
+/// The store's outage promise, on Redis (where the store is the broker;
+/// the memory and RabbitMQ stores live in the node): a read while Redis is
+/// gone fails with `Unavailable`, never answers from nothing; once Redis
+/// is back the store answers again.
+#[tokio::test]
+async fn redis_store_read_fails_while_redis_is_gone() {
+    let mut broker = PrivateBroker::new(Kind::Redis);
+    let cluster = Cluster::on(Kind::Redis, broker.url()).with_history(10);
+    broker.start();
+    let mut node = cluster.node_with_queue(64);
+    node.until_ready(BOOT).await;
+    node.interest(MatchPolicy::Exact, "h.outage").await;
+    let live = node.publish_and_receive(&[event("h.outage", "before")], "before the outage").await;
+    assert_eq!(publications(&node.read("h.outage", None, 10).await.events), publications(&live));
+
+    broker.kill();
+    match within(WAIT, node.store().read(REALM, "h.outage", None, 10), "a read while Redis is gone").await {
+        Err(StoreError::Unavailable(_)) => {}
+        other => panic!("a read while Redis is gone: {other:?}"),
+    }
+    broker.start();
+    node.until_ready(BOOT).await;
+    let again = node.publish_and_receive(&[event("h.outage", "after")], "after the outage").await;
+    let page = node.read("h.outage", None, 10).await;
+    // This private Redis keeps nothing on disk: the log starts again.
+    assert_eq!(publications(&page.events), publications(&again), "the store answers again once Redis is back");
+}
 
 /// RabbitMQ refusing the login is told apart from an unreachable broker
 /// (the CLI and the publisher library answer "unauthorized" for one,
@@ -963,6 +1150,9 @@ contract! {
         concurrent_subscribed_publishes_answer_each,
         envelope_round_trip,
         backpressure_stops_reading,
+        store_order_and_bounds,
+        store_keeps_no_session_filtered_events,
+        store_retention,
     ],
     brokers: [
         outage,

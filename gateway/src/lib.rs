@@ -34,6 +34,15 @@
 //! * [`metrics`]: Prometheus metric names and handles.
 //!
 //! The WAMP codec lives in `telegraphy-wamp` and the bus in `telegraphy-bus`.
+//!
+//! # What other crates see
+//!
+//! The binary's needs: [`Config`] (and the [`config`] types it holds),
+//! [`Gateway`] (bind, run, drain), [`Prepared`], [`StartError`] and
+//! [`shutdown_signal`]. Every module is private; the few internals that the
+//! instruction benchmark, the fuzz targets and the integration tests drive
+//! directly are re-exported from the hidden `harness` module, so the
+//! compiler reports anything nobody uses.
 
 // The layout above is for maintainers (`cargo doc --document-private-items`).
 #![allow(rustdoc::private_intra_doc_links)]

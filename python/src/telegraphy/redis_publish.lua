@@ -43,6 +43,24 @@ local function matches(pattern, topic)
   return true
 end
 
+-- Whether two values unpacked from msgpack are equal (maps by content).
+local function same(a, b)
+  if type(a) ~= 'table' or type(b) ~= 'table' then
+    return a == b
+  end
+  for k, v in pairs(a) do
+    if not same(v, b[k]) then
+      return false
+    end
+  end
+  for k in pairs(b) do
+    if a[k] == nil then
+      return false
+    end
+  end
+  return true
+end
+
 local payload = ARGV[1]
 local keepable = ARGV[4] == '1'
 local epoch, offset = 0, 0
@@ -81,6 +99,14 @@ if keepable then
     redis.call('PEXPIRE', KEYS[3], ttl)
   end
   if ARGV[3] == '1' then
+    -- One retained event per audience (the envelope's 8th field, its
+    -- filter): the new one replaces an older one for the same audience.
+    local filter = cmsgpack.unpack(payload)[8]
+    for _, old in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+      if same(cmsgpack.unpack(old)[8], filter) then
+        redis.call('LREM', KEYS[4], 1, old)
+      end
+    end
     redis.call('LPUSH', KEYS[4], payload)
     redis.call('LTRIM', KEYS[4], 0, 3)
   end
