@@ -156,7 +156,9 @@ impl From<OpenError> for BusError {
         match e {
             OpenError::Refused { url, source } => BusError::Auth { url, source: source.into() },
             OpenError::Connect { url, source } => BusError::Connect { url, source: source.into() },
-            OpenError::Exchange { url, exchange, source } => BusError::Connect { url, source: crate::ExchangeError { exchange, source: source.into() }.into() },
+            OpenError::Exchange { url, exchange, source } => {
+                BusError::Connect { url, source: crate::ExchangeError { exchange, source: source.into() }.into() }
+            }
         }
     }
 }

@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use telegraphy_bus::history::{Page, StoreError};
 use telegraphy_bus::pattern::PatternSet;
-use telegraphy_bus::{Bus, BusError, BusMetrics, BusOptions, Delivery, Envelope, EventStore, Filter, HistoryConfig, Inbound, Position, PublishError, Publisher};
+use telegraphy_bus::{
+    Bus, BusError, BusMetrics, BusOptions, Delivery, Envelope, EventStore, Filter, HistoryConfig, Inbound, Position, PublishError, Publisher,
+};
 use telegraphy_wamp::{Dict, MatchPolicy, Value};
 use tokio::sync::mpsc;
 
@@ -734,7 +736,11 @@ async fn store_order_and_bounds(kind: Kind) {
     assert_eq!(publications(&page.events), publications(&live[8 - SIZE..]), "the newest {SIZE}, oldest first");
     assert_eq!(page.epoch, Some(positions[0].epoch));
     assert_eq!((page.first, page.head), (positions[8 - SIZE].offset, positions[7].offset), "first and head say what is kept");
-    assert_eq!(page.events.iter().map(|e| e.position).collect::<Vec<_>>(), positions[8 - SIZE..].iter().map(|p| Some(*p)).collect::<Vec<_>>(), "read events carry their positions");
+    assert_eq!(
+        page.events.iter().map(|e| e.position).collect::<Vec<_>>(),
+        positions[8 - SIZE..].iter().map(|p| Some(*p)).collect::<Vec<_>>(),
+        "read events carry their positions"
+    );
 
     let after = node.read("h.order", Some(positions[5]), 100).await;
     assert_eq!(publications(&after.events), publications(&live[6..]), "a read after a position: what followed it");
@@ -787,7 +793,11 @@ async fn store_retention(kind: Kind) {
     for_alice.filter.eligible_authid = Some(vec!["alice".into()]);
     let live = node.publish_and_receive(&[first, second, not_retained, for_alice], "live").await;
     let kept = within(WAIT, node.store().retained(REALM, "h.retained"), "retained").await.expect("retained");
-    assert_eq!(publications(&kept), vec![live[3].publication, live[1].publication], "newest first, one per filter; the unretained event replaced nothing");
+    assert_eq!(
+        publications(&kept),
+        vec![live[3].publication, live[1].publication],
+        "newest first, one per filter; the unretained event replaced nothing"
+    );
     let none = within(WAIT, node.store().retained(REALM, "h.never-retained"), "retained").await.expect("retained");
     assert!(none.is_empty());
 }

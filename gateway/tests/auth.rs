@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use telegraphy_gateway::config::{CraUser, RoleConfig};
-use telegraphy_gateway::Prepared;
 use telegraphy_gateway::Config;
+use telegraphy_gateway::Prepared;
 use telegraphy_wamp::codes::{close, uri as err};
 use telegraphy_wamp::{dict, Dict, Message, Serialization, Value};
 use util::{Client, TestGateway};

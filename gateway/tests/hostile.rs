@@ -3,8 +3,8 @@
 //! panics; it is refused with a message.
 
 use proptest::prelude::*;
-use telegraphy_gateway::harness::Authenticator;
 use telegraphy_gateway::harness::parse_body;
+use telegraphy_gateway::harness::Authenticator;
 use telegraphy_gateway::Config;
 use telegraphy_wamp::UriRules;
 
