@@ -29,18 +29,21 @@ use serde::Deserialize;
 use sha2::Sha256;
 use telegraphy_wamp::codes::uri as err;
 
-use crate::authz::{PatternSet, Permissions};
+use crate::authz::{Actions, PatternSet, Permissions};
 use crate::config::{Config, ConfigError, RoleConfig};
 
 /// A role's rights, parsed once at startup.
 #[derive(Debug, Clone)]
 pub(crate) struct Role {
-    subscribe: PatternSet,
-    publish: PatternSet,
+    patterns: Actions<PatternSet>,
     /// Publishes per second per session (0: no limit).
     pub publish_rate: f64,
     /// Burst above the rate.
     pub publish_burst: u32,
+    /// Calls per second per session (0: no limit).
+    pub call_rate: f64,
+    /// Burst above the rate.
+    pub call_burst: u32,
     publish_options: bool,
     /// The role's rights with no token claims, shared by every such session
     /// (one allocation per role instead of one per session).
@@ -104,6 +107,10 @@ struct Claims {
     subscribe: Option<Vec<String>>,
     #[serde(default)]
     publish: Option<Vec<String>>,
+    #[serde(default)]
+    call: Option<Vec<String>>,
+    #[serde(default)]
+    register: Option<Vec<String>>,
 }
 
 /// A claim that is a string or a list of strings.
@@ -132,15 +139,27 @@ fn header_alg(ticket: &str) -> Option<String> {
 }
 
 /// Every role the gateway knows: the built-in `anonymous` and `user`
-/// (subscribe to anything, publish nothing, rate limited), overridden or
-/// extended by `[roles.NAME]`. In dev mode `anonymous` may publish too.
+/// (subscribe to anything; publish, call and register nothing; rate
+/// limited), overridden or extended by `[roles.NAME]`. In dev mode
+/// `anonymous` may publish, call and register anything too.
 fn effective_roles(config: &Config) -> BTreeMap<String, RoleConfig> {
-    let builtin =
-        |publish: Vec<String>| RoleConfig { subscribe: vec!["*".into()], publish, publish_rate: 50.0, publish_burst: 100, publish_options: false };
-    let anonymous_publish = if config.dev { vec!["*".to_string()] } else { Vec::new() };
+    let builtin = |all: bool| {
+        let everything = if all { vec!["*".to_string()] } else { Vec::new() };
+        RoleConfig {
+            subscribe: vec!["*".into()],
+            publish: everything.clone(),
+            call: everything.clone(),
+            register: everything,
+            publish_rate: 50.0,
+            publish_burst: 100,
+            call_rate: 50.0,
+            call_burst: 100,
+            publish_options: false,
+        }
+    };
     let mut roles = BTreeMap::new();
-    roles.insert("user".to_string(), builtin(Vec::new()));
-    roles.insert(config.auth.anonymous_role.clone(), builtin(anonymous_publish));
+    roles.insert("user".to_string(), builtin(false));
+    roles.insert(config.auth.anonymous_role.clone(), builtin(config.dev));
     for (name, role) in &config.roles {
         roles.insert(name.clone(), role.clone());
     }
@@ -179,14 +198,20 @@ impl Authenticator {
         let invalid = |m: String| ConfigError::Invalid(m);
         let mut roles = BTreeMap::new();
         for (name, r) in effective_roles(config) {
-            let subscribe = PatternSet::parse(&r.subscribe).map_err(|e| invalid(format!("roles.{name}.subscribe: {e}")))?;
-            let publish = PatternSet::parse(&r.publish).map_err(|e| invalid(format!("roles.{name}.publish: {e}")))?;
-            let shared = Arc::new(Permissions::new(subscribe.clone(), publish.clone(), None, None, r.publish_options));
+            let parse = |list: &[String], action: &str| PatternSet::parse(list).map_err(|e| invalid(format!("roles.{name}.{action}: {e}")));
+            let patterns = Actions {
+                subscribe: parse(&r.subscribe, "subscribe")?,
+                publish: parse(&r.publish, "publish")?,
+                call: parse(&r.call, "call")?,
+                register: parse(&r.register, "register")?,
+            };
+            let shared = Arc::new(Permissions::new(patterns.clone(), Actions::default(), r.publish_options));
             let role = Role {
-                subscribe,
-                publish,
+                patterns,
                 publish_rate: r.publish_rate,
                 publish_burst: r.publish_burst.max(1),
+                call_rate: r.call_rate,
+                call_burst: r.call_burst.max(1),
                 publish_options: r.publish_options,
                 shared,
             };
@@ -273,8 +298,7 @@ impl Authenticator {
         authid: String,
         role_name: &str,
         (method, provider): (&'static str, &'static str),
-        token_subscribe: Option<PatternSet>,
-        token_publish: Option<PatternSet>,
+        token: Actions<Option<PatternSet>>,
         expires_at: Option<SystemTime>,
     ) -> Result<Authenticated, AuthFailure> {
         let Some(role) = self.roles.get(role_name) else {
@@ -286,10 +310,10 @@ impl Authenticator {
                 reason: "unknown_role",
             });
         };
-        let permissions = if token_subscribe.is_none() && token_publish.is_none() {
+        let permissions = if token == Actions::default() {
             role.shared.clone()
         } else {
-            Arc::new(Permissions::new(role.subscribe.clone(), role.publish.clone(), token_subscribe, token_publish, role.publish_options))
+            Arc::new(Permissions::new(role.patterns.clone(), token, role.publish_options))
         };
         Ok(Authenticated {
             authid,
@@ -305,7 +329,7 @@ impl Authenticator {
     /// An anonymous session, if allowed.
     pub(crate) fn anonymous(&self, session: u64) -> Option<Result<Authenticated, AuthFailure>> {
         let role = self.anonymous.as_ref()?;
-        Some(self.session_for(format!("anonymous-{session}"), role, ("anonymous", "static"), None, None, None))
+        Some(self.session_for(format!("anonymous-{session}"), role, ("anonymous", "static"), Actions::default(), None))
     }
 
     /// Verifies a ticket (a JWT) for a session joining `realm`.
@@ -357,12 +381,16 @@ impl Authenticator {
         let parse = |list: Option<Vec<String>>, name: &str| -> Result<Option<PatternSet>, AuthFailure> {
             list.map(|l| PatternSet::parse(&l).map_err(|e| failure("malformed", format!("token claim `{name}`: {e}")))).transpose()
         };
-        let subscribe = parse(claims.subscribe, "subscribe")?;
-        let publish = parse(claims.publish, "publish")?;
+        let token = Actions {
+            subscribe: parse(claims.subscribe, "subscribe")?,
+            publish: parse(claims.publish, "publish")?,
+            call: parse(claims.call, "call")?,
+            register: parse(claims.register, "register")?,
+        };
         // A far-future `exp` that no clock can represent never expires.
         let expires_at = UNIX_EPOCH.checked_add(Duration::from_secs(exp));
         let role = claims.role.unwrap_or_else(|| "user".to_string());
-        self.session_for(sub, &role, ("ticket", "jwt"), subscribe, publish, expires_at)
+        self.session_for(sub, &role, ("ticket", "jwt"), token, expires_at)
     }
 
     /// Starts WAMP-CRA for `authid` when CRA users are configured. Unknown
@@ -420,7 +448,7 @@ impl Authenticator {
         mac.update(challenge.challenge.as_bytes());
         let matches = mac.verify_slice(&sig).is_ok();
         match known {
-            Some((_, role)) if matches => self.session_for(challenge.authid.clone(), role, ("wampcra", "static"), None, None, None),
+            Some((_, role)) if matches => self.session_for(challenge.authid.clone(), role, ("wampcra", "static"), Actions::default(), None),
             _ => Err(refused()),
         }
     }

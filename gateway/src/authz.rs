@@ -1,9 +1,11 @@
-//! Authorization: which topics a session may subscribe and publish to.
+//! Authorization: which topics a session may subscribe and publish to,
+//! which procedures it may call and register.
 //!
 //! A session's rights are its role's patterns (from config), narrowed by the
-//! patterns in its token when the token carries any. A topic is allowed when
-//! it matches a role pattern **and** (if the token lists patterns) a token
-//! pattern.
+//! patterns in its token when the token carries any, per action
+//! (`subscribe`, `publish`, `call`, `register`). A URI is allowed when it
+//! matches a role pattern **and** (if the token lists patterns for that
+//! action) a token pattern.
 //!
 //! Pattern syntax (roles and token claims alike): see
 //! [`telegraphy_bus::pattern`].
@@ -104,46 +106,91 @@ impl Decision {
     }
 }
 
+/// The URIs one action is allowed on: the role's patterns, narrowed by the
+/// token's when the token has the claim.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct Allowed {
+    role: PatternSet,
+    token: Option<PatternSet>,
+}
+
+impl Allowed {
+    pub(crate) fn new(role: PatternSet, token: Option<PatternSet>) -> Allowed {
+        Allowed { role, token }
+    }
+
+    /// Whether the concrete URI is allowed.
+    fn matches(&self, uri: &str) -> bool {
+        self.role.matches(uri) && self.token.as_ref().is_none_or(|t| t.matches(uri))
+    }
+
+    /// Decides a pattern (a subscription's or a registration's).
+    fn decide(&self, policy: MatchPolicy, pattern: &str) -> Decision {
+        let role = decide(&self.role, policy, pattern);
+        match &self.token {
+            Some(t) => role.and(decide(t, policy, pattern)),
+            None => role,
+        }
+    }
+}
+
+/// Each action's patterns (a role's, or a token's claims).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct Actions<P> {
+    pub subscribe: P,
+    pub publish: P,
+    pub call: P,
+    pub register: P,
+}
+
 /// What one session may do.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Permissions {
-    role_subscribe: PatternSet,
-    role_publish: PatternSet,
-    token_subscribe: Option<PatternSet>,
-    token_publish: Option<PatternSet>,
+    subscribe: Allowed,
+    publish: Allowed,
+    call: Allowed,
+    register: Allowed,
     /// May use exclude/eligible publish options.
     pub publish_options: bool,
 }
 
 impl Permissions {
     /// Rights from a role, narrowed by token claims when present.
-    pub(crate) fn new(
-        role_subscribe: PatternSet,
-        role_publish: PatternSet,
-        token_subscribe: Option<PatternSet>,
-        token_publish: Option<PatternSet>,
-        publish_options: bool,
-    ) -> Permissions {
-        Permissions { role_subscribe, role_publish, token_subscribe, token_publish, publish_options }
+    pub(crate) fn new(role: Actions<PatternSet>, token: Actions<Option<PatternSet>>, publish_options: bool) -> Permissions {
+        Permissions {
+            subscribe: Allowed::new(role.subscribe, token.subscribe),
+            publish: Allowed::new(role.publish, token.publish),
+            call: Allowed::new(role.call, token.call),
+            register: Allowed::new(role.register, token.register),
+            publish_options,
+        }
     }
 
     /// Checks a SUBSCRIBE.
     pub(crate) fn subscribe(&self, policy: MatchPolicy, sub: &str) -> Decision {
-        let role = decide(&self.role_subscribe, policy, sub);
-        match &self.token_subscribe {
-            Some(t) => role.and(decide(t, policy, sub)),
-            None => role,
-        }
+        self.subscribe.decide(policy, sub)
     }
 
     /// Whether an event on `topic` may reach this session.
     pub(crate) fn may_receive(&self, topic: &str) -> bool {
-        self.role_subscribe.matches(topic) && self.token_subscribe.as_ref().is_none_or(|t| t.matches(topic))
+        self.subscribe.matches(topic)
     }
 
     /// Whether the session may publish to `topic`.
     pub(crate) fn may_publish(&self, topic: &str) -> bool {
-        self.role_publish.matches(topic) && self.token_publish.as_ref().is_none_or(|t| t.matches(topic))
+        self.publish.matches(topic)
+    }
+
+    /// Whether the session may call `procedure`.
+    pub(crate) fn may_call(&self, procedure: &str) -> bool {
+        self.call.matches(procedure)
+    }
+
+    /// Whether the session may register (policy, pattern): only when every
+    /// procedure the registration can match is allowed (a callee never
+    /// gets calls it may not serve).
+    pub(crate) fn may_register(&self, policy: MatchPolicy, pattern: &str) -> bool {
+        self.register.decide(policy, pattern) == Decision::Full
     }
 }
 
@@ -170,7 +217,11 @@ mod tests {
 
     #[test]
     fn subscribe_decisions() {
-        let p = Permissions::new(set(&["com.app.public.*", "com.app.user.42", "com..status"]), set(&[]), None, None, false);
+        let p = Permissions::new(
+            Actions { subscribe: set(&["com.app.public.*", "com.app.user.42", "com..status"]), ..Default::default() },
+            Actions::default(),
+            false,
+        );
         assert_eq!(p.subscribe(Exact, "com.app.public.news"), Decision::Full);
         assert_eq!(p.subscribe(Exact, "com.app.user.42"), Decision::Full);
         assert_eq!(p.subscribe(Exact, "com.app.user.43"), Decision::Denied);
@@ -191,10 +242,28 @@ mod tests {
 
     #[test]
     fn token_claims_narrow_the_role() {
-        let p = Permissions::new(set(&["*"]), set(&["chat.*"]), Some(set(&["orders.7.*"])), Some(set(&["chat.room1"])), false);
+        let p = Permissions::new(
+            Actions { subscribe: set(&["*"]), publish: set(&["chat.*"]), call: set(&["shop.*"]), register: set(&["*"]) },
+            Actions { subscribe: Some(set(&["orders.7.*"])), publish: Some(set(&["chat.room1"])), call: Some(set(&["shop.cart.*"])), register: None },
+            false,
+        );
         assert_eq!(p.subscribe(Exact, "orders.7.paid"), Decision::Full);
         assert_eq!(p.subscribe(Exact, "orders.8.paid"), Decision::Denied);
         assert_eq!(p.subscribe(Prefix, "orders"), Decision::Partial);
         assert!(p.may_publish("chat.room1") && !p.may_publish("chat.room2") && !p.may_publish("orders.7.x"));
+        assert!(p.may_call("shop.cart.add") && !p.may_call("shop.admin.wipe") && !p.may_call("other.x"));
+        assert!(p.may_register(Exact, "anything.at.all") && p.may_register(Prefix, "a.b"), "no register claim: the role's rights");
+    }
+
+    #[test]
+    fn registrations_must_be_covered_by_the_rights() {
+        let p = Permissions::new(Actions { register: set(&["shop.*", "tools..run"]), ..Default::default() }, Actions::default(), false);
+        assert!(p.may_register(Exact, "shop.cart.add"));
+        assert!(p.may_register(Prefix, "shop.cart."), "every procedure under it is allowed");
+        assert!(!p.may_register(Prefix, "shop"), "`shopping.x` would match it too");
+        assert!(p.may_register(Wildcard, "tools..run"));
+        assert!(!p.may_register(Wildcard, "tools.."), "partly allowed is not enough to register");
+        assert!(!p.may_register(Exact, "admin.wipe"));
+        assert!(!p.may_call("shop.cart.add"), "no call rights without call patterns");
     }
 }

@@ -583,7 +583,11 @@ mod tests {
         f.broker.subscribe(&a, MatchPolicy::Prefix, "news", None, false);
         f.broker.subscribe(&b, MatchPolicy::Prefix, "news", None, false);
         // Carol may read news.public only: the prefix subscription is checked per event.
-        let partial = Permissions::new(PatternSet::parse(&["news.public.*"]).unwrap(), PatternSet::parse::<&str>(&[]).unwrap(), None, None, false);
+        let partial = Permissions::new(
+            crate::authz::Actions { subscribe: PatternSet::parse(&["news.public.*"]).unwrap(), ..Default::default() },
+            crate::authz::Actions::default(),
+            false,
+        );
         f.broker.subscribe(&c, MatchPolicy::Prefix, "news", Some(Arc::new(partial)), false);
         assert_eq!(dispatch(&f.broker, &event("news.public.1")), 3);
         assert_eq!(dispatch(&f.broker, &event("news.secret.1")), 2);

@@ -175,10 +175,22 @@ pub struct RoleConfig {
     /// Topics the role may publish to (comma-separated in the environment).
     #[serde(deserialize_with = "list_or_csv")]
     pub publish: Vec<String>,
+    /// Procedures the role may call (comma-separated in the environment).
+    #[serde(deserialize_with = "list_or_csv")]
+    pub call: Vec<String>,
+    /// Procedures the role may register as a callee: a registration is
+    /// allowed only when every procedure it can match is (comma-separated
+    /// in the environment).
+    #[serde(deserialize_with = "list_or_csv")]
+    pub register: Vec<String>,
     /// Publishes per second per session (token bucket); 0 means no limit.
     pub publish_rate: f64,
     /// Publishes a session may send in a burst above the rate.
     pub publish_burst: u32,
+    /// Calls per second per session (token bucket); 0 means no limit.
+    pub call_rate: f64,
+    /// Calls a session may send in a burst above the rate.
+    pub call_burst: u32,
     /// May sessions of this role use `exclude`/`eligible` publish options?
     pub publish_options: bool,
 }
@@ -285,6 +297,11 @@ pub struct Limits {
     pub max_connections: usize,
     /// Most subscriptions one session may hold.
     pub max_subscriptions_per_session: usize,
+    /// Most calls one session may have in flight (waiting for their
+    /// result); more are refused with `telegraphy.error.limit_exceeded`.
+    pub max_calls_per_session: usize,
+    /// Most registrations one session may hold as a callee.
+    pub max_registrations_per_session: usize,
     /// Most messages waiting to be written to one session. A session whose
     /// queue is full is closed (code 4000, slow consumer).
     pub outbound_queue_messages: usize,
@@ -381,6 +398,8 @@ impl Default for Limits {
             max_message_size: 64 * 1024,
             max_connections: 100_000,
             max_subscriptions_per_session: 1_000,
+            max_calls_per_session: 100,
+            max_registrations_per_session: 100,
             outbound_queue_messages: 1_024,
             outbound_queue_bytes: 1024 * 1024,
             bus_queue: 8_192,
@@ -583,6 +602,8 @@ impl Config {
             ("limits.max_message_size", l.max_message_size),
             ("limits.max_connections", l.max_connections),
             ("limits.max_subscriptions_per_session", l.max_subscriptions_per_session),
+            ("limits.max_calls_per_session", l.max_calls_per_session),
+            ("limits.max_registrations_per_session", l.max_registrations_per_session),
             ("limits.outbound_queue_messages", l.outbound_queue_messages),
             ("limits.bus_queue", l.bus_queue),
         ] {

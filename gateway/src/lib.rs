@@ -13,13 +13,15 @@
 //! * [`session`]: the WAMP session state machine (HELLO to GOODBYE).
 //! * [`auth`]: authentication (JWT tickets, WAMP-CRA, anonymous) and roles.
 //! * [`authz`]: permission patterns and the subscribe/publish checks.
-//! * [`realm`]: a realm and what it owns (its broker today; its dealer,
-//!   session registry and event store next).
+//! * [`realm`]: a realm and what it owns (its broker, dealer and event
+//!   store; its session registry next).
 //! * [`broker`]: the broker role of a realm: subscriptions, bus interest
 //!   and event fan-out (encode once per subscription and serializer, write
 //!   the same bytes to every subscriber).
+//! * [`dealer`]: the dealer role of a realm: registrations (best match and
+//!   invocation policy) and calls in flight between callers and callees.
 //! * [`match_index`]: which (match policy, pattern) entries a URI matches,
-//!   for subscriptions and, next, registrations.
+//!   for subscriptions and registrations.
 //! * [`outbox`]: each session's sending side: queue limits, the
 //!   slow-consumer policy, the close signal.
 //! * [`wire`]: a connection's socket, shared by hyper, tungstenite and the
@@ -54,6 +56,7 @@ mod broker;
 pub mod config;
 mod connection;
 mod continuity;
+mod dealer;
 mod lifecycle;
 mod listener;
 mod match_index;

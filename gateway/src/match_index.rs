@@ -137,7 +137,6 @@ impl<V> MatchIndex<V> {
     /// pattern-based registrations: an exact entry; else the longest
     /// prefix; else the wildcard pattern whose runs of concrete components
     /// (before each wildcard) are longest, compared run by run from the left.
-    #[cfg_attr(not(test), expect(dead_code, reason = "the dealer (RPC issue) routes calls with it; tested here first"))]
     pub(crate) fn best_match(&self, uri: &str) -> Option<(MatchPolicy, &V)> {
         if let Some(v) = self.exact.get(uri) {
             return Some((MatchPolicy::Exact, v));

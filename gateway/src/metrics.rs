@@ -68,7 +68,7 @@ pub(crate) mod name {
     pub(crate) const CONNECTIONS_SHED: &str = "telegraphy_connections_shed_total";
     /// Sessions refused at authentication, by reason.
     pub(crate) const AUTH_FAILURES: &str = "telegraphy_auth_failures_total";
-    /// SUBSCRIBE / PUBLISH refused by authorization, by action.
+    /// SUBSCRIBE / PUBLISH / CALL / REGISTER refused by authorization, by action.
     pub(crate) const AUTHORIZATION_DENIED: &str = "telegraphy_authorization_denied_total";
     /// Publishes refused by a role's rate limit.
     pub(crate) const RATE_LIMITED: &str = "telegraphy_rate_limited_total";
@@ -83,7 +83,41 @@ pub(crate) mod name {
     pub(crate) const BUS_QUEUE_DEPTH: &str = "telegraphy_bus_queue_depth";
     /// HTTP publish requests refused, by status code.
     pub(crate) const HTTP_PUBLISH_ERRORS: &str = "telegraphy_http_publish_errors_total";
+    /// Calls (RPC) by outcome: `result`, `error` (the callee's), `canceled`,
+    /// `timeout`, `callee_lost`, `no_such_procedure`, `refused`
+    /// (authorization, rate, limits, bad options).
+    pub(crate) const RPC_CALLS: &str = "telegraphy_rpc_calls_total";
+    /// Time from CALL to the call's end (result, error, cancel, timeout),
+    /// for calls that reached a callee.
+    pub(crate) const RPC_CALL_DURATION: &str = "telegraphy_rpc_call_duration_seconds";
+    /// Calls waiting for their callee on this node.
+    pub(crate) const RPC_CALLS_IN_FLIGHT: &str = "telegraphy_rpc_calls_in_flight";
+    /// Registrations held by callees on this node (one per callee and
+    /// registration).
+    pub(crate) const RPC_REGISTRATIONS: &str = "telegraphy_rpc_registrations";
 }
+
+/// How a call ended (the `outcome` label of `telegraphy_rpc_calls_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallOutcome {
+    /// The callee's final result.
+    Result,
+    /// The callee's error.
+    Error,
+    /// Canceled by the caller (or the caller left).
+    Canceled,
+    /// The call's timeout ran out.
+    Timeout,
+    /// The callee's session ended before it answered.
+    CalleeLost,
+    /// No registration matched.
+    NoSuchProcedure,
+    /// Refused before routing: authorization, rate, limits, options.
+    Refused,
+}
+
+/// The `outcome` labels, in [`CallOutcome`] order.
+const CALL_OUTCOMES: [&str; 7] = ["result", "error", "canceled", "timeout", "callee_lost", "no_such_procedure", "refused"];
 
 /// The close codes the gateway sends (exported at 0 from the start).
 pub(crate) const DISCONNECT_CODES: [u16; 11] = [1000, 1002, 1003, 1007, 1009, 1012, 4000, 4001, 4002, 4003, 4500];
@@ -196,10 +230,16 @@ pub struct Metrics {
     auth_failures: IntCounterVec,
     pub denied_subscribe: IntCounter,
     pub denied_publish: IntCounter,
+    pub denied_call: IntCounter,
+    pub denied_register: IntCounter,
     pub rate_limited: IntCounter,
     pub ready: IntGauge,
     pub max_connections: IntGauge,
     pub bus_queue_depth: IntGauge,
+    rpc_calls: [IntCounter; 7],
+    rpc_call_duration: Histogram,
+    pub rpc_calls_in_flight: IntGauge,
+    pub rpc_registrations: IntGauge,
 }
 
 fn per_serializer(registry: &Registry, name: &str, help: &str) -> [IntCounter; 2] {
@@ -243,7 +283,14 @@ impl Metrics {
         )
         .expect("valid metric");
         reg(Box::new(fanout_duration.clone()));
-        let denied = counter_vec(name::AUTHORIZATION_DENIED, "SUBSCRIBE/PUBLISH refused by authorization, by action.", "action");
+        let rpc_calls = counter_vec(name::RPC_CALLS, "Calls (RPC), by outcome.", "outcome");
+        let rpc_call_duration = Histogram::with_opts(
+            HistogramOpts::new(name::RPC_CALL_DURATION, "Time from CALL to its end, for calls that reached a callee.")
+                .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+        )
+        .expect("valid metric");
+        reg(Box::new(rpc_call_duration.clone()));
+        let denied = counter_vec(name::AUTHORIZATION_DENIED, "SUBSCRIBE/PUBLISH/CALL/REGISTER refused by authorization, by action.", "action");
         let auth_failures = counter_vec(name::AUTH_FAILURES, "Sessions refused at authentication, by reason.", "reason");
         for reason in AUTH_FAILURE_REASONS {
             auth_failures.with_label_values(&[reason]);
@@ -277,6 +324,8 @@ impl Metrics {
             auth_failures,
             denied_subscribe: denied.with_label_values(&["subscribe"]),
             denied_publish: denied.with_label_values(&["publish"]),
+            denied_call: denied.with_label_values(&["call"]),
+            denied_register: denied.with_label_values(&["register"]),
             rate_limited: counter(name::RATE_LIMITED, "Publishes refused by a rate limit."),
             connections: gauge(name::CONNECTIONS, "Open WebSocket connections."),
             sessions: gauge(name::SESSIONS, "Established WAMP sessions."),
@@ -306,6 +355,10 @@ impl Metrics {
             close_unsent,
             admitted_connections: gauge(name::ADMITTED_CONNECTIONS, "Connections accepted and not closed yet (WebSocket or HTTP)."),
             shed_connections: counter(name::CONNECTIONS_SHED, "Unauthenticated connections closed to make room."),
+            rpc_calls: CALL_OUTCOMES.map(|o| rpc_calls.with_label_values(&[o])),
+            rpc_call_duration,
+            rpc_calls_in_flight: gauge(name::RPC_CALLS_IN_FLIGHT, "Calls waiting for their callee on this node."),
+            rpc_registrations: gauge(name::RPC_REGISTRATIONS, "Registrations held by callees on this node."),
             registry,
         }
     }
@@ -339,6 +392,18 @@ impl Metrics {
     /// Counts a refused WebSocket upgrade (`reason` is a fixed word).
     pub(crate) fn refused(&self, reason: &'static str) {
         self.connections_refused.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a call that reached a callee and ended.
+    pub(crate) fn call_done(&self, outcome: CallOutcome, started: std::time::Instant) {
+        self.rpc_calls_in_flight.dec();
+        self.rpc_calls[outcome as usize].inc();
+        self.rpc_call_duration.observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Counts a call that never reached a callee.
+    pub(crate) fn call_refused(&self, outcome: CallOutcome) {
+        self.rpc_calls[outcome as usize].inc();
     }
 
     /// Counts a refused HTTP publish.

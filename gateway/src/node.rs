@@ -69,7 +69,11 @@ impl Node {
     pub fn new(id: u64, config: Config, auth: Authenticator, bus: NodeBus, metrics: Arc<Metrics>) -> Arc<Node> {
         let NodeBus { bus, store, queue: bus_queue, sessions: bus_sessions } = bus;
         metrics.max_connections.set(config.limits.max_connections as i64);
-        let realms = Realms::new(&config.realms, &bus, store.as_ref(), &metrics, id);
+        let limits = crate::dealer::DealerLimits {
+            max_calls_per_session: config.limits.max_calls_per_session,
+            max_registrations_per_session: config.limits.max_registrations_per_session,
+        };
+        let realms = Realms::new(&config.realms, &bus, store.as_ref(), &metrics, id, limits);
         Arc::new(Node {
             uri_rules: config.uri_rules.into(),
             api_keys: config.effective_api_keys(),

@@ -1,7 +1,7 @@
-//! A realm on this node and what it owns: today the broker role (its
-//! subscriptions and fan-out). The dealer's registrations, the realm's
-//! session registry and its event store sit beside the broker here as they
-//! land; a session reaches them all through its [`Realm`].
+//! A realm on this node and what it owns: the broker role (its
+//! subscriptions and fan-out), the dealer role (registrations and calls in
+//! flight) and the event store. The realm's session registry will sit
+//! beside them; a session reaches them all through its [`Realm`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use telegraphy_bus::{Bus, Envelope, EventStore};
 use telegraphy_wamp::{Dict, Value};
 
 use crate::broker::Broker;
+use crate::dealer::{Dealer, DealerLimits};
 use crate::metrics::Metrics;
 use crate::outbox::Flush;
 
@@ -19,6 +20,8 @@ pub(crate) struct Realm {
     pub name: String,
     /// Publish/subscribe.
     pub broker: Broker,
+    /// Remote procedure calls.
+    pub dealer: Dealer,
     /// Recent and retained events (when the bus keeps them).
     pub store: Option<Arc<dyn EventStore>>,
 }
@@ -29,31 +32,40 @@ const BROKER_FEATURES: &[&str] = &["pattern_based_subscription", "publisher_excl
 /// What the broker announces on top when an event store is in place.
 const STORE_FEATURES: &[&str] = &["event_history", "event_retention"];
 
+/// The WAMP features this router's dealer announces in WELCOME.
+const DEALER_FEATURES: &[&str] = &[
+    "progressive_call_results",
+    "call_canceling",
+    "call_timeout",
+    "caller_identification",
+    "shared_registration",
+    "pattern_based_registration",
+    "registration_revocation",
+];
+
 impl Realm {
     /// A realm with empty registries.
-    pub(crate) fn new(name: &str, bus: Arc<dyn Bus>, store: Option<Arc<dyn EventStore>>, metrics: Arc<Metrics>, node_id: u64) -> Realm {
-        Realm { name: name.to_string(), broker: Broker::new(name, bus, metrics, node_id), store }
+    pub(crate) fn new(
+        name: &str,
+        bus: Arc<dyn Bus>,
+        store: Option<Arc<dyn EventStore>>,
+        metrics: Arc<Metrics>,
+        node_id: u64,
+        limits: DealerLimits,
+    ) -> Realm {
+        Realm { name: name.to_string(), broker: Broker::new(name, bus, metrics.clone(), node_id), dealer: Dealer::new(metrics, limits), store }
     }
 
     /// `WELCOME.Details.roles`: each role this realm serves, with its features.
     pub(crate) fn welcome_roles(&self) -> Dict {
-        let features =
-            |names: &[&[&str]]| Value::Dict(names.iter().flat_map(|n| n.iter()).map(|n| (n.to_string(), Value::Bool(true))).collect::<Dict>());
+        let features = |names: &[&[&str]]| {
+            let features = names.iter().flat_map(|n| n.iter()).map(|n| (n.to_string(), Value::Bool(true))).collect::<Dict>();
+            Value::Dict(Dict::from_iter([("features".to_string(), Value::Dict(features))]))
+        };
         let mut roles = Dict::new();
-        let mut broker = Dict::new();
-        match self.store {
-            Some(_) => {
-                broker.insert("features".into(), features(&[BROKER_FEATURES, STORE_FEATURES]));
-                // Event history is read through a meta procedure
-                // (`wamp.subscription.get_events`), which the router answers
-                // as a dealer; it is the only procedure it answers yet.
-                roles.insert("dealer".into(), Value::Dict(Dict::from_iter([("features".to_string(), Value::Dict(Dict::new()))])));
-            }
-            None => {
-                broker.insert("features".into(), features(&[BROKER_FEATURES]));
-            }
-        }
-        roles.insert("broker".into(), Value::Dict(broker));
+        let broker = if self.store.is_some() { features(&[BROKER_FEATURES, STORE_FEATURES]) } else { features(&[BROKER_FEATURES]) };
+        roles.insert("broker".into(), broker);
+        roles.insert("dealer".into(), features(&[DEALER_FEATURES]));
         roles
     }
 
@@ -76,8 +88,11 @@ impl Realms {
         store: Option<&Arc<dyn EventStore>>,
         metrics: &Arc<Metrics>,
         node_id: u64,
+        limits: DealerLimits,
     ) -> Realms {
-        Realms(names.into_iter().map(|n| (n.clone(), Arc::new(Realm::new(n, bus.clone(), store.cloned(), metrics.clone(), node_id)))).collect())
+        Realms(
+            names.into_iter().map(|n| (n.clone(), Arc::new(Realm::new(n, bus.clone(), store.cloned(), metrics.clone(), node_id, limits)))).collect(),
+        )
     }
 
     /// The event store the realms share, if any.

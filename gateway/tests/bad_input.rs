@@ -55,7 +55,7 @@ async fn malformed_and_invalid_messages_abort_with_protocol_violation() {
         ("[32, 1, {}]", true),                                        // SUBSCRIBE missing topic
         ("[16, 1, [], \"a.b\"]", true),                               // options not a dict
         ("[36, 1, 2, {}]", true),                                     // EVENT sent by a client
-        ("[8, 68, 1, {}, \"x.y\"]", true),                            // ERROR with no INVOCATION
+        ("[8, 32, 1, {}, \"x.y\"]", true),                            // ERROR for a SUBSCRIBE, from a client
         ("[1, \"realm1\", {\"x\": NaN}]", false),                     // NaN is not JSON
     ];
     for (fixture, join) in json_cases {
@@ -157,7 +157,14 @@ async fn request_errors_keep_the_session() {
         ("[16, 9, {\"acknowledge\": true, \"exclude\": [\"x\"]}, \"com.app\"]", err::INVALID_ARGUMENT),
         ("[16, 10, {\"acknowledge\": \"yes\"}, \"com.app\"]", err::INVALID_ARGUMENT),
         ("[48, 11, {}, \"com.proc\"]", err::NO_SUCH_PROCEDURE),
-        ("[64, 12, {}, \"com.proc\"]", err::FEATURE_NOT_SUPPORTED),
+        ("[64, 12, {\"match\": \"fuzzy\"}, \"com.proc\"]", err::INVALID_ARGUMENT),
+        ("[64, 14, {}, \"com..proc\"]", err::INVALID_URI),
+        ("[64, 15, {}, \"wamp.session.count\"]", err::INVALID_URI),
+        ("[64, 16, {\"invoke\": \"everyone\"}, \"com.proc\"]", err::INVALID_ARGUMENT),
+        ("[66, 17, 12345]", err::NO_SUCH_REGISTRATION),
+        ("[48, 18, {\"timeout\": \"soon\"}, \"com.proc\"]", err::INVALID_ARGUMENT),
+        ("[48, 19, {}, \"wamp.session.count\"]", err::NO_SUCH_PROCEDURE),
+        ("[49, 21, {\"mode\": \"explode\"}]", err::INVALID_ARGUMENT),
     ];
     for (fixture, expected) in cases {
         c.send_raw(text(fixture)).await;

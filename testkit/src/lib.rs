@@ -58,6 +58,8 @@ pub fn config() -> Config {
         telegraphy_gateway::config::RoleConfig {
             subscribe: vec!["*".into()],
             publish: vec!["*".into()],
+            call: vec!["*".into()],
+            register: vec!["*".into()],
             publish_options: true,
             ..Default::default()
         },
@@ -186,8 +188,36 @@ impl Client {
 
     /// Opens and joins `realm1`.
     pub async fn join(gw: &TestGateway, ser: Serialization) -> Client {
+        Client::join_with(gw, ser, hello("realm1")).await
+    }
+
+    /// Opens and joins `realm1` as a caller and callee announcing every
+    /// dealer feature Autobahn announces (progressive results, canceling,
+    /// timeouts, caller identification, shared and pattern registrations,
+    /// revocation).
+    pub async fn join_rpc(gw: &TestGateway, ser: Serialization) -> Client {
+        let features: Dict = [
+            "progressive_call_results",
+            "call_canceling",
+            "call_timeout",
+            "caller_identification",
+            "shared_registration",
+            "pattern_based_registration",
+            "registration_revocation",
+        ]
+        .into_iter()
+        .map(|f| (f.to_string(), Value::Bool(true)))
+        .collect();
+        let role = Value::Dict(Dict::from_iter([("features".to_string(), Value::Dict(features))]));
+        let roles: Dict = ["caller", "callee", "subscriber", "publisher"].into_iter().map(|r| (r.to_string(), role.clone())).collect();
+        let details = Dict::from_iter([("roles".to_string(), Value::Dict(roles))]);
+        Client::join_with(gw, ser, Message::Hello { realm: "realm1".into(), details }).await
+    }
+
+    /// Opens and joins with `hello`.
+    pub async fn join_with(gw: &TestGateway, ser: Serialization, hello: Message) -> Client {
         let mut c = Client::open(gw, ser).await;
-        c.send(&hello("realm1")).await;
+        c.send(&hello).await;
         match c.recv().await {
             Message::Welcome { session, details } => {
                 c.session = session;
@@ -196,6 +226,34 @@ impl Client {
             other => panic!("expected WELCOME, got {other:?}"),
         }
         c
+    }
+
+    /// WELCOME's details.
+    pub fn details(&self) -> &Dict {
+        &self.details
+    }
+
+    /// The session id WELCOME gave.
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
+    /// Registers `procedure` with `options`; returns the registration id
+    /// (panics on an ERROR).
+    pub async fn register(&mut self, procedure: &str, options: Dict) -> u64 {
+        let request = self.request_id();
+        self.send(&Message::Register { request, options, procedure: procedure.into() }).await;
+        match self.recv().await {
+            Message::Registered { request: r, registration } if r == request => registration,
+            other => panic!("REGISTER {procedure}: expected REGISTERED, got {other:?}"),
+        }
+    }
+
+    /// Sends a CALL; returns its request id.
+    pub async fn call(&mut self, procedure: &str, args: Vec<Value>, options: Dict) -> u64 {
+        let request = self.request_id();
+        self.send(&Message::Call { request, options, procedure: procedure.into(), args, kwargs: Dict::new() }).await;
+        request
     }
 
     /// The authid WELCOME gave.

@@ -14,8 +14,18 @@ pub mod uri {
     pub const NO_SUCH_REALM: &str = "wamp.error.no_such_realm";
     /// UNSUBSCRIBE named a subscription the session does not hold.
     pub const NO_SUCH_SUBSCRIPTION: &str = "wamp.error.no_such_subscription";
-    /// A CALL for a procedure (this router has no dealer role yet).
+    /// A CALL for a procedure no callee registered.
     pub const NO_SUCH_PROCEDURE: &str = "wamp.error.no_such_procedure";
+    /// UNREGISTER named a registration the session does not hold.
+    pub const NO_SUCH_REGISTRATION: &str = "wamp.error.no_such_registration";
+    /// REGISTER for a procedure already registered (invoke `single`).
+    pub const PROCEDURE_ALREADY_EXISTS: &str = "wamp.error.procedure_already_exists";
+    /// REGISTER with another invoke policy than the procedure's callees.
+    pub const PROCEDURE_EXISTS_WITH_DIFFERENT_INVOCATION_POLICY: &str = "wamp.error.procedure_exists_with_different_invocation_policy";
+    /// A call was canceled (CANCEL, or its callee's session ended).
+    pub const CANCELED: &str = "wamp.error.canceled";
+    /// A call's `timeout` ran out before the callee answered.
+    pub const TIMEOUT: &str = "wamp.error.timeout";
     /// An option has a value the router does not accept.
     pub const INVALID_ARGUMENT: &str = "wamp.error.invalid_argument";
     /// The session may not do this (reserved `wamp.` topics, role rules).
@@ -32,8 +42,6 @@ pub mod uri {
     pub const TOKEN_EXPIRED: &str = "telegraphy.close.token_expired";
     /// A limit was reached (subscriptions per session).
     pub const LIMIT_EXCEEDED: &str = "telegraphy.error.limit_exceeded";
-    /// A feature or role the router does not implement.
-    pub const FEATURE_NOT_SUPPORTED: &str = "wamp.error.feature_not_supported";
     /// GOODBYE reason: the router is shutting down (drain).
     pub const SYSTEM_SHUTDOWN: &str = "wamp.close.system_shutdown";
     /// GOODBYE reason a client sends to leave (accepted, never sent).

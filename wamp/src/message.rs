@@ -129,16 +129,52 @@ pub enum Message {
         args: Vec<Value>,
         kwargs: Dict,
     },
-    /// A dealer-role request (REGISTER, UNREGISTER): this router has no
-    /// dealer yet, so it only needs the code and request id to answer ERROR.
-    DealerRequest {
-        code: u64,
+    /// A cancel of a CALL in flight (`mode`: skip, kill, killnowait).
+    Cancel {
         request: Id,
+        options: Dict,
     },
-    /// Another dealer-role message (CANCEL, YIELD, RESULT, REGISTERED, ...)
-    /// that only makes sense once a dealer exchange is under way.
-    DealerOther {
-        code: u64,
+    /// A callee offers a procedure (or a pattern of them).
+    Register {
+        request: Id,
+        options: Dict,
+        procedure: String,
+    },
+    /// The answer to REGISTER.
+    Registered {
+        request: Id,
+        registration: Id,
+    },
+    /// A callee withdraws a registration.
+    Unregister {
+        request: Id,
+        registration: Id,
+    },
+    /// The answer to UNREGISTER; with request 0 and `details.registration`,
+    /// the router revoking a registration.
+    Unregistered {
+        request: Id,
+        details: Dict,
+    },
+    /// A call handed to a callee.
+    Invocation {
+        request: Id,
+        registration: Id,
+        details: Dict,
+        args: Vec<Value>,
+        kwargs: Dict,
+    },
+    /// The router asks a callee to stop an invocation.
+    Interrupt {
+        request: Id,
+        options: Dict,
+    },
+    /// A callee's (progressive or final) result of an invocation.
+    Yield {
+        request: Id,
+        options: Dict,
+        args: Vec<Value>,
+        kwargs: Dict,
     },
 }
 
@@ -196,7 +232,14 @@ impl Message {
             Message::Unsubscribe { .. } => UNSUBSCRIBE,
             Message::Unsubscribed { .. } => UNSUBSCRIBED,
             Message::Event { .. } => EVENT,
-            Message::DealerRequest { code, .. } | Message::DealerOther { code } => *code,
+            Message::Cancel { .. } => CANCEL,
+            Message::Register { .. } => REGISTER,
+            Message::Registered { .. } => REGISTERED,
+            Message::Unregister { .. } => UNREGISTER,
+            Message::Unregistered { .. } => UNREGISTERED,
+            Message::Invocation { .. } => INVOCATION,
+            Message::Interrupt { .. } => INTERRUPT,
+            Message::Yield { .. } => YIELD,
         }
     }
 
@@ -322,11 +365,50 @@ impl Message {
                     kwargs: r.opt_dict("ArgumentsKw")?,
                 }
             }
-            REGISTER | UNREGISTER => {
-                arity(2, 5, "2 to 5")?;
-                Message::DealerRequest { code, request: r.id("Request")? }
+            CANCEL => {
+                arity(2, 2, "2 (CALL.Request, Options)")?;
+                Message::Cancel { request: r.id("CALL.Request")?, options: r.dict("Options")? }
             }
-            _ => Message::DealerOther { code },
+            REGISTER => {
+                arity(3, 3, "3 (Request, Options, Procedure)")?;
+                Message::Register { request: r.id("Request")?, options: r.dict("Options")?, procedure: r.string("Procedure")? }
+            }
+            REGISTERED => {
+                arity(2, 2, "2 (REGISTER.Request, Registration)")?;
+                Message::Registered { request: r.id("REGISTER.Request")?, registration: r.id("Registration")? }
+            }
+            UNREGISTER => {
+                arity(2, 2, "2 (Request, REGISTERED.Registration)")?;
+                Message::Unregister { request: r.id("Request")?, registration: r.id("REGISTERED.Registration")? }
+            }
+            UNREGISTERED => {
+                arity(1, 2, "1 or 2 (UNREGISTER.Request, Details)")?;
+                Message::Unregistered { request: r.id("UNREGISTER.Request")?, details: r.opt_dict("Details")? }
+            }
+            INVOCATION => {
+                arity(3, 5, "3 to 5 (Request, REGISTERED.Registration, Details, Arguments, ArgumentsKw)")?;
+                Message::Invocation {
+                    request: r.id("Request")?,
+                    registration: r.id("REGISTERED.Registration")?,
+                    details: r.dict("Details")?,
+                    args: r.opt_list("Arguments")?,
+                    kwargs: r.opt_dict("ArgumentsKw")?,
+                }
+            }
+            INTERRUPT => {
+                arity(2, 2, "2 (INVOCATION.Request, Options)")?;
+                Message::Interrupt { request: r.id("INVOCATION.Request")?, options: r.dict("Options")? }
+            }
+            YIELD => {
+                arity(2, 4, "2 to 4 (INVOCATION.Request, Options, Arguments, ArgumentsKw)")?;
+                Message::Yield {
+                    request: r.id("INVOCATION.Request")?,
+                    options: r.dict("Options")?,
+                    args: r.opt_list("Arguments")?,
+                    kwargs: r.opt_dict("ArgumentsKw")?,
+                }
+            }
+            _ => return Err(MessageError::UnknownCode(code)),
         };
         Ok(msg)
     }
@@ -495,8 +577,30 @@ impl Serialize for Message {
                 payload(&mut seq, args, kwargs)?;
                 seq.end()
             }
-            Message::DealerRequest { request, .. } => (code, request).serialize(s),
-            Message::DealerOther { .. } => (code,).serialize(s),
+            Message::Cancel { request, options } => (code, request, options).serialize(s),
+            Message::Register { request, options, procedure } => (code, request, options, procedure).serialize(s),
+            Message::Registered { request, registration } => (code, request, registration).serialize(s),
+            Message::Unregister { request, registration } => (code, request, registration).serialize(s),
+            Message::Unregistered { request, details } if details.is_empty() => (code, request).serialize(s),
+            Message::Unregistered { request, details } => (code, request, details).serialize(s),
+            Message::Invocation { request, registration, details, args, kwargs } => {
+                let mut seq = s.serialize_seq(Some(4 + payload_len(args, kwargs)))?;
+                seq.serialize_element(&code)?;
+                seq.serialize_element(request)?;
+                seq.serialize_element(registration)?;
+                seq.serialize_element(details)?;
+                payload(&mut seq, args, kwargs)?;
+                seq.end()
+            }
+            Message::Interrupt { request, options } => (code, request, options).serialize(s),
+            Message::Yield { request, options, args, kwargs } => {
+                let mut seq = s.serialize_seq(Some(3 + payload_len(args, kwargs)))?;
+                seq.serialize_element(&code)?;
+                seq.serialize_element(request)?;
+                seq.serialize_element(options)?;
+                payload(&mut seq, args, kwargs)?;
+                seq.end()
+            }
         }
     }
 }

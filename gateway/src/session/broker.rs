@@ -22,6 +22,9 @@ const AFTER_PUBLICATION: &str = "_after_publication";
 /// The EVENT detail that answers it.
 const RECOVERED: &str = "_recovered";
 
+/// The event history meta procedure.
+pub(super) const GET_EVENTS: &str = "wamp.subscription.get_events";
+
 /// The SUBSCRIBE option (and the EVENT detail answering it) that gives a
 /// new subscriber the topic's current position, to resume from later even
 /// if nothing is published meanwhile.
@@ -33,9 +36,6 @@ struct Replay {
     after: Option<Id>,
     position: bool,
 }
-
-/// The event history meta procedure.
-const GET_EVENTS: &str = "wamp.subscription.get_events";
 
 /// A boolean SUBSCRIBE option (absent or null: false); the error names it.
 fn flag_option(options: &Dict, key: &str) -> Result<bool, String> {
@@ -218,7 +218,7 @@ impl Session {
             },
         };
         let limit = self.node.config.limits.max_subscriptions_per_session;
-        let State::Established { realm, broker: BrokerState { subscriptions }, rights } = &mut self.state else { return };
+        let State::Established { realm, broker: BrokerState { subscriptions }, rights, .. } = &mut self.state else { return };
         let realm = realm.clone();
         let broker = &realm.broker;
         let check = match rights.permissions.subscribe(policy, &topic) {
@@ -326,15 +326,11 @@ impl Session {
 
     /// `wamp.subscription.get_events` (event history, the only procedure
     /// this router answers yet); any other CALL: `no_such_procedure`.
-    pub(super) async fn call(&mut self, request: Id, procedure: String, args: Vec<Value>, kwargs: Dict) {
-        let State::Established { realm, broker: BrokerState { subscriptions }, rights } = &self.state else { return };
-        let Some(store) = realm.store.clone().filter(|_| procedure == GET_EVENTS) else {
-            let message = if procedure == GET_EVENTS {
-                "event history is not kept on this bus yet (it is on memory:// and redis://)".to_string()
-            } else {
-                format!("no procedure `{procedure}` here: this router answers only `{GET_EVENTS}` (event history)")
-            };
-            return self.error(code::CALL, request, err::NO_SUCH_PROCEDURE, &message);
+    pub(super) async fn get_events(&mut self, request: Id, args: Vec<Value>, kwargs: Dict) {
+        let State::Established { realm, broker: BrokerState { subscriptions }, rights, .. } = &self.state else { return };
+        let Some(store) = realm.store.clone() else {
+            let message = "event history is not kept on this bus (the gateway's bus keeps no events)";
+            return self.error(code::CALL, request, err::NO_SUCH_PROCEDURE, message);
         };
         let realm = realm.clone();
         let max = self.node.config.history.max_replay;

@@ -4,12 +4,13 @@
 //!
 //! This module runs a session's life, HELLO (and authentication) to
 //! GOODBYE, and hands an established session's messages to the role they
-//! are for: [`broker`] (SUBSCRIBE, UNSUBSCRIBE, PUBLISH) today. Each role
-//! keeps its per-session state (the broker: the subscriptions held) in the
-//! established state and releases it in [`Session::cleanup`]; the dealer
-//! (REGISTER, CALL, …) will sit beside it the same way.
+//! are for: [`broker`] (SUBSCRIBE, UNSUBSCRIBE, PUBLISH, and the event
+//! history procedure) and [`dealer`] (REGISTER, UNREGISTER, CALL, CANCEL,
+//! YIELD, and ERROR for an INVOCATION). Each role keeps its per-session
+//! state in the established state and releases it in [`Session::cleanup`].
 
 mod broker;
+mod dealer;
 
 use std::sync::Arc;
 
@@ -52,6 +53,8 @@ enum State {
         realm: Arc<Realm>,
         /// The broker role's state for this session.
         broker: broker::BrokerState,
+        /// The dealer roles' state for this session.
+        dealer: dealer::DealerState,
         rights: Rights,
     },
     Closed,
@@ -66,6 +69,7 @@ enum Challenge {
 struct Rights {
     permissions: Arc<Permissions>,
     limiter: Option<governor::DefaultDirectRateLimiter>,
+    call_limiter: Option<governor::DefaultDirectRateLimiter>,
 }
 
 /// One WAMP session.
@@ -75,12 +79,14 @@ pub struct Session {
     state: State,
     /// When the token behind the session expires (the session is closed then).
     expires_at: Option<tokio::time::Instant>,
+    /// What the client announced it can do as a callee (HELLO).
+    callee_features: crate::dealer::CalleeFeatures,
 }
 
 impl Session {
     /// A session waiting for HELLO.
     pub fn new(node: Arc<Node>, handle: Arc<SessionHandle>) -> Session {
-        Session { node, handle, state: State::AwaitingHello, expires_at: None }
+        Session { node, handle, state: State::AwaitingHello, expires_at: None, callee_features: Default::default() }
     }
 
     /// Whether WELCOME was sent.
@@ -131,12 +137,31 @@ impl Session {
                 self.broker_message(msg).await;
                 Flow::Continue
             }
-            (State::Established { .. }, Message::Call { request, procedure, args, kwargs, .. }) => {
-                self.call(request, procedure, args, kwargs).await;
+            (State::Established { .. }, Message::Call { request, options, procedure, args, kwargs }) => {
+                self.call(request, options, procedure, args, kwargs).await;
                 Flow::Continue
             }
-            (State::Established { .. }, Message::DealerRequest { code, request }) => {
-                self.error(code, request, err::FEATURE_NOT_SUPPORTED, "this router has no dealer yet: it cannot register procedures");
+            (State::Established { .. }, Message::Cancel { request, options }) => {
+                self.cancel(request, options);
+                Flow::Continue
+            }
+            (State::Established { .. }, Message::Register { request, options, procedure }) => {
+                self.register(request, options, procedure);
+                Flow::Continue
+            }
+            (State::Established { .. }, Message::Unregister { request, registration }) => {
+                self.unregister(request, registration);
+                Flow::Continue
+            }
+            (State::Established { .. }, Message::Yield { request, options, args, kwargs }) => {
+                self.yielded(request, options, args, kwargs);
+                Flow::Continue
+            }
+            (
+                State::Established { .. },
+                Message::Error { request_type: telegraphy_wamp::code::INVOCATION, request, details, error, args, kwargs },
+            ) => {
+                self.invocation_failed(request, details, error, args, kwargs);
                 Flow::Continue
             }
             (State::Established { .. }, other) => {
@@ -154,8 +179,9 @@ impl Session {
             self.state = State::Closed;
             return Flow::Close(close::NORMAL);
         };
-        if !matches!(details.get("roles"), Some(Value::Dict(r)) if !r.is_empty()) {
-            return self.violation(Violation::InvalidMessage, "HELLO.Details.roles must be a non-empty dictionary");
+        match details.get("roles") {
+            Some(Value::Dict(roles)) if !roles.is_empty() => self.callee_features = crate::dealer::CalleeFeatures::from_roles(roles),
+            _ => return self.violation(Violation::InvalidMessage, "HELLO.Details.roles must be a non-empty dictionary"),
         }
         let methods: Vec<&str> = match details.get("authmethods") {
             Some(Value::List(l)) => l.iter().filter_map(Value::as_str).collect(),
@@ -241,8 +267,14 @@ impl Session {
         }
         let _ = self.handle.identity.set(Identity { authid: who.authid, authrole: who.authrole });
         let limiter = (who.role.publish_rate > 0.0).then(|| rate_limiter(who.role.publish_rate, who.role.publish_burst)).flatten();
+        let call_limiter = (who.role.call_rate > 0.0).then(|| rate_limiter(who.role.call_rate, who.role.call_burst)).flatten();
         self.send(&Message::Welcome { session: self.handle.id, details: welcome });
-        self.state = State::Established { realm, broker: broker::BrokerState::default(), rights: Rights { permissions: who.permissions, limiter } };
+        self.state = State::Established {
+            realm,
+            broker: broker::BrokerState::default(),
+            dealer: dealer::DealerState { features: self.callee_features },
+            rights: Rights { permissions: who.permissions, limiter, call_limiter },
+        };
         self.node.metrics.sessions.inc();
         self.node.metrics.sessions_total.inc();
         tracing::debug!(session = self.handle.id, serializer = self.handle.serialization.label(), "session established");
@@ -301,6 +333,7 @@ impl Session {
     pub(crate) fn cleanup(&mut self) {
         if let State::Established { realm, broker, .. } = std::mem::replace(&mut self.state, State::Closed) {
             broker.leave(&realm.broker, self.handle.id);
+            realm.dealer.leave(self.handle.id);
             self.node.metrics.sessions.dec();
         }
     }
@@ -370,9 +403,10 @@ mod tests {
             crate::config::RoleConfig {
                 subscribe: vec!["*".into()],
                 publish: vec!["*".into()],
-                publish_rate: 0.0,
+                call: vec!["*".into()],
+                register: vec!["*".into()],
                 publish_burst: 1,
-                publish_options: false,
+                ..Default::default()
             },
         );
         let auth = Authenticator::from_config(&config).unwrap();
@@ -413,7 +447,9 @@ mod tests {
         let Some(Value::Dict(broker)) = roles.get("broker") else { panic!("broker role: {roles:?}") };
         let Some(Value::Dict(features)) = broker.get("features") else { panic!("features: {broker:?}") };
         assert_eq!(features.get("pattern_based_subscription"), Some(&Value::Bool(true)));
-        assert!(roles.get("dealer").is_none(), "no dealer is announced until one exists");
+        let Some(Value::Dict(dealer)) = roles.get("dealer") else { panic!("dealer role: {roles:?}") };
+        let Some(Value::Dict(features)) = dealer.get("features") else { panic!("features: {dealer:?}") };
+        assert_eq!(features.get("call_canceling"), Some(&Value::Bool(true)));
         assert!(s.is_established());
     }
 
@@ -456,5 +492,26 @@ mod tests {
         s.cleanup();
         assert_eq!(realm.broker.subscription_id(MatchPolicy::Exact, "t"), None, "cleanup releases the broker role's state");
         assert!(!s.is_established());
+    }
+    #[tokio::test]
+    async fn dealer_messages_reach_the_dealer_role_and_cleanup_releases_its_registrations() {
+        let (mut s, mut client, _bus) = session().await;
+        s.handle(hello()).await;
+        reply(&mut client).await;
+        let register = Message::Register { request: 7, options: dict! {"match" => "prefix"}, procedure: "com.tools".into() };
+        assert_eq!(s.handle(register).await, Flow::Continue);
+        let Message::Registered { request: 7, registration } = reply(&mut client).await else { panic!("REGISTERED expected") };
+        let State::Established { realm, .. } = &s.state else { panic!("established") };
+        let realm = realm.clone();
+        assert_eq!(realm.dealer.registration(MatchPolicy::Prefix, "com.tools"), Some((registration, 1)));
+        // The session calls itself: the INVOCATION comes back to it.
+        let call = Message::Call { request: 8, options: Dict::new(), procedure: "com.tools.hammer".into(), args: vec![], kwargs: Dict::new() };
+        assert_eq!(s.handle(call).await, Flow::Continue);
+        let Message::Invocation { registration: r, details, .. } = reply(&mut client).await else { panic!("INVOCATION expected") };
+        assert_eq!((r, details.get("procedure")), (registration, Some(&Value::Str("com.tools.hammer".into()))));
+        assert_eq!(realm.dealer.calls_in_flight(), 1);
+        s.cleanup();
+        assert_eq!(realm.dealer.registration(MatchPolicy::Prefix, "com.tools"), None, "cleanup releases the dealer role's registrations");
+        assert_eq!(realm.dealer.calls_in_flight(), 0, "and its calls");
     }
 }
