@@ -2,7 +2,7 @@
 //! and whatever decodes encodes again.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use telegraphy_wamp::{Message, Serialization};
+use telegraphy_wamp::Serialization;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(msg) = Serialization::Json.decode(data) {

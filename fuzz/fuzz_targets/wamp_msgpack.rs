@@ -2,7 +2,7 @@
 //! whatever decodes encodes again, stably.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use telegraphy_wamp::{Message, Serialization};
+use telegraphy_wamp::Serialization;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(msg) = Serialization::Msgpack.decode(data) {
