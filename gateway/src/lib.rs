@@ -1,4 +1,4 @@
-//! Telegraphy gateway node: a WAMP v2 broker over WebSocket, fed by an
+//! Telegraphy gateway node: a WAMP v2 router (broker and dealer) over WebSocket, fed by an
 //! event bus, so that any number of stateless nodes can serve browsers.
 //!
 //! # Layout

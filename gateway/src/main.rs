@@ -8,7 +8,7 @@ use clap::Parser;
 use telegraphy_gateway::config::{LogFormat, LogOverrides, Overrides, UriRulesSetting};
 use telegraphy_gateway::{shutdown_signal, Config, Gateway, Prepared};
 
-/// Telegraphy gateway: a WAMP v2 broker that pushes server-side events to browsers.
+/// Telegraphy gateway: a WAMP v2 router that pushes server-side events to browsers and carries their calls.
 ///
 /// Settings come from defaults, then --config FILE, then TELEGRAPHY_* environment
 /// variables (nested keys with `__`, e.g. TELEGRAPHY_LIMITS__MAX_MESSAGE_SIZE=131072),
