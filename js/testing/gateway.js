@@ -97,11 +97,15 @@ jwt_leeway = "0s"
 [roles.anonymous]
 subscribe = ["*"]
 publish = ["*"]
+call = ["*"]
+register = ["*"]
 publish_options = true
 
 [roles.user]
 subscribe = ["*"]
 publish = ["*"]
+call = ["*"]
+register = ["*"]
 
 [roles.reader]
 subscribe = ["shop.public.*"]

@@ -1,5 +1,6 @@
 // Telegraphy JS client: a small, dependency-free WAMP v2 client for the
-// Telegraphy gateway (subscriber and publisher roles, JSON serializer).
+// Telegraphy gateway (subscriber, publisher, caller and callee roles, JSON
+// serializer).
 //
 //   import { Telegraphy } from "./telegraphy.js";
 //   const client = new Telegraphy({ url: "ws://127.0.0.1:8080/ws", realm: "realm1", tokenUrl: "/telegraphy/token/" });
@@ -7,7 +8,8 @@
 //   await client.connect();
 //
 // Layout (one concern per file, all in this folder):
-//   telegraphy.js   this file: the client, its connection state machine, reconnects
+//   telegraphy.js   this file: the client, its connection state machine, reconnects, call()
+//   rpc.js          the callee side (register, INVOCATION, INTERRUPT) and CallResult
 //   wamp.js         message codes, HELLO details, the JSON serializer
 //   codes.js        WebSocket close codes and the reconnect rule
 //   backoff.js      full-jitter exponential backoff
@@ -42,6 +44,7 @@ import { shouldReconnect } from "./codes.js";
 import { Emitter } from "./emitter.js";
 import { TelegraphyError, wampError } from "./errors.js";
 import { Registry } from "./registry.js";
+import { Callee, callValue } from "./rpc.js";
 import { TopicSubscription } from "./subscription.js";
 import { tokenSource } from "./token.js";
 import { JSON_SERIALIZER, MSG, URI, helloDetails } from "./wamp.js";
@@ -50,11 +53,13 @@ export { Channel } from "./channel.js";
 export { TelegraphyError } from "./errors.js";
 export { CloseCode, shouldReconnect } from "./codes.js";
 export { backoffDelay } from "./backoff.js";
+export { CallResult } from "./rpc.js";
 export { compileLookups, matches, LOOKUP_NAMES } from "./lookups.js";
 
 export const VERSION = "0.1.0";
 
 const MATCH_POLICIES = ["exact", "prefix", "wildcard"];
+const INVOKE_POLICIES = ["single", "roundrobin", "random", "first", "last"];
 const OPEN = 1; // WebSocket.OPEN, the same in browsers and in the ws package
 const GOODBYE_WAIT_MS = 1000; // after our GOODBYE, or after an ABORT, before we close the socket ourselves
 
@@ -67,6 +72,7 @@ export class Telegraphy {
   #timeout;
   #events = new Emitter(["state", "error", "subscribed"]);
   #registry;
+  #callee;
 
   #state = "disconnected";
   #session = null; // WELCOME info while connected
@@ -114,6 +120,14 @@ export class Telegraphy {
       request: (build, onReply) => this.#request(build, onReply),
       subscribed: (topic, info) => this.#events.emit("subscribed", topic, info),
       report: (err, topic) => this.#report(err, topic),
+    });
+    this.#callee = new Callee({
+      get sessionOpen() {
+        return client.#session !== null;
+      },
+      request: (build) => this.#request(build),
+      send: (message) => this.#send(message),
+      report: (err, procedure) => this.#report(err, procedure),
     });
   }
 
@@ -258,6 +272,86 @@ export class Telegraphy {
     return Promise.resolve(undefined);
   }
 
+  /**
+   * Calls a procedure. Resolves with the result: the value when the callee
+   * answered with one positional value (or nothing: undefined), else a
+   * CallResult {args, kwargs}. Rejects with err.uri on the callee's or the
+   * gateway's ERROR (e.g. wamp.error.no_such_procedure, wamp.error.timeout,
+   * wamp.error.canceled), err.code "not_connected" without a session, and
+   * "disconnected" if the connection drops before the answer.
+   *
+   * options.timeout: ms after which the gateway fails the call (wamp.error.timeout);
+   * options.onProgress(args, kwargs): receives progressive results;
+   * options.signal: an AbortSignal; aborting cancels the call (CANCEL, the callee is interrupted);
+   * options.discloseMe: let the callee see this session's id, authid and authrole.
+   */
+  call(procedure, args = [], kwargs = {}, options = {}) {
+    const { timeout, onProgress, signal, discloseMe } = options ?? {};
+    try {
+      checkTopic(procedure, "call");
+      if (args != null && !Array.isArray(args)) throw new TypeError("call(procedure, args, kwargs, options): args must be an array");
+      if (kwargs != null && (typeof kwargs !== "object" || Array.isArray(kwargs))) throw new TypeError("call(): kwargs must be an object");
+      if (timeout !== undefined && !(Number.isInteger(timeout) && timeout >= 0)) throw new TypeError("call(): options.timeout must be a whole number of milliseconds");
+      if (onProgress !== undefined && typeof onProgress !== "function") throw new TypeError("call(): options.onProgress must be a function");
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    if (signal?.aborted) return Promise.reject(new TelegraphyError(`the call of ${procedure} was canceled before it was sent`, { code: "canceled" }));
+    const wampOptions = {};
+    if (timeout) wampOptions.timeout = timeout;
+    if (onProgress) wampOptions.receive_progress = true;
+    if (discloseMe) wampOptions.disclose_me = true;
+    let sent = null;
+    const build = (req) => {
+      sent = req;
+      const message = [MSG.CALL, req, wampOptions, procedure];
+      const hasKwargs = kwargs != null && Object.keys(kwargs).length > 0;
+      if (hasKwargs || (args != null && args.length > 0)) message.push(args ?? []);
+      if (hasKwargs) message.push(kwargs);
+      return message;
+    };
+    const progress = onProgress ? (a, kw) => {
+      try {
+        onProgress(a, kw);
+      } catch (err) {
+        this.#report(err, procedure);
+      }
+    } : undefined;
+    const result = this.#request(build, undefined, progress);
+    if (signal && sent !== null) {
+      const cancel = () => this.#send([MSG.CANCEL, sent, { mode: "killnowait" }]);
+      signal.addEventListener("abort", cancel, { once: true });
+      result.finally(() => signal.removeEventListener("abort", cancel)).catch(() => {});
+    }
+    return result;
+  }
+
+  /**
+   * Serves a procedure: handler(args, kwargs, details) returns the result (a
+   * value, a CallResult, or a promise of one) or throws (a TelegraphyError
+   * with a uri becomes that ERROR; anything else wamp.error.runtime_error).
+   * details: { procedure, caller, callerAuthid, callerAuthrole, signal (aborted
+   * when the caller cancels or the call times out), progress(args, kwargs)
+   * (null unless the caller asked for progressive results) }.
+   * options.match: "exact" | "prefix" | "wildcard"; options.invoke: "single"
+   * (default) | "roundrobin" | "random" | "first" | "last"; options.discloseCaller.
+   * Resolves with a registration (.unregister()) once the gateway confirmed
+   * it; registered again after every reconnect.
+   */
+  register(procedure, handler, options = {}) {
+    try {
+      checkTopic(procedure, "register");
+      if (typeof handler !== "function") throw new TypeError("register(procedure, handler): handler must be a function");
+      checkMatch(options.match ?? "exact");
+      if (options.invoke !== undefined && !INVOKE_POLICIES.includes(options.invoke)) {
+        throw new TypeError(`invoke must be one of ${INVOKE_POLICIES.join(", ")}; got ${JSON.stringify(options.invoke)}`);
+      }
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.#callee.add(procedure, handler, options);
+  }
+
   // ---- connection ------------------------------------------------------------------
 
   async #open() {
@@ -370,15 +464,28 @@ export class Telegraphy {
       }
       case MSG.PUBLISHED:
       case MSG.SUBSCRIBED:
+      case MSG.REGISTERED:
         return this.#settle(message[1], message[2]);
       case MSG.UNSUBSCRIBED:
         return this.#settle(message[1], undefined);
+      case MSG.UNREGISTERED:
+        if (message[1] === 0) return this.#callee.revoked(message[2]);
+        return this.#settle(message[1], undefined);
+      case MSG.RESULT: {
+        const [, req, details, args, kwargs] = message;
+        if (details?.progress) return this.#pending.get(req)?.onProgress?.(args ?? [], kwargs ?? {});
+        return this.#settle(req, callValue(args, kwargs));
+      }
+      case MSG.INVOCATION:
+        return this.#callee.invocation(message);
+      case MSG.INTERRUPT:
+        return this.#callee.interrupt(message);
       case MSG.EVENT: {
         const [, subscriptionId, publicationId, details, args, kwargs] = message;
         return this.#registry.dispatch(subscriptionId, publicationId, details, args, kwargs);
       }
       default:
-        return; // nothing else is meant for a subscriber/publisher
+        return; // nothing else is meant for a client
     }
   }
 
@@ -397,6 +504,7 @@ export class Telegraphy {
     const reconnected = this.#everConnected;
     this.#everConnected = true;
     this.#registry.sessionOpened();
+    this.#callee.sessionOpened();
     this.#setState("connected", { ...this.#session, reconnected, resumed: false });
     for (const waiter of this.#welcomeWaiters.splice(0)) waiter.resolve(this.#session);
   }
@@ -429,6 +537,7 @@ export class Telegraphy {
       { code: closing ? "closed" : "disconnected", closeCode: code },
     );
     this.#registry.sessionClosed(lost);
+    this.#callee.sessionClosed();
     for (const { reject } of this.#pending.values()) reject(lost);
     this.#pending.clear();
     if (closing) {
@@ -469,13 +578,13 @@ export class Telegraphy {
    * handled (a promise callback would run after EVENTs that arrived in the
    * same read).
    */
-  #request(build, onReply) {
+  #request(build, onReply, onProgress) {
     if (!this.#session) {
       return Promise.reject(new TelegraphyError(`not connected (state ${this.#state})`, { code: "not_connected" }));
     }
     const req = this.#nextRequest++;
     return new Promise((resolve, reject) => {
-      this.#pending.set(req, { resolve, reject, onReply });
+      this.#pending.set(req, { resolve, reject, onReply, onProgress });
       // If the socket is already closing, the request stays pending and is
       // rejected with the others when the close arrives.
       this.#send(build(req));

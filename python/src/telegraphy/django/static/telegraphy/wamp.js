@@ -5,7 +5,7 @@
 // the base64 of the bytes (WAMP spec, docs/protocol.md section 1); they are
 // decoded to Uint8Array and encoded from Uint8Array / ArrayBuffer.
 
-/** Message type codes used by a broker client. */
+/** Message type codes used by a subscriber, publisher, caller and callee. */
 export const MSG = Object.freeze({
   HELLO: 1,
   WELCOME: 2,
@@ -21,6 +21,16 @@ export const MSG = Object.freeze({
   UNSUBSCRIBE: 34,
   UNSUBSCRIBED: 35,
   EVENT: 36,
+  CALL: 48,
+  CANCEL: 49,
+  RESULT: 50,
+  REGISTER: 64,
+  REGISTERED: 65,
+  UNREGISTER: 66,
+  UNREGISTERED: 67,
+  INVOCATION: 68,
+  INTERRUPT: 69,
+  YIELD: 70,
 });
 
 /** WAMP URIs the client sends or reacts to. */
@@ -51,6 +61,19 @@ export function helloDetails(authmethods, agent) {
       subscriber: { features: { pattern_based_subscription: true, publisher_identification: true } },
       publisher: {
         features: { publisher_exclusion: true, subscriber_blackwhite_listing: true, publisher_identification: true },
+      },
+      caller: {
+        features: { progressive_call_results: true, call_canceling: true, call_timeout: true, caller_identification: true },
+      },
+      callee: {
+        features: {
+          progressive_call_results: true,
+          call_canceling: true,
+          caller_identification: true,
+          pattern_based_registration: true,
+          shared_registration: true,
+          registration_revocation: true,
+        },
       },
     },
   };
