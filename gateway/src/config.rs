@@ -77,6 +77,46 @@ pub struct Config {
     /// Event history: which topics keep recent events for resumes and
     /// `wamp.subscription.get_events`.
     pub history: HistorySettings,
+    /// Remote procedure calls the web-app serves over HTTP.
+    pub rpc: RpcSettings,
+}
+
+/// `[rpc]`: procedures the web-app serves over HTTP (`[[rpc.http]]`): a
+/// CALL of one of them becomes a signed POST to the web-app, on whichever
+/// node the caller is connected to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RpcSettings {
+    /// The key every HTTP call is signed with (HMAC-SHA256), at least 32
+    /// bytes (also `TELEGRAPHY_RPC_SECRET`). The web-app verifies the
+    /// signature with the same value (Django: `TELEGRAPHY["RPC_SECRET"]`).
+    #[serde(skip_serializing)]
+    pub secret: Option<String>,
+    /// The procedures and where they go, first match wins.
+    pub http: Vec<HttpCallee>,
+}
+
+/// One `[[rpc.http]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpCallee {
+    /// The procedures this endpoint serves: a pattern as in roles
+    /// (`shop.cart.add`, `shop.*`, `shop..get`).
+    pub procedure: String,
+    /// Where the calls go: `http://` or `https://`.
+    pub url: String,
+    /// Longest a call may take (a CALL's own `timeout` may shorten it).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Most calls in flight to this endpoint from one node; more are refused
+    /// with `telegraphy.error.limit_exceeded`.
+    pub max_concurrency: usize,
+}
+
+impl Default for HttpCallee {
+    fn default() -> Self {
+        HttpCallee { procedure: String::new(), url: String::new(), timeout: Duration::from_secs(10), max_concurrency: 64 }
+    }
 }
 
 /// `[history]`: recent events kept per topic, so that a client that comes
@@ -382,6 +422,7 @@ impl Default for Config {
             limits: Limits::default(),
             shutdown: ShutdownConfig::default(),
             history: HistorySettings::default(),
+            rpc: RpcSettings::default(),
         }
     }
 }
@@ -501,6 +542,7 @@ impl Config {
                 "jwt_secret" => "auth__jwt_secret".into(),
                 "jwt_public_key_file" => "auth__jwt_public_key_file".into(),
                 "allow_anonymous" => "auth__allow_anonymous".into(),
+                "rpc_secret" => "rpc__secret".into(),
                 _ => key.into(),
             })
             .split("__")
@@ -647,11 +689,48 @@ impl Config {
         if h.ttl.is_zero() || h.max_replay == 0 || h.max_topics == 0 {
             return invalid("keys `history.ttl`, `history.max_replay` and `history.max_topics` must be above zero".into());
         }
+        self.validate_rpc()?;
         if self.dev && !(self.listen.ip().is_loopback() && self.admin_listen.ip().is_loopback()) {
             return invalid(format!(
                 "dev mode accepts the well-known API key `dev` and is refused on a non-loopback address ({}); drop --dev or listen on 127.0.0.1",
                 self.listen
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_rpc(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.rpc.http.is_empty() {
+            return Ok(());
+        }
+        match &self.rpc.secret {
+            None => {
+                return invalid(
+                    "`[[rpc.http]]` needs key `rpc.secret` (TELEGRAPHY_RPC_SECRET): the web-app checks every call's signature with it; \
+                     generate one with `openssl rand -hex 32` and give Django the same value as TELEGRAPHY[\"RPC_SECRET\"]"
+                        .into(),
+                )
+            }
+            Some(s) if s.len() < 32 => return invalid("key `rpc.secret` (TELEGRAPHY_RPC_SECRET) must be at least 32 bytes".into()),
+            Some(_) => {}
+        }
+        for (n, h) in self.rpc.http.iter().enumerate() {
+            let key = format!("rpc.http[{n}]");
+            telegraphy_bus::pattern::Pattern::parse(&h.procedure).map_err(|e| ConfigError::Invalid(format!("key `{key}.procedure`: {e}")))?;
+            if h.procedure == "*" || h.procedure.starts_with("wamp.") {
+                return invalid(format!(
+                    "key `{key}.procedure`: `{}` would take the router's own `wamp.` procedures; name your application's",
+                    h.procedure
+                ));
+            }
+            let scheme_ok = h.url.starts_with("http://") || h.url.starts_with("https://");
+            if !scheme_ok || h.url.parse::<hyper::Uri>().map(|u| u.host().is_none()).unwrap_or(true) {
+                return invalid(format!("key `{key}.url`: `{}` is not an http:// or https:// URL", h.url));
+            }
+            if h.timeout.is_zero() || h.max_concurrency == 0 {
+                return invalid(format!("keys `{key}.timeout` and `{key}.max_concurrency` must be above zero"));
+            }
         }
         Ok(())
     }

@@ -129,6 +129,9 @@ pub(crate) struct Calling {
     pub disclose_me: bool,
     /// `timeout` (none for 0): the call fails with `wamp.error.timeout` then.
     pub timeout: Option<Duration>,
+    /// Calls the caller has in flight elsewhere (to the web-app over
+    /// HTTP): they count against the same limit.
+    pub other_calls: usize,
 }
 
 /// `CANCEL.Options.mode`.
@@ -338,7 +341,7 @@ impl Dealer {
     /// [`Dealer::failed`]); a refusal here is the caller's ERROR.
     pub(crate) fn call(&self, caller: &Arc<SessionHandle>, c: Calling) -> Result<(), Refused> {
         let mut reg = self.inner.lock();
-        let in_flight = reg.peers.get(&caller.id).map_or(0, |p| p.calls.len());
+        let in_flight = reg.peers.get(&caller.id).map_or(0, |p| p.calls.len()) + c.other_calls;
         if in_flight >= self.inner.limits.max_calls_per_session {
             return Err((
                 err::LIMIT_EXCEEDED,
@@ -497,6 +500,11 @@ impl Dealer {
             reg.remove_callee(registration, session);
             self.inner.metrics.rpc_registrations.dec();
         }
+    }
+
+    /// Calls `session` has in flight to WAMP callees.
+    pub(crate) fn calls_of(&self, session: Id) -> usize {
+        self.inner.lock().peers.get(&session).map_or(0, |p| p.calls.len())
     }
 
     /// Registrations on this node: (registration id, match policy, URI,

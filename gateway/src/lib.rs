@@ -20,6 +20,8 @@
 //!   the same bytes to every subscriber).
 //! * [`dealer`]: the dealer role of a realm: registrations (best match and
 //!   invocation policy) and calls in flight between callers and callees.
+//! * [`http_callee`]: procedures the web-app serves over HTTP
+//!   (`[[rpc.http]]`): signed POSTs, JSON or NDJSON answers.
 //! * [`match_index`]: which (match policy, pattern) entries a URI matches,
 //!   for subscriptions and registrations.
 //! * [`outbox`]: each session's sending side: queue limits, the
@@ -57,6 +59,7 @@ pub mod config;
 mod connection;
 mod continuity;
 mod dealer;
+mod http_callee;
 mod lifecycle;
 mod listener;
 mod match_index;

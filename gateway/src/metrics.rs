@@ -95,6 +95,12 @@ pub(crate) mod name {
     /// Registrations held by callees on this node (one per callee and
     /// registration).
     pub(crate) const RPC_REGISTRATIONS: &str = "telegraphy_rpc_registrations";
+    /// Time the web-app took to answer a call served over HTTP.
+    pub(crate) const RPC_HTTP_DURATION: &str = "telegraphy_rpc_http_duration_seconds";
+    /// Calls served over HTTP that did not end with a result, by reason:
+    /// `error` (the web-app's error URI), `unavailable`, `failed`,
+    /// `timeout`, `canceled`.
+    pub(crate) const RPC_HTTP_ERRORS: &str = "telegraphy_rpc_http_errors_total";
 }
 
 /// How a call ended (the `outcome` label of `telegraphy_rpc_calls_total`).
@@ -240,6 +246,8 @@ pub struct Metrics {
     rpc_call_duration: Histogram,
     pub rpc_calls_in_flight: IntGauge,
     pub rpc_registrations: IntGauge,
+    pub rpc_http_duration: Histogram,
+    rpc_http_errors: IntCounterVec,
 }
 
 fn per_serializer(registry: &Registry, name: &str, help: &str) -> [IntCounter; 2] {
@@ -290,6 +298,16 @@ impl Metrics {
         )
         .expect("valid metric");
         reg(Box::new(rpc_call_duration.clone()));
+        let rpc_http_duration = Histogram::with_opts(
+            HistogramOpts::new(name::RPC_HTTP_DURATION, "Time the web-app took to answer a call served over HTTP.")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+        )
+        .expect("valid metric");
+        reg(Box::new(rpc_http_duration.clone()));
+        let rpc_http_errors = counter_vec(name::RPC_HTTP_ERRORS, "Calls served over HTTP that did not end with a result, by reason.", "reason");
+        for reason in ["error", "unavailable", "failed", "timeout", "canceled"] {
+            rpc_http_errors.with_label_values(&[reason]);
+        }
         let denied = counter_vec(name::AUTHORIZATION_DENIED, "SUBSCRIBE/PUBLISH/CALL/REGISTER refused by authorization, by action.", "action");
         let auth_failures = counter_vec(name::AUTH_FAILURES, "Sessions refused at authentication, by reason.", "reason");
         for reason in AUTH_FAILURE_REASONS {
@@ -359,6 +377,8 @@ impl Metrics {
             rpc_call_duration,
             rpc_calls_in_flight: gauge(name::RPC_CALLS_IN_FLIGHT, "Calls waiting for their callee on this node."),
             rpc_registrations: gauge(name::RPC_REGISTRATIONS, "Registrations held by callees on this node."),
+            rpc_http_duration,
+            rpc_http_errors,
             registry,
         }
     }
@@ -399,6 +419,12 @@ impl Metrics {
         self.rpc_calls_in_flight.dec();
         self.rpc_calls[outcome as usize].inc();
         self.rpc_call_duration.observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Counts a call served over HTTP that did not end with a result
+    /// (`reason`: error, unavailable, failed, timeout, canceled).
+    pub(crate) fn http_call_error(&self, reason: &'static str) {
+        self.rpc_http_errors.with_label_values(&[reason]).inc();
     }
 
     /// Counts a call that never reached a callee.

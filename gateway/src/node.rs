@@ -50,6 +50,8 @@ pub struct Node {
     store: Option<Arc<dyn EventStore>>,
     /// The bus adapter's consuming sessions (`Inbound::sessions`).
     bus_sessions: Arc<BusSessions>,
+    /// Procedures the web-app serves over HTTP (`[[rpc.http]]`).
+    pub(crate) http_callees: Option<Arc<crate::http_callee::HttpCallees>>,
 }
 
 /// What a node takes from its bus.
@@ -75,6 +77,7 @@ impl Node {
         };
         let realms = Realms::new(&config.realms, &bus, store.as_ref(), &metrics, id, limits);
         Arc::new(Node {
+            http_callees: crate::http_callee::HttpCallees::from_config(&config.rpc, config.limits.max_message_size),
             uri_rules: config.uri_rules.into(),
             api_keys: config.effective_api_keys(),
             auth,

@@ -26,6 +26,11 @@ pub mod uri {
     pub const CANCELED: &str = "wamp.error.canceled";
     /// A call's `timeout` ran out before the callee answered.
     pub const TIMEOUT: &str = "wamp.error.timeout";
+    /// The web-app serving a procedure over HTTP could not be reached.
+    pub const CALLEE_UNAVAILABLE: &str = "telegraphy.error.callee_unavailable";
+    /// The web-app answered a call with something that is not a result or
+    /// an error URI (an HTTP error, unreadable JSON, too large).
+    pub const CALLEE_FAILED: &str = "telegraphy.error.callee_failed";
     /// An option has a value the router does not accept.
     pub const INVALID_ARGUMENT: &str = "wamp.error.invalid_argument";
     /// The session may not do this (reserved `wamp.` topics, role rules).

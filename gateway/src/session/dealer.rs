@@ -2,23 +2,49 @@
 //! a callee; CALL and CANCEL as a caller. This module reads and checks the
 //! messages (options, URIs, rights, rates); [`crate::dealer`] routes them.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
 use telegraphy_wamp::codes::uri as err;
 use telegraphy_wamp::{code, uri, Dict, Id, MatchPolicy, Message, UriKind, Value};
 
 use super::{Session, State};
 use crate::dealer::{CalleeFeatures, Calling, CancelMode, Invoke, Registering};
+use crate::http_callee::{Answer, Caller, HttpCall};
 use crate::metrics::CallOutcome;
+use crate::wire::encode_frame;
 
 use super::broker::GET_EVENTS;
 /// Procedures under this prefix are the router's own.
 const RESERVED: &str = "wamp.";
 
-/// The dealer role's state for one session: what it announced as a callee.
-/// Its registrations and calls live in the realm's dealer, keyed by the
-/// session id, and go in [`Session::cleanup`].
+/// The dealer role's state for one session: what it announced as a callee,
+/// and its calls to the web-app over HTTP (each a task, by CALL request id).
+/// Its registrations and WAMP calls live in the realm's dealer, keyed by the
+/// session id. Both go in [`Session::cleanup`].
 #[derive(Debug, Default)]
 pub(super) struct DealerState {
     pub(super) features: CalleeFeatures,
+    pub(super) http_calls: Arc<Mutex<HttpCalls>>,
+}
+
+/// A session's calls to the web-app: CALL request id → (task, start).
+type HttpCalls = HashMap<Id, (tokio::task::AbortHandle, Instant)>;
+
+impl DealerState {
+    /// Stops every HTTP call of a session that ended.
+    pub(super) fn leave(&self, metrics: &crate::metrics::Metrics) {
+        for (_, (task, started)) in lock(&self.http_calls).drain() {
+            task.abort();
+            metrics.http_call_error("canceled");
+            metrics.call_done(CallOutcome::Canceled, started);
+        }
+    }
+}
+
+fn lock(calls: &Mutex<HttpCalls>) -> std::sync::MutexGuard<'_, HttpCalls> {
+    calls.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A boolean option (absent or null: false).
@@ -73,6 +99,7 @@ fn read_call(request: Id, options: &Dict, procedure: String, args: Vec<Value>, k
         receive_progress: flag(options, "receive_progress")?,
         disclose_me: flag(options, "disclose_me")?,
         timeout,
+        other_calls: 0,
     })
 }
 
@@ -90,6 +117,10 @@ impl Session {
         if r.procedure.starts_with(RESERVED) {
             let message = format!("procedures under `{RESERVED}` are the router's own; register under your application's prefix");
             return self.error(code::REGISTER, request, err::INVALID_URI, &message);
+        }
+        if r.policy == MatchPolicy::Exact && self.node.http_callees.as_ref().is_some_and(|h| h.find(&r.procedure).is_some()) {
+            let message = format!("`{}` is served by the web-app over HTTP ([[rpc.http]]); register another procedure", r.procedure);
+            return self.error(code::REGISTER, request, err::PROCEDURE_ALREADY_EXISTS, &message);
         }
         let State::Established { realm, rights, dealer, .. } = &self.state else { return };
         if !rights.permissions.may_register(r.policy, &r.procedure) {
@@ -148,11 +179,90 @@ impl Session {
             self.node.metrics.rate_limited.inc();
             return Err(refused(err::RATE_LIMITED, "you call faster than your role allows (roles.NAME.call_rate); slow down".into()));
         }
-        let calling = read_call(request, &options, procedure, args, kwargs).map_err(|m| refused(err::INVALID_ARGUMENT, m))?;
+        let State::Established { dealer, .. } = &self.state else { return Ok(()) };
+        let http_in_flight = lock(&dealer.http_calls).len();
+        let mut calling = read_call(request, &options, procedure, args, kwargs).map_err(|m| refused(err::INVALID_ARGUMENT, m))?;
+        calling.other_calls = http_in_flight;
+        if let Some(at) = self.node.http_callees.as_ref().and_then(|h| h.find(&calling.procedure)) {
+            let wamp_in_flight = realm.dealer.calls_of(self.handle.id);
+            return self.call_over_http(at, calling, wamp_in_flight + http_in_flight);
+        }
         realm.dealer.call(&self.handle, calling).map_err(|(error, message)| {
             let outcome = if error == err::NO_SUCH_PROCEDURE { CallOutcome::NoSuchProcedure } else { CallOutcome::Refused };
             (outcome, error, message)
         })
+    }
+
+    /// A call of a procedure the web-app serves (`[[rpc.http]]`): a task
+    /// makes the request and answers the caller; CANCEL and the session's
+    /// end abort it.
+    fn call_over_http(&mut self, at: usize, c: Calling, in_flight: usize) -> Result<(), (CallOutcome, &'static str, String)> {
+        let refused = |error: &'static str, message: String| (CallOutcome::Refused, error, message);
+        let max = self.node.config.limits.max_calls_per_session;
+        if in_flight >= max {
+            return Err(refused(
+                err::LIMIT_EXCEEDED,
+                format!("this session has {in_flight} calls in flight, the most one session may have (limits.max_calls_per_session)"),
+            ));
+        }
+        let State::Established { realm, dealer, .. } = &self.state else { return Ok(()) };
+        let callees = self.node.http_callees.clone().expect("found an endpoint");
+        let Some(permit) = callees.try_acquire(at) else {
+            self.node.metrics.http_call_error("unavailable");
+            return Err(refused(
+                err::LIMIT_EXCEEDED,
+                format!("the web-app has as many calls of `{}` in flight as `rpc.http.max_concurrency` allows; retry later", c.procedure),
+            ));
+        };
+        let identity = self.handle.identity.get();
+        let call = HttpCall {
+            procedure: c.procedure,
+            realm: realm.name.clone(),
+            args: c.args,
+            kwargs: c.kwargs,
+            caller: Caller {
+                session: self.handle.id,
+                authid: identity.map(|i| i.authid.clone()).unwrap_or_default(),
+                authrole: identity.map(|i| i.authrole.clone()).unwrap_or_default(),
+            },
+            receive_progress: c.receive_progress,
+        };
+        let (handle, metrics, calls, request, timeout) =
+            (self.handle.clone(), self.node.metrics.clone(), dealer.http_calls.clone(), c.request, c.timeout);
+        let mut tasks = lock(&dealer.http_calls);
+        metrics.rpc_calls_in_flight.inc();
+        let task = tokio::spawn(async move {
+            let _permit = permit;
+            let started = Instant::now();
+            let progress =
+                |args, kwargs| send_to(&handle, &Message::Result { request, details: telegraphy_wamp::dict! {"progress" => true}, args, kwargs });
+            let answer = callees.call(at, &call, timeout, progress).await;
+            metrics.rpc_http_duration.observe(started.elapsed().as_secs_f64());
+            // Removed first: a CANCEL that finds nothing does not answer twice.
+            if lock(&calls).remove(&request).is_none() {
+                return;
+            }
+            let outcome = match answer {
+                Answer::Result { args, kwargs } => {
+                    send_to(&handle, &Message::Result { request, details: Dict::new(), args, kwargs });
+                    CallOutcome::Result
+                }
+                Answer::Error { uri, args, kwargs } => {
+                    let (reason, outcome) = match uri.as_str() {
+                        err::CALLEE_UNAVAILABLE => ("unavailable", CallOutcome::Error),
+                        err::CALLEE_FAILED => ("failed", CallOutcome::Error),
+                        err::TIMEOUT => ("timeout", CallOutcome::Timeout),
+                        _ => ("error", CallOutcome::Error),
+                    };
+                    metrics.http_call_error(reason);
+                    send_to(&handle, &Message::Error { request_type: code::CALL, request, details: Dict::new(), error: uri, args, kwargs });
+                    outcome
+                }
+            };
+            metrics.call_done(outcome, started);
+        });
+        tasks.insert(request, (task.abort_handle(), Instant::now()));
+        Ok(())
     }
 
     /// CANCEL (default mode: `killnowait`).
@@ -168,7 +278,16 @@ impl Session {
             },
             Err(message) => return self.error(code::CANCEL, request, err::INVALID_ARGUMENT, &message),
         };
-        let State::Established { realm, .. } = &self.state else { return };
+        let State::Established { realm, dealer, .. } = &self.state else { return };
+        let http = lock(&dealer.http_calls).remove(&request);
+        if let Some((task, started)) = http {
+            // Dropping the request closes its connection: the web-app sees the client go.
+            task.abort();
+            self.node.metrics.http_call_error("canceled");
+            self.node.metrics.call_done(CallOutcome::Canceled, started);
+            let message = "the call was canceled; the web-app's request was aborted";
+            return self.error(code::CALL, request, err::CANCELED, message);
+        }
         realm.dealer.cancel(self.handle.id, request, mode);
     }
 
@@ -183,5 +302,13 @@ impl Session {
     pub(super) fn invocation_failed(&mut self, request: Id, details: Dict, error: String, args: Vec<Value>, kwargs: Dict) {
         let State::Established { realm, .. } = &self.state else { return };
         realm.dealer.failed(self.handle.id, request, details, error, args, kwargs);
+    }
+}
+
+/// Queues a message on a session's outbox (from a task that is not the
+/// session's own).
+fn send_to(handle: &crate::broker::SessionHandle, msg: &Message) {
+    if let Some(frame) = encode_frame(handle.serialization, msg) {
+        let _ = handle.outbox.push(&frame);
     }
 }

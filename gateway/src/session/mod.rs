@@ -272,7 +272,7 @@ impl Session {
         self.state = State::Established {
             realm,
             broker: broker::BrokerState::default(),
-            dealer: dealer::DealerState { features: self.callee_features },
+            dealer: dealer::DealerState { features: self.callee_features, http_calls: Default::default() },
             rights: Rights { permissions: who.permissions, limiter, call_limiter },
         };
         self.node.metrics.sessions.inc();
@@ -331,9 +331,10 @@ impl Session {
 
     /// Leaves every subscription; idempotent. Called on every way out.
     pub(crate) fn cleanup(&mut self) {
-        if let State::Established { realm, broker, .. } = std::mem::replace(&mut self.state, State::Closed) {
+        if let State::Established { realm, broker, dealer, .. } = std::mem::replace(&mut self.state, State::Closed) {
             broker.leave(&realm.broker, self.handle.id);
             realm.dealer.leave(self.handle.id);
+            dealer.leave(&self.node.metrics);
             self.node.metrics.sessions.dec();
         }
     }
