@@ -36,6 +36,7 @@ TELEGRAPHY = {
     "GATEWAY_URL": "ws://127.0.0.1:9/ws",
     "API_KEY": "test-api-key-123",
     "SECRET": "test-secret-0123456789-0123456789-abcdef",
+    "RPC_SECRET": "test-rpc-secret-0123456789-0123456789-abcdef",
     "TOPIC_PREFIX": "tests",
     "FAIL_SILENTLY": False,
 }

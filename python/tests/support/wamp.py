@@ -11,8 +11,10 @@ from websockets.sync.client import connect
 
 HELLO, WELCOME, ABORT, CHALLENGE, AUTHENTICATE, GOODBYE, ERROR = 1, 2, 3, 4, 5, 6, 8
 PUBLISH, PUBLISHED, SUBSCRIBE, SUBSCRIBED, EVENT = 16, 17, 32, 33, 36
+CALL, RESULT = 48, 50
 
-ROLES = {"subscriber": {"features": {"pattern_based_subscription": True}}, "publisher": {}}
+ROLES = {"subscriber": {"features": {"pattern_based_subscription": True}}, "publisher": {},
+         "caller": {"features": {"progressive_call_results": True}}}
 
 
 class Aborted(Exception):
@@ -22,9 +24,9 @@ class Aborted(Exception):
 
 
 class WampError(Exception):
-    def __init__(self, uri, details):
-        super().__init__(f"{uri}: {details.get('message', '')}")
-        self.uri, self.details = uri, details
+    def __init__(self, uri, details, args=(), kwargs=None):
+        super().__init__(f"{uri}: {details.get('message', '') or (args[0] if args else '')}")
+        self.uri, self.details, self.args_, self.kwargs = uri, details, list(args), kwargs or {}
 
 
 @dataclass
@@ -67,7 +69,7 @@ class Wamp:
         while True:
             msg = self.recv(max(0.01, deadline - time.monotonic()))
             if msg[0] == EVENT:
-                self.events.append(Event(msg[1], msg[2], msg[3], *(list(msg[4:]) + [[], {}])[:2]))
+                self.events.append(Event(msg[1], msg[2], msg[3], *_payload(msg, 4)))
                 continue
             if msg[0] == ERROR and msg[2] == request:
                 raise WampError(msg[4], msg[3])
@@ -79,12 +81,31 @@ class Wamp:
         self.send([SUBSCRIBE, self.request, {"match": match} if match else {}, topic])
         return self._wait(self.request, timeout)
 
+    def call(self, procedure: str, args=(), kwargs=None, options=None, timeout: float = 5.0, on_progress=None):
+        """CALL; returns (args, kwargs) of the RESULT, or raises WampError
+        (with the error's args and kwargs)."""
+        self.request += 1
+        request = self.request
+        self.send([CALL, request, dict(options or {}), procedure, list(args), dict(kwargs or {})])
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.recv(max(0.01, deadline - time.monotonic()))
+            if msg[0] == ERROR and msg[2] == request:
+                raise WampError(msg[4], msg[3], *_payload(msg, 5))
+            if msg[0] == RESULT and msg[1] == request:
+                args_, kwargs_ = _payload(msg, 3)
+                if msg[2].get("progress"):
+                    if on_progress:
+                        on_progress(args_, kwargs_)
+                    continue
+                return args_, kwargs_
+
     def next_event(self, timeout: float = 5.0) -> Event:
         if self.events:
             return self.events.pop(0)
         msg = self.recv(timeout)
         assert msg[0] == EVENT, msg
-        return Event(msg[1], msg[2], msg[3], *(list(msg[4:]) + [[], {}])[:2])
+        return Event(msg[1], msg[2], msg[3], *_payload(msg, 4))
 
     def no_event(self, timeout: float = 0.5) -> bool:
         """True when no EVENT arrives within `timeout`."""
@@ -95,7 +116,7 @@ class Wamp:
         except TimeoutError:
             return True
         if msg[0] == EVENT:
-            self.events.append(Event(msg[1], msg[2], msg[3], *(list(msg[4:]) + [[], {}])[:2]))
+            self.events.append(Event(msg[1], msg[2], msg[3], *_payload(msg, 4)))
             return False
         return True
 
@@ -105,3 +126,8 @@ class Wamp:
         except Exception:
             pass
         self.ws.close()
+
+
+def _payload(msg, at):
+    """(args, kwargs) from position `at` of a message: [] and {} when absent."""
+    return (msg[at] if len(msg) > at else []), (msg[at + 1] if len(msg) > at + 1 else {})

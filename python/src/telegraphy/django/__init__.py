@@ -9,9 +9,14 @@
   helpers and the live widgets (label, list, table).
 * `static/telegraphy/`: the JS client (copied from js/src by
   python/tools/sync_js.py), `boot.js` and `widgets.js`.
+* `procedures.py`: `@procedure("shop.cart.add")` exposes a function to
+  browsers' calls through the gateway (`telegraphy/rpc/`, signed calls);
+  each app's `procedures.py` is autodiscovered.
 * `management/commands/telegraphy_gateway.py`: runs a gateway for development.
 """
 
+from ..rpc import RpcError
 from .model_events import ModelEvents
+from .procedures import procedure
 
-__all__ = ["ModelEvents"]
+__all__ = ["ModelEvents", "RpcError", "procedure"]

@@ -15,10 +15,12 @@ class TelegraphyConfig(AppConfig):
         from .model_events import registry
 
         autodiscover_modules("events")
+        autodiscover_modules("procedures")
         registry.connect()
         checks.register(telegraphy_checks.check_settings, "telegraphy")
         checks.register(telegraphy_checks.check_events, "telegraphy")
         checks.register(telegraphy_checks.check_templates, "telegraphy")
+        checks.register(telegraphy_checks.check_procedures, "telegraphy")
         setting_changed.connect(_settings_changed, dispatch_uid="telegraphy.django.setting_changed")
 
 

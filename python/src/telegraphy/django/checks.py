@@ -287,3 +287,24 @@ def check_templates(app_configs=None, **kwargs):
                 obj="settings.TEMPLATES", id="telegraphy.W001",
             )]
     return []
+
+
+def check_procedures(app_configs=None, **kwargs):
+    """@procedure functions need TELEGRAPHY["RPC_SECRET"], the gateway's
+    rpc.secret, to trust the calls the gateway forwards."""
+    from .procedures import procedures
+
+    registered = procedures()
+    if not registered:
+        return []
+    secret = conf.get("RPC_SECRET")
+    if not isinstance(secret, str) or len(secret.encode()) < 32:
+        names = ", ".join(sorted(registered))
+        return [_error(
+            "E017",
+            f"@procedure functions ({names}) need TELEGRAPHY['RPC_SECRET'], a string of at least 32 bytes: "
+            "without it every call is refused.",
+            "Generate one with `openssl rand -hex 32`; give the same value to the gateway as rpc.secret "
+            "(TELEGRAPHY_RPC_SECRET), with [[rpc.http]] entries pointing at /telegraphy/rpc/. See docs/django.md.",
+        )]
+    return []

@@ -15,6 +15,9 @@ DEFAULTS = {
     "API_KEY": None,
     # The gateway's TELEGRAPHY_JWT_SECRET (HS256, at least 32 bytes).
     "SECRET": None,
+    # The gateway's rpc.secret (TELEGRAPHY_RPC_SECRET, at least 32 bytes):
+    # checks the signature of the calls it forwards to @procedure functions.
+    "RPC_SECRET": None,
     "TOPIC_PREFIX": "telegraphy",
     "REALM": "realm1",
     # Token lifetime in seconds; the JS client fetches a fresh one on reconnect.
