@@ -104,7 +104,11 @@ def test_the_command_refuses_bad_settings():
 
 @pytest.fixture
 def django_like(settings):
-    settings.TELEGRAPHY = {"SECRET": SECRET, "API_KEY": API_KEY, "GATEWAY_URL": "ws://127.0.0.1:8080/ws"}
+    settings.TELEGRAPHY = {"SECRET": SECRET, "API_KEY": API_KEY, "GATEWAY_URL": "ws://127.0.0.1:8080/ws",
+                           "RPC_SECRET": RPC_SECRET}
+
+
+RPC_SECRET = "test-rpc-secret-0123456789-0123456789-abcdef"
 
 
 def test_passthrough_flags():
@@ -122,6 +126,23 @@ def test_the_defaults(django_like):
     assert p.env["TELEGRAPHY_ALLOWED_ORIGINS"] == "http://127.0.0.1:8000,http://localhost:8000"
     assert (p.env["TELEGRAPHY_JWT_SECRET"], p.env["TELEGRAPHY_API_KEYS"]) == (SECRET, API_KEY)
     assert p.env["TELEGRAPHY_ALLOW_ANONYMOUS"] == "false" and p.warnings == []
+
+
+def test_procedures_configure_the_gateways_http_callees_and_the_user_role(django_like, settings):
+    p = plan("gw", {}, [], environ={})
+    assert p.env["TELEGRAPHY_RPC_SECRET"] == RPC_SECRET
+    http = p.env["TELEGRAPHY_RPC__HTTP"]
+    assert '{procedure = "tests.rpc.add", url = "http://127.0.0.1:8000/telegraphy/rpc/"}' in http
+    assert "tests.rpc.add" in p.env["TELEGRAPHY_ROLES__USER__CALL"].split(",")
+    assert p.env["TELEGRAPHY_ROLES__USER__SUBSCRIBE"] == "*", "the built-in user role, written out, plus call"
+    # A [roles.user] of the user's own is left alone.
+    p = plan("gw", {}, [], environ={"TELEGRAPHY_ROLES__USER__SUBSCRIBE": "shop.*"})
+    assert not any(k.startswith("TELEGRAPHY_ROLES__USER__") for k in p.env)
+    # Without RPC_SECRET: nothing to configure, and a warning that says why.
+    settings.TELEGRAPHY = {**settings.TELEGRAPHY, "RPC_SECRET": None}
+    p = plan("gw", {}, [], environ={})
+    assert "TELEGRAPHY_RPC__HTTP" not in p.env
+    assert any("RPC_SECRET" in w for w in p.warnings), p.warnings
 
 
 def test_model_events_with_history_configure_the_gateways_history_topics(django_like, tmp_path):

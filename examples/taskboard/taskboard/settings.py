@@ -69,6 +69,8 @@ TELEGRAPHY = {
     "GATEWAY_URL": env("GATEWAY_URL", "ws://127.0.0.1:8080/ws"),
     "API_KEY": env("API_KEY", "taskboard-dev-api-key"),
     "SECRET": env("SECRET", "taskboard-dev-secret-0123456789abcdef"),
+    # The gateway's rpc.secret: board/procedures.py serves calls from pages.
+    "RPC_SECRET": env("RPC_SECRET", "taskboard-dev-rpc-secret-0123456789abcdef"),
     "TOPIC_PREFIX": "taskboard",
     "ALLOWED_ORIGINS": env("ORIGINS", "http://127.0.0.1:8000,http://localhost:8000").split(","),
 }

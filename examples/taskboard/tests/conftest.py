@@ -24,6 +24,7 @@ sys.path[:0] = [str(EXAMPLE), str(REPO / "python" / "tests")]
 from support.gateway import Gateway, clean_env, free_port  # noqa: E402,F401  (python/tests/support)
 
 SECRET = "e2e-secret-0123456789-0123456789-abcdef"
+RPC_SECRET = "e2e-rpc-secret-0123456789-0123456789-abcdef"
 API_KEY = "e2e-api-key-12345"
 CHROMIUM = os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -62,6 +63,7 @@ def site_env(db, gateway_url, publish_url, origin):
     return {
         "TASKBOARD_DB": str(db), "TASKBOARD_GATEWAY_URL": gateway_url, "TASKBOARD_PUBLISH_URL": publish_url,
         "TASKBOARD_SECRET": SECRET, "TASKBOARD_API_KEY": API_KEY, "TASKBOARD_ORIGINS": origin,
+        "TASKBOARD_RPC_SECRET": RPC_SECRET,
         "TASKBOARD_DEBUG": "true",
     }
 

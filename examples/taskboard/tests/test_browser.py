@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from conftest import (API_KEY, ARTIFACTS, SECRET, Gateway, Site, free_port, gateway_env, login, publish_through,
+from conftest import (API_KEY, ARTIFACTS, RPC_SECRET, SECRET, Gateway, Site, free_port, gateway_env, login, publish_through,
                       wait_connected)
 from support.gateway import REDIS_URL
 
@@ -263,3 +263,42 @@ def test_a_page_resumes_across_a_node_restart_without_reloading(browser, databas
         site.stop()
         node1.stop()
         node2.stop()
+
+
+def test_a_page_calls_the_site_through_the_gateway(browser, database):
+    """The "Your work" buttons are client.call()s: the gateway signs each
+    call and asks Django (board/procedures.py) as the signed-in user.
+    Taking a task assigns it in the database, and the page shows it live."""
+    from board.models import Task
+    from django.contrib.auth.models import User
+
+    site_port = free_port()
+    origin = f"http://127.0.0.1:{site_port}"
+    config = (
+        '[roles.user]\nsubscribe = ["*"]\ncall = ["board.*"]\n'
+        f'[rpc]\nsecret = "{RPC_SECRET}"\n'
+        f'[[rpc.http]]\nprocedure = "board.*"\nurl = "{origin}/telegraphy/rpc/"\n'
+    )
+    gateway = Gateway(config, env=gateway_env([origin]), secret=SECRET, api_key=API_KEY)
+    site = Site(database, gateway.ws_url, gateway.http_url, port=site_port)
+    alice = User.objects.get(username="alice")
+    task = Task.objects.create(title="Nobody has this one yet", team=alice.teams.first(), assignee=None)
+    try:
+        with publish_through(gateway.http_url):
+            page = login(browser, site, "alice")
+            page.click("#work-refresh")
+            page.wait_for_function("document.getElementById('work-summary').textContent.startsWith('You have')", timeout=5000)
+            assert "nobody yet" in page.text_content("#work-summary")
+            page.click("#work-take")
+            page.wait_for_function("document.getElementById('work-summary').textContent.includes('is yours now')", timeout=5000)
+            task.refresh_from_db()
+            assert task.assignee == alice, "Django assigned the task to the caller the gateway authenticated"
+            assert page.text_content("#work-error") == ""
+            wait_row(page, "Nobody has this one yet")
+            page.screenshot(path=str(ARTIFACTS / "board-your-work.png"), full_page=True)
+            assert page.problems == []
+            page.context.close()
+    finally:
+        task.delete()
+        site.stop()
+        gateway.stop()

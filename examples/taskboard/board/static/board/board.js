@@ -191,3 +191,47 @@ form?.addEventListener("submit", async (e) => {
     button.disabled = false;
   }
 });
+
+// ---- "Your work": calls through the gateway (board/procedures.py) --------------------------
+
+const workSummary = document.getElementById("work-summary");
+const workError = document.getElementById("work-error");
+
+function callFailed(what, err) {
+  const reason = {
+    "wamp.error.no_such_procedure": "the gateway does not know this procedure (is [[rpc.http]] configured?)",
+    "wamp.error.not_authorized": "your role may not make this call",
+    "telegraphy.error.callee_unavailable": "the gateway cannot reach the site right now",
+    "wamp.error.timeout": "the site took too long to answer",
+  }[err.uri] ?? err.message;
+  workError.textContent = `Could not ${what}: ${reason}.`;
+}
+
+async function refreshWork() {
+  workError.textContent = "";
+  try {
+    const s = await client.call("board.summary", [], {}, { timeout: 10000 });
+    workSummary.textContent = `You have ${s.open} open task${s.open === 1 ? "" : "s"} (${s.open_points} points); ` +
+      `${s.unassigned} open task${s.unassigned === 1 ? " has" : "s have"} nobody yet.`;
+  } catch (err) {
+    callFailed("sum up your work", err);
+  }
+}
+
+if (client && workSummary) {
+  document.getElementById("work-refresh").addEventListener("click", refreshWork);
+  document.getElementById("work-take").addEventListener("click", async (e) => {
+    const button = e.currentTarget;
+    button.disabled = true;
+    workError.textContent = "";
+    try {
+      const task = await client.call("board.task.take_next", [], {}, { timeout: 10000 });
+      workSummary.textContent = `“${task.title}” is yours now.`;
+    } catch (err) {
+      if (err.uri === "board.error.nothing_to_take") workSummary.textContent = "Every open task already has someone.";
+      else callFailed("take a task", err);
+    } finally {
+      button.disabled = false;
+    }
+  });
+}

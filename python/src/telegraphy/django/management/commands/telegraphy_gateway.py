@@ -27,6 +27,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from ... import conf
 from ...model_events import history_topics
+from ...procedures import procedures
 
 BINARY = "telegraphy-gateway"
 DEFAULT_ORIGINS = ["http://127.0.0.1:8000", "http://localhost:8000"]
@@ -57,7 +58,12 @@ KEYS = {
     "redis_key_prefix": Key(("TELEGRAPHY_REDIS__KEY_PREFIX",), (), ("redis", "key_prefix")),
     "amqp_exchange": Key(("TELEGRAPHY_AMQP__EXCHANGE",), (), ("amqp", "exchange")),
     "history_topics": Key(("TELEGRAPHY_HISTORY__TOPICS",), (), ("history", "topics")),
+    "rpc_secret": Key(("TELEGRAPHY_RPC_SECRET", "TELEGRAPHY_RPC__SECRET"), (), ("rpc", "secret")),
+    "rpc_http": Key(("TELEGRAPHY_RPC__HTTP",), (), ("rpc", "http")),
 }
+#: The built-in `user` role written out, plus the calls of this project's
+#: @procedure functions (a [roles.user] replaces the built-in role whole).
+USER_ROLE = {"SUBSCRIBE": "*", "PUBLISH_RATE": "50", "PUBLISH_BURST": "100", "CALL_RATE": "50", "CALL_BURST": "100"}
 #: Gateway flags that only print something and exit: no ports are checked.
 PRINT_ONLY = {"--print-config", "--help", "-h", "--version", "-V"}
 
@@ -219,6 +225,8 @@ def plan(binary: str, options: dict, gateway_args, environ=None) -> Plan:
                           "TELEGRAPHY['AMQP_EXCHANGE']"),
         "jwt_public_key_file": (None, None),
         "history_topics": (",".join(history_topics()) or None, "ModelEvents with history = True"),
+        "rpc_secret": (conf.get("RPC_SECRET") if procedures() else None, "TELEGRAPHY['RPC_SECRET']"),
+        "rpc_http": (rpc_endpoints(origins[0]), "the @procedure functions (runserver at the first origin)"),
     }
     explicit = {"listen": "--listen", "admin_listen": "--admin-listen", "bus": "--bus", "allowed_origins": "--origin"}
     env, values, sources, warnings = {}, {}, {}, []
@@ -253,6 +261,16 @@ def plan(binary: str, options: dict, gateway_args, environ=None) -> Plan:
                 continue
             env[key.env[0]] = value
             values[name], sources[name] = value, source
+    if procedures() and not conf.get("RPC_SECRET"):
+        warnings.append("this project has @procedure functions but no TELEGRAPHY['RPC_SECRET']: browsers cannot call them")
+    # Browsers may call the project's procedures: the built-in user role
+    # written out with `call`, unless the user configured roles.user.
+    names = sorted(procedures())
+    role_set = toml_value(config, ("roles", "user")) is not None or any(k.startswith("TELEGRAPHY_ROLES__USER__") for k in upper_env)
+    if names and "rpc_http" in values and not role_set:
+        role = {**USER_ROLE, "CALL": ",".join(names)}
+        env.update({f"TELEGRAPHY_ROLES__USER__{k}": v for k, v in role.items()})
+        values["user_call"], sources["user_call"] = ",".join(names), "the @procedure functions"
     # Settings that must agree with Django's, when the user set them elsewhere.
     if "jwt_secret" in values and sources["jwt_secret"] != "TELEGRAPHY['SECRET']" and \
             values["jwt_secret"] != conf.get("SECRET"):
@@ -293,6 +311,29 @@ def gateway_environment(bus: str | None, origins: list[str]) -> dict:
     if bus and bus.startswith("amqp://"):
         env["TELEGRAPHY_AMQP__EXCHANGE"] = conf.get("AMQP_EXCHANGE")
     return env
+
+
+def rpc_url(p: Plan) -> str:
+    value = str(p.values.get("rpc_http", ""))
+    start = value.find('url = "')
+    return value[start + 7:value.find('"', start + 7)] if start >= 0 else "(none)"
+
+
+def rpc_endpoints(origin: str) -> str | None:
+    """`[[rpc.http]]` as an environment value: each @procedure to
+    telegraphy/rpc/ on the development server (None without procedures or
+    RPC_SECRET, or when the project does not include telegraphy.django.urls)."""
+    from django.urls import NoReverseMatch, reverse
+
+    names = sorted(procedures())
+    if not names or not conf.get("RPC_SECRET"):
+        return None
+    try:
+        url = origin.rstrip("/") + reverse("telegraphy:rpc")
+    except NoReverseMatch:
+        return None
+    entries = ", ".join(f'{{procedure = "{name}", url = "{url}"}}' for name in names)
+    return f"[{entries}]"
 
 
 def show(value) -> str:
@@ -346,6 +387,8 @@ class Command(BaseCommand):
                 f"(from {p.sources.get('allowed_origins', 'the gateway default')})\n"
                 f"  metrics     http://{p.values.get('admin_listen', '127.0.0.1:9090')}/metrics "
                 f"(from {p.sources.get('admin_listen', 'the gateway default')})\n"
+                + (f"  procedures  {p.values['user_call']} → {rpc_url(p)} (the user role may call them)\n"
+                   if "user_call" in p.values else "")
                 + "".join(f"  warning     {w}\n" for w in p.warnings)
                 + "Ctrl-C stops it."
             )
