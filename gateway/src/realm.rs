@@ -16,6 +16,8 @@ use crate::outbox::Flush;
 
 /// One realm: its name and its roles.
 pub(crate) struct Realm {
+    /// `WELCOME.Details.roles`, built once.
+    welcome_roles: Value,
     /// The realm's URI.
     pub name: String,
     /// Publish/subscribe.
@@ -53,20 +55,19 @@ impl Realm {
         node_id: u64,
         limits: DealerLimits,
     ) -> Realm {
-        Realm { name: name.to_string(), broker: Broker::new(name, bus, metrics.clone(), node_id), dealer: Dealer::new(metrics, limits), store }
+        let welcome_roles = Value::Dict(roles(store.is_some()));
+        Realm {
+            name: name.to_string(),
+            broker: Broker::new(name, bus, metrics.clone(), node_id),
+            dealer: Dealer::new(metrics, limits),
+            store,
+            welcome_roles,
+        }
     }
 
     /// `WELCOME.Details.roles`: each role this realm serves, with its features.
-    pub(crate) fn welcome_roles(&self) -> Dict {
-        let features = |names: &[&[&str]]| {
-            let features = names.iter().flat_map(|n| n.iter()).map(|n| (n.to_string(), Value::Bool(true))).collect::<Dict>();
-            Value::Dict(Dict::from_iter([("features".to_string(), Value::Dict(features))]))
-        };
-        let mut roles = Dict::new();
-        let broker = if self.store.is_some() { features(&[BROKER_FEATURES, STORE_FEATURES]) } else { features(&[BROKER_FEATURES]) };
-        roles.insert("broker".into(), broker);
-        roles.insert("dealer".into(), features(&[DEALER_FEATURES]));
-        roles
+    pub(crate) fn welcome_roles(&self) -> &Value {
+        &self.welcome_roles
     }
 
     /// Hands an event from the bus to the realm's subscribers; returns the
@@ -75,6 +76,20 @@ impl Realm {
     pub(crate) fn dispatch(&self, event: &Envelope, flush: &mut Flush) -> usize {
         self.broker.dispatch(event, flush)
     }
+}
+
+/// The roles a realm announces, with their features (`store`: an event
+/// store is in place).
+fn roles(store: bool) -> Dict {
+    let features = |names: &[&[&str]]| {
+        let features = names.iter().flat_map(|n| n.iter()).map(|n| (n.to_string(), Value::Bool(true))).collect::<Dict>();
+        Value::Dict(Dict::from_iter([("features".to_string(), Value::Dict(features))]))
+    };
+    let mut roles = Dict::new();
+    let broker = if store { features(&[BROKER_FEATURES, STORE_FEATURES]) } else { features(&[BROKER_FEATURES]) };
+    roles.insert("broker".into(), broker);
+    roles.insert("dealer".into(), features(&[DEALER_FEATURES]));
+    roles
 }
 
 /// Every realm this node serves, by name (fixed at startup).

@@ -20,7 +20,7 @@ pub mod uri;
 pub mod value;
 
 pub use codec::{DecodeError, EncodeError, Serialization};
-pub use message::{code, EventRef, Id, Message, MessageError, MAX_ID};
+pub use message::{code, EventRef, Id, Message, MessageError, WelcomeRef, MAX_ID};
 pub use uri::{MatchPolicy, UriKind, UriRules};
 pub use value::{Dict, Value};
 

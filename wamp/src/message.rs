@@ -632,3 +632,34 @@ impl Serialize for EventRef<'_> {
         seq.end()
     }
 }
+
+/// A WELCOME whose `Details.roles` is borrowed: a router announces the same
+/// roles to every session, so it builds them once and writes them into each
+/// WELCOME without copying (`details` must not hold a `roles` key).
+#[derive(Debug, Clone, Copy)]
+pub struct WelcomeRef<'a> {
+    /// The session id.
+    pub session: Id,
+    /// The session's own details (`authid`, `authrole`, ...).
+    pub details: &'a Dict,
+    /// `Details.roles`.
+    pub roles: &'a Value,
+}
+
+impl Serialize for WelcomeRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Details<'a>(&'a Dict, &'a Value);
+        impl Serialize for Details<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeMap;
+                let mut map = s.serialize_map(Some(self.0.len() + 1))?;
+                for (k, v) in self.0 {
+                    map.serialize_entry(k, v)?;
+                }
+                map.serialize_entry("roles", self.1)?;
+                map.end()
+            }
+        }
+        (code::WELCOME, self.session, Details(self.details, self.roles)).serialize(s)
+    }
+}

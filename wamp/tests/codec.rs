@@ -132,3 +132,15 @@ fn dealer_messages_are_recognised() {
         }
     }
 }
+
+#[test]
+fn a_borrowed_welcome_is_the_same_welcome() {
+    let roles = Value::Dict(dict! {"broker" => Value::Dict(dict! {"features" => Value::Dict(dict! {"x" => true})})});
+    let details = dict! {"authid" => "alice", "realm" => "realm1"};
+    let mut whole = details.clone();
+    whole.insert("roles".into(), roles.clone());
+    for s in [JSON, MSGPACK] {
+        let borrowed = s.encode(&telegraphy_wamp::WelcomeRef { session: 9, details: &details, roles: &roles }).unwrap();
+        assert_eq!(s.decode(&borrowed).unwrap(), Message::Welcome { session: 9, details: whole.clone() });
+    }
+}

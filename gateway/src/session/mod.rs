@@ -15,7 +15,7 @@ mod dealer;
 use std::sync::Arc;
 
 use telegraphy_wamp::codes::{close, uri as err};
-use telegraphy_wamp::{dict, Dict, Id, Message, Value};
+use telegraphy_wamp::{dict, Dict, Id, Message, Value, WelcomeRef};
 
 use crate::auth::{AuthFailure, Authenticated, CraChallenge};
 use crate::authz::Permissions;
@@ -246,7 +246,6 @@ impl Session {
     }
 
     fn welcome(&mut self, realm: Arc<Realm>, who: Authenticated) -> Flow {
-        let roles = realm.welcome_roles();
         let mut welcome = dict! {
             "realm" => realm.name.clone(),
             "authid" => who.authid.clone(),
@@ -255,7 +254,6 @@ impl Session {
             "authprovider" => who.authprovider,
             "x_telegraphy_node" => format!("{:016x}", self.node.id),
         };
-        welcome.insert("roles".into(), Value::Dict(roles));
         if let Some(exp) = who.expires_at {
             let secs = exp.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
             welcome.insert("authextra".into(), Value::Dict(dict! {"expires_at" => secs}));
@@ -268,7 +266,11 @@ impl Session {
         let _ = self.handle.identity.set(Identity { authid: who.authid, authrole: who.authrole });
         let limiter = (who.role.publish_rate > 0.0).then(|| rate_limiter(who.role.publish_rate, who.role.publish_burst)).flatten();
         let call_limiter = (who.role.call_rate > 0.0).then(|| rate_limiter(who.role.call_rate, who.role.call_burst)).flatten();
-        self.send(&Message::Welcome { session: self.handle.id, details: welcome });
+        if let Some(frame) =
+            encode_frame(self.handle.serialization, &WelcomeRef { session: self.handle.id, details: &welcome, roles: realm.welcome_roles() })
+        {
+            let _ = self.handle.outbox.push(&frame);
+        }
         self.state = State::Established {
             realm,
             broker: broker::BrokerState::default(),
