@@ -14,6 +14,7 @@ mod history;
 mod load;
 mod procstat;
 mod router;
+mod rpc;
 mod scale;
 mod wamp;
 mod ws;
@@ -64,6 +65,9 @@ enum Scenario {
     /// What keeping events costs: publish throughput with history on vs
     /// off, resume latency, memory per kept event (see `history.rs`).
     History(history::HistoryArgs),
+    /// Remote procedure calls per second and their latency: WAMP callees,
+    /// the HTTP callee (`--http`), or the HTTP endpoint alone (`--direct`).
+    Calls(rpc::CallArgs),
     /// One worker process of `scale` (started by it; not for direct use).
     #[command(hide = true)]
     ScaleWorker(WorkerArgs),
@@ -536,6 +540,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
         Scenario::Scale(a) => scale::run(a).await,
         Scenario::ScaleWorker(a) => scale::worker(a).await,
         Scenario::History(a) => history::run(a).await,
+        Scenario::Calls(a) => rpc::run(a).await,
     }
 }
 

@@ -154,6 +154,8 @@ expire_sessions = false
 [roles.anonymous]
 subscribe = ["*"]
 publish = ["*"]
+call = ["*"]
+register = ["*"]
 
 [roles.user]
 subscribe = ["*"]

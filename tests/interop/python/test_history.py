@@ -19,6 +19,7 @@ allow_anonymous = true
 [roles.anonymous]
 subscribe = ["*"]
 publish = ["*"]
+call = ["*"]
 publish_options = true
 
 [history]
