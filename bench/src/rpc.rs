@@ -88,7 +88,9 @@ pub async fn run(a: CallArgs) -> anyhow::Result<()> {
             bail!("--http runs against the gateway this benchmark starts (its [[rpc.http]]), not --target");
         }
         common.gateway_env.push(format!("TELEGRAPHY_RPC_SECRET={RPC_SECRET}"));
-        common.gateway_env.push(format!("TELEGRAPHY_RPC__HTTP=[{{procedure = \"{HTTP_PROCEDURE}\", url = \"http://{addr}/rpc\", max_concurrency = 4096}}]"));
+        common
+            .gateway_env
+            .push(format!("TELEGRAPHY_RPC__HTTP=[{{procedure = \"{HTTP_PROCEDURE}\", url = \"http://{addr}/rpc\", max_concurrency = 4096}}]"));
     }
     let tally = Arc::new(Tally {
         done: AtomicU64::new(0),
@@ -156,7 +158,13 @@ pub async fn run(a: CallArgs) -> anyhow::Result<()> {
     }
     let latency = Latency::of(&tally.histogram.lock().unwrap());
     let per_s = done as f64 / elapsed;
-    let mode = if a.direct { "direct" } else if a.http { "http-callee" } else { "wamp-callee" };
+    let mode = if a.direct {
+        "direct"
+    } else if a.http {
+        "http-callee"
+    } else {
+        "wamp-callee"
+    };
     println!("calls ({mode}) · {label} · {} callers × window {} · {} callee(s)", a.callers, a.window, a.callees);
     println!("  {} calls in {elapsed:.2} s → {} calls/s · errors {}", done, si(per_s), tally.errors.load(Ordering::Relaxed));
     println!("  latency {}", lat(&latency));
