@@ -178,3 +178,36 @@ test("constructor errors are clear", T, () => {
   assert.throws(() => new Telegraphy({ url: "ws://x/ws", WebSocket, backoff: { initial: 0 } }), /backoff.initial/);
   assert.throws(() => new Telegraphy({ url: "ws://x/ws", WebSocket }).on("stat", () => {}), /unknown event "stat"/);
 });
+
+test("an ABORT for a timeout whose close frame never comes still reconnects", T, async () => {
+  // A server that says WELCOME, then ABORT telegraphy.close.idle_timeout on
+  // the first connection and never closes it (a close frame lost on the way).
+  const { WebSocketServer } = await import("ws");
+  const wss = new WebSocketServer({ host: "127.0.0.1", port: 0, handleProtocols: () => "wamp.2.json" });
+  await new Promise((resolve) => wss.once("listening", resolve));
+  let connections = 0;
+  wss.on("connection", (sock) => {
+    const n = ++connections;
+    sock.on("message", (data) => {
+      if (JSON.parse(String(data))[0] !== 1) return;
+      sock.send(JSON.stringify([2, 1000 + n, { authid: "a", authrole: "anonymous", authmethod: "anonymous", roles: { broker: {} } }]));
+      if (n === 1) sock.send(JSON.stringify([3, { message: "idle for too long" }, "telegraphy.close.idle_timeout"]));
+    });
+  });
+  const c = new Telegraphy({ url: `ws://127.0.0.1:${wss.address().port}/ws`, WebSocket, backoff: { initial: 50, max: 100 } });
+  const states = recordStates(c);
+  try {
+    await withTimeout(c.connect(), 5000, "WELCOME");
+    const lost = await nextState(c, "disconnected", 5000);
+    assert.equal(lost.willReconnect, true, "an idle timeout is retried, as its close code 4001 says");
+    assert.equal(lost.code, 4001);
+    assert.equal(lost.reason, "telegraphy.close.idle_timeout");
+    await nextState(c, "connected", 5000);
+    assert.equal(connections, 2);
+    assert.ok(!states.some((s) => s.state === "closed"), JSON.stringify(states.map((s) => s.state)));
+  } finally {
+    await c.close();
+    await new Promise((resolve) => wss.close(resolve));
+    for (const client of wss.clients) client.terminate();
+  }
+});

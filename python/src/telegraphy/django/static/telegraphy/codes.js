@@ -35,3 +35,19 @@ const RECONNECT = new Set([1001, 1005, 1006, 1011, 1012, 1013, 1014]);
 export function shouldReconnect(code) {
   return RECONNECT.has(code) || (code >= 4000 && code <= 4499);
 }
+
+/**
+ * The close code the gateway sends right after an ABORT with `reason`
+ * (tests/vectors/codes.json, `uris[].close`), or null when it closes with
+ * one that must not be retried. The client uses it when the gateway's close
+ * frame does not arrive: the ABORT alone then decides, as the code would have.
+ */
+export function closeCodeAfterAbort(reason) {
+  return ABORT_CLOSE[reason] ?? null;
+}
+
+const ABORT_CLOSE = Object.freeze({
+  "telegraphy.close.idle_timeout": 4001,
+  "telegraphy.close.hello_timeout": 4002,
+  "telegraphy.close.token_expired": 4003,
+});

@@ -40,7 +40,7 @@
 
 import { Backoff } from "./backoff.js";
 import { Channel, ChannelRoot } from "./channel.js";
-import { shouldReconnect } from "./codes.js";
+import { closeCodeAfterAbort, shouldReconnect } from "./codes.js";
 import { Emitter } from "./emitter.js";
 import { TelegraphyError, wampError } from "./errors.js";
 import { Registry } from "./registry.js";
@@ -442,8 +442,16 @@ export class Telegraphy {
         this.#closeInfo = { reason, message: details?.message ?? "" };
         clearTimeout(this.#socketTimer);
         this.#socketTimer = setTimeout(() => {
-          this.#closeInfo.final = !String(reason).startsWith("telegraphy.close.");
-          this.#closeSocket(ws, 1000, true);
+          // Its close frame did not come: the ABORT decides, as the code it
+          // goes with would have (timeouts and an expired token: reconnect).
+          const code = closeCodeAfterAbort(reason);
+          this.#closeInfo.final = code === null;
+          try {
+            ws.close(1000);
+          } catch {
+            // already closing
+          }
+          this.#socketClosed(ws, code ?? 1000, "");
         }, GOODBYE_WAIT_MS);
         return;
       }
