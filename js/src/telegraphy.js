@@ -40,7 +40,7 @@
 
 import { Backoff } from "./backoff.js";
 import { Channel, ChannelRoot } from "./channel.js";
-import { closeCodeAfterAbort, shouldReconnect } from "./codes.js";
+import { closeCodeAfter, shouldReconnect } from "./codes.js";
 import { Emitter } from "./emitter.js";
 import { TelegraphyError, wampError } from "./errors.js";
 import { Registry } from "./registry.js";
@@ -441,18 +441,8 @@ export class Telegraphy {
         // The gateway closes the socket right after; the close code decides what happens next.
         this.#closeInfo = { reason, message: details?.message ?? "" };
         clearTimeout(this.#socketTimer);
-        this.#socketTimer = setTimeout(() => {
-          // Its close frame did not come: the ABORT decides, as the code it
-          // goes with would have (timeouts and an expired token: reconnect).
-          const code = closeCodeAfterAbort(reason);
-          this.#closeInfo.final = code === null;
-          try {
-            ws.close(1000);
-          } catch {
-            // already closing
-          }
-          this.#socketClosed(ws, code ?? 1000, "");
-        }, GOODBYE_WAIT_MS);
+        // Its close frame may not come: then the ABORT decides.
+        this.#socketTimer = setTimeout(() => this.#closeLate(ws, reason), GOODBYE_WAIT_MS);
         return;
       }
       case MSG.GOODBYE: {
@@ -460,9 +450,12 @@ export class Telegraphy {
         if (this.#state === "closed") {
           this.#closeSocket(ws, 1000); // the answer to our GOODBYE
         } else {
-          // The gateway leaves (draining: 1012; token expired: 4003) and closes the socket.
+          // The gateway leaves (draining: 1012; token expired: 4003) and closes the socket;
+          // if its close frame does not come, the GOODBYE decides.
           this.#closeInfo = { reason, message: details?.message ?? "" };
           this.#send([MSG.GOODBYE, {}, URI.GOODBYE_AND_OUT]);
+          clearTimeout(this.#socketTimer);
+          this.#socketTimer = setTimeout(() => this.#closeLate(ws, reason), GOODBYE_WAIT_MS);
         }
         return;
       }
@@ -515,6 +508,24 @@ export class Telegraphy {
     this.#callee.sessionOpened();
     this.#setState("connected", { ...this.#session, reconnected, resumed: false });
     for (const waiter of this.#welcomeWaiters.splice(0)) waiter.resolve(this.#session);
+  }
+
+  /**
+   * The gateway's close frame did not arrive within GOODBYE_WAIT_MS of its
+   * ABORT or GOODBYE: close the socket ourselves and go on as the close code
+   * the gateway sends with that reason would have made us (timeouts, an
+   * expired token, a draining node: reconnect; anything else: final).
+   */
+  #closeLate(ws, reason) {
+    if (ws !== this.#ws) return;
+    const code = closeCodeAfter(reason);
+    if (this.#closeInfo) this.#closeInfo.final = code === null;
+    try {
+      ws.close(1000);
+    } catch {
+      // already closing
+    }
+    this.#socketClosed(ws, code ?? 1000, "");
   }
 
   /** Closes a socket and handles it as closed now, without waiting for its close event. */

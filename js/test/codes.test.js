@@ -6,7 +6,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 
-import { CloseCode, closeCodeAfterAbort, shouldReconnect } from "../src/codes.js";
+import { CloseCode, closeCodeAfter, shouldReconnect } from "../src/codes.js";
 import { URI } from "../src/wamp.js";
 
 const VECTORS = JSON.parse(readFileSync(new URL("../../tests/vectors/codes.json", import.meta.url), "utf8"));
@@ -45,10 +45,10 @@ test("every URI the client knows is in the vectors, under the same name", () => 
   }
 });
 
-test("the close code after an ABORT is the one the vectors give its URI", () => {
+test("the close code after an ABORT or GOODBYE is the one the vectors give its URI", () => {
   for (const u of VECTORS.uris) {
-    if (!u.messages.includes("ABORT")) continue;
-    const after = closeCodeAfterAbort(u.uri);
+    if (!u.messages.includes("ABORT") && !u.messages.includes("GOODBYE")) continue;
+    const after = closeCodeAfter(u.uri);
     const reconnecting = u.close.filter((code) => shouldReconnect(code));
     if (reconnecting.length) assert.equal(after, reconnecting[0], `${u.uri}: the vectors close with ${u.close}`);
     else assert.equal(after, null, `${u.uri} closes with ${JSON.stringify(u.close)}, which is not retried`);

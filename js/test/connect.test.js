@@ -179,9 +179,16 @@ test("constructor errors are clear", T, () => {
   assert.throws(() => new Telegraphy({ url: "ws://x/ws", WebSocket }).on("stat", () => {}), /unknown event "stat"/);
 });
 
-test("an ABORT for a timeout whose close frame never comes still reconnects", T, async () => {
-  // A server that says WELCOME, then ABORT telegraphy.close.idle_timeout on
-  // the first connection and never closes it (a close frame lost on the way).
+for (const [kind, message, code] of [
+  ["an ABORT for an idle timeout", [3, { message: "idle for too long" }, "telegraphy.close.idle_timeout"], 4001],
+  ["a GOODBYE from a draining node", [6, { message: "shutting down" }, "wamp.close.system_shutdown"], 1012],
+]) {
+  test(`${kind} whose close frame never comes still reconnects`, T, () => lateClose(message, code));
+}
+
+async function lateClose(leave, code) {
+  // A server that says WELCOME, then `leave` on the first connection, and
+  // never closes it (a close frame lost on the way).
   const { WebSocketServer } = await import("ws");
   const wss = new WebSocketServer({ host: "127.0.0.1", port: 0, handleProtocols: () => "wamp.2.json" });
   await new Promise((resolve) => wss.once("listening", resolve));
@@ -191,7 +198,7 @@ test("an ABORT for a timeout whose close frame never comes still reconnects", T,
     sock.on("message", (data) => {
       if (JSON.parse(String(data))[0] !== 1) return;
       sock.send(JSON.stringify([2, 1000 + n, { authid: "a", authrole: "anonymous", authmethod: "anonymous", roles: { broker: {} } }]));
-      if (n === 1) sock.send(JSON.stringify([3, { message: "idle for too long" }, "telegraphy.close.idle_timeout"]));
+      if (n === 1) sock.send(JSON.stringify(leave));
     });
   });
   const c = new Telegraphy({ url: `ws://127.0.0.1:${wss.address().port}/ws`, WebSocket, backoff: { initial: 50, max: 100 } });
@@ -199,9 +206,9 @@ test("an ABORT for a timeout whose close frame never comes still reconnects", T,
   try {
     await withTimeout(c.connect(), 5000, "WELCOME");
     const lost = await nextState(c, "disconnected", 5000);
-    assert.equal(lost.willReconnect, true, "an idle timeout is retried, as its close code 4001 says");
-    assert.equal(lost.code, 4001);
-    assert.equal(lost.reason, "telegraphy.close.idle_timeout");
+    assert.equal(lost.willReconnect, true, `retried, as its close code ${code} says`);
+    assert.equal(lost.code, code);
+    assert.equal(lost.reason, leave[2]);
     await nextState(c, "connected", 5000);
     assert.equal(connections, 2);
     assert.ok(!states.some((s) => s.state === "closed"), JSON.stringify(states.map((s) => s.state)));
@@ -210,4 +217,4 @@ test("an ABORT for a timeout whose close frame never comes still reconnects", T,
     await new Promise((resolve) => wss.close(resolve));
     for (const client of wss.clients) client.terminate();
   }
-});
+}

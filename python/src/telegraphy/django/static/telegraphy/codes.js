@@ -37,17 +37,19 @@ export function shouldReconnect(code) {
 }
 
 /**
- * The close code the gateway sends right after an ABORT with `reason`
- * (tests/vectors/codes.json, `uris[].close`), or null when it closes with
- * one that must not be retried. The client uses it when the gateway's close
- * frame does not arrive: the ABORT alone then decides, as the code would have.
+ * The close code the gateway sends right after an ABORT or a GOODBYE with
+ * `reason` (tests/vectors/codes.json, `uris[].close`), or null when it
+ * closes with one that must not be retried. The client uses it when the
+ * gateway's close frame does not arrive: the message alone then decides, as
+ * the code would have.
  */
-export function closeCodeAfterAbort(reason) {
-  return ABORT_CLOSE[reason] ?? null;
+export function closeCodeAfter(reason) {
+  return CLOSE_AFTER[reason] ?? null;
 }
 
-const ABORT_CLOSE = Object.freeze({
+const CLOSE_AFTER = Object.freeze({
   "telegraphy.close.idle_timeout": 4001,
   "telegraphy.close.hello_timeout": 4002,
   "telegraphy.close.token_expired": 4003,
+  "wamp.close.system_shutdown": 1012,
 });
