@@ -44,6 +44,8 @@ pub(crate) struct Role {
     pub call_rate: f64,
     /// Burst above the rate.
     pub call_burst: u32,
+    /// Every call discloses the caller.
+    pub disclose_caller: bool,
     publish_options: bool,
     /// The role's rights with no token claims, shared by every such session
     /// (one allocation per role instead of one per session).
@@ -154,6 +156,7 @@ fn effective_roles(config: &Config) -> BTreeMap<String, RoleConfig> {
             publish_burst: 100,
             call_rate: 50.0,
             call_burst: 100,
+            disclose_caller: false,
             publish_options: false,
         }
     };
@@ -212,6 +215,7 @@ impl Authenticator {
                 publish_burst: r.publish_burst.max(1),
                 call_rate: r.call_rate,
                 call_burst: r.call_burst.max(1),
+                disclose_caller: r.disclose_caller,
                 publish_options: r.publish_options,
                 shared,
             };

@@ -231,6 +231,10 @@ pub struct RoleConfig {
     pub call_rate: f64,
     /// Calls a session may send in a burst above the rate.
     pub call_burst: u32,
+    /// Every call of this role's sessions tells the callee who calls
+    /// (`caller`, `caller_authid`, `caller_authrole`), as `disclose_me`
+    /// would: for callers that cannot ask (AutobahnPython).
+    pub disclose_caller: bool,
     /// May sessions of this role use `exclude`/`eligible` publish options?
     pub publish_options: bool,
 }

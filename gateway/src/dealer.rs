@@ -352,7 +352,10 @@ impl Dealer {
             return Err((err::INVALID_ARGUMENT, format!("a call with request id {} is still in flight; use a new request id", c.request)));
         }
         let Some((policy, &registration)) = reg.index.best_match(&c.procedure) else {
-            return Err((err::NO_SUCH_PROCEDURE, format!("no callee has registered `{}`", c.procedure)));
+            return Err((
+                err::NO_SUCH_PROCEDURE,
+                format!("no callee has registered `{}` (calls reach callees connected to the same gateway node)", c.procedure),
+            ));
         };
         let r = reg.registrations.get_mut(&registration).expect("the index and the registrations agree");
         let at = match r.invoke {

@@ -533,3 +533,17 @@ async fn a_role_without_rpc_rights_may_neither_call_nor_register() {
     assert_eq!(gw.metric("telegraphy_authorization_denied_total{action=\"register\"}").await, 2.0);
     assert_eq!(gw.metric("telegraphy_authorization_denied_total{action=\"call\"}").await, 1.0);
 }
+
+#[tokio::test]
+async fn a_role_can_disclose_every_caller() {
+    let mut config = util::config();
+    config.roles.get_mut("anonymous").unwrap().disclose_caller = true;
+    let gw = TestGateway::start_with(config).await;
+    let mut callee = Client::join_rpc(&gw, JSON).await;
+    let mut caller = Client::join_rpc(&gw, JSON).await;
+    callee.register("com.whoami", Dict::new()).await;
+    caller.call("com.whoami", vec![], Dict::new()).await; // no disclose_me
+    let (_, _, details, _) = invocation(&mut callee).await;
+    assert_eq!(details.get("caller"), Some(&Value::UInt(caller.session())));
+    assert_eq!(details.get("caller_authid"), Some(&Value::Str(caller.authid())));
+}

@@ -179,10 +179,12 @@ impl Session {
             self.node.metrics.rate_limited.inc();
             return Err(refused(err::RATE_LIMITED, "you call faster than your role allows (roles.NAME.call_rate); slow down".into()));
         }
+        let disclose = rights.disclose_caller;
         let State::Established { dealer, .. } = &self.state else { return Ok(()) };
         let http_in_flight = lock(&dealer.http_calls).len();
         let mut calling = read_call(request, &options, procedure, args, kwargs).map_err(|m| refused(err::INVALID_ARGUMENT, m))?;
         calling.other_calls = http_in_flight;
+        calling.disclose_me |= disclose;
         if let Some(at) = self.node.http_callees.as_ref().and_then(|h| h.find(&calling.procedure)) {
             let wamp_in_flight = realm.dealer.calls_of(self.handle.id);
             return self.call_over_http(at, calling, wamp_in_flight + http_in_flight);

@@ -70,6 +70,8 @@ struct Rights {
     permissions: Arc<Permissions>,
     limiter: Option<governor::DefaultDirectRateLimiter>,
     call_limiter: Option<governor::DefaultDirectRateLimiter>,
+    /// The role discloses the caller of every call.
+    disclose_caller: bool,
 }
 
 /// One WAMP session.
@@ -275,7 +277,7 @@ impl Session {
             realm,
             broker: broker::BrokerState::default(),
             dealer: dealer::DealerState { features: self.callee_features, http_calls: Default::default() },
-            rights: Rights { permissions: who.permissions, limiter, call_limiter },
+            rights: Rights { permissions: who.permissions, limiter, call_limiter, disclose_caller: who.role.disclose_caller },
         };
         self.node.metrics.sessions.inc();
         self.node.metrics.sessions_total.inc();

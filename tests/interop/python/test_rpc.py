@@ -79,7 +79,8 @@ async def test_progressive_results(connect, ser):
 async def test_caller_not_disclosed_unless_asked(connect, ser):
     # This AutobahnPython has neither CallOptions(disclose_me) nor
     # RegisterOptions(disclose_caller); the AutobahnJS suite asks for
-    # disclosure. Here: nothing leaks when nobody asks.
+    # disclosure, and test_a_role_discloses_its_callers below has the role
+    # do it. Here: nothing leaks when nobody asks.
     callee, caller = await sessions(connect, ser, 2)
 
     def whoami(details=None):
@@ -169,3 +170,25 @@ async def test_msgpack_callee_json_caller(connect):
     await callee.register(lambda *a, **kw: CallResult(*a, **kw), "com.interop.py.rpc.cross")
     res = await call(caller, "com.interop.py.rpc.cross", *ARGS, **KWARGS)
     assert list(res.results) == ARGS and res.kwresults == KWARGS
+
+
+async def test_a_role_discloses_its_callers():
+    """roles.NAME.disclose_caller: the callee learns who calls, for callers
+    that cannot ask (AutobahnPython has no disclose_me)."""
+    from helpers import Gateway, close_sessions, connect
+
+    gw = Gateway(config='[auth]\nallow_anonymous = true\n[roles.anonymous]\ncall = ["*"]\nregister = ["*"]\ndisclose_caller = true\n')
+    sessions = []
+    try:
+        callee, caller = [await connect(gw, "json") for _ in range(2)]
+        sessions += [callee, caller]
+
+        def whoami(details=None):
+            return [details.caller, details.caller_authid, details.caller_authrole]
+
+        await callee.register(whoami, "com.interop.py.rpc.disclosed", options=RegisterOptions(details_arg="details"))
+        got = await call(caller, "com.interop.py.rpc.disclosed")
+        assert got == [caller.welcome.session, caller.welcome.authid, "anonymous"]
+    finally:
+        await close_sessions(sessions)
+        gw.stop()
