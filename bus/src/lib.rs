@@ -226,7 +226,9 @@ pub trait Bus: Send + Sync + 'static {
     /// A short name for logs (`memory`, `redis`, `amqp`).
     fn kind(&self) -> &'static str;
 
-    /// Stops background work (consumers, reconnects). Idempotent.
+    /// Stops background work (consumers, reconnects). Idempotent. A broker
+    /// adapter is not ready afterwards and fails publishes with
+    /// `Unavailable`; the memory bus has nothing to stop.
     fn shutdown(&self);
 }
 

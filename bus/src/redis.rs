@@ -433,7 +433,8 @@ impl Bus for RedisBus {
     }
 
     fn is_ready(&self) -> bool {
-        self.shared.interests.is_connected()
+        // Not after shutdown(), whatever a session still finishing reports.
+        self.shared.interests.is_connected() && !self.shared.stop.is_cancelled()
     }
 
     fn kind(&self) -> &'static str {

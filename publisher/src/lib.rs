@@ -303,6 +303,18 @@ impl Publisher {
         answers.into_iter().map(|a| a.expect("every event answered")).collect()
     }
 
+    /// Whether a publish can be accepted now. Straight to a bus: whether the
+    /// connection to the broker is up (it reconnects by itself; while it is
+    /// down, publishes fail at once with [`ErrorKind::Unavailable`]), so a
+    /// web-app can report it in its own health check. Through a gateway:
+    /// always true (each publish is its own HTTP request).
+    pub fn is_ready(&self) -> bool {
+        match &self.transport {
+            Transport::Bus(bus) => bus.is_ready(),
+            Transport::Http { .. } => true,
+        }
+    }
+
     /// Closes the bus connection and stops reconnecting; publishes through
     /// this handle (and its clones) fail with [`ErrorKind::Unavailable`] afterwards.
     pub fn close(&self) {
@@ -369,6 +381,20 @@ mod tests {
         assert!(Publisher::gateway("http://127.0.0.1:8080", "key", t).is_ok());
         assert_eq!(Publisher::gateway("127.0.0.1:8080", "key", t).err().unwrap().kind(), ErrorKind::InvalidInput);
         assert_eq!(Publisher::gateway("http://h", "", t).err().unwrap().kind(), ErrorKind::InvalidInput);
+    }
+
+    #[tokio::test]
+    async fn is_ready_follows_the_bus_connection() {
+        let publisher = Publisher::connect("redis://127.0.0.1:6379/0").await.expect("the machine's Redis");
+        assert!(publisher.is_ready(), "connected: ready");
+        publisher.close();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while publisher.is_ready() {
+            assert!(std::time::Instant::now() < deadline, "still ready 5 s after close()");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(publisher.publish(Event::new("com.example.x")).await.unwrap_err().kind(), ErrorKind::Unavailable);
+        assert!(Publisher::gateway("http://127.0.0.1:9", "key", Duration::from_secs(1)).unwrap().is_ready());
     }
 
     #[tokio::test]
