@@ -53,6 +53,16 @@ pub struct SessionHandle {
     pub outbox: Outbox,
 }
 
+impl SessionHandle {
+    /// Queues a message on this session's outbox, from any task. A full
+    /// queue closes the session as a slow consumer; nothing else to do here.
+    pub(crate) fn send(&self, msg: &telegraphy_wamp::Message) {
+        if let Some(frame) = crate::wire::encode_frame(self.serialization, msg) {
+            let _ = self.outbox.push(&frame);
+        }
+    }
+}
+
 /// A session's authenticated identity.
 #[derive(Debug, Clone)]
 pub struct Identity {

@@ -35,7 +35,6 @@ use telegraphy_wamp::{code, dict, Dict, Id, MatchPolicy, Message, Value};
 use crate::broker::SessionHandle;
 use crate::match_index::MatchIndex;
 use crate::metrics::{CallOutcome, Metrics};
-use crate::wire::encode_frame;
 
 /// How calls to a shared registration pick their callee
 /// (`REGISTER.Options.invoke`).
@@ -261,7 +260,7 @@ impl Dealer {
                     }
                     if old.features.registration_revocation {
                         let reason = "replaced by a new registration of the same authid (force_reregister)";
-                        send(&old.handle, &Message::Unregistered { request: 0, details: dict! {"registration" => id, "reason" => reason} });
+                        old.handle.send(&Message::Unregistered { request: 0, details: dict! {"registration" => id, "reason" => reason} });
                     }
                     self.inner.metrics.rpc_registrations.dec();
                 }
@@ -390,7 +389,7 @@ impl Dealer {
         let request = peer.last_invocation;
         peer.invocations.insert(request);
         let key = (handle.id, request);
-        send(&handle, &Message::Invocation { request, registration, details, args: c.args, kwargs: c.kwargs });
+        handle.send(&Message::Invocation { request, registration, details, args: c.args, kwargs: c.kwargs });
         let timer = c.timeout.map(|after| {
             let inner = Arc::downgrade(&self.inner);
             let (caller_id, call_request) = (caller.id, c.request);
@@ -427,17 +426,17 @@ impl Dealer {
         if progress {
             if let Some(inv) = reg.invocations.get(&(callee, request)).filter(|i| i.progress && !i.killed) {
                 let result = Message::Result { request: inv.call_request, details: dict! {"progress" => true}, args, kwargs };
-                send(&inv.caller, &result);
+                inv.caller.send(&result);
             }
             return;
         }
         let Some(inv) = reg.finish((callee, request)) else { return };
         if inv.killed {
             let message = "the call was canceled; the callee had answered already";
-            send(&inv.caller, &call_error(inv.call_request, err::CANCELED, message));
+            inv.caller.send(&call_error(inv.call_request, err::CANCELED, message));
             self.inner.metrics.call_done(CallOutcome::Canceled, inv.started);
         } else {
-            send(&inv.caller, &Message::Result { request: inv.call_request, details: Dict::new(), args, kwargs });
+            inv.caller.send(&Message::Result { request: inv.call_request, details: Dict::new(), args, kwargs });
             self.inner.metrics.call_done(CallOutcome::Result, inv.started);
         }
     }
@@ -449,7 +448,7 @@ impl Dealer {
         let Some(inv) = reg.finish((callee, request)) else { return };
         let outcome = if inv.killed { CallOutcome::Canceled } else { CallOutcome::Error };
         let error = if inv.killed && error != err::CANCELED { err::CANCELED.to_string() } else { error };
-        send(&inv.caller, &Message::Error { request_type: code::CALL, request: inv.call_request, details, error, args, kwargs });
+        inv.caller.send(&Message::Error { request_type: code::CALL, request: inv.call_request, details, error, args, kwargs });
         self.inner.metrics.call_done(outcome, inv.started);
     }
 
@@ -464,15 +463,15 @@ impl Dealer {
             let inv = reg.invocations.get_mut(&key).expect("calls and invocations agree");
             if !inv.killed {
                 inv.killed = true;
-                send(&inv.callee, &Message::Interrupt { request: key.1, options: dict! {"mode" => "kill"} });
+                inv.callee.send(&Message::Interrupt { request: key.1, options: dict! {"mode" => "kill"} });
             }
             return;
         }
         let Some(inv) = reg.finish(key) else { return };
         if mode == CancelMode::KillNoWait {
-            send(&inv.callee, &Message::Interrupt { request: key.1, options: dict! {"mode" => "killnowait"} });
+            inv.callee.send(&Message::Interrupt { request: key.1, options: dict! {"mode" => "killnowait"} });
         }
-        send(&inv.caller, &call_error(inv.call_request, err::CANCELED, "the call was canceled"));
+        inv.caller.send(&call_error(inv.call_request, err::CANCELED, "the call was canceled"));
         self.inner.metrics.call_done(CallOutcome::Canceled, inv.started);
     }
 
@@ -486,17 +485,15 @@ impl Dealer {
             let Some(&key) = reg.calls.get(&(session, request)) else { continue };
             let Some(inv) = reg.finish(key) else { continue };
             if inv.interruptible {
-                send(
-                    &inv.callee,
-                    &Message::Interrupt { request: key.1, options: dict! {"mode" => "killnowait", "reason" => "wamp.close.caller_left"} },
-                );
+                inv.callee
+                    .send(&Message::Interrupt { request: key.1, options: dict! {"mode" => "killnowait", "reason" => "wamp.close.caller_left"} });
             }
             self.inner.metrics.call_done(CallOutcome::Canceled, inv.started);
         }
         for request in peer.invocations {
             let Some(inv) = reg.finish((session, request)) else { continue };
             let message = "the callee's session ended before it answered; the call may or may not have run";
-            send(&inv.caller, &call_error(inv.call_request, err::CANCELED, message));
+            inv.caller.send(&call_error(inv.call_request, err::CANCELED, message));
             self.inner.metrics.call_done(CallOutcome::CalleeLost, inv.started);
         }
         for registration in peer.registrations {
@@ -544,10 +541,10 @@ impl Inner {
         let Some(mut inv) = reg.finish(key) else { return };
         inv.timer = None;
         if inv.interruptible {
-            send(&inv.callee, &Message::Interrupt { request: key.1, options: dict! {"mode" => "killnowait", "reason" => err::TIMEOUT} });
+            inv.callee.send(&Message::Interrupt { request: key.1, options: dict! {"mode" => "killnowait", "reason" => err::TIMEOUT} });
         }
         let message = format!("the callee did not answer within the call's timeout ({} ms)", after.as_millis());
-        send(&inv.caller, &call_error(inv.call_request, err::TIMEOUT, &message));
+        inv.caller.send(&call_error(inv.call_request, err::TIMEOUT, &message));
         inner.metrics.call_done(CallOutcome::Timeout, inv.started);
     }
 }
@@ -607,13 +604,5 @@ fn call_error(request: Id, error: &str, message: &str) -> Message {
         error: error.into(),
         args: vec![Value::Str(message.into())],
         kwargs: Dict::new(),
-    }
-}
-
-/// Queues a message on another session's outbox. A full outbox closes that
-/// session as a slow consumer; its calls then end through [`Dealer::leave`].
-fn send(to: &SessionHandle, msg: &Message) {
-    if let Some(frame) = encode_frame(to.serialization, msg) {
-        let _ = to.outbox.push(&frame);
     }
 }

@@ -155,7 +155,8 @@ impl HttpCallees {
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) => {
-                let message = format!("the web-app at {} could not be reached for {}: {}", endpoint.url, call.procedure, error_chain(&e));
+                let message =
+                    format!("the web-app at {} could not be reached for {}: {}", endpoint.url, call.procedure, telegraphy_bus::error_chain(&e));
                 return Answer::failed(err::CALLEE_UNAVAILABLE, message);
             }
         };
@@ -172,7 +173,7 @@ impl HttpCallees {
         loop {
             let chunk = match stream.next().await {
                 Some(Ok(chunk)) => chunk,
-                Some(Err(e)) => return failed(format!("the answer broke off: {}", error_chain(&e))),
+                Some(Err(e)) => return failed(format!("the answer broke off: {}", telegraphy_bus::error_chain(&e))),
                 None => break,
             };
             total += chunk.len();
@@ -204,12 +205,11 @@ impl HttpCallees {
                 Err(what) => failed(what),
             };
         }
-        match read_answer(&buffer) {
-            Ok(answer @ Answer::Error { .. }) => answer,
-            Ok(answer) if status.is_success() => answer,
-            Ok(_) | Err(_) if !status.is_success() => failed(format!("HTTP {status}, without an error URI")),
-            Ok(answer) => answer,
-            Err(what) => failed(what),
+        // An error URI counts at any status; anything else only with a 2xx.
+        match (read_answer(&buffer), status.is_success()) {
+            (Ok((answer @ Answer::Error { .. }, _)), _) | (Ok((answer, _)), true) => answer,
+            (_, false) => failed(format!("HTTP {status}, without an error URI")),
+            (Err(what), true) => failed(what),
         }
     }
 }
@@ -220,19 +220,17 @@ enum Line {
 }
 
 fn read_line(line: &[u8]) -> Result<Line, String> {
-    let answer = read_answer(line)?;
-    let progress =
-        serde_json::from_slice::<serde_json::Value>(line).ok().and_then(|v| v.get("progress").and_then(serde_json::Value::as_bool)).unwrap_or(false);
-    match answer {
-        Answer::Result { args, kwargs } if progress => Ok(Line::Progress(args, kwargs)),
-        other => Ok(Line::Final(other)),
-    }
+    Ok(match read_answer(line)? {
+        (Answer::Result { args, kwargs }, true) => Line::Progress(args, kwargs),
+        (other, _) => Line::Final(other),
+    })
 }
 
-/// Reads one answer object (see the module docs).
-fn read_answer(bytes: &[u8]) -> Result<Answer, String> {
+/// Reads one answer object (see the module docs), and its `progress` flag.
+fn read_answer(bytes: &[u8]) -> Result<(Answer, bool), String> {
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON ({e})"))?;
     let serde_json::Value::Object(mut object) = value else { return Err("not a JSON object".into()) };
+    let progress = object.remove("progress").and_then(|p| p.as_bool()).unwrap_or(false);
     let args = match object.remove("args") {
         None | Some(serde_json::Value::Null) => Vec::new(),
         Some(list @ serde_json::Value::Array(_)) => serde_json::from_value(list).map_err(|e| format!("args: {e}"))?,
@@ -247,15 +245,16 @@ fn read_answer(bytes: &[u8]) -> Result<Answer, String> {
         let Some(uri) = error.as_str().filter(|u| uri::is_valid(u, UriRules::Loose, UriKind::Concrete)) else {
             return Err(format!("`error` must be an error URI such as \"shop.error.out_of_stock\", got {error}"));
         };
-        return Ok(Answer::Error { uri: uri.to_string(), args, kwargs });
+        return Ok((Answer::Error { uri: uri.to_string(), args, kwargs }, progress));
     }
-    match object.remove("result") {
-        None | Some(serde_json::Value::Null) => Ok(Answer::Result { args, kwargs }),
+    let answer = match object.remove("result") {
+        None | Some(serde_json::Value::Null) => Answer::Result { args, kwargs },
         Some(result) => {
             let value: Value = serde_json::from_value(result).map_err(|e| format!("result: {e}"))?;
-            Ok(Answer::Result { args: vec![value], kwargs })
+            Answer::Result { args: vec![value], kwargs }
         }
-    }
+    };
+    Ok((answer, progress))
 }
 
 /// `t=<timestamp>,v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
@@ -269,31 +268,28 @@ pub(crate) fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     format!("t={timestamp},v1={hex}")
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    telegraphy_bus::error_chain(e)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn answers() {
+        let answer = |bytes: &[u8]| read_answer(bytes).map(|(a, _)| a);
         let result = |args: Vec<Value>| Answer::Result { args, kwargs: Dict::new() };
-        assert_eq!(read_answer(br#"{"result": 5}"#).unwrap(), result(vec![Value::UInt(5)]));
-        assert_eq!(read_answer(br#"{"result": null}"#).unwrap(), result(vec![]));
-        assert_eq!(read_answer(br#"{}"#).unwrap(), result(vec![]));
-        let both = read_answer(br#"{"args": [1, "a"], "kwargs": {"k": true}}"#).unwrap();
+        assert_eq!(answer(br#"{"result": 5}"#).unwrap(), result(vec![Value::UInt(5)]));
+        assert_eq!(answer(br#"{"result": null}"#).unwrap(), result(vec![]));
+        assert_eq!(answer(br#"{}"#).unwrap(), result(vec![]));
+        let both = answer(br#"{"args": [1, "a"], "kwargs": {"k": true}}"#).unwrap();
         assert_eq!(
             both,
             Answer::Result { args: vec![Value::UInt(1), Value::Str("a".into())], kwargs: Dict::from_iter([("k".to_string(), Value::Bool(true))]) }
         );
-        let error = read_answer(br#"{"error": "shop.error.out_of_stock", "args": ["apple"]}"#).unwrap();
+        let error = answer(br#"{"error": "shop.error.out_of_stock", "args": ["apple"]}"#).unwrap();
         assert_eq!(error, Answer::Error { uri: "shop.error.out_of_stock".into(), args: vec![Value::Str("apple".into())], kwargs: Dict::new() });
-        assert!(read_answer(br#"{"error": "not a uri"}"#).unwrap_err().contains("error URI"));
-        assert!(read_answer(br#"[1]"#).is_err());
-        assert!(read_answer(br#"{"args": 3}"#).is_err());
-        assert!(read_answer(b"<html>").unwrap_err().contains("not JSON"));
+        assert!(answer(br#"{"error": "not a uri"}"#).unwrap_err().contains("error URI"));
+        assert!(answer(br#"[1]"#).is_err());
+        assert!(answer(br#"{"args": 3}"#).is_err());
+        assert!(answer(b"<html>").unwrap_err().contains("not JSON"));
         assert!(matches!(read_line(br#"{"progress": true, "result": 50}"#), Ok(Line::Progress(a, _)) if a == vec![Value::UInt(50)]));
         assert!(matches!(read_line(br#"{"result": "done"}"#), Ok(Line::Final(Answer::Result { .. }))));
     }

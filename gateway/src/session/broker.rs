@@ -8,7 +8,7 @@ use telegraphy_bus::{check_topic, now_us, Envelope, EventStore, Position, Publis
 use telegraphy_wamp::codes::uri as err;
 use telegraphy_wamp::{code, uri, Dict, Id, MatchPolicy, Message, UriKind, Value};
 
-use super::{Session, State};
+use super::{flag_option, Session, State};
 use crate::authz::Decision;
 use crate::broker::{event_details, Broker, Identity};
 use crate::node::random_id;
@@ -35,14 +35,6 @@ struct Replay {
     get_retained: bool,
     after: Option<Id>,
     position: bool,
-}
-
-/// A boolean SUBSCRIBE option (absent or null: false); the error names it.
-fn flag_option(options: &Dict, key: &str) -> Result<bool, String> {
-    match options.get(key) {
-        None | Some(Value::Null) => Ok(false),
-        Some(v) => v.as_bool().ok_or_else(|| format!("option `{key}` must be a boolean")),
-    }
 }
 
 /// An EVENT frame for subscription `sub` carrying `e`'s payload.

@@ -9,11 +9,10 @@ use std::time::Instant;
 use telegraphy_wamp::codes::uri as err;
 use telegraphy_wamp::{code, uri, Dict, Id, MatchPolicy, Message, UriKind, Value};
 
-use super::{Session, State};
+use super::{flag_option, Session, State};
 use crate::dealer::{CalleeFeatures, Calling, CancelMode, Invoke, Registering};
 use crate::http_callee::{Answer, Caller, HttpCall};
 use crate::metrics::CallOutcome;
-use crate::wire::encode_frame;
 
 use super::broker::GET_EVENTS;
 /// Procedures under this prefix are the router's own.
@@ -47,14 +46,6 @@ fn lock(calls: &Mutex<HttpCalls>) -> std::sync::MutexGuard<'_, HttpCalls> {
     calls.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A boolean option (absent or null: false).
-fn flag(options: &Dict, key: &str) -> Result<bool, String> {
-    match options.get(key) {
-        None | Some(Value::Null) => Ok(false),
-        Some(v) => v.as_bool().ok_or_else(|| format!("option `{key}` must be a boolean, got {}", v.type_name())),
-    }
-}
-
 /// A string option (absent or null: `None`).
 fn text<'a>(options: &'a Dict, key: &str) -> Result<Option<&'a str>, String> {
     match options.get(key) {
@@ -77,8 +68,8 @@ fn read_register(options: &Dict, procedure: String) -> Result<Registering, Strin
         policy,
         procedure,
         invoke,
-        disclose_caller: flag(options, "disclose_caller")?,
-        force_reregister: flag(options, "force_reregister")?,
+        disclose_caller: flag_option(options, "disclose_caller")?,
+        force_reregister: flag_option(options, "force_reregister")?,
     })
 }
 
@@ -96,8 +87,8 @@ fn read_call(request: Id, options: &Dict, procedure: String, args: Vec<Value>, k
         procedure,
         args,
         kwargs,
-        receive_progress: flag(options, "receive_progress")?,
-        disclose_me: flag(options, "disclose_me")?,
+        receive_progress: flag_option(options, "receive_progress")?,
+        disclose_me: flag_option(options, "disclose_me")?,
         timeout,
         other_calls: 0,
     })
@@ -237,7 +228,7 @@ impl Session {
             let _permit = permit;
             let started = Instant::now();
             let progress =
-                |args, kwargs| send_to(&handle, &Message::Result { request, details: telegraphy_wamp::dict! {"progress" => true}, args, kwargs });
+                |args, kwargs| handle.send(&Message::Result { request, details: telegraphy_wamp::dict! {"progress" => true}, args, kwargs });
             let answer = callees.call(at, &call, timeout, progress).await;
             metrics.rpc_http_duration.observe(started.elapsed().as_secs_f64());
             // Removed first: a CANCEL that finds nothing does not answer twice.
@@ -246,7 +237,7 @@ impl Session {
             }
             let outcome = match answer {
                 Answer::Result { args, kwargs } => {
-                    send_to(&handle, &Message::Result { request, details: Dict::new(), args, kwargs });
+                    handle.send(&Message::Result { request, details: Dict::new(), args, kwargs });
                     CallOutcome::Result
                 }
                 Answer::Error { uri, args, kwargs } => {
@@ -257,7 +248,7 @@ impl Session {
                         _ => ("error", CallOutcome::Error),
                     };
                     metrics.http_call_error(reason);
-                    send_to(&handle, &Message::Error { request_type: code::CALL, request, details: Dict::new(), error: uri, args, kwargs });
+                    handle.send(&Message::Error { request_type: code::CALL, request, details: Dict::new(), error: uri, args, kwargs });
                     outcome
                 }
             };
@@ -304,13 +295,5 @@ impl Session {
     pub(super) fn invocation_failed(&mut self, request: Id, details: Dict, error: String, args: Vec<Value>, kwargs: Dict) {
         let State::Established { realm, .. } = &self.state else { return };
         realm.dealer.failed(self.handle.id, request, details, error, args, kwargs);
-    }
-}
-
-/// Queues a message on a session's outbox (from a task that is not the
-/// session's own).
-fn send_to(handle: &crate::broker::SessionHandle, msg: &Message) {
-    if let Some(frame) = encode_frame(handle.serialization, msg) {
-        let _ = handle.outbox.push(&frame);
     }
 }

@@ -33,6 +33,14 @@ fn rate_limiter(rate: f64, burst: u32) -> Option<governor::DefaultDirectRateLimi
     Some(governor::RateLimiter::direct(quota))
 }
 
+/// A boolean option of a request (absent or null: false); the error names it.
+fn flag_option(options: &Dict, key: &str) -> Result<bool, String> {
+    match options.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(v) => v.as_bool().ok_or_else(|| format!("option `{key}` must be a boolean, got {}", v.type_name())),
+    }
+}
+
 /// What the connection should do after a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
@@ -369,10 +377,7 @@ impl Session {
     }
 
     fn send(&self, msg: &Message) {
-        if let Some(frame) = encode_frame(self.handle.serialization, msg) {
-            // A full queue closes the session as a slow consumer; nothing else to do here.
-            let _ = self.handle.outbox.push(&frame);
-        }
+        self.handle.send(msg);
     }
 }
 
