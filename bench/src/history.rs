@@ -593,10 +593,13 @@ async fn delete_amqp(url: &str, exchange: &str) -> anyhow::Result<()> {
             Err(e) => failed.push(format!("queue {queue}: {e}")),
         }
     }
-    let channel = conn.create_channel().await?;
-    match channel.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await {
-        Ok(()) => drop(channel.close(200, "".into()).await),
-        Err(e) => failed.push(format!("exchange {exchange}: {e}")),
+    // Nodes declare the control exchange beside it.
+    for exchange in [exchange.to_string(), format!("{exchange}.control")] {
+        let channel = conn.create_channel().await?;
+        match channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await {
+            Ok(()) => drop(channel.close(200, "".into()).await),
+            Err(e) => failed.push(format!("exchange {exchange}: {e}")),
+        }
     }
     let _ = conn.close(200, "".into()).await;
     if !failed.is_empty() {

@@ -25,6 +25,9 @@
 //!   a channel on some errors), so publishes never keep failing on a dead
 //!   channel. A publish-only client ([`AmqpBus::connect_publisher`]) runs
 //!   the same task with a session that only publishes.
+//! * Control messages between nodes ([`crate::control`]) go through a
+//!   second topic exchange, `{amqp_exchange}.control`, routing key their
+//!   topic; each node binds its inbox and the all-nodes topic to its queue.
 //! * With history topics, a node also reads the history stream beside the
 //!   exchange and delivers those topics' events from it (see [`history`]).
 
@@ -51,6 +54,7 @@ use telegraphy_wamp::{Id, MatchPolicy};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::control::{is_control, CONTROL_REALM};
 use crate::interest::{Interest, Interests};
 use crate::supervisor::{Client, SessionError, Supervisor, Watched, DRAIN_AFTER_FAILURE};
 use crate::{redact, Bus, BusError, BusOptions, Delivery, Envelope, Inbound, PublishError, Ticket};
@@ -98,6 +102,11 @@ struct Publishing {
     accepted: Channel,
     /// For `Delivery::Subscribed` (`mandatory`), owned by a [`Mandatory`] task.
     mandatory: Channel,
+}
+
+/// The exchange control messages go through.
+pub fn control_exchange(exchange: &str) -> String {
+    format!("{exchange}.control")
 }
 
 /// The routing key of an event.
@@ -205,6 +214,16 @@ async fn open_publisher(url: &str, options: &BusOptions) -> Result<Publishing, O
         )
         .await
         .map_err(|source| OpenError::Exchange { url: redact(url), exchange: options.amqp_exchange.clone(), source })?;
+    let control = control_exchange(&options.amqp_exchange);
+    accepted
+        .exchange_declare(
+            control.as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions { durable: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|source| OpenError::Exchange { url: redact(url), exchange: control, source })?;
     Ok(Publishing { conn, accepted, mandatory })
 }
 
@@ -270,7 +289,8 @@ impl Shared {
 
     /// Lets publishes through `p`'s channels (until the session ends).
     fn install(&self, p: &Publishing) {
-        let mandatory = Mandatory::start(p.mandatory.clone(), self.options.amqp_exchange.clone(), self.redacted.clone());
+        let exchanges = [self.options.amqp_exchange.clone(), control_exchange(&self.options.amqp_exchange)];
+        let mandatory = Mandatory::start(p.mandatory.clone(), exchanges, self.redacted.clone());
         *self.mandatory.lock().unwrap_or_else(|e| e.into_inner()) = Some(mandatory);
         *self.publisher.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.accepted.clone());
     }
@@ -294,8 +314,15 @@ impl Shared {
         let channel = self.publisher.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(channel) = channel else { return Err(self.not_connected()) };
         let payload = event.encode();
+        let control;
+        let exchange = if is_control(event) {
+            control = control_exchange(&self.options.amqp_exchange);
+            control.as_str()
+        } else {
+            self.options.amqp_exchange.as_str()
+        };
         let send = channel.basic_publish(
-            self.options.amqp_exchange.as_str().into(),
+            exchange.into(),
             key.as_str().into(),
             BasicPublishOptions::default(),
             &payload,
@@ -330,7 +357,14 @@ impl Shared {
         let mandatory = self.mandatory.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(mandatory) = mandatory else { return Err(self.not_connected()) };
         let (answer, answered) = oneshot::channel();
-        let request = Request { publication: event.publication, topic: event.topic.clone(), routing_key, payload: event.encode(), answer };
+        let request = Request {
+            publication: event.publication,
+            topic: event.topic.clone(),
+            routing_key,
+            payload: event.encode(),
+            control: is_control(event),
+            answer,
+        };
         match tokio::time::timeout(self.options.connect_timeout, mandatory.send(request)).await {
             Ok(Ok(())) => Ok(answered),
             Ok(Err(())) => Err(self.not_connected()),
@@ -364,7 +398,7 @@ impl Shared {
 
 /// The event's routing key, or why RabbitMQ would refuse it.
 fn checked_routing_key(event: &Envelope) -> Result<String, PublishError> {
-    let key = routing_key(&event.realm, &event.topic);
+    let key = if is_control(event) { event.topic.clone() } else { routing_key(&event.realm, &event.topic) };
     if key.len() > MAX_ROUTING_KEY {
         return Err(PublishError::Rejected(format!("realm and topic make a {}-byte AMQP routing key; RabbitMQ allows {MAX_ROUTING_KEY}", key.len())));
     }
@@ -540,7 +574,9 @@ async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, pub
     // Publishes go through `publishing` only once every binding is in force
     // again (below): until then they fail fast, as the node is not ready.
     let exchange = s.options.amqp_exchange.as_str();
-    let mut applied: HashSet<String> = HashSet::new();
+    let control = control_exchange(exchange);
+    // (control exchange?, binding key)
+    let mut applied: HashSet<(bool, String)> = HashSet::new();
     let mut applied_version = None;
     let mut connected = false;
     let mut unacked: Option<u64> = None;
@@ -575,22 +611,25 @@ async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, pub
         if applied_version != Some(s.interests.version()) {
             let (version, desired) = s.interests.snapshot();
             // Exact topics that keep history come from the stream only.
-            let want: HashSet<String> = desired
+            let want: HashSet<(bool, String)> = desired
                 .iter()
                 .filter(|i| !(streaming && i.policy == MatchPolicy::Exact && s.options.history.keeps(&i.pattern)))
-                .map(binding_key)
+                .map(|i| if i.realm == CONTROL_REALM { (true, i.pattern.clone()) } else { (false, binding_key(i)) })
                 .collect();
-            for key in want.difference(&applied) {
+            let exchange_of = |control_key: bool| if control_key { control.as_str() } else { exchange };
+            for (c, key) in want.difference(&applied) {
                 channel
-                    .queue_bind(queue_name.clone(), exchange.into(), key.as_str().into(), QueueBindOptions::default(), FieldTable::default())
+                    .queue_bind(queue_name.clone(), exchange_of(*c).into(), key.as_str().into(), QueueBindOptions::default(), FieldTable::default())
                     .await?;
             }
-            for key in applied.difference(&want) {
-                channel.queue_unbind(queue_name.clone(), exchange.into(), key.as_str().into(), FieldTable::default()).await?;
+            for (c, key) in applied.difference(&want) {
+                channel.queue_unbind(queue_name.clone(), exchange_of(*c).into(), key.as_str().into(), FieldTable::default()).await?;
             }
             applied = want;
             applied_version = Some(version);
-            s.metrics.interests.set(applied.len() as i64);
+            // The node's own inbox and the all-nodes topic are not its sessions' interests.
+            let control = desired.iter().filter(|i| i.realm == crate::control::CONTROL_REALM).count();
+            s.metrics.interests.set(applied.len().saturating_sub(control) as i64);
             s.interests.mark_applied(version);
         }
         if !connected {
@@ -658,7 +697,7 @@ async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, pub
                 let tag = delivery.delivery_tag;
                 // A history topic's event also reached this queue through a
                 // prefix or wildcard binding: the stream delivers it.
-                if let Some(event) = inbound.decode(&delivery.data).filter(|e| !(streaming && s.options.history.keeps(&e.topic))) {
+                if let Some(event) = inbound.decode(&delivery.data).filter(|e| is_control(e) || !(streaming && s.options.history.keeps(&e.topic))) {
                     if inbound.deliver(event).await.is_err() {
                         return Ok(());
                     }

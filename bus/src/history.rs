@@ -197,7 +197,7 @@ pub fn resume(page: Page, after: Position, max: usize) -> Resume {
 
 /// Whether an event may be kept at all (see the contract).
 pub fn keepable(event: &Envelope) -> bool {
-    event.filter.exclude.is_empty() && event.filter.eligible.is_none()
+    !crate::control::is_control(event) && event.filter.exclude.is_empty() && event.filter.eligible.is_none()
 }
 
 /// Retained events kept per topic (newest first), for subscribers that

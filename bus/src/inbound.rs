@@ -101,6 +101,10 @@ impl Inbound {
     }
 
     fn received(&self, event: &Envelope) {
+        // Messages between nodes are not events.
+        if crate::control::is_control(event) {
+            return;
+        }
         self.metrics.received.inc();
         let now = crate::now_us();
         if event.published_at_us > 0 && now >= event.published_at_us {

@@ -20,6 +20,8 @@
 //! * [`memory`]: `memory://`, the embedded single-node bus (the default).
 //! * [`redis`]: `redis://`, Redis pub/sub.
 //! * [`amqp`]: `amqp://`, a RabbitMQ topic exchange.
+//! * [`control`]: messages between nodes (calls across the cluster),
+//!   carried by the bus in a realm of their own.
 //! * [`pattern`]: the topic-pattern syntax of the configuration and of
 //!   tokens (role rights, token claims, history topics).
 //! * [`interest`]: the node's desired (realm, policy, pattern) set, which
@@ -72,6 +74,7 @@
 
 pub mod amqp;
 pub mod backoff;
+pub mod control;
 pub mod envelope;
 pub mod history;
 pub mod inbound;

@@ -19,7 +19,8 @@ pub mod name {
     pub const DUPLICATES: &str = "telegraphy_bus_duplicates_dropped_total";
     /// Publishes the broker did not accept.
     pub const PUBLISH_ERRORS: &str = "telegraphy_bus_publish_errors_total";
-    /// Broker subscriptions or bindings in force for this node.
+    /// Broker subscriptions or bindings in force for this node's sessions
+    /// (its control channel's two not counted).
     pub const INTERESTS: &str = "telegraphy_bus_interests";
     /// Time from publish to this node taking the event off the bus.
     pub const LAG: &str = "telegraphy_bus_lag_seconds";

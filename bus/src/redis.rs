@@ -570,7 +570,9 @@ async fn node_session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor
             }
             applied = want;
             applied_version = Some(version);
-            s.metrics.interests.set(applied.len() as i64);
+            // The node's own inbox and the all-nodes topic are not its sessions' interests.
+            let control = desired.iter().filter(|i| i.realm == crate::control::CONTROL_REALM).count();
+            s.metrics.interests.set(applied.len().saturating_sub(control) as i64);
             s.interests.mark_applied(version);
         }
         if !connected {

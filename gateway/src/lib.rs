@@ -20,6 +20,8 @@
 //!   the same bytes to every subscriber).
 //! * [`dealer`]: the dealer role of a realm: registrations (best match and
 //!   invocation policy) and calls in flight between callers and callees.
+//! * [`cluster`]: what nodes tell each other over the bus's control
+//!   channel: their registrations (heartbeats), and calls that cross nodes.
 //! * [`http_callee`]: procedures the web-app serves over HTTP
 //!   (`[[rpc.http]]`): signed POSTs, JSON or NDJSON answers.
 //! * [`match_index`]: which (match policy, pattern) entries a URI matches,
@@ -55,6 +57,7 @@ mod admission;
 mod auth;
 mod authz;
 mod broker;
+mod cluster;
 pub mod config;
 mod connection;
 mod continuity;

@@ -95,6 +95,10 @@ pub(crate) mod name {
     /// Registrations held by callees on this node (one per callee and
     /// registration).
     pub(crate) const RPC_REGISTRATIONS: &str = "telegraphy_rpc_registrations";
+    /// Gateway nodes this node hears from on the bus, itself included.
+    pub(crate) const CLUSTER_NODES: &str = "telegraphy_cluster_nodes";
+    /// Control messages from other nodes this node could not read.
+    pub(crate) const CLUSTER_UNREADABLE: &str = "telegraphy_cluster_unreadable_messages_total";
     /// Time the web-app took to answer a call served over HTTP.
     pub(crate) const RPC_HTTP_DURATION: &str = "telegraphy_rpc_http_duration_seconds";
     /// Calls served over HTTP that did not end with a result, by reason:
@@ -248,6 +252,8 @@ pub struct Metrics {
     pub rpc_registrations: IntGauge,
     pub rpc_http_duration: Histogram,
     rpc_http_errors: IntCounterVec,
+    pub cluster_nodes: IntGauge,
+    pub cluster_unreadable: IntCounter,
 }
 
 fn per_serializer(registry: &Registry, name: &str, help: &str) -> [IntCounter; 2] {
@@ -379,6 +385,8 @@ impl Metrics {
             rpc_registrations: gauge(name::RPC_REGISTRATIONS, "Registrations held by callees on this node."),
             rpc_http_duration,
             rpc_http_errors,
+            cluster_nodes: gauge(name::CLUSTER_NODES, "Gateway nodes this node hears from on the bus, itself included (1 on the memory bus)."),
+            cluster_unreadable: counter(name::CLUSTER_UNREADABLE, "Control messages from other gateway nodes this node could not read."),
             registry,
         }
     }

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::admission::Admission;
 use crate::auth::Authenticator;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::continuity::{Check, Continuity};
 use crate::lifecycle::Lifecycle;
@@ -52,6 +53,8 @@ pub struct Node {
     bus_sessions: Arc<BusSessions>,
     /// Procedures the web-app serves over HTTP (`[[rpc.http]]`).
     pub(crate) http_callees: Option<Arc<crate::http_callee::HttpCallees>>,
+    /// The other gateway nodes on the bus (none on the memory bus).
+    pub(crate) cluster: Option<Arc<Cluster>>,
 }
 
 /// What a node takes from its bus.
@@ -75,7 +78,10 @@ impl Node {
             max_calls_per_session: config.limits.max_calls_per_session,
             max_registrations_per_session: config.limits.max_registrations_per_session,
         };
-        let realms = Realms::new(&config.realms, &bus, store.as_ref(), &metrics, id, limits);
+        // The memory bus is one node: nobody to talk to.
+        let cluster = (bus.kind() != "memory").then(|| Cluster::start(id, bus.clone(), bus_sessions.clone()));
+        metrics.cluster_nodes.set(1);
+        let realms = Realms::new(&config.realms, &bus, store.as_ref(), &metrics, id, limits, cluster.as_ref());
         Arc::new(Node {
             http_callees: crate::http_callee::HttpCallees::from_config(&config.rpc, config.limits.max_message_size),
             uri_rules: config.uri_rules.into(),
@@ -91,6 +97,7 @@ impl Node {
             bus_queue,
             store: store.filter(|s| s.live_path_may_skip()),
             bus_sessions,
+            cluster,
         })
     }
 
@@ -123,7 +130,6 @@ impl Node {
                 // next event to get what it missed.
                 _ = self.bus_sessions.changed(), if self.store.is_some() => {}
             }
-            self.metrics.events_received.inc_by(batch.len() as u64);
             if let Some(store) = &self.store {
                 let sessions = self.bus_sessions.count();
                 if sessions != sessions_seen {
@@ -134,6 +140,7 @@ impl Node {
             // Small fan-outs leave their frames queued until the batch is
             // done: a session then gets the batch's events in one write.
             let mut flush = Flush::default();
+            let mut control = 0;
             for event in &batch {
                 if let (Some(store), Some(position)) = (&self.store, event.position) {
                     match continuity.check(event, position) {
@@ -146,19 +153,29 @@ impl Node {
                     }
                     continuity.delivered(&event.realm, &event.topic, position);
                 }
-                self.dispatch(event, &mut flush);
+                control += u64::from(self.dispatch(event, &mut flush));
             }
             flush.run();
+            self.metrics.events_received.inc_by(batch.len() as u64 - control);
         }
     }
 
-    fn dispatch(&self, event: &Envelope, flush: &mut Flush) {
+    /// Hands an event to its realm, or a control message to the cluster
+    /// (then answers true).
+    fn dispatch(&self, event: &Envelope, flush: &mut Flush) -> bool {
+        if telegraphy_bus::control::is_control(event) {
+            if let Some(cluster) = &self.cluster {
+                cluster.receive(self, event);
+            }
+            return true;
+        }
         match self.realms.get(&event.realm) {
             Some(realm) => {
                 realm.dispatch(event, flush);
             }
             None => tracing::debug!(realm = %event.realm, "event for a realm this node does not serve; dropped"),
         }
+        false
     }
 
     /// Delivers the kept events of `topic` after `after` (and before

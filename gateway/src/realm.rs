@@ -10,6 +10,7 @@ use telegraphy_bus::{Bus, Envelope, EventStore};
 use telegraphy_wamp::{Dict, Value};
 
 use crate::broker::Broker;
+use crate::cluster::Cluster;
 use crate::dealer::{Dealer, DealerLimits};
 use crate::metrics::Metrics;
 use crate::outbox::Flush;
@@ -54,12 +55,13 @@ impl Realm {
         metrics: Arc<Metrics>,
         node_id: u64,
         limits: DealerLimits,
+        cluster: Option<Arc<Cluster>>,
     ) -> Realm {
         let welcome_roles = Value::Dict(roles(store.is_some()));
         Realm {
             name: name.to_string(),
             broker: Broker::new(name, bus, metrics.clone(), node_id),
-            dealer: Dealer::new(metrics, limits),
+            dealer: Dealer::new(name, metrics, limits, cluster),
             store,
             welcome_roles,
         }
@@ -104,10 +106,19 @@ impl Realms {
         metrics: &Arc<Metrics>,
         node_id: u64,
         limits: DealerLimits,
+        cluster: Option<&Arc<Cluster>>,
     ) -> Realms {
         Realms(
-            names.into_iter().map(|n| (n.clone(), Arc::new(Realm::new(n, bus.clone(), store.cloned(), metrics.clone(), node_id, limits)))).collect(),
+            names
+                .into_iter()
+                .map(|n| (n.clone(), Arc::new(Realm::new(n, bus.clone(), store.cloned(), metrics.clone(), node_id, limits, cluster.cloned()))))
+                .collect(),
         )
+    }
+
+    /// Every realm, with its name.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &Arc<Realm>)> {
+        self.0.iter()
     }
 
     /// The event store the realms share, if any.

@@ -170,6 +170,7 @@ impl Gateway {
             tracing::info!("dev mode: open http://{}/ for the live demo; HTTP publish key is `dev`", public.local_addr()?);
         }
         let dispatcher = tokio::spawn(node.clone().run_dispatcher(events));
+        let cluster = node.cluster.clone().map(|c| tokio::spawn(c.run(node.clone())).abort_handle());
 
         let mut app = Router::new()
             .route("/ws", get(connection::upgrade))
@@ -206,6 +207,9 @@ impl Gateway {
             // The public server stopped on its own: nothing to drain.
             node.lifecycle.shutdown.cancel();
             dispatcher.abort();
+            if let Some(task) = cluster {
+                task.abort();
+            }
             node.bus.shutdown();
             admin_stop.cancel();
             return match result {
@@ -231,6 +235,12 @@ impl Gateway {
         if tokio::time::timeout_at(deadline, &mut serve).await.is_err() {
             tracing::warn!("drain deadline reached with HTTP requests in flight; exiting anyway");
             serve.abort();
+        }
+        if let (Some(task), Some(c)) = (cluster, &node.cluster) {
+            // Sessions are closed: what they answered is on its way; then
+            // the other nodes forget this one at once.
+            task.abort();
+            c.goodbye().await;
         }
         dispatcher.abort();
         node.bus.shutdown();

@@ -53,7 +53,9 @@ def delete_exchange(name: str):
 
     try:
         connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
-        connection.channel().exchange_delete(name)
+        # Gateway nodes declare the control exchange beside it.
+        for exchange in (name, f"{name}.control"):
+            connection.channel().exchange_delete(exchange)
         connection.close()
     except Exception:
         pass

@@ -462,11 +462,15 @@ pub async fn delete_exchange(amqp_url: &str, exchange: &str) {
     let conn = lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await.unwrap();
     let channel = conn.create_channel().await.unwrap();
     channel.exchange_delete(exchange.into(), lapin::options::ExchangeDeleteOptions::default()).await.unwrap();
+    // Nodes declare the control exchange beside it.
+    let control = format!("{exchange}.control");
+    channel.exchange_delete(control.as_str().into(), lapin::options::ExchangeDeleteOptions::default()).await.unwrap();
     let _ = conn.close(200, "done".into()).await;
 }
 
-/// A RabbitMQ exchange of a test, and the history streams nodes declare
-/// beside it (`{exchange}.history`, `{exchange}.history-epoch`): all
+/// A RabbitMQ exchange of a test, and what nodes declare beside it (the
+/// history streams `{exchange}.history`, `{exchange}.history-epoch`, the
+/// control exchange `{exchange}.control`): all
 /// deleted when dropped, also when the test fails (they are durable and
 /// live on the machine's shared broker).
 pub struct AmqpExchange {
@@ -496,8 +500,10 @@ impl Drop for AmqpExchange {
                         let _ = channel.queue_delete(queue.as_str().into(), lapin::options::QueueDeleteOptions::default()).await;
                     }
                 }
-                if let Ok(channel) = conn.create_channel().await {
-                    let _ = channel.exchange_delete(name.as_str().into(), lapin::options::ExchangeDeleteOptions::default()).await;
+                for exchange in [name.clone(), format!("{name}.control")] {
+                    if let Ok(channel) = conn.create_channel().await {
+                        let _ = channel.exchange_delete(exchange.as_str().into(), lapin::options::ExchangeDeleteOptions::default()).await;
+                    }
                 }
                 let _ = conn.close(200, "done".into()).await;
             });

@@ -437,6 +437,7 @@ fn bus(rt: &tokio::runtime::Runtime, kind: BusKind, url: &str, events: u64) -> a
             if let Ok(conn) = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await {
                 if let Ok(ch) = conn.create_channel().await {
                     let _ = ch.exchange_delete(exchange.as_str().into(), Default::default()).await;
+                    let _ = ch.exchange_delete(format!("{exchange}.control").as_str().into(), Default::default()).await;
                 }
                 let _ = conn.close(200, "done".into()).await;
             }
@@ -517,6 +518,7 @@ fn bus_ceiling_amqp(rt: &tokio::runtime::Runtime, url: &str, events: u64) -> any
             }
         }
         let _ = channel.exchange_delete(exchange.as_str().into(), Default::default()).await;
+        let _ = channel.exchange_delete(format!("{exchange}.control").as_str().into(), Default::default()).await;
         let _ = conn.close(200, "done".into()).await;
         anyhow::Ok(())
     })

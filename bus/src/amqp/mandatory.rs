@@ -66,6 +66,8 @@ pub(super) struct Request {
     pub(super) routing_key: String,
     /// The encoded envelope.
     pub(super) payload: Vec<u8>,
+    /// A control message: it goes to the control exchange.
+    pub(super) control: bool,
     pub(super) answer: oneshot::Sender<Result<(), PublishError>>,
 }
 
@@ -78,8 +80,9 @@ pub(super) struct Mandatory {
 }
 
 impl Mandatory {
-    /// Starts the task publishing through `channel` (in confirm mode) to `exchange`.
-    pub(super) fn start(channel: Channel, exchange: String, redacted: String) -> Mandatory {
+    /// Starts the task publishing through `channel` (in confirm mode) to
+    /// `exchanges`: events to the first, control messages to the second.
+    pub(super) fn start(channel: Channel, exchange: [String; 2], redacted: String) -> Mandatory {
         let (requests, rx) = mpsc::channel(QUEUE);
         tokio::spawn(run(channel, exchange, redacted, rx));
         Mandatory { requests }
@@ -91,7 +94,7 @@ impl Mandatory {
     }
 }
 
-async fn run(channel: Channel, exchange: String, redacted: String, mut requests: mpsc::Receiver<Request>) {
+async fn run(channel: Channel, exchange: [String; 2], redacted: String, mut requests: mpsc::Receiver<Request>) {
     let mut waiting: VecDeque<Request> = VecDeque::new();
     let mut arrived = Vec::with_capacity(MAX_ROUND);
     loop {
@@ -133,12 +136,16 @@ fn take_round(waiting: &mut VecDeque<Request>) -> Vec<Request> {
 }
 
 /// Publishes a round in order, awaits every confirm, then answers each event.
-async fn publish_round(channel: &Channel, exchange: &str, redacted: &str, round: Vec<Request>) {
+async fn publish_round(channel: &Channel, exchange: &[String; 2], redacted: &str, round: Vec<Request>) {
     let mut confirms = Vec::with_capacity(round.len());
     for r in &round {
         let properties = BasicProperties::default().with_content_type(CONTENT_TYPE.into()).with_message_id(r.publication.to_string().into());
         let options = BasicPublishOptions { mandatory: true, ..Default::default() };
-        confirms.push(channel.basic_publish(exchange.into(), r.routing_key.as_str().into(), options, &r.payload, properties).await);
+        confirms.push(
+            channel
+                .basic_publish(exchange[usize::from(r.control)].as_str().into(), r.routing_key.as_str().into(), options, &r.payload, properties)
+                .await,
+        );
     }
     let outcomes = futures_util::future::join_all(confirms.into_iter().map(|sent| async move {
         match sent {
@@ -186,7 +193,7 @@ mod tests {
 
     fn request(publication: u64) -> (Request, oneshot::Receiver<Result<(), PublishError>>) {
         let (answer, rx) = oneshot::channel();
-        (Request { publication, topic: "t".into(), routing_key: "realm1.t".into(), payload: Vec::new(), answer }, rx)
+        (Request { publication, topic: "t".into(), routing_key: "realm1.t".into(), payload: Vec::new(), control: false, answer }, rx)
     }
 
     #[test]

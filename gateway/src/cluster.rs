@@ -1,0 +1,534 @@
+//! Calls across the cluster: what each node tells the others about its
+//! registrations, and the messages a call exchanges between the caller's
+//! node and the callee's, over the bus's control channel
+//! ([`telegraphy_bus::control`]).
+//!
+//! * **Announcements**: every node broadcasts a snapshot of its
+//!   registrations (per realm: policy, URI, invoke policy, callees, first
+//!   and last registration time) every [`HEARTBEAT`], and at once when they
+//!   change (at most every [`MIN_GAP`]). A node that has not been heard
+//!   from for [`EXPIRY`] is dropped: its registrations go and the calls in
+//!   flight to it fail. A stopping node says goodbye.
+//! * **Calls**: the caller's node picks the callee's node (the invocation
+//!   policy over every callee of the cluster), and sends it the call; that
+//!   node invokes its own callee and sends back progressive results, the
+//!   result or the error. Cancels and timeouts go the other way. The
+//!   caller's node owns the call: its timeout, its metrics, and failing it
+//!   when the callee's node is lost.
+//! * **Bounds**: messages wait for the bus in one queue of [`OUTBOX`]
+//!   messages; a call that finds it full fails at once
+//!   (`telegraphy.error.callee_unavailable`). A callee's node that dies is
+//!   noticed by the next message sent to it (the bus reports that nobody
+//!   listens) or by its silence: its pending calls fail within
+//!   [`EXPIRY`] + [`HEARTBEAT`].
+//!
+//! Messages are envelopes of the control realm whose `args` are a list:
+//! a kind word, then its fields (see [`Control`]). The one decoder refuses
+//! anything else (logged once, counted).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use telegraphy_bus::control::{self, ALL_NODES, CONTROL_REALM};
+use telegraphy_bus::inbound::BusSessions;
+use telegraphy_bus::{Bus, Delivery, Envelope, PublishError};
+use telegraphy_wamp::{Dict, Id, MatchPolicy, Value};
+use tokio::sync::{mpsc, Notify};
+
+use crate::dealer::{CancelMode, Invoke};
+use crate::node::Node;
+
+/// How often a node announces its registrations (its heartbeat).
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A node not heard from for this long is gone.
+pub(crate) const EXPIRY: Duration = Duration::from_secs(3);
+/// Least time between two announcements made because something changed.
+const MIN_GAP: Duration = Duration::from_millis(20);
+/// Control messages waiting for the bus, at most.
+pub(crate) const OUTBOX: usize = 10_000;
+/// Messages published together, at most.
+const BATCH: usize = 256;
+
+/// One registration as its node announces it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Announced {
+    pub policy: MatchPolicy,
+    pub uri: String,
+    pub invoke: Invoke,
+    /// Callees on that node.
+    pub callees: u64,
+    /// When its first and last callee registered (µs since the epoch).
+    pub first_at: u64,
+    pub last_at: u64,
+}
+
+/// A call sent to the callee's node.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RemoteCall {
+    /// The caller's node and its id for the call.
+    pub from: u64,
+    pub call: Id,
+    pub procedure: String,
+    pub args: Vec<Value>,
+    pub kwargs: Dict,
+    pub receive_progress: bool,
+    /// The caller asked to be disclosed (or its role discloses it).
+    pub disclose: bool,
+    /// The caller's session, authid and authrole.
+    pub caller: (Id, String, String),
+}
+
+/// What goes back to the caller's node.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Answer {
+    /// A RESULT (progressive or final).
+    Result { progress: bool, args: Vec<Value>, kwargs: Dict },
+    /// An ERROR.
+    Error { uri: String, details: Dict, args: Vec<Value>, kwargs: Dict },
+}
+
+/// A control message.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Control {
+    /// A node's registrations, per realm; `epoch` counts its bus sessions
+    /// (a new one: messages to and from it may have been lost).
+    Registry {
+        from: u64,
+        epoch: u64,
+        realms: Vec<(String, Vec<Announced>)>,
+    },
+    /// A node stops: forget it now.
+    Bye {
+        from: u64,
+    },
+    Call {
+        realm: String,
+        call: RemoteCall,
+    },
+    Answer {
+        realm: String,
+        call: Id,
+        answer: Answer,
+    },
+    /// `reason` (may be empty) goes in the callee's INTERRUPT.
+    Cancel {
+        realm: String,
+        from: u64,
+        call: Id,
+        mode: CancelMode,
+        reason: String,
+    },
+}
+
+fn policy_name(p: MatchPolicy) -> &'static str {
+    match p {
+        MatchPolicy::Exact => "exact",
+        MatchPolicy::Prefix => "prefix",
+        MatchPolicy::Wildcard => "wildcard",
+    }
+}
+
+fn mode_name(m: CancelMode) -> &'static str {
+    match m {
+        CancelMode::Skip => "skip",
+        CancelMode::Kill => "kill",
+        CancelMode::KillNoWait => "killnowait",
+    }
+}
+
+impl Control {
+    /// The envelope's `args`.
+    pub(crate) fn encode(self) -> Vec<Value> {
+        let s = |s: &str| Value::Str(s.to_string());
+        match self {
+            Control::Registry { from, epoch, realms } => {
+                let realms = realms
+                    .into_iter()
+                    .map(|(realm, regs)| {
+                        let regs = regs
+                            .into_iter()
+                            .map(|a| {
+                                Value::List(vec![
+                                    s(policy_name(a.policy)),
+                                    Value::Str(a.uri),
+                                    s(a.invoke.name()),
+                                    Value::UInt(a.callees),
+                                    Value::UInt(a.first_at),
+                                    Value::UInt(a.last_at),
+                                ])
+                            })
+                            .collect();
+                        Value::List(vec![Value::Str(realm), Value::List(regs)])
+                    })
+                    .collect();
+                vec![s("registry"), Value::UInt(from), Value::UInt(epoch), Value::List(realms)]
+            }
+            Control::Bye { from } => vec![s("bye"), Value::UInt(from)],
+            Control::Call { realm, call: c } => vec![
+                s("call"),
+                Value::Str(realm),
+                Value::UInt(c.from),
+                Value::UInt(c.call),
+                Value::Str(c.procedure),
+                Value::List(c.args),
+                Value::Dict(c.kwargs),
+                Value::Bool(c.receive_progress),
+                Value::Bool(c.disclose),
+                Value::UInt(c.caller.0),
+                Value::Str(c.caller.1),
+                Value::Str(c.caller.2),
+            ],
+            Control::Answer { realm, call, answer: Answer::Result { progress, args, kwargs } } => {
+                vec![s("result"), Value::Str(realm), Value::UInt(call), Value::Bool(progress), Value::List(args), Value::Dict(kwargs)]
+            }
+            Control::Answer { realm, call, answer: Answer::Error { uri, details, args, kwargs } } => {
+                vec![s("error"), Value::Str(realm), Value::UInt(call), Value::Str(uri), Value::Dict(details), Value::List(args), Value::Dict(kwargs)]
+            }
+            Control::Cancel { realm, from, call, mode, reason } => {
+                vec![s("cancel"), Value::Str(realm), Value::UInt(from), Value::UInt(call), s(mode_name(mode)), Value::Str(reason)]
+            }
+        }
+    }
+
+    /// Reads a message's `args`; `None` for anything else.
+    pub(crate) fn decode(args: Vec<Value>) -> Option<Control> {
+        let mut it = args.into_iter();
+        let kind = str_of(it.next()?)?;
+        let message = match kind.as_str() {
+            "registry" => {
+                let (from, epoch) = (uint(it.next()?)?, uint(it.next()?)?);
+                let mut realms = Vec::new();
+                for realm in list(it.next()?)? {
+                    let mut r = list(realm)?.into_iter();
+                    let name = str_of(r.next()?)?;
+                    let mut regs = Vec::new();
+                    for reg in list(r.next()?)? {
+                        let mut f = list(reg)?.into_iter();
+                        regs.push(Announced {
+                            policy: MatchPolicy::parse(&str_of(f.next()?)?)?,
+                            uri: str_of(f.next()?)?,
+                            invoke: Invoke::parse(&str_of(f.next()?)?)?,
+                            callees: uint(f.next()?)?,
+                            first_at: uint(f.next()?)?,
+                            last_at: uint(f.next()?)?,
+                        });
+                    }
+                    realms.push((name, regs));
+                }
+                Control::Registry { from, epoch, realms }
+            }
+            "bye" => Control::Bye { from: uint(it.next()?)? },
+            "call" => {
+                let realm = str_of(it.next()?)?;
+                let call = RemoteCall {
+                    from: uint(it.next()?)?,
+                    call: uint(it.next()?)?,
+                    procedure: str_of(it.next()?)?,
+                    args: list(it.next()?)?,
+                    kwargs: dict(it.next()?)?,
+                    receive_progress: boolean(it.next()?)?,
+                    disclose: boolean(it.next()?)?,
+                    caller: (uint(it.next()?)?, str_of(it.next()?)?, str_of(it.next()?)?),
+                };
+                Control::Call { realm, call }
+            }
+            "result" => {
+                let (realm, call) = (str_of(it.next()?)?, uint(it.next()?)?);
+                let answer = Answer::Result { progress: boolean(it.next()?)?, args: list(it.next()?)?, kwargs: dict(it.next()?)? };
+                Control::Answer { realm, call, answer }
+            }
+            "error" => {
+                let (realm, call) = (str_of(it.next()?)?, uint(it.next()?)?);
+                let answer =
+                    Answer::Error { uri: str_of(it.next()?)?, details: dict(it.next()?)?, args: list(it.next()?)?, kwargs: dict(it.next()?)? };
+                Control::Answer { realm, call, answer }
+            }
+            "cancel" => Control::Cancel {
+                realm: str_of(it.next()?)?,
+                from: uint(it.next()?)?,
+                call: uint(it.next()?)?,
+                mode: CancelMode::parse(&str_of(it.next()?)?)?,
+                reason: str_of(it.next()?)?,
+            },
+            _ => return None,
+        };
+        Some(message)
+    }
+}
+
+fn str_of(v: Value) -> Option<String> {
+    match v {
+        Value::Str(s) => Some(s),
+        _ => None,
+    }
+}
+fn uint(v: Value) -> Option<u64> {
+    match v {
+        Value::UInt(n) => Some(n),
+        _ => None,
+    }
+}
+fn boolean(v: Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(b),
+        _ => None,
+    }
+}
+fn list(v: Value) -> Option<Vec<Value>> {
+    match v {
+        Value::List(l) => Some(l),
+        _ => None,
+    }
+}
+fn dict(v: Value) -> Option<Dict> {
+    match v {
+        Value::Dict(d) => Some(d),
+        _ => None,
+    }
+}
+
+/// What to do when a message could not be handed to its node.
+pub(crate) type OnFail = Box<dyn FnOnce(PublishError) + Send>;
+
+struct Out {
+    message: Envelope,
+    on_fail: Option<OnFail>,
+    /// Told once the message went to the bus (whatever the outcome).
+    sent: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// This node's end of the control channel.
+pub(crate) struct Cluster {
+    /// This node's id.
+    pub(crate) node: u64,
+    outbox: mpsc::Sender<Out>,
+    /// Registrations changed: announce them.
+    changed: Notify,
+    /// When each other node was last heard from, and its bus session.
+    seen: Mutex<HashMap<u64, (Instant, u64)>>,
+    /// This node's bus sessions.
+    sessions: Arc<BusSessions>,
+    logged_unreadable: AtomicBool,
+}
+
+impl Cluster {
+    /// Listens on this node's inbox and the all-nodes topic, and starts the
+    /// task that sends messages through `bus` in order.
+    pub(crate) fn start(node: u64, bus: Arc<dyn Bus>, sessions: Arc<BusSessions>) -> Arc<Cluster> {
+        bus.add_interest(CONTROL_REALM, MatchPolicy::Exact, &control::node_topic(node));
+        bus.add_interest(CONTROL_REALM, MatchPolicy::Exact, ALL_NODES);
+        let (outbox, rx) = mpsc::channel(OUTBOX);
+        tokio::spawn(send_all(bus, rx));
+        Arc::new(Cluster { node, outbox, changed: Notify::new(), seen: Mutex::default(), sessions, logged_unreadable: AtomicBool::new(false) })
+    }
+
+    /// Queues `message` for node `to` (or every node, `None`); `on_fail`
+    /// runs if it could not be handed to that node. `Err` (and `on_fail`
+    /// not run) when the queue is full.
+    pub(crate) fn send(&self, to: Option<u64>, message: Control, on_fail: Option<OnFail>) -> Result<(), PublishError> {
+        let topic = to.map_or_else(|| ALL_NODES.to_string(), control::node_topic);
+        self.queue(Out { message: control::message(topic, message.encode()), on_fail, sent: None })
+    }
+
+    fn queue(&self, out: Out) -> Result<(), PublishError> {
+        self.outbox.try_send(out).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                PublishError::Unavailable(format!("{OUTBOX} messages to other gateway nodes are waiting for the bus already"))
+            }
+            mpsc::error::TrySendError::Closed(_) => PublishError::Unavailable("the node is stopping".into()),
+        })
+    }
+
+    /// This node's bus session (counts reconnects).
+    pub(crate) fn bus_session(&self) -> u64 {
+        self.sessions.count()
+    }
+
+    /// Registrations changed on this node: announce them soon.
+    pub(crate) fn changed(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Handles a control message from the bus.
+    pub(crate) fn receive(&self, node: &Node, event: &Envelope) {
+        let Some(message) = Control::decode(event.args.clone()) else {
+            node.metrics.cluster_unreadable.inc();
+            if !self.logged_unreadable.swap(true, Ordering::Relaxed) {
+                tracing::warn!(topic = %event.topic, "a control message from another node is not readable (a node of another version?); skipped (logged once)");
+            }
+            return;
+        };
+        match message {
+            Control::Registry { from, .. } | Control::Bye { from } if from == self.node => {}
+            Control::Registry { from, epoch, realms } => {
+                let before = self.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(from, (Instant::now(), epoch));
+                match before {
+                    None => {
+                        tracing::info!(node = from, "a gateway node joined the cluster");
+                        // It learns ours at once, not at our next heartbeat.
+                        self.changed();
+                    }
+                    Some((_, was)) if was != epoch => {
+                        for (_, realm) in node.realms.iter() {
+                            realm.dealer.node_restarted(from);
+                        }
+                    }
+                    Some(_) => {}
+                }
+                let mut realms: HashMap<String, Vec<Announced>> = realms.into_iter().collect();
+                for (name, realm) in node.realms.iter() {
+                    realm.dealer.node_announced(from, realms.remove(name).unwrap_or_default());
+                }
+            }
+            Control::Bye { from } => self.lost(node, from, "it is stopping"),
+            Control::Call { realm, call } => match node.realms.get(&realm) {
+                Some(r) => r.dealer.remote_call(call),
+                None => tracing::debug!(realm, "a call for a realm this node does not serve; dropped"),
+            },
+            Control::Answer { realm, call, answer } => {
+                if let Some(r) = node.realms.get(&realm) {
+                    r.dealer.remote_answer(call, answer);
+                }
+            }
+            Control::Cancel { realm, from, call, mode, reason } => {
+                if let Some(r) = node.realms.get(&realm) {
+                    r.dealer.remote_cancel(from, call, mode, Some(reason.as_str()).filter(|r| !r.is_empty()));
+                }
+            }
+        }
+    }
+
+    /// Forgets node `gone`: its registrations, and the calls to and from it.
+    pub(crate) fn lost(&self, node: &Node, gone: u64, why: &str) {
+        if self.seen.lock().unwrap_or_else(|e| e.into_inner()).remove(&gone).is_some() {
+            tracing::info!(node = gone, "a gateway node left the cluster: {why}");
+        }
+        for (_, realm) in node.realms.iter() {
+            realm.dealer.node_lost(gone);
+        }
+    }
+
+    /// Announces this node's registrations every [`HEARTBEAT`] and when
+    /// they change, and drops nodes silent for [`EXPIRY`]. Runs until the
+    /// node aborts it (after [`Cluster::goodbye`]).
+    pub(crate) async fn run(self: Arc<Self>, node: Arc<Node>) {
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut session = self.bus_session();
+        loop {
+            tokio::select! {
+                _ = heartbeat.tick() => self.expire(&node),
+                _ = self.changed.notified() => tokio::time::sleep(MIN_GAP).await,
+            }
+            let now = self.bus_session();
+            if now != session {
+                session = now;
+                for (_, realm) in node.realms.iter() {
+                    realm.dealer.bus_restarted(now);
+                }
+            }
+            let realms = node.realms.iter().map(|(name, realm)| (name.clone(), realm.dealer.announced())).collect();
+            if let Err(e) = self.send(None, Control::Registry { from: self.node, epoch: now, realms }, None) {
+                tracing::debug!(error = %e, "could not announce this node's registrations");
+            }
+        }
+    }
+
+    /// The node stops (its sessions are closed): tells the other nodes to
+    /// forget it now, and waits (up to a second) for the messages still
+    /// queued to reach the bus.
+    pub(crate) async fn goodbye(&self) {
+        let (sent, done) = tokio::sync::oneshot::channel();
+        let bye = Out { message: control::message(ALL_NODES.into(), Control::Bye { from: self.node }.encode()), on_fail: None, sent: Some(sent) };
+        if self.queue(bye).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), done).await;
+        }
+    }
+
+    fn expire(&self, node: &Node) {
+        let silent: Vec<u64> = {
+            let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.iter().filter(|(_, (at, _))| at.elapsed() > EXPIRY).map(|(n, _)| *n).collect()
+        };
+        for gone in silent {
+            self.lost(node, gone, &format!("not heard from for {} s", EXPIRY.as_secs()));
+        }
+        node.metrics.cluster_nodes.set(1 + self.seen.lock().unwrap_or_else(|e| e.into_inner()).len() as i64);
+    }
+}
+
+/// Publishes queued messages in order, a batch at a time.
+async fn send_all(bus: Arc<dyn Bus>, mut rx: mpsc::Receiver<Out>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let mut then = Vec::with_capacity(batch.len());
+        let messages = batch
+            .drain(..)
+            .map(|o| {
+                then.push((o.on_fail, o.sent));
+                o.message
+            })
+            .collect();
+        let answers = bus.publish_batch(messages, Delivery::Subscribed).await;
+        for (answer, (on_fail, sent)) in answers.into_iter().zip(then) {
+            if let (Err(e), Some(on_fail)) = (answer, on_fail) {
+                on_fail(e);
+            }
+            if let Some(sent) = sent {
+                let _ = sent.send(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use telegraphy_wamp::dict;
+
+    #[test]
+    fn every_message_reads_back_as_written() {
+        let call = RemoteCall {
+            from: u64::MAX,
+            call: 7,
+            procedure: "com.example.add".into(),
+            args: vec![Value::UInt(1), Value::Str("x".into())],
+            kwargs: dict! {"k" => true},
+            receive_progress: true,
+            disclose: false,
+            caller: (42, "alice".into(), "user".into()),
+        };
+        let announced =
+            Announced { policy: MatchPolicy::Prefix, uri: "com.example.".into(), invoke: Invoke::RoundRobin, callees: 2, first_at: 1, last_at: 2 };
+        let messages = [
+            Control::Registry { from: 1, epoch: 2, realms: vec![("realm1".into(), vec![announced]), ("empty".into(), vec![])] },
+            Control::Bye { from: 3 },
+            Control::Call { realm: "realm1".into(), call },
+            Control::Answer { realm: "r".into(), call: 9, answer: Answer::Result { progress: true, args: vec![], kwargs: Dict::new() } },
+            Control::Answer {
+                realm: "r".into(),
+                call: 9,
+                answer: Answer::Error { uri: "a.b".into(), details: dict! {"x" => 1u64}, args: vec![Value::Null], kwargs: Dict::new() },
+            },
+            Control::Cancel { realm: "r".into(), from: 5, call: 9, mode: CancelMode::Kill, reason: String::new() },
+        ];
+        for m in messages {
+            assert_eq!(Control::decode(m.clone().encode()), Some(m));
+        }
+    }
+
+    #[test]
+    fn anything_else_is_refused() {
+        for args in [
+            vec![],
+            vec![Value::Str("registry".into())],
+            vec![Value::Str("shout".into()), Value::UInt(1)],
+            vec![Value::Str("bye".into()), Value::Str("1".into())],
+            vec![Value::Str("cancel".into()), Value::Str("r".into()), Value::UInt(1), Value::UInt(2), Value::Str("later".into())],
+        ] {
+            assert_eq!(Control::decode(args.clone()), None, "{args:?}");
+        }
+    }
+}
