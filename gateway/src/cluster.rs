@@ -19,8 +19,10 @@
 //!   messages; a call that finds it full fails at once
 //!   (`telegraphy.error.callee_unavailable`). A callee's node that dies is
 //!   noticed by the next message sent to it (the bus reports that nobody
-//!   listens) or by its silence: its pending calls fail within
-//!   [`EXPIRY`] + [`HEARTBEAT`].
+//!   listens; nodes awaiting answers from it ping it every [`HEARTBEAT`]),
+//!   so its pending calls fail within about a heartbeat when its broker
+//!   connection closed with it, and within [`EXPIRY`] + [`HEARTBEAT`] when
+//!   it just went silent (a partition).
 //!
 //! Messages are envelopes of the control realm whose `args` are a list:
 //! a kind word, then its fields (see [`Control`]). The one decoder refuses
@@ -103,6 +105,11 @@ pub(crate) enum Control {
     Bye {
         from: u64,
     },
+    /// Are you there? Sent to nodes this one awaits answers from: when
+    /// nobody listens on its inbox any more, the bus says so at once.
+    Ping {
+        from: u64,
+    },
     Call {
         realm: String,
         call: RemoteCall,
@@ -166,6 +173,7 @@ impl Control {
                 vec![s("registry"), Value::UInt(from), Value::UInt(epoch), Value::List(realms)]
             }
             Control::Bye { from } => vec![s("bye"), Value::UInt(from)],
+            Control::Ping { from } => vec![s("ping"), Value::UInt(from)],
             Control::Call { realm, call: c } => vec![
                 s("call"),
                 Value::Str(realm),
@@ -220,6 +228,7 @@ impl Control {
                 Control::Registry { from, epoch, realms }
             }
             "bye" => Control::Bye { from: uint(it.next()?)? },
+            "ping" => Control::Ping { from: uint(it.next()?)? },
             "call" => {
                 let realm = str_of(it.next()?)?;
                 let call = RemoteCall {
@@ -383,6 +392,7 @@ impl Cluster {
                 }
             }
             Control::Bye { from } => self.lost(node, from, "it is stopping"),
+            Control::Ping { .. } => {}
             Control::Call { realm, call } => match node.realms.get(&realm) {
                 Some(r) => r.dealer.remote_call(call),
                 None => tracing::debug!(realm, "a call for a realm this node does not serve; dropped"),
@@ -419,7 +429,10 @@ impl Cluster {
         let mut session = self.bus_session();
         loop {
             tokio::select! {
-                _ = heartbeat.tick() => self.expire(&node),
+                _ = heartbeat.tick() => {
+                    self.expire(&node);
+                    self.ping_awaited(&node);
+                }
                 _ = self.changed.notified() => tokio::time::sleep(MIN_GAP).await,
             }
             let now = self.bus_session();
@@ -444,6 +457,24 @@ impl Cluster {
         let bye = Out { message: control::message(ALL_NODES.into(), Control::Bye { from: self.node }.encode()), on_fail: None, sent: Some(sent) };
         if self.queue(bye).is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(1), done).await;
+        }
+    }
+
+    /// Pings every node that calls of this node's sessions await: a node
+    /// killed outright is then noticed within a heartbeat (its broker
+    /// connection closed with it), not after [`EXPIRY`].
+    fn ping_awaited(self: &Arc<Self>, node: &Arc<Node>) {
+        let mut awaited: Vec<u64> = node.realms.iter().flat_map(|(_, realm)| realm.dealer.nodes_awaited()).collect();
+        awaited.sort_unstable();
+        awaited.dedup();
+        for to in awaited {
+            let (cluster, node) = (self.clone(), node.clone());
+            let on_fail: OnFail = Box::new(move |e| {
+                if let PublishError::NoSubscriber(_) = e {
+                    cluster.lost(&node, to, "nothing listens on its inbox any more");
+                }
+            });
+            let _ = self.send(Some(to), Control::Ping { from: self.node }, Some(on_fail));
         }
     }
 
@@ -505,6 +536,7 @@ mod tests {
         let messages = [
             Control::Registry { from: 1, epoch: 2, realms: vec![("realm1".into(), vec![announced]), ("empty".into(), vec![])] },
             Control::Bye { from: 3 },
+            Control::Ping { from: 4 },
             Control::Call { realm: "realm1".into(), call },
             Control::Answer { realm: "r".into(), call: 9, answer: Answer::Result { progress: true, args: vec![], kwargs: Dict::new() } },
             Control::Answer {

@@ -249,8 +249,9 @@ struct Callee {
 enum Origin {
     /// A session on this node.
     Local(Arc<SessionHandle>),
-    /// A session on another node: answers go there.
-    Remote(u64),
+    /// A session on another node (and this node's bus session when the
+    /// call arrived): answers go there.
+    Remote(u64, u64),
 }
 
 struct Invocation {
@@ -750,14 +751,7 @@ impl Dealer {
         reg.forget_node(node);
         let message = "the callee's gateway node left the cluster before it answered; the call may or may not have run";
         self.fail_outgoing(&mut reg, |o| o.node == node, err::CANCELED, message, CallOutcome::CalleeLost);
-        let from: Vec<(u64, Id)> = reg.remote_calls.keys().filter(|(n, _)| *n == node).copied().collect();
-        for key in from {
-            let Some(&key) = reg.remote_calls.get(&key) else { continue };
-            let Some(inv) = reg.finish(key) else { continue };
-            if inv.interruptible {
-                inv.callee.send(&interrupt(key.1, "killnowait", Some("wamp.close.caller_left")));
-            }
-        }
+        abandon_remote(&mut reg, |from, _| from == node);
     }
 
     /// This node's bus connection started over (at `session`): what other
@@ -766,6 +760,8 @@ impl Dealer {
         let mut reg = self.inner.lock();
         let message = "this gateway node lost its bus connection while the call was in flight; the call may or may not have run";
         self.fail_outgoing(&mut reg, |o| o.bus_session < session, err::CALLEE_UNAVAILABLE, message, CallOutcome::CalleeLost);
+        // Their callers' nodes fail them too (they see this node's new bus session).
+        abandon_remote(&mut reg, |_, arrived| arrived < session);
     }
 
     /// Node `node` reconnected to the bus: answers it sent meanwhile may be
@@ -774,6 +770,8 @@ impl Dealer {
         let mut reg = self.inner.lock();
         let message = "the callee's gateway node lost its bus connection while the call was in flight; the call may or may not have run";
         self.fail_outgoing(&mut reg, |o| o.node == node, err::CALLEE_UNAVAILABLE, message, CallOutcome::CalleeLost);
+        // That node failed the calls it had sent here before (its own bus restart).
+        abandon_remote(&mut reg, |from, _| from == node);
     }
 
     fn fail_outgoing(&self, reg: &mut Registry, which: impl Fn(&Outgoing) -> bool, error: &str, message: &str, outcome: CallOutcome) {
@@ -783,6 +781,15 @@ impl Dealer {
             o.caller.send(&call_error(o.call_request, error, message));
             self.inner.metrics.call_done(outcome, o.started);
         }
+    }
+
+    /// The nodes that calls of this node's sessions await answers from.
+    pub(crate) fn nodes_awaited(&self) -> Vec<u64> {
+        let reg = self.inner.lock();
+        let mut nodes: Vec<u64> = reg.outgoing.values().map(|o| o.node).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
     }
 
     /// A call from a caller on another node, for a callee here.
@@ -795,7 +802,7 @@ impl Dealer {
         let picked = found.and_then(|(policy, id)| Some((policy, id, reg.registrations.get_mut(&id)?.pick(true)?)));
         let Some((policy, registration, Pick::Here(at))) = picked else {
             let message = format!("no callee of `{}` is connected to the gateway node the call went to any more; retry", call.procedure);
-            self.inner.answer(&Origin::Remote(call.from), call_error(call.call, err::NO_SUCH_PROCEDURE, &message));
+            self.inner.answer(&Origin::Remote(call.from, 0), call_error(call.call, err::NO_SUCH_PROCEDURE, &message));
             return;
         };
         let (from, id) = (call.from, call.call);
@@ -808,7 +815,8 @@ impl Dealer {
             disclose_me: call.disclose,
             caller: call.caller,
         };
-        let key = self.inner.invoke(&mut reg, registration, policy, at, Origin::Remote(from), invoking);
+        let session = self.inner.cluster.as_ref().map_or(0, |c| c.bus_session());
+        let key = self.inner.invoke(&mut reg, registration, policy, at, Origin::Remote(from, session), invoking);
         reg.remote_calls.insert((from, id), key);
     }
 
@@ -925,7 +933,7 @@ impl Inner {
     fn answer(&self, to: &Origin, message: Message) {
         match to {
             Origin::Local(handle) => handle.send(&message),
-            Origin::Remote(node) => {
+            Origin::Remote(node, _) => {
                 let (call, answer) = match message {
                     Message::Result { request, details, args, kwargs } => {
                         (request, Answer::Result { progress: matches!(details.get("progress"), Some(Value::Bool(true))), args, kwargs })
@@ -1046,7 +1054,7 @@ impl Registry {
                     p.calls.remove(&inv.call_request);
                 }
             }
-            Origin::Remote(node) => {
+            Origin::Remote(node, _) => {
                 self.remote_calls.remove(&(*node, inv.call_request));
             }
         }
@@ -1113,6 +1121,20 @@ impl Drop for Inner {
         let reg = self.registry.get_mut().unwrap_or_else(|e| e.into_inner());
         for timer in reg.invocations.values().filter_map(|i| i.timer.as_ref()).chain(reg.outgoing.values().filter_map(|o| o.timer.as_ref())) {
             timer.abort();
+        }
+    }
+}
+
+/// Ends the calls from other nodes' callers that `which(node, bus session
+/// on arrival)` picks, interrupting their callees: their callers' nodes
+/// failed them already.
+fn abandon_remote(reg: &mut Registry, which: impl Fn(u64, u64) -> bool) {
+    let keys: Vec<(Id, Id)> =
+        reg.invocations.iter().filter(|(_, i)| matches!(i.caller, Origin::Remote(node, arrived) if which(node, arrived))).map(|(k, _)| *k).collect();
+    for key in keys {
+        let Some(inv) = reg.finish(key) else { continue };
+        if inv.interruptible {
+            inv.callee.send(&interrupt(key.1, "killnowait", Some("wamp.close.caller_left")));
         }
     }
 }

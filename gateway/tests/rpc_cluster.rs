@@ -403,3 +403,56 @@ async fn redis_a_registration_race_ends_with_one_callee() {
 async fn amqp_a_registration_race_ends_with_one_callee() {
     a_registration_race_ends_with_one_callee(Bus::amqp()).await;
 }
+
+/// Redis (a private instance) goes away with a call in flight between two
+/// nodes: the call fails (it never hangs), calls fail clearly while the bus
+/// is down, and once Redis is back the procedure is callable again.
+#[tokio::test]
+async fn redis_outage_mid_call_fails_the_call_and_recovers() {
+    let mut server = util::RedisServer::start();
+    let config = || {
+        let mut c = util::config();
+        c.limits.bus_reconnect_max_delay = Duration::from_millis(500);
+        c.bus = server.url();
+        c.redis.key_prefix = "rpc-outage:".into();
+        c
+    };
+    let a = TestGateway::start_ready(config()).await;
+    let b = TestGateway::start_ready(config()).await;
+    let mut callee = Client::join_rpc(&a, JSON).await;
+    let mut caller = Client::join_rpc(&b, MSGPACK).await;
+    callee.register("com.outage", Dict::new()).await;
+    let request = call_known(&mut caller, "com.outage", vec![], Dict::new()).await;
+    let (first, ..) = invocation(&mut callee).await;
+
+    server.kill();
+    let (error, args, _) = tokio::time::timeout(Duration::from_secs(10), call_error(&mut caller, request)).await.expect("the call fails");
+    assert!([err::CANCELED, err::CALLEE_UNAVAILABLE].contains(&error.as_str()), "{error} {args:?}");
+    // While the bus is down: refused at once, with a reason.
+    let request = caller.call("com.outage", vec![], Dict::new()).await;
+    let (error, args, _) = call_error(&mut caller, request).await;
+    assert!([err::NO_SUCH_PROCEDURE, err::CALLEE_UNAVAILABLE].contains(&error.as_str()), "{error} {args:?}");
+
+    server.spawn();
+    assert!(a.wait_ready(true, Duration::from_secs(20)).await && b.wait_ready(true, Duration::from_secs(20)).await);
+    let request = call_known(&mut caller, "com.outage", vec![Value::UInt(1)], Dict::new()).await;
+    // The callee's node abandoned the first call (its caller's node failed
+    // it): the callee is interrupted (before or after the new call arrives).
+    let (mut inv, mut interrupted) = (None, false);
+    while inv.is_none() || !interrupted {
+        match callee.recv().await {
+            Message::Interrupt { request, options } if request == first => {
+                assert_eq!(options.get("mode"), Some(&Value::Str("killnowait".into())));
+                interrupted = true;
+            }
+            Message::Invocation { request, args, .. } => {
+                assert_eq!(args, vec![Value::UInt(1)]);
+                inv = Some(request);
+            }
+            other => panic!("expected the INTERRUPT of the first call and the new INVOCATION, got {other:?}"),
+        }
+    }
+    let inv = inv.expect("the new call");
+    yield_(&mut callee, inv, vec![Value::Str("back".into())], Dict::new()).await;
+    assert_eq!(result(&mut caller, request).await.1, vec![Value::Str("back".into())]);
+}
