@@ -6,6 +6,12 @@
 //! seconds. The figures: calls completed per second, and CALL → RESULT
 //! latency percentiles (after `--warmup`).
 //!
+//! `--nodes N --bus redis|amqp`: N gateway nodes on that bus; the callees
+//! connect to the first, the callers to the last, so every call crosses
+//! nodes over the bus. `--rate R`: the callers together make R calls per
+//! second, each one call at a time on a fixed schedule (instead of keeping
+//! `--window` calls in flight): the latency at a given load.
+//!
 //! `--http`: the procedure is served by a small HTTP endpoint in this
 //! process, through the gateway's `[[rpc.http]]` (a signed POST per call)
 //! instead of a WAMP callee. `--direct` calls that same endpoint straight
@@ -59,6 +65,16 @@ pub struct CallArgs {
     /// Call the HTTP endpoint directly, without the gateway (the baseline of --http).
     #[arg(long, conflicts_with = "http")]
     pub direct: bool,
+    /// Gateway nodes (callees on the first, callers on the last).
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// The nodes' bus: memory, redis, amqp, or a URL.
+    #[arg(long, default_value = "memory")]
+    pub bus: String,
+    /// Calls per second, all callers together, each caller one call at a
+    /// time on a schedule (0: as fast as `--window` allows).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
 }
 
 /// What every caller adds to.
@@ -103,13 +119,17 @@ pub async fn run(a: CallArgs) -> anyhow::Result<()> {
     let (label, pids, _routers) = if a.direct {
         ("direct-http".to_string(), Vec::new(), None)
     } else {
-        let r = routers(&common, Kind::Gateway { nodes: 1, bus: "memory".into(), production_limits: false }, false).await?;
+        if a.nodes > 1 && a.bus == "memory" {
+            bail!("--nodes {} needs a shared bus: --bus redis or --bus amqp", a.nodes);
+        }
+        let r = routers(&common, Kind::Gateway { nodes: a.nodes.max(1), bus: a.bus.clone(), production_limits: false }, false).await?;
         (r.label.clone(), r.pids.clone(), Some(r))
     };
     let mut tasks = Vec::new();
     if let Some(r) = &_routers {
         let spec = client_spec(&common, r);
-        let target = &spec.targets[0];
+        let (target, calling) = (&spec.targets[0], spec.targets.last().expect("one target at least"));
+        let crossing = spec.targets.len() > 1;
         if !a.http {
             for _ in 0..a.callees.max(1) {
                 let mut s = wamp::open(target, None, spec.ser, &spec.realm, &Auth::Anonymous).await?;
@@ -128,10 +148,20 @@ pub async fn run(a: CallArgs) -> anyhow::Result<()> {
         let procedure = if a.http { HTTP_PROCEDURE } else { PROCEDURE };
         let mut callers = Vec::new();
         for _ in 0..a.callers {
-            callers.push(wamp::open(target, None, spec.ser, &spec.realm, &Auth::Anonymous).await.context("a caller session")?);
+            callers.push(wamp::open(calling, None, spec.ser, &spec.realm, &Auth::Anonymous).await.context("a caller session")?);
         }
-        for s in callers {
-            tasks.push(tokio::spawn(caller(s, procedure, a.window, pad.clone(), tally.clone())));
+        if crossing {
+            wait_callable(&mut callers[0], procedure).await?;
+        }
+        let interval = (a.rate > 0.0).then(|| Duration::from_secs_f64(a.callers as f64 / a.rate));
+        for (n, s) in callers.into_iter().enumerate() {
+            tasks.push(match interval {
+                Some(every) => {
+                    let phase = every.mul_f64(n as f64 / a.callers as f64);
+                    tokio::spawn(paced_caller(s, procedure, every, phase, pad.clone(), tally.clone()))
+                }
+                None => tokio::spawn(caller(s, procedure, a.window, pad.clone(), tally.clone())),
+            });
         }
     } else {
         let url = format!("http://{}/rpc", web.expect("started for --direct"));
@@ -165,7 +195,8 @@ pub async fn run(a: CallArgs) -> anyhow::Result<()> {
     } else {
         "wamp-callee"
     };
-    println!("calls ({mode}) · {label} · {} callers × window {} · {} callee(s)", a.callers, a.window, a.callees);
+    let shape = if a.rate > 0.0 { format!("{} calls/s asked", si(a.rate)) } else { format!("window {}", a.window) };
+    println!("calls ({mode}) · {label} · {} node(s) on {} · {} callers × {shape} · {} callee(s)", a.nodes, a.bus, a.callers, a.callees);
     println!("  {} calls in {elapsed:.2} s → {} calls/s · errors {}", done, si(per_s), tally.errors.load(Ordering::Relaxed));
     println!("  latency {}", lat(&latency));
     println!("  router CPU {router_pct:.0}% (of one core)");
@@ -173,6 +204,7 @@ pub async fn run(a: CallArgs) -> anyhow::Result<()> {
         &a.common,
         serde_json::json!({
             "scenario": "calls", "mode": mode, "label": label, "callers": a.callers, "callees": a.callees, "window": a.window,
+            "nodes": a.nodes, "bus": a.bus, "rate": a.rate,
             "payload": a.payload, "duration_s": a.duration, "serializer": a.common.serializer.get().label(),
             "result": {"calls": done, "calls_per_s": per_s, "errors": tally.errors.load(Ordering::Relaxed), "latency_us": latency},
             "router": {"cpu_pct": router_pct, "pids": pids},
@@ -225,6 +257,65 @@ async fn caller(mut s: wamp::Session, procedure: &'static str, window: usize, pa
         sent.insert(next, Instant::now());
         s.send(&call(next)).await?;
         next += 1;
+    }
+    Ok(())
+}
+
+/// Waits until `procedure` is callable from this session's node (the
+/// callee's registration travels to the other nodes over the bus).
+async fn wait_callable(s: &mut wamp::Session, procedure: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for request in 1u64.. {
+        let call = Message::Call { request, options: Dict::new(), procedure: procedure.into(), args: vec![], kwargs: Dict::new() };
+        s.send(&call).await?;
+        match s.recv().await? {
+            Message::Result { .. } => return Ok(()),
+            Message::Error { error, .. } if error == "wamp.error.no_such_procedure" && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => bail!("calling {procedure} from the callers' node: {other:?}"),
+        }
+    }
+    unreachable!()
+}
+
+/// One call at a time on a schedule: every `every`, starting after `phase`.
+async fn paced_caller(
+    mut s: wamp::Session,
+    procedure: &'static str,
+    every: Duration,
+    phase: Duration,
+    pad: String,
+    tally: Arc<Tally>,
+) -> anyhow::Result<()> {
+    let start = tokio::time::Instant::now() + phase;
+    for n in 1u64.. {
+        tokio::time::sleep_until(start + every.mul_f64((n - 1) as f64)).await;
+        if tally.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let call = Message::Call {
+            request: n,
+            options: Dict::new(),
+            procedure: procedure.into(),
+            args: vec![Value::UInt(n), Value::Str(pad.clone())],
+            kwargs: Dict::new(),
+        };
+        let started = Instant::now();
+        s.send(&call).await?;
+        loop {
+            match s.recv().await? {
+                Message::Result { request, .. } if request == n => break,
+                Message::Error { request, error, .. } if request == n => {
+                    if tally.errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                        eprintln!("call error: {error}");
+                    }
+                    break;
+                }
+                _ => continue,
+            }
+        }
+        tally.record(started);
     }
     Ok(())
 }
