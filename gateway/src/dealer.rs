@@ -694,7 +694,14 @@ impl Dealer {
     /// ignores the other node's when it wins (that node revokes them).
     pub(crate) fn node_announced(&self, node: u64, announced: Vec<Announced>) {
         let mut reg = self.inner.lock();
-        reg.forget_node(node);
+        // Registrations it announced before stay in place (their ids, their
+        // round-robin cursors) until the new announcement is in.
+        let before = reg.nodes.remove(&node).unwrap_or_default();
+        for (policy, uri) in &before {
+            if let Some(r) = reg.index.get(*policy, uri).copied().and_then(|id| reg.registrations.get_mut(&id)) {
+                r.remote.retain(|x| x.node != node);
+            }
+        }
         let here = self.inner.cluster.as_ref().map_or(0, |c| c.node);
         let mut held = Vec::with_capacity(announced.len());
         for a in announced {
@@ -741,6 +748,11 @@ impl Dealer {
         }
         if !held.is_empty() {
             reg.nodes.insert(node, held);
+        }
+        for (policy, uri) in before {
+            if let Some(&id) = reg.index.get(policy, &uri) {
+                reg.drop_if_empty(id);
+            }
         }
     }
 
