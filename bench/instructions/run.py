@@ -79,6 +79,9 @@ PATHS = [
     path("decode-json", "message", lambda n: ["decode", "--ser", "json", "--messages", str(n)], (3000, 9000), lambda n: n),
     path("decode-msgpack", "message", lambda n: ["decode", "--ser", "msgpack", "--messages", str(n)], (3000, 9000), lambda n: n),
     path("session-setup-jwt", "session", lambda n: ["session-setup", "--sessions", str(n)], (20, 60), lambda n: n),
+    # One remote procedure call on one node: CALL, INVOCATION, YIELD, RESULT.
+    path("call-json", "call", lambda n: ["call", "--ser", "json", "--calls", str(n)], (1000, 3000), lambda n: n),
+    path("call-msgpack", "call", lambda n: ["call", "--ser", "msgpack", "--calls", str(n)], (1000, 3000), lambda n: n),
     path("bus-redis", "event", lambda n: ["bus-redis", "--url", REDIS, "--events", str(n)], (500, 1500), lambda n: n),
     path("bus-amqp", "event", lambda n: ["bus-amqp", "--url", AMQP, "--events", str(n)], (500, 1500), lambda n: n),
     path("bus-ceiling-redis", "event", lambda n: ["bus-ceiling-redis", "--url", REDIS, "--events", str(n)], (500, 1500), lambda n: n),

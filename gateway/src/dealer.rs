@@ -26,7 +26,6 @@
 //! The state is one `std::sync::Mutex` per realm, held only while looking up
 //! and updating the maps and queueing frames (never across an `.await`).
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -39,6 +38,11 @@ use crate::broker::SessionHandle;
 use crate::cluster::{Announced, Answer, Cluster, Control, OnFail, RemoteCall};
 use crate::match_index::MatchIndex;
 use crate::metrics::{CallOutcome, Metrics};
+
+/// Maps and sets keyed by ids: foldhash, seeded per process (SipHash, the
+/// standard library's default, was a tenth of a call's instructions).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
 
 /// How calls to a shared registration pick their callee
 /// (`REGISTER.Options.invoke`).

@@ -18,6 +18,10 @@
 //! * `decode`: one WAMP message decoded (a mix of PUBLISH, SUBSCRIBE, EVENT);
 //! * `session-setup`: one session from HELLO with a JWT ticket to WELCOME
 //!   to SUBSCRIBED, through the gateway's [`Session`] state machine;
+//! * `call`: one remote procedure call on one node, through the caller's
+//!   and the callee's [`Session`]s and the realm's dealer: CALL in,
+//!   INVOCATION out to the callee's socket, YIELD in, RESULT out to the
+//!   caller's socket;
 //! * `bus-redis`, `bus-amqp`: one event consumed from the broker by the
 //!   bus adapter and handed to the node (publishers run beforehand, in
 //!   the helper process, so the adapter reads a full socket);
@@ -108,6 +112,13 @@ enum What {
         #[arg(long)]
         sessions: usize,
     },
+    /// Remote procedure calls on one node (CALL → INVOCATION → YIELD → RESULT).
+    Call {
+        #[arg(long, value_enum)]
+        ser: Ser,
+        #[arg(long)]
+        calls: u64,
+    },
     /// Events consumed from Redis by the bus adapter.
     BusRedis {
         #[arg(long)]
@@ -168,6 +179,7 @@ fn main() -> anyhow::Result<()> {
         What::FanoutCeiling { subscribers, ser, events } => rt.block_on(fanout_ceiling(subscribers, ser.get(), events)),
         What::Decode { ser, messages } => decode(ser.get(), messages),
         What::SessionSetup { sessions } => rt.block_on(session_setup(sessions)),
+        What::Call { ser, calls } => rt.block_on(call(ser.get(), calls)),
         What::BusRedis { url, events } => bus(&rt, BusKind::Redis, &url, events),
         What::BusAmqp { url, events } => bus(&rt, BusKind::Amqp, &url, events),
         What::BusCeilingRedis { url, events } => bus_ceiling_redis(&rt, &url, events),
@@ -385,6 +397,58 @@ async fn session_setup(sessions: usize) -> anyhow::Result<()> {
         held.push(session);
     }
     drop(held);
+    let _ = helper.wait();
+    Ok(())
+}
+
+async fn call(ser: Serialization, calls: u64) -> anyhow::Result<()> {
+    use telegraphy_gateway::harness::{Flow, Session};
+    let (socks, mut helper) = sockets(2).await?;
+    let mut config = telegraphy_gateway::Config::default();
+    config.auth.allow_anonymous = true;
+    let anonymous = config.roles.entry("anonymous".into()).or_default();
+    anonymous.call = vec!["*".into()];
+    anonymous.register = vec!["*".into()];
+    config.validate()?;
+    let auth = telegraphy_gateway::harness::Authenticator::from_config(&config)?;
+    let metrics = Arc::new(Metrics::new());
+    let (tx, _rx) = tokio::sync::mpsc::channel(16);
+    let bus: Arc<dyn telegraphy_bus::Bus> = Arc::new(MemoryBus::new(Inbound::new(tx.clone(), BusMetrics::unregistered())));
+    let parts = telegraphy_gateway::harness::NodeBus { bus, store: None, queue: tx.downgrade(), sessions: Default::default() };
+    let node = telegraphy_gateway::harness::Node::new(1, config, auth, parts, metrics.clone());
+    let mut sessions = Vec::with_capacity(2);
+    for (i, s) in socks.into_iter().enumerate() {
+        let outbox = Outbox::new(Wire::tcp(s), ser.index(), 1024, 1 << 20, metrics.clone());
+        let handle = Arc::new(SessionHandle { id: i as u64 + 1, serialization: ser, identity: OnceLock::new(), outbox });
+        sessions.push(Session::new(node.clone(), handle));
+    }
+    let encode = |m: &Message| ser.encode(m).map(|b| b.to_vec()).map_err(|e| anyhow::anyhow!("encode: {}", e.0));
+    let roles = |role: &str| {
+        let mut roles = Dict::new();
+        roles.insert(role.into(), Value::Dict(Dict::new()));
+        let mut details = Dict::new();
+        details.insert("roles".into(), Value::Dict(roles));
+        Message::Hello { realm: REALM.into(), details }
+    };
+    let [callee, caller] = &mut sessions[..] else { unreachable!("two sessions") };
+    let register = Message::Register { request: 1, options: Dict::new(), procedure: "com.example.add".into() };
+    for (session, payloads) in [(&mut *callee, vec![encode(&roles("callee"))?, encode(&register)?]), (&mut *caller, vec![encode(&roles("caller"))?])]
+    {
+        for payload in payloads {
+            if session.handle_payload(&payload).await != Flow::Continue {
+                bail!("a session was refused");
+            }
+        }
+    }
+    for n in 1..=calls {
+        let args = vec![Value::UInt(n), Value::Str("a small payload, as model events carry".into())];
+        let call = Message::Call { request: n, options: Dict::new(), procedure: "com.example.add".into(), args: args.clone(), kwargs: Dict::new() };
+        let yielded = Message::Yield { request: n, options: Dict::new(), args, kwargs: Dict::new() };
+        if caller.handle_payload(&encode(&call)?).await != Flow::Continue || callee.handle_payload(&encode(&yielded)?).await != Flow::Continue {
+            bail!("call {n} failed");
+        }
+    }
+    drop(sessions);
     let _ = helper.wait();
     Ok(())
 }
