@@ -456,3 +456,33 @@ async fn redis_outage_mid_call_fails_the_call_and_recovers() {
     yield_(&mut callee, inv, vec![Value::Str("back".into())], Dict::new()).await;
     assert_eq!(result(&mut caller, request).await.1, vec![Value::Str("back".into())]);
 }
+
+/// `first` and `last` pick the callee that registered first / last in the
+/// whole cluster, wherever the caller is.
+#[tokio::test]
+async fn redis_first_and_last_span_the_cluster() {
+    let bus = Bus::redis();
+    let [a, b] = bus.nodes().await;
+    let mut early = Client::join_rpc(&a, JSON).await;
+    let mut late = Client::join_rpc(&b, JSON).await;
+    let mut caller = Client::join_rpc(&b, JSON).await;
+    for (policy, procedure) in [("first", "com.standby"), ("last", "com.newest")] {
+        early.register(procedure, dict! {"invoke" => policy}).await;
+        // The second registration comes once the first is known on its node.
+        let request = call_known(&mut caller, procedure, vec![], Dict::new()).await;
+        let (inv, ..) = invocation(&mut early).await;
+        yield_(&mut early, inv, vec![], Dict::new()).await;
+        result(&mut caller, request).await;
+        late.register(procedure, dict! {"invoke" => policy}).await;
+        let (chosen, other) = if policy == "first" { (&mut early, &mut late) } else { (&mut late, &mut early) };
+        for _ in 0..3 {
+            let request = caller.call(procedure, vec![], Dict::new()).await;
+            let (inv, ..) = invocation(chosen).await;
+            yield_(chosen, inv, vec![], Dict::new()).await;
+            result(&mut caller, request).await;
+        }
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(200), other.recv()).await {
+            panic!("invoke `{policy}`: the other callee got {m:?}");
+        }
+    }
+}
