@@ -94,6 +94,13 @@ impl PatternSet {
         self.0.iter().any(|p| p.matches(topic))
     }
 
+    /// Whether a pattern other than `*` matches the topic. The router's
+    /// own URIs (`wamp.`: the meta API) are reached only by patterns that
+    /// name them, never by `*` alone.
+    pub fn names(&self, topic: &str) -> bool {
+        self.0.iter().any(|p| !matches!(p, Pattern::All) && p.matches(topic))
+    }
+
     /// Whether the set is empty (matches nothing).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

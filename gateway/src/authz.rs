@@ -16,6 +16,7 @@
 //! event is checked for that session before it is queued, so a prefix or
 //! wildcard subscription never leaks a forbidden topic.
 
+use telegraphy_bus::is_reserved_topic;
 pub(crate) use telegraphy_bus::pattern::{Pattern, PatternSet};
 use telegraphy_wamp::MatchPolicy;
 
@@ -119,13 +120,20 @@ impl Allowed {
         Allowed { role, token }
     }
 
-    /// Whether the concrete URI is allowed.
+    /// Whether the concrete URI is allowed. The router's own URIs (`wamp.`)
+    /// need a role pattern that names them: `*` does not reach them.
     fn matches(&self, uri: &str) -> bool {
-        self.role.matches(uri) && self.token.as_ref().is_none_or(|t| t.matches(uri))
+        let role = if is_reserved_topic(uri) { self.role.names(uri) } else { self.role.matches(uri) };
+        role && self.token.as_ref().is_none_or(|t| t.matches(uri))
     }
 
-    /// Decides a pattern (a subscription's or a registration's).
+    /// Decides a pattern (a subscription's or a registration's). Under
+    /// `wamp.` only exact subscriptions the role names are allowed (meta
+    /// events reach exact subscriptions only).
     fn decide(&self, policy: MatchPolicy, pattern: &str) -> Decision {
+        if is_reserved_topic(pattern) {
+            return if policy == MatchPolicy::Exact && self.matches(pattern) { Decision::Full } else { Decision::Denied };
+        }
         let role = decide(&self.role, policy, pattern);
         match &self.token {
             Some(t) => role.and(decide(t, policy, pattern)),

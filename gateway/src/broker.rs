@@ -303,6 +303,11 @@ impl Broker {
         let topic = event.topic.as_str();
         let mut matched: Vec<Arc<Subscription>> = Vec::new();
         self.index.read().unwrap_or_else(|e| e.into_inner()).by_pattern.for_each_match(topic, |_, sub| matched.push(sub.clone()));
+        if telegraphy_bus::is_reserved_topic(topic) {
+            // Meta events reach exact subscriptions only (whose rights were
+            // checked for that topic by name), never a prefix or wildcard.
+            matched.retain(|sub| sub.policy == MatchPolicy::Exact);
+        }
         let mut delivered = 0;
         let publisher = event.publisher.as_ref();
         let excluded_self = publisher.filter(|p| p.exclude_me && p.node == self.node_id).map(|p| p.session);

@@ -40,12 +40,17 @@ use telegraphy_wamp::{Dict, Id, MatchPolicy, Value};
 use tokio::sync::{mpsc, Notify};
 
 use crate::dealer::{CancelMode, Invoke};
+use crate::members::Member;
 use crate::node::Node;
 
 /// How often a node announces its registrations (its heartbeat).
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A node not heard from for this long is gone.
 pub(crate) const EXPIRY: Duration = Duration::from_secs(3);
+/// How often a node sends the sessions that joined and left its realms.
+pub(crate) const DELTA_EVERY: Duration = Duration::from_millis(100);
+/// Least time between two snapshot requests to one node.
+const ASK_AGAIN: Duration = Duration::from_secs(2);
 /// Least time between two announcements made because something changed.
 const MIN_GAP: Duration = Duration::from_millis(20);
 /// Control messages waiting for the bus, at most.
@@ -95,11 +100,40 @@ pub(crate) enum Answer {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Control {
     /// A node's registrations, per realm; `epoch` counts its bus sessions
-    /// (a new one: messages to and from it may have been lost).
+    /// (a new one: messages to and from it may have been lost); `members`
+    /// is the sequence number of its last [`Control::Members`].
     Registry {
         from: u64,
         epoch: u64,
+        members: u64,
         realms: Vec<(String, Vec<Announced>)>,
+        /// Realms where a session of that node subscribes to session meta events.
+        listening: Vec<String>,
+    },
+    /// Sessions that joined and left a node's realms since its last delta.
+    Members {
+        from: u64,
+        seq: u64,
+        realms: Vec<(String, Vec<Member>, Vec<Id>)>,
+    },
+    /// Asks a node for a snapshot of its members (sent to its inbox).
+    MembersAsk {
+        from: u64,
+    },
+    /// Every session of a node's realms, as of delta `seq`.
+    MembersSnapshot {
+        from: u64,
+        seq: u64,
+        realms: Vec<(String, Vec<Member>)>,
+    },
+    /// Close sessions of this node (`wamp.session.kill*`), except `except`.
+    Kill {
+        from: u64,
+        realm: String,
+        target: KillTarget,
+        except: Id,
+        reason: String,
+        message: String,
     },
     /// A node stops: forget it now.
     Bye {
@@ -129,6 +163,23 @@ pub(crate) enum Control {
     },
 }
 
+/// Which sessions a [`Control::Kill`] closes.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum KillTarget {
+    Session(Id),
+    Authid(String),
+    Authrole(String),
+    All,
+}
+
+fn members_value(members: Vec<Member>) -> Value {
+    Value::List(members.iter().map(Member::to_value).collect())
+}
+
+fn members_of(v: Value) -> Option<Vec<Member>> {
+    list(v)?.into_iter().map(Member::from_value).collect()
+}
+
 fn policy_name(p: MatchPolicy) -> &'static str {
     match p {
         MatchPolicy::Exact => "exact",
@@ -150,7 +201,7 @@ impl Control {
     pub(crate) fn encode(self) -> Vec<Value> {
         let s = |s: &str| Value::Str(s.to_string());
         match self {
-            Control::Registry { from, epoch, realms } => {
+            Control::Registry { from, epoch, members, realms, listening } => {
                 let realms = realms
                     .into_iter()
                     .map(|(realm, regs)| {
@@ -170,7 +221,31 @@ impl Control {
                         Value::List(vec![Value::Str(realm), Value::List(regs)])
                     })
                     .collect();
-                vec![s("registry"), Value::UInt(from), Value::UInt(epoch), Value::List(realms)]
+                let listening = Value::List(listening.into_iter().map(Value::Str).collect());
+                vec![s("registry"), Value::UInt(from), Value::UInt(epoch), Value::UInt(members), Value::List(realms), listening]
+            }
+            Control::Members { from, seq, realms } => {
+                let realms = realms
+                    .into_iter()
+                    .map(|(realm, joined, left)| {
+                        Value::List(vec![Value::Str(realm), members_value(joined), Value::List(left.into_iter().map(Value::UInt).collect())])
+                    })
+                    .collect();
+                vec![s("members"), Value::UInt(from), Value::UInt(seq), Value::List(realms)]
+            }
+            Control::MembersAsk { from } => vec![s("members?"), Value::UInt(from)],
+            Control::MembersSnapshot { from, seq, realms } => {
+                let realms = realms.into_iter().map(|(realm, members)| Value::List(vec![Value::Str(realm), members_value(members)])).collect();
+                vec![s("members!"), Value::UInt(from), Value::UInt(seq), Value::List(realms)]
+            }
+            Control::Kill { from, realm, target, except, reason, message } => {
+                let (kind, value) = match target {
+                    KillTarget::Session(id) => ("session", Value::UInt(id)),
+                    KillTarget::Authid(a) => ("authid", Value::Str(a)),
+                    KillTarget::Authrole(r) => ("authrole", Value::Str(r)),
+                    KillTarget::All => ("all", Value::Null),
+                };
+                vec![s("kill"), Value::UInt(from), Value::Str(realm), s(kind), value, Value::UInt(except), Value::Str(reason), Value::Str(message)]
             }
             Control::Bye { from } => vec![s("bye"), Value::UInt(from)],
             Control::Ping { from } => vec![s("ping"), Value::UInt(from)],
@@ -206,7 +281,7 @@ impl Control {
         let kind = str_of(it.next()?)?;
         let message = match kind.as_str() {
             "registry" => {
-                let (from, epoch) = (uint(it.next()?)?, uint(it.next()?)?);
+                let (from, epoch, members) = (uint(it.next()?)?, uint(it.next()?)?, uint(it.next()?)?);
                 let mut realms = Vec::new();
                 for realm in list(it.next()?)? {
                     let mut r = list(realm)?.into_iter();
@@ -225,7 +300,41 @@ impl Control {
                     }
                     realms.push((name, regs));
                 }
-                Control::Registry { from, epoch, realms }
+                let listening = list(it.next()?)?.into_iter().map(str_of).collect::<Option<Vec<String>>>()?;
+                Control::Registry { from, epoch, members, realms, listening }
+            }
+            "members" => {
+                let (from, seq) = (uint(it.next()?)?, uint(it.next()?)?);
+                let mut realms = Vec::new();
+                for realm in list(it.next()?)? {
+                    let mut r = list(realm)?.into_iter();
+                    let name = str_of(r.next()?)?;
+                    let joined = members_of(r.next()?)?;
+                    let left = list(r.next()?)?.into_iter().map(uint).collect::<Option<Vec<Id>>>()?;
+                    realms.push((name, joined, left));
+                }
+                Control::Members { from, seq, realms }
+            }
+            "members?" => Control::MembersAsk { from: uint(it.next()?)? },
+            "members!" => {
+                let (from, seq) = (uint(it.next()?)?, uint(it.next()?)?);
+                let mut realms = Vec::new();
+                for realm in list(it.next()?)? {
+                    let mut r = list(realm)?.into_iter();
+                    realms.push((str_of(r.next()?)?, members_of(r.next()?)?));
+                }
+                Control::MembersSnapshot { from, seq, realms }
+            }
+            "kill" => {
+                let (from, realm) = (uint(it.next()?)?, str_of(it.next()?)?);
+                let target = match (str_of(it.next()?)?.as_str(), it.next()?) {
+                    ("session", Value::UInt(id)) => KillTarget::Session(id),
+                    ("authid", Value::Str(a)) => KillTarget::Authid(a),
+                    ("authrole", Value::Str(r)) => KillTarget::Authrole(r),
+                    ("all", Value::Null) => KillTarget::All,
+                    _ => return None,
+                };
+                Control::Kill { from, realm, target, except: uint(it.next()?)?, reason: str_of(it.next()?)?, message: str_of(it.next()?)? }
             }
             "bye" => Control::Bye { from: uint(it.next()?)? },
             "ping" => Control::Ping { from: uint(it.next()?)? },
@@ -298,6 +407,42 @@ fn dict(v: Value) -> Option<Dict> {
     }
 }
 
+/// This node's members changes since its last delta: per realm, who
+/// joined and who left.
+#[derive(Default)]
+struct Changes {
+    seq: u64,
+    pending: Vec<(String, Vec<Member>, Vec<Id>)>,
+}
+
+impl Changes {
+    fn of(&mut self, realm: &str) -> &mut (String, Vec<Member>, Vec<Id>) {
+        let at = match self.pending.iter().position(|(r, _, _)| r == realm) {
+            Some(at) => at,
+            None => {
+                self.pending.push((realm.to_string(), Vec::new(), Vec::new()));
+                self.pending.len() - 1
+            }
+        };
+        &mut self.pending[at]
+    }
+}
+
+/// How far another node's members are known here.
+#[derive(Debug, Default, Clone, Copy)]
+struct SeenMembers {
+    /// A snapshot (or a start from nothing) was applied.
+    known: bool,
+    /// The last delta applied.
+    seq: u64,
+    /// When a snapshot was last asked for.
+    asked: Option<Instant>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// What to do when a message could not be handed to its node.
 pub(crate) type OnFail = Box<dyn FnOnce(PublishError) + Send>;
 
@@ -319,6 +464,12 @@ pub(crate) struct Cluster {
     seen: Mutex<HashMap<u64, (Instant, u64)>>,
     /// This node's bus sessions.
     sessions: Arc<BusSessions>,
+    /// This node's members changes not sent yet, and their sequence number.
+    changes: Mutex<Changes>,
+    /// How far each other node's members are known.
+    members_seen: Mutex<HashMap<u64, SeenMembers>>,
+    /// The realms where each other node has subscribers to session meta events.
+    listeners: Mutex<HashMap<u64, Vec<String>>>,
     logged_unreadable: AtomicBool,
 }
 
@@ -330,7 +481,17 @@ impl Cluster {
         bus.add_interest(CONTROL_REALM, MatchPolicy::Exact, ALL_NODES);
         let (outbox, rx) = mpsc::channel(OUTBOX);
         tokio::spawn(send_all(bus, rx));
-        Arc::new(Cluster { node, outbox, changed: Notify::new(), seen: Mutex::default(), sessions, logged_unreadable: AtomicBool::new(false) })
+        Arc::new(Cluster {
+            node,
+            outbox,
+            changed: Notify::new(),
+            seen: Mutex::default(),
+            sessions,
+            changes: Mutex::default(),
+            members_seen: Mutex::default(),
+            listeners: Mutex::default(),
+            logged_unreadable: AtomicBool::new(false),
+        })
     }
 
     /// Queues `message` for node `to` (or every node, `None`); `on_fail`
@@ -355,7 +516,14 @@ impl Cluster {
         self.sessions.count()
     }
 
-    /// Registrations changed on this node: announce them soon.
+    /// Whether a session of another node subscribes to `realm`'s session
+    /// meta events (as of its last heartbeat, or sooner: a node announces
+    /// at once when one of its sessions subscribes).
+    pub(crate) fn listened_elsewhere(&self, realm: &str) -> bool {
+        lock(&self.listeners).values().any(|realms| realms.iter().any(|r| r == realm))
+    }
+
+    /// Registrations (or meta subscriptions) changed on this node: announce them soon.
     pub(crate) fn changed(&self) {
         self.changed.notify_one();
     }
@@ -370,8 +538,23 @@ impl Cluster {
             return;
         };
         match message {
-            Control::Registry { from, .. } | Control::Bye { from } if from == self.node => {}
-            Control::Registry { from, epoch, realms } => {
+            // What this node sent to all nodes comes back to it too.
+            Control::Registry { from, .. }
+            | Control::Bye { from }
+            | Control::Members { from, .. }
+            | Control::MembersAsk { from }
+            | Control::MembersSnapshot { from, .. }
+                if from == self.node => {}
+            Control::Registry { from, epoch, members, realms, listening } => {
+                self.members_heard(from, members);
+                {
+                    let mut listeners = lock(&self.listeners);
+                    if listening.is_empty() {
+                        listeners.remove(&from);
+                    } else {
+                        listeners.insert(from, listening);
+                    }
+                }
                 let before = self.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(from, (Instant::now(), epoch));
                 match before {
                     None => {
@@ -393,6 +576,21 @@ impl Cluster {
             }
             Control::Bye { from } => self.lost(node, from, "it is stopping"),
             Control::Ping { .. } => {}
+            Control::Members { from, seq, realms } => self.members_delta(node, from, seq, realms),
+            Control::MembersAsk { from } => self.send_snapshot(node, from),
+            Control::MembersSnapshot { from, seq, realms } => {
+                let mut realms: HashMap<String, Vec<Member>> = realms.into_iter().collect();
+                for (name, realm) in node.realms.iter() {
+                    realm.members.replace(from, realms.remove(name).unwrap_or_default());
+                }
+                *lock(&self.members_seen).entry(from).or_default() = SeenMembers { known: true, seq, asked: None };
+            }
+            Control::Kill { from, .. } if from == self.node => {}
+            Control::Kill { realm, target, except, reason, message, .. } => {
+                if let Some(r) = node.realms.get(&realm) {
+                    crate::members::kill_here(r, &target, except, &reason, &message);
+                }
+            }
             Control::Call { realm, call } => match node.realms.get(&realm) {
                 Some(r) => r.dealer.remote_call(call),
                 None => tracing::debug!(realm, "a call for a realm this node does not serve; dropped"),
@@ -410,13 +608,108 @@ impl Cluster {
         }
     }
 
-    /// Forgets node `gone`: its registrations, and the calls to and from it.
+    /// Forgets node `gone`: its registrations, the calls to and from it,
+    /// and its sessions (whose `wamp.session.on_leave` one node publishes:
+    /// the one with the lowest id among those left).
     pub(crate) fn lost(&self, node: &Node, gone: u64, why: &str) {
-        if self.seen.lock().unwrap_or_else(|e| e.into_inner()).remove(&gone).is_some() {
-            tracing::info!(node = gone, "a gateway node left the cluster: {why}");
-        }
+        let leader = {
+            let mut seen = lock(&self.seen);
+            if seen.remove(&gone).is_some() {
+                tracing::info!(node = gone, "a gateway node left the cluster: {why}");
+            }
+            seen.keys().all(|other| self.node < *other)
+        };
+        lock(&self.members_seen).remove(&gone);
+        lock(&self.listeners).remove(&gone);
         for (_, realm) in node.realms.iter() {
             realm.dealer.node_lost(gone);
+            let members = realm.members.forget(gone);
+            if leader && node.meta_listened(realm) {
+                for m in members {
+                    node.publish_meta(&realm.name, crate::members::ON_LEAVE, m.on_leave());
+                }
+            }
+        }
+    }
+
+    /// A session of this node joined `realm`.
+    pub(crate) fn member_joined(&self, realm: &crate::realm::Realm, member: Member, handle: Arc<crate::broker::SessionHandle>) {
+        let mut changes = lock(&self.changes);
+        realm.members.join(member.clone(), handle);
+        changes.of(&realm.name).1.push(member);
+    }
+
+    /// A session of this node left `realm`: its entry, if it had one.
+    pub(crate) fn member_left(&self, realm: &crate::realm::Realm, session: Id) -> Option<Member> {
+        let mut changes = lock(&self.changes);
+        let member = realm.members.leave(session)?;
+        let (_, joined, left) = changes.of(&realm.name);
+        // Joined and left within one delta: the others never hear of it.
+        match joined.iter().position(|m| m.session == session) {
+            Some(at) => {
+                joined.swap_remove(at);
+            }
+            None => left.push(session),
+        }
+        Some(member)
+    }
+
+    /// Sends the members changes made since the last delta (under the lock
+    /// of `changes`, so deltas leave in sequence order).
+    fn flush_members(&self, changes: &mut Changes) {
+        if changes.pending.iter().all(|(_, j, l)| j.is_empty() && l.is_empty()) {
+            changes.pending.clear();
+            return;
+        }
+        changes.seq += 1;
+        let realms = std::mem::take(&mut changes.pending);
+        if let Err(e) = self.send(None, Control::Members { from: self.node, seq: changes.seq, realms }, None) {
+            // The others see the gap in the sequence and ask for a snapshot.
+            tracing::debug!(error = %e, "could not send this node's session changes");
+        }
+    }
+
+    /// Answers a snapshot request: this node's members as of its latest delta.
+    fn send_snapshot(&self, node: &Node, to: u64) {
+        let mut changes = lock(&self.changes);
+        self.flush_members(&mut changes);
+        let realms = node.realms.iter().map(|(name, realm)| (name.clone(), realm.members.here())).collect();
+        let _ = self.send(Some(to), Control::MembersSnapshot { from: self.node, seq: changes.seq, realms }, None);
+    }
+
+    /// Another node's heartbeat says its latest delta is `seq`.
+    fn members_heard(&self, from: u64, seq: u64) {
+        let mut seen = lock(&self.members_seen);
+        let entry = seen.entry(from).or_default();
+        if !entry.known && seq == 0 {
+            // It never had a member: nothing to ask for.
+            *entry = SeenMembers { known: true, seq: 0, asked: None };
+        } else if !entry.known || entry.seq < seq {
+            self.ask(entry, from);
+        }
+    }
+
+    /// A delta from another node: applied when it is the next one, else a
+    /// snapshot is asked for.
+    fn members_delta(&self, node: &Node, from: u64, seq: u64, realms: Vec<(String, Vec<Member>, Vec<Id>)>) {
+        let mut seen = lock(&self.members_seen);
+        let entry = seen.entry(from).or_default();
+        if entry.known && seq == entry.seq + 1 {
+            entry.seq = seq;
+            for (name, joined, left) in realms {
+                if let Some(realm) = node.realms.get(&name) {
+                    realm.members.apply(from, joined, &left);
+                }
+            }
+        } else if !entry.known || seq > entry.seq + 1 {
+            self.ask(entry, from);
+        }
+    }
+
+    fn ask(&self, entry: &mut SeenMembers, from: u64) {
+        if entry.asked.is_none_or(|at| at.elapsed() > ASK_AGAIN) {
+            entry.asked = Some(Instant::now());
+            let _ = self.send(Some(from), Control::MembersAsk { from: self.node }, None);
         }
     }
 
@@ -426,6 +719,8 @@ impl Cluster {
     pub(crate) async fn run(self: Arc<Self>, node: Arc<Node>) {
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut deltas = tokio::time::interval(DELTA_EVERY);
+        deltas.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut session = self.bus_session();
         loop {
             tokio::select! {
@@ -434,6 +729,10 @@ impl Cluster {
                     self.ping_awaited(&node);
                 }
                 _ = self.changed.notified() => tokio::time::sleep(MIN_GAP).await,
+                _ = deltas.tick() => {
+                    self.flush_members(&mut lock(&self.changes));
+                    continue;
+                }
             }
             let now = self.bus_session();
             if now != session {
@@ -443,7 +742,14 @@ impl Cluster {
                 }
             }
             let realms = node.realms.iter().map(|(name, realm)| (name.clone(), realm.dealer.announced())).collect();
-            if let Err(e) = self.send(None, Control::Registry { from: self.node, epoch: now, realms }, None) {
+            let members = {
+                // Pending changes go first, so the sequence number announced is sent.
+                let mut changes = lock(&self.changes);
+                self.flush_members(&mut changes);
+                changes.seq
+            };
+            let listening = node.realms.iter().filter(|(_, realm)| crate::members::listened_here(realm)).map(|(name, _)| name.clone()).collect();
+            if let Err(e) = self.send(None, Control::Registry { from: self.node, epoch: now, members, realms, listening }, None) {
                 tracing::debug!(error = %e, "could not announce this node's registrations");
             }
         }
@@ -453,6 +759,9 @@ impl Cluster {
     /// forget it now, and waits (up to a second) for the messages still
     /// queued to reach the bus.
     pub(crate) async fn goodbye(&self) {
+        // The sessions' leaves first: the others then have nothing left to
+        // announce as gone on this node's behalf.
+        self.flush_members(&mut lock(&self.changes));
         let (sent, done) = tokio::sync::oneshot::channel();
         let bye = Out { message: control::message(ALL_NODES.into(), Control::Bye { from: self.node }.encode()), on_fail: None, sent: Some(sent) };
         if self.queue(bye).is_ok() {
@@ -531,12 +840,31 @@ mod tests {
             disclose: false,
             caller: (42, "alice".into(), "user".into()),
         };
+        let member = Member { session: 12, authid: "alice".into(), authrole: "user".into(), authmethod: "ticket".into(), authprovider: "jwt".into() };
         let announced =
             Announced { policy: MatchPolicy::Prefix, uri: "com.example.".into(), invoke: Invoke::RoundRobin, callees: 2, first_at: 1, last_at: 2 };
         let messages = [
-            Control::Registry { from: 1, epoch: 2, realms: vec![("realm1".into(), vec![announced]), ("empty".into(), vec![])] },
+            Control::Registry {
+                from: 1,
+                epoch: 2,
+                members: 3,
+                realms: vec![("realm1".into(), vec![announced]), ("empty".into(), vec![])],
+                listening: vec!["realm1".into()],
+            },
             Control::Bye { from: 3 },
             Control::Ping { from: 4 },
+            Control::Members { from: 5, seq: 6, realms: vec![("realm1".into(), vec![member.clone()], vec![7, 8])] },
+            Control::MembersAsk { from: 9 },
+            Control::MembersSnapshot { from: 10, seq: 11, realms: vec![("realm1".into(), vec![member]), ("r2".into(), vec![])] },
+            Control::Kill {
+                from: 1,
+                realm: "r".into(),
+                target: KillTarget::Authid("bob".into()),
+                except: 3,
+                reason: "wamp.close.killed".into(),
+                message: "bye".into(),
+            },
+            Control::Kill { from: 2, realm: "r".into(), target: KillTarget::All, except: 0, reason: String::new(), message: String::new() },
             Control::Call { realm: "realm1".into(), call },
             Control::Answer { realm: "r".into(), call: 9, answer: Answer::Result { progress: true, args: vec![], kwargs: Dict::new() } },
             Control::Answer {

@@ -21,7 +21,10 @@
 //! * [`dealer`]: the dealer role of a realm: registrations (best match and
 //!   invocation policy) and calls in flight between callers and callees.
 //! * [`cluster`]: what nodes tell each other over the bus's control
-//!   channel: their registrations (heartbeats), and calls that cross nodes.
+//!   channel: their registrations (heartbeats), calls that cross nodes,
+//!   and their sessions (deltas and snapshots).
+//! * [`members`]: each realm's sessions, here and on the other nodes (the
+//!   session meta API).
 //! * [`http_callee`]: procedures the web-app serves over HTTP
 //!   (`[[rpc.http]]`): signed POSTs, JSON or NDJSON answers.
 //! * [`match_index`]: which (match policy, pattern) entries a URI matches,
@@ -66,6 +69,7 @@ mod http_callee;
 mod lifecycle;
 mod listener;
 mod match_index;
+mod members;
 mod metrics;
 mod node;
 mod outbox;

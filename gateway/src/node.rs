@@ -101,6 +101,61 @@ impl Node {
         })
     }
 
+    /// Publishes a meta event of `realm` (`wamp.session.on_join`, …) on the
+    /// bus, as the router: every node's subscribers with the right get it.
+    pub(crate) fn publish_meta(&self, realm: &str, topic: &str, args: Vec<telegraphy_wamp::Value>) {
+        let event = Envelope {
+            realm: realm.to_string(),
+            publication: random_id(),
+            topic: topic.to_string(),
+            args,
+            kwargs: Default::default(),
+            filter: Default::default(),
+            publisher: None,
+            published_at_us: telegraphy_bus::now_us(),
+            retain: false,
+            position: None,
+        };
+        let bus = self.bus.clone();
+        tokio::spawn(async move {
+            if let Err(e) = bus.publish(event, telegraphy_bus::Delivery::Accepted).await {
+                tracing::debug!(error = %e, "a session meta event was not published");
+            }
+        });
+    }
+
+    /// Whether any session, here or on another node, subscribes to
+    /// `realm`'s session meta events: they are published only then (a
+    /// session joining costs nothing extra when nobody listens).
+    pub(crate) fn meta_listened(&self, realm: &crate::realm::Realm) -> bool {
+        crate::members::listened_here(realm) || self.cluster.as_ref().is_some_and(|c| c.listened_elsewhere(&realm.name))
+    }
+
+    /// A session joined `realm`: recorded (and told to the other nodes),
+    /// and announced with `wamp.session.on_join` when someone listens.
+    pub(crate) fn member_joined(&self, realm: &crate::realm::Realm, member: crate::members::Member, handle: Arc<crate::broker::SessionHandle>) {
+        let details = self.meta_listened(realm).then(|| member.details());
+        match &self.cluster {
+            Some(cluster) => cluster.member_joined(realm, member, handle),
+            None => realm.members.join(member, handle),
+        }
+        if let Some(details) = details {
+            self.publish_meta(&realm.name, crate::members::ON_JOIN, vec![telegraphy_wamp::Value::Dict(details)]);
+        }
+    }
+
+    /// A session left `realm`: forgotten (here and on the other nodes), and
+    /// announced with `wamp.session.on_leave`.
+    pub(crate) fn member_left(&self, realm: &crate::realm::Realm, session: Id) {
+        let left = match &self.cluster {
+            Some(cluster) => cluster.member_left(realm, session),
+            None => realm.members.leave(session),
+        };
+        if let Some(member) = left.filter(|_| self.meta_listened(realm)) {
+            self.publish_meta(&realm.name, crate::members::ON_LEAVE, member.on_leave());
+        }
+    }
+
     /// Whether the node should receive traffic.
     pub(crate) fn is_ready(&self) -> bool {
         !self.lifecycle.is_draining() && self.bus.is_ready()

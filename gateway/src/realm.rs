@@ -12,6 +12,7 @@ use telegraphy_wamp::{Dict, Value};
 use crate::broker::Broker;
 use crate::cluster::Cluster;
 use crate::dealer::{Dealer, DealerLimits};
+use crate::members::Members;
 use crate::metrics::Metrics;
 use crate::outbox::Flush;
 
@@ -27,10 +28,13 @@ pub(crate) struct Realm {
     pub dealer: Dealer,
     /// Recent and retained events (when the bus keeps them).
     pub store: Option<Arc<dyn EventStore>>,
+    /// Its sessions, on this node and the others (the session meta API).
+    pub members: Members,
 }
 
 /// The WAMP features this router's broker announces in WELCOME.
-const BROKER_FEATURES: &[&str] = &["pattern_based_subscription", "publisher_exclusion", "publisher_identification", "subscriber_blackwhite_listing"];
+const BROKER_FEATURES: &[&str] =
+    &["pattern_based_subscription", "publisher_exclusion", "publisher_identification", "subscriber_blackwhite_listing", "session_meta_api"];
 
 /// What the broker announces on top when an event store is in place.
 const STORE_FEATURES: &[&str] = &["event_history", "event_retention"];
@@ -44,6 +48,7 @@ const DEALER_FEATURES: &[&str] = &[
     "shared_registration",
     "pattern_based_registration",
     "registration_revocation",
+    "session_meta_api",
 ];
 
 impl Realm {
@@ -64,6 +69,7 @@ impl Realm {
             dealer: Dealer::new(name, metrics, limits, cluster),
             store,
             welcome_roles,
+            members: Members::default(),
         }
     }
 

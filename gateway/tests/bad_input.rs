@@ -163,7 +163,8 @@ async fn request_errors_keep_the_session() {
         ("[64, 16, {\"invoke\": \"everyone\"}, \"com.proc\"]", err::INVALID_ARGUMENT),
         ("[66, 17, 12345]", err::NO_SUCH_REGISTRATION),
         ("[48, 18, {\"timeout\": \"soon\"}, \"com.proc\"]", err::INVALID_ARGUMENT),
-        ("[48, 19, {}, \"wamp.session.count\"]", err::NO_SUCH_PROCEDURE),
+        ("[48, 19, {}, \"wamp.session.count\"]", err::NOT_AUTHORIZED),
+        ("[48, 20, {}, \"wamp.registration.list\"]", err::NO_SUCH_PROCEDURE),
         ("[49, 21, {\"mode\": \"explode\"}]", err::INVALID_ARGUMENT),
     ];
     for (fixture, expected) in cases {

@@ -268,6 +268,12 @@ impl Client {
         r
     }
 
+    /// Keeps a message for the next [`Client::next`] / [`Client::recv`]
+    /// (an event that arrived while the test waited for something else).
+    pub fn keep(&mut self, m: Message) {
+        self.stash.push_back(m);
+    }
+
     /// Encodes `msg` with the session's serializer and sends it.
     pub async fn send(&mut self, msg: &Message) {
         let bytes = self.ser.encode(msg).unwrap();

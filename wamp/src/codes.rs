@@ -18,6 +18,8 @@ pub mod uri {
     pub const NO_SUCH_PROCEDURE: &str = "wamp.error.no_such_procedure";
     /// UNREGISTER named a registration the session does not hold.
     pub const NO_SUCH_REGISTRATION: &str = "wamp.error.no_such_registration";
+    /// `wamp.session.get` / `kill` named no (other) session of the realm.
+    pub const NO_SUCH_SESSION: &str = "wamp.error.no_such_session";
     /// REGISTER for a procedure already registered (invoke `single`).
     pub const PROCEDURE_ALREADY_EXISTS: &str = "wamp.error.procedure_already_exists";
     /// REGISTER with another invoke policy than the procedure's callees.
@@ -51,6 +53,9 @@ pub mod uri {
     pub const SYSTEM_SHUTDOWN: &str = "wamp.close.system_shutdown";
     /// GOODBYE reason a client sends to leave (accepted, never sent).
     pub const CLOSE_REALM: &str = "wamp.close.close_realm";
+    /// GOODBYE reason for a session closed by `wamp.session.kill*` (when
+    /// the caller names no reason).
+    pub const CLOSE_NORMAL: &str = "wamp.close.normal";
     /// GOODBYE reply reason.
     pub const GOODBYE_AND_OUT: &str = "wamp.close.goodbye_and_out";
     /// ABORT reason: HELLO did not arrive in time.

@@ -221,6 +221,13 @@ impl Session {
                 return self.error(code::SUBSCRIBE, request, err::NOT_AUTHORIZED, &format!("your role may not subscribe to `{topic}` ({policy})"));
             }
         };
+        if topic.starts_with(crate::members::META_PREFIX) {
+            // The other nodes start publishing their sessions' joins and
+            // leaves once they hear of a listener: tell them now.
+            if let Some(cluster) = &self.node.cluster {
+                cluster.changed();
+            }
+        }
         if let Some(id) = broker.subscription_id(policy, &topic).filter(|id| subscriptions.contains(id)) {
             // Already held: the spec asks for the existing id.
             return self.send(&Message::Subscribed { request, subscription: id });

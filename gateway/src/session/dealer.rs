@@ -139,6 +139,9 @@ impl Session {
         if procedure == GET_EVENTS {
             return self.get_events(request, args, kwargs).await;
         }
+        if procedure.starts_with(super::meta::PREFIX) {
+            return self.session_meta(request, &procedure, args, kwargs);
+        }
         if let Err((outcome, error, message)) = self.route_call(request, options, procedure, args, kwargs) {
             self.node.metrics.call_refused(outcome);
             self.error(code::CALL, request, error, &message);
@@ -155,7 +158,7 @@ impl Session {
     ) -> Result<(), (CallOutcome, &'static str, String)> {
         let refused = |error: &'static str, message: String| (CallOutcome::Refused, error, message);
         if procedure.starts_with(RESERVED) {
-            let message = format!("no procedure `{procedure}` here: the router answers `{GET_EVENTS}` of its own procedures");
+            let message = format!("no procedure `{procedure}` here: the router answers `{GET_EVENTS}` and the session meta API (`wamp.session.*`) of its own procedures");
             return Err((CallOutcome::NoSuchProcedure, err::NO_SUCH_PROCEDURE, message));
         }
         if !uri::is_valid(&procedure, self.node.uri_rules, UriKind::Concrete) {

@@ -11,6 +11,7 @@
 
 mod broker;
 mod dealer;
+mod meta;
 
 use std::sync::Arc;
 
@@ -273,6 +274,13 @@ impl Session {
                 self.expires_at = tokio::time::Instant::now().checked_add(left);
             }
         }
+        let member = crate::members::Member {
+            session: self.handle.id,
+            authid: who.authid.clone(),
+            authrole: who.authrole.clone(),
+            authmethod: who.authmethod.to_string(),
+            authprovider: who.authprovider.to_string(),
+        };
         let _ = self.handle.identity.set(Identity { authid: who.authid, authrole: who.authrole });
         let limiter = (who.role.publish_rate > 0.0).then(|| rate_limiter(who.role.publish_rate, who.role.publish_burst)).flatten();
         let call_limiter = (who.role.call_rate > 0.0).then(|| rate_limiter(who.role.call_rate, who.role.call_burst)).flatten();
@@ -281,6 +289,7 @@ impl Session {
         {
             let _ = self.handle.outbox.push(&frame);
         }
+        self.node.member_joined(&realm, member, self.handle.clone());
         self.state = State::Established {
             realm,
             broker: broker::BrokerState::default(),
@@ -346,6 +355,7 @@ impl Session {
         if let State::Established { realm, broker, dealer, .. } = std::mem::replace(&mut self.state, State::Closed) {
             broker.leave(&realm.broker, self.handle.id);
             realm.dealer.leave(self.handle.id);
+            self.node.member_left(&realm, self.handle.id);
             dealer.leave(&self.node.metrics);
             self.node.metrics.sessions.dec();
         }
@@ -479,6 +489,7 @@ mod tests {
             Message::Publish { request: 2, options: dict! {"acknowledge" => true}, topic: "news.a".into(), args: vec![], kwargs: Dict::new() };
         assert_eq!(s.handle(publish).await, Flow::Continue);
         assert!(matches!(reply(&mut client).await, Message::Published { request: 2, .. }));
+        // Nobody listens to wamp.session.on_join: only the publication went to the bus.
         assert_eq!(bus.recv().await.unwrap().topic, "news.a", "the publication went to the bus");
         assert_eq!(s.handle(Message::Unsubscribe { request: 3, subscription }).await, Flow::Continue);
         assert!(matches!(reply(&mut client).await, Message::Unsubscribed { request: 3 }));

@@ -1,0 +1,138 @@
+//! The session meta API (wamp-proto, "Session Meta API"): `wamp.session.count`,
+//! `list`, `get`, `kill`, `kill_by_authid`, `kill_by_authrole` and
+//! `kill_all`, answered from the realm's members on every node
+//! ([`crate::members`]), so the answers are cluster-wide. A role reaches
+//! them only with a `call` pattern that names them (`wamp.session.*`):
+//! `*` alone does not reach the router's procedures.
+
+use telegraphy_wamp::codes::uri as err;
+use telegraphy_wamp::{code, uri, Dict, Id, Message, UriKind, Value};
+
+use super::{Session, State};
+use crate::cluster::{Control, KillTarget};
+use crate::members::kill_here;
+use crate::metrics::CallOutcome;
+
+/// The procedures' common prefix.
+pub(super) const PREFIX: &str = crate::members::META_PREFIX;
+
+/// The reason a killed session's GOODBYE gives when the caller names none.
+const KILLED_DEFAULT: &str = "wamp.close.normal";
+
+type Answer = Result<Vec<Value>, (&'static str, String)>;
+
+/// `filter_authroles`: absent or null (every role), or a list of strings.
+fn roles_filter(args: &[Value]) -> Result<Option<Vec<String>>, (&'static str, String)> {
+    match args.first() {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::List(roles)) => roles
+            .iter()
+            .map(|r| match r {
+                Value::Str(s) => Ok(s.clone()),
+                other => Err((err::INVALID_ARGUMENT, format!("filter_authroles must be a list of strings, found {}", other.type_name()))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(other) => Err((err::INVALID_ARGUMENT, format!("filter_authroles must be a list of strings, got {}", other.type_name()))),
+    }
+}
+
+fn session_arg(args: &[Value]) -> Result<Id, (&'static str, String)> {
+    match args.first() {
+        Some(Value::UInt(id)) => Ok(*id),
+        _ => Err((err::INVALID_ARGUMENT, "the first argument must be a session id".into())),
+    }
+}
+
+fn text_arg(args: &[Value], what: &str) -> Result<String, (&'static str, String)> {
+    match args.first() {
+        Some(Value::Str(s)) => Ok(s.clone()),
+        _ => Err((err::INVALID_ARGUMENT, format!("the first argument must be the {what} (a string)"))),
+    }
+}
+
+impl Session {
+    /// A CALL of a `wamp.session.*` procedure.
+    pub(super) fn session_meta(&mut self, request: Id, procedure: &str, args: Vec<Value>, kwargs: Dict) {
+        let State::Established { realm, rights, .. } = &self.state else { return };
+        if !rights.permissions.may_call(procedure) {
+            self.node.metrics.denied_call.inc();
+            self.node.metrics.call_refused(CallOutcome::Refused);
+            let message = format!(
+                "your role may not call `{procedure}`: the session meta API needs a call pattern that names it, e.g. roles.NAME.call = [\"wamp.session.*\"] (`*` alone does not reach the router's procedures)"
+            );
+            return self.error(code::CALL, request, err::NOT_AUTHORIZED, &message);
+        }
+        let realm = realm.clone();
+        let me = self.handle.id;
+        let answer: Answer = match &procedure[PREFIX.len()..] {
+            "count" => roles_filter(&args).map(|f| vec![Value::UInt(realm.members.count(f.as_deref()) as u64)]),
+            "list" => roles_filter(&args)
+                .map(|f| vec![Value::List(realm.members.select(f.as_deref(), |_| true).into_iter().map(|m| Value::UInt(m.session)).collect())]),
+            "get" => session_arg(&args).and_then(|id| match realm.members.find(id) {
+                Some(m) => Ok(vec![Value::Dict(m.details())]),
+                None => Err((err::NO_SUCH_SESSION, format!("no session {id} in this realm"))),
+            }),
+            kill @ ("kill" | "kill_by_authid" | "kill_by_authrole" | "kill_all") => self.kill(&realm, kill, &args, &kwargs, me),
+            other => Err((
+                err::NO_SUCH_PROCEDURE,
+                format!("no session meta procedure `{PREFIX}{other}`: count, list, get, kill, kill_by_authid, kill_by_authrole, kill_all"),
+            )),
+        };
+        match answer {
+            Ok(args) => {
+                self.node.metrics.call_refused(CallOutcome::Result);
+                self.send(&Message::Result { request, details: Dict::new(), args, kwargs: Dict::new() });
+            }
+            Err((error, message)) => {
+                self.node.metrics.call_refused(if error == err::NO_SUCH_PROCEDURE { CallOutcome::NoSuchProcedure } else { CallOutcome::Error });
+                self.error(code::CALL, request, error, &message);
+            }
+        }
+    }
+
+    /// `kill`, `kill_by_authid`, `kill_by_authrole`, `kill_all`: this
+    /// node's sessions are closed now, the other nodes' through the cluster.
+    fn kill(&self, realm: &crate::realm::Realm, which: &str, args: &[Value], kwargs: &Dict, me: Id) -> Answer {
+        let reason = match kwargs.get("reason") {
+            None | Some(Value::Null) => KILLED_DEFAULT.to_string(),
+            Some(Value::Str(r)) if !r.is_empty() && uri::is_valid(r, self.node.uri_rules, UriKind::Concrete) => r.clone(),
+            Some(_) => return Err((err::INVALID_URI, "`reason` must be a valid, non-empty URI".into())),
+        };
+        let message = match kwargs.get("message") {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::Str(m)) => m.clone(),
+            Some(_) => return Err((err::INVALID_ARGUMENT, "`message` must be a string".into())),
+        };
+        let target = match which {
+            "kill" => KillTarget::Session(session_arg(args)?),
+            "kill_by_authid" => KillTarget::Authid(text_arg(args, "authid")?),
+            "kill_by_authrole" => KillTarget::Authrole(text_arg(args, "authrole")?),
+            _ => KillTarget::All,
+        };
+        let named = |m: &crate::members::Member| match &target {
+            KillTarget::Session(id) => m.session == *id,
+            KillTarget::Authid(a) => m.authid == *a,
+            KillTarget::Authrole(r) => m.authrole == *r,
+            KillTarget::All => true,
+        };
+        let doomed = realm.members.select(None, |m| m.session != me && named(m));
+        if let KillTarget::Session(id) = target {
+            if doomed.is_empty() {
+                return Err((err::NO_SUCH_SESSION, format!("no other session {id} in this realm")));
+            }
+        }
+        kill_here(realm, &target, me, &reason, &message);
+        if let Some(cluster) = &self.node.cluster {
+            let kill = Control::Kill { from: cluster.node, realm: realm.name.clone(), target: target.clone(), except: me, reason, message };
+            if let Err(e) = cluster.send(None, kill, None) {
+                return Err((err::BUS_UNAVAILABLE, format!("this node's sessions were closed, the other nodes' could not be told ({e}); retry")));
+            }
+        }
+        Ok(match target {
+            KillTarget::Session(_) => vec![],
+            KillTarget::Authid(_) => vec![Value::List(doomed.iter().map(|m| Value::UInt(m.session)).collect())],
+            KillTarget::Authrole(_) | KillTarget::All => vec![Value::UInt(doomed.len() as u64)],
+        })
+    }
+}
