@@ -624,9 +624,13 @@ impl Cluster {
         for (_, realm) in node.realms.iter() {
             realm.dealer.node_lost(gone);
             let members = realm.members.forget(gone);
-            if leader && node.meta_listened(realm) {
+            if leader {
+                let listened = node.meta_listened(realm);
                 for m in members {
-                    node.publish_meta(&realm.name, crate::members::ON_LEAVE, m.on_leave());
+                    node.publish_testaments(&realm.name, &m);
+                    if listened {
+                        node.publish_meta(&realm.name, crate::members::ON_LEAVE, m.on_leave());
+                    }
                 }
             }
         }
@@ -637,6 +641,20 @@ impl Cluster {
         let mut changes = lock(&self.changes);
         realm.members.join(member.clone(), handle);
         changes.of(&realm.name).1.push(member);
+    }
+
+    /// A member of this node changed (its testaments): the others hear of
+    /// it with the next delta, as a join that replaces the entry.
+    pub(crate) fn member_changed(&self, realm: &crate::realm::Realm, session: Id, change: impl FnOnce(&mut Member)) -> bool {
+        let mut changes = lock(&self.changes);
+        let Some(member) = realm.members.update(session, change) else { return false };
+        let joined = &mut changes.of(&realm.name).1;
+        joined.retain(|m| m.session != session);
+        joined.push(member);
+        // Sent now, not with the next delta: a testament must be known
+        // elsewhere before this node can die with it.
+        self.flush_members(&mut changes);
+        true
     }
 
     /// A session of this node left `realm`: its entry, if it had one.
@@ -840,7 +858,19 @@ mod tests {
             disclose: false,
             caller: (42, "alice".into(), "user".into()),
         };
-        let member = Member { session: 12, authid: "alice".into(), authrole: "user".into(), authmethod: "ticket".into(), authprovider: "jwt".into() };
+        let member = Member {
+            session: 12,
+            authid: "alice".into(),
+            authrole: "user".into(),
+            authmethod: "ticket".into(),
+            authprovider: "jwt".into(),
+            testaments: vec![crate::members::Testament {
+                detached: false,
+                topic: "com.example.gone".into(),
+                args: vec![Value::Str("bye".into())],
+                kwargs: dict! {"who" => "alice"},
+            }],
+        };
         let announced =
             Announced { policy: MatchPolicy::Prefix, uri: "com.example.".into(), invoke: Invoke::RoundRobin, callees: 2, first_at: 1, last_at: 2 };
         let messages = [

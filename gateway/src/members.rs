@@ -37,6 +37,29 @@ pub(crate) struct Member {
     pub authrole: String,
     pub authmethod: String,
     pub authprovider: String,
+    /// What to publish when the session ends (`wamp.session.add_testament`),
+    /// in the order they were added.
+    pub testaments: Vec<Testament>,
+}
+
+/// An event to publish when a session ends.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Testament {
+    /// `scope: detached` (published first) rather than `destroyed`.
+    pub detached: bool,
+    pub topic: String,
+    pub args: Vec<Value>,
+    pub kwargs: Dict,
+}
+
+/// Testaments one session may hold.
+pub(crate) const MAX_TESTAMENTS: usize = 16;
+
+impl Member {
+    /// The testaments in the order they are published: `detached` first.
+    pub(crate) fn last_words(&self) -> impl Iterator<Item = &Testament> {
+        self.testaments.iter().filter(|t| t.detached).chain(self.testaments.iter().filter(|t| !t.detached))
+    }
 }
 
 impl Member {
@@ -58,12 +81,20 @@ impl Member {
 
     /// The fields as a list (control messages).
     pub(crate) fn to_value(&self) -> Value {
+        let testaments = self
+            .testaments
+            .iter()
+            .map(|t| {
+                Value::List(vec![Value::Bool(t.detached), Value::Str(t.topic.clone()), Value::List(t.args.clone()), Value::Dict(t.kwargs.clone())])
+            })
+            .collect();
         Value::List(vec![
             Value::UInt(self.session),
             Value::Str(self.authid.clone()),
             Value::Str(self.authrole.clone()),
             Value::Str(self.authmethod.clone()),
             Value::Str(self.authprovider.clone()),
+            Value::List(testaments),
         ])
     }
 
@@ -79,7 +110,21 @@ impl Member {
             Some(Value::Str(s)) => Some(s),
             _ => None,
         };
-        Some(Member { session, authid: text()?, authrole: text()?, authmethod: text()?, authprovider: text()? })
+        let (authid, authrole, authmethod, authprovider) = (text()?, text()?, text()?, text()?);
+        let mut testaments = Vec::new();
+        if let Some(Value::List(list)) = it.next() {
+            for t in list {
+                let Value::List(fields) = t else { return None };
+                let mut f = fields.into_iter();
+                match (f.next(), f.next(), f.next(), f.next()) {
+                    (Some(Value::Bool(detached)), Some(Value::Str(topic)), Some(Value::List(args)), Some(Value::Dict(kwargs))) => {
+                        testaments.push(Testament { detached, topic, args, kwargs })
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        Some(Member { session, authid, authrole, authmethod, authprovider, testaments })
     }
 }
 
@@ -110,6 +155,14 @@ impl Members {
     /// A session of this node left; its entry, if it had one.
     pub(crate) fn leave(&self, session: Id) -> Option<Member> {
         self.lock().here.remove(&session).map(|(m, _)| m)
+    }
+
+    /// Changes a member of this node; the changed member, if it is here.
+    pub(crate) fn update(&self, session: Id, change: impl FnOnce(&mut Member)) -> Option<Member> {
+        let mut inner = self.lock();
+        let (member, _) = inner.here.get_mut(&session)?;
+        change(member);
+        Some(member.clone())
     }
 
     /// This node's members (for a snapshot).

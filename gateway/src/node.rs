@@ -104,12 +104,23 @@ impl Node {
     /// Publishes a meta event of `realm` (`wamp.session.on_join`, …) on the
     /// bus, as the router: every node's subscribers with the right get it.
     pub(crate) fn publish_meta(&self, realm: &str, topic: &str, args: Vec<telegraphy_wamp::Value>) {
+        self.publish_as_router(realm, topic, args, Default::default());
+    }
+
+    /// Publishes a departed session's testaments (`detached` ones first).
+    pub(crate) fn publish_testaments(&self, realm: &str, member: &crate::members::Member) {
+        for t in member.last_words() {
+            self.publish_as_router(realm, &t.topic, t.args.clone(), t.kwargs.clone());
+        }
+    }
+
+    fn publish_as_router(&self, realm: &str, topic: &str, args: Vec<telegraphy_wamp::Value>, kwargs: telegraphy_wamp::Dict) {
         let event = Envelope {
             realm: realm.to_string(),
             publication: random_id(),
             topic: topic.to_string(),
             args,
-            kwargs: Default::default(),
+            kwargs,
             filter: Default::default(),
             publisher: None,
             published_at_us: telegraphy_bus::now_us(),
@@ -151,8 +162,20 @@ impl Node {
             Some(cluster) => cluster.member_left(realm, session),
             None => realm.members.leave(session),
         };
-        if let Some(member) = left.filter(|_| self.meta_listened(realm)) {
-            self.publish_meta(&realm.name, crate::members::ON_LEAVE, member.on_leave());
+        if let Some(member) = left {
+            self.publish_testaments(&realm.name, &member);
+            if self.meta_listened(realm) {
+                self.publish_meta(&realm.name, crate::members::ON_LEAVE, member.on_leave());
+            }
+        }
+    }
+
+    /// Changes this node's member `session` of `realm` (its testaments),
+    /// here and, with the next delta, on the other nodes.
+    pub(crate) fn member_changed(&self, realm: &crate::realm::Realm, session: Id, change: impl FnOnce(&mut crate::members::Member)) -> bool {
+        match &self.cluster {
+            Some(cluster) => cluster.member_changed(realm, session, change),
+            None => realm.members.update(session, change).is_some(),
         }
     }
 

@@ -49,6 +49,7 @@ const DEALER_FEATURES: &[&str] = &[
     "pattern_based_registration",
     "registration_revocation",
     "session_meta_api",
+    "testament_meta_api",
 ];
 
 impl Realm {

@@ -288,3 +288,62 @@ async fn a_role_that_names_the_meta_api_uses_it() {
     let bad = meta(&mut admin, "wamp.session.kill", vec![Value::UInt(1)], dict! {"reason" => "not a uri!"}).await;
     assert_eq!(bad, Err(err::INVALID_URI.to_string()));
 }
+
+/// Testaments: published when their session ends (`detached` first, then
+/// `destroyed`, each in the order added); flushed ones are not; only on
+/// topics the session may publish to; at most 16.
+#[tokio::test]
+async fn testaments_are_published_when_the_session_ends() {
+    let gw = TestGateway::start_with(meta_config()).await;
+    let mut watcher = Client::join(&gw, JSON).await;
+    watcher.subscribe("t.gone", "prefix").await;
+    let mut leaving = Client::join(&gw, MSGPACK).await;
+    let add = |topic: &str, word: &str, scope: &str| {
+        (vec![Value::from(topic), Value::List(vec![Value::from(word)]), Value::Dict(dict! {"who" => "me"})], dict! {"scope" => scope})
+    };
+    for (topic, word, scope) in [("t.gone.a", "first", "destroyed"), ("t.gone.b", "flushed", "detached"), ("t.gone.c", "second", "destroyed")] {
+        let (args, kwargs) = add(topic, word, scope);
+        assert_eq!(meta(&mut leaving, "wamp.session.add_testament", args, kwargs).await, Ok(vec![]));
+    }
+    assert_eq!(meta(&mut leaving, "wamp.session.flush_testaments", vec![], dict! {"scope" => "detached"}).await, Ok(vec![]));
+    let (args, kwargs) = add("t.gone.d", "detached", "detached");
+    assert_eq!(meta(&mut leaving, "wamp.session.add_testament", args, kwargs).await, Ok(vec![]));
+    // Refused: a reserved topic, a bad scope.
+    let (args, kwargs) = add("wamp.session.on_join", "x", "destroyed");
+    assert_eq!(meta(&mut leaving, "wamp.session.add_testament", args, kwargs).await, Err(err::INVALID_URI.to_string()));
+    let (args, _) = add("t.gone.e", "x", "destroyed");
+    assert_eq!(meta(&mut leaving, "wamp.session.add_testament", args, dict! {"scope" => "later"}).await, Err(err::INVALID_ARGUMENT.to_string()));
+    drop(leaving);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let Message::Event { args, kwargs, .. } = watcher.recv().await else { panic!("expected EVENT") };
+        assert_eq!(kwargs, dict! {"who" => "me"});
+        got.push(args[0].clone());
+    }
+    assert_eq!(
+        got,
+        vec![Value::from("detached"), Value::from("first"), Value::from("second")],
+        "detached first, then in order; the flushed one never"
+    );
+
+    // At most 16 per session.
+    let mut many = Client::join(&gw, JSON).await;
+    for n in 0..16 {
+        let (args, kwargs) = add("t.many", &n.to_string(), "destroyed");
+        assert_eq!(meta(&mut many, "wamp.session.add_testament", args, kwargs).await, Ok(vec![]));
+    }
+    let (args, kwargs) = add("t.many", "17", "destroyed");
+    assert_eq!(meta(&mut many, "wamp.session.add_testament", args, kwargs).await, Err(err::LIMIT_EXCEEDED.to_string()));
+}
+
+/// A role may leave testaments only on topics it may publish to.
+#[tokio::test]
+async fn a_testament_needs_the_right_to_publish_its_topic() {
+    let mut config = meta_config();
+    config.roles.get_mut("anonymous").unwrap().publish = vec!["mine.*".into()];
+    let gw = TestGateway::start_with(config).await;
+    let mut c = Client::join(&gw, JSON).await;
+    let refused = meta(&mut c, "wamp.session.add_testament", vec![Value::from("theirs.x")], Dict::new()).await;
+    assert_eq!(refused, Err(err::NOT_AUTHORIZED.to_string()));
+    assert_eq!(meta(&mut c, "wamp.session.add_testament", vec![Value::from("mine.x")], Dict::new()).await, Ok(vec![]));
+}

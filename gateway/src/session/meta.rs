@@ -1,9 +1,11 @@
 //! The session meta API (wamp-proto, "Session Meta API"): `wamp.session.count`,
 //! `list`, `get`, `kill`, `kill_by_authid`, `kill_by_authrole` and
 //! `kill_all`, answered from the realm's members on every node
-//! ([`crate::members`]), so the answers are cluster-wide. A role reaches
-//! them only with a `call` pattern that names them (`wamp.session.*`):
-//! `*` alone does not reach the router's procedures.
+//! ([`crate::members`]), so the answers are cluster-wide; and testaments
+//! (`add_testament`, `flush_testaments`), kept with the session's entry on
+//! every node so that another node publishes them if this one dies. A role
+//! reaches them only with a `call` pattern that names them
+//! (`wamp.session.*`): `*` alone does not reach the router's procedures.
 
 use telegraphy_wamp::codes::uri as err;
 use telegraphy_wamp::{code, uri, Dict, Id, Message, UriKind, Value};
@@ -51,7 +53,60 @@ fn text_arg(args: &[Value], what: &str) -> Result<String, (&'static str, String)
     }
 }
 
+/// A testament's `scope`: true for `detached`, false for `destroyed` (the default).
+fn scope(kwargs: &Dict) -> Result<bool, (&'static str, String)> {
+    match kwargs.get("scope") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Str(s)) if s == "destroyed" => Ok(false),
+        Some(Value::Str(s)) if s == "detached" => Ok(true),
+        Some(_) => Err((err::INVALID_ARGUMENT, "`scope` must be `destroyed` or `detached`".into())),
+    }
+}
+
 impl Session {
+    /// `wamp.session.add_testament(topic, args, kwargs)`: the event is
+    /// published when the session ends, also if its node dies. The topic
+    /// must be one the session may publish to.
+    fn add_testament(&self, realm: &crate::realm::Realm, args: Vec<Value>, kwargs: &Dict) -> Answer {
+        let detached = scope(kwargs)?;
+        let mut it = args.into_iter();
+        let topic = match it.next() {
+            Some(Value::Str(t)) => t,
+            _ => return Err((err::INVALID_ARGUMENT, "the first argument must be the testament's topic".into())),
+        };
+        let args = match it.next() {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::List(a)) => a,
+            Some(_) => return Err((err::INVALID_ARGUMENT, "the second argument must be the event's args (a list)".into())),
+        };
+        let event_kwargs = match it.next() {
+            None | Some(Value::Null) => Dict::new(),
+            Some(Value::Dict(k)) => k,
+            Some(_) => return Err((err::INVALID_ARGUMENT, "the third argument must be the event's kwargs (a dict)".into())),
+        };
+        if let Err(e) = telegraphy_bus::check_topic(&topic, self.node.uri_rules) {
+            return Err((err::INVALID_URI, format!("testament topic: {e}")));
+        }
+        let State::Established { rights, .. } = &self.state else { return Ok(vec![]) };
+        if !rights.permissions.may_publish(&topic) {
+            return Err((err::NOT_AUTHORIZED, format!("your role may not publish to `{topic}`, so it cannot leave a testament there")));
+        }
+        let mut full = false;
+        let testament = crate::members::Testament { detached, topic, args, kwargs: event_kwargs };
+        self.node.member_changed(realm, self.handle.id, |m| {
+            if m.testaments.len() >= crate::members::MAX_TESTAMENTS {
+                full = true;
+            } else {
+                m.testaments.push(testament);
+            }
+        });
+        if full {
+            let most = crate::members::MAX_TESTAMENTS;
+            return Err((err::LIMIT_EXCEEDED, format!("this session holds {most} testaments, the most one may; flush some first")));
+        }
+        Ok(vec![])
+    }
+
     /// A CALL of a `wamp.session.*` procedure.
     pub(super) fn session_meta(&mut self, request: Id, procedure: &str, args: Vec<Value>, kwargs: Dict) {
         let State::Established { realm, rights, .. } = &self.state else { return };
@@ -74,9 +129,16 @@ impl Session {
                 None => Err((err::NO_SUCH_SESSION, format!("no session {id} in this realm"))),
             }),
             kill @ ("kill" | "kill_by_authid" | "kill_by_authrole" | "kill_all") => self.kill(&realm, kill, &args, &kwargs, me),
+            "add_testament" => self.add_testament(&realm, args, &kwargs),
+            "flush_testaments" => scope(&kwargs).map(|detached| {
+                self.node.member_changed(&realm, me, |m| m.testaments.retain(|t| t.detached != detached));
+                vec![]
+            }),
             other => Err((
                 err::NO_SUCH_PROCEDURE,
-                format!("no session meta procedure `{PREFIX}{other}`: count, list, get, kill, kill_by_authid, kill_by_authrole, kill_all"),
+                format!(
+                    "no session meta procedure `{PREFIX}{other}`: count, list, get, kill, kill_by_authid, kill_by_authrole, kill_all, add_testament, flush_testaments"
+                ),
             )),
         };
         match answer {

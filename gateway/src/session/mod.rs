@@ -280,6 +280,7 @@ impl Session {
             authrole: who.authrole.clone(),
             authmethod: who.authmethod.to_string(),
             authprovider: who.authprovider.to_string(),
+            testaments: Vec::new(),
         };
         let _ = self.handle.identity.set(Identity { authid: who.authid, authrole: who.authrole });
         let limiter = (who.role.publish_rate > 0.0).then(|| rate_limiter(who.role.publish_rate, who.role.publish_burst)).flatten();
