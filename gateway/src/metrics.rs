@@ -97,6 +97,8 @@ pub(crate) mod name {
     pub(crate) const RPC_REGISTRATIONS: &str = "telegraphy_rpc_registrations";
     /// Gateway nodes this node hears from on the bus, itself included.
     pub(crate) const CLUSTER_NODES: &str = "telegraphy_cluster_nodes";
+    /// Sessions of every node, as this node knows them (the session meta API's count).
+    pub(crate) const CLUSTER_SESSIONS: &str = "telegraphy_cluster_sessions";
     /// Control messages from other nodes this node could not read.
     pub(crate) const CLUSTER_UNREADABLE: &str = "telegraphy_cluster_unreadable_messages_total";
     /// Time the web-app took to answer a call served over HTTP.
@@ -253,6 +255,7 @@ pub struct Metrics {
     pub rpc_http_duration: Histogram,
     rpc_http_errors: IntCounterVec,
     pub cluster_nodes: IntGauge,
+    pub cluster_sessions: IntGauge,
     pub cluster_unreadable: IntCounter,
 }
 
@@ -386,6 +389,10 @@ impl Metrics {
             rpc_http_duration,
             rpc_http_errors,
             cluster_nodes: gauge(name::CLUSTER_NODES, "Gateway nodes this node hears from on the bus, itself included (1 on the memory bus)."),
+            cluster_sessions: gauge(
+                name::CLUSTER_SESSIONS,
+                "WAMP sessions of every gateway node on the bus, as this node knows them (the session meta API's count; read at scrape time).",
+            ),
             cluster_unreadable: counter(name::CLUSTER_UNREADABLE, "Control messages from other gateway nodes this node could not read."),
             registry,
         }

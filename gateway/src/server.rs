@@ -256,6 +256,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     node.metrics.ready.set(i64::from(node.is_ready()));
     node.metrics.bus_queue_depth.set(node.bus_queue_depth() as i64);
     node.metrics.admitted_connections.set(node.admission.admitted() as i64);
+    node.metrics.cluster_sessions.set(node.realms.iter().map(|(_, realm)| realm.members.count(None)).sum::<usize>() as i64);
     if let Some((events, bytes)) = node.store_held() {
         node.metrics.history_held_events.set(events as i64);
         node.metrics.history_held_bytes.set(bytes as i64);

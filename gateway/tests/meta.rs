@@ -178,6 +178,9 @@ async fn across_nodes(bus: Bus, nodes: usize) {
         assert_eq!(count(admin, Some(vec!["anonymous"])).await, 4);
         assert_eq!(count(admin, Some(vec!["user", "nobody"])).await, 0);
     }
+    for gw in [a, b] {
+        assert_eq!(gw.metric("telegraphy_cluster_sessions").await, 4.0, "the gauge counts every node's sessions");
+    }
     // The joins on both nodes reached the subscriber on node A.
     let mut joined = Vec::new();
     while joined.len() < 2 {
