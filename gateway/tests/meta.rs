@@ -350,3 +350,20 @@ async fn a_testament_needs_the_right_to_publish_its_topic() {
     assert_eq!(refused, Err(err::NOT_AUTHORIZED.to_string()));
     assert_eq!(meta(&mut c, "wamp.session.add_testament", vec![Value::from("mine.x")], Dict::new()).await, Ok(vec![]));
 }
+
+/// Meta calls count against the role's call rate (a testament change is a
+/// message to every node).
+#[tokio::test]
+async fn meta_calls_count_against_the_call_rate() {
+    let mut config = meta_config();
+    let role = config.roles.get_mut("anonymous").unwrap();
+    role.call_rate = 0.5;
+    role.call_burst = 2;
+    let gw = TestGateway::start_with(config).await;
+    let mut c = Client::join(&gw, JSON).await;
+    for _ in 0..2 {
+        assert_eq!(meta(&mut c, "wamp.session.add_testament", vec![Value::from("t.x")], Dict::new()).await, Ok(vec![]));
+    }
+    let third = meta(&mut c, "wamp.session.flush_testaments", vec![], Dict::new()).await;
+    assert_eq!(third, Err(err::RATE_LIMITED.to_string()));
+}

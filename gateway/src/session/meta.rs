@@ -118,6 +118,13 @@ impl Session {
             );
             return self.error(code::CALL, request, err::NOT_AUTHORIZED, &message);
         }
+        if rights.call_limiter.as_ref().is_some_and(|l| l.check().is_err()) {
+            // Meta calls count against the role's call rate like any call
+            // (add_testament sends a message to every node).
+            self.node.metrics.rate_limited.inc();
+            self.node.metrics.call_refused(CallOutcome::Refused);
+            return self.error(code::CALL, request, err::RATE_LIMITED, "you call faster than your role allows (roles.NAME.call_rate); slow down");
+        }
         let realm = realm.clone();
         let me = self.handle.id;
         let answer: Answer = match &procedure[PREFIX.len()..] {
