@@ -442,8 +442,9 @@ impl Metrics {
         self.rpc_http_errors.with_label_values(&[reason]).inc();
     }
 
-    /// Counts a call that never reached a callee.
-    pub(crate) fn call_refused(&self, outcome: CallOutcome) {
+    /// Counts a call that reached no callee: one refused, or one the router
+    /// answered itself (the session meta API).
+    pub(crate) fn call_answered_here(&self, outcome: CallOutcome) {
         self.rpc_calls[outcome as usize].inc();
     }
 

@@ -360,18 +360,27 @@ fn decode(ser: Serialization, messages: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A node on the memory bus with `config`, its metrics, and the receiving
+/// end of its bus queue (kept by the caller for as long as the node runs).
+#[allow(clippy::type_complexity)]
+fn memory_node(
+    config: telegraphy_gateway::Config,
+) -> anyhow::Result<(Arc<telegraphy_gateway::harness::Node>, Arc<Metrics>, tokio::sync::mpsc::Receiver<Envelope>)> {
+    config.validate()?;
+    let auth = telegraphy_gateway::harness::Authenticator::from_config(&config)?;
+    let metrics = Arc::new(Metrics::new());
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let bus: Arc<dyn telegraphy_bus::Bus> = Arc::new(MemoryBus::new(Inbound::new(tx.clone(), BusMetrics::unregistered())));
+    let parts = telegraphy_gateway::harness::NodeBus { bus, store: None, queue: tx.downgrade(), sessions: Default::default() };
+    Ok((telegraphy_gateway::harness::Node::new(1, config, auth, parts, metrics.clone()), metrics, rx))
+}
+
 async fn session_setup(sessions: usize) -> anyhow::Result<()> {
     use telegraphy_gateway::harness::{Flow, Session};
     let (socks, mut helper) = sockets(sessions).await?;
     let mut config = telegraphy_gateway::Config::default();
     config.auth.jwt_secret = Some(SECRET.into());
-    config.validate()?;
-    let auth = telegraphy_gateway::harness::Authenticator::from_config(&config)?;
-    let metrics = Arc::new(Metrics::new());
-    let (tx, _rx) = tokio::sync::mpsc::channel(16);
-    let bus: Arc<dyn telegraphy_bus::Bus> = Arc::new(MemoryBus::new(Inbound::new(tx.clone(), BusMetrics::unregistered())));
-    let parts = telegraphy_gateway::harness::NodeBus { bus, store: None, queue: tx.downgrade(), sessions: Default::default() };
-    let node = telegraphy_gateway::harness::Node::new(1, config, auth, parts, metrics.clone());
+    let (node, metrics, _bus_queue) = memory_node(config)?;
     let ticket = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &serde_json::json!({"sub": "alice", "exp": 4_000_000_000u64}),
@@ -409,13 +418,7 @@ async fn call(ser: Serialization, calls: u64) -> anyhow::Result<()> {
     let anonymous = config.roles.entry("anonymous".into()).or_default();
     anonymous.call = vec!["*".into()];
     anonymous.register = vec!["*".into()];
-    config.validate()?;
-    let auth = telegraphy_gateway::harness::Authenticator::from_config(&config)?;
-    let metrics = Arc::new(Metrics::new());
-    let (tx, _rx) = tokio::sync::mpsc::channel(16);
-    let bus: Arc<dyn telegraphy_bus::Bus> = Arc::new(MemoryBus::new(Inbound::new(tx.clone(), BusMetrics::unregistered())));
-    let parts = telegraphy_gateway::harness::NodeBus { bus, store: None, queue: tx.downgrade(), sessions: Default::default() };
-    let node = telegraphy_gateway::harness::Node::new(1, config, auth, parts, metrics.clone());
+    let (node, metrics, _bus_queue) = memory_node(config)?;
     let mut sessions = Vec::with_capacity(2);
     for (i, s) in socks.into_iter().enumerate() {
         let outbox = Outbox::new(Wire::tcp(s), ser.index(), 1024, 1 << 20, metrics.clone());

@@ -143,7 +143,7 @@ impl Session {
             return self.session_meta(request, &procedure, args, kwargs);
         }
         if let Err((outcome, error, message)) = self.route_call(request, options, procedure, args, kwargs) {
-            self.node.metrics.call_refused(outcome);
+            self.node.metrics.call_answered_here(outcome);
             self.error(code::CALL, request, error, &message);
         }
     }

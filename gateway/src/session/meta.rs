@@ -112,7 +112,7 @@ impl Session {
         let State::Established { realm, rights, .. } = &self.state else { return };
         if !rights.permissions.may_call(procedure) {
             self.node.metrics.denied_call.inc();
-            self.node.metrics.call_refused(CallOutcome::Refused);
+            self.node.metrics.call_answered_here(CallOutcome::Refused);
             let message = format!(
                 "your role may not call `{procedure}`: the session meta API needs a call pattern that names it, e.g. roles.NAME.call = [\"wamp.session.*\"] (`*` alone does not reach the router's procedures)"
             );
@@ -122,7 +122,7 @@ impl Session {
             // Meta calls count against the role's call rate like any call
             // (add_testament sends a message to every node).
             self.node.metrics.rate_limited.inc();
-            self.node.metrics.call_refused(CallOutcome::Refused);
+            self.node.metrics.call_answered_here(CallOutcome::Refused);
             return self.error(code::CALL, request, err::RATE_LIMITED, "you call faster than your role allows (roles.NAME.call_rate); slow down");
         }
         let realm = realm.clone();
@@ -150,11 +150,11 @@ impl Session {
         };
         match answer {
             Ok(args) => {
-                self.node.metrics.call_refused(CallOutcome::Result);
+                self.node.metrics.call_answered_here(CallOutcome::Result);
                 self.send(&Message::Result { request, details: Dict::new(), args, kwargs: Dict::new() });
             }
             Err((error, message)) => {
-                self.node.metrics.call_refused(if error == err::NO_SUCH_PROCEDURE { CallOutcome::NoSuchProcedure } else { CallOutcome::Error });
+                self.node.metrics.call_answered_here(if error == err::NO_SUCH_PROCEDURE { CallOutcome::NoSuchProcedure } else { CallOutcome::Error });
                 self.error(code::CALL, request, error, &message);
             }
         }

@@ -10,13 +10,12 @@ refused."""
 
 import asyncio
 import time
-import uuid
 
 import pytest
 from autobahn.wamp.exception import ApplicationError
 
 from helpers import Gateway, close_sessions, connect
-from test_rpc_cluster import cluster_config, delete_exchanges
+from test_rpc_cluster import cluster_config, two_nodes
 
 # Sessions of a SIGKILLed node leave the answers when its silence expires
 # (3 s) at the next check (1 s); the rest is slack for a loaded machine.
@@ -33,18 +32,7 @@ def meta_config(bus: str, name: str) -> str:
 
 @pytest.fixture(params=["redis", "amqp"])
 def nodes(request):
-    name = f"telegraphy-interop-meta-{uuid.uuid4().hex[:8]}"
-    started = []
-    try:
-        for _ in range(2):
-            started.append(Gateway(config=meta_config(request.param, name)))
-        yield started
-    finally:
-        for gw in started:
-            if gw.proc.poll() is None:
-                gw.stop()
-        if request.param == "amqp":
-            delete_exchanges(name)
+    yield from two_nodes(request.param, meta_config)
 
 
 async def until(what, check, within=5.0):

@@ -44,10 +44,11 @@ def delete_exchanges(name: str):
     connection.close()
 
 
-@pytest.fixture(params=["redis", "amqp"])
-def nodes(request):
-    name = f"telegraphy-interop-rpc-{uuid.uuid4().hex[:8]}"
-    config = cluster_config(request.param, name)
+def two_nodes(bus: str, config_for=None):
+    """Two gateway nodes on `bus` (their own key prefix / exchange), stopped
+    and cleaned up afterwards; `config_for(bus, name)` gives their config."""
+    name = f"telegraphy-interop-{uuid.uuid4().hex[:8]}"
+    config = (config_for or cluster_config)(bus, name)
     started = []
     try:
         for _ in range(2):
@@ -57,8 +58,13 @@ def nodes(request):
         for gw in started:
             if gw.proc.poll() is None:
                 gw.stop()
-        if request.param == "amqp":
+        if bus == "amqp":
             delete_exchanges(name)
+
+
+@pytest.fixture(params=["redis", "amqp"])
+def nodes(request):
+    yield from two_nodes(request.param)
 
 
 class JsCaller:
