@@ -99,7 +99,9 @@ pub use inbound::Inbound;
 pub use interest::Ticket;
 pub use memory::MemoryBus;
 pub use metrics::BusMetrics;
-pub use request::{check_topic, is_reserved_topic, Filter, JsonOptions, OptionError, PublishOptions, PublishRequest, RequestError, TopicError};
+pub use request::{
+    check_topic, is_reserved_topic, Filter, JsonOptions, OptionError, PublishOptions, PublishRequest, RequestError, TopicError, PRESENCE_PREFIX,
+};
 
 /// What [`Bus::publish`] makes sure of before it succeeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

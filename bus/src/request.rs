@@ -22,10 +22,15 @@ use telegraphy_wamp::{uri, DecodeError, Dict, Id, Serialization, UriKind, UriRul
 /// The prefix of the topics that belong to the router (the WAMP meta API).
 pub const RESERVED_PREFIX: &str = "wamp.";
 
-/// Whether `topic` belongs to the router: no publisher may publish to it,
-/// whatever its role allows.
+/// The prefix of the router's presence procedures and events (Telegraphy's
+/// own meta API): reserved like `wamp.`.
+pub const PRESENCE_PREFIX: &str = "telegraphy.presence.";
+
+/// Whether `topic` belongs to the router (`wamp.`, `telegraphy.presence.`):
+/// no publisher may publish to it, whatever its role allows, and only role
+/// patterns that name it reach it.
 pub fn is_reserved_topic(topic: &str) -> bool {
-    topic.starts_with(RESERVED_PREFIX)
+    topic.starts_with(RESERVED_PREFIX) || topic.starts_with(PRESENCE_PREFIX)
 }
 
 /// Checks a topic someone wants to publish to: a valid concrete URI under
@@ -52,8 +57,8 @@ pub enum TopicError {
         /// The rules it was checked against.
         rules: UriRules,
     },
-    /// Under `wamp.` (WAMP: `wamp.error.not_authorized`).
-    #[error("topics under `wamp.` are reserved for the router")]
+    /// Under `wamp.` or `telegraphy.presence.` (WAMP: `wamp.error.not_authorized`).
+    #[error("topics under `wamp.` and `telegraphy.presence.` are reserved for the router")]
     Reserved,
 }
 
@@ -737,8 +742,9 @@ mod tests {
         assert_eq!(check_topic("com.Example-x.y", UriRules::Loose), Ok(()));
         assert!(is_reserved_topic("wamp.session.on_join"));
         assert!(!is_reserved_topic("wampus.x") && !is_reserved_topic("com.wamp.x"));
+        assert!(is_reserved_topic("telegraphy.presence.shop.order.7") && !is_reserved_topic("telegraphy.shop.order"));
         assert_eq!(check_topic("wamp.session.on_join", UriRules::Loose), Err(TopicError::Reserved));
-        assert_eq!(TopicError::Reserved.to_string(), "topics under `wamp.` are reserved for the router");
+        assert_eq!(TopicError::Reserved.to_string(), "topics under `wamp.` and `telegraphy.presence.` are reserved for the router");
         let e = check_topic("com..x", UriRules::Loose).unwrap_err();
         assert_eq!(e.to_string(), "`com..x` is not a valid topic URI (dot-separated words, no spaces, no `#`, no empty parts)");
         let e = check_topic("com.Example", UriRules::Strict).unwrap_err();

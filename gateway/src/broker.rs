@@ -77,6 +77,8 @@ struct Subscription {
     id: Id,
     policy: MatchPolicy,
     uri: Arc<str>,
+    /// When it was created on this node (microseconds since the Unix epoch).
+    created_us: u64,
     /// Resolves (through the bus) once the broker routes this topic here.
     ticket: Ticket,
     subscribers: RwLock<Subscribers>,
@@ -134,6 +136,16 @@ struct Index {
     ids: HashMap<Id, Arc<Subscription>>,
 }
 
+/// A subscription of this node, as the meta API and the cluster see it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LocalSubscription {
+    pub id: Id,
+    pub policy: MatchPolicy,
+    pub uri: Arc<str>,
+    pub created_us: u64,
+    pub sessions: Vec<Id>,
+}
+
 /// Result of [`Broker::subscribe`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Subscribed {
@@ -141,6 +153,9 @@ pub struct Subscribed {
     pub id: Id,
     /// False when the session already held this subscription.
     pub new_for_session: bool,
+    /// When the subscription was created on this node (microseconds since
+    /// the Unix epoch).
+    pub created_us: u64,
     /// Await `Bus::interest_applied(ticket)` before confirming: then events
     /// published from now on reach the session.
     pub ticket: Ticket,
@@ -188,7 +203,8 @@ impl Broker {
                             let id = self.id_for(&index, policy, uri);
                             let ticket = self.bus.add_interest(&self.realm, policy, uri);
                             let uri: Arc<str> = Arc::from(uri);
-                            let sub = Arc::new(Subscription { id, policy, uri: uri.clone(), ticket, subscribers: RwLock::default() });
+                            let created_us = telegraphy_bus::now_us();
+                            let sub = Arc::new(Subscription { id, policy, uri: uri.clone(), created_us, ticket, subscribers: RwLock::default() });
                             index.by_pattern.insert(policy, uri, sub.clone());
                             index.ids.insert(id, sub.clone());
                             self.metrics.topics.inc();
@@ -207,7 +223,7 @@ impl Broker {
             if new_for_session {
                 self.metrics.subscriptions.inc();
             }
-            return Subscribed { id: sub.id, new_for_session, ticket: sub.ticket };
+            return Subscribed { id: sub.id, new_for_session, created_us: sub.created_us, ticket: sub.ticket };
         }
     }
 
@@ -251,26 +267,102 @@ impl Broker {
         self.index.read().unwrap_or_else(|e| e.into_inner()).ids.get(&id).map(|s| (s.policy, s.uri.clone()))
     }
 
+    /// Subscription `id` on this node, if it exists: (policy, URI, when it
+    /// was created, its sessions).
+    pub(crate) fn describe(&self, id: Id) -> Option<LocalSubscription> {
+        let sub = self.index.read().unwrap_or_else(|e| e.into_inner()).ids.get(&id).cloned()?;
+        let sessions = sub.subscribers.read().unwrap_or_else(|e| e.into_inner()).by_session.keys().copied().collect();
+        Some(LocalSubscription { id, policy: sub.policy, uri: sub.uri.clone(), created_us: sub.created_us, sessions })
+    }
+
+    /// Every subscription on this node that `keep` selects by (policy, URI).
+    pub(crate) fn subscriptions(&self, mut keep: impl FnMut(MatchPolicy, &str) -> bool) -> Vec<LocalSubscription> {
+        let subs: Vec<Arc<Subscription>> =
+            self.index.read().unwrap_or_else(|e| e.into_inner()).ids.values().filter(|s| keep(s.policy, &s.uri)).cloned().collect();
+        subs.into_iter()
+            .map(|sub| {
+                let sessions = sub.subscribers.read().unwrap_or_else(|e| e.into_inner()).by_session.keys().copied().collect();
+                LocalSubscription { id: sub.id, policy: sub.policy, uri: sub.uri.clone(), created_us: sub.created_us, sessions }
+            })
+            .collect()
+    }
+
+    /// How many sessions of this node hold subscription `id`.
+    pub(crate) fn subscribers_here(&self, id: Id) -> usize {
+        let Some(sub) = self.index.read().unwrap_or_else(|e| e.into_inner()).ids.get(&id).cloned() else { return 0 };
+        let n = sub.subscribers.read().unwrap_or_else(|e| e.into_inner()).by_session.len();
+        n
+    }
+
+    /// The authids of the sessions on subscription `id` here (one per session).
+    pub(crate) fn subscriber_authids(&self, id: Id, mut each: impl FnMut(&str)) {
+        let Some(sub) = self.index.read().unwrap_or_else(|e| e.into_inner()).ids.get(&id).cloned() else { return };
+        for subscriber in sub.subscribers.read().unwrap_or_else(|e| e.into_inner()).by_session.values() {
+            if let Some(who) = subscriber.session.identity.get() {
+                each(&who.authid);
+            }
+        }
+    }
+
+    /// Sends a router event (a meta or presence event, made on this node:
+    /// it does not travel on the bus) to the sessions subscribed exactly to
+    /// `topic`; `about`: the (policy, URI) the event tells of, which a
+    /// session gets only if its role could subscribe to it fully (so a
+    /// listener never learns of topics it may not read).
+    pub(crate) fn dispatch_router_event(&self, topic: &str, args: Vec<Value>, kwargs: Dict, about: Option<(MatchPolicy, &str)>) -> usize {
+        let Some(sub) = self.index.read().unwrap_or_else(|e| e.into_inner()).by_pattern.get(MatchPolicy::Exact, topic).cloned() else { return 0 };
+        let details = Dict::new();
+        let eref = EventRef { subscription: sub.id, publication: crate::node::random_id(), details: &details, args: &args, kwargs: &kwargs };
+        let mut frames: [Option<Bytes>; 2] = [None, None];
+        let mut delivered = 0;
+        let subscribers = sub.subscribers.read().unwrap_or_else(|e| e.into_inner());
+        for subscriber in subscribers.by_session.values() {
+            if let Some((policy, uri)) = about {
+                let admitted = subscriber.check.as_ref().is_some_and(|p| p.subscribe(policy, uri) == crate::authz::Decision::Full);
+                if !admitted {
+                    continue;
+                }
+            }
+            let s = subscriber.session.serialization;
+            let frame = match &mut frames[s.index()] {
+                Some(f) => &*f,
+                slot => match encode_frame(s, &eref) {
+                    Some(f) => &*slot.insert(f),
+                    None => return delivered,
+                },
+            };
+            if subscriber.session.outbox.push(frame).is_ok() {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
     /// The id of the subscription for (policy, uri), if it exists.
     pub(crate) fn subscription_id(&self, policy: MatchPolicy, uri: &str) -> Option<Id> {
         self.index.read().unwrap_or_else(|e| e.into_inner()).by_pattern.get(policy, uri).map(|s| s.id)
     }
 
     /// Removes `session` from subscription `id`; false if it was not in it.
+    #[cfg(test)]
     pub(crate) fn unsubscribe(&self, session: Id, id: Id) -> bool {
-        let Some(sub) = self.index.read().unwrap_or_else(|e| e.into_inner()).ids.get(&id).cloned() else { return false };
+        self.leave(session, id).is_some()
+    }
+
+    /// Removes `session` from subscription `id`; the subscription's (policy,
+    /// URI) if the session was in it.
+    pub(crate) fn leave(&self, session: Id, id: Id) -> Option<(MatchPolicy, Arc<str>)> {
+        let sub = self.index.read().unwrap_or_else(|e| e.into_inner()).ids.get(&id).cloned()?;
         let now_empty = {
             let mut subscribers = sub.subscribers.write().unwrap_or_else(|e| e.into_inner());
-            if subscribers.by_session.remove(&session).is_none() {
-                return false;
-            }
+            subscribers.by_session.remove(&session)?;
             subscribers.by_session.is_empty()
         };
         self.metrics.subscriptions.dec();
         if now_empty {
             self.retire_if_empty(&sub);
         }
-        true
+        Some((sub.policy, sub.uri.clone()))
     }
 
     /// Takes an empty subscription out of the index (and the bus interest
@@ -289,6 +381,7 @@ impl Broker {
     }
 
     /// Removes a closing session from all of its subscriptions.
+    #[cfg(test)]
     pub(crate) fn remove_session(&self, session: Id, subscriptions: impl IntoIterator<Item = Id>) {
         for id in subscriptions {
             self.unsubscribe(session, id);

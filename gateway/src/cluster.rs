@@ -35,12 +35,13 @@ use std::time::{Duration, Instant};
 
 use telegraphy_bus::control::{self, ALL_NODES, CONTROL_REALM};
 use telegraphy_bus::inbound::BusSessions;
-use telegraphy_bus::{Bus, Delivery, Envelope, PublishError};
+use telegraphy_bus::{is_reserved_topic, Bus, Delivery, Envelope, PublishError};
 use telegraphy_wamp::{Dict, Id, MatchPolicy, Value};
 use tokio::sync::{mpsc, Notify};
 
+use crate::broker::LocalSubscription;
 use crate::dealer::{CancelMode, Invoke};
-use crate::members::Member;
+use crate::members::{Delta, Member, SubscriptionOp};
 use crate::node::Node;
 
 /// How often a node announces its registrations (its heartbeat).
@@ -110,21 +111,22 @@ pub(crate) enum Control {
         /// Realms where a session of that node subscribes to session meta events.
         listening: Vec<String>,
     },
-    /// Sessions that joined and left a node's realms since its last delta.
+    /// Sessions that joined and left a node's realms since its last delta,
+    /// and the subscriptions they made and ended.
     Members {
         from: u64,
         seq: u64,
-        realms: Vec<(String, Vec<Member>, Vec<Id>)>,
+        realms: Vec<(String, Delta)>,
     },
     /// Asks a node for a snapshot of its members (sent to its inbox).
     MembersAsk {
         from: u64,
     },
-    /// Every session of a node's realms, as of delta `seq`.
+    /// Every session of a node's realms, and its subscriptions, as of delta `seq`.
     MembersSnapshot {
         from: u64,
         seq: u64,
-        realms: Vec<(String, Vec<Member>)>,
+        realms: Vec<(String, Vec<Member>, Vec<LocalSubscription>)>,
     },
     /// Close sessions of this node (`wamp.session.kill*`), except `except`.
     Kill {
@@ -227,15 +229,52 @@ impl Control {
             Control::Members { from, seq, realms } => {
                 let realms = realms
                     .into_iter()
-                    .map(|(realm, joined, left)| {
-                        Value::List(vec![Value::Str(realm), members_value(joined), Value::List(left.into_iter().map(Value::UInt).collect())])
+                    .map(|(realm, d)| {
+                        let subscribed = d
+                            .subscribed
+                            .into_iter()
+                            .map(|op| {
+                                Value::List(vec![
+                                    Value::UInt(op.session),
+                                    Value::UInt(op.id),
+                                    s(policy_name(op.policy)),
+                                    Value::Str(op.uri.to_string()),
+                                    Value::UInt(op.created_us),
+                                ])
+                            })
+                            .collect();
+                        let unsubscribed = d.unsubscribed.into_iter().flat_map(|(session, id)| [Value::UInt(session), Value::UInt(id)]).collect();
+                        Value::List(vec![
+                            Value::Str(realm),
+                            members_value(d.joined),
+                            Value::List(d.left.into_iter().map(Value::UInt).collect()),
+                            Value::List(subscribed),
+                            Value::List(unsubscribed),
+                        ])
                     })
                     .collect();
                 vec![s("members"), Value::UInt(from), Value::UInt(seq), Value::List(realms)]
             }
             Control::MembersAsk { from } => vec![s("members?"), Value::UInt(from)],
             Control::MembersSnapshot { from, seq, realms } => {
-                let realms = realms.into_iter().map(|(realm, members)| Value::List(vec![Value::Str(realm), members_value(members)])).collect();
+                let realms = realms
+                    .into_iter()
+                    .map(|(realm, members, subscriptions)| {
+                        let subscriptions = subscriptions
+                            .into_iter()
+                            .map(|sub| {
+                                Value::List(vec![
+                                    Value::UInt(sub.id),
+                                    s(policy_name(sub.policy)),
+                                    Value::Str(sub.uri.to_string()),
+                                    Value::UInt(sub.created_us),
+                                    Value::List(sub.sessions.into_iter().map(Value::UInt).collect()),
+                                ])
+                            })
+                            .collect();
+                        Value::List(vec![Value::Str(realm), members_value(members), Value::List(subscriptions)])
+                    })
+                    .collect();
                 vec![s("members!"), Value::UInt(from), Value::UInt(seq), Value::List(realms)]
             }
             Control::Kill { from, realm, target, except, reason, message } => {
@@ -311,7 +350,23 @@ impl Control {
                     let name = str_of(r.next()?)?;
                     let joined = members_of(r.next()?)?;
                     let left = list(r.next()?)?.into_iter().map(uint).collect::<Option<Vec<Id>>>()?;
-                    realms.push((name, joined, left));
+                    let mut subscribed = Vec::new();
+                    for op in r.next().map(list).unwrap_or(Some(Vec::new()))? {
+                        let mut f = list(op)?.into_iter();
+                        subscribed.push(SubscriptionOp {
+                            session: uint(f.next()?)?,
+                            id: uint(f.next()?)?,
+                            policy: MatchPolicy::parse(&str_of(f.next()?)?)?,
+                            uri: Arc::from(str_of(f.next()?)?),
+                            created_us: uint(f.next()?)?,
+                        });
+                    }
+                    let flat = r.next().map(list).unwrap_or(Some(Vec::new()))?.into_iter().map(uint).collect::<Option<Vec<Id>>>()?;
+                    if flat.len() % 2 != 0 {
+                        return None;
+                    }
+                    let unsubscribed = flat.chunks(2).map(|p| (p[0], p[1])).collect();
+                    realms.push((name, Delta { joined, left, subscribed, unsubscribed }));
                 }
                 Control::Members { from, seq, realms }
             }
@@ -321,7 +376,19 @@ impl Control {
                 let mut realms = Vec::new();
                 for realm in list(it.next()?)? {
                     let mut r = list(realm)?.into_iter();
-                    realms.push((str_of(r.next()?)?, members_of(r.next()?)?));
+                    let (name, members) = (str_of(r.next()?)?, members_of(r.next()?)?);
+                    let mut subscriptions = Vec::new();
+                    for sub in r.next().map(list).unwrap_or(Some(Vec::new()))? {
+                        let mut f = list(sub)?.into_iter();
+                        subscriptions.push(LocalSubscription {
+                            id: uint(f.next()?)?,
+                            policy: MatchPolicy::parse(&str_of(f.next()?)?)?,
+                            uri: Arc::from(str_of(f.next()?)?),
+                            created_us: uint(f.next()?)?,
+                            sessions: list(f.next()?)?.into_iter().map(uint).collect::<Option<Vec<Id>>>()?,
+                        });
+                    }
+                    realms.push((name, members, subscriptions));
                 }
                 Control::MembersSnapshot { from, seq, realms }
             }
@@ -407,24 +474,50 @@ fn dict(v: Value) -> Option<Dict> {
     }
 }
 
-/// This node's members changes since its last delta: per realm, who
-/// joined and who left.
+/// This node's changes of one realm since its last delta.
+#[derive(Default)]
+struct Pending {
+    joined: Vec<Member>,
+    left: Vec<Id>,
+    /// (session, subscription) → the subscription (subscribed) or none
+    /// (unsubscribed): the last change of a pair is the one that counts.
+    subscriptions: HashMap<(Id, Id), Option<SubscriptionOp>>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.joined.is_empty() && self.left.is_empty() && self.subscriptions.is_empty()
+    }
+
+    fn into_delta(self) -> Delta {
+        let mut delta = Delta { joined: self.joined, left: self.left, ..Delta::default() };
+        for ((session, id), op) in self.subscriptions {
+            match op {
+                Some(op) => delta.subscribed.push(op),
+                None => delta.unsubscribed.push((session, id)),
+            }
+        }
+        delta
+    }
+}
+
+/// This node's members changes since its last delta, per realm.
 #[derive(Default)]
 struct Changes {
     seq: u64,
-    pending: Vec<(String, Vec<Member>, Vec<Id>)>,
+    pending: Vec<(String, Pending)>,
 }
 
 impl Changes {
-    fn of(&mut self, realm: &str) -> &mut (String, Vec<Member>, Vec<Id>) {
-        let at = match self.pending.iter().position(|(r, _, _)| r == realm) {
+    fn of(&mut self, realm: &str) -> &mut Pending {
+        let at = match self.pending.iter().position(|(r, _)| r == realm) {
             Some(at) => at,
             None => {
-                self.pending.push((realm.to_string(), Vec::new(), Vec::new()));
+                self.pending.push((realm.to_string(), Pending::default()));
                 self.pending.len() - 1
             }
         };
-        &mut self.pending[at]
+        &mut self.pending[at].1
     }
 }
 
@@ -579,9 +672,11 @@ impl Cluster {
             Control::Members { from, seq, realms } => self.members_delta(node, from, seq, realms),
             Control::MembersAsk { from } => self.send_snapshot(node, from),
             Control::MembersSnapshot { from, seq, realms } => {
-                let mut realms: HashMap<String, Vec<Member>> = realms.into_iter().collect();
+                let mut realms: HashMap<String, (Vec<Member>, Vec<LocalSubscription>)> = realms.into_iter().map(|(r, m, s)| (r, (m, s))).collect();
                 for (name, realm) in node.realms.iter() {
-                    realm.members.replace(from, realms.remove(name).unwrap_or_default());
+                    let (members, subscriptions) = realms.remove(name).unwrap_or_default();
+                    let changes = realm.members.replace(from, members, subscriptions, |id| realm.broker.subscribers_here(id));
+                    node.subscriptions_changed(realm, changes);
                 }
                 *lock(&self.members_seen).entry(from).or_default() = SeenMembers { known: true, seq, asked: None };
             }
@@ -623,7 +718,8 @@ impl Cluster {
         lock(&self.listeners).remove(&gone);
         for (_, realm) in node.realms.iter() {
             realm.dealer.node_lost(gone);
-            let members = realm.members.forget(gone);
+            let (members, changes) = realm.members.forget(gone, |id| realm.broker.subscribers_here(id));
+            node.subscriptions_changed(realm, changes);
             if leader {
                 let listened = node.meta_listened(realm);
                 for m in members {
@@ -640,7 +736,7 @@ impl Cluster {
     pub(crate) fn member_joined(&self, realm: &crate::realm::Realm, member: Member, handle: Arc<crate::broker::SessionHandle>) {
         let mut changes = lock(&self.changes);
         realm.members.join(member.clone(), handle);
-        changes.of(&realm.name).1.push(member);
+        changes.of(&realm.name).joined.push(member);
     }
 
     /// A member of this node changed (its testaments): the others hear of
@@ -648,7 +744,7 @@ impl Cluster {
     pub(crate) fn member_changed(&self, realm: &crate::realm::Realm, session: Id, change: impl FnOnce(&mut Member)) -> bool {
         let mut changes = lock(&self.changes);
         let Some(member) = realm.members.update(session, change) else { return false };
-        let joined = &mut changes.of(&realm.name).1;
+        let joined = &mut changes.of(&realm.name).joined;
         joined.retain(|m| m.session != session);
         joined.push(member);
         // Sent now, not with the next delta: a testament must be known
@@ -661,26 +757,33 @@ impl Cluster {
     pub(crate) fn member_left(&self, realm: &crate::realm::Realm, session: Id) -> Option<Member> {
         let mut changes = lock(&self.changes);
         let member = realm.members.leave(session)?;
-        let (_, joined, left) = changes.of(&realm.name);
-        // Joined and left within one delta: the others never hear of it.
-        match joined.iter().position(|m| m.session == session) {
+        let pending = changes.of(&realm.name);
+        // Joined and left within one delta: the others never hear of it
+        // (nor of its subscriptions: they ignore those of unknown sessions).
+        match pending.joined.iter().position(|m| m.session == session) {
             Some(at) => {
-                joined.swap_remove(at);
+                pending.joined.swap_remove(at);
             }
-            None => left.push(session),
+            None => pending.left.push(session),
         }
         Some(member)
+    }
+
+    /// A session of this node subscribed (`Some`) to, or left (`None`),
+    /// subscription `id` of `realm`: the others hear of it with the next delta.
+    pub(crate) fn subscription_changed(&self, realm: &str, session: Id, id: Id, op: Option<SubscriptionOp>) {
+        lock(&self.changes).of(realm).subscriptions.insert((session, id), op);
     }
 
     /// Sends the members changes made since the last delta (under the lock
     /// of `changes`, so deltas leave in sequence order).
     fn flush_members(&self, changes: &mut Changes) {
-        if changes.pending.iter().all(|(_, j, l)| j.is_empty() && l.is_empty()) {
+        if changes.pending.iter().all(|(_, p)| p.is_empty()) {
             changes.pending.clear();
             return;
         }
         changes.seq += 1;
-        let realms = std::mem::take(&mut changes.pending);
+        let realms = std::mem::take(&mut changes.pending).into_iter().map(|(realm, p)| (realm, p.into_delta())).collect();
         if let Err(e) = self.send(None, Control::Members { from: self.node, seq: changes.seq, realms }, None) {
             // The others see the gap in the sequence and ask for a snapshot.
             tracing::debug!(error = %e, "could not send this node's session changes");
@@ -691,7 +794,11 @@ impl Cluster {
     fn send_snapshot(&self, node: &Node, to: u64) {
         let mut changes = lock(&self.changes);
         self.flush_members(&mut changes);
-        let realms = node.realms.iter().map(|(name, realm)| (name.clone(), realm.members.here())).collect();
+        let realms = node
+            .realms
+            .iter()
+            .map(|(name, realm)| (name.clone(), realm.members.here(), realm.broker.subscriptions(|_, uri| !is_reserved_topic(uri))))
+            .collect();
         let _ = self.send(Some(to), Control::MembersSnapshot { from: self.node, seq: changes.seq, realms }, None);
     }
 
@@ -709,14 +816,15 @@ impl Cluster {
 
     /// A delta from another node: applied when it is the next one, else a
     /// snapshot is asked for.
-    fn members_delta(&self, node: &Node, from: u64, seq: u64, realms: Vec<(String, Vec<Member>, Vec<Id>)>) {
+    fn members_delta(&self, node: &Node, from: u64, seq: u64, realms: Vec<(String, Delta)>) {
         let mut seen = lock(&self.members_seen);
         let entry = seen.entry(from).or_default();
         if entry.known && seq == entry.seq + 1 {
             entry.seq = seq;
-            for (name, joined, left) in realms {
+            for (name, delta) in realms {
                 if let Some(realm) = node.realms.get(&name) {
-                    realm.members.apply(from, joined, &left);
+                    let changes = realm.members.apply(from, delta, |id| realm.broker.subscribers_here(id));
+                    node.subscriptions_changed(realm, changes);
                 }
             }
         } else if !entry.known || seq > entry.seq + 1 {
@@ -883,9 +991,32 @@ mod tests {
             },
             Control::Bye { from: 3 },
             Control::Ping { from: 4 },
-            Control::Members { from: 5, seq: 6, realms: vec![("realm1".into(), vec![member.clone()], vec![7, 8])] },
+            Control::Members {
+                from: 5,
+                seq: 6,
+                realms: vec![(
+                    "realm1".into(),
+                    Delta {
+                        joined: vec![member.clone()],
+                        left: vec![7, 8],
+                        subscribed: vec![SubscriptionOp { session: 9, id: 10, policy: MatchPolicy::Prefix, uri: Arc::from("a.b"), created_us: 11 }],
+                        unsubscribed: vec![(12, 13), (14, 15)],
+                    },
+                )],
+            },
             Control::MembersAsk { from: 9 },
-            Control::MembersSnapshot { from: 10, seq: 11, realms: vec![("realm1".into(), vec![member]), ("r2".into(), vec![])] },
+            Control::MembersSnapshot {
+                from: 10,
+                seq: 11,
+                realms: vec![
+                    (
+                        "realm1".into(),
+                        vec![member],
+                        vec![LocalSubscription { id: 1, policy: MatchPolicy::Wildcard, uri: Arc::from("a..c"), created_us: 2, sessions: vec![3, 4] }],
+                    ),
+                    ("r2".into(), vec![], vec![]),
+                ],
+            },
             Control::Kill {
                 from: 1,
                 realm: "r".into(),

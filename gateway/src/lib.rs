@@ -23,8 +23,11 @@
 //! * [`cluster`]: what nodes tell each other over the bus's control
 //!   channel: their registrations (heartbeats), calls that cross nodes,
 //!   and their sessions (deltas and snapshots).
-//! * [`members`]: each realm's sessions, here and on the other nodes (the
-//!   session meta API).
+//! * [`members`]: each realm's directory: its sessions, here and on the
+//!   other nodes, and the other nodes' subscriptions (the session and
+//!   subscription meta APIs).
+//! * [`presence`]: who is on a topic, cluster-wide
+//!   (`telegraphy.presence.get`, batched `telegraphy.presence.<topic>` events).
 //! * [`http_callee`]: procedures the web-app serves over HTTP
 //!   (`[[rpc.http]]`): signed POSTs, JSON or NDJSON answers.
 //! * [`match_index`]: which (match policy, pattern) entries a URI matches,
@@ -73,6 +76,7 @@ mod members;
 mod metrics;
 mod node;
 mod outbox;
+mod presence;
 mod publish;
 mod realm;
 mod server;

@@ -9,12 +9,13 @@
 //! a bus outage it holds what was known when the outage began (see
 //! `docs/bus.md`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use telegraphy_wamp::{dict, Dict, Id, Value};
+use telegraphy_wamp::{dict, Dict, Id, MatchPolicy, Value};
 
-use crate::broker::SessionHandle;
+use crate::broker::{LocalSubscription, SessionHandle};
 
 /// The session meta API's URIs start with this.
 pub(crate) const META_PREFIX: &str = "wamp.session.";
@@ -23,9 +24,38 @@ pub(crate) const ON_JOIN: &str = "wamp.session.on_join";
 /// The meta event of a session leaving a realm.
 pub(crate) const ON_LEAVE: &str = "wamp.session.on_leave";
 
+/// The subscription meta API's URIs start with this.
+pub(crate) const SUBSCRIPTION_PREFIX: &str = "wamp.subscription.";
+/// The subscription meta events.
+pub(crate) const ON_CREATE: &str = "wamp.subscription.on_create";
+pub(crate) const ON_SUBSCRIBE: &str = "wamp.subscription.on_subscribe";
+pub(crate) const ON_UNSUBSCRIBE: &str = "wamp.subscription.on_unsubscribe";
+pub(crate) const ON_DELETE: &str = "wamp.subscription.on_delete";
+
+/// Whether `topic` is a subscription meta event (made on each node for its
+/// own listeners, from the directory: nothing travels on the bus for them).
+pub(crate) fn is_subscription_event(topic: &str) -> bool {
+    [ON_CREATE, ON_SUBSCRIBE, ON_UNSUBSCRIBE, ON_DELETE].contains(&topic)
+}
+
+/// `SubscriptionDetails`: `wamp.subscription.get`'s answer and
+/// `on_create`'s second argument.
+pub(crate) fn subscription_details(id: Id, policy: MatchPolicy, uri: &str, created_us: u64) -> Dict {
+    dict! {
+        "id" => id,
+        "created" => rfc3339(created_us),
+        "uri" => uri.to_string(),
+        "match" => policy.as_str().to_string(),
+    }
+}
+
+/// `yyyy-mm-ddThh:mm:ss.sssZ` for microseconds since the Unix epoch.
+pub(crate) fn rfc3339(us: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_micros(us)).to_string()
+}
+
 /// Whether a session of this node subscribes to `realm`'s session meta events.
 pub(crate) fn listened_here(realm: &crate::realm::Realm) -> bool {
-    use telegraphy_wamp::MatchPolicy;
     realm.broker.subscription_id(MatchPolicy::Exact, ON_JOIN).is_some() || realm.broker.subscription_id(MatchPolicy::Exact, ON_LEAVE).is_some()
 }
 
@@ -128,23 +158,152 @@ impl Member {
     }
 }
 
-/// The members of one realm.
+/// A subscription as another node reported it: one session on one
+/// subscription (the subscription's description comes along so that the
+/// entry stands alone).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SubscriptionOp {
+    pub session: Id,
+    pub id: Id,
+    pub policy: MatchPolicy,
+    pub uri: Arc<str>,
+    pub created_us: u64,
+}
+
+/// Another node's subscription: its description and its sessions.
+#[derive(Debug, Clone)]
+struct AwaySubscription {
+    policy: MatchPolicy,
+    uri: Arc<str>,
+    created_us: u64,
+    sessions: HashSet<Id>,
+}
+
+/// What this node knows of another node's part of the realm.
+#[derive(Default)]
+struct Away {
+    members: HashMap<Id, Member>,
+    subscriptions: HashMap<Id, AwaySubscription>,
+    /// Each member's subscriptions (to drop them when it leaves).
+    of_session: HashMap<Id, Vec<Id>>,
+}
+
+impl Away {
+    fn subscribe(&mut self, op: SubscriptionOp) -> bool {
+        if !self.members.contains_key(&op.session) {
+            // A session that left within the same delta (or one this node
+            // never heard of: the next snapshot settles it).
+            return false;
+        }
+        let entry = self.subscriptions.entry(op.id).or_insert_with(|| AwaySubscription {
+            policy: op.policy,
+            uri: op.uri,
+            created_us: op.created_us,
+            sessions: HashSet::new(),
+        });
+        if !entry.sessions.insert(op.session) {
+            return false;
+        }
+        self.of_session.entry(op.session).or_default().push(op.id);
+        true
+    }
+
+    /// Takes `session` off subscription `id`; its description when it was on.
+    fn unsubscribe(&mut self, session: Id, id: Id) -> Option<(MatchPolicy, Arc<str>)> {
+        let sub = self.subscriptions.get_mut(&id)?;
+        if !sub.sessions.remove(&session) {
+            return None;
+        }
+        let about = (sub.policy, sub.uri.clone());
+        if sub.sessions.is_empty() {
+            self.subscriptions.remove(&id);
+        }
+        if let Some(ids) = self.of_session.get_mut(&session) {
+            ids.retain(|i| *i != id);
+            if ids.is_empty() {
+                self.of_session.remove(&session);
+            }
+        }
+        Some(about)
+    }
+
+    /// Every (session, subscription) pair.
+    fn pairs(&self) -> impl Iterator<Item = (Id, Id)> + '_ {
+        self.subscriptions.iter().flat_map(|(id, s)| s.sessions.iter().map(move |session| (*session, *id)))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.members.is_empty() && self.subscriptions.is_empty()
+    }
+}
+
+/// A change of the realm's subscriptions, for the subscription meta events.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum SubscriptionChange {
+    /// `session` subscribed; `created`: the subscription had no other
+    /// subscriber in the cluster (as this node knows it).
+    Subscribed { session: Id, id: Id, policy: MatchPolicy, uri: Arc<str>, created_us: u64, created: bool },
+    /// `session` left; `deleted`: it was the last subscriber.
+    Unsubscribed { session: Id, id: Id, policy: MatchPolicy, uri: Arc<str>, deleted: bool },
+}
+
+/// The members of one realm, and the other nodes' subscriptions (this
+/// node's are in its broker).
 #[derive(Default)]
 pub(crate) struct Members {
     inner: Mutex<Inner>,
+    /// Bumped whenever an exact subscription gains or loses a session, on
+    /// any node: presence recomputes only after a change.
+    generation: AtomicU64,
+    /// This node's sessions' subscriptions to subscription meta events
+    /// (none: no event is made, one load per subscribe).
+    listeners: AtomicUsize,
 }
 
 #[derive(Default)]
 struct Inner {
     /// This node's sessions.
     here: HashMap<Id, (Member, Arc<SessionHandle>)>,
-    /// The other nodes' sessions, by node.
-    away: HashMap<u64, HashMap<Id, Member>>,
+    /// The other nodes' sessions and subscriptions, by node.
+    away: HashMap<u64, Away>,
+}
+
+/// Another node's part of a realm, as a delta brings it.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct Delta {
+    pub joined: Vec<Member>,
+    pub left: Vec<Id>,
+    pub subscribed: Vec<SubscriptionOp>,
+    /// (session, subscription)
+    pub unsubscribed: Vec<(Id, Id)>,
 }
 
 impl Members {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a session of this node subscribes to a subscription meta event.
+    pub(crate) fn listened(&self) -> bool {
+        self.listeners.load(Ordering::Relaxed) > 0
+    }
+
+    pub(crate) fn listener_added(&self) {
+        self.listeners.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn listener_removed(&self) {
+        self.listeners.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Changes of exact subscriptions so far (see [`Members::touched`]).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// An exact subscription gained or lost a session.
+    pub(crate) fn touched(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A session of this node joined.
@@ -170,52 +329,131 @@ impl Members {
         self.lock().here.values().map(|(m, _)| m.clone()).collect()
     }
 
-    /// Applies another node's changes.
-    pub(crate) fn apply(&self, node: u64, joined: Vec<Member>, left: &[Id]) {
+    /// Applies another node's changes; the subscription changes they make
+    /// (`local`: how many sessions of this node hold a subscription).
+    pub(crate) fn apply(&self, node: u64, delta: Delta, local: impl Fn(Id) -> usize) -> Vec<SubscriptionChange> {
         let mut inner = self.lock();
-        let of_node = inner.away.entry(node).or_default();
-        for id in left {
-            of_node.remove(id);
+        let mut changes = Vec::new();
+        let mut touched = false;
+        for m in delta.joined {
+            inner.away.entry(node).or_default().members.insert(m.session, m);
         }
-        for m in joined {
-            of_node.insert(m.session, m);
+        for op in delta.subscribed {
+            touched |= op.policy == MatchPolicy::Exact;
+            let before = subscribers_away(&inner, op.id) + local(op.id);
+            let (session, id, policy, uri, created_us) = (op.session, op.id, op.policy, op.uri.clone(), op.created_us);
+            if inner.away.entry(node).or_default().subscribe(op) {
+                changes.push(SubscriptionChange::Subscribed { session, id, policy, uri, created_us, created: before == 0 });
+            }
         }
-        if of_node.is_empty() {
+        for (session, id) in delta.unsubscribed {
+            self.drop_pair(&mut inner, node, session, id, &local, &mut changes, &mut touched);
+        }
+        for session in delta.left {
+            let ids = inner.away.get_mut(&node).and_then(|a| {
+                a.members.remove(&session);
+                a.of_session.get(&session).cloned()
+            });
+            for id in ids.unwrap_or_default() {
+                self.drop_pair(&mut inner, node, session, id, &local, &mut changes, &mut touched);
+            }
+        }
+        if inner.away.get(&node).is_some_and(Away::is_empty) {
             inner.away.remove(&node);
         }
-    }
-
-    /// Replaces another node's members (its snapshot).
-    pub(crate) fn replace(&self, node: u64, members: Vec<Member>) {
-        let mut inner = self.lock();
-        if members.is_empty() {
-            inner.away.remove(&node);
-        } else {
-            inner.away.insert(node, members.into_iter().map(|m| (m.session, m)).collect());
+        if touched {
+            self.touched();
         }
+        changes
     }
 
-    /// Forgets a node; returns its members.
-    pub(crate) fn forget(&self, node: u64) -> Vec<Member> {
-        self.lock().away.remove(&node).map(|m| m.into_values().collect()).unwrap_or_default()
+    #[allow(clippy::too_many_arguments)]
+    fn drop_pair(
+        &self,
+        inner: &mut Inner,
+        node: u64,
+        session: Id,
+        id: Id,
+        local: &impl Fn(Id) -> usize,
+        changes: &mut Vec<SubscriptionChange>,
+        touched: &mut bool,
+    ) {
+        let Some((policy, uri)) = inner.away.get_mut(&node).and_then(|a| a.unsubscribe(session, id)) else { return };
+        *touched |= policy == MatchPolicy::Exact;
+        let deleted = subscribers_away(inner, id) + local(id) == 0;
+        changes.push(SubscriptionChange::Unsubscribed { session, id, policy, uri, deleted });
+    }
+
+    /// Replaces another node's part (its snapshot); the subscription
+    /// changes that makes.
+    pub(crate) fn replace(
+        &self,
+        node: u64,
+        members: Vec<Member>,
+        subscriptions: Vec<LocalSubscription>,
+        local: impl Fn(Id) -> usize,
+    ) -> Vec<SubscriptionChange> {
+        let old = self.lock().away.get(&node).map(|a| a.pairs().collect::<HashSet<_>>()).unwrap_or_default();
+        let mut new = HashSet::new();
+        let mut ops = Vec::new();
+        for s in subscriptions {
+            for session in &s.sessions {
+                new.insert((*session, s.id));
+                if !old.contains(&(*session, s.id)) {
+                    ops.push(SubscriptionOp { session: *session, id: s.id, policy: s.policy, uri: s.uri.clone(), created_us: s.created_us });
+                }
+            }
+        }
+        let gone: Vec<(Id, Id)> = old.difference(&new).copied().collect();
+        let mut changes = Vec::new();
+        {
+            let mut inner = self.lock();
+            let away = inner.away.entry(node).or_default();
+            let kept: HashSet<Id> = members.iter().map(|m| m.session).collect();
+            let left: Vec<Id> = away.members.keys().filter(|s| !kept.contains(s)).copied().collect();
+            for m in members {
+                away.members.insert(m.session, m);
+            }
+            drop(inner);
+            changes.extend(self.apply(node, Delta { subscribed: ops, unsubscribed: gone, left, ..Delta::default() }, &local));
+        }
+        changes
+    }
+
+    /// Forgets a node; returns its members, and the subscription changes.
+    pub(crate) fn forget(&self, node: u64, local: impl Fn(Id) -> usize) -> (Vec<Member>, Vec<SubscriptionChange>) {
+        let Some(members) = self.lock().away.get(&node).map(|a| a.members.values().cloned().collect::<Vec<_>>()) else {
+            return (Vec::new(), Vec::new());
+        };
+        let left = members.iter().map(|m| m.session).collect();
+        let changes = self.apply(node, Delta { left, ..Delta::default() }, local);
+        self.lock().away.remove(&node);
+        (members, changes)
     }
 
     /// Members everywhere whose authrole passes `filter` (none: all).
     pub(crate) fn select(&self, filter: Option<&[String]>, mut pick: impl FnMut(&Member) -> bool) -> Vec<Member> {
         let inner = self.lock();
         let admitted = |m: &Member| filter.is_none_or(|roles| roles.contains(&m.authrole));
-        inner.here.values().map(|(m, _)| m).chain(inner.away.values().flat_map(|n| n.values())).filter(|m| admitted(m) && pick(m)).cloned().collect()
+        inner
+            .here
+            .values()
+            .map(|(m, _)| m)
+            .chain(inner.away.values().flat_map(|n| n.members.values()))
+            .filter(|m| admitted(m) && pick(m))
+            .cloned()
+            .collect()
     }
 
     /// How many members pass `filter`.
     pub(crate) fn count(&self, filter: Option<&[String]>) -> usize {
         let inner = self.lock();
         match filter {
-            None => inner.here.len() + inner.away.values().map(HashMap::len).sum::<usize>(),
+            None => inner.here.len() + inner.away.values().map(|a| a.members.len()).sum::<usize>(),
             Some(roles) => {
                 let admitted = |m: &Member| roles.contains(&m.authrole);
                 inner.here.values().filter(|(m, _)| admitted(m)).count()
-                    + inner.away.values().flat_map(|n| n.values()).filter(|m| admitted(m)).count()
+                    + inner.away.values().flat_map(|n| n.members.values()).filter(|m| admitted(m)).count()
             }
         }
     }
@@ -226,13 +464,80 @@ impl Members {
         if let Some((m, _)) = inner.here.get(&session) {
             return Some(m.clone());
         }
-        inner.away.values().find_map(|members| members.get(&session).cloned())
+        inner.away.values().find_map(|a| a.members.get(&session).cloned())
     }
 
     /// This node's sessions that `pick` selects, with their handles.
     pub(crate) fn here_where(&self, mut pick: impl FnMut(&Member) -> bool) -> Vec<(Member, Arc<SessionHandle>)> {
         self.lock().here.values().filter(|(m, _)| pick(m)).map(|(m, h)| (m.clone(), h.clone())).collect()
     }
+
+    /// The other nodes' subscriptions that `keep` selects by (policy, URI),
+    /// merged by id (sessions of every node; the earliest creation).
+    pub(crate) fn subscriptions_away(&self, mut keep: impl FnMut(MatchPolicy, &str) -> bool) -> Vec<LocalSubscription> {
+        let inner = self.lock();
+        let mut merged: HashMap<Id, LocalSubscription> = HashMap::new();
+        for away in inner.away.values() {
+            for (id, s) in &away.subscriptions {
+                if !keep(s.policy, &s.uri) {
+                    continue;
+                }
+                let entry = merged.entry(*id).or_insert_with(|| LocalSubscription {
+                    id: *id,
+                    policy: s.policy,
+                    uri: s.uri.clone(),
+                    created_us: s.created_us,
+                    sessions: Vec::new(),
+                });
+                entry.created_us = entry.created_us.min(s.created_us);
+                entry.sessions.extend(s.sessions.iter().copied());
+            }
+        }
+        merged.into_values().collect()
+    }
+
+    /// How many sessions of other nodes hold subscription `id`.
+    pub(crate) fn subscribers_away(&self, id: Id) -> usize {
+        subscribers_away(&self.lock(), id)
+    }
+
+    /// Subscription `id` on the other nodes, merged (see [`Members::subscriptions_away`]).
+    pub(crate) fn subscription_away(&self, id: Id) -> Option<LocalSubscription> {
+        let inner = self.lock();
+        let mut found: Option<LocalSubscription> = None;
+        for s in inner.away.values().filter_map(|a| a.subscriptions.get(&id)) {
+            let entry = found.get_or_insert_with(|| LocalSubscription {
+                id,
+                policy: s.policy,
+                uri: s.uri.clone(),
+                created_us: s.created_us,
+                sessions: Vec::new(),
+            });
+            entry.created_us = entry.created_us.min(s.created_us);
+            entry.sessions.extend(s.sessions.iter().copied());
+        }
+        found
+    }
+
+    /// The authids of the other nodes' sessions on subscription `id`
+    /// (which must be (policy, uri)).
+    pub(crate) fn subscriber_authids_away(&self, id: Id, policy: MatchPolicy, uri: &str, mut each: impl FnMut(&str)) {
+        let inner = self.lock();
+        for away in inner.away.values() {
+            if let Some(s) = away.subscriptions.get(&id).filter(|s| s.policy == policy && &*s.uri == uri) {
+                for session in &s.sessions {
+                    if let Some(m) = away.members.get(session) {
+                        each(&m.authid);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How many sessions of other nodes hold subscription `id`.
+fn subscribers_away(inner: &Inner, id: Id) -> usize {
+    inner.away.values().filter_map(|a| a.subscriptions.get(&id)).map(|s| s.sessions.len()).sum()
 }
 
 /// Closes a session of this node from outside its task: GOODBYE with
@@ -267,4 +572,70 @@ pub(crate) fn kill_here(realm: &crate::realm::Realm, target: &crate::cluster::Ki
             m.session
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(session: Id) -> Member {
+        Member {
+            session,
+            authid: format!("u{session}"),
+            authrole: "user".into(),
+            authmethod: "ticket".into(),
+            authprovider: "jwt".into(),
+            testaments: vec![],
+        }
+    }
+
+    fn op(session: Id, id: Id) -> SubscriptionOp {
+        SubscriptionOp { session, id, policy: MatchPolicy::Exact, uri: Arc::from("t.x"), created_us: 5 }
+    }
+
+    fn kinds(changes: &[SubscriptionChange]) -> Vec<(&'static str, Id, bool)> {
+        changes
+            .iter()
+            .map(|c| match c {
+                SubscriptionChange::Subscribed { session, created, .. } => ("subscribed", *session, *created),
+                SubscriptionChange::Unsubscribed { session, deleted, .. } => ("unsubscribed", *session, *deleted),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn deltas_snapshots_and_a_lost_node_keep_the_directory_and_say_what_changed() {
+        let m = Members::default();
+        let nobody_here = |_| 0;
+        let g0 = m.generation();
+        // Node 7: two sessions join and subscribe; the first creates it.
+        let delta = Delta { joined: vec![member(1), member(2)], subscribed: vec![op(1, 10), op(2, 10)], ..Delta::default() };
+        assert_eq!(kinds(&m.apply(7, delta, nobody_here)), [("subscribed", 1, true), ("subscribed", 2, false)]);
+        assert!(m.generation() > g0, "an exact subscription changed: presence looks again");
+        // A session this node sessions already hold: not created by node 8.
+        let delta = Delta { joined: vec![member(3)], subscribed: vec![op(3, 10), op(99, 10)], ..Delta::default() };
+        assert_eq!(kinds(&m.apply(8, delta, |_| 1)), [("subscribed", 3, false)], "session 99 is unknown: ignored");
+        assert_eq!(m.subscription_away(10).map(|s| s.sessions.len()), Some(3));
+        let mut authids = Vec::new();
+        m.subscriber_authids_away(10, MatchPolicy::Exact, "t.x", |a| authids.push(a.to_string()));
+        authids.sort();
+        assert_eq!(authids, ["u1", "u2", "u3"]);
+        m.subscriber_authids_away(10, MatchPolicy::Prefix, "t.x", |_| panic!("another (policy, uri) under that id"));
+        // Session 1 leaves (its subscription goes with it); 2 unsubscribes.
+        let delta = Delta { left: vec![1], unsubscribed: vec![(2, 10)], ..Delta::default() };
+        assert_eq!(kinds(&m.apply(7, delta, nobody_here)), [("unsubscribed", 2, false), ("unsubscribed", 1, false)]);
+        assert_eq!(m.count(None), 2, "sessions 2 (node 7) and 3 (node 8)");
+        // Node 8's snapshot: session 3 gone, session 4 there on another subscription.
+        let snapshot = vec![LocalSubscription { id: 11, policy: MatchPolicy::Prefix, uri: Arc::from("t"), created_us: 9, sessions: vec![4] }];
+        let changes = m.replace(8, vec![member(4)], snapshot, nobody_here);
+        let mut got = kinds(&changes);
+        got.sort();
+        assert_eq!(got, [("subscribed", 4, true), ("unsubscribed", 3, true)]);
+        assert_eq!(m.find(3), None);
+        // Node 8 is lost: its sessions and subscriptions with it.
+        let (members, changes) = m.forget(8, nobody_here);
+        assert_eq!(members, vec![member(4)]);
+        assert_eq!(kinds(&changes), [("unsubscribed", 4, true)]);
+        assert_eq!((m.count(None), m.subscriptions_away(|_, _| true).len()), (1, 0), "session 2 of node 7 is left, on nothing");
+    }
 }

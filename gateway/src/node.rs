@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use telegraphy_bus::inbound::BusSessions;
 use telegraphy_bus::{Bus, Envelope, EventStore, Position};
-use telegraphy_wamp::{Id, UriRules, MAX_ID};
+use telegraphy_wamp::{Id, MatchPolicy, UriRules, MAX_ID};
 use tokio::sync::mpsc;
 
 use crate::admission::Admission;
@@ -16,6 +16,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::continuity::{Check, Continuity};
 use crate::lifecycle::Lifecycle;
+use crate::members::{SubscriptionChange, SubscriptionOp};
 use crate::metrics::Metrics;
 use crate::outbox::Flush;
 use crate::realm::Realms;
@@ -176,6 +177,87 @@ impl Node {
         match &self.cluster {
             Some(cluster) => cluster.member_changed(realm, session, change),
             None => realm.members.update(session, change).is_some(),
+        }
+    }
+
+    /// A session of this node subscribed to subscription `sub` of `realm`
+    /// (a subscription it did not hold): the other nodes hear of it, and
+    /// this node's listeners get the subscription meta events.
+    pub(crate) fn subscribed(&self, realm: &crate::realm::Realm, session: Id, sub: &crate::broker::Subscribed, policy: MatchPolicy, uri: &str) {
+        if telegraphy_bus::is_reserved_topic(uri) {
+            // The router's own topics are not in the directory.
+            if crate::members::is_subscription_event(uri) {
+                realm.members.listener_added();
+            }
+            return;
+        }
+        if policy == MatchPolicy::Exact {
+            realm.members.touched();
+        }
+        let (cluster, listened) = (self.cluster.as_ref(), realm.members.listened());
+        if cluster.is_none() && !listened {
+            return;
+        }
+        let op = SubscriptionOp { session, id: sub.id, policy, uri: Arc::from(uri), created_us: sub.created_us };
+        if let Some(cluster) = cluster {
+            cluster.subscription_changed(&realm.name, session, sub.id, Some(op.clone()));
+        }
+        if listened {
+            let created = realm.broker.subscribers_here(sub.id) + realm.members.subscribers_away(sub.id) == 1;
+            let SubscriptionOp { session, id, policy, uri, created_us } = op;
+            self.subscriptions_changed(realm, vec![SubscriptionChange::Subscribed { session, id, policy, uri, created_us, created }]);
+        }
+    }
+
+    /// A session of this node left subscription `id` of `realm` (it held it).
+    pub(crate) fn unsubscribed(&self, realm: &crate::realm::Realm, session: Id, id: Id) {
+        let Some((policy, uri)) = realm.broker.leave(session, id) else { return };
+        if telegraphy_bus::is_reserved_topic(&uri) {
+            if crate::members::is_subscription_event(&uri) {
+                realm.members.listener_removed();
+            }
+            return;
+        }
+        if policy == MatchPolicy::Exact {
+            realm.members.touched();
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.subscription_changed(&realm.name, session, id, None);
+        }
+        if realm.members.listened() {
+            let deleted = realm.broker.subscribers_here(id) + realm.members.subscribers_away(id) == 0;
+            self.subscriptions_changed(realm, vec![SubscriptionChange::Unsubscribed { session, id, policy, uri, deleted }]);
+        }
+    }
+
+    /// Tells this node's listeners of subscription changes (the
+    /// subscription meta events); each listener hears only of subscriptions
+    /// its role could make itself.
+    pub(crate) fn subscriptions_changed(&self, realm: &crate::realm::Realm, changes: Vec<SubscriptionChange>) {
+        use crate::members::{ON_CREATE, ON_DELETE, ON_SUBSCRIBE, ON_UNSUBSCRIBE};
+        use telegraphy_wamp::Value;
+        if changes.is_empty() || !realm.members.listened() {
+            return;
+        }
+        let broker = &realm.broker;
+        for change in changes {
+            match change {
+                SubscriptionChange::Subscribed { session, id, policy, uri, created_us, created } => {
+                    let about = Some((policy, &*uri));
+                    if created {
+                        let details = crate::members::subscription_details(id, policy, &uri, created_us);
+                        broker.dispatch_router_event(ON_CREATE, vec![Value::UInt(session), Value::Dict(details)], Default::default(), about);
+                    }
+                    broker.dispatch_router_event(ON_SUBSCRIBE, vec![Value::UInt(session), Value::UInt(id)], Default::default(), about);
+                }
+                SubscriptionChange::Unsubscribed { session, id, policy, uri, deleted } => {
+                    let about = Some((policy, &*uri));
+                    broker.dispatch_router_event(ON_UNSUBSCRIBE, vec![Value::UInt(session), Value::UInt(id)], Default::default(), about);
+                    if deleted {
+                        broker.dispatch_router_event(ON_DELETE, vec![Value::UInt(session), Value::UInt(id)], Default::default(), about);
+                    }
+                }
+            }
         }
     }
 

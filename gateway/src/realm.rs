@@ -28,13 +28,22 @@ pub(crate) struct Realm {
     pub dealer: Dealer,
     /// Recent and retained events (when the bus keeps them).
     pub store: Option<Arc<dyn EventStore>>,
-    /// Its sessions, on this node and the others (the session meta API).
+    /// Its sessions, on this node and the others (the session meta API),
+    /// and the other nodes' subscriptions.
     pub members: Members,
+    /// The topics whose presence sessions of this node follow.
+    pub presence: crate::presence::Watch,
 }
 
 /// The WAMP features this router's broker announces in WELCOME.
-const BROKER_FEATURES: &[&str] =
-    &["pattern_based_subscription", "publisher_exclusion", "publisher_identification", "subscriber_blackwhite_listing", "session_meta_api"];
+const BROKER_FEATURES: &[&str] = &[
+    "pattern_based_subscription",
+    "publisher_exclusion",
+    "publisher_identification",
+    "subscriber_blackwhite_listing",
+    "session_meta_api",
+    "subscription_meta_api",
+];
 
 /// What the broker announces on top when an event store is in place.
 const STORE_FEATURES: &[&str] = &["event_history", "event_retention"];
@@ -71,6 +80,7 @@ impl Realm {
             store,
             welcome_roles,
             members: Members::default(),
+            presence: Default::default(),
         }
     }
 

@@ -171,6 +171,7 @@ impl Gateway {
         }
         let dispatcher = tokio::spawn(node.clone().run_dispatcher(events));
         let cluster = node.cluster.clone().map(|c| tokio::spawn(c.run(node.clone())).abort_handle());
+        let presence = tokio::spawn(crate::presence::run(node.clone())).abort_handle();
 
         let mut app = Router::new()
             .route("/ws", get(connection::upgrade))
@@ -207,6 +208,7 @@ impl Gateway {
             // The public server stopped on its own: nothing to drain.
             node.lifecycle.shutdown.cancel();
             dispatcher.abort();
+            presence.abort();
             if let Some(task) = cluster {
                 task.abort();
             }
@@ -243,6 +245,7 @@ impl Gateway {
             c.goodbye().await;
         }
         dispatcher.abort();
+        presence.abort();
         node.bus.shutdown();
         admin_stop.cancel();
         let _ = admin_task.await;

@@ -10,19 +10,11 @@ use std::time::Duration;
 use telegraphy_gateway::Config;
 use telegraphy_wamp::codes::uri as err;
 use telegraphy_wamp::{code, dict, Dict, Message, Serialization, Value};
-use util::{AmqpExchange, Client, TestGateway};
+use util::{Client, SharedBus, TestGateway};
 
 const JSON: Serialization = Serialization::Json;
 const MSGPACK: Serialization = Serialization::Msgpack;
 const WITHIN: Duration = Duration::from_secs(10);
-
-fn redis_url() -> String {
-    std::env::var("TELEGRAPHY_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
-}
-
-fn amqp_url() -> String {
-    std::env::var("TELEGRAPHY_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
 
 /// The test config, with the anonymous role also naming the meta API
 /// (`*` alone does not reach it).
@@ -34,49 +26,15 @@ fn meta_config() -> Config {
     c
 }
 
-enum Bus {
-    Memory,
-    Redis(String),
-    Amqp(AmqpExchange),
-}
-
-impl Bus {
-    fn config(&self) -> Config {
-        let mut c = meta_config();
-        c.limits.bus_reconnect_max_delay = Duration::from_millis(500);
-        match self {
-            Bus::Memory => {}
-            Bus::Redis(prefix) => {
-                c.bus = redis_url();
-                c.redis.key_prefix = prefix.clone();
-            }
-            Bus::Amqp(exchange) => {
-                c.bus = exchange.url.clone();
-                c.amqp.exchange = exchange.name.clone();
-            }
-        }
-        c
-    }
+fn config_on(bus: &SharedBus) -> Config {
+    let mut c = meta_config();
+    bus.apply(&mut c);
+    c
 }
 
 /// Calls a meta procedure; the RESULT's args, or the ERROR's URI.
 async fn meta(c: &mut Client, procedure: &str, args: Vec<Value>, kwargs: Dict) -> Result<Vec<Value>, String> {
-    let request = c.request_id();
-    c.send(&Message::Call { request, options: Dict::new(), procedure: procedure.into(), args, kwargs }).await;
-    // Events that arrive meanwhile are kept for the test, in order.
-    let mut events = Vec::new();
-    let answer = loop {
-        match c.recv().await {
-            Message::Result { request: r, args, .. } if r == request => break Ok(args),
-            Message::Error { request_type: code::CALL, request: r, error, .. } if r == request => break Err(error),
-            event @ Message::Event { .. } => events.push(event),
-            other => panic!("{procedure}: unexpected {other:?}"),
-        }
-    };
-    for event in events {
-        c.keep(event);
-    }
-    answer
+    c.call_answer(procedure, args, kwargs).await
 }
 
 async fn count(c: &mut Client, filter: Option<Vec<&str>>) -> u64 {
@@ -135,10 +93,10 @@ async fn next_meta(c: &mut Client, skip: &std::collections::HashSet<u64>) -> (u6
     }
 }
 
-async fn across_nodes(bus: Bus, nodes: usize) {
+async fn across_nodes(bus: SharedBus, nodes: usize) {
     let mut gws = Vec::new();
     for _ in 0..nodes {
-        gws.push(TestGateway::start_ready(bus.config()).await);
+        gws.push(TestGateway::start_ready(config_on(&bus)).await);
     }
     let (a, b) = (&gws[0], &gws[nodes - 1]);
     let mut admin_a = Client::join(a, JSON).await;
@@ -238,17 +196,17 @@ async fn across_nodes(bus: Bus, nodes: usize) {
 
 #[tokio::test]
 async fn memory_session_meta_api() {
-    across_nodes(Bus::Memory, 1).await;
+    across_nodes(SharedBus::Memory, 1).await;
 }
 
 #[tokio::test]
 async fn redis_session_meta_api_across_nodes() {
-    across_nodes(Bus::Redis(util::unique("test-meta") + ":"), 2).await;
+    across_nodes(SharedBus::redis("test-meta"), 2).await;
 }
 
 #[tokio::test]
 async fn amqp_session_meta_api_across_nodes() {
-    across_nodes(Bus::Amqp(AmqpExchange::new(&amqp_url(), "telegraphy-test-meta")), 2).await;
+    across_nodes(SharedBus::amqp("telegraphy-test-meta"), 2).await;
 }
 
 /// `*` does not reach the meta API: calls and subscriptions are refused,

@@ -59,7 +59,9 @@ process.on("exit", () => {
  * start() spawns it and waits for /readyz; kill()/term() stop it.
  */
 export class Gateway {
-  constructor({ port, adminPort, extraToml = "", anonymous = true, drainTimeout = "3s" } = {}) {
+  constructor({ port, adminPort, extraToml = "", anonymous = true, drainTimeout = "3s", bus = null, redisPrefix = null } = {}) {
+    this.bus = bus;
+    this.redisPrefix = redisPrefix;
     this.port = port;
     this.adminPort = adminPort;
     this.extraToml = extraToml;
@@ -88,6 +90,8 @@ export class Gateway {
     return `listen = "127.0.0.1:${this.port}"
 admin_listen = "127.0.0.1:${this.adminPort}"
 realms = ["realm1"]
+${this.bus ? `bus = "${this.bus}"` : ""}
+${this.redisPrefix ? `[redis]\nkey_prefix = "${this.redisPrefix}"` : ""}
 
 [auth]
 jwt_secret = "${SECRET}"

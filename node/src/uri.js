@@ -1,6 +1,6 @@
 // Topic URI rules, as the gateway applies them (`wamp/src/uri.rs`, loose
 // rules): dot-separated components, each non-empty and free of whitespace
-// and `#`. Topics under `wamp.` are reserved for the router.
+// and `#`. Topics under `wamp.` and `telegraphy.presence.` are reserved for the router.
 
 import { InvalidInput } from "./errors.js";
 
@@ -34,8 +34,8 @@ export function checkTopic(topic) {
       `\`${topic}\` is not a valid topic URI (dot-separated words, no spaces, no \`#\`, no empty parts)`,
     );
   }
-  if (topic.startsWith("wamp.")) {
-    throw new InvalidInput("topics under `wamp.` are reserved for the router");
+  if (topic.startsWith("wamp.") || topic.startsWith("telegraphy.presence.")) {
+    throw new InvalidInput("topics under `wamp.` and `telegraphy.presence.` are reserved for the router");
   }
   return topic;
 }

@@ -360,7 +360,8 @@ mod tests {
         assert_eq!(Event::new("com..x").check().unwrap_err().kind(), ErrorKind::InvalidInput);
         let reserved = Event::new("wamp.session.on_join").check().unwrap_err();
         assert_eq!(reserved.kind(), ErrorKind::InvalidInput);
-        assert_eq!(reserved.to_string(), "topics under `wamp.` are reserved for the router");
+        assert_eq!(reserved.to_string(), "topics under `wamp.` and `telegraphy.presence.` are reserved for the router");
+        assert!(Event::new("telegraphy.presence.shop.order.7").check().is_err(), "presence events are the router's");
     }
 
     #[test]

@@ -373,6 +373,24 @@ impl Client {
         }
     }
 
+    /// CALLs `procedure` and waits for its answer: the RESULT's args, or
+    /// the ERROR's URI. Events that arrive meanwhile are kept, in order.
+    pub async fn call_answer(&mut self, procedure: &str, args: Vec<Value>, kwargs: Dict) -> Result<Vec<Value>, String> {
+        let request = self.request_id();
+        self.send(&Message::Call { request, options: Dict::new(), procedure: procedure.into(), args, kwargs }).await;
+        let mut events = Vec::new();
+        let answer = loop {
+            match self.read().await.unwrap_or_else(|c| panic!("{procedure}: the connection closed: {c:?}")) {
+                Message::Result { request: r, args, .. } if r == request => break Ok(args),
+                Message::Error { request_type: telegraphy_wamp::code::CALL, request: r, error, .. } if r == request => break Err(error),
+                event @ Message::Event { .. } => events.push(event),
+                other => panic!("{procedure}: unexpected {other:?}"),
+            }
+        };
+        self.stash.extend(events);
+        answer
+    }
+
     /// The next EVENT: (subscription, args, details).
     pub async fn event(&mut self) -> (u64, Vec<Value>, Dict) {
         match self.recv().await {
@@ -515,6 +533,56 @@ impl Drop for AmqpExchange {
             });
         });
         let _ = cleanup.join();
+    }
+}
+
+/// The machine's shared Redis (`TELEGRAPHY_TEST_REDIS` overrides it).
+pub fn redis_url() -> String {
+    std::env::var("TELEGRAPHY_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+/// The machine's shared RabbitMQ (`TELEGRAPHY_TEST_AMQP` overrides it).
+pub fn amqp_url() -> String {
+    std::env::var("TELEGRAPHY_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Where a test's nodes meet: one node's memory bus, a Redis key prefix of
+/// their own on the shared Redis, or an exchange of their own on the
+/// shared RabbitMQ (deleted when dropped).
+pub enum SharedBus {
+    /// `memory://`: one node.
+    Memory,
+    /// The shared Redis, under this key prefix.
+    Redis(String),
+    /// The shared RabbitMQ, on this exchange.
+    Amqp(AmqpExchange),
+}
+
+impl SharedBus {
+    /// A unique key prefix on the shared Redis.
+    pub fn redis(prefix: &str) -> SharedBus {
+        SharedBus::Redis(unique(prefix) + ":")
+    }
+
+    /// A unique exchange on the shared RabbitMQ.
+    pub fn amqp(prefix: &str) -> SharedBus {
+        SharedBus::Amqp(AmqpExchange::new(&amqp_url(), prefix))
+    }
+
+    /// Points `c` at this bus (and lets it reconnect quickly).
+    pub fn apply(&self, c: &mut Config) {
+        c.limits.bus_reconnect_max_delay = Duration::from_millis(500);
+        match self {
+            SharedBus::Memory => {}
+            SharedBus::Redis(prefix) => {
+                c.bus = redis_url();
+                c.redis.key_prefix = prefix.clone();
+            }
+            SharedBus::Amqp(exchange) => {
+                c.bus = exchange.url.clone();
+                c.amqp.exchange = exchange.name.clone();
+            }
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use telegraphy_wamp::{code, uri, Dict, Id, MatchPolicy, Message, UriKind, Value}
 
 use super::{flag_option, Session, State};
 use crate::authz::Decision;
-use crate::broker::{event_details, Broker, Identity};
+use crate::broker::{event_details, Identity};
 use crate::node::random_id;
 use crate::realm::Realm;
 use crate::wire::encode_frame;
@@ -42,10 +42,7 @@ fn event_frame(s: telegraphy_wamp::Serialization, sub: Id, publication: Id, deta
     encode_frame(s, &telegraphy_wamp::EventRef { subscription: sub, publication, details, args, kwargs })
 }
 
-/// `yyyy-mm-ddThh:mm:ss.sssZ` for microseconds since the Unix epoch.
-fn rfc3339(us: u64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_micros(us)).to_string()
-}
+use crate::members::rfc3339;
 
 /// The arguments of a `get_events` call.
 struct HistoryQuery {
@@ -149,8 +146,10 @@ impl BrokerState {
     }
 
     /// Leaves every subscription (the session is ending).
-    pub(super) fn leave(self, broker: &Broker, session: Id) {
-        broker.remove_session(session, self.subscriptions);
+    pub(super) fn leave(self, node: &crate::node::Node, realm: &Realm, session: Id) {
+        for id in self.subscriptions {
+            node.unsubscribed(realm, session, id);
+        }
     }
 }
 
@@ -213,7 +212,18 @@ impl Session {
         let State::Established { realm, broker: BrokerState { subscriptions }, rights, .. } = &mut self.state else { return };
         let realm = realm.clone();
         let broker = &realm.broker;
+        if let Some(watched) = topic.strip_prefix(telegraphy_bus::PRESENCE_PREFIX) {
+            // Presence of a topic: only for those who may read the topic itself.
+            if policy != MatchPolicy::Exact || rights.permissions.subscribe(MatchPolicy::Exact, watched) != Decision::Full {
+                self.node.metrics.denied_subscribe.inc();
+                let message = format!("you may follow the presence of `{watched}` only if your role may subscribe to `{watched}` itself (exactly)");
+                return self.error(code::SUBSCRIBE, request, err::NOT_AUTHORIZED, &message);
+            }
+        }
         let check = match rights.permissions.subscribe(policy, &topic) {
+            // The router's events are checked per listener against what
+            // they tell of (a subscription meta event names a topic).
+            Decision::Full if telegraphy_bus::is_reserved_topic(&topic) => Some(rights.permissions.clone()),
             Decision::Full => None,
             Decision::Partial => Some(rights.permissions.clone()),
             Decision::Denied => {
@@ -244,6 +254,12 @@ impl Session {
         let store = realm.store.clone().filter(|_| get_retained || after.is_some() || want_position);
         let subscribed = broker.subscribe(&self.handle, policy, &topic, check, store.is_some());
         subscriptions.insert(subscribed.id);
+        if subscribed.new_for_session {
+            self.node.subscribed(&realm, self.handle.id, &subscribed, policy, &topic);
+            if let Some(watched) = topic.strip_prefix(telegraphy_bus::PRESENCE_PREFIX) {
+                realm.presence.follow(&realm, watched);
+            }
+        }
         // Confirm once the bus routes the topic here, so that events
         // published after SUBSCRIBED arrive (bounded: a stuck broker must
         // not stall the session; the interest is re-applied on reconnect).
@@ -406,7 +422,7 @@ impl Session {
     fn unsubscribe(&mut self, request: Id, subscription: Id) {
         let State::Established { realm, broker: BrokerState { subscriptions }, .. } = &mut self.state else { return };
         if subscriptions.remove(&subscription) {
-            realm.broker.unsubscribe(self.handle.id, subscription);
+            self.node.unsubscribed(realm, self.handle.id, subscription);
             self.send(&Message::Unsubscribed { request });
         } else {
             self.error(code::UNSUBSCRIBE, request, err::NO_SUCH_SUBSCRIPTION, &format!("this session holds no subscription {subscription}"));

@@ -16,7 +16,6 @@ use crate::metrics::CallOutcome;
 
 use super::broker::GET_EVENTS;
 /// Procedures under this prefix are the router's own.
-const RESERVED: &str = "wamp.";
 
 /// The dealer role's state for one session: what it announced as a callee,
 /// and its calls to the web-app over HTTP (each a task, by CALL request id).
@@ -105,8 +104,11 @@ impl Session {
             let message = format!("`{}` is not a valid procedure for a {} registration", r.procedure, r.policy);
             return self.error(code::REGISTER, request, err::INVALID_URI, &message);
         }
-        if r.procedure.starts_with(RESERVED) {
-            let message = format!("procedures under `{RESERVED}` are the router's own; register under your application's prefix");
+        if telegraphy_bus::is_reserved_topic(&r.procedure) {
+            let message = format!(
+                "procedures under `wamp.` and `{}` are the router's own; register under your application's prefix",
+                telegraphy_bus::PRESENCE_PREFIX
+            );
             return self.error(code::REGISTER, request, err::INVALID_URI, &message);
         }
         if r.policy == MatchPolicy::Exact && self.node.http_callees.as_ref().is_some_and(|h| h.find(&r.procedure).is_some()) {
@@ -139,8 +141,9 @@ impl Session {
         if procedure == GET_EVENTS {
             return self.get_events(request, args, kwargs).await;
         }
-        if procedure.starts_with(super::meta::PREFIX) {
-            return self.session_meta(request, &procedure, args, kwargs);
+        if telegraphy_bus::is_reserved_topic(&procedure) {
+            // The session and subscription meta APIs, presence.
+            return self.router_call(request, &procedure, args, kwargs);
         }
         if let Err((outcome, error, message)) = self.route_call(request, options, procedure, args, kwargs) {
             self.node.metrics.call_answered_here(outcome);
@@ -157,10 +160,6 @@ impl Session {
         kwargs: Dict,
     ) -> Result<(), (CallOutcome, &'static str, String)> {
         let refused = |error: &'static str, message: String| (CallOutcome::Refused, error, message);
-        if procedure.starts_with(RESERVED) {
-            let message = format!("no procedure `{procedure}` here: the router answers `{GET_EVENTS}` and the session meta API (`wamp.session.*`) of its own procedures");
-            return Err((CallOutcome::NoSuchProcedure, err::NO_SUCH_PROCEDURE, message));
-        }
         if !uri::is_valid(&procedure, self.node.uri_rules, UriKind::Concrete) {
             return Err(refused(err::INVALID_URI, format!("`{procedure}` is not a valid procedure URI")));
         }

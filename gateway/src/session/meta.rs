@@ -7,19 +7,49 @@
 //! reaches them only with a `call` pattern that names them
 //! (`wamp.session.*`): `*` alone does not reach the router's procedures.
 
+use std::collections::BTreeMap;
+
+use telegraphy_bus::is_reserved_topic;
 use telegraphy_wamp::codes::uri as err;
-use telegraphy_wamp::{code, uri, Dict, Id, Message, UriKind, Value};
+use telegraphy_wamp::{code, uri, Dict, Id, MatchPolicy, Message, UriKind, Value};
 
 use super::{Session, State};
+use crate::authz::{Decision, Permissions};
+use crate::broker::LocalSubscription;
 use crate::cluster::{Control, KillTarget};
 use crate::members::kill_here;
 use crate::metrics::CallOutcome;
+use crate::realm::Realm;
 
-/// The procedures' common prefix.
+/// The session meta procedures' common prefix.
 pub(super) const PREFIX: &str = crate::members::META_PREFIX;
+
+/// The subscription meta procedures' common prefix.
+pub(super) const SUBSCRIPTION_PREFIX: &str = crate::members::SUBSCRIPTION_PREFIX;
 
 /// The reason a killed session's GOODBYE gives when the caller names none.
 const KILLED_DEFAULT: &str = "wamp.close.normal";
+
+/// The procedures the router answers itself (`wamp.subscription.get_events`
+/// is answered with the history, elsewhere).
+const ROUTER_PROCEDURES: &[&str] = &[
+    "wamp.session.count",
+    "wamp.session.list",
+    "wamp.session.get",
+    "wamp.session.kill",
+    "wamp.session.kill_by_authid",
+    "wamp.session.kill_by_authrole",
+    "wamp.session.kill_all",
+    "wamp.session.add_testament",
+    "wamp.session.flush_testaments",
+    "wamp.subscription.list",
+    "wamp.subscription.lookup",
+    "wamp.subscription.match",
+    "wamp.subscription.get",
+    "wamp.subscription.list_subscribers",
+    "wamp.subscription.count_subscribers",
+    crate::presence::GET,
+];
 
 type Answer = Result<Vec<Value>, (&'static str, String)>;
 
@@ -107,14 +137,25 @@ impl Session {
         Ok(vec![])
     }
 
-    /// A CALL of a `wamp.session.*` procedure.
-    pub(super) fn session_meta(&mut self, request: Id, procedure: &str, args: Vec<Value>, kwargs: Dict) {
+    /// A CALL of one of the router's procedures: the session and
+    /// subscription meta APIs, presence.
+    pub(super) fn router_call(&mut self, request: Id, procedure: &str, args: Vec<Value>, kwargs: Dict) {
         let State::Established { realm, rights, .. } = &self.state else { return };
+        if !ROUTER_PROCEDURES.contains(&procedure) {
+            // Unknown whatever the role: not worth a "not authorized".
+            self.node.metrics.call_answered_here(CallOutcome::NoSuchProcedure);
+            let message = format!(
+                "no procedure `{procedure}` here: the router's own are the session meta API (`wamp.session.*`), the subscription meta API (`wamp.subscription.*`) and `{}`",
+                crate::presence::GET
+            );
+            return self.error(code::CALL, request, err::NO_SUCH_PROCEDURE, &message);
+        }
         if !rights.permissions.may_call(procedure) {
             self.node.metrics.denied_call.inc();
             self.node.metrics.call_answered_here(CallOutcome::Refused);
+            let family = procedure.rsplit_once('.').map_or(procedure, |(f, _)| f);
             let message = format!(
-                "your role may not call `{procedure}`: the session meta API needs a call pattern that names it, e.g. roles.NAME.call = [\"wamp.session.*\"] (`*` alone does not reach the router's procedures)"
+                "your role may not call `{procedure}`: the router's procedures need a call pattern that names them, e.g. roles.NAME.call = [\"{family}.*\"] (`*` alone does not reach them)"
             );
             return self.error(code::CALL, request, err::NOT_AUTHORIZED, &message);
         }
@@ -126,27 +167,21 @@ impl Session {
             return self.error(code::CALL, request, err::RATE_LIMITED, "you call faster than your role allows (roles.NAME.call_rate); slow down");
         }
         let realm = realm.clone();
-        let me = self.handle.id;
-        let answer: Answer = match &procedure[PREFIX.len()..] {
-            "count" => roles_filter(&args).map(|f| vec![Value::UInt(realm.members.count(f.as_deref()) as u64)]),
-            "list" => roles_filter(&args)
-                .map(|f| vec![Value::List(realm.members.select(f.as_deref(), |_| true).into_iter().map(|m| Value::UInt(m.session)).collect())]),
-            "get" => session_arg(&args).and_then(|id| match realm.members.find(id) {
-                Some(m) => Ok(vec![Value::Dict(m.details())]),
-                None => Err((err::NO_SUCH_SESSION, format!("no session {id} in this realm"))),
-            }),
-            kill @ ("kill" | "kill_by_authid" | "kill_by_authrole" | "kill_all") => self.kill(&realm, kill, &args, &kwargs, me),
-            "add_testament" => self.add_testament(&realm, args, &kwargs),
-            "flush_testaments" => scope(&kwargs).map(|detached| {
-                self.node.member_changed(&realm, me, |m| m.testaments.retain(|t| t.detached != detached));
-                vec![]
-            }),
-            other => Err((
+        let permissions = rights.permissions.clone();
+        let answer = if let Some(name) = procedure.strip_prefix(SUBSCRIPTION_PREFIX) {
+            subscription_meta(&realm, &permissions, name, &args, &kwargs)
+        } else if procedure == crate::presence::GET {
+            presence_get(&realm, &permissions, &args, &kwargs)
+        } else if procedure.starts_with(PREFIX) {
+            self.session_meta(&realm, procedure, args, kwargs)
+        } else {
+            Err((
                 err::NO_SUCH_PROCEDURE,
                 format!(
-                    "no session meta procedure `{PREFIX}{other}`: count, list, get, kill, kill_by_authid, kill_by_authrole, kill_all, add_testament, flush_testaments"
+                    "no procedure `{procedure}` here: the router's own are `wamp.session.*`, `wamp.subscription.*` and `{}`",
+                    crate::presence::GET
                 ),
-            )),
+            ))
         };
         match answer {
             Ok(args) => {
@@ -157,6 +192,32 @@ impl Session {
                 self.node.metrics.call_answered_here(if error == err::NO_SUCH_PROCEDURE { CallOutcome::NoSuchProcedure } else { CallOutcome::Error });
                 self.error(code::CALL, request, error, &message);
             }
+        }
+    }
+
+    /// A `wamp.session.*` procedure.
+    fn session_meta(&mut self, realm: &crate::realm::Realm, procedure: &str, args: Vec<Value>, kwargs: Dict) -> Answer {
+        let me = self.handle.id;
+        match &procedure[PREFIX.len()..] {
+            "count" => roles_filter(&args).map(|f| vec![Value::UInt(realm.members.count(f.as_deref()) as u64)]),
+            "list" => roles_filter(&args)
+                .map(|f| vec![Value::List(realm.members.select(f.as_deref(), |_| true).into_iter().map(|m| Value::UInt(m.session)).collect())]),
+            "get" => session_arg(&args).and_then(|id| match realm.members.find(id) {
+                Some(m) => Ok(vec![Value::Dict(m.details())]),
+                None => Err((err::NO_SUCH_SESSION, format!("no session {id} in this realm"))),
+            }),
+            kill @ ("kill" | "kill_by_authid" | "kill_by_authrole" | "kill_all") => self.kill(realm, kill, &args, &kwargs, me),
+            "add_testament" => self.add_testament(realm, args, &kwargs),
+            "flush_testaments" => scope(&kwargs).map(|detached| {
+                self.node.member_changed(realm, me, |m| m.testaments.retain(|t| t.detached != detached));
+                vec![]
+            }),
+            other => Err((
+                err::NO_SUCH_PROCEDURE,
+                format!(
+                    "no session meta procedure `{PREFIX}{other}`: count, list, get, kill, kill_by_authid, kill_by_authrole, kill_all, add_testament, flush_testaments"
+                ),
+            )),
         }
     }
 
@@ -204,4 +265,111 @@ impl Session {
             KillTarget::Authrole(_) | KillTarget::All => vec![Value::UInt(doomed.len() as u64)],
         })
     }
+}
+
+/// Every subscription of the realm, on any node, that the caller could make
+/// itself (a role sees only topics it may read), by id.
+fn visible(realm: &Realm, permissions: &Permissions, mut keep: impl FnMut(MatchPolicy, &str) -> bool) -> BTreeMap<Id, LocalSubscription> {
+    let mut keep =
+        |policy: MatchPolicy, uri: &str| !is_reserved_topic(uri) && permissions.subscribe(policy, uri) == Decision::Full && keep(policy, uri);
+    let mut all: BTreeMap<Id, LocalSubscription> = realm.broker.subscriptions(&mut keep).into_iter().map(|s| (s.id, s)).collect();
+    for s in realm.members.subscriptions_away(&mut keep) {
+        merge(&mut all, s);
+    }
+    all
+}
+
+/// Adds another node's part of a subscription.
+fn merge(all: &mut BTreeMap<Id, LocalSubscription>, s: LocalSubscription) {
+    match all.get_mut(&s.id) {
+        Some(known) => {
+            known.created_us = known.created_us.min(s.created_us);
+            known.sessions.extend(s.sessions);
+        }
+        None => {
+            all.insert(s.id, s);
+        }
+    }
+}
+
+/// Subscription `id`, cluster-wide, if the caller may see it.
+fn one(realm: &Realm, permissions: &Permissions, args: &[Value]) -> Result<LocalSubscription, (&'static str, String)> {
+    let id = match args.first() {
+        Some(Value::UInt(id)) => *id,
+        _ => return Err((err::INVALID_ARGUMENT, "the first argument must be a subscription id".into())),
+    };
+    let mut all = BTreeMap::new();
+    for s in realm.broker.describe(id).into_iter().chain(realm.members.subscription_away(id)) {
+        merge(&mut all, s);
+    }
+    all.remove(&id)
+        .filter(|s| !is_reserved_topic(&s.uri) && permissions.subscribe(s.policy, &s.uri) == Decision::Full)
+        .ok_or_else(|| (err::NO_SUCH_SUBSCRIPTION, format!("no subscription {id} in this realm")))
+}
+
+fn topic_arg(args: &[Value]) -> Result<&str, (&'static str, String)> {
+    match args.first() {
+        Some(Value::Str(t)) => Ok(t),
+        _ => Err((err::INVALID_ARGUMENT, "the first argument must be a topic URI".into())),
+    }
+}
+
+/// A `wamp.subscription.*` procedure (`get_events` is answered elsewhere).
+fn subscription_meta(realm: &Realm, permissions: &Permissions, name: &str, args: &[Value], kwargs: &Dict) -> Answer {
+    match name {
+        "list" => {
+            let mut lists: BTreeMap<&str, Vec<Value>> = [("exact", vec![]), ("prefix", vec![]), ("wildcard", vec![])].into_iter().collect();
+            for s in visible(realm, permissions, |_, _| true).into_values() {
+                lists.entry(s.policy.as_str()).or_default().push(Value::UInt(s.id));
+            }
+            Ok(vec![Value::Dict(lists.into_iter().map(|(k, v)| (k.to_string(), Value::List(v))).collect())])
+        }
+        "lookup" => {
+            let topic = topic_arg(args)?;
+            let options = match args.get(1) {
+                None | Some(Value::Null) => kwargs,
+                Some(Value::Dict(d)) => d,
+                Some(_) => return Err((err::INVALID_ARGUMENT, "the second argument must be the options (a dict)".into())),
+            };
+            let policy = match options.get("match") {
+                None | Some(Value::Null) => MatchPolicy::Exact,
+                Some(Value::Str(m)) => MatchPolicy::parse(m).ok_or_else(|| (err::INVALID_ARGUMENT, format!("unknown match policy `{m}`; use exact, prefix or wildcard")))?,
+                Some(_) => return Err((err::INVALID_ARGUMENT, "`match` must be a string".into())),
+            };
+            let found = visible(realm, permissions, |p, uri| p == policy && uri == topic).into_keys().next();
+            Ok(vec![found.map_or(Value::Null, Value::UInt)])
+        }
+        "match" => {
+            let topic = topic_arg(args)?;
+            let ids: Vec<Value> = visible(realm, permissions, |policy, uri| policy.matches(uri, topic)).into_keys().map(Value::UInt).collect();
+            Ok(vec![if ids.is_empty() { Value::Null } else { Value::List(ids) }])
+        }
+        "get" => one(realm, permissions, args).map(|s| vec![Value::Dict(crate::members::subscription_details(s.id, s.policy, &s.uri, s.created_us))]),
+        "list_subscribers" => one(realm, permissions, args).map(|s| vec![Value::List(s.sessions.into_iter().map(Value::UInt).collect())]),
+        "count_subscribers" => one(realm, permissions, args).map(|s| vec![Value::UInt(s.sessions.len() as u64)]),
+        other => Err((
+            err::NO_SUCH_PROCEDURE,
+            format!(
+                "no subscription meta procedure `{SUBSCRIPTION_PREFIX}{other}`: list, lookup, match, get, list_subscribers, count_subscribers, get_events"
+            ),
+        )),
+    }
+}
+
+/// `telegraphy.presence.get(topic, limit?)`: who is on `topic`,
+/// cluster-wide; only for a caller that may subscribe to `topic` itself.
+fn presence_get(realm: &Realm, permissions: &Permissions, args: &[Value], kwargs: &Dict) -> Answer {
+    use crate::presence::{DEFAULT_LIMIT, MAX_LIMIT};
+    let topic = topic_arg(args)?;
+    let limit = match kwargs.get("limit").or(args.get(1)) {
+        None | Some(Value::Null) => DEFAULT_LIMIT,
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=MAX_LIMIT as u64).contains(&n) => n as usize,
+            _ => return Err((err::INVALID_ARGUMENT, format!("`limit` must be an integer from 1 to {MAX_LIMIT}"))),
+        },
+    };
+    if is_reserved_topic(topic) || permissions.subscribe(MatchPolicy::Exact, topic) != Decision::Full {
+        return Err((err::NOT_AUTHORIZED, format!("you may see who is on `{topic}` only if your role may subscribe to `{topic}` itself")));
+    }
+    Ok(vec![Value::Dict(crate::presence::present(realm, topic).answer(topic, limit))])
 }

@@ -354,7 +354,7 @@ impl Session {
     /// Leaves every subscription; idempotent. Called on every way out.
     pub(crate) fn cleanup(&mut self) {
         if let State::Established { realm, broker, dealer, .. } = std::mem::replace(&mut self.state, State::Closed) {
-            broker.leave(&realm.broker, self.handle.id);
+            broker.leave(&self.node, &realm, self.handle.id);
             realm.dealer.leave(self.handle.id);
             self.node.member_left(&realm, self.handle.id);
             dealer.leave(&self.node.metrics);

@@ -1,6 +1,7 @@
 """Topic URI rules, as the gateway applies them (`wamp/src/uri.rs`, loose
 rules): dot-separated components, each non-empty and free of whitespace,
-`.` and `#`. Topics under `wamp.` are reserved for the router."""
+`.` and `#`. Topics under `wamp.` and `telegraphy.presence.` are reserved for the
+router."""
 
 from .errors import InvalidInput
 
@@ -43,8 +44,8 @@ def check_topic(topic) -> str:
         raise InvalidInput(
             f"`{topic}` is not a valid topic URI (dot-separated words, no spaces, no `#`, no empty parts)"
         )
-    if topic.startswith("wamp."):
-        raise InvalidInput("topics under `wamp.` are reserved for the router")
+    if topic.startswith(("wamp.", "telegraphy.presence.")):
+        raise InvalidInput("topics under `wamp.` and `telegraphy.presence.` are reserved for the router")
     return topic
 
 
