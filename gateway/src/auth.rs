@@ -69,6 +69,25 @@ pub struct Authenticated {
     pub(crate) role: Role,
     /// When the credentials expire (token `exp`).
     pub expires_at: Option<SystemTime>,
+    /// A display name (the token's `name` claim), for presence.
+    pub name: Option<String>,
+}
+
+/// The longest display name kept (longer ones are cut, on a character boundary).
+pub(crate) const MAX_NAME: usize = 100;
+
+/// A token's `name` claim as kept: trimmed, cut to [`MAX_NAME`] bytes, none if empty.
+fn display_name(name: Option<String>) -> Option<String> {
+    let name = name?;
+    let mut name = name.trim();
+    if name.len() > MAX_NAME {
+        let mut end = MAX_NAME;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name = &name[..end];
+    }
+    (!name.is_empty()).then(|| name.to_string())
 }
 
 /// A refused session: the ABORT reason, a message a developer can act on,
@@ -113,6 +132,9 @@ struct Claims {
     call: Option<Vec<String>>,
     #[serde(default)]
     register: Option<Vec<String>>,
+    /// A display name (presence shows it beside the authid).
+    #[serde(default)]
+    name: Option<String>,
 }
 
 /// A claim that is a string or a list of strings.
@@ -327,6 +349,7 @@ impl Authenticator {
             permissions,
             role: role.clone(),
             expires_at,
+            name: None,
         })
     }
 
@@ -394,7 +417,8 @@ impl Authenticator {
         // A far-future `exp` that no clock can represent never expires.
         let expires_at = UNIX_EPOCH.checked_add(Duration::from_secs(exp));
         let role = claims.role.unwrap_or_else(|| "user".to_string());
-        self.session_for(sub, &role, ("ticket", "jwt"), token, expires_at)
+        let name = display_name(claims.name);
+        self.session_for(sub, &role, ("ticket", "jwt"), token, expires_at).map(|a| Authenticated { name, ..a })
     }
 
     /// Starts WAMP-CRA for `authid` when CRA users are configured. Unknown

@@ -70,6 +70,8 @@ pub struct Identity {
     pub authid: String,
     /// `authrole`.
     pub authrole: String,
+    /// A display name (the token's `name` claim), for presence.
+    pub name: Option<String>,
 }
 
 /// One subscription: (policy, URI), its id, and the local sessions on it.
@@ -294,12 +296,12 @@ impl Broker {
         n
     }
 
-    /// The authids of the sessions on subscription `id` here (one per session).
-    pub(crate) fn subscriber_authids(&self, id: Id, mut each: impl FnMut(&str)) {
+    /// Who the sessions on subscription `id` here are (one call per session).
+    pub(crate) fn subscriber_identities(&self, id: Id, mut each: impl FnMut(&Identity)) {
         let Some(sub) = self.index.read().unwrap_or_else(|e| e.into_inner()).ids.get(&id).cloned() else { return };
         for subscriber in sub.subscribers.read().unwrap_or_else(|e| e.into_inner()).by_session.values() {
             if let Some(who) = subscriber.session.identity.get() {
-                each(&who.authid);
+                each(who);
             }
         }
     }
@@ -580,7 +582,7 @@ mod tests {
             let (server, _) = self.listener.accept().await.unwrap();
             let outbox = Outbox::new(Wire::tcp(server), ser.index(), 64, 1 << 20, Arc::new(Metrics::new()));
             let identity = OnceLock::new();
-            identity.set(Identity { authid: who.0.into(), authrole: who.1.into() }).unwrap();
+            identity.set(Identity { authid: who.0.into(), authrole: who.1.into(), name: None }).unwrap();
             (Arc::new(SessionHandle { id, serialization: ser, identity, outbox }), client)
         }
 

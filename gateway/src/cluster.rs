@@ -972,6 +972,7 @@ mod tests {
             authrole: "user".into(),
             authmethod: "ticket".into(),
             authprovider: "jwt".into(),
+            name: Some("Alice A.".into()),
             testaments: vec![crate::members::Testament {
                 detached: false,
                 topic: "com.example.gone".into(),

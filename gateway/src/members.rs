@@ -67,6 +67,8 @@ pub(crate) struct Member {
     pub authrole: String,
     pub authmethod: String,
     pub authprovider: String,
+    /// A display name (the token's `name` claim), for presence.
+    pub name: Option<String>,
     /// What to publish when the session ends (`wamp.session.add_testament`),
     /// in the order they were added.
     pub testaments: Vec<Testament>,
@@ -125,6 +127,7 @@ impl Member {
             Value::Str(self.authmethod.clone()),
             Value::Str(self.authprovider.clone()),
             Value::List(testaments),
+            self.name.clone().map_or(Value::Null, Value::Str),
         ])
     }
 
@@ -154,7 +157,12 @@ impl Member {
                 }
             }
         }
-        Some(Member { session, authid, authrole, authmethod, authprovider, testaments })
+        // Added later: absent from an older node's entries.
+        let name = match it.next() {
+            Some(Value::Str(n)) => Some(n),
+            _ => None,
+        };
+        Some(Member { session, authid, authrole, authmethod, authprovider, name, testaments })
     }
 }
 
@@ -519,15 +527,15 @@ impl Members {
         found
     }
 
-    /// The authids of the other nodes' sessions on subscription `id`
-    /// (which must be (policy, uri)).
-    pub(crate) fn subscriber_authids_away(&self, id: Id, policy: MatchPolicy, uri: &str, mut each: impl FnMut(&str)) {
+    /// The authids (and display names) of the other nodes' sessions on
+    /// subscription `id` (which must be (policy, uri)).
+    pub(crate) fn subscriber_authids_away(&self, id: Id, policy: MatchPolicy, uri: &str, mut each: impl FnMut(&str, Option<&str>)) {
         let inner = self.lock();
         for away in inner.away.values() {
             if let Some(s) = away.subscriptions.get(&id).filter(|s| s.policy == policy && &*s.uri == uri) {
                 for session in &s.sessions {
                     if let Some(m) = away.members.get(session) {
-                        each(&m.authid);
+                        each(&m.authid, m.name.as_deref());
                     }
                 }
             }
@@ -585,6 +593,7 @@ mod tests {
             authrole: "user".into(),
             authmethod: "ticket".into(),
             authprovider: "jwt".into(),
+            name: None,
             testaments: vec![],
         }
     }
@@ -617,10 +626,10 @@ mod tests {
         assert_eq!(kinds(&m.apply(8, delta, |_| 1)), [("subscribed", 3, false)], "session 99 is unknown: ignored");
         assert_eq!(m.subscription_away(10).map(|s| s.sessions.len()), Some(3));
         let mut authids = Vec::new();
-        m.subscriber_authids_away(10, MatchPolicy::Exact, "t.x", |a| authids.push(a.to_string()));
+        m.subscriber_authids_away(10, MatchPolicy::Exact, "t.x", |a, _| authids.push(a.to_string()));
         authids.sort();
         assert_eq!(authids, ["u1", "u2", "u3"]);
-        m.subscriber_authids_away(10, MatchPolicy::Prefix, "t.x", |_| panic!("another (policy, uri) under that id"));
+        m.subscriber_authids_away(10, MatchPolicy::Prefix, "t.x", |_, _| panic!("another (policy, uri) under that id"));
         // Session 1 leaves (its subscription goes with it); 2 unsubscribes.
         let delta = Delta { left: vec![1], unsubscribed: vec![(2, 10)], ..Delta::default() };
         assert_eq!(kinds(&m.apply(7, delta, nobody_here)), [("unsubscribed", 2, false), ("unsubscribed", 1, false)]);

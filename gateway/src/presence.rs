@@ -9,14 +9,16 @@
 //! bus beyond the directory itself.
 //!
 //! * `telegraphy.presence.get(topic, limit?)` answers
-//!   `{topic, count, sessions, authids, truncated}`: `count` distinct
+//!   `{topic, count, sessions, authids, names, truncated}`: `count` distinct
 //!   authids, `sessions` subscribed sessions, `authids` the first `limit`
-//!   of them (sorted; default 100, at most 1,000).
+//!   of them (sorted; default 100, at most 1,000), `names` the display
+//!   names of those that have one (the token's `name` claim).
 //! * A subscription to `telegraphy.presence.<T>` gets, at most once per
 //!   [`TICK`] and only when something changed,
-//!   `{topic, joined, left, count, sessions}`: the authids that appeared
-//!   and disappeared since the last event (at most [`MAX_LISTED`] of each;
-//!   `count` and `sessions` are always exact). Each node makes these
+//!   `{topic, joined, left, names, count, sessions}`: the authids that
+//!   appeared and disappeared since the last event (at most [`MAX_LISTED`]
+//!   of each; `count` and `sessions` are always exact), with the names of
+//!   those who joined. Each node makes these
 //!   events for its own listeners from its own view of the directory: a
 //!   page with 10,000 viewers costs its listeners one event per tick, not
 //!   one per viewer.
@@ -48,28 +50,38 @@ pub(crate) const MAX_LISTED: usize = 100;
 pub(crate) const DEFAULT_LIMIT: usize = 100;
 pub(crate) const MAX_LIMIT: usize = 1000;
 
-/// Who is on one topic: sessions per authid.
+/// Who is on one topic: per authid, its sessions and display name.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct Present {
-    pub by_authid: BTreeMap<String, u32>,
+    pub by_authid: BTreeMap<String, (u32, Option<String>)>,
     pub sessions: usize,
 }
 
 impl Present {
-    fn add(&mut self, authid: &str) {
-        *self.by_authid.entry(authid.to_string()).or_default() += 1;
+    fn add(&mut self, authid: &str, name: Option<&str>) {
+        let entry = self.by_authid.entry(authid.to_string()).or_default();
+        entry.0 += 1;
+        if entry.1.is_none() {
+            entry.1 = name.map(str::to_string);
+        }
         self.sessions += 1;
+    }
+
+    /// The display names of `authids` that have one.
+    fn names<'a>(&self, authids: impl Iterator<Item = &'a String>) -> Dict {
+        authids.filter_map(|a| self.by_authid.get(a).and_then(|(_, n)| n.clone()).map(|n| (a.clone(), Value::Str(n)))).collect()
     }
 
     /// `telegraphy.presence.get`'s answer.
     pub(crate) fn answer(&self, topic: &str, limit: usize) -> Dict {
-        let authids: Vec<Value> = self.by_authid.keys().take(limit).map(|a| Value::Str(a.clone())).collect();
+        let listed: Vec<&String> = self.by_authid.keys().take(limit).collect();
         dict! {
             "topic" => topic.to_string(),
             "count" => self.by_authid.len() as u64,
             "sessions" => self.sessions as u64,
             "truncated" => self.by_authid.len() > limit,
-            "authids" => Value::List(authids),
+            "names" => Value::Dict(self.names(listed.iter().copied())),
+            "authids" => Value::List(listed.into_iter().map(|a| Value::Str(a.clone())).collect()),
         }
     }
 }
@@ -79,8 +91,8 @@ pub(crate) fn present(realm: &Realm, topic: &str) -> Present {
     let mut present = Present::default();
     let id =
         realm.broker.subscription_id(MatchPolicy::Exact, topic).unwrap_or_else(|| crate::broker::stable_id(&realm.name, MatchPolicy::Exact, topic));
-    realm.broker.subscriber_authids(id, |a| present.add(a));
-    realm.members.subscriber_authids_away(id, MatchPolicy::Exact, topic, |a| present.add(a));
+    realm.broker.subscriber_identities(id, |who| present.add(&who.authid, who.name.as_deref()));
+    realm.members.subscriber_authids_away(id, MatchPolicy::Exact, topic, |a, name| present.add(a, name));
     present
 }
 
@@ -89,14 +101,16 @@ fn event(topic: &str, before: &Present, now: &Present) -> Option<Dict> {
     if before == now {
         return None;
     }
-    let listed = |from: &Present, without: &Present| -> Vec<Value> {
-        from.by_authid.keys().filter(|a| !without.by_authid.contains_key(*a)).take(MAX_LISTED).map(|a| Value::Str(a.clone())).collect()
+    let listed = |from: &'_ Present, without: &Present| -> Vec<String> {
+        from.by_authid.keys().filter(|a| !without.by_authid.contains_key(*a)).take(MAX_LISTED).cloned().collect()
     };
     let (joined, left) = (listed(now, before), listed(before, now));
+    let strings = |l: Vec<String>| Value::List(l.into_iter().map(Value::Str).collect());
     Some(dict! {
         "topic" => topic.to_string(),
-        "joined" => Value::List(joined),
-        "left" => Value::List(left),
+        "names" => Value::Dict(now.names(joined.iter())),
+        "joined" => strings(joined),
+        "left" => strings(left),
         "count" => now.by_authid.len() as u64,
         "sessions" => now.sessions as u64,
     })
@@ -146,6 +160,49 @@ impl Watch {
     }
 }
 
+/// `GET /presence?topic=T[&realm=R][&limit=N]` with the API key: the same
+/// answer as `telegraphy.presence.get`, for the web-app side (a cron
+/// report, a server-rendered page).
+pub(crate) async fn http(
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    axum::extract::Extension(ticket): axum::extract::Extension<Arc<crate::admission::Ticket>>,
+    headers: axum::http::HeaderMap,
+    query: Result<axum::extract::Query<HttpQuery>, axum::extract::rejection::QueryRejection>,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let answer = (|| {
+        crate::publish::authorize(&node, &headers).map_err(|f| (f.0, f.1, f.2))?;
+        ticket.trust();
+        let bad = |m: String| (StatusCode::BAD_REQUEST, "bad_request", m);
+        let axum::extract::Query(q) = query.map_err(|e| bad(format!("{e}; ask GET /presence?topic=TOPIC[&realm=REALM][&limit=N]")))?;
+        let realm_name = q.realm.as_deref().unwrap_or(&node.config.realms[0]);
+        let realm = node.realms.get(realm_name).ok_or_else(|| bad(format!("this gateway serves no realm `{realm_name}`")))?;
+        if !telegraphy_wamp::uri::is_valid(&q.topic, node.uri_rules, telegraphy_wamp::UriKind::Concrete)
+            || telegraphy_bus::is_reserved_topic(&q.topic)
+        {
+            return Err(bad(format!("`{}` is not a topic URI", q.topic)));
+        }
+        let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(bad(format!("`limit` must be from 1 to {MAX_LIMIT}")));
+        }
+        Ok(present(realm, &q.topic).answer(&q.topic, limit))
+    })();
+    match answer {
+        Ok(dict) => (StatusCode::OK, axum::Json(Value::Dict(dict))).into_response(),
+        Err((status, error, message)) => (status, axum::Json(serde_json::json!({"error": error, "message": message}))).into_response(),
+    }
+}
+
+/// `GET /presence`'s query string.
+#[derive(serde::Deserialize)]
+pub(crate) struct HttpQuery {
+    topic: String,
+    realm: Option<String>,
+    limit: Option<usize>,
+}
+
 /// Sends presence events every [`TICK`] until the node aborts it.
 pub(crate) async fn run(node: Arc<Node>) {
     let mut tick = tokio::time::interval(TICK);
@@ -165,7 +222,7 @@ mod tests {
     fn present(who: &[&str]) -> Present {
         let mut p = Present::default();
         for a in who {
-            p.add(a);
+            p.add(a, (*a == "cy").then_some("Cy Young"));
         }
         p
     }
@@ -177,6 +234,7 @@ mod tests {
         let e = event("t", &before, &now).unwrap();
         assert_eq!(e["joined"], Value::List(vec![Value::Str("cy".into())]));
         assert_eq!(e["left"], Value::List(vec![Value::Str("ann".into())]));
+        assert_eq!(e["names"], Value::Dict(dict! {"cy" => "Cy Young"}), "the names of those who joined");
         assert_eq!((e["count"].clone(), e["sessions"].clone()), (Value::UInt(2), Value::UInt(2)));
         assert_eq!(event("t", &now, &now), None, "nothing changed: no event");
         // A second tab of someone already there changes the session count only.

@@ -26,7 +26,7 @@ use crate::admission::Ticket;
 use crate::node::{random_id, Node};
 
 /// An HTTP publish failure: status, a stable error code and a message.
-struct PublishFailure(StatusCode, &'static str, String);
+pub(crate) struct PublishFailure(pub StatusCode, pub &'static str, pub String);
 
 impl PublishFailure {
     fn bad(message: impl Into<String>) -> Self {
@@ -157,7 +157,8 @@ fn too_large(node: &Node, len: Option<usize>) -> PublishFailure {
     )
 }
 
-fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), PublishFailure> {
+/// Checks the request's API key (`Authorization: Bearer KEY`).
+pub(crate) fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), PublishFailure> {
     if node.api_keys.is_empty() {
         return Err(PublishFailure(
             StatusCode::FORBIDDEN,

@@ -176,6 +176,7 @@ impl Gateway {
         let mut app = Router::new()
             .route("/ws", get(connection::upgrade))
             .route("/publish", post(publish::publish))
+            .route("/presence", get(crate::presence::http))
             .layer(DefaultBodyLimit::max(config.limits.max_message_size + 1));
         if config.dev {
             app = app.route("/", get(|| async { Html(DEMO_PAGE) })).route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }));

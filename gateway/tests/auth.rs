@@ -790,3 +790,25 @@ async fn review_attacks_that_failed_stay_failed() {
     }
     assert_eq!(series(gw.metrics().await), before, "client input created metric series");
 }
+
+/// A token's `name` claim (a display name, for presence) is told back in
+/// WELCOME's authextra: trimmed, cut to 100 bytes, left out when empty.
+#[tokio::test]
+async fn a_display_name_from_the_token() {
+    let gw = TestGateway::start_with(secured()).await;
+    let join = |name: serde_json::Value| {
+        let mut t = claims("ann", "user", now() + 60);
+        t["name"] = name;
+        let gw = &gw;
+        async move { Client::join_ticket(gw, JSON, &hs256(&t, SECRET)).await.expect("joins") }
+    };
+    let name_of = |c: &Client| match &c.details["authextra"] {
+        Value::Dict(extra) => extra.get("name").cloned(),
+        other => panic!("authextra: {other:?}"),
+    };
+    assert_eq!(name_of(&join(serde_json::json!("  Ann Smith ")).await), Some(Value::from("Ann Smith")));
+    let long = "é".repeat(80); // 160 bytes
+    let cut = name_of(&join(serde_json::json!(long)).await);
+    assert_eq!(cut, Some(Value::from("é".repeat(50))), "cut at 100 bytes, on a character boundary");
+    assert_eq!(name_of(&join(serde_json::json!("   ")).await), None);
+}

@@ -47,7 +47,8 @@ fn config_on(bus: &SharedBus) -> Config {
 
 fn ticket(authid: &str, role: &str) -> String {
     let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 600;
-    let claims = serde_json::json!({"sub": authid, "role": role, "exp": exp});
+    // A display name for presence: the authid in capitals.
+    let claims = serde_json::json!({"sub": authid, "role": role, "exp": exp, "name": authid.to_uppercase()});
     encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
 }
 
@@ -308,5 +309,46 @@ async fn star_reaches_neither_the_subscription_meta_api_nor_presence() {
     match c.recv().await {
         Message::Error { request_type: code::REGISTER, .. } => {}
         got => panic!("expected ERROR, got {got:?}"),
+    }
+}
+
+/// `GET /presence` with the API key: the same answer as
+/// `telegraphy.presence.get`, for the web-app side; refused without a key,
+/// with a clear error for bad input.
+#[tokio::test]
+async fn the_web_app_asks_for_presence_over_http() {
+    let gw = TestGateway::start_with(config_on(&SharedBus::Memory)).await;
+    let mut viewers = Vec::new();
+    for authid in ["ann", "bo", "bo"] {
+        let mut c = Client::join_ticket(&gw, JSON, &ticket(authid, "viewer")).await.expect("a viewer joins");
+        c.subscribe("public.page", "exact").await;
+        viewers.push(c);
+    }
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/presence", gw.addr);
+    let get = |query: &'static str, key: Option<&'static str>| {
+        let mut req = http.get(format!("{url}?{query}"));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (status, body) = get("topic=public.page", Some(util::API_KEY)).await;
+    assert_eq!(status, 200, "{body}");
+    let expected = serde_json::json!({
+        "topic": "public.page", "count": 2, "sessions": 3, "authids": ["ann", "bo"], "names": {"ann": "ANN", "bo": "BO"}, "truncated": false,
+    });
+    assert_eq!(body, expected);
+    let (status, body) = get("topic=public.page&limit=1&realm=realm1", Some(util::API_KEY)).await;
+    assert_eq!((status, &body["authids"], &body["truncated"]), (200, &serde_json::json!(["ann"]), &serde_json::json!(true)));
+    assert_eq!(get("topic=public.page", None).await.0, 401);
+    assert_eq!(get("topic=public.page", Some("wrong-key")).await.0, 403);
+    for bad in ["", "topic=a..b", "topic=x&limit=0", "topic=x&realm=nowhere", "topic=wamp.session.on_join"] {
+        let (status, body) = get(bad, Some(util::API_KEY)).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")), "{bad}: {body}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{bad}: a message says what to fix");
     }
 }

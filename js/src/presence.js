@@ -6,7 +6,7 @@
 //   1. subscribes to T itself (unless { join: false }), so this client
 //      counts too;
 //   2. subscribes to `telegraphy.presence.<T>`: at most every 100 ms, only on
-//      change, {topic, joined, left, count, sessions};
+//      change, {topic, joined, left, names, count, sessions};
 //   3. then asks `telegraphy.presence.get(T)` for the state, and again after
 //      every reconnect. Events that arrive while the answer is on its way
 //      are applied after it: a join or leave applied twice changes nothing.
@@ -30,6 +30,7 @@ export class Presence {
   #client;
   #events = new Emitter(["change", "error"]);
   #authids = new Set();
+  #names = new Map(); // authid → display name (the token's `name` claim)
   #limit;
   #listeners = [];
   #pending = null; // events held while a get() is on its way
@@ -70,6 +71,16 @@ export class Presence {
     return [...this.#authids].sort();
   }
 
+  /** A display name for `authid`: its token's `name` claim, else the authid. */
+  nameOf(authid) {
+    return this.#names.get(authid) ?? authid;
+  }
+
+  /** { authid: display name } for everyone listed who has one. */
+  get names() {
+    return Object.fromEntries([...this.#authids].filter((a) => this.#names.has(a)).map((a) => [a, this.#names.get(a)]));
+  }
+
   /** callback({count, sessions, authids, joined, left, truncated}) on every change; "error" for refusals. */
   on(name, callback) {
     this.#events.on(name, callback);
@@ -103,6 +114,7 @@ export class Presence {
     const held = this.#pending ?? [];
     this.#pending = null;
     this.#authids = new Set(state.authids);
+    this.#names = new Map(Object.entries(state.names ?? {}));
     this.count = state.count;
     this.sessions = state.sessions;
     this.truncated = Boolean(state.truncated);
@@ -125,14 +137,20 @@ export class Presence {
   }
 
   #apply(change) {
-    for (const a of change.left) this.#authids.delete(a);
+    for (const a of change.left) {
+      this.#authids.delete(a);
+      this.#names.delete(a);
+    }
     for (const a of change.joined) this.#authids.add(a);
+    for (const [a, name] of Object.entries(change.names ?? {})) this.#names.set(a, name);
     this.count = change.count;
     this.sessions = change.sessions;
     this.truncated = this.#authids.size < this.count;
   }
 
   #emit(joined, left) {
-    this.#events.emit("change", { count: this.count, sessions: this.sessions, authids: this.authids, joined, left, truncated: this.truncated });
+    this.#events.emit("change", {
+      count: this.count, sessions: this.sessions, authids: this.authids, names: this.names, joined, left, truncated: this.truncated,
+    });
   }
 }

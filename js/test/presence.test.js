@@ -36,7 +36,9 @@ after(async () => {
 });
 
 async function viewer(gw, authid) {
-  const c = new Telegraphy({ url: gw.url, realm: "realm1", WebSocket, token: tokenFor(authid, { role: "viewer" }), backoff: { initial: 50, max: 200 } });
+  // The token's `name` claim is the display name presence gives.
+  const token = tokenFor(authid, { role: "viewer", name: authid[0].toUpperCase() + authid.slice(1) });
+  const c = new Telegraphy({ url: gw.url, realm: "realm1", WebSocket, token, backoff: { initial: 50, max: 200 } });
   clients.push(c);
   await c.connect();
   return c;
@@ -59,8 +61,11 @@ test("presence on one gateway: the state at start, joins and leaves", T, async (
   const bobs = bob.presence("shop.order.7");
   await bobs.ready;
   assert.deepEqual(bobs.authids, ["alice", "bob"], "bob's first state names both");
+  assert.deepEqual(bobs.names, { alice: "Alice", bob: "Bob" });
   await shows(seen, ["alice", "bob"], "alice sees bob come");
-  assert.ok(changes.some((c) => c.joined.includes("bob")), JSON.stringify(changes));
+  assert.ok(changes.some((c) => c.joined.includes("bob") && c.names.bob === "Bob"), JSON.stringify(changes));
+  assert.equal(seen.nameOf("bob"), "Bob");
+  assert.equal(seen.nameOf("nobody"), "nobody");
   // A second tab of bob's counts as one more session, not one more person.
   const tab = await viewer(single, "bob");
   tab.presence("shop.order.7");

@@ -163,6 +163,33 @@ def test_http_not_a_gateway_is_invalid_input(gateway):
         Publisher(gateway_url=gateway.http_url + "/somewhere", api_key=API_KEY).publish("a.b")
 
 
+def test_presence_counts_who_is_on_a_topic(gateway, wamp):
+    """A cron report asks how many sessions are on a topic, cluster-wide."""
+    publisher = Publisher(gateway_url=gateway.http_url, api_key=API_KEY)
+    assert publisher.presence("report.page")["count"] == 0
+    viewers = [wamp(gateway) for _ in range(3)]
+    for v in viewers:
+        v.subscribe("report.page")
+    answer = publisher.presence("report.page", limit=2)
+    assert (answer["count"], answer["sessions"], answer["truncated"]) == (3, 3, True)
+    assert len(answer["authids"]) == 2 and answer["authids"] == sorted(answer["authids"])
+    viewers[0].close()
+    deadline = time.monotonic() + 5
+    while publisher.presence("report.page")["count"] != 2:
+        assert time.monotonic() < deadline, "a viewer that left is still counted"
+        time.sleep(0.05)
+    with pytest.raises(Unauthorized):
+        Publisher(gateway_url=gateway.http_url, api_key="wrong-key-123").presence("report.page")
+    with pytest.raises(InvalidInput, match="realm"):
+        publisher.presence("report.page", realm="nope")
+    with pytest.raises(InvalidInput, match="reserved"):
+        publisher.presence("telegraphy.presence.x")
+    with pytest.raises(InvalidInput, match="limit"):
+        publisher.presence("report.page", limit=0)
+    with pytest.raises(InvalidInput, match="gateway_url"):
+        Publisher(bus=REDIS_URL).presence("report.page")
+
+
 def test_http_unreachable_gateway_is_unavailable():
     started = time.monotonic()
     with pytest.raises(Unavailable, match="cannot be reached"):

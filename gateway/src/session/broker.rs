@@ -276,7 +276,7 @@ impl Session {
     /// event, the events missed since `after`), then lets live events through.
     async fn replay(&mut self, realm: &Realm, store: &dyn EventStore, sub: Id, policy: MatchPolicy, topic: &str, ask: Replay) {
         let Replay { get_retained, after, position } = ask;
-        let who = self.handle.identity.get().cloned().unwrap_or(Identity { authid: String::new(), authrole: String::new() });
+        let who = self.handle.identity.get().cloned().unwrap_or(Identity { authid: String::new(), authrole: String::new(), name: None });
         let me = self.handle.id;
         let may = |e: &Envelope| e.filter.admits(me, &who.authid, &who.authrole);
         let s = self.handle.serialization;
@@ -382,7 +382,7 @@ impl Session {
                 )
             }
         };
-        let who = self.handle.identity.get().cloned().unwrap_or(Identity { authid: String::new(), authrole: String::new() });
+        let who = self.handle.identity.get().cloned().unwrap_or(Identity { authid: String::new(), authrole: String::new(), name: None });
         let me = (self.node.id, self.handle.id);
         let size = store.config().size;
         let page = match store.read(&realm.name, &topic, None, size).await {
@@ -463,7 +463,7 @@ impl Session {
             self.node.metrics.rate_limited.inc();
             return reject(self, err::RATE_LIMITED, "you publish faster than your role allows (roles.NAME.publish_rate); slow down");
         }
-        let identity = self.handle.identity.get().cloned().unwrap_or(Identity { authid: String::new(), authrole: String::new() });
+        let identity = self.handle.identity.get().cloned().unwrap_or(Identity { authid: String::new(), authrole: String::new(), name: None });
         let State::Established { realm, .. } = &self.state else { return };
         let realm = realm.name.clone();
         let envelope = Envelope {

@@ -265,14 +265,21 @@ impl Session {
             "authprovider" => who.authprovider,
             "x_telegraphy_node" => format!("{:016x}", self.node.id),
         };
+        let mut authextra = Dict::new();
+        if let Some(name) = &who.name {
+            authextra.insert("name".into(), Value::Str(name.clone()));
+        }
         if let Some(exp) = who.expires_at {
             let secs = exp.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            welcome.insert("authextra".into(), Value::Dict(dict! {"expires_at" => secs}));
+            authextra.insert("expires_at".into(), Value::UInt(secs));
             if self.node.config.auth.expire_sessions {
                 // At `exp` exactly (no leeway); a time too far to represent never comes.
                 let left = exp.duration_since(std::time::SystemTime::now()).unwrap_or_default();
                 self.expires_at = tokio::time::Instant::now().checked_add(left);
             }
+        }
+        if !authextra.is_empty() {
+            welcome.insert("authextra".into(), Value::Dict(authextra));
         }
         let member = crate::members::Member {
             session: self.handle.id,
@@ -280,9 +287,10 @@ impl Session {
             authrole: who.authrole.clone(),
             authmethod: who.authmethod.to_string(),
             authprovider: who.authprovider.to_string(),
+            name: who.name.clone(),
             testaments: Vec::new(),
         };
-        let _ = self.handle.identity.set(Identity { authid: who.authid, authrole: who.authrole });
+        let _ = self.handle.identity.set(Identity { authid: who.authid, authrole: who.authrole, name: who.name });
         let limiter = (who.role.publish_rate > 0.0).then(|| rate_limiter(who.role.publish_rate, who.role.publish_burst)).flatten();
         let call_limiter = (who.role.call_rate > 0.0).then(|| rate_limiter(who.role.call_rate, who.role.call_burst)).flatten();
         if let Some(frame) =

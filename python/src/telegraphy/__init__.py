@@ -11,7 +11,7 @@ Layout:
 * `envelope`: the canonical bus bytes (`docs/envelope.md`);
 * `uri`: topic rules, as the gateway applies them;
 * `errors`: `PublishError` and its four kinds;
-* `client`: the default publisher behind `publish()`;
+* `client`: the default publisher behind `publish()` and `presence()`;
 * `tokens`: browser tokens (JWTs) for any framework, `tokens.mint(...)`;
 * `django`: the Django app (model events, tokens, template tags, widgets).
 """
@@ -19,7 +19,7 @@ Layout:
 import pathlib
 
 from . import tokens
-from .client import get_publisher, publish, set_publisher
+from .client import get_publisher, presence, publish, set_publisher
 from .envelope import Envelope
 from .errors import InvalidInput, NoSubscriber, PublishError, Rejected, Unauthorized, Unavailable
 from .publisher import DEFAULT_REALM, Publisher, publisher_from_env
@@ -42,6 +42,7 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "get_publisher",
+    "presence",
     "publish",
     "publisher_from_env",
     "set_publisher",

@@ -49,3 +49,12 @@ def publish(topic: str, *args, **kwargs) -> int:
     the default publisher; returns the publication id. For a realm or
     black/white lists use `get_publisher().publish(...)`."""
     return get_publisher().publish(topic, list(args), kwargs)
+
+
+def presence(topic: str, *, realm: str | None = None, limit: int | None = None) -> dict:
+    """Who is on `topic` now, cluster-wide, asked of the gateway through the
+    default publisher (it needs the gateway's URL and an API key)::
+
+        telegraphy.presence("shop.order.7")["count"]
+    """
+    return get_publisher().presence(topic, realm=realm, limit=limit)

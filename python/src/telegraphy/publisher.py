@@ -134,6 +134,29 @@ class Publisher:
         envelope.retain = bool(retain)
         return self._transport.publish(envelope, require_subscriber=bool(require_subscriber))
 
+    def presence(self, topic: str, *, realm: str | None = None, limit: int | None = None) -> dict:
+        """Who is on `topic` now, on every gateway node: a dict with
+        `count` (distinct authids), `sessions`, `authids` (sorted, at most
+        `limit`, default 100, at most 1,000) and `truncated`. A session is on
+        a topic while it holds an exact subscription to it (docs/protocol.md,
+        "Presence"). Asks a gateway: only a Publisher with `gateway_url`
+        can (the bus itself does not know who is connected)::
+
+            Publisher(gateway_url=URL, api_key=KEY).presence("shop.order.7")["count"]
+        """
+        check_topic(topic)
+        realm = realm if realm is not None else self.realm
+        if realm is not None and not is_valid_topic(realm):
+            raise InvalidInput(f"`{realm}` is not a valid realm name")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000):
+            raise InvalidInput("limit must be an int from 1 to 1000")
+        if self._transport.kind != "http":
+            raise InvalidInput(
+                "presence comes from the gateways, not the bus: use a Publisher with gateway_url= and api_key= "
+                "(TELEGRAPHY_GATEWAY_URL / TELEGRAPHY['GATEWAY_URL']) to ask"
+            )
+        return self._transport.presence(topic, realm, limit)
+
     def close(self):
         """Closes the broker connection (a later publish reconnects)."""
         self._transport.close()

@@ -53,8 +53,49 @@ class HttpTransport:
                 "under Django): one of the gateway's TELEGRAPHY_API_KEYS"
             )
         self.endpoint = base if base.endswith("/publish") else base + "/publish"
+        self.base = self.endpoint[: -len("/publish")]
         self.api_key = api_key
         self.timeout = timeout
+
+    def _exchange(self, request: urllib.request.Request):
+        """Sends `request`; (status, parsed JSON or None, a message for errors)."""
+        url = request.full_url
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                status, text = response.status, response.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as e:
+            status, text = e.code, e.read().decode("utf-8", "replace")
+        except (TimeoutError, socket.timeout):
+            raise Unavailable(f"the gateway at {url} did not answer within {self.timeout:g} s") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise Unavailable(f"the gateway at {url} cannot be reached: {reason}") from None
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        message = parsed.get("message") if isinstance(parsed, dict) else None
+        return status, parsed, message or text.strip() or f"HTTP {status}"
+
+    def presence(self, topic: str, realm: str | None, limit: int | None) -> dict:
+        """`GET {gateway}/presence`: who is on `topic`, cluster-wide."""
+        query = {"topic": topic}
+        if realm is not None:
+            query["realm"] = realm
+        if limit is not None:
+            query["limit"] = str(limit)
+        url = f"{self.base}/presence?{urllib.parse.urlencode(query)}"
+        request = urllib.request.Request(url, method="GET", headers={"Authorization": f"Bearer {self.api_key}"})
+        status, parsed, message = self._exchange(request)
+        if status == 200 and isinstance(parsed, dict) and isinstance(parsed.get("count"), int):
+            return parsed
+        if status in (401, 403):
+            raise Unauthorized(f"the gateway refused the API key: {message}")
+        if status == 400:
+            raise InvalidInput(f"the gateway refused the question: {message}")
+        if status == 404:
+            raise InvalidInput(f"{self.base} has no /presence (HTTP 404): a gateway older than presence, or not a gateway")
+        raise Unavailable(f"the gateway answered HTTP {status}: {message}")
 
     def publish(self, envelope: Envelope, require_subscriber: bool = False) -> int:
         body = {
@@ -76,22 +117,7 @@ class HttpTransport:
             method="POST",
             headers={"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"},
         )
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                status, text = response.status, response.read().decode("utf-8", "replace")
-        except urllib.error.HTTPError as e:
-            status, text = e.code, e.read().decode("utf-8", "replace")
-        except (TimeoutError, socket.timeout):
-            raise Unavailable(f"the gateway at {self.endpoint} did not answer within {self.timeout:g} s") from None
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise Unavailable(f"the gateway at {self.endpoint} cannot be reached: {reason}") from None
-        try:
-            parsed = json.loads(text)
-        except ValueError:
-            parsed = None
-        message = parsed.get("message") if isinstance(parsed, dict) else None
-        message = message or text.strip() or f"HTTP {status}"
+        status, parsed, message = self._exchange(request)
         if status == 200:
             pid = parsed.get("id") if isinstance(parsed, dict) else None
             if isinstance(pid, int) and not isinstance(pid, bool):

@@ -17,6 +17,7 @@
 //   registry.js     WAMP subscriptions shared by local listeners; resubscribe after reconnect
 //   subscription.js plain topic subscriptions (subscribeTopic)
 //   channel.js      model-event channels (subscribe), filter/exclude views
+//   presence.js     who else is on a topic, cluster-wide (presence)
 //   lookups.js      Django-style lookups (pure functions)
 //   emitter.js      typed events: "state", "error", "subscribed"
 //   errors.js       TelegraphyError (err.uri, err.code)
@@ -44,6 +45,7 @@ import { closeCodeAfter, shouldReconnect } from "./codes.js";
 import { Emitter } from "./emitter.js";
 import { TelegraphyError, wampError } from "./errors.js";
 import { Registry } from "./registry.js";
+import { Presence } from "./presence.js";
 import { Callee, callValue } from "./rpc.js";
 import { TopicSubscription } from "./subscription.js";
 import { tokenSource } from "./token.js";
@@ -54,6 +56,7 @@ export { TelegraphyError } from "./errors.js";
 export { CloseCode, shouldReconnect } from "./codes.js";
 export { backoffDelay } from "./backoff.js";
 export { CallResult } from "./rpc.js";
+export { Presence } from "./presence.js";
 export { compileLookups, matches, LOOKUP_NAMES } from "./lookups.js";
 
 export const VERSION = "0.1.0";
@@ -240,6 +243,20 @@ export class Telegraphy {
     root.ready.catch(() => {}); // reported through the "error" event
     root.unsubscribe = () => this.#registry.remove(root);
     return new Channel(root);
+  }
+
+  /**
+   * Who is on `topic`, cluster-wide: a Presence with .count (distinct
+   * authids), .sessions, .authids (sorted; at most options.limit, default
+   * 100), .on("change", ({count, sessions, authids, joined, left}) => ...),
+   * .ready and .leave(). Unless options.join is false this client is present
+   * too (an exact subscription to the topic). Followed again after every
+   * reconnect. The role needs patterns naming `telegraphy.presence.*`.
+   */
+  presence(topic, { join = true, limit = 100 } = {}) {
+    checkTopic(topic, "presence");
+    if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new TypeError("presence(): options.limit must be a whole number from 1 to 1000");
+    return new Presence(this, this.#registry, topic, { join, limit });
   }
 
   /**
