@@ -164,8 +164,9 @@ fn header_alg(ticket: &str) -> Option<String> {
 
 /// Every role the gateway knows: the built-in `anonymous` and `user`
 /// (subscribe to anything; publish, call and register nothing; rate
-/// limited), overridden or extended by `[roles.NAME]`. In dev mode
-/// `anonymous` may publish, call and register anything too.
+/// limited; `user` also sees presence, of the topics it may read),
+/// overridden or extended by `[roles.NAME]`. In dev mode `anonymous` may
+/// publish, call and register anything too.
 fn effective_roles(config: &Config) -> BTreeMap<String, RoleConfig> {
     let builtin = |all: bool| {
         let everything = if all { vec!["*".to_string()] } else { Vec::new() };
@@ -183,7 +184,12 @@ fn effective_roles(config: &Config) -> BTreeMap<String, RoleConfig> {
         }
     };
     let mut roles = BTreeMap::new();
-    roles.insert("user".to_string(), builtin(false));
+    let mut user = builtin(false);
+    // Signed-in users see who else is on the topics their token lets them
+    // read (`telegraphy.presence.*` names them: `*` does not reach them).
+    user.subscribe.push("telegraphy.presence.*".into());
+    user.call.push(crate::presence::GET.into());
+    roles.insert("user".to_string(), user);
     roles.insert(config.auth.anonymous_role.clone(), builtin(config.dev));
     for (name, role) in &config.roles {
         roles.insert(name.clone(), role.clone());

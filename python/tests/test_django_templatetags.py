@@ -165,3 +165,19 @@ def test_feed_of_a_plain_topic(user, settings):
     for bad in ('"a b"', '"tests.x" match="regex"', '"tests.x" limit="many"'):
         with pytest.raises(TemplateSyntaxError):
             feed(user, "{% telegraphy_feed " + bad + " %}")
+
+
+def test_presence(telegraphy_settings, settings):
+    """{% telegraphy_presence %}: a span for widgets.js on `<model topic>.<pk>`;
+    an instance or a pk; a pk that makes no topic, or PRESENCE off, is an error."""
+    a = Article.objects.create(title="x")
+    html = render('{% telegraphy_presence "testapp.Article" a %}', a=a)
+    assert f'data-telegraphy-widget="presence" data-topic="tests.testapp.article.{a.pk}" data-count="0"' in html
+    assert '<span class="telegraphy-presence-empty">Nobody else here.</span>' in html
+    assert 'class="telegraphy-presence-names" hidden' in html
+    assert f"tests.testapp.article.{a.pk}" in render('{% telegraphy_presence "testapp.Article" pk empty="Alone" %}', pk=a.pk)
+    with pytest.raises(TemplateSyntaxError, match="primary key"):
+        render('{% telegraphy_presence "testapp.Article" "a.b" %}')
+    settings.TELEGRAPHY = {**settings.TELEGRAPHY, "PRESENCE": False}
+    with pytest.raises(TemplateSyntaxError, match="PRESENCE"):
+        render('{% telegraphy_presence "testapp.Article" a %}', a=a)

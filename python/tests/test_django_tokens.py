@@ -41,7 +41,8 @@ def test_the_view_mints_a_token_for_the_logged_in_user(client, user, gateway):
     claims = decode(body["token"])
     assert claims["sub"] == str(user.pk) and claims["role"] == "user"
     assert claims["exp"] == body["expires_at"] and abs(claims["exp"] - time.time() - 300) < 5
-    assert claims["subscribe"] == ["tests.testapp.article", "tests.testapp.note"]
+    assert {"tests.testapp.article", "tests.testapp.note"} <= set(claims["subscribe"])
+    assert claims["name"] == user.get_username()
 
 
 def test_only_get(client, user):
@@ -68,7 +69,8 @@ def test_staff_get_the_staff_topics(staff, user):
 
 
 def test_settings_shape_the_claims(user, settings):
-    settings.TELEGRAPHY = {**settings.TELEGRAPHY, "TOKEN_TTL": 60, "ROLE": "member", "TOPIC_PREFIX": "com.shop"}
+    settings.TELEGRAPHY = {**settings.TELEGRAPHY, "TOKEN_TTL": 60, "ROLE": "member", "TOPIC_PREFIX": "com.shop",
+                           "PRESENCE": False}
     claims = claims_for(user, now=1000)
     assert (claims["exp"], claims["role"], claims["iat"]) == (1060, "member", 1000)
     assert claims["subscribe"] == ["com.shop.testapp.article", "com.shop.testapp.note"]
@@ -134,7 +136,27 @@ def topics(settings, telegraphy_settings):
         "TOPICS": {"tests.reports.*": ["staff", "group:managers"], "tests.news": "authenticated",
                    "tests.status": "everyone", "tests.perm": "perm:testapp.view_article", "tests.root": "superuser"},
         "TOPICS_FOR": "tests.testapp.topics.topics_for",
+        "PRESENCE": False,
     }
+
+
+def test_presence_in_the_token(user, settings):
+    """Presence (on by default): the token lets its user be present on each
+    object of the models they may see (`<model topic>.<pk>`) and follow who
+    else is (`telegraphy.presence.<model topic>.<pk>`), and names them."""
+    settings.TELEGRAPHY = {**settings.TELEGRAPHY, "TOPIC_PREFIX": "com.shop"}
+    user.first_name, user.last_name = "Ann", "Smith"
+    claims = claims_for(user, now=1000)
+    assert claims["subscribe"] == [
+        "com.shop.testapp.article", "com.shop.testapp.article.*", "com.shop.testapp.note", "com.shop.testapp.note.*",
+        "telegraphy.presence.com.shop.testapp.article.*", "telegraphy.presence.com.shop.testapp.note.*",
+    ]
+    assert claims["name"] == "Ann Smith"
+    assert decode(mint(user)["token"])["name"] == "Ann Smith"
+    user.first_name = user.last_name = ""
+    assert claims_for(user)["name"] == user.get_username()
+    settings.TELEGRAPHY = {**settings.TELEGRAPHY, "DISPLAY_NAME": lambda u: f"#{u.pk}"}
+    assert claims_for(user)["name"] == f"#{user.pk}"
 
 
 def test_topics_per_audience(topics, staff, user):

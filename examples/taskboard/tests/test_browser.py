@@ -302,3 +302,66 @@ def test_a_page_calls_the_site_through_the_gateway(browser, database):
         task.delete()
         site.stop()
         gateway.stop()
+
+
+def presence_of(page, team_pk):
+    """(others' count, their names) in the presence tag of a team."""
+    widget = f'.presence[data-team="{team_pk}"] [data-telegraphy-widget=presence]'
+    return int(page.get_attribute(widget, "data-count")), page.text_content(f"{widget} .telegraphy-presence-names")
+
+
+def wait_presence(page, team_pk, names, timeout=5 * LIVE):
+    """Waits until the team's presence tag names exactly `names` (others)."""
+    widget = f'.presence[data-team="{team_pk}"] [data-telegraphy-widget=presence]'
+    started = time.monotonic()
+    page.wait_for_function(
+        """([sel, want]) => {
+            const w = document.querySelector(sel);
+            return w && w.dataset.count === String(want.length)
+              && w.querySelector('.telegraphy-presence-names').textContent === want.join(', ');
+        }""",
+        arg=[widget, names], timeout=timeout,
+    )
+    return time.monotonic() - started
+
+
+def test_two_users_see_each_other_in_the_presence_tag(browser, database):
+    """{% telegraphy_presence "board.Team" team %}: alice and carol (both in
+    team Core) see each other; carol closing her tab takes her off alice's
+    page; carol back on another gateway node shows up again, and leaves
+    alice's page when that node is killed (SIGKILL, no goodbye)."""
+    from board.models import Team
+
+    prefix = f"taskboard-presence-{uuid.uuid4().hex[:8]}:"
+    config = f'bus = "{REDIS_URL}"\n[redis]\nkey_prefix = "{prefix}"\n'
+    ports = [free_port(), free_port()]
+    origins = [f"http://127.0.0.1:{p}" for p in ports]
+    node1 = Gateway(config, env=gateway_env(origins), secret=SECRET, api_key=API_KEY)
+    node2 = Gateway(config, env=gateway_env(origins), secret=SECRET, api_key=API_KEY)
+    site1 = Site(database, node1.ws_url, node1.http_url, port=ports[0])
+    site2 = Site(database, node2.ws_url, node1.http_url, port=ports[1])
+    core = Team.objects.get(name="Core").pk
+    try:
+        alice = login(browser, site1, "alice")
+        assert presence_of(alice, core) == (0, "")
+        carol = login(browser, site1, "carol")
+        wait_presence(alice, core, ["carol"])
+        wait_presence(carol, core, ["alice"])
+        alice.screenshot(path=str(ARTIFACTS / "board-presence.png"), full_page=True)
+        carol.context.close()
+        left = wait_presence(alice, core, [])
+        print(f"carol closed her tab: gone from alice's page in {left * 1000:.0f} ms")
+        carol = login(browser, site2, "carol")
+        came = wait_presence(alice, core, ["carol"])
+        print(f"carol on node 2: on alice's page (node 1) in {came * 1000:.0f} ms")
+        node2.kill()
+        gone = wait_presence(alice, core, [], timeout=15_000)
+        print(f"node 2 killed: carol gone from alice's page in {gone * 1000:.0f} ms")
+        assert alice.problems == []
+        carol.context.close()
+        alice.context.close()
+    finally:
+        site1.stop()
+        site2.stop()
+        node1.stop()
+        node2.stop()

@@ -51,6 +51,7 @@ def claims(
     audience: str | None = None,
     issuer: str | None = None,
     now: int | None = None,
+    name: str | None = None,
 ) -> dict:
     """The claims `mint` signs (checked: TokenError on a bad argument)."""
     if isinstance(subject, bool) or not isinstance(subject, (str, int)) or str(subject) == "":
@@ -73,6 +74,11 @@ def claims(
         result["aud"] = str(audience)
     if issuer is not None:
         result["iss"] = str(issuer)
+    if name is not None:
+        if not isinstance(name, str):
+            raise TokenError(f"name must be a display name (a string), not {name!r}")
+        if name.strip():
+            result["name"] = name.strip()[:100]
     # An empty list is not "no claim": the token may then subscribe (or
     # publish) to nothing, whatever its role allows.
     if subscribe is not None:
@@ -95,6 +101,7 @@ def mint(
     audience: str | None = None,
     issuer: str | None = None,
     now: int | None = None,
+    name: str | None = None,
 ) -> str:
     """A signed token (a JWT string) for the user `subject` (claim `sub`, the
     session's authid: `eligible_authid` targets it).
@@ -110,6 +117,8 @@ def mint(
       default: the TELEGRAPHY_JWT_SECRET environment variable. With
       `algorithm="RS256"` or `"EdDSA"` it is the PEM private key instead.
     * `audience` / `issuer`: `aud` / `iss`, when the gateway requires them.
+    * `name`: a display name (claim `name`), which presence shows beside the
+      authid (`telegraphy.presence.get`, the JS client's `presence()`).
     """
     if algorithm not in ALGORITHMS:
         raise TokenError(f"algorithm must be one of {', '.join(ALGORITHMS)} (what the gateway verifies), not {algorithm!r}")
@@ -123,7 +132,7 @@ def mint(
             raise TokenError("the secret must have at least 32 bytes, like the gateway's TELEGRAPHY_JWT_SECRET "
                              "(generate one with `openssl rand -hex 32`)")
     body = claims(subject, subscribe=subscribe, publish=publish, role=role, ttl=ttl, realm=realm,
-                  audience=audience, issuer=issuer, now=now)
+                  audience=audience, issuer=issuer, now=now, name=name)
     try:
         import jwt
     except ImportError:  # pragma: no cover - depends on the environment

@@ -48,6 +48,14 @@ DEFAULTS = {
     # Dotted path of `def topics_for(user) -> iterable of patterns`, added to
     # each token (per-user topics such as f"myshop.users.{user.pk}.*").
     "TOPICS_FOR": None,
+    # Presence ({% telegraphy_presence "app.Model" obj %}): users who may see
+    # a model's events may also be present on, and see who is present on,
+    # each of its objects (topics `<model topic>.<pk>`).
+    "PRESENCE": True,
+    # How users are named in presence (the token's `name` claim): a callable
+    # or dotted path `def display_name(user) -> str`; default the full name,
+    # else the username.
+    "DISPLAY_NAME": None,
 }
 
 AUDIENCES = ("everyone", "authenticated", "staff", "superuser")

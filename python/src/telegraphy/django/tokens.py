@@ -52,6 +52,39 @@ def hook():
         raise ImproperlyConfigured(f"TELEGRAPHY['TOPICS_FOR'] {path!r} cannot be imported: {e}") from None
 
 
+#: The gateway's presence events of topic T are on `telegraphy.presence.T`.
+PRESENCE_PREFIX = "telegraphy.presence."
+
+
+def presence_topic(model_topic: str, pk) -> str:
+    """The topic one object's viewers are present on: `<model topic>.<pk>`."""
+    return f"{model_topic}.{pk}"
+
+
+def presence_patterns(model_topics) -> list[str]:
+    """What a token needs to be present on, and to see who is present on,
+    each object of these models (when TELEGRAPHY['PRESENCE'] is on)."""
+    if not conf.get("PRESENCE"):
+        return []
+    return [p for t in model_topics for p in (f"{t}.*", f"{PRESENCE_PREFIX}{t}.*")]
+
+
+def display_name(user) -> str | None:
+    """How presence names `user`: TELEGRAPHY['DISPLAY_NAME'](user), else the
+    full name, else the username; None for anonymous visitors."""
+    from django.utils.module_loading import import_string
+
+    if not getattr(user, "is_authenticated", False):
+        return None
+    custom = conf.get("DISPLAY_NAME")
+    if custom:
+        fn = custom if callable(custom) else import_string(custom)
+        name = fn(user)
+        return None if name is None else str(name)
+    full = user.get_full_name() if hasattr(user, "get_full_name") else ""
+    return full or user.get_username()
+
+
 def model_topics_for(user) -> list[str]:
     """The topics of every ModelEvents whose `is_authorized(user)` is true."""
     return sorted({e.topic for e in registry.all() if e.model_class is not None and e.is_authorized(user)})
@@ -76,7 +109,8 @@ def extra_topics_for(user) -> list[str]:
 
 def topics_for(user) -> list[str]:
     """Every topic pattern `user`'s token lists (claim `subscribe`)."""
-    return sorted(set(model_topics_for(user)) | set(extra_topics_for(user)))
+    models = model_topics_for(user)
+    return sorted(set(models) | set(presence_patterns(models)) | set(extra_topics_for(user)))
 
 
 def may_receive(user, topic: str) -> bool:
@@ -97,7 +131,11 @@ def claims_for(user, now: int | None = None) -> dict:
         raise PermissionDenied("sign in to receive live updates (TELEGRAPHY['ALLOW_ANONYMOUS'] is off)")
     # Bound to the realm the page joins, so a gateway with
     # auth.require_realm_claim (realms as tenants) accepts it there only.
-    return {"sub": sub, "role": role, "iat": now, "exp": now + ttl, "subscribe": topics_for(user), "realm": conf.get("REALM")}
+    claims = {"sub": sub, "role": role, "iat": now, "exp": now + ttl, "subscribe": topics_for(user), "realm": conf.get("REALM")}
+    name = display_name(user)
+    if name:
+        claims["name"] = name
+    return claims
 
 
 def mint(user) -> dict:
@@ -106,6 +144,6 @@ def mint(user) -> dict:
     if not secret:
         raise ImproperlyConfigured("TELEGRAPHY['SECRET'] is not set: use the gateway's TELEGRAPHY_JWT_SECRET")
     c = claims_for(user)
-    token = mint_token(c["sub"], subscribe=c["subscribe"], role=c["role"], ttl=c["exp"] - c["iat"],
+    token = mint_token(c["sub"], subscribe=c["subscribe"], role=c["role"], ttl=c["exp"] - c["iat"], name=c.get("name"),
                        realm=c["realm"], secret=secret, now=c["iat"])
     return {"token": token, "url": conf.get("GATEWAY_URL"), "realm": conf.get("REALM"), "expires_at": c["exp"]}

@@ -13,6 +13,8 @@
   ModelEvents of a model.
 * `{% telegraphy_feed "myshop.reports.ready" %}`: a <ul> of the events of a
   plain topic (not model events; see TOPICS), newest first.
+* `{% telegraphy_presence "shop.Order" order %}`: who else is viewing this
+  object, on every gateway node (names, live; see PRESENCE and DISPLAY_NAME).
 """
 
 from __future__ import annotations
@@ -237,6 +239,31 @@ def telegraphy_table(context, model, queryset, fields, filter=None, empty="", la
         'data-fields="{}" data-filter="{}">\n  <thead><tr>{}</tr></thead>\n  <tbody>\n{}{}\n  </tbody>\n</table>',
         _widget_id(context, "table", ev.topic, ",".join(names), filter_json), ev.topic, meta.pk.name,
         ",".join(names), filter_json, head, empty_html, body,
+    )
+
+
+@register.simple_tag(takes_context=True)
+def telegraphy_presence(context, model, obj, empty="Nobody else here.", events=None):
+    """Who else is viewing `obj` right now, on every gateway node: the page
+    is present on the object (an exact subscription to `<model topic>.<pk>`)
+    and shows the display names of the others, live. `obj` is an instance or
+    a primary key. Needs TELEGRAPHY['PRESENCE'] (on by default) and a gateway
+    role that names presence (the built-in `user` role does)."""
+    if not conf.get("PRESENCE"):
+        raise template.TemplateSyntaxError("telegraphy_presence needs TELEGRAPHY['PRESENCE'] = True")
+    ev = _events(model, events)
+    pk = obj.pk if hasattr(obj, "_meta") else obj
+    topic = tokens.presence_topic(ev.topic, pk)
+    if pk in (None, "") or "." in str(pk) or not is_valid_topic(topic):
+        raise template.TemplateSyntaxError(
+            f"telegraphy_presence: the primary key {pk!r} does not make a topic ({topic!r}): it must not be empty "
+            f"or contain dots, spaces or #"
+        )
+    return format_html(
+        '<span id="{}" class="telegraphy-presence telegraphy-presence-alone" data-telegraphy-widget="presence" '
+        'data-topic="{}" data-count="0"><span class="telegraphy-presence-empty">{}</span>'
+        '<span class="telegraphy-presence-names" hidden></span></span>',
+        _widget_id(context, "presence", topic), topic, empty,
     )
 
 

@@ -12,6 +12,10 @@
 //   feed   <ul data-telegraphy-widget="feed" data-topic data-match data-limit [data-denied]>
 //          a plain topic (not model events): one <li> per event, newest first, at most
 //          data-limit; each event also dispatches "telegraphy:event" ({ topic, args, kwargs, details })
+//   presence <span data-telegraphy-widget="presence" data-topic data-count>
+//          who else is on the object's topic (client.presence): the others' display names in
+//          .telegraphy-presence-names, .telegraphy-presence-empty when nobody else is, the class
+//          telegraphy-presence-alone and data-count (others); dispatches "telegraphy:presence"
 //
 // Changed elements get the class "telegraphy-changed" for 1.5 s, and the
 // widget element dispatches a "telegraphy:change" DOM event ({ data, event }).
@@ -173,7 +177,32 @@ function bindFeed(widget) {
   });
 }
 
-const BINDERS = { label: bindLabel, list: bindList, table: bindTable, feed: bindFeed };
+function bindPresence(widget) {
+  const presence = client.presence(widget.dataset.topic);
+  const names = widget.querySelector(":scope > .telegraphy-presence-names");
+  const empty = widget.querySelector(":scope > .telegraphy-presence-empty");
+  presence.on("change", () => {
+    const me = client.session?.authid;
+    const others = presence.authids.filter((a) => a !== me);
+    const count = presence.count - (presence.authids.includes(me) ? 1 : 0);
+    const more = Math.max(0, count - others.length);
+    names.textContent = others.map((a) => presence.nameOf(a)).join(", ") + (more ? ` and ${more} more` : "");
+    names.hidden = count === 0;
+    if (empty) empty.hidden = count > 0;
+    widget.classList.toggle("telegraphy-presence-alone", count === 0);
+    if (widget.dataset.count !== String(count)) flash(widget);
+    widget.dataset.count = String(count);
+    widget.dispatchEvent(new CustomEvent("telegraphy:presence", {
+      bubbles: true, detail: { count, authids: others, names: Object.fromEntries(others.map((a) => [a, presence.nameOf(a)])) },
+    }));
+  });
+  presence.on("error", (err) => {
+    widget.classList.add("telegraphy-denied");
+    console.warn(`telegraphy: presence on ${widget.dataset.topic} is not available:`, err.uri || err.message);
+  });
+}
+
+const BINDERS = { label: bindLabel, list: bindList, table: bindTable, feed: bindFeed, presence: bindPresence };
 
 /** Binds every widget under `root` that is not bound yet. */
 export function bindWidgets(root = document) {
@@ -187,10 +216,14 @@ export function bindWidgets(root = document) {
   }
 }
 
+/** Widgets whose content comes from the gateway, not from the server render. */
+const LIVE_ONLY = ":not([data-telegraphy-widget=feed]):not([data-telegraphy-widget=presence])";
+
 /** Replaces each widget's content with a fresh server render of this page. */
 export async function resync() {
-  // Feeds hold events, not a server render: they are left as they are.
-  const widgets = [...document.querySelectorAll("[data-telegraphy-widget][id]:not([data-telegraphy-widget=feed])")];
+  // Feeds hold events and presence asks the gateway, not a server render:
+  // they are left as they are.
+  const widgets = [...document.querySelectorAll(`[data-telegraphy-widget][id]${LIVE_ONLY}`)];
   if (!widgets.length) return;
   replay = [];
   try {
@@ -224,7 +257,7 @@ if (client) {
     let waiting = null;
     client.on("state", (state, info) => {
       if (state !== "connected" || !info?.reconnected) return;
-      const topics = new Set([...document.querySelectorAll("[data-telegraphy-widget][data-topic]:not([data-telegraphy-widget=feed])")].map((w) => w.dataset.topic));
+      const topics = new Set([...document.querySelectorAll(`[data-telegraphy-widget][data-topic]${LIVE_ONLY}`)].map((w) => w.dataset.topic));
       clearTimeout(waiting?.timer);
       waiting = { topics, lost: false, timer: setTimeout(() => { waiting = null; resync(); }, 3000) };
     });
