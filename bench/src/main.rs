@@ -12,6 +12,7 @@
 mod bare;
 mod history;
 mod load;
+mod presence;
 mod procstat;
 mod router;
 mod rpc;
@@ -68,6 +69,9 @@ enum Scenario {
     /// Remote procedure calls per second and their latency: WAMP callees,
     /// the HTTP callee (`--http`), or the HTTP endpoint alone (`--direct`).
     Calls(rpc::CallArgs),
+    /// Presence across nodes: bus messages and bytes per session, and the
+    /// time for a join to be seen on every node.
+    Presence(presence::PresenceArgs),
     /// One worker process of `scale` (started by it; not for direct use).
     #[command(hide = true)]
     ScaleWorker(WorkerArgs),
@@ -541,6 +545,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
         Scenario::ScaleWorker(a) => scale::worker(a).await,
         Scenario::History(a) => history::run(a).await,
         Scenario::Calls(a) => rpc::run(a).await,
+        Scenario::Presence(a) => presence::run(a).await,
     }
 }
 

@@ -152,9 +152,9 @@ expire_sessions = false
 # Anonymous sessions (when allowed) may publish without a rate limit, so a
 # WAMP publisher can drive the benchmark.
 [roles.anonymous]
-subscribe = ["*"]
+subscribe = ["*", "telegraphy.presence.*"]
 publish = ["*"]
-call = ["*"]
+call = ["*", "telegraphy.presence.*"]
 register = ["*"]
 
 [roles.user]

@@ -543,6 +543,34 @@ impl Members {
     }
 }
 
+/// The realm's application subscriptions (not the router's own) on every
+/// node that `keep` selects by (policy, URI), merged by id.
+pub(crate) fn everywhere(
+    realm: &crate::realm::Realm,
+    mut keep: impl FnMut(MatchPolicy, &str) -> bool,
+) -> std::collections::BTreeMap<Id, LocalSubscription> {
+    let mut keep = |policy: MatchPolicy, uri: &str| !telegraphy_bus::is_reserved_topic(uri) && keep(policy, uri);
+    let mut all: std::collections::BTreeMap<Id, LocalSubscription> = realm.broker.subscriptions(&mut keep).into_iter().map(|s| (s.id, s)).collect();
+    for s in realm.members.subscriptions_away(&mut keep) {
+        merge(&mut all, s);
+    }
+    all
+}
+
+/// Adds another node's part of a subscription: its sessions, and the
+/// earliest creation.
+pub(crate) fn merge(all: &mut std::collections::BTreeMap<Id, LocalSubscription>, s: LocalSubscription) {
+    match all.get_mut(&s.id) {
+        Some(known) => {
+            known.created_us = known.created_us.min(s.created_us);
+            known.sessions.extend(s.sessions);
+        }
+        None => {
+            all.insert(s.id, s);
+        }
+    }
+}
+
 /// How many sessions of other nodes hold subscription `id`.
 fn subscribers_away(inner: &Inner, id: Id) -> usize {
     inner.away.values().filter_map(|a| a.subscriptions.get(&id)).map(|s| s.sessions.len()).sum()

@@ -99,6 +99,9 @@ pub(crate) mod name {
     pub(crate) const CLUSTER_NODES: &str = "telegraphy_cluster_nodes";
     /// Sessions of every node, as this node knows them (the session meta API's count).
     pub(crate) const CLUSTER_SESSIONS: &str = "telegraphy_cluster_sessions";
+    /// The realm's ten topics with the most subscribers, cluster-wide, as
+    /// this node knows them (`realm`, `topic`, `match`; read at scrape time).
+    pub(crate) const TOPIC_SUBSCRIBERS_TOP: &str = "telegraphy_topic_subscribers_top";
     /// Control messages from other nodes this node could not read.
     pub(crate) const CLUSTER_UNREADABLE: &str = "telegraphy_cluster_unreadable_messages_total";
     /// Time the web-app took to answer a call served over HTTP.
@@ -256,8 +259,12 @@ pub struct Metrics {
     rpc_http_errors: IntCounterVec,
     pub cluster_nodes: IntGauge,
     pub cluster_sessions: IntGauge,
+    pub topic_subscribers_top: prometheus::IntGaugeVec,
     pub cluster_unreadable: IntCounter,
 }
+
+/// How many topics `telegraphy_topic_subscribers_top` shows per realm.
+pub(crate) const TOP_TOPICS: usize = 10;
 
 fn per_serializer(registry: &Registry, name: &str, help: &str) -> [IntCounter; 2] {
     let vec = IntCounterVec::new(Opts::new(name, help), &["serializer"]).expect("valid metric");
@@ -393,6 +400,18 @@ impl Metrics {
                 name::CLUSTER_SESSIONS,
                 "WAMP sessions of every gateway node on the bus, as this node knows them (the session meta API's count; read at scrape time).",
             ),
+            topic_subscribers_top: {
+                let vec = prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        name::TOPIC_SUBSCRIBERS_TOP,
+                        "Subscribers (sessions, on every gateway node) of the realm's ten most followed subscriptions, as this node knows them; at most ten series per realm (read at scrape time).",
+                    ),
+                    &["realm", "topic", "match"],
+                )
+                .expect("valid metric");
+                registry.register(Box::new(vec.clone())).expect("unique metric");
+                vec
+            },
             cluster_unreadable: counter(name::CLUSTER_UNREADABLE, "Control messages from other gateway nodes this node could not read."),
             registry,
         }

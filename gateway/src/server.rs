@@ -261,6 +261,15 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     node.metrics.bus_queue_depth.set(node.bus_queue_depth() as i64);
     node.metrics.admitted_connections.set(node.admission.admitted() as i64);
     node.metrics.cluster_sessions.set(node.realms.iter().map(|(_, realm)| realm.members.count(None)).sum::<usize>() as i64);
+    // Ten series per realm at most: the topics leave as others overtake them.
+    node.metrics.topic_subscribers_top.reset();
+    for (name, realm) in node.realms.iter() {
+        let mut all: Vec<_> = crate::members::everywhere(realm, |_, _| true).into_values().collect();
+        all.sort_by(|a, b| b.sessions.len().cmp(&a.sessions.len()).then_with(|| a.uri.cmp(&b.uri)));
+        for s in all.into_iter().take(crate::metrics::TOP_TOPICS) {
+            node.metrics.topic_subscribers_top.with_label_values(&[name.as_str(), &s.uri, s.policy.as_str()]).set(s.sessions.len() as i64);
+        }
+    }
     if let Some((events, bytes)) = node.store_held() {
         node.metrics.history_held_events.set(events as i64);
         node.metrics.history_held_bytes.set(bytes as i64);

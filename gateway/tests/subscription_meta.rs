@@ -342,6 +342,12 @@ async fn the_web_app_asks_for_presence_over_http() {
         "topic": "public.page", "count": 2, "sessions": 3, "authids": ["ann", "bo"], "names": {"ann": "ANN", "bo": "BO"}, "truncated": false,
     });
     assert_eq!(body, expected);
+    let top = gw.metrics().await;
+    assert!(
+        top.contains(r#"telegraphy_topic_subscribers_top{match="exact",realm="realm1",topic="public.page"} 3"#),
+        "the top topics metric counts the three sessions: {}",
+        top.lines().filter(|l| l.contains("topic_subscribers_top")).collect::<Vec<_>>().join("\n")
+    );
     let (status, body) = get("topic=public.page&limit=1&realm=realm1", Some(util::API_KEY)).await;
     assert_eq!((status, &body["authids"], &body["truncated"]), (200, &serde_json::json!(["ann"]), &serde_json::json!(true)));
     assert_eq!(get("topic=public.page", None).await.0, 401);

@@ -270,26 +270,7 @@ impl Session {
 /// Every subscription of the realm, on any node, that the caller could make
 /// itself (a role sees only topics it may read), by id.
 fn visible(realm: &Realm, permissions: &Permissions, mut keep: impl FnMut(MatchPolicy, &str) -> bool) -> BTreeMap<Id, LocalSubscription> {
-    let mut keep =
-        |policy: MatchPolicy, uri: &str| !is_reserved_topic(uri) && permissions.subscribe(policy, uri) == Decision::Full && keep(policy, uri);
-    let mut all: BTreeMap<Id, LocalSubscription> = realm.broker.subscriptions(&mut keep).into_iter().map(|s| (s.id, s)).collect();
-    for s in realm.members.subscriptions_away(&mut keep) {
-        merge(&mut all, s);
-    }
-    all
-}
-
-/// Adds another node's part of a subscription.
-fn merge(all: &mut BTreeMap<Id, LocalSubscription>, s: LocalSubscription) {
-    match all.get_mut(&s.id) {
-        Some(known) => {
-            known.created_us = known.created_us.min(s.created_us);
-            known.sessions.extend(s.sessions);
-        }
-        None => {
-            all.insert(s.id, s);
-        }
-    }
+    crate::members::everywhere(realm, |policy, uri| permissions.subscribe(policy, uri) == Decision::Full && keep(policy, uri))
 }
 
 /// Subscription `id`, cluster-wide, if the caller may see it.
@@ -300,7 +281,7 @@ fn one(realm: &Realm, permissions: &Permissions, args: &[Value]) -> Result<Local
     };
     let mut all = BTreeMap::new();
     for s in realm.broker.describe(id).into_iter().chain(realm.members.subscription_away(id)) {
-        merge(&mut all, s);
+        crate::members::merge(&mut all, s);
     }
     all.remove(&id)
         .filter(|s| !is_reserved_topic(&s.uri) && permissions.subscribe(s.policy, &s.uri) == Decision::Full)
