@@ -178,8 +178,10 @@ pub async fn run(a: PresenceArgs) -> anyhow::Result<()> {
     let joins_per_s = sessions.len() as f64 / joined_in;
     let (join_msgs, join_bytes) = (bus_joins.0 - bus_before.0, bus_joins.1 - bus_before.1);
     let (idle_msgs, idle_bytes) = (bus_idle.0 - bus_joins.0, bus_idle.1 - bus_joins.1);
+    // RSS is in KiB; per session of the node's own (each node also holds
+    // the directory entries of every other node's sessions).
     let rss_per_session: Vec<f64> =
-        rss_before.iter().zip(&rss_after).map(|(b, a2)| (*a2 as f64 - *b as f64) / (sessions.len() as f64 / pids.len() as f64)).collect();
+        rss_before.iter().zip(&rss_after).map(|(b, a2)| (*a2 as f64 - *b as f64) * 1024.0 / (sessions.len() as f64 / pids.len() as f64)).collect();
     println!(
         "presence · {} node(s) on {} · {} sessions joined at {}/s (asked {}) over {} topics · {} failed",
         a.nodes,
@@ -203,7 +205,7 @@ pub async fn run(a: PresenceArgs) -> anyhow::Result<()> {
         println!("  bus, idle ({} s): {} msgs/s, {} B/s", a.idle, si(idle_msgs as f64 / a.idle), si(idle_bytes as f64 / a.idle));
     }
     println!(
-        "  RSS per session per node (its own sessions and the directory): {:?} B",
+        "  RSS growth per node, per session of its own (its sessions and the directory entries of every session): {:?} B",
         rss_per_session.iter().map(|x| x.round() as i64).collect::<Vec<_>>()
     );
     emit(
@@ -216,7 +218,7 @@ pub async fn run(a: PresenceArgs) -> anyhow::Result<()> {
                 "seen_on_a_node_us": per_node, "seen_everywhere_us": everywhere, "never_seen": missed,
                 "bus_join": {"messages": join_msgs, "bytes": join_bytes, "seconds": join_phase},
                 "bus_idle": {"messages": idle_msgs, "bytes": idle_bytes, "seconds": a.idle},
-                "rss_before": rss_before, "rss_after": rss_after, "rss_per_session": rss_per_session,
+                "rss_before_kib": rss_before, "rss_after_kib": rss_after, "rss_bytes_per_own_session": rss_per_session,
             },
         }),
     )?;
