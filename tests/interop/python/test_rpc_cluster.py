@@ -44,14 +44,14 @@ def delete_exchanges(name: str):
     connection.close()
 
 
-def two_nodes(bus: str, config_for=None):
-    """Two gateway nodes on `bus` (their own key prefix / exchange), stopped
-    and cleaned up afterwards; `config_for(bus, name)` gives their config."""
+def two_nodes(bus: str, config_for=None, count: int = 2):
+    """`count` (two) gateway nodes on `bus` (their own key prefix / exchange),
+    stopped and cleaned up afterwards; `config_for(bus, name)` gives their config."""
     name = f"telegraphy-interop-{uuid.uuid4().hex[:8]}"
     config = (config_for or cluster_config)(bus, name)
     started = []
     try:
-        for _ in range(2):
+        for _ in range(count):
             started.append(Gateway(config=config))
         yield started
     finally:
