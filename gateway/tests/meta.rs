@@ -325,3 +325,21 @@ async fn meta_calls_count_against_the_call_rate() {
     let third = meta(&mut c, "wamp.session.flush_testaments", vec![], Dict::new()).await;
     assert_eq!(third, Err(err::RATE_LIMITED.to_string()));
 }
+
+/// A realm is a wall: a session of another realm cannot be seen, counted or
+/// killed, not even by `kill_all`.
+#[tokio::test]
+async fn the_meta_api_stops_at_the_realm() {
+    let mut config = meta_config();
+    config.realms = vec!["realm1".into(), "realm2".into()];
+    let gw = TestGateway::start_with(config).await;
+    let mut target = Client::join(&gw, JSON).await;
+    let mut other = Client::join_with(&gw, MSGPACK, util::hello("realm2")).await;
+    assert_eq!(count(&mut other, None).await, 1, "only itself in realm2");
+    let id = Value::UInt(target.session());
+    assert_eq!(meta(&mut other, "wamp.session.get", vec![id.clone()], Dict::new()).await, Err(err::NO_SUCH_SESSION.to_string()));
+    assert_eq!(meta(&mut other, "wamp.session.kill", vec![id], Dict::new()).await, Err(err::NO_SUCH_SESSION.to_string()));
+    assert_eq!(meta(&mut other, "wamp.session.kill_all", vec![], Dict::new()).await, Ok(vec![Value::UInt(0)]));
+    // The realm1 session is untouched: it still talks to the router.
+    assert_eq!(count(&mut target, None).await, 1);
+}
