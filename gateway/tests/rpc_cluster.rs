@@ -11,59 +11,12 @@ use telegraphy_testkit as util;
 
 use std::time::Duration;
 
-use telegraphy_gateway::Config;
 use telegraphy_wamp::codes::uri as err;
 use telegraphy_wamp::{code, dict, Dict, Message, Serialization, Value};
-use util::{AmqpExchange, Client, TestGateway};
+use util::{Client, SharedBus, TestGateway};
 
 const JSON: Serialization = Serialization::Json;
 const MSGPACK: Serialization = Serialization::Msgpack;
-
-fn redis_url() -> String {
-    std::env::var("TELEGRAPHY_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
-}
-
-fn amqp_url() -> String {
-    std::env::var("TELEGRAPHY_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-/// Where a test's nodes meet: a Redis key prefix or a RabbitMQ exchange
-/// (deleted when dropped).
-enum Bus {
-    Redis(String),
-    Amqp(AmqpExchange),
-}
-
-impl Bus {
-    fn redis() -> Bus {
-        Bus::Redis(util::unique("test-rpc") + ":")
-    }
-    fn amqp() -> Bus {
-        Bus::Amqp(AmqpExchange::new(&amqp_url(), "telegraphy-test-rpc"))
-    }
-    fn config(&self) -> Config {
-        let mut c = util::config();
-        c.limits.bus_reconnect_max_delay = Duration::from_millis(500);
-        match self {
-            Bus::Redis(prefix) => {
-                c.bus = redis_url();
-                c.redis.key_prefix = prefix.clone();
-            }
-            Bus::Amqp(exchange) => {
-                c.bus = exchange.url.clone();
-                c.amqp.exchange = exchange.name.clone();
-            }
-        }
-        c
-    }
-    async fn nodes<const N: usize>(&self) -> [TestGateway; N] {
-        let mut nodes = Vec::with_capacity(N);
-        for _ in 0..N {
-            nodes.push(TestGateway::start_ready(self.config()).await);
-        }
-        nodes.try_into().unwrap_or_else(|_| unreachable!())
-    }
-}
 
 async fn invocation(c: &mut Client) -> (u64, u64, Dict, Vec<Value>) {
     match c.recv().await {
@@ -115,7 +68,7 @@ async fn yield_(c: &mut Client, request: u64, args: Vec<Value>, options: Dict) {
     c.send(&Message::Yield { request, options, args, kwargs: Dict::new() }).await;
 }
 
-async fn calls_cross_nodes(bus: Bus) {
+async fn calls_cross_nodes(bus: SharedBus) {
     let [a, b] = bus.nodes().await;
     let mut callee = Client::join_rpc(&a, MSGPACK).await;
     let mut caller = Client::join_rpc(&b, JSON).await;
@@ -235,15 +188,15 @@ async fn calls_cross_nodes(bus: Bus) {
 
 #[tokio::test]
 async fn redis_calls_cross_nodes() {
-    calls_cross_nodes(Bus::redis()).await;
+    calls_cross_nodes(SharedBus::redis("test-rpc")).await;
 }
 
 #[tokio::test]
 async fn amqp_calls_cross_nodes() {
-    calls_cross_nodes(Bus::amqp()).await;
+    calls_cross_nodes(SharedBus::amqp("telegraphy-test-rpc")).await;
 }
 
-async fn registrations_hold_cluster_wide(bus: Bus) {
+async fn registrations_hold_cluster_wide(bus: SharedBus) {
     let [a, b] = bus.nodes().await;
     let mut on_a = Client::join_rpc(&a, JSON).await;
     let mut on_b = Client::join_rpc(&b, MSGPACK).await;
@@ -298,17 +251,17 @@ async fn registrations_hold_cluster_wide(bus: Bus) {
 
 #[tokio::test]
 async fn redis_registrations_hold_cluster_wide() {
-    registrations_hold_cluster_wide(Bus::redis()).await;
+    registrations_hold_cluster_wide(SharedBus::redis("test-rpc")).await;
 }
 
 #[tokio::test]
 async fn amqp_registrations_hold_cluster_wide() {
-    registrations_hold_cluster_wide(Bus::amqp()).await;
+    registrations_hold_cluster_wide(SharedBus::amqp("telegraphy-test-rpc")).await;
 }
 
 /// The callee's node drains (SIGTERM): its callee's call fails for the
 /// caller on the other node, and its registrations are gone at once.
-async fn a_stopping_node_fails_its_calls(bus: Bus) {
+async fn a_stopping_node_fails_its_calls(bus: SharedBus) {
     let [mut a, b] = bus.nodes().await;
     let mut callee = Client::join_rpc(&a, JSON).await;
     let mut caller = Client::join_rpc(&b, JSON).await;
@@ -334,19 +287,19 @@ async fn a_stopping_node_fails_its_calls(bus: Bus) {
 
 #[tokio::test]
 async fn redis_a_stopping_node_fails_its_calls() {
-    a_stopping_node_fails_its_calls(Bus::redis()).await;
+    a_stopping_node_fails_its_calls(SharedBus::redis("test-rpc")).await;
 }
 
 #[tokio::test]
 async fn amqp_a_stopping_node_fails_its_calls() {
-    a_stopping_node_fails_its_calls(Bus::amqp()).await;
+    a_stopping_node_fails_its_calls(SharedBus::amqp("telegraphy-test-rpc")).await;
 }
 
 /// Two nodes register one `single` procedure at the same moment, before
 /// either heard of the other's: the registration made first keeps it, the
 /// other is revoked (UNREGISTERED with a reason), and every node routes to
 /// the one that kept it.
-async fn a_registration_race_ends_with_one_callee(bus: Bus) {
+async fn a_registration_race_ends_with_one_callee(bus: SharedBus) {
     let [a, b, c] = bus.nodes().await;
     let mut on_a = Client::join_rpc(&a, JSON).await;
     let mut on_b = Client::join_rpc(&b, JSON).await;
@@ -396,12 +349,12 @@ async fn a_registration_race_ends_with_one_callee(bus: Bus) {
 
 #[tokio::test]
 async fn redis_a_registration_race_ends_with_one_callee() {
-    a_registration_race_ends_with_one_callee(Bus::redis()).await;
+    a_registration_race_ends_with_one_callee(SharedBus::redis("test-rpc")).await;
 }
 
 #[tokio::test]
 async fn amqp_a_registration_race_ends_with_one_callee() {
-    a_registration_race_ends_with_one_callee(Bus::amqp()).await;
+    a_registration_race_ends_with_one_callee(SharedBus::amqp("telegraphy-test-rpc")).await;
 }
 
 /// Redis (a private instance) goes away with a call in flight between two
@@ -461,7 +414,7 @@ async fn redis_outage_mid_call_fails_the_call_and_recovers() {
 /// whole cluster, wherever the caller is.
 #[tokio::test]
 async fn redis_first_and_last_span_the_cluster() {
-    let bus = Bus::redis();
+    let bus = SharedBus::redis("test-rpc");
     let [a, b] = bus.nodes().await;
     let mut early = Client::join_rpc(&a, JSON).await;
     let mut late = Client::join_rpc(&b, JSON).await;

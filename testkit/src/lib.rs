@@ -569,6 +569,22 @@ impl SharedBus {
         SharedBus::Amqp(AmqpExchange::new(&amqp_url(), prefix))
     }
 
+    /// The test config ([`config`]) on this bus.
+    pub fn config(&self) -> Config {
+        let mut c = config();
+        self.apply(&mut c);
+        c
+    }
+
+    /// `N` ready nodes on this bus, with the test config.
+    pub async fn nodes<const N: usize>(&self) -> [TestGateway; N] {
+        let mut nodes = Vec::with_capacity(N);
+        for _ in 0..N {
+            nodes.push(TestGateway::start_ready(self.config()).await);
+        }
+        nodes.try_into().unwrap_or_else(|_| unreachable!("N nodes were started"))
+    }
+
     /// Points `c` at this bus (and lets it reconnect quickly).
     pub fn apply(&self, c: &mut Config) {
         c.limits.bus_reconnect_max_delay = Duration::from_millis(500);
