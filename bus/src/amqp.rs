@@ -568,6 +568,8 @@ async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, pub
     // has not restarted it yet after a crash), history topics are bound to
     // this node's queue like the others: live, without history.
     let mut reader: Option<history::Reader> = None;
+    // History events delivered live while the stream could not be read.
+    let mut delivered_live = history::DeliveredLive::default();
     let mut retry_history = tokio::time::Instant::now();
     let mut history_down = false;
     let mut stream_pending = 0u64;
@@ -585,7 +587,7 @@ async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, pub
     loop {
         if let (None, Some(state)) = (&reader, &s.history) {
             if tokio::time::Instant::now() >= retry_history {
-                match history::start(conn, &publishing.accepted, &s.options, state).await {
+                match history::start(conn, &publishing.accepted, &s.options, state, &mut delivered_live).await {
                     Ok(r) => {
                         if history_down {
                             tracing::info!(stream = %history::stream_name(exchange), "the history stream is available again; history topics keep history again");
@@ -698,6 +700,10 @@ async fn consume(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor, pub
                 // A history topic's event also reached this queue through a
                 // prefix or wildcard binding: the stream delivers it.
                 if let Some(event) = inbound.decode(&delivery.data).filter(|e| is_control(e) || !(streaming && s.options.history.keeps(&e.topic))) {
+                    if !streaming && s.history.is_some() && !is_control(&event) && s.options.history.keeps(&event.topic) {
+                        // The stream will read it too once it is back.
+                        delivered_live.record(event.publication);
+                    }
                     if inbound.deliver(event).await.is_err() {
                         return Ok(());
                     }

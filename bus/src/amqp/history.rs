@@ -196,6 +196,44 @@ pub(crate) struct Reader {
     pub(crate) channel: Channel,
     marker: u64,
     unacked: Option<u64>,
+    /// Events the node delivered live while the stream could not be read:
+    /// the stream's copies are kept, not delivered again.
+    delivered_live: DeliveredLive,
+}
+
+/// The publications of history topics a node delivered live, from its own
+/// queue, while the history stream could not be read (RabbitMQ had not
+/// restarted it after a crash). When the stream is back, the reader starts
+/// where it stopped and reads them too: they are kept in the history then,
+/// but not delivered a second time. Bounded: past [`DeliveredLive::MAX`]
+/// the ones beyond are not remembered (and would be delivered twice),
+/// which is logged.
+#[derive(Debug, Default)]
+pub(crate) struct DeliveredLive {
+    ids: std::collections::HashSet<u64>,
+    overflowed: bool,
+}
+
+impl DeliveredLive {
+    /// The most publications remembered (about 4 MB).
+    pub(crate) const MAX: usize = 100_000;
+
+    /// A history topic's event went out live.
+    pub(crate) fn record(&mut self, publication: u64) {
+        if self.ids.len() < Self::MAX {
+            self.ids.insert(publication);
+        } else if !std::mem::replace(&mut self.overflowed, true) {
+            tracing::warn!(
+                "more than {} history events were delivered live while the history stream was unavailable; those beyond may be delivered twice when it is back",
+                Self::MAX
+            );
+        }
+    }
+
+    /// Whether `publication` went out live already (then it is forgotten).
+    pub(crate) fn seen(&mut self, publication: u64) -> bool {
+        self.ids.remove(&publication)
+    }
 }
 
 /// What one stream delivery was.
@@ -210,7 +248,13 @@ pub(crate) enum Read {
 /// history patterns, learns the epoch, writes this session's marker and
 /// starts reading where the node left off (from the start on a new epoch).
 /// `publisher` is a confirm-mode channel.
-pub(crate) async fn start(conn: &Connection, publisher: &Channel, options: &BusOptions, state: &StreamState) -> Result<Reader, SessionError> {
+pub(crate) async fn start(
+    conn: &Connection,
+    publisher: &Channel,
+    options: &BusOptions,
+    state: &StreamState,
+    delivered_live: &mut DeliveredLive,
+) -> Result<Reader, SessionError> {
     let exchange = options.amqp_exchange.as_str();
     let (stream, epochs) = (stream_name(exchange), epoch_stream_name(exchange));
     let ttl = format!("{}s", options.history.ttl.as_secs().max(1));
@@ -251,7 +295,8 @@ pub(crate) async fn start(conn: &Connection, publisher: &Channel, options: &BusO
     };
     args.insert("x-stream-offset".into(), from);
     let consumer = channel.basic_consume(stream.as_str().into(), "".into(), BasicConsumeOptions::default(), args).await?;
-    Ok(Reader { consumer, channel, marker, unacked: None })
+    // Taken only now: a start that failed leaves them for the next one.
+    Ok(Reader { consumer, channel, marker, unacked: None, delivered_live: std::mem::take(delivered_live) })
 }
 
 /// Declares a durable stream queue; one that exists with other arguments
@@ -321,14 +366,24 @@ impl Reader {
         };
         if d.properties.kind().as_ref().is_some_and(|k| k.as_str() == MARKER) {
             let ours = d.data.as_slice() == self.marker.to_be_bytes();
+            if ours {
+                // Everything after our marker was published once the
+                // stream was read again: none of it went out live.
+                self.delivered_live = DeliveredLive::default();
+            }
             state.index.stream_passed(offset);
             state.moved(offset, ours);
             return Read::Nothing;
         }
         let read = match inbound.decode(&d.data) {
             Some(mut event) if state.index.config().keeps(&event.topic) => {
+                let again = self.delivered_live.seen(event.publication);
                 state.index.insert(&mut event, offset);
-                Read::Event(Box::new(event))
+                if again {
+                    Read::Nothing
+                } else {
+                    Read::Event(Box::new(event))
+                }
             }
             _ => {
                 state.index.stream_passed(offset);
@@ -351,6 +406,20 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_delivered_live_are_recognised_once_and_the_memory_is_bounded() {
+        let mut live = DeliveredLive::default();
+        live.record(7);
+        assert!(live.seen(7), "delivered live: the stream's copy is not delivered again");
+        assert!(!live.seen(7), "only once: a later event with the same id would be new");
+        assert!(!live.seen(8));
+        for id in 0..DeliveredLive::MAX as u64 + 10 {
+            live.record(id);
+        }
+        assert_eq!(live.ids.len(), DeliveredLive::MAX);
+        assert!(live.overflowed);
+    }
 
     #[test]
     fn history_patterns_become_binding_keys_for_any_realm() {
