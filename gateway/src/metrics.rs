@@ -266,6 +266,12 @@ pub struct Metrics {
 /// How many topics `telegraphy_topic_subscribers_top` shows per realm.
 pub(crate) const TOP_TOPICS: usize = 10;
 
+/// Subscribers a topic needs before `telegraphy_topic_subscribers_top`
+/// names it: a topic is client input, and one client alone must not put
+/// labels into the metrics (the security review's rule); a topic ten
+/// sessions follow is the application's.
+pub(crate) const TOP_TOPICS_MIN_SUBSCRIBERS: usize = 10;
+
 fn per_serializer(registry: &Registry, name: &str, help: &str) -> [IntCounter; 2] {
     let vec = IntCounterVec::new(Opts::new(name, help), &["serializer"]).expect("valid metric");
     registry.register(Box::new(vec.clone())).expect("unique metric");
@@ -404,7 +410,7 @@ impl Metrics {
                 let vec = prometheus::IntGaugeVec::new(
                     Opts::new(
                         name::TOPIC_SUBSCRIBERS_TOP,
-                        "Subscribers (sessions, on every gateway node) of the realm's ten most followed subscriptions, as this node knows them; at most ten series per realm (read at scrape time).",
+                        "Subscribers (sessions, on every gateway node) of the realm's ten most followed subscriptions that have at least ten, as this node knows them; at most ten series per realm (read at scrape time).",
                     ),
                     &["realm", "topic", "match"],
                 )

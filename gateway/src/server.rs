@@ -266,7 +266,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     for (name, realm) in node.realms.iter() {
         let mut all: Vec<_> = crate::members::everywhere(realm, |_, _| true).into_values().collect();
         all.sort_by(|a, b| b.sessions.len().cmp(&a.sessions.len()).then_with(|| a.uri.cmp(&b.uri)));
-        for s in all.into_iter().take(crate::metrics::TOP_TOPICS) {
+        for s in all.into_iter().take(crate::metrics::TOP_TOPICS).filter(|s| s.sessions.len() >= crate::metrics::TOP_TOPICS_MIN_SUBSCRIBERS) {
             node.metrics.topic_subscribers_top.with_label_values(&[name.as_str(), &s.uri, s.policy.as_str()]).set(s.sessions.len() as i64);
         }
     }

@@ -319,7 +319,7 @@ async fn star_reaches_neither_the_subscription_meta_api_nor_presence() {
 async fn the_web_app_asks_for_presence_over_http() {
     let gw = TestGateway::start_with(config_on(&SharedBus::Memory)).await;
     let mut viewers = Vec::new();
-    for authid in ["ann", "bo", "bo"] {
+    for authid in ["ann", "bo", "bo", "cy", "di", "ed", "fay", "gus", "hal", "ivy"] {
         let mut c = Client::join_ticket(&gw, JSON, &ticket(authid, "viewer")).await.expect("a viewer joins");
         c.subscribe("public.page", "exact").await;
         viewers.push(c);
@@ -339,13 +339,16 @@ async fn the_web_app_asks_for_presence_over_http() {
     let (status, body) = get("topic=public.page", Some(util::API_KEY)).await;
     assert_eq!(status, 200, "{body}");
     let expected = serde_json::json!({
-        "topic": "public.page", "count": 2, "sessions": 3, "authids": ["ann", "bo"], "names": {"ann": "ANN", "bo": "BO"}, "truncated": false,
+        "topic": "public.page", "count": 9, "sessions": 10,
+        "authids": ["ann", "bo", "cy", "di", "ed", "fay", "gus", "hal", "ivy"],
+        "names": {"ann": "ANN", "bo": "BO", "cy": "CY", "di": "DI", "ed": "ED", "fay": "FAY", "gus": "GUS", "hal": "HAL", "ivy": "IVY"},
+        "truncated": false,
     });
     assert_eq!(body, expected);
     let top = gw.metrics().await;
     assert!(
-        top.contains(r#"telegraphy_topic_subscribers_top{match="exact",realm="realm1",topic="public.page"} 3"#),
-        "the top topics metric counts the three sessions: {}",
+        top.contains(r#"telegraphy_topic_subscribers_top{match="exact",realm="realm1",topic="public.page"} 10"#),
+        "the top topics metric counts the ten sessions: {}",
         top.lines().filter(|l| l.contains("topic_subscribers_top")).collect::<Vec<_>>().join("\n")
     );
     let (status, body) = get("topic=public.page&limit=1&realm=realm1", Some(util::API_KEY)).await;

@@ -233,6 +233,12 @@ def stack(tmp_path_factory):
             assert publish(s.http_port, s.api_key, {"topic": TOPIC, "args": [i]}) == 200
             event = json.loads(ws.recv(timeout=10))
             assert event[0] == 36 and event[4] == [i], event
+        # Ten sessions follow one topic: the top-topics table names it (a
+        # topic needs ten subscribers before it becomes a label).
+        for _ in range(10):
+            follower = wamp_session(s.http_port, exits)
+            follower.send(json.dumps([32, 1, {}, "ops.test.followed"]))
+            assert json.loads(follower.recv(timeout=10))[0] == 33
         # A wrong key (HTTP publish error 403 or 401).
         assert publish(s.http_port, "not-the-right-key-000", {"topic": TOPIC}) in (401, 403)
         # Garbage on the bus (decode error), straight into Redis.
