@@ -86,6 +86,14 @@ struct Subscription {
     subscribers: RwLock<Subscribers>,
 }
 
+impl Subscription {
+    /// What the meta API and the cluster tell of it (takes its subscriber lock).
+    fn described(&self) -> LocalSubscription {
+        let sessions = self.subscribers.read().unwrap_or_else(|e| e.into_inner()).by_session.keys().copied().collect();
+        LocalSubscription { id: self.id, policy: self.policy, uri: self.uri.clone(), created_us: self.created_us, sessions }
+    }
+}
+
 #[derive(Default)]
 struct Subscribers {
     by_session: HashMap<Id, Subscriber>,
@@ -273,20 +281,14 @@ impl Broker {
     /// was created, its sessions).
     pub(crate) fn describe(&self, id: Id) -> Option<LocalSubscription> {
         let sub = self.index.read().unwrap_or_else(|e| e.into_inner()).ids.get(&id).cloned()?;
-        let sessions = sub.subscribers.read().unwrap_or_else(|e| e.into_inner()).by_session.keys().copied().collect();
-        Some(LocalSubscription { id, policy: sub.policy, uri: sub.uri.clone(), created_us: sub.created_us, sessions })
+        Some(sub.described())
     }
 
     /// Every subscription on this node that `keep` selects by (policy, URI).
     pub(crate) fn subscriptions(&self, mut keep: impl FnMut(MatchPolicy, &str) -> bool) -> Vec<LocalSubscription> {
         let subs: Vec<Arc<Subscription>> =
             self.index.read().unwrap_or_else(|e| e.into_inner()).ids.values().filter(|s| keep(s.policy, &s.uri)).cloned().collect();
-        subs.into_iter()
-            .map(|sub| {
-                let sessions = sub.subscribers.read().unwrap_or_else(|e| e.into_inner()).by_session.keys().copied().collect();
-                LocalSubscription { id: sub.id, policy: sub.policy, uri: sub.uri.clone(), created_us: sub.created_us, sessions }
-            })
-            .collect()
+        subs.iter().map(|sub| sub.described()).collect()
     }
 
     /// How many sessions of this node hold subscription `id`.

@@ -196,6 +196,18 @@ struct Away {
     of_session: HashMap<Id, Vec<Id>>,
 }
 
+impl AwaySubscription {
+    fn described(&self, id: Id) -> LocalSubscription {
+        LocalSubscription {
+            id,
+            policy: self.policy,
+            uri: self.uri.clone(),
+            created_us: self.created_us,
+            sessions: self.sessions.iter().copied().collect(),
+        }
+    }
+}
+
 impl Away {
     fn subscribe(&mut self, op: SubscriptionOp) -> bool {
         if !self.members.contains_key(&op.session) {
@@ -413,8 +425,7 @@ impl Members {
             }
         }
         let gone: Vec<(Id, Id)> = old.difference(&new).copied().collect();
-        let mut changes = Vec::new();
-        {
+        let left = {
             let mut inner = self.lock();
             let away = inner.away.entry(node).or_default();
             let kept: HashSet<Id> = members.iter().map(|m| m.session).collect();
@@ -422,10 +433,9 @@ impl Members {
             for m in members {
                 away.members.insert(m.session, m);
             }
-            drop(inner);
-            changes.extend(self.apply(node, Delta { subscribed: ops, unsubscribed: gone, left, ..Delta::default() }, &local));
-        }
-        changes
+            left
+        };
+        self.apply(node, Delta { subscribed: ops, unsubscribed: gone, left, ..Delta::default() }, local)
     }
 
     /// Forgets a node; returns its members, and the subscription changes.
@@ -484,21 +494,10 @@ impl Members {
     /// merged by id (sessions of every node; the earliest creation).
     pub(crate) fn subscriptions_away(&self, mut keep: impl FnMut(MatchPolicy, &str) -> bool) -> Vec<LocalSubscription> {
         let inner = self.lock();
-        let mut merged: HashMap<Id, LocalSubscription> = HashMap::new();
-        for away in inner.away.values() {
-            for (id, s) in &away.subscriptions {
-                if !keep(s.policy, &s.uri) {
-                    continue;
-                }
-                let entry = merged.entry(*id).or_insert_with(|| LocalSubscription {
-                    id: *id,
-                    policy: s.policy,
-                    uri: s.uri.clone(),
-                    created_us: s.created_us,
-                    sessions: Vec::new(),
-                });
-                entry.created_us = entry.created_us.min(s.created_us);
-                entry.sessions.extend(s.sessions.iter().copied());
+        let mut merged = std::collections::BTreeMap::new();
+        for (id, s) in inner.away.values().flat_map(|a| &a.subscriptions) {
+            if keep(s.policy, &s.uri) {
+                merge(&mut merged, s.described(*id));
             }
         }
         merged.into_values().collect()
@@ -512,19 +511,11 @@ impl Members {
     /// Subscription `id` on the other nodes, merged (see [`Members::subscriptions_away`]).
     pub(crate) fn subscription_away(&self, id: Id) -> Option<LocalSubscription> {
         let inner = self.lock();
-        let mut found: Option<LocalSubscription> = None;
+        let mut merged = std::collections::BTreeMap::new();
         for s in inner.away.values().filter_map(|a| a.subscriptions.get(&id)) {
-            let entry = found.get_or_insert_with(|| LocalSubscription {
-                id,
-                policy: s.policy,
-                uri: s.uri.clone(),
-                created_us: s.created_us,
-                sessions: Vec::new(),
-            });
-            entry.created_us = entry.created_us.min(s.created_us);
-            entry.sessions.extend(s.sessions.iter().copied());
+            merge(&mut merged, s.described(id));
         }
-        found
+        merged.remove(&id)
     }
 
     /// The authids (and display names) of the other nodes' sessions on

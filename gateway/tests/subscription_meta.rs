@@ -264,12 +264,7 @@ async fn a_role_sees_only_the_topics_it_may_read() {
     assert_eq!(strings(&p["authids"]), BTreeSet::from([other.authid()]));
     let refused = viewer.call_answer("telegraphy.presence.get", vec!["secret.plans".into()], Dict::new()).await;
     assert_eq!(refused, Err(err::NOT_AUTHORIZED.to_string()));
-    let request = viewer.request_id();
-    viewer.send(&Message::Subscribe { request, options: Dict::new(), topic: "telegraphy.presence.secret.plans".into() }).await;
-    match viewer.recv().await {
-        Message::Error { request_type: code::SUBSCRIBE, error, .. } => assert_eq!(error, err::NOT_AUTHORIZED),
-        got => panic!("expected ERROR, got {got:?}"),
-    }
+    assert_eq!(viewer.subscribe_answer("telegraphy.presence.secret.plans").await, Err(err::NOT_AUTHORIZED.to_string()));
     // The session meta API is not named by the viewer's role.
     assert_eq!(viewer.call_answer("wamp.session.count", vec![], Dict::new()).await, Err(err::NOT_AUTHORIZED.to_string()));
     // Bad input.
@@ -290,12 +285,7 @@ async fn star_reaches_neither_the_subscription_meta_api_nor_presence() {
         assert_eq!(c.call_answer(procedure, vec![], Dict::new()).await, Err(err::NOT_AUTHORIZED.to_string()), "{procedure}");
     }
     for topic in ["wamp.subscription.on_create", "telegraphy.presence.public.page"] {
-        let request = c.request_id();
-        c.send(&Message::Subscribe { request, options: Dict::new(), topic: topic.into() }).await;
-        match c.recv().await {
-            Message::Error { request_type: code::SUBSCRIBE, error, .. } => assert_eq!(error, err::NOT_AUTHORIZED, "{topic}"),
-            got => panic!("{topic}: expected ERROR, got {got:?}"),
-        }
+        assert_eq!(c.subscribe_answer(topic).await, Err(err::NOT_AUTHORIZED.to_string()), "{topic}");
     }
     let request = c.request_id();
     let options = dict! {"acknowledge" => true};

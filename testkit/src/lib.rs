@@ -348,6 +348,18 @@ impl Client {
         }
     }
 
+    /// SUBSCRIBE (exact) that may be refused: the subscription id, or the
+    /// ERROR's URI.
+    pub async fn subscribe_answer(&mut self, topic: &str) -> Result<u64, String> {
+        let request = self.request_id();
+        self.send(&Message::Subscribe { request, options: Dict::new(), topic: topic.into() }).await;
+        match self.recv().await {
+            Message::Subscribed { request: r, subscription } if r == request => Ok(subscription),
+            Message::Error { request_type: telegraphy_wamp::code::SUBSCRIBE, request: r, error, .. } if r == request => Err(error),
+            other => panic!("SUBSCRIBE {topic}: expected SUBSCRIBED or ERROR, got {other:?}"),
+        }
+    }
+
     /// UNSUBSCRIBE; waits for UNSUBSCRIBED.
     pub async fn unsubscribe(&mut self, subscription: u64) {
         let request = self.request_id();

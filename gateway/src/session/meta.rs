@@ -172,16 +172,9 @@ impl Session {
             subscription_meta(&realm, &permissions, name, &args, &kwargs)
         } else if procedure == crate::presence::GET {
             presence_get(&realm, &permissions, &args, &kwargs)
-        } else if procedure.starts_with(PREFIX) {
-            self.session_meta(&realm, procedure, args, kwargs)
         } else {
-            Err((
-                err::NO_SUCH_PROCEDURE,
-                format!(
-                    "no procedure `{procedure}` here: the router's own are `wamp.session.*`, `wamp.subscription.*` and `{}`",
-                    crate::presence::GET
-                ),
-            ))
+            // The rest of ROUTER_PROCEDURES: the session meta API.
+            self.session_meta(&realm, procedure, args, kwargs)
         };
         match answer {
             Ok(args) => {
