@@ -19,6 +19,14 @@
 //!   untrusted connections from one IP; more are closed at accept.
 //! * When every slot is held by trusted connections, a few more
 //!   ([`OVERFLOW`]) are let in just long enough to be told HTTP 503.
+//! * **New connections per second**, from everyone (`limits.connection_rate`)
+//!   and per client address (`limits.connection_rate_per_ip`, an IPv6
+//!   client by its /64): over either, a connection is let in as one of
+//!   the [`OVERFLOW`] only to be told HTTP 503 or 429.
+//! * **Behind trusted proxies** ([`crate::proxy`]): a connection from a
+//!   trusted proxy counts against no address until its client is known
+//!   (PROXY header, `X-Forwarded-For`); then [`Ticket::readdress`] counts
+//!   it, per request, against the client's own address.
 //! * **WebSockets**: at most `limits.max_pending_handshakes` upgraded
 //!   connections that have not finished HELLO/authentication
 //!   ([`Admission::take_handshake`]), and at most
@@ -40,13 +48,34 @@ use crate::metrics::Metrics;
 /// Connections let in beyond the limit only to be refused with HTTP 503.
 pub(crate) const OVERFLOW: usize = 32;
 
-/// Why a connection was not admitted.
+/// Why a connection was not admitted (or, let in without a slot, what it
+/// is told).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refused {
     /// Too many untrusted connections from this address.
     PerIp,
     /// Every slot and the overflow are taken by trusted connections.
     Full,
+    /// Over `limits.connection_rate` (this node's new connections per second).
+    Rate,
+    /// Over `limits.connection_rate_per_ip` (this address's).
+    RatePerIp,
+}
+
+/// A keyed token bucket per client address.
+type PerAddressRate = governor::DefaultKeyedRateLimiter<IpAddr>;
+
+/// Addresses remembered by the per-address rate before the forgotten ones
+/// are swept (those whose bucket is full again).
+const RATE_SWEEP_ABOVE: usize = 10_000;
+
+/// The key an address's connection rate is counted under: the address, or
+/// for IPv6 its /64 (one subscriber's whole allocation).
+fn rate_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
 }
 
 /// The admission state of one node's public listener.
@@ -61,6 +90,11 @@ pub(crate) struct Admission {
     /// `limits.max_connections_per_ip` (0: no limit), and the WebSockets per address.
     max_websockets_per_ip: usize,
     websockets_per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Load balancers whose connections count against their clients.
+    proxies: crate::proxy::TrustedProxies,
+    /// `limits.connection_rate` and `limits.connection_rate_per_ip`.
+    rate: Option<governor::DefaultDirectRateLimiter>,
+    rate_per_ip: Option<PerAddressRate>,
 }
 
 #[derive(Default)]
@@ -78,8 +112,29 @@ struct State {
 
 impl Admission {
     /// Admission under the configured limits.
+    #[cfg(test)]
     pub(crate) fn new(limits: &crate::config::Limits, metrics: Arc<Metrics>) -> Arc<Admission> {
+        Admission::behind(limits, crate::proxy::TrustedProxies::default(), metrics)
+    }
+
+    /// Admission under the configured limits, behind `proxies`.
+    pub(crate) fn behind(limits: &crate::config::Limits, proxies: crate::proxy::TrustedProxies, metrics: Arc<Metrics>) -> Arc<Admission> {
+        let quota = |rate: f64, burst: u32| {
+            let period = Duration::from_secs_f64(1.0 / rate.max(1e-6));
+            governor::Quota::with_period(period).map(|q| q.allow_burst(std::num::NonZeroU32::new(burst).unwrap_or(std::num::NonZeroU32::MIN)))
+        };
+        let rate = (limits.connection_rate > 0.0)
+            .then(|| quota(limits.connection_rate, limits.connection_burst))
+            .flatten()
+            .map(governor::RateLimiter::direct);
+        let rate_per_ip = (limits.connection_rate_per_ip > 0.0)
+            .then(|| quota(limits.connection_rate_per_ip, limits.connection_burst_per_ip))
+            .flatten()
+            .map(governor::RateLimiter::hashmap);
         Arc::new(Admission {
+            proxies,
+            rate,
+            rate_per_ip,
             max_connections: limits.max_connections,
             max_untrusted_per_ip: limits.max_unauthenticated_per_ip,
             state: Mutex::new(State::default()),
@@ -119,14 +174,53 @@ impl Admission {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The trusted proxies this admission counts connections behind.
+    pub(crate) fn proxies(&self) -> &crate::proxy::TrustedProxies {
+        &self.proxies
+    }
+
+    /// Takes one new connection from `ip`'s rate; false when over it.
+    fn within_rate_of(&self, ip: IpAddr) -> bool {
+        let Some(limiter) = &self.rate_per_ip else { return true };
+        let ok = limiter.check_key(&rate_key(ip)).is_ok();
+        if limiter.len() > RATE_SWEEP_ABOVE {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        ok
+    }
+
     /// Admits a connection just accepted from `ip`, shedding the oldest
-    /// untrusted one if every slot is taken.
+    /// untrusted one if every slot is taken. A connection over a rate is
+    /// let in without a slot (as the overflow is) to be told so.
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr, header_timeout: Duration) -> Result<Arc<Ticket>, Refused> {
+        // A trusted proxy is not a client: its connections count against
+        // their clients once those are known (`Ticket::readdress`).
+        let counted = (!self.proxies.trusts(ip)).then_some(ip);
+        let over_rate = if self.rate.as_ref().is_some_and(|r| r.check().is_err()) {
+            self.metrics.refused("connection_rate");
+            Some(Refused::Rate)
+        } else if counted.is_some_and(|ip| !self.within_rate_of(ip)) {
+            self.metrics.refused("connection_rate_per_ip");
+            Some(Refused::RatePerIp)
+        } else {
+            None
+        };
         let mut state = self.lock();
-        let from_ip = state.per_ip.get(&ip).copied().unwrap_or(0);
-        if self.max_untrusted_per_ip > 0 && from_ip >= self.max_untrusted_per_ip {
-            self.metrics.refused("unauthenticated_per_ip");
-            return Err(Refused::PerIp);
+        if let Some(ip) = counted {
+            let from_ip = state.per_ip.get(&ip).copied().unwrap_or(0);
+            if self.max_untrusted_per_ip > 0 && from_ip >= self.max_untrusted_per_ip {
+                self.metrics.refused("unauthenticated_per_ip");
+                return Err(Refused::PerIp);
+            }
+        }
+        if let Some(why) = over_rate {
+            if state.overflow >= OVERFLOW {
+                return Err(why);
+            }
+            state.overflow += 1;
+            drop(state);
+            return Ok(self.ticket(u64::MAX, None, (false, Some(why)), CancellationToken::new(), header_timeout));
         }
         let slot = if state.admitted < self.max_connections {
             true
@@ -149,21 +243,35 @@ impl Admission {
         if slot {
             state.admitted += 1;
             state.untrusted.insert(seq, shed.clone());
-            *state.per_ip.entry(ip).or_default() += 1;
+            if let Some(ip) = counted {
+                *state.per_ip.entry(ip).or_default() += 1;
+            }
         } else {
             state.overflow += 1;
         }
         drop(state);
-        Ok(Arc::new(Ticket {
+        Ok(self.ticket(seq, counted, (slot, (!slot).then_some(Refused::Full)), shed, header_timeout))
+    }
+
+    fn ticket(
+        self: &Arc<Self>,
+        seq: u64,
+        ip: Option<IpAddr>,
+        (slot, refused): (bool, Option<Refused>),
+        shed: CancellationToken,
+        header_timeout: Duration,
+    ) -> Arc<Ticket> {
+        Arc::new(Ticket {
             admission: self.clone(),
             seq,
-            ip,
+            ip: Mutex::new(ip),
             slot,
+            refused,
             trusted: AtomicBool::new(false),
             shed,
             deadline: Mutex::new(Some(Instant::now() + header_timeout)),
             deadline_changed: Notify::new(),
-        }))
+        })
     }
 
     /// Sheds the oldest untrusted connection (the process is out of file
@@ -218,9 +326,13 @@ impl Drop for WebSocketSlot {
 pub(crate) struct Ticket {
     admission: Arc<Admission>,
     seq: u64,
-    ip: IpAddr,
+    /// The client address it counts against (`None`: not known yet, a
+    /// trusted proxy's connection).
+    ip: Mutex<Option<IpAddr>>,
     /// False for a connection let in past the limit only to hear 503.
     slot: bool,
+    /// Why it has no slot: what it is told.
+    refused: Option<Refused>,
     trusted: AtomicBool,
     /// Cancelled when the connection is shed.
     shed: CancellationToken,
@@ -235,6 +347,51 @@ impl Ticket {
         self.slot
     }
 
+    /// Why the connection has no slot, if it was over a rate (`Rate`,
+    /// `RatePerIp`) or the node is full (`Full`).
+    pub(crate) fn refused(&self) -> Option<Refused> {
+        self.refused
+    }
+
+    /// The client behind the connection is `client` (learnt from a trusted
+    /// proxy, for the request at hand): from now on it counts against that
+    /// address, and takes from its connection rate when the address is new
+    /// to this connection. Refused like a new connection from it would be.
+    pub(crate) fn readdress(&self, client: IpAddr) -> Result<(), Refused> {
+        let a = &self.admission;
+        let mut ip = self.ip.lock().unwrap_or_else(|e| e.into_inner());
+        if *ip == Some(client) || !self.slot {
+            return Ok(());
+        }
+        if self.is_trusted() {
+            *ip = Some(client);
+            return Ok(());
+        }
+        if !a.within_rate_of(client) {
+            a.metrics.refused("connection_rate_per_ip");
+            return Err(Refused::RatePerIp);
+        }
+        let mut state = a.lock();
+        if !state.untrusted.contains_key(&self.seq) {
+            // Shed meanwhile, or trusted: nothing counted any more.
+            *ip = Some(client);
+            return Ok(());
+        }
+        if a.max_untrusted_per_ip > 0 && state.per_ip.get(&client).copied().unwrap_or(0) >= a.max_untrusted_per_ip {
+            a.metrics.refused("unauthenticated_per_ip");
+            return Err(Refused::PerIp);
+        }
+        release_ip(&mut state, *ip);
+        *state.per_ip.entry(client).or_default() += 1;
+        *ip = Some(client);
+        Ok(())
+    }
+
+    /// The address the connection counts against, once known.
+    fn counted_ip(&self) -> Option<IpAddr> {
+        *self.ip.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The connection authenticated (WELCOME, a valid API key): it is no
     /// longer shed, its phase deadlines end, and it no longer counts
     /// against its address's untrusted connections.
@@ -242,9 +399,10 @@ impl Ticket {
         if self.trusted.swap(true, Ordering::AcqRel) || !self.slot {
             return;
         }
+        let ip = self.counted_ip();
         let mut state = self.admission.lock();
         if state.untrusted.remove(&self.seq).is_some() {
-            release_ip(&mut state, self.ip);
+            release_ip(&mut state, ip);
         }
     }
 
@@ -290,7 +448,8 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-fn release_ip(state: &mut State, ip: IpAddr) {
+fn release_ip(state: &mut State, ip: Option<IpAddr>) {
+    let Some(ip) = ip else { return };
     if let Some(n) = state.per_ip.get_mut(&ip) {
         *n -= 1;
         if *n == 0 {
@@ -301,6 +460,7 @@ fn release_ip(state: &mut State, ip: IpAddr) {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
+        let ip = self.counted_ip();
         let mut state = self.admission.lock();
         if !self.slot {
             state.overflow -= 1;
@@ -310,11 +470,11 @@ impl Drop for Ticket {
         if self.shed.is_cancelled() && !untrusted {
             // Shed: its slot passed to another connection already; only its
             // address count is left to give back.
-            release_ip(&mut state, self.ip);
+            release_ip(&mut state, ip);
             return;
         }
         if untrusted {
-            release_ip(&mut state, self.ip);
+            release_ip(&mut state, ip);
         }
         state.admitted -= 1;
     }
@@ -406,6 +566,71 @@ mod tests {
         assert!(a.admit(other, T).is_ok(), "another address is not affected");
         one.trust();
         assert!(a.admit(IP, T).is_ok(), "a trusted connection no longer counts");
+    }
+
+    fn behind_proxy(limits: crate::config::Limits) -> Arc<Admission> {
+        let proxies = crate::proxy::TrustedProxies::new(&["10.0.0.1".into()], crate::config::ClientAddressHeader::XForwardedFor, false).unwrap();
+        Admission::behind(&limits, proxies, Arc::new(Metrics::new()))
+    }
+
+    #[tokio::test]
+    async fn a_trusted_proxy_counts_against_its_clients_not_itself() {
+        let a = behind_proxy(crate::config::Limits { max_unauthenticated_per_ip: 2, ..Default::default() });
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let (c1, c2): (IpAddr, IpAddr) = ("198.51.100.1".parse().unwrap(), "198.51.100.2".parse().unwrap());
+        // Ten connections from the balancer: none counted yet.
+        let tickets: Vec<_> = (0..10).map(|_| a.admit(proxy, T).unwrap()).collect();
+        assert!(a.lock().per_ip.is_empty());
+        tickets[0].readdress(c1).unwrap();
+        tickets[1].readdress(c1).unwrap();
+        assert_eq!(tickets[2].readdress(c1), Err(Refused::PerIp), "the client's own limit holds behind the balancer");
+        tickets[2].readdress(c2).unwrap();
+        // A kept-alive upstream connection now carries another client: it moves.
+        tickets[1].readdress(c2).unwrap();
+        assert_eq!(a.lock().per_ip.get(&c1), Some(&1));
+        assert_eq!(a.lock().per_ip.get(&c2), Some(&2));
+        tickets[0].trust();
+        assert_eq!(a.lock().per_ip.get(&c1), None, "authenticated: no longer counted");
+        drop(tickets);
+        assert!(a.lock().per_ip.is_empty());
+        assert_eq!(a.admitted(), 0);
+    }
+
+    #[tokio::test]
+    async fn connections_over_a_rate_are_let_in_only_to_be_told() {
+        let limits = crate::config::Limits { connection_rate_per_ip: 0.001, connection_burst_per_ip: 2, ..Default::default() };
+        let a = behind_proxy(limits);
+        let (one, two) = (a.admit(IP, T).unwrap(), a.admit(IP, T).unwrap());
+        assert!(one.has_slot() && two.has_slot());
+        let third = a.admit(IP, T).unwrap();
+        assert!(!third.has_slot());
+        assert_eq!(third.refused(), Some(Refused::RatePerIp));
+        // Another address has its own bucket; an IPv6 client counts by its /64.
+        assert!(a.admit("127.0.0.2".parse().unwrap(), T).unwrap().has_slot());
+        let v6a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let v6b: IpAddr = "2001:db8:1:2::ffff".parse().unwrap();
+        let _held = (a.admit(v6a, T).unwrap(), a.admit(v6b, T).unwrap());
+        assert_eq!(a.admit("2001:db8:1:2::7".parse().unwrap(), T).unwrap().refused(), Some(Refused::RatePerIp));
+        assert!(a.admit("2001:db8:1:3::1".parse().unwrap(), T).unwrap().has_slot());
+        // The balancer's connections are not rated; their clients are, when known.
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let via: Vec<_> = (0..5).map(|_| a.admit(proxy, T).unwrap()).collect();
+        assert!(via.iter().all(|t| t.has_slot()));
+        assert_eq!(via[0].readdress(IP), Err(Refused::RatePerIp), "this client used its burst directly");
+        // Node-wide rate.
+        let total = admission_with(crate::config::Limits { connection_rate: 0.001, connection_burst: 3, ..Default::default() });
+        let ok: Vec<_> = (0..3).map(|i| total.admit(IpAddr::V4([192, 0, 2, i].into()), T).unwrap()).collect();
+        assert!(ok.iter().all(|t| t.has_slot()));
+        let over = total.admit("192.0.2.99".parse().unwrap(), T).unwrap();
+        assert_eq!(over.refused(), Some(Refused::Rate));
+        let overflow: Vec<_> = (0..OVERFLOW - 1).map(|_| total.admit(IP, T).unwrap()).collect();
+        assert_eq!(total.admit(IP, T).err(), Some(Refused::Rate), "past the overflow: closed at accept");
+        drop((over, overflow));
+        assert_eq!(total.lock().overflow, 0);
+    }
+
+    fn admission_with(limits: crate::config::Limits) -> Arc<Admission> {
+        Admission::new(&limits, Arc::new(Metrics::new()))
     }
 
     #[tokio::test(start_paused = true)]

@@ -51,6 +51,8 @@ pub struct SessionHandle {
     pub identity: OnceLock<Identity>,
     /// Where its frames go.
     pub outbox: Outbox,
+    /// The client's address (behind trusted proxies, the one they name), for logs.
+    pub client: Option<std::net::IpAddr>,
 }
 
 impl SessionHandle {
@@ -585,7 +587,7 @@ mod tests {
             let outbox = Outbox::new(Wire::tcp(server), ser.index(), 64, 1 << 20, Arc::new(Metrics::new()));
             let identity = OnceLock::new();
             identity.set(Identity { authid: who.0.into(), authrole: who.1.into(), name: None }).unwrap();
-            (Arc::new(SessionHandle { id, serialization: ser, identity, outbox }), client)
+            (Arc::new(SessionHandle { id, serialization: ser, identity, outbox, client: None }), client)
         }
 
         fn interests(&self) -> HashSet<(MatchPolicy, String)> {

@@ -17,7 +17,8 @@ use telegraphy_wamp::UriRules;
 
 /// Environment variables under `TELEGRAPHY_` that belong to client tools
 /// (the CLI, test harnesses), which the gateway ignores instead of rejecting.
-pub(crate) const CLIENT_ENV_VARS: &[&str] = &["api_key", "gateway_url", "gateway_bin", "publish_bin", "timeout", "test_redis", "test_amqp"];
+pub(crate) const CLIENT_ENV_VARS: &[&str] =
+    &["api_key", "api_key_file", "gateway_url", "gateway_bin", "publish_bin", "timeout", "test_redis", "test_amqp"];
 
 /// Gateway configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,10 +42,13 @@ pub struct Config {
     pub realms: Vec<String>,
     /// URI rules for topics: `loose` (the WAMP default) or `strict`.
     pub uri_rules: UriRulesSetting,
-    /// API keys accepted by `POST /publish` as `Authorization: Bearer KEY`
-    /// (comma-separated in `TELEGRAPHY_API_KEYS`). Empty: HTTP publishing is off.
-    #[serde(deserialize_with = "list_or_csv", skip_serializing)]
-    pub api_keys: Vec<String>,
+    /// API keys accepted by `POST /publish` and `GET /presence` as
+    /// `Authorization: Bearer KEY`. A bare string may publish to every topic
+    /// with every option (comma-separated in `TELEGRAPHY_API_KEYS`); a table
+    /// (`[[api_keys]]`) names its key, its topics, its options and its rate.
+    /// Empty: HTTP publishing is off.
+    #[serde(deserialize_with = "api_key_list", skip_serializing)]
+    pub api_keys: Vec<ApiKeySetting>,
     /// Development mode: serves the live demo page at `/`, accepts the API
     /// key `dev` when no key is configured, and lets anonymous sessions in,
     /// allowed to publish too. Refused on non-loopback addresses.
@@ -79,6 +83,117 @@ pub struct Config {
     pub history: HistorySettings,
     /// Remote procedure calls the web-app serves over HTTP.
     pub rpc: RpcSettings,
+    /// Load balancers and reverse proxies in front of the gateway, whose
+    /// word on the client's address is believed.
+    pub proxies: ProxiesConfig,
+}
+
+/// `[proxies]`: who may tell the gateway the client's address. Without a
+/// trusted proxy every connection's TCP peer is its client, whatever
+/// headers it sends.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxiesConfig {
+    /// Addresses or CIDR blocks of the load balancers and reverse proxies
+    /// (`10.0.0.0/8`, `192.168.1.7`, `fd00::/8`; comma-separated in the
+    /// environment). Only connections from these are asked who the client is.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub trusted: Vec<String>,
+    /// The header trusted proxies name the client in: `x-forwarded-for`
+    /// (the default), `forwarded` (RFC 7239) or `none`. Only this one is
+    /// read; it is walked from the right, past trusted proxies.
+    pub header: ClientAddressHeader,
+    /// Trusted proxies open every connection with a PROXY protocol header
+    /// (v1 or v2: HAProxy `send-proxy-v2`, AWS NLB, nginx `proxy_protocol`).
+    /// A trusted peer that sends none is closed; other peers are never
+    /// asked for one.
+    pub proxy_protocol: bool,
+}
+
+/// Which request header carries the client's address from trusted proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientAddressHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2` (nginx, HAProxy, most cloud balancers).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1` (RFC 7239).
+    Forwarded,
+    /// No header: only the PROXY protocol (or the TCP peer) tells.
+    None,
+}
+
+/// One `api_keys` entry: a bare key, or a table with its own rights.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ApiKeySetting {
+    /// A key that may publish to every topic with every option, and read presence.
+    Key(String),
+    /// A key with its own topics, options and rate (`[[api_keys]]`).
+    Entry(ApiKeyConfig),
+}
+
+impl From<&str> for ApiKeySetting {
+    fn from(key: &str) -> ApiKeySetting {
+        ApiKeySetting::Key(key.to_string())
+    }
+}
+
+impl From<String> for ApiKeySetting {
+    fn from(key: String) -> ApiKeySetting {
+        ApiKeySetting::Key(key)
+    }
+}
+
+/// `[[api_keys]]`: a key for one caller (a cron job, the web-app), limited
+/// to what it needs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Its name in logs and metrics (`cron`, `django`).
+    pub name: String,
+    /// The key itself; or
+    #[serde(default)]
+    pub key: Option<String>,
+    /// a file holding it (a Kubernetes secret mounted as a file); a trailing
+    /// newline is not part of the key.
+    #[serde(default)]
+    pub key_file: Option<std::path::PathBuf>,
+    /// Topics it may publish to (role pattern syntax; `*` for every topic).
+    #[serde(default, deserialize_with = "list_or_csv")]
+    pub publish: Vec<String>,
+    /// May it target sessions (`eligible`/`exclude` and their authid and
+    /// authrole forms)?
+    #[serde(default)]
+    pub publish_options: bool,
+    /// May it read `GET /presence`?
+    #[serde(default)]
+    pub presence: bool,
+    /// Publishes per second (token bucket); 0 means no limit.
+    #[serde(default)]
+    pub publish_rate: f64,
+    /// Publishes it may send in a burst above the rate (at least 1).
+    #[serde(default)]
+    pub publish_burst: u32,
+}
+
+impl ApiKeyConfig {
+    /// The key: `key`, or the content of `key_file` without its trailing newline.
+    pub(crate) fn secret(&self) -> Result<String, ConfigError> {
+        match (&self.key, &self.key_file) {
+            (Some(k), None) => Ok(k.clone()),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(|s| trim_newline(&s).to_string())
+                .map_err(|e| ConfigError::Invalid(format!("`[[api_keys]]` `{}`: cannot read key_file {}: {e}", self.name, path.display()))),
+            _ => Err(ConfigError::Invalid(format!("`[[api_keys]]` `{}`: set exactly one of `key` and `key_file`", self.name))),
+        }
+    }
+}
+
+/// `s` without one trailing newline (`\n` or `\r\n`), as files written by
+/// `echo` or editors end.
+fn trim_newline(s: &str) -> &str {
+    s.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(s)
 }
 
 /// `[rpc]`: procedures the web-app serves over HTTP (`[[rpc.http]]`): a
@@ -370,7 +485,8 @@ pub struct Limits {
     /// refused with HTTP 503 (keeps handshake floods bounded).
     pub max_pending_handshakes: usize,
     /// Most WebSocket connections from one client IP; 0 means no limit.
-    /// Behind a proxy every client shares the proxy's IP: enforce it there.
+    /// Behind a proxy every client shares the proxy's IP unless the proxy
+    /// is listed in `[proxies]`.
     pub max_connections_per_ip: usize,
     /// Time a client has to send its HTTP request headers (slowloris
     /// guard), counted from the accept, and on a kept-alive connection
@@ -383,8 +499,20 @@ pub struct Limits {
     /// Most connections from one client IP that have not authenticated yet
     /// (WebSockets before WELCOME, HTTP requests before a valid API key);
     /// more are closed at accept. 0 means no limit. Behind a proxy every
-    /// client shares the proxy's IP: raise it or enforce it there.
+    /// client shares the proxy's IP unless the proxy is listed in `[proxies]`.
     pub max_unauthenticated_per_ip: usize,
+    /// New connections per second this node accepts, from everyone
+    /// together (token bucket); 0 means no limit. Shapes a reconnect storm:
+    /// clients over it hear HTTP 503 and retry with their backoff.
+    pub connection_rate: f64,
+    /// New connections accepted in a burst above `connection_rate`.
+    pub connection_burst: u32,
+    /// New connections per second from one client address (an IPv6 client
+    /// counts by its /64); 0 means no limit. Behind trusted proxies
+    /// (`[proxies]`) the client's own address counts. Over it: HTTP 429.
+    pub connection_rate_per_ip: f64,
+    /// New connections from one address in a burst above `connection_rate_per_ip`.
+    pub connection_burst_per_ip: u32,
     /// Bytes the kernel may hold for one client (`SO_SNDBUF`; the kernel
     /// doubles it for bookkeeping). Together with `outbound_queue_bytes` it
     /// bounds what a stalled client holds, and keeps a shed client's close
@@ -427,6 +555,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             history: HistorySettings::default(),
             rpc: RpcSettings::default(),
+            proxies: ProxiesConfig::default(),
         }
     }
 }
@@ -458,6 +587,10 @@ impl Default for Limits {
             http_body_timeout: Duration::from_secs(10),
             max_unauthenticated_per_ip: 1_000,
             socket_send_buffer: 128 * 1024,
+            connection_rate: 0.0,
+            connection_burst: 0,
+            connection_rate_per_ip: 0.0,
+            connection_burst_per_ip: 0,
         }
     }
 }
@@ -539,19 +672,16 @@ impl Config {
             }
             fig = fig.merge(Toml::file_exact(path));
         }
-        // The documented short names of the auth settings.
         let env = env
-            .filter(|key| !is_service_link(key.as_str()))
-            .map(|key| match key.as_str().to_ascii_lowercase().as_str() {
-                "jwt_secret" => "auth__jwt_secret".into(),
-                "jwt_public_key_file" => "auth__jwt_public_key_file".into(),
-                "allow_anonymous" => "auth__allow_anonymous".into(),
-                "rpc_secret" => "rpc__secret".into(),
-                _ => key.into(),
-            })
+            .filter(|key| !is_service_link(key.as_str()) && secret_file_target(key.as_str()).is_none())
+            .map(|key| env_alias(key.as_str()).into())
             .split("__")
             .ignore(CLIENT_ENV_VARS);
-        fig = fig.merge(env).merge(Serialized::defaults(overrides));
+        fig = fig.merge(env);
+        for (path, value) in secrets_from_files(std::env::vars())? {
+            fig = fig.merge(Serialized::default(&path, value));
+        }
+        fig = fig.merge(Serialized::defaults(overrides));
         if let Some(allow) = overrides.allow_anonymous {
             fig = fig.merge(Serialized::default("auth.allow_anonymous", allow));
         }
@@ -638,9 +768,19 @@ impl Config {
                 return invalid(format!("key `realms`: `{realm}` is not a valid WAMP URI (dot-separated, no spaces or `#`)"));
             }
         }
-        for key in &self.api_keys {
-            if key.len() < 8 && !(self.dev && key == "dev") {
-                return invalid("key `api_keys`: every API key must be at least 8 characters long; generate one with `openssl rand -hex 24`".into());
+        self.validate_api_keys()?;
+        crate::proxy::TrustedProxies::new(&self.proxies.trusted, self.proxies.header, self.proxies.proxy_protocol)
+            .map_err(|e| ConfigError::Invalid(format!("key `proxies.trusted`: {e}")))?;
+        if self.proxies.proxy_protocol && self.proxies.trusted.is_empty() {
+            return invalid(
+                "key `proxies.proxy_protocol` is on but `proxies.trusted` is empty: list the balancers' addresses that send the PROXY header".into(),
+            );
+        }
+        for (name, rate) in
+            [("limits.connection_rate", self.limits.connection_rate), ("limits.connection_rate_per_ip", self.limits.connection_rate_per_ip)]
+        {
+            if rate < 0.0 || !rate.is_finite() {
+                return invalid(format!("key `{name}` must be 0 (no limit) or a positive number of connections per second"));
             }
         }
         let l = &self.limits;
@@ -699,6 +839,42 @@ impl Config {
                 "dev mode accepts the well-known API key `dev` and is refused on a non-loopback address ({}); drop --dev or listen on 127.0.0.1",
                 self.listen
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_api_keys(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let mut names = std::collections::HashSet::new();
+        let mut secrets = std::collections::HashSet::new();
+        for key in &self.api_keys {
+            let secret = match key {
+                ApiKeySetting::Key(k) => k.clone(),
+                ApiKeySetting::Entry(e) => {
+                    if e.name.is_empty() || !names.insert(e.name.as_str()) {
+                        return invalid(format!("`[[api_keys]]`: every entry needs its own `name` (`{}` is empty or taken)", e.name));
+                    }
+                    if e.publish.is_empty() {
+                        return invalid(format!(
+                            "`[[api_keys]]` `{}`: list the topics it may publish to, e.g. publish = [\"reports.*\"] (`*` for every topic)",
+                            e.name
+                        ));
+                    }
+                    for pattern in &e.publish {
+                        crate::authz::Pattern::parse(pattern).map_err(|err| ConfigError::Invalid(format!("`[[api_keys]]` `{}`: {err}", e.name)))?;
+                    }
+                    if e.publish_rate < 0.0 || !e.publish_rate.is_finite() {
+                        return invalid(format!("`[[api_keys]]` `{}`: publish_rate must be 0 (no limit) or a positive number", e.name));
+                    }
+                    e.secret()?
+                }
+            };
+            if secret.len() < 8 && !(self.dev && secret == "dev") {
+                return invalid("key `api_keys`: every API key must be at least 8 characters long; generate one with `openssl rand -hex 24`".into());
+            }
+            if !secrets.insert(secret) {
+                return invalid("key `api_keys`: the same key is listed twice; give every caller its own".into());
+            }
         }
         Ok(())
     }
@@ -772,13 +948,61 @@ impl Config {
     }
 
     /// The API keys `POST /publish` accepts (adds `dev` in dev mode when none is set).
-    pub(crate) fn effective_api_keys(&self) -> Vec<String> {
+    pub(crate) fn effective_api_keys(&self) -> Vec<ApiKeySetting> {
         if self.api_keys.is_empty() && self.dev {
-            vec!["dev".into()]
+            vec![ApiKeySetting::Key("dev".into())]
         } else {
             self.api_keys.clone()
         }
     }
+}
+
+/// The documented short names of some settings in the environment
+/// (`TELEGRAPHY_JWT_SECRET` for `auth.jwt_secret`); `key` is without the
+/// `TELEGRAPHY_` prefix, and is returned lowercased.
+fn env_alias(key: &str) -> String {
+    let key = key.to_ascii_lowercase();
+    match key.as_str() {
+        "jwt_secret" => "auth__jwt_secret".into(),
+        "jwt_public_key_file" => "auth__jwt_public_key_file".into(),
+        "allow_anonymous" => "auth__allow_anonymous".into(),
+        "rpc_secret" => "rpc__secret".into(),
+        _ => key,
+    }
+}
+
+/// Settings whose own names end in `_file` (they hold paths): their
+/// environment variables set them, and are not read as files.
+const PATH_SETTINGS: &[&str] = &["auth__jwt_public_key_file", "tls__cert_file", "tls__key_file"];
+
+/// For `X_FILE` (without the `TELEGRAPHY_` prefix), the setting `X` whose
+/// value the file holds, as Kubernetes mounts secrets; `None` for other
+/// variables, path settings and the client tools' own (`API_KEY_FILE`).
+fn secret_file_target(key: &str) -> Option<String> {
+    let lower = key.to_ascii_lowercase();
+    let target = lower.strip_suffix("_file")?;
+    if target.is_empty() || PATH_SETTINGS.contains(&env_alias(&lower).as_str()) || CLIENT_ENV_VARS.contains(&target) {
+        return None;
+    }
+    Some(env_alias(target))
+}
+
+/// The settings set through `TELEGRAPHY_X_FILE` variables among `vars`:
+/// (dotted path, the file's content without its trailing newline).
+/// Setting both `TELEGRAPHY_X` and `TELEGRAPHY_X_FILE` is refused.
+fn secrets_from_files(vars: impl Iterator<Item = (String, String)>) -> Result<Vec<(String, String)>, ConfigError> {
+    let vars: Vec<(String, String)> = vars.collect();
+    let mut out = Vec::new();
+    for (name, path) in &vars {
+        let Some(key) = name.strip_prefix("TELEGRAPHY_") else { continue };
+        let Some(target) = secret_file_target(key) else { continue };
+        if vars.iter().any(|(other, _)| other.strip_prefix("TELEGRAPHY_").is_some_and(|k| env_alias(k) == target)) {
+            return Err(ConfigError::Invalid(format!("both {name} and the setting it fills are set; keep one")));
+        }
+        let value = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid(format!("{name}: cannot read {path}: {e}")))?;
+        out.push((target.replace("__", "."), trim_newline(&value).to_string()));
+    }
+    Ok(out)
 }
 
 /// Whether an env var (without the `TELEGRAPHY_` prefix) is one Kubernetes
@@ -794,6 +1018,68 @@ fn is_service_link(key: &str) -> bool {
         || k.starts_with("service_")
         || k.contains("_service_host")
         || k.contains("_service_port")
+}
+
+/// `api_keys`: a list of bare keys and `[[api_keys]]` tables, or one
+/// comma-separated string of bare keys (`TELEGRAPHY_API_KEYS`). A visitor,
+/// not an untagged enum, so that a mistake in a table is named precisely.
+fn api_key_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ApiKeySetting>, D::Error> {
+    use serde::de::{self, MapAccess, SeqAccess, Visitor};
+
+    fn csv(s: &str) -> Vec<ApiKeySetting> {
+        s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| ApiKeySetting::Key(s.into())).collect()
+    }
+
+    struct One;
+    impl<'de> Visitor<'de> for One {
+        type Value = ApiKeySetting;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an API key (a string) or a table with `name`, `key` or `key_file`, and `publish`")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<ApiKeySetting, E> {
+            Ok(ApiKeySetting::Key(v.into()))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<ApiKeySetting, E> {
+            Ok(ApiKeySetting::Key(v.to_string()))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<ApiKeySetting, E> {
+            Ok(ApiKeySetting::Key(v.to_string()))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ApiKeySetting, A::Error> {
+            ApiKeyConfig::deserialize(de::value::MapAccessDeserializer::new(map)).map(ApiKeySetting::Entry)
+        }
+    }
+    struct Setting(ApiKeySetting);
+    impl<'de> Deserialize<'de> for Setting {
+        fn deserialize<D2: Deserializer<'de>>(d: D2) -> Result<Self, D2::Error> {
+            d.deserialize_any(One).map(Setting)
+        }
+    }
+
+    struct List;
+    impl<'de> Visitor<'de> for List {
+        type Value = Vec<ApiKeySetting>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of API keys and [[api_keys]] tables, or comma-separated keys")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(csv(v))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(csv(&v.to_string()))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(csv(&v.to_string()))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(Setting(s)) = seq.next_element()? {
+                out.push(s);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(List)
 }
 
 /// Accepts a list, or one comma-separated string (handy in env vars).
@@ -876,7 +1162,7 @@ mod tests {
             let c = Config::load(Some(Path::new("t.toml")), &Overrides::default()).unwrap();
             assert_eq!(c.listen.port(), 2000);
             assert_eq!(c.realms, vec!["12345678".to_string()], "digits-only values stay strings");
-            assert_eq!(c.api_keys, vec!["key-one-1234".to_string(), "key-two-1234".to_string()]);
+            assert_eq!(c.api_keys, vec![ApiKeySetting::from("key-one-1234"), "key-two-1234".into()]);
             assert_eq!(c.limits.max_message_size, 4096);
             let flags = Overrides { listen: Some("127.0.0.1:3000".parse().unwrap()), ..Default::default() };
             let c = Config::load(Some(Path::new("t.toml")), &flags).unwrap();
@@ -890,6 +1176,92 @@ mod tests {
             jail.set_env("TELEGRAPHY_LISTN", "127.0.0.1:1");
             let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();
             assert!(err.contains("listn"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn api_keys_mix_bare_keys_and_tables_with_their_own_rights() {
+        let dir = std::env::temp_dir().join(format!("telegraphy-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("cron.key");
+        std::fs::write(&file, "cron-key-from-a-file\n").unwrap();
+        let toml = format!(
+            "api_keys = [\"bare-key-12345\"]\n[[api_keys]]\nname = \"cron\"\nkey_file = \"{}\"\npublish = [\"reports.*\"]\npublish_rate = 2.0\n\
+             [[api_keys]]\nname = \"django\"\nkey = \"django-key-12345\"\npublish = \"*\"\npublish_options = true\npresence = true\n",
+            file.display()
+        );
+        // TOML does not allow a key and an array of tables of the same name: tables only.
+        let err = Config::from_toml_str(&toml).unwrap_err().to_string();
+        assert!(err.contains("api_keys"), "{err}");
+        let toml = toml.replace("api_keys = [\"bare-key-12345\"]\n", "");
+        let c = Config::from_toml_str(&toml).unwrap();
+        let ApiKeySetting::Entry(cron) = &c.api_keys[0] else { panic!("a table") };
+        assert_eq!(cron.secret().unwrap(), "cron-key-from-a-file", "the file's trailing newline is not part of the key");
+        assert_eq!((cron.publish.clone(), cron.publish_rate, cron.publish_options), (vec!["reports.*".to_string()], 2.0, false));
+        let ApiKeySetting::Entry(django) = &c.api_keys[1] else { panic!("a table") };
+        assert!(django.presence && django.publish_options);
+        // Mistakes are named.
+        for (bad, says) in [
+            ("[[api_keys]]\nname = \"a\"\nkey = \"aaaaaaaaaaaa\"\n", "list the topics"),
+            ("[[api_keys]]\nname = \"a\"\npublish = \"*\"\n", "exactly one of `key` and `key_file`"),
+            ("[[api_keys]]\nname = \"a\"\nkey = \"short\"\npublish = \"*\"\n", "at least 8"),
+            ("[[api_keys]]\nname = \"a\"\nkey = \"aaaaaaaaaaaa\"\npublish = \"*\"\npublsh_rate = 1\n", "publsh_rate"),
+            ("[[api_keys]]\nname = \"a\"\nkey_file = \"/nonexistent/key\"\npublish = \"*\"\n", "cannot read key_file"),
+            (
+                "[[api_keys]]\nname = \"a\"\nkey = \"aaaaaaaaaaaa\"\npublish = \"*\"\n[[api_keys]]\nname = \"a\"\nkey = \"bbbbbbbbbbbb\"\npublish = \"*\"\n",
+                "its own `name`",
+            ),
+        ] {
+            let err = Config::from_toml_str(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn proxies_are_checked_at_startup() {
+        let c =
+            Config::from_toml_str("[proxies]\ntrusted = [\"10.0.0.0/8\", \"192.168.1.7\"]\nheader = \"forwarded\"\nproxy_protocol = true\n").unwrap();
+        assert_eq!(c.proxies.header, ClientAddressHeader::Forwarded);
+        let err = Config::from_toml_str("[proxies]\ntrusted = [\"lb.internal\"]\n").unwrap_err().to_string();
+        assert!(err.contains("proxies.trusted") && err.contains("lb.internal"), "{err}");
+        let err = Config::from_toml_str("[proxies]\nproxy_protocol = true\n").unwrap_err().to_string();
+        assert!(err.contains("proxies.trusted"), "{err}");
+        let err = Config::from_toml_str("[proxies]\nheader = \"x-real-ip\"\n").unwrap_err().to_string();
+        assert!(err.contains("x-forwarded-for"), "{err}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
+    fn secrets_come_from_files_named_by_file_variables() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("jwt", "a-jwt-secret-of-at-least-32-bytes-long\n")?;
+            jail.create_file("keys", "key-one-1234,key-two-1234")?;
+            jail.create_file("bus", "redis://user:secret@127.0.0.1:6379/0")?;
+            let dir = jail.directory().to_path_buf();
+            jail.set_env("TELEGRAPHY_JWT_SECRET_FILE", dir.join("jwt").display().to_string());
+            jail.set_env("TELEGRAPHY_API_KEYS_FILE", dir.join("keys").display().to_string());
+            jail.set_env("TELEGRAPHY_BUS_FILE", dir.join("bus").display().to_string());
+            // A path setting ending in _FILE is a path, and the CLI's own is ignored.
+            jail.set_env("TELEGRAPHY_JWT_PUBLIC_KEY_FILE", "/nonexistent.pem");
+            jail.set_env("TELEGRAPHY_API_KEY_FILE", "/nonexistent");
+            let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("jwt_public_key_file") || err.contains("jwt_secret"), "{err}");
+            jail.set_env("TELEGRAPHY_JWT_PUBLIC_KEY_FILE", "");
+            std::env::remove_var("TELEGRAPHY_JWT_PUBLIC_KEY_FILE");
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(c.auth.jwt_secret.as_deref(), Some("a-jwt-secret-of-at-least-32-bytes-long"));
+            assert_eq!(c.api_keys, vec![ApiKeySetting::from("key-one-1234"), "key-two-1234".into()]);
+            assert_eq!(c.bus, "redis://user:secret@127.0.0.1:6379/0");
+            // Both ways at once: refused, named.
+            jail.set_env("TELEGRAPHY_JWT_SECRET", "another-secret-of-at-least-32-bytes-long");
+            let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("TELEGRAPHY_JWT_SECRET_FILE"), "{err}");
+            std::env::remove_var("TELEGRAPHY_JWT_SECRET");
+            jail.set_env("TELEGRAPHY_RPC_SECRET_FILE", "/nonexistent/rpc");
+            let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("TELEGRAPHY_RPC_SECRET_FILE") && err.contains("/nonexistent/rpc"), "{err}");
             Ok(())
         });
     }

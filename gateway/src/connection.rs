@@ -14,9 +14,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
-use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Extension, State};
+use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -24,8 +23,11 @@ use telegraphy_wamp::codes::{close, uri as err};
 use telegraphy_wamp::Serialization;
 use tokio::time::{sleep_until, Instant};
 
+use std::net::IpAddr;
+
 use crate::admission::{HandshakeSlot, Ticket, WebSocketSlot};
 use crate::broker::SessionHandle;
+use crate::listener::ClientAddr;
 use crate::metrics::Violation;
 use crate::node::{secure_random_id, Node};
 use crate::outbox::{Ended, Outbox};
@@ -50,7 +52,7 @@ const WRITE_BUFFER: usize = 256;
 /// `GET /ws`: negotiates the WAMP subprotocol and starts the session.
 pub(crate) async fn upgrade(
     State(node): State<Arc<Node>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(ClientAddr(client)): Extension<ClientAddr>,
     Extension(wire): Extension<Arc<Wire>>,
     Extension(ticket): Extension<Arc<Ticket>>,
     headers: HeaderMap,
@@ -65,7 +67,7 @@ pub(crate) async fn upgrade(
             node.metrics.refused("origin");
             node.metrics.auth_failure("origin");
             let origin = origin.to_str().unwrap_or("(not text)");
-            tracing::info!(origin, "WebSocket refused: origin not allowed");
+            tracing::info!(origin, %client, "WebSocket refused: origin not allowed");
             return (StatusCode::FORBIDDEN, format!("the page's origin {origin} may not open WebSockets here; add it to allowed_origins\n"))
                 .into_response();
         }
@@ -90,7 +92,7 @@ pub(crate) async fn upgrade(
         node.metrics.refused("pending_handshakes");
         return (StatusCode::SERVICE_UNAVAILABLE, "too many WebSockets are still authenticating here; retry later\n").into_response();
     };
-    let Some(per_ip) = node.admission.take_websocket_for(peer.ip()) else {
+    let Some(per_ip) = node.admission.take_websocket_for(client) else {
         node.metrics.refused("per_ip");
         return (StatusCode::TOO_MANY_REQUESTS, "too many WebSockets from your address\n").into_response();
     };
@@ -104,7 +106,7 @@ pub(crate) async fn upgrade(
     ws.set_selected_protocol(HeaderValue::from_static(serialization.subprotocol()));
     let tracker = node.lifecycle.sessions.clone();
     let guards = Guards { ticket, pending: Some(pending), _per_ip: per_ip };
-    ws.on_upgrade(move |socket| tracker.track_future(run(node, socket, wire, serialization, guards)))
+    ws.on_upgrade(move |socket| tracker.track_future(run(node, socket, wire, serialization, client, guards)))
 }
 
 /// Whether a browser page from `origin` may open a WebSocket: listed in
@@ -151,13 +153,13 @@ struct Guards {
 /// frames, writing what the kernel did not take at once, pings, and the
 /// hello, idle and token deadlines. One task (not a reader and a writer)
 /// because every idle connection pays for each task and its timers.
-async fn run(node: Arc<Node>, mut socket: WebSocket, wire: Arc<Wire>, serialization: Serialization, mut guards: Guards) {
+async fn run(node: Arc<Node>, mut socket: WebSocket, wire: Arc<Wire>, serialization: Serialization, client: IpAddr, mut guards: Guards) {
     // Counted by a guard, so that the gauge comes back on every way out,
     // a panic included.
     let _open = OpenConnection::count(&node);
     let limits = &node.config.limits;
     let outbox = Outbox::new(wire, serialization.index(), limits.outbound_queue_messages, limits.outbound_queue_bytes, node.metrics.clone());
-    let handle = Arc::new(SessionHandle { id: secure_random_id(), serialization, identity: OnceLock::new(), outbox });
+    let handle = Arc::new(SessionHandle { id: secure_random_id(), serialization, identity: OnceLock::new(), outbox, client: Some(client) });
     let mut session = Session::new(node.clone(), handle.clone());
     let ended = serve(&node, &handle, &mut session, &mut socket, &mut guards).await;
     session.cleanup();

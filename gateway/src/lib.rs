@@ -9,6 +9,8 @@
 //! * [`listener`]: the public accept loop (TLS, admission, peer address).
 //! * [`admission`]: every accepted connection's slot, phase deadlines, and
 //!   shedding the oldest unauthenticated connections when full.
+//! * [`proxy`]: the client's address behind trusted load balancers
+//!   (`X-Forwarded-For`, `Forwarded`, the PROXY protocol).
 //! * [`connection`]: the WebSocket upgrade and the one task that serves each connection.
 //! * [`session`]: the WAMP session state machine (HELLO to GOODBYE).
 //! * [`auth`]: authentication (JWT tickets, WAMP-CRA, anonymous) and roles.
@@ -77,6 +79,7 @@ mod metrics;
 mod node;
 mod outbox;
 mod presence;
+mod proxy;
 mod publish;
 mod realm;
 mod server;

@@ -7,7 +7,7 @@
 //! tracker owns them from then on. Plain HTTP requests still in flight when
 //! the node stops are waited for by [`serve`]'s caller, within the drain deadline.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,8 +27,54 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
-use crate::admission::{Admission, Ticket};
+use crate::admission::{Admission, Refused, Ticket};
+use crate::metrics::Metrics;
 use crate::wire::Wire;
+
+/// The address a connection speaks for, before its request headers are
+/// read: the TCP peer, or the client named by a trusted proxy's PROXY
+/// header. The request's own client address is [`ClientAddr`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Origin(pub IpAddr);
+
+/// The client a request comes from: [`Origin`], or behind a trusted proxy
+/// the client its forwarding header names ([`crate::proxy`]). Per-address
+/// limits and logs use this.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientAddr(pub IpAddr);
+
+/// Per request: learns the client's address (behind trusted proxies, from
+/// the forwarding header), counts the connection against it, and answers
+/// at once a connection let in over a rate.
+pub(crate) async fn admit_request(
+    axum::extract::State(admission): axum::extract::State<Arc<Admission>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let (Some(ticket), Some(Origin(origin))) = (req.extensions().get::<Arc<Ticket>>().cloned(), req.extensions().get::<Origin>().copied()) else {
+        return next.run(req).await;
+    };
+    let client = admission.proxies().client_address(origin, req.headers());
+    let refused = ticket.refused().or_else(|| ticket.readdress(client).err());
+    let answer = match refused {
+        None | Some(Refused::Full) => None,
+        Some(Refused::Rate) => {
+            Some((StatusCode::SERVICE_UNAVAILABLE, "this gateway node is taking too many new connections right now; retry in a few seconds\n"))
+        }
+        Some(Refused::RatePerIp) => Some((StatusCode::TOO_MANY_REQUESTS, "too many new connections from your address; retry in a few seconds\n")),
+        Some(Refused::PerIp) => Some((StatusCode::TOO_MANY_REQUESTS, "too many unauthenticated connections from your address\n")),
+    };
+    if let Some((status, message)) = answer {
+        let mut response = (status, message).into_response();
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
+        response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        return response;
+    }
+    req.extensions_mut().insert(ClientAddr(client));
+    next.run(req).await
+}
 
 /// What the listener needs to know of the limits.
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +144,7 @@ pub(crate) async fn serve(
     stop: CancellationToken,
     admission: Arc<Admission>,
     limits: ListenLimits,
+    metrics: Arc<Metrics>,
 ) {
     let header_timeout = limits.header_timeout;
     let graceful = GracefulShutdown::new();
@@ -150,13 +197,14 @@ pub(crate) async fn serve(
         // WebSocket session writes its frames straight to it) and its
         // admission ticket.
         let app = app.clone();
-        let service = move |wire: Arc<Wire>, ticket: Arc<Ticket>| {
+        let service = move |wire: Arc<Wire>, ticket: Arc<Ticket>, origin: Origin| {
             let during = ticket.clone();
             TowerToHyperService::new(
                 app.map_request(move |mut req: axum::http::Request<Incoming>| {
                     // Headers are in: the handler bounds what comes next.
                     during.set_deadline(None);
                     req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                    req.extensions_mut().insert(origin);
                     req.extensions_mut().insert(wire.clone());
                     req.extensions_mut().insert(during.clone());
                     req
@@ -173,24 +221,41 @@ pub(crate) async fn serve(
             )
         };
         let builder = builder.clone();
-        match &tls {
-            None => {
-                let wire = Wire::tcp(tcp);
-                let conn =
-                    graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(wire.io()), service(wire, ticket.clone())).into_owned());
-                tokio::spawn(async move {
+        let tls = tls.clone();
+        let watcher = graceful.watcher();
+        let expects_proxy_header = admission.proxies().expects_proxy_header(peer.ip());
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut tcp = tcp;
+            // Who the connection speaks for: its TCP peer, or the client a
+            // trusted balancer names in its PROXY header.
+            let mut origin = peer.ip();
+            if expects_proxy_header {
+                let read = async {
                     tokio::select! {
-                        _ = conn => {}
-                        // Shed, or too slow for its phase: dropping the
-                        // connection closes the socket.
-                        _ = ticket.expired() => {}
+                        r = tokio::time::timeout(header_timeout, crate::proxy::read_proxy_header(&mut tcp)) => Some(r),
+                        _ = ticket.shed() => None,
                     }
-                });
+                };
+                match read.await {
+                    None => return,
+                    Some(Ok(Ok(client))) => origin = client.map_or(origin, |c| c.ip().to_canonical()),
+                    Some(Ok(Err(e))) => {
+                        metrics.refused("proxy_protocol");
+                        tracing::info!(%peer, error = %e, "connection from a trusted proxy closed: proxies.proxy_protocol expects a PROXY header first");
+                        return;
+                    }
+                    Some(Err(_)) => {
+                        metrics.refused("proxy_protocol");
+                        tracing::info!(%peer, "connection from a trusted proxy closed: no PROXY header within limits.http_header_timeout");
+                        return;
+                    }
+                }
             }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
+            let origin = Origin(origin);
+            let wire = match &tls {
+                None => Wire::tcp(tcp),
+                Some(acceptor) => {
                     let handshake = async {
                         tokio::select! {
                             r = tokio::time::timeout(header_timeout, acceptor.accept(tcp)) => Some(r),
@@ -209,15 +274,18 @@ pub(crate) async fn serve(
                             return;
                         }
                     };
-                    let wire = Wire::tls(stream);
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(wire.io()), service(wire, ticket.clone())).into_owned();
-                    tokio::select! {
-                        _ = watcher.watch(conn) => {}
-                        _ = ticket.expired() => {}
-                    }
-                });
+                    Wire::tls(stream)
+                }
+            };
+            let io = TokioIo::new(wire.io());
+            let conn = builder.serve_connection_with_upgrades(io, service(wire, ticket.clone(), origin)).into_owned();
+            tokio::select! {
+                _ = watcher.watch(conn) => {}
+                // Shed, or too slow for its phase: dropping the
+                // connection closes the socket.
+                _ = ticket.expired() => {}
             }
-        }
+        });
     }
     drop(listener);
     graceful.shutdown().await;

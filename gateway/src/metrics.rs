@@ -83,6 +83,7 @@ pub(crate) mod name {
     pub(crate) const BUS_QUEUE_DEPTH: &str = "telegraphy_bus_queue_depth";
     /// HTTP publish requests refused, by status code.
     pub(crate) const HTTP_PUBLISH_ERRORS: &str = "telegraphy_http_publish_errors_total";
+    pub(crate) const API_KEY_REFUSED: &str = "telegraphy_api_key_refused_total";
     /// Calls (RPC) by outcome: `result`, `error` (the callee's), `canceled`,
     /// `timeout`, `callee_lost`, `no_such_procedure`, `refused`
     /// (authorization, rate, limits, bad options).
@@ -242,6 +243,7 @@ pub struct Metrics {
     pub admitted_connections: IntGauge,
     pub shed_connections: IntCounter,
     http_publish_errors: IntCounterVec,
+    api_key_refused: IntCounterVec,
     auth_failures: IntCounterVec,
     pub denied_subscribe: IntCounter,
     pub denied_publish: IntCounter,
@@ -340,7 +342,18 @@ impl Metrics {
         reg(Box::new(build_info));
         let connections_refused =
             counter_vec(name::CONNECTIONS_REFUSED, "Connections refused (at accept or at the WebSocket upgrade), by reason.", "reason");
-        for reason in ["draining", "subprotocol", "max_connections", "origin", "pending_handshakes", "per_ip", "unauthenticated_per_ip"] {
+        for reason in [
+            "draining",
+            "subprotocol",
+            "max_connections",
+            "origin",
+            "pending_handshakes",
+            "per_ip",
+            "unauthenticated_per_ip",
+            "connection_rate",
+            "connection_rate_per_ip",
+            "proxy_protocol",
+        ] {
             connections_refused.with_label_values(&[reason]);
         }
         let disconnects = counter_vec(name::DISCONNECTS, "Close frames written to clients, by close code.", "code");
@@ -351,10 +364,20 @@ impl Metrics {
         }
         let queue_drops = counter_vec(name::QUEUE_DROPS, "Messages sessions never got, by reason.", "reason");
         let http_publish_errors = counter_vec(name::HTTP_PUBLISH_ERRORS, "HTTP publish requests refused, by status.", "status");
-        for status in ["400", "401", "403", "408", "409", "413", "503"] {
+        for status in ["400", "401", "403", "408", "409", "413", "429", "503"] {
             http_publish_errors.with_label_values(&[status]);
         }
+        let api_key_refused = IntCounterVec::new(
+            Opts::new(
+                name::API_KEY_REFUSED,
+                "HTTP requests with a valid API key that the key may not make, by key name and reason (topic, options, rate, presence).",
+            ),
+            &["api_key", "reason"],
+        )
+        .expect("valid metric");
+        reg(Box::new(api_key_refused.clone()));
         Metrics {
+            api_key_refused,
             ready: gauge(name::READY, "1 while the node wants traffic (/readyz 200)."),
             max_connections: gauge(name::MAX_CONNECTIONS, "limits.max_connections of this node."),
             bus_queue_depth: gauge(name::BUS_QUEUE_DEPTH, "Events waiting in this node's bus queue for fan-out."),
@@ -471,6 +494,11 @@ impl Metrics {
     /// answered itself (the session meta API).
     pub(crate) fn call_answered_here(&self, outcome: CallOutcome) {
         self.rpc_calls[outcome as usize].inc();
+    }
+
+    /// Counts a request an API key may not make (`key`: its configured name).
+    pub(crate) fn api_key_refused(&self, key: &str, reason: &'static str) {
+        self.api_key_refused.with_label_values(&[key, reason]).inc();
     }
 
     /// Counts a refused HTTP publish.

@@ -35,8 +35,8 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     /// URI rules, from the config.
     pub uri_rules: UriRules,
-    /// API keys accepted by `POST /publish`.
-    pub api_keys: Vec<String>,
+    /// API keys accepted by `POST /publish` and `GET /presence`, with their rights.
+    pub(crate) api_keys: crate::publish::ApiKeys,
     /// Verifies credentials and resolves roles.
     pub auth: Authenticator,
     /// Every connection of the public listener, from accept to close
@@ -86,9 +86,14 @@ impl Node {
         Arc::new(Node {
             http_callees: crate::http_callee::HttpCallees::from_config(&config.rpc, config.limits.max_message_size),
             uri_rules: config.uri_rules.into(),
-            api_keys: config.effective_api_keys(),
+            api_keys: crate::publish::ApiKeys::from_config(&config),
             auth,
-            admission: Admission::new(&config.limits, metrics.clone()),
+            admission: Admission::behind(
+                &config.limits,
+                // Checked by `Config::validate`.
+                crate::proxy::TrustedProxies::new(&config.proxies.trusted, config.proxies.header, config.proxies.proxy_protocol).unwrap_or_default(),
+                metrics.clone(),
+            ),
             config,
             id,
             realms,

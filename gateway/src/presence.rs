@@ -172,7 +172,11 @@ pub(crate) async fn http(
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
     let answer = (|| {
-        crate::publish::authorize(&node, &headers).map_err(|f| (f.0, f.1, f.2))?;
+        let key = node.api_keys.authorize(&headers).map_err(|f| (f.0, f.1, f.2))?;
+        key.may_read_presence().map_err(|f| {
+            node.metrics.api_key_refused(key.name(), "presence");
+            (f.0, f.1, f.2)
+        })?;
         ticket.trust();
         let bad = |m: String| (StatusCode::BAD_REQUEST, "bad_request", m);
         let axum::extract::Query(q) = query.map_err(|e| bad(format!("{e}; ask GET /presence?topic=TOPIC[&realm=REALM][&limit=N]")))?;

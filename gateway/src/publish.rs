@@ -23,6 +23,7 @@ use telegraphy_bus::{check_topic, now_us, Delivery, Envelope, Filter, JsonOption
 use telegraphy_wamp::{Dict, Value};
 
 use crate::admission::Ticket;
+use crate::config::ApiKeySetting;
 use crate::node::{random_id, Node};
 
 /// An HTTP publish failure: status, a stable error code and a message.
@@ -38,14 +39,17 @@ impl PublishFailure {
 pub(crate) async fn publish(State(node): State<Arc<Node>>, Extension(ticket): Extension<Arc<Ticket>>, headers: HeaderMap, body: Body) -> Response {
     // The key is checked first, before the body is read: callers without
     // one learn nothing else and cannot hold the connection.
-    let result = match authorize(&node, &headers) {
+    let result = match node.api_keys.authorize(&headers) {
         Err(e) => Err(e),
-        Ok(()) => {
+        Ok(key) => {
             // A valid key: the connection is the web-app's, never shed.
             ticket.trust();
-            match read_body(&node, body).await {
-                Ok(body) => handle(&node, &body).await,
-                Err(e) => Err(e),
+            match key.take_publish() {
+                Err(why) => Err(refuse(&node, &key, why, "")),
+                Ok(()) => match read_body(&node, body).await {
+                    Ok(body) => handle(&node, &key, &body).await,
+                    Err(e) => Err(e),
+                },
             }
         }
     };
@@ -73,7 +77,13 @@ async fn read_body(node: &Node, body: Body) -> Result<axum::body::Bytes, Publish
     }
 }
 
-async fn handle(node: &Node, body: &[u8]) -> Result<u64, PublishFailure> {
+/// Counts and words a refusal of an authenticated key.
+fn refuse(node: &Node, key: &Authorized<'_>, why: KeyRefusal, topic: &str) -> PublishFailure {
+    node.metrics.api_key_refused(key.name(), why.as_str());
+    key.refused(why, topic)
+}
+
+async fn handle(node: &Node, key: &Authorized<'_>, body: &[u8]) -> Result<u64, PublishFailure> {
     if body.len() > node.config.limits.max_message_size {
         return Err(too_large(node, Some(body.len())));
     }
@@ -81,6 +91,7 @@ async fn handle(node: &Node, body: &[u8]) -> Result<u64, PublishFailure> {
     let request =
         parse_body(body, default_realm, |r| node.realms.get(r).is_some(), node.uri_rules).map_err(|e| PublishFailure::bad(e.to_string()))?;
     let HttpPublish { realm, topic, args, kwargs, filter, require_subscriber, retain } = request;
+    key.may_publish(&topic, &filter).map_err(|why| refuse(node, key, why, &topic))?;
     let event =
         Envelope { realm, publication: random_id(), topic, args, kwargs, filter, publisher: None, published_at_us: now_us(), retain, position: None };
     let delivery = if require_subscriber { Delivery::Subscribed } else { Delivery::Accepted };
@@ -157,31 +168,170 @@ fn too_large(node: &Node, len: Option<usize>) -> PublishFailure {
     )
 }
 
-/// Checks the request's API key (`Authorization: Bearer KEY`).
-pub(crate) fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), PublishFailure> {
-    if node.api_keys.is_empty() {
-        return Err(PublishFailure(
-            StatusCode::FORBIDDEN,
-            "publishing_disabled",
-            "HTTP publishing is off on this gateway: configure api_keys (TELEGRAPHY_API_KEYS)".into(),
-        ));
+/// The API keys `POST /publish` and `GET /presence` accept.
+pub(crate) struct ApiKeys(Vec<ApiKey>);
+
+/// One accepted key and what it may do.
+struct ApiKey {
+    /// Its name in logs and metrics (`default` for bare keys).
+    name: String,
+    secret: String,
+    /// `None`: every topic, every option, presence (a bare key).
+    rights: Option<KeyRights>,
+}
+
+struct KeyRights {
+    publish: crate::authz::PatternSet,
+    publish_options: bool,
+    presence: bool,
+    rate: Option<governor::DefaultDirectRateLimiter>,
+}
+
+/// What a request was let do by its key.
+pub(crate) struct Authorized<'a>(&'a ApiKey);
+
+impl ApiKeys {
+    /// The configured keys (with `dev` in dev mode when none is set). Keys
+    /// from files were read once by [`Config::validate`]; one that cannot
+    /// be read now is left out, and said so.
+    pub(crate) fn from_config(config: &crate::config::Config) -> ApiKeys {
+        let keys = config
+            .effective_api_keys()
+            .into_iter()
+            .filter_map(|setting| match setting {
+                ApiKeySetting::Key(secret) => Some(ApiKey { name: "default".into(), secret, rights: None }),
+                ApiKeySetting::Entry(e) => {
+                    let secret = match e.secret() {
+                        Ok(s) => s,
+                        Err(err) => {
+                            tracing::error!("{err}; this key is not accepted");
+                            return None;
+                        }
+                    };
+                    let rate = (e.publish_rate > 0.0).then(|| crate::session::rate_limiter(e.publish_rate, e.publish_burst)).flatten();
+                    let publish = crate::authz::PatternSet::parse(&e.publish).unwrap_or_default();
+                    Some(ApiKey {
+                        name: e.name,
+                        secret,
+                        rights: Some(KeyRights { publish, publish_options: e.publish_options, presence: e.presence, rate }),
+                    })
+                }
+            })
+            .collect();
+        ApiKeys(keys)
     }
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Err(PublishFailure(StatusCode::UNAUTHORIZED, "missing_api_key", "send the API key as `Authorization: Bearer KEY`".into()));
-    };
-    let key = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or_else(|| PublishFailure(StatusCode::UNAUTHORIZED, "missing_api_key", "the Authorization header must be `Bearer KEY`".into()))?;
-    let mut ok = false;
-    for candidate in &node.api_keys {
-        ok |= bool::from(candidate.as_bytes().ct_eq(key.as_bytes()));
+
+    /// Checks the request's API key (`Authorization: Bearer KEY`), in
+    /// constant time over every configured key.
+    pub(crate) fn authorize(&self, headers: &HeaderMap) -> Result<Authorized<'_>, PublishFailure> {
+        if self.0.is_empty() {
+            return Err(PublishFailure(
+                StatusCode::FORBIDDEN,
+                "publishing_disabled",
+                "HTTP publishing is off on this gateway: configure api_keys (TELEGRAPHY_API_KEYS)".into(),
+            ));
+        }
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Err(PublishFailure(StatusCode::UNAUTHORIZED, "missing_api_key", "send the API key as `Authorization: Bearer KEY`".into()));
+        };
+        let key = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| PublishFailure(StatusCode::UNAUTHORIZED, "missing_api_key", "the Authorization header must be `Bearer KEY`".into()))?;
+        let mut found = None;
+        for candidate in &self.0 {
+            if bool::from(candidate.secret.as_bytes().ct_eq(key.as_bytes())) {
+                found = Some(candidate);
+            }
+        }
+        found
+            .map(Authorized)
+            .ok_or_else(|| PublishFailure(StatusCode::FORBIDDEN, "invalid_api_key", "this API key is not accepted by this gateway".into()))
     }
-    if ok {
+}
+
+impl Authorized<'_> {
+    /// The key's name, for logs and metrics.
+    pub(crate) fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// Takes one publish from the key's rate.
+    fn take_publish(&self) -> Result<(), KeyRefusal> {
+        match self.0.rights.as_ref().and_then(|r| r.rate.as_ref()) {
+            Some(limiter) if limiter.check().is_err() => Err(KeyRefusal::Rate),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the key may publish `topic` with `filter`.
+    fn may_publish(&self, topic: &str, filter: &Filter) -> Result<(), KeyRefusal> {
+        let Some(rights) = &self.0.rights else { return Ok(()) };
+        if !rights.publish.matches(topic) {
+            return Err(KeyRefusal::Topic);
+        }
+        if !filter.is_open() && !rights.publish_options {
+            return Err(KeyRefusal::Options);
+        }
         Ok(())
-    } else {
-        Err(PublishFailure(StatusCode::FORBIDDEN, "invalid_api_key", "this API key is not accepted by this gateway".into()))
+    }
+
+    /// Whether the key may read `GET /presence`.
+    pub(crate) fn may_read_presence(&self) -> Result<(), PublishFailure> {
+        match &self.0.rights {
+            Some(r) if !r.presence => Err(self.refused(KeyRefusal::Presence, "")),
+            _ => Ok(()),
+        }
+    }
+
+    /// The answer to a request the key may not make; counted.
+    fn refused(&self, why: KeyRefusal, topic: &str) -> PublishFailure {
+        let name = &self.0.name;
+        let (status, code, message) = match why {
+            KeyRefusal::Topic => (
+                StatusCode::FORBIDDEN,
+                "topic_not_allowed",
+                format!("API key `{name}` may not publish to `{topic}`; add the topic to its `publish` patterns in [[api_keys]]"),
+            ),
+            KeyRefusal::Options => (
+                StatusCode::FORBIDDEN,
+                "options_not_allowed",
+                format!("API key `{name}` may not target sessions (eligible/exclude options); set publish_options = true in its [[api_keys]] entry"),
+            ),
+            KeyRefusal::Rate => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("API key `{name}` publishes faster than its publish_rate; slow down and retry"),
+            ),
+            KeyRefusal::Presence => (
+                StatusCode::FORBIDDEN,
+                "presence_not_allowed",
+                format!("API key `{name}` may not read presence; set presence = true in its [[api_keys]] entry"),
+            ),
+        };
+        tracing::info!(api_key = %name, topic, reason = why.as_str(), "HTTP request refused: {message}");
+        PublishFailure(status, code, message)
+    }
+}
+
+/// Why a key was refused a request it authenticated.
+#[derive(Debug, Clone, Copy)]
+enum KeyRefusal {
+    Topic,
+    Options,
+    Rate,
+    Presence,
+}
+
+impl KeyRefusal {
+    fn as_str(self) -> &'static str {
+        match self {
+            KeyRefusal::Topic => "topic",
+            KeyRefusal::Options => "options",
+            KeyRefusal::Rate => "rate",
+            KeyRefusal::Presence => "presence",
+        }
     }
 }

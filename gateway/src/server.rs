@@ -177,7 +177,8 @@ impl Gateway {
             .route("/ws", get(connection::upgrade))
             .route("/publish", post(publish::publish))
             .route("/presence", get(crate::presence::http))
-            .layer(DefaultBodyLimit::max(config.limits.max_message_size + 1));
+            .layer(DefaultBodyLimit::max(config.limits.max_message_size + 1))
+            .layer(axum::middleware::from_fn_with_state(node.admission.clone(), crate::listener::admit_request));
         if config.dev {
             app = app.route("/", get(|| async { Html(DEMO_PAGE) })).route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }));
         }
@@ -200,7 +201,15 @@ impl Gateway {
             idle_timeout: config.limits.idle_timeout,
             send_buffer: config.limits.socket_send_buffer,
         };
-        let mut serve = tokio::spawn(crate::listener::serve(public, tls, app, node.lifecycle.shutdown.clone(), node.admission.clone(), limits));
+        let mut serve = tokio::spawn(crate::listener::serve(
+            public,
+            tls,
+            app,
+            node.lifecycle.shutdown.clone(),
+            node.admission.clone(),
+            limits,
+            node.metrics.clone(),
+        ));
         let early_exit = tokio::select! {
             _ = shutdown => None,
             r = &mut serve => Some(r),

@@ -49,9 +49,15 @@ struct Args {
     /// Gateway base URL, to publish through its HTTP endpoint (needs --api-key).
     #[arg(long, env = "TELEGRAPHY_GATEWAY_URL", value_name = "URL")]
     gateway: Option<String>,
+    /// Bus URL read from a file (a mounted secret; its trailing newline is ignored).
+    #[arg(long, env = "TELEGRAPHY_BUS_FILE", value_name = "PATH", conflicts_with_all = ["bus", "gateway"])]
+    bus_file: Option<std::path::PathBuf>,
     /// API key for --gateway.
     #[arg(long, env = "TELEGRAPHY_API_KEY", value_name = "KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// API key for --gateway, read from a file (a mounted secret; its trailing newline is ignored).
+    #[arg(long, env = "TELEGRAPHY_API_KEY_FILE", value_name = "PATH", conflicts_with = "api_key")]
+    api_key_file: Option<std::path::PathBuf>,
     /// Realm of the events.
     #[arg(long, default_value = telegraphy_publisher::DEFAULT_REALM)]
     realm: String,
@@ -160,8 +166,19 @@ async fn run(args: Args) -> Result<(), Failure> {
     result
 }
 
+/// A secret from a file, without its trailing newline.
+fn read_secret(flag: &str, path: &std::path::Path) -> Result<String, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("{flag}: cannot read {}: {e}", path.display())))?;
+    let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+    Ok(text.to_string())
+}
+
 async fn connect(args: &Args) -> Result<Publisher, Failure> {
-    match (&args.bus, &args.gateway) {
+    let bus = match &args.bus_file {
+        Some(path) => Some(read_secret("--bus-file", path)?),
+        None => args.bus.clone(),
+    };
+    match (&bus, &args.gateway) {
         (Some(bus), _) => {
             let options = BusOptions {
                 redis_key_prefix: args.redis_key_prefix.clone(),
@@ -172,8 +189,11 @@ async fn connect(args: &Args) -> Result<Publisher, Failure> {
             Ok(Publisher::connect_with(bus, &options).await?)
         }
         (None, Some(gateway)) => {
-            let key = args.api_key.as_deref().unwrap_or_default();
-            Ok(Publisher::gateway(gateway, key, args.timeout)?)
+            let key = match &args.api_key_file {
+                Some(path) => read_secret("--api-key-file", path)?,
+                None => args.api_key.clone().unwrap_or_default(),
+            };
+            Ok(Publisher::gateway(gateway, &key, args.timeout)?)
         }
         (None, None) => Err(bad("say where to publish: --bus URL (or TELEGRAPHY_BUS), or --gateway URL with --api-key")),
     }

@@ -158,6 +158,17 @@ async fn cli_publishes_through_a_gateway_http_endpoint() {
     let out = cli(&["--gateway".into(), base.clone(), "--api-key".into(), "wrong-key-123".into(), "t.http".into()], "").await;
     assert_eq!(out.status.code(), Some(4), "refused credentials: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("API key"));
+    // The key from a file, as a mounted secret (with its trailing newline).
+    let file = std::env::temp_dir().join(format!("telegraphy-cli-key-{}", std::process::id()));
+    std::fs::write(&file, format!("{}\n", util::API_KEY)).unwrap();
+    let path = file.display().to_string();
+    let out = cli(&["--gateway".into(), base.clone(), "--api-key-file".into(), path.clone(), "t.http".into(), "[\"from a file\"]".into()], "").await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(c.event().await.1, vec![Value::from("from a file")]);
+    std::fs::remove_file(&file).unwrap();
+    let out = cli(&["--gateway".into(), base, "--api-key-file".into(), path.clone(), "t.http".into()], "").await;
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&path), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[tokio::test]

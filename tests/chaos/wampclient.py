@@ -148,9 +148,16 @@ class AsyncWebSocket:
         self.close_sent = False
 
     @classmethod
-    async def connect(cls, host: str, port: int, path: str = "/ws", protocols=("wamp.2.json",)) -> "AsyncWebSocket":
-        reader, writer = await asyncio.open_connection(host, port, limit=1 << 22)
+    async def connect(cls, host: str, port: int, path: str = "/ws", protocols=("wamp.2.json",), *,
+                      local_addr: str | None = None, headers: dict[str, str] | None = None) -> "AsyncWebSocket":
+        """Opens a WebSocket; `local_addr` binds the client's side (another
+        loopback address), `headers` go with the upgrade request."""
+        reader, writer = await asyncio.open_connection(host, port, limit=1 << 22,
+                                                       local_addr=(local_addr, 0) if local_addr else None)
         req, _ = handshake_request(host, port, path, protocols)
+        if headers:
+            extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            req = req[:-2] + extra.encode() + b"\r\n"
         writer.write(req)
         head = await reader.readuntil(b"\r\n\r\n")
         try:

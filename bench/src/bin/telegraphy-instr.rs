@@ -274,7 +274,7 @@ async fn fanout_gateway(subscribers: usize, ser: Serialization, events: u64, bat
     let mut handles = Vec::with_capacity(subscribers);
     for (i, s) in socks.into_iter().enumerate() {
         let outbox = Outbox::new(Wire::tcp(s), ser.index(), 1024, 1 << 20, metrics.clone());
-        let handle = Arc::new(SessionHandle { id: i as u64 + 1, serialization: ser, identity: OnceLock::new(), outbox });
+        let handle = Arc::new(SessionHandle { id: i as u64 + 1, serialization: ser, identity: OnceLock::new(), outbox, client: None });
         hub.subscribe(&handle, MatchPolicy::Exact, TOPIC, None, false);
         handles.push(handle);
     }
@@ -393,7 +393,7 @@ async fn session_setup(sessions: usize) -> anyhow::Result<()> {
     let mut held = Vec::with_capacity(sessions);
     for (i, s) in socks.into_iter().enumerate() {
         let outbox = Outbox::new(Wire::tcp(s), json.index(), 1024, 1 << 20, metrics.clone());
-        let handle = Arc::new(SessionHandle { id: i as u64 + 1, serialization: json, identity: OnceLock::new(), outbox });
+        let handle = Arc::new(SessionHandle { id: i as u64 + 1, serialization: json, identity: OnceLock::new(), outbox, client: None });
         let mut session = Session::new(node.clone(), handle);
         for payload in [&hello, &authenticate, &subscribe] {
             if session.handle_payload(payload).await != Flow::Continue {
@@ -422,7 +422,7 @@ async fn call(ser: Serialization, calls: u64) -> anyhow::Result<()> {
     let mut sessions = Vec::with_capacity(2);
     for (i, s) in socks.into_iter().enumerate() {
         let outbox = Outbox::new(Wire::tcp(s), ser.index(), 1024, 1 << 20, metrics.clone());
-        let handle = Arc::new(SessionHandle { id: i as u64 + 1, serialization: ser, identity: OnceLock::new(), outbox });
+        let handle = Arc::new(SessionHandle { id: i as u64 + 1, serialization: ser, identity: OnceLock::new(), outbox, client: None });
         sessions.push(Session::new(node.clone(), handle));
     }
     let encode = |m: &Message| ser.encode(m).map(|b| b.to_vec()).map_err(|e| anyhow::anyhow!("encode: {}", e.0));

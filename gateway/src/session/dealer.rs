@@ -15,7 +15,6 @@ use crate::http_callee::{Answer, Caller, HttpCall};
 use crate::metrics::CallOutcome;
 
 use super::broker::GET_EVENTS;
-/// Procedures under this prefix are the router's own.
 
 /// The dealer role's state for one session: what it announced as a callee,
 /// and its calls to the web-app over HTTP (each a task, by CALL request id).

@@ -27,7 +27,7 @@ use crate::realm::Realm;
 use crate::wire::encode_frame;
 
 /// A token bucket: `rate` per second, `burst` at once.
-fn rate_limiter(rate: f64, burst: u32) -> Option<governor::DefaultDirectRateLimiter> {
+pub(crate) fn rate_limiter(rate: f64, burst: u32) -> Option<governor::DefaultDirectRateLimiter> {
     let period = std::time::Duration::from_secs_f64(1.0 / rate.max(1e-6));
     // A rate too high to express (a zero period) means no limit.
     let quota = governor::Quota::with_period(period)?.allow_burst(std::num::NonZeroU32::new(burst).unwrap_or(std::num::NonZeroU32::MIN));
@@ -250,7 +250,8 @@ impl Session {
     /// ABORTs a session whose credentials were refused.
     fn refuse(&mut self, f: AuthFailure) -> Flow {
         self.node.metrics.auth_failure(f.reason);
-        tracing::info!(session = self.handle.id, reason = f.reason, "authentication refused: {}", f.message);
+        let client = self.handle.client.map(|c| c.to_string()).unwrap_or_default();
+        tracing::info!(session = self.handle.id, %client, reason = f.reason, "authentication refused: {}", f.message);
         self.send_last(&Message::Abort { details: dict! {"message" => f.message}, reason: f.uri.into() });
         self.state = State::Closed;
         Flow::Close(close::AUTH_FAILED)
@@ -454,7 +455,7 @@ mod tests {
         let (server, _) = listener.accept().await.unwrap();
         let json = Serialization::Json;
         let outbox = Outbox::new(Wire::tcp(server), json.index(), 64, 1 << 20, metrics);
-        let handle = Arc::new(SessionHandle { id: 42, serialization: json, identity: OnceLock::new(), outbox });
+        let handle = Arc::new(SessionHandle { id: 42, serialization: json, identity: OnceLock::new(), outbox, client: None });
         (Session::new(node, handle), client, rx)
     }
 
