@@ -49,6 +49,11 @@ export interface PublisherSettings {
   amqpExchange?: string;
   /** Bound on each connect and each answer, in milliseconds (default 5000). */
   timeoutMs?: number;
+  /**
+   * With a rediss:// or amqps:// bus: a CA trusted besides Node's own roots,
+   * and a client certificate with its key (paths of PEM files).
+   */
+  tls?: { caFile?: string; certFile?: string; keyFile?: string };
   /** Default realm of `publish` (else realm1 on a bus, the gateway's first realm over HTTP). */
   realm?: string;
 }

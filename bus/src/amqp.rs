@@ -164,6 +164,7 @@ impl From<OpenError> for BusError {
     fn from(e: OpenError) -> BusError {
         match e {
             OpenError::Refused { url, source } => BusError::Auth { url, source: source.into() },
+            OpenError::Connect { url, source } if crate::is_certificate_error(&source) => BusError::Tls { url, source: source.into() },
             OpenError::Connect { url, source } => BusError::Connect { url, source: source.into() },
             OpenError::Exchange { url, exchange, source } => {
                 BusError::Connect { url, source: crate::ExchangeError { exchange, source: source.into() }.into() }
@@ -185,6 +186,26 @@ fn refused(e: &lapin::Error) -> bool {
     }
 }
 
+/// Opens a connection to `url` named after this client; an `amqps://` one
+/// trusts `options.tls.ca_pem` besides the system's roots and shows the
+/// client certificate when one is set.
+pub(crate) async fn connect(url: &str, options: &BusOptions) -> Result<Connection, lapin::Error> {
+    let properties = ConnectionProperties::default().with_connection_name(options.connection_name.as_str().into());
+    let tls = &options.tls;
+    if !crate::is_tls_url(url) {
+        return Connection::connect(url, properties).await;
+    }
+    crate::install_crypto_provider();
+    let config = lapin::tcp::OwnedTLSConfig {
+        identity: match (&tls.client_cert_pem, &tls.client_key_pem) {
+            (Some(cert), Some(key)) => Some(lapin::tcp::OwnedIdentity::PKCS8 { pem: cert.clone(), key: key.clone() }),
+            _ => None,
+        },
+        cert_chain: tls.ca_pem.as_ref().map(|pem| String::from_utf8_lossy(pem).into_owned()),
+    };
+    Connection::connect_with_config(url, properties, config, lapin::runtime::default_runtime()?).await
+}
+
 /// The [`OpenError`] for a failed connect or channel of `url`.
 fn connect_error(url: &str, source: lapin::Error) -> OpenError {
     if refused(&source) {
@@ -195,9 +216,7 @@ fn connect_error(url: &str, source: lapin::Error) -> OpenError {
 }
 
 async fn open_publisher(url: &str, options: &BusOptions) -> Result<Publishing, OpenError> {
-    let conn = Connection::connect(url, ConnectionProperties::default().with_connection_name(options.connection_name.as_str().into()))
-        .await
-        .map_err(|e| connect_error(url, e))?;
+    let conn = connect(url, options).await.map_err(|e| connect_error(url, e))?;
     let confirm_channel = || async {
         let channel = conn.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;

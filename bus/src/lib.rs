@@ -146,6 +146,15 @@ pub enum BusError {
         #[source]
         source: BoxError,
     },
+    /// The broker's TLS certificate was not accepted.
+    #[error("the bus at {url} failed the TLS check: {TLS_HINT}")]
+    Tls {
+        /// The URL, without its password.
+        url: String,
+        /// What rustls said (unknown issuer, not valid for the name, ...).
+        #[source]
+        source: BoxError,
+    },
     /// The broker refused the credentials.
     #[error("the bus at {url} refused the credentials")]
     Auth {
@@ -242,10 +251,67 @@ pub trait Bus: Send + Sync + 'static {
 pub enum BusKind {
     /// `memory://`.
     Memory,
-    /// `redis://host:port/db`.
+    /// `redis://host:port/db`, or `rediss://` over TLS.
     Redis,
-    /// `amqp://user:pass@host:port/vhost`.
+    /// `amqp://user:pass@host:port/vhost`, or `amqps://` over TLS.
     Amqp,
+}
+
+/// TLS to the broker (`rediss://`, `amqps://`): whom to trust and who we
+/// are, as PEM. Without a CA the system's roots are trusted; the server's
+/// name (the URL's host) is always checked against its certificate.
+#[derive(Clone, Default, PartialEq)]
+pub struct BusTls {
+    /// CA certificates (PEM) trusted besides the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// A client certificate chain (PEM), for brokers that ask for one.
+    pub client_cert_pem: Option<Vec<u8>>,
+    /// Its private key (PEM).
+    pub client_key_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for BusTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusTls")
+            .field("ca", &self.ca_pem.as_ref().map(|c| c.len()))
+            .field("client_cert", &self.client_cert_pem.as_ref().map(|c| c.len()))
+            .field("client_key", &self.client_key_pem.as_ref().map(|_| "(hidden)"))
+            .finish()
+    }
+}
+
+impl BusTls {
+    /// Whether anything is configured.
+    pub fn is_set(&self) -> bool {
+        self.ca_pem.is_some() || self.client_cert_pem.is_some()
+    }
+}
+
+/// rustls on ring for every TLS connection to a broker (redis-rs asks the
+/// process for its provider; this build has only ring).
+pub(crate) fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// What to check when a broker's certificate is refused.
+pub(crate) const TLS_HINT: &str = "its certificate must be signed by a CA this client trusts (the system's, or bus_tls.ca_file / \
+     --bus-ca-file) and name the URL's host";
+
+/// Whether a connection error is a refused server certificate.
+pub(crate) fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.to_string().contains("peer certificate") {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// Whether `url` asks for TLS (`rediss://`, `amqps://`).
+pub fn is_tls_url(url: &str) -> bool {
+    matches!(url.split_once("://").map(|(s, _)| s), Some("rediss" | "amqps"))
 }
 
 /// Settings of the broker adapters.
@@ -269,6 +335,8 @@ pub struct BusOptions {
     pub connection_name: String,
     /// Which topics keep history, and how much (nodes only).
     pub history: HistoryConfig,
+    /// TLS to the broker, for `rediss://` and `amqps://` URLs.
+    pub tls: BusTls,
 }
 
 impl Default for BusOptions {
@@ -282,6 +350,7 @@ impl Default for BusOptions {
             connect_timeout: Duration::from_secs(5),
             connection_name: "telegraphy".into(),
             history: HistoryConfig::default(),
+            tls: BusTls::default(),
         }
     }
 }
@@ -289,16 +358,11 @@ impl Default for BusOptions {
 /// Why a bus URL cannot be used ([`check_url`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
-    /// `rediss://` or `amqps://`: TLS to the broker is not supported yet.
-    #[error("bus `{url}`: TLS connections to the bus are not supported yet; use {plain}:// on a private network (or a TLS sidecar)")]
-    Tls {
-        /// The URL, without its password.
-        url: String,
-        /// The scheme to use instead (`redis`, `amqp`).
-        plain: &'static str,
-    },
     /// The scheme names no bus this build knows.
-    #[error("bus `{url}` is not a bus URL; use memory:// (embedded, single node), redis://HOST:6379/0 or amqp://USER:PASS@HOST:5672/VHOST")]
+    #[error(
+        "bus `{url}` is not a bus URL; use memory:// (embedded, single node), redis://HOST:6379/0 (rediss:// for TLS) or \
+         amqp://USER:PASS@HOST:5672/VHOST (amqps:// for TLS)"
+    )]
     NotABus {
         /// The URL, without its password.
         url: String,
@@ -310,10 +374,8 @@ pub fn check_url(url: &str) -> Result<BusKind, UrlError> {
     let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
     match scheme {
         "memory" => Ok(BusKind::Memory),
-        "redis" => Ok(BusKind::Redis),
-        "amqp" => Ok(BusKind::Amqp),
-        "rediss" => Err(UrlError::Tls { url: redact(url), plain: "redis" }),
-        "amqps" => Err(UrlError::Tls { url: redact(url), plain: "amqp" }),
+        "redis" | "rediss" => Ok(BusKind::Redis),
+        "amqp" | "amqps" => Ok(BusKind::Amqp),
         _ => Err(UrlError::NotABus { url: redact(url) }),
     }
 }
@@ -388,15 +450,16 @@ mod tests {
     fn urls() {
         assert_eq!(check_url("memory://"), Ok(BusKind::Memory));
         assert_eq!(check_url("redis://127.0.0.1:6379/0"), Ok(BusKind::Redis));
+        assert_eq!(check_url("rediss://user:secret@redis.internal:6380/0"), Ok(BusKind::Redis));
         assert_eq!(check_url("amqp://guest:guest@127.0.0.1:5672/%2f"), Ok(BusKind::Amqp));
-        let err = check_url("amqps://u:secret@h/v").unwrap_err();
-        assert_eq!(err, UrlError::Tls { url: "amqps://u:***@h/v".into(), plain: "amqp" });
-        let text = err.to_string();
-        assert!(text.contains("TLS") && text.contains("use amqp://") && !text.contains("secret"), "{text}");
-        assert!(check_url("rediss://h:6380/0").unwrap_err().to_string().contains("use redis://"));
+        assert_eq!(check_url("amqps://u:secret@h/v"), Ok(BusKind::Amqp));
+        assert!(is_tls_url("amqps://u:secret@h/v") && !is_tls_url("amqp://h"));
         assert!(matches!(check_url("kafka://x"), Err(UrlError::NotABus { .. })));
-        assert!(check_url("kafka://x").unwrap_err().to_string().contains("redis://"));
+        let text = check_url("kafka://u:secret@x").unwrap_err().to_string();
+        assert!(text.contains("redis://") && text.contains("rediss://") && !text.contains("secret"), "{text}");
         assert_eq!(redact("amqp://guest:guest@h:5672/v"), "amqp://guest:***@h:5672/v");
         assert_eq!(redact("redis://h:6379/0"), "redis://h:6379/0");
+        let tls = BusTls { client_key_pem: Some(b"-----BEGIN PRIVATE KEY-----secret".to_vec()), ..Default::default() };
+        assert!(!format!("{tls:?}").contains("secret"));
     }
 }

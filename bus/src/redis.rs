@@ -161,13 +161,26 @@ fn connection_config(options: &BusOptions) -> redis::AsyncConnectionConfig {
     redis::AsyncConnectionConfig::new().set_connection_timeout(options.connect_timeout).set_response_timeout(options.connect_timeout)
 }
 
-fn open(url: &str) -> Result<redis::Client, BusError> {
-    redis::Client::open(url).map_err(|e| BusError::InvalidUrl(format!("bus `{}`: {e}", redact(url))))
+/// A client for `url`; a `rediss://` one trusts `tls.ca_pem` besides the
+/// system's roots and shows the client certificate when one is set.
+fn open(url: &str, tls: &crate::BusTls) -> Result<redis::Client, BusError> {
+    let invalid = |e: redis::RedisError| BusError::InvalidUrl(format!("bus `{}`: {e}", redact(url)));
+    if !crate::is_tls_url(url) {
+        return redis::Client::open(url).map_err(invalid);
+    }
+    crate::install_crypto_provider();
+    let client_tls = match (&tls.client_cert_pem, &tls.client_key_pem) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
+        _ => None,
+    };
+    redis::Client::build_with_tls(url, redis::TlsCertificates { client_tls, root_cert: tls.ca_pem.clone() }).map_err(invalid)
 }
 
 fn connect_error(url: &str, e: redis::RedisError) -> BusError {
     if e.kind() == redis::ErrorKind::AuthenticationFailed {
         BusError::Auth { url: redact(url), source: e.into() }
+    } else if crate::is_certificate_error(&e) {
+        BusError::Tls { url: redact(url), source: e.into() }
     } else {
         BusError::Connect { url: redact(url), source: e.into() }
     }
@@ -311,7 +324,7 @@ impl RedisBus {
 
     /// A node's Redis bus; connects (and reconnects) in the background.
     pub fn start(url: &str, options: &BusOptions, inbound: Inbound) -> Result<RedisBus, BusError> {
-        let shared = Arc::new(Shared::new(open(url)?, url, options, inbound.metrics.clone()));
+        let shared = Arc::new(Shared::new(open(url, &options.tls)?, url, options, inbound.metrics.clone()));
         let supervisor = Supervisor::new("Redis", Client::Node, shared.url.clone(), options.reconnect_max_delay, probe(&shared.client));
         tokio::spawn(run(shared.clone(), Some(inbound), supervisor, None));
         Ok(RedisBus { shared })
@@ -321,7 +334,7 @@ impl RedisBus {
     /// be reached within `connect_timeout`. From then on it is supervised
     /// like a node's bus: not ready while Redis is gone, reconnected by itself.
     pub async fn connect_publisher(url: &str, options: &BusOptions) -> Result<RedisBus, BusError> {
-        let client = open(url)?;
+        let client = open(url, &options.tls)?;
         let conn = tokio::time::timeout(options.connect_timeout, client.get_multiplexed_async_connection_with_config(&connection_config(options)))
             .await
             .map_err(|_| BusError::Connect { url: redact(url), source: crate::ConnectTimeout(options.connect_timeout).into() })?

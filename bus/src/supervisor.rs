@@ -211,9 +211,10 @@ impl Supervisor {
         if self.down_since.is_none() {
             self.down_since = Some(Instant::now());
             if self.first {
+                let hint = if crate::is_certificate_error(error) { format!("; the TLS check failed: {}", crate::TLS_HINT) } else { String::new() };
                 tracing::warn!(
                     bus = %self.url, error = %error,
-                    "cannot connect to the {} bus yet; this node is not ready until it does (retrying in the background)", self.broker
+                    "cannot connect to the {} bus yet{hint}; this node is not ready until it does (retrying in the background)", self.broker
                 );
             } else if self.client == Client::Node {
                 tracing::warn!(

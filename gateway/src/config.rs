@@ -37,6 +37,8 @@ pub struct Config {
     pub redis: RedisConfig,
     /// RabbitMQ bus settings.
     pub amqp: AmqpConfig,
+    /// TLS to the bus broker, for `rediss://` and `amqps://` URLs.
+    pub bus_tls: BusTlsConfig,
     /// Realms sessions may join (comma-separated in the environment).
     #[serde(deserialize_with = "list_or_csv")]
     pub realms: Vec<String>,
@@ -86,6 +88,52 @@ pub struct Config {
     /// Load balancers and reverse proxies in front of the gateway, whose
     /// word on the client's address is believed.
     pub proxies: ProxiesConfig,
+}
+
+/// `[bus_tls]`: TLS to the broker (`rediss://`, `amqps://`). The broker's
+/// certificate must name the URL's host; without `ca_file` the system's
+/// roots are trusted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusTlsConfig {
+    /// CA certificates (PEM) that sign the broker's certificate, trusted
+    /// besides the system's roots (a private CA, a managed service's CA).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate chain (PEM), for brokers that require one.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+impl BusTlsConfig {
+    /// Reads and checks the files: `what` names the first one that cannot be used.
+    fn load(&self) -> Result<telegraphy_bus::BusTls, ConfigError> {
+        use rustls_pki_types::pem::PemObject;
+        let read = |key: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| ConfigError::Invalid(format!("key `bus_tls.{key}`: cannot read {}: {e}", path.display())))
+        };
+        let certs = |key: &str, path: &std::path::Path| -> Result<Vec<u8>, ConfigError> {
+            let pem = read(key, path)?;
+            let n = rustls_pki_types::CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>().map(|c| c.len()).unwrap_or(0);
+            if n == 0 {
+                return Err(ConfigError::Invalid(format!("key `bus_tls.{key}`: {} holds no PEM certificate", path.display())));
+            }
+            Ok(pem)
+        };
+        let ca_pem = self.ca_file.as_deref().map(|p| certs("ca_file", p)).transpose()?;
+        let (client_cert_pem, client_key_pem) = match (&self.cert_file, &self.key_file) {
+            (None, None) => (None, None),
+            (Some(cert), Some(key)) => {
+                let cert = certs("cert_file", cert)?;
+                let pem = read("key_file", key)?;
+                rustls_pki_types::PrivateKeyDer::from_pem_slice(&pem)
+                    .map_err(|e| ConfigError::Invalid(format!("key `bus_tls.key_file`: {} is not a PEM private key: {e}", key.display())))?;
+                (Some(cert), Some(pem))
+            }
+            _ => return Err(ConfigError::Invalid("set both `bus_tls.cert_file` and `bus_tls.key_file`, or neither".into())),
+        };
+        Ok(telegraphy_bus::BusTls { ca_pem, client_cert_pem, client_key_pem })
+    }
 }
 
 /// `[proxies]`: who may tell the gateway the client's address. Without a
@@ -541,6 +589,7 @@ impl Default for Config {
             bus: "memory://".into(),
             redis: RedisConfig::default(),
             amqp: AmqpConfig::default(),
+            bus_tls: BusTlsConfig::default(),
             realms: vec!["realm1".into()],
             uri_rules: UriRulesSetting::Loose,
             api_keys: Vec::new(),
@@ -707,6 +756,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         telegraphy_bus::check_url(&self.bus).map_err(|m| ConfigError::Invalid(format!("key `bus`: {m}")))?;
+        let tls = self.bus_tls.load()?;
+        if tls.is_set() && !telegraphy_bus::is_tls_url(&self.bus) {
+            return invalid(format!(
+                "`[bus_tls]` is set but the bus URL `{}` is not a TLS one; use rediss:// or amqps://",
+                telegraphy_bus::redact(&self.bus)
+            ));
+        }
         if self.amqp.exchange.is_empty() || self.amqp.exchange.starts_with("amq.") {
             return invalid("key `amqp.exchange` must be a non-empty name outside RabbitMQ's reserved `amq.` namespace".into());
         }
@@ -916,8 +972,9 @@ impl Config {
     }
 
     /// The bus adapter settings, from `redis`, `amqp` and limits.
-    pub(crate) fn bus_options(&self, node_id: u64) -> telegraphy_bus::BusOptions {
-        telegraphy_bus::BusOptions {
+    pub(crate) fn bus_options(&self, node_id: u64) -> Result<telegraphy_bus::BusOptions, ConfigError> {
+        Ok(telegraphy_bus::BusOptions {
+            tls: self.bus_tls.load()?,
             redis_key_prefix: self.redis.key_prefix.clone(),
             amqp_exchange: self.amqp.exchange.clone(),
             amqp_prefetch: self.amqp.prefetch,
@@ -926,7 +983,7 @@ impl Config {
             connection_name: format!("telegraphy-gateway-{node_id:016x}"),
             history: self.history_config(),
             ..telegraphy_bus::BusOptions::default()
-        }
+        })
     }
 
     /// The history settings in force (`--dev` keeps every topic's history
@@ -973,7 +1030,8 @@ fn env_alias(key: &str) -> String {
 
 /// Settings whose own names end in `_file` (they hold paths): their
 /// environment variables set them, and are not read as files.
-const PATH_SETTINGS: &[&str] = &["auth__jwt_public_key_file", "tls__cert_file", "tls__key_file"];
+const PATH_SETTINGS: &[&str] =
+    &["auth__jwt_public_key_file", "tls__cert_file", "tls__key_file", "bus_tls__ca_file", "bus_tls__cert_file", "bus_tls__key_file"];
 
 /// For `X_FILE` (without the `TELEGRAPHY_` prefix), the setting `X` whose
 /// value the file holds, as Kubernetes mounts secrets; `None` for other
@@ -1217,6 +1275,24 @@ mod tests {
             assert!(err.contains(says), "{bad}: {err}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bus_tls_files_are_read_and_checked_at_startup() {
+        let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/keys");
+        let ok = format!("bus = \"rediss://u:p@redis.internal:6380/0\"\n[bus_tls]\nca_file = \"{keys}/ca.pem\"\ncert_file = \"{keys}/tls_cert.pem\"\nkey_file = \"{keys}/tls_key.pem\"\n");
+        let c = Config::from_toml_str(&ok).unwrap();
+        let tls = c.bus_options(1).unwrap().tls;
+        assert!(tls.ca_pem.is_some() && tls.client_cert_pem.is_some() && tls.client_key_pem.is_some());
+        for (bad, says) in [
+            (ok.replace("rediss://", "redis://"), "not a TLS one; use rediss://"),
+            (ok.replace("ca.pem", "missing.pem"), "bus_tls.ca_file`: cannot read"),
+            (ok.replace(&format!("ca_file = \"{keys}/ca.pem\""), &format!("ca_file = \"{keys}/tls_key.pem\"")), "holds no PEM certificate"),
+            (ok.replace(&format!("key_file = \"{keys}/tls_key.pem\"\n"), ""), "set both `bus_tls.cert_file` and `bus_tls.key_file`"),
+        ] {
+            let err = Config::from_toml_str(&bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -21,8 +21,13 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::PathBuf;
+use std::sync::{Mutex, RwLock};
+use std::time::SystemTime;
 use tokio::net::TcpListener;
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::server::ResolvesServerCert;
+use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
@@ -116,8 +121,27 @@ pub enum TlsError {
     Mismatch(#[source] rustls::Error),
 }
 
-/// Loads a TLS acceptor from PEM files (certificate chain, private key).
-pub(crate) fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsError> {
+/// The public listener's certificate and key, reloadable without a
+/// restart: [`watch_certificate`] loads the files again on SIGHUP and when
+/// they change; a pair that does not load is refused and the previous one
+/// kept. Every TLS handshake takes the current pair.
+#[derive(Debug)]
+pub(crate) struct Certificate {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+    /// The files' modification times when they were last read.
+    stamp: Mutex<Option<(SystemTime, SystemTime)>>,
+}
+
+impl ResolvesServerCert for Certificate {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+/// Reads a certificate chain and its private key from PEM files.
+fn load_certified_key(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, TlsError> {
     let cert_path = || cert_file.display().to_string();
     let certs = CertificateDer::pem_file_iter(cert_file)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
@@ -126,13 +150,93 @@ pub(crate) fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAccep
         return Err(TlsError::NoCertificate(cert_path()));
     }
     let key = PrivateKeyDer::from_pem_file(key_file).map_err(|source| TlsError::Key { path: key_file.display().to_string(), source })?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(TlsError::Mismatch)?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(TlsError::Mismatch)?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    CertifiedKey::from_der(certs, key, &rustls::crypto::ring::default_provider()).map_err(TlsError::Mismatch)
+}
+
+/// The files' modification times (following symlinks, as Kubernetes swaps
+/// a secret's files by moving a symlink).
+fn stamp(cert_file: &Path, key_file: &Path) -> Option<(SystemTime, SystemTime)> {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    Some((modified(cert_file)?, modified(key_file)?))
+}
+
+impl Certificate {
+    /// Loads the pair (errors name the file and what is wrong with it).
+    pub(crate) fn load(cert_file: &Path, key_file: &Path) -> Result<Arc<Certificate>, TlsError> {
+        let stamp_now = stamp(cert_file, key_file);
+        let key = load_certified_key(cert_file, key_file)?;
+        Ok(Arc::new(Certificate {
+            cert_file: cert_file.to_path_buf(),
+            key_file: key_file.to_path_buf(),
+            current: RwLock::new(Arc::new(key)),
+            stamp: Mutex::new(stamp_now),
+        }))
+    }
+
+    /// A TLS acceptor that serves whatever pair is current.
+    pub(crate) fn acceptor(self: &Arc<Self>) -> Result<TlsAcceptor, TlsError> {
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(TlsError::Mismatch)?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+
+    /// Loads the files again if they changed since they were last read
+    /// (always when `force`, as on SIGHUP). `Ok(true)`: a new pair is in use.
+    pub(crate) fn reload(&self, force: bool) -> Result<bool, TlsError> {
+        let now = stamp(&self.cert_file, &self.key_file);
+        let mut last = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
+        if !force && now == *last {
+            return Ok(false);
+        }
+        // Tried once per change: a broken pair is not retried every tick.
+        *last = now;
+        drop(last);
+        let key = load_certified_key(&self.cert_file, &self.key_file)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
+        Ok(true)
+    }
+}
+
+/// How often [`watch_certificate`] looks at the files' modification times.
+const CERTIFICATE_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Reloads the certificate on SIGHUP and when its files change, until
+/// `stop`; logs and counts each outcome (`telegraphy_tls_reloads_total`).
+pub(crate) async fn watch_certificate(certificate: Arc<Certificate>, metrics: Arc<Metrics>, stop: CancellationToken) {
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(CERTIFICATE_CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let sighup = async {
+            match hangup.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let sighup = std::future::pending::<Option<()>>();
+        let force = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => false,
+            _ = sighup => true,
+        };
+        match certificate.reload(force) {
+            Ok(false) => {}
+            Ok(true) => {
+                metrics.tls_reload(true);
+                tracing::info!(cert_file = %certificate.cert_file.display(), "TLS certificate reloaded; new connections get it");
+            }
+            Err(e) => {
+                metrics.tls_reload(false);
+                tracing::error!(error = %e, "TLS certificate not reloaded; the previous one stays in use. Fix the files, then send SIGHUP or save them again");
+            }
+        }
+    }
 }
 
 /// Serves `app` on `listener` until `stop` is cancelled, then waits for

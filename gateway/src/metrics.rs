@@ -84,6 +84,7 @@ pub(crate) mod name {
     /// HTTP publish requests refused, by status code.
     pub(crate) const HTTP_PUBLISH_ERRORS: &str = "telegraphy_http_publish_errors_total";
     pub(crate) const API_KEY_REFUSED: &str = "telegraphy_api_key_refused_total";
+    pub(crate) const TLS_RELOADS: &str = "telegraphy_tls_reloads_total";
     /// Calls (RPC) by outcome: `result`, `error` (the callee's), `canceled`,
     /// `timeout`, `callee_lost`, `no_such_procedure`, `refused`
     /// (authorization, rate, limits, bad options).
@@ -244,6 +245,7 @@ pub struct Metrics {
     pub shed_connections: IntCounter,
     http_publish_errors: IntCounterVec,
     api_key_refused: IntCounterVec,
+    tls_reloads: IntCounterVec,
     auth_failures: IntCounterVec,
     pub denied_subscribe: IntCounter,
     pub denied_publish: IntCounter,
@@ -376,8 +378,13 @@ impl Metrics {
         )
         .expect("valid metric");
         reg(Box::new(api_key_refused.clone()));
+        let tls_reloads = counter_vec(name::TLS_RELOADS, "TLS certificate reloads of the public listener, by result (ok, error).", "result");
+        for result in ["ok", "error"] {
+            tls_reloads.with_label_values(&[result]);
+        }
         Metrics {
             api_key_refused,
+            tls_reloads,
             ready: gauge(name::READY, "1 while the node wants traffic (/readyz 200)."),
             max_connections: gauge(name::MAX_CONNECTIONS, "limits.max_connections of this node."),
             bus_queue_depth: gauge(name::BUS_QUEUE_DEPTH, "Events waiting in this node's bus queue for fan-out."),
@@ -499,6 +506,11 @@ impl Metrics {
     /// Counts a request an API key may not make (`key`: its configured name).
     pub(crate) fn api_key_refused(&self, key: &str, reason: &'static str) {
         self.api_key_refused.with_label_values(&[key, reason]).inc();
+    }
+
+    /// Counts a certificate reload of the public listener.
+    pub(crate) fn tls_reload(&self, ok: bool) {
+        self.tls_reloads.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
     }
 
     /// Counts a refused HTTP publish.

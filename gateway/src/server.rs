@@ -49,8 +49,8 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// A gateway whose listeners are bound, ready to [`run`](Gateway::run).
 pub struct Gateway {
     node: Arc<Node>,
-    /// TLS for the public listener, when configured.
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// TLS for the public listener, when configured, and its reloadable certificate.
+    tls: Option<(tokio_rustls::TlsAcceptor, Arc<crate::listener::Certificate>)>,
     events: mpsc::Receiver<Envelope>,
     public: TcpListener,
     admin: TcpListener,
@@ -94,7 +94,7 @@ impl StartError {
 pub struct Prepared {
     config: Config,
     auth: Authenticator,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<(tokio_rustls::TlsAcceptor, Arc<crate::listener::Certificate>)>,
 }
 
 impl Prepared {
@@ -103,7 +103,10 @@ impl Prepared {
         config.validate()?;
         let auth = Authenticator::from_config(&config)?;
         let tls = match (&config.tls.cert_file, &config.tls.key_file) {
-            (Some(cert), Some(key)) => Some(crate::listener::tls_acceptor(cert, key)?),
+            (Some(cert), Some(key)) => {
+                let certificate = crate::listener::Certificate::load(cert, key)?;
+                Some((certificate.acceptor()?, certificate))
+            }
             _ => None,
         };
         Ok(Prepared { config, auth, tls })
@@ -125,7 +128,7 @@ impl Gateway {
         let inbound = Inbound::new(tx, BusMetrics::register(metrics.registry()));
         let bus_sessions = inbound.sessions();
         let node_id = fastrand::u64(1..);
-        let telegraphy_bus::Started { bus, store } = telegraphy_bus::start(&config.bus, &config.bus_options(node_id), inbound)?;
+        let telegraphy_bus::Started { bus, store } = telegraphy_bus::start(&config.bus, &config.bus_options(node_id)?, inbound)?;
         let public = bind_listener(config.listen).map_err(|source| StartError::Listen { key: "listen", addr: config.listen, source })?;
         let admin = TcpListener::bind(config.admin_listen).await.map_err(|source| StartError::Listen {
             key: "admin_listen",
@@ -172,6 +175,9 @@ impl Gateway {
         let dispatcher = tokio::spawn(node.clone().run_dispatcher(events));
         let cluster = node.cluster.clone().map(|c| tokio::spawn(c.run(node.clone())).abort_handle());
         let presence = tokio::spawn(crate::presence::run(node.clone())).abort_handle();
+        let (tls, certificate) = tls.map_or((None, None), |(acceptor, certificate)| (Some(acceptor), Some(certificate)));
+        let certificate_watch = certificate
+            .map(|c| tokio::spawn(crate::listener::watch_certificate(c, node.metrics.clone(), node.lifecycle.shutdown.clone())).abort_handle());
 
         let mut app = Router::new()
             .route("/ws", get(connection::upgrade))
@@ -219,6 +225,9 @@ impl Gateway {
             node.lifecycle.shutdown.cancel();
             dispatcher.abort();
             presence.abort();
+            if let Some(task) = certificate_watch {
+                task.abort();
+            }
             if let Some(task) = cluster {
                 task.abort();
             }
@@ -256,6 +265,9 @@ impl Gateway {
         }
         dispatcher.abort();
         presence.abort();
+        if let Some(task) = certificate_watch {
+            task.abort();
+        }
         node.bus.shutdown();
         admin_stop.cancel();
         let _ = admin_task.await;

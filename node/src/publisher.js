@@ -6,6 +6,8 @@
 import { canonicalFilter, newEnvelope } from "./envelope.js";
 import { InvalidInput } from "./errors.js";
 import { checkRealm, checkTopic, describe } from "./uri.js";
+import { readFileSync } from "node:fs";
+import { rootCertificates } from "node:tls";
 import { redact } from "./transports/common.js";
 import { HttpTransport } from "./transports/http.js";
 import { RedisTransport } from "./transports/redis.js";
@@ -58,7 +60,7 @@ export class Publisher {
   constructor(settings = {}) {
     checkOptions(
       settings,
-      ["gatewayUrl", "apiKey", "bus", "redisKeyPrefix", "amqpExchange", "timeoutMs", "realm"],
+      ["gatewayUrl", "apiKey", "bus", "redisKeyPrefix", "amqpExchange", "timeoutMs", "realm", "tls"],
       "Publisher",
     );
     const {
@@ -69,6 +71,7 @@ export class Publisher {
       amqpExchange = DEFAULT_AMQP_EXCHANGE,
       timeoutMs = DEFAULT_TIMEOUT_MS,
       realm,
+      tls,
     } = settings;
     if (realm != null) checkRealm(realm);
     this.realm = realm ?? null;
@@ -86,24 +89,24 @@ export class Publisher {
       return;
     }
     const scheme = typeof bus === "string" ? (/^([a-z][a-z0-9+.-]*):/i.exec(bus)?.[1] ?? "").toLowerCase() : "";
-    if (scheme === "redis") {
-      this.transport = new RedisTransport(bus, redisKeyPrefix, timeoutMs);
-    } else if (scheme === "amqp") {
-      this.transport = new AmqpTransport(bus, amqpExchange, timeoutMs);
+    const secure = scheme === "rediss" || scheme === "amqps";
+    if (tls != null && !secure) {
+      throw new InvalidInput(`tls files are given but the bus \`${redact(String(bus))}\` is not a rediss:// or amqps:// URL`);
+    }
+    const tlsOptions = secure ? readTls(tls) : null;
+    if (scheme === "redis" || scheme === "rediss") {
+      this.transport = new RedisTransport(bus, redisKeyPrefix, timeoutMs, tlsOptions);
+    } else if (scheme === "amqp" || scheme === "amqps") {
+      this.transport = new AmqpTransport(bus, amqpExchange, timeoutMs, tlsOptions);
     } else if (scheme === "memory") {
       throw new InvalidInput(
         "memory:// is the bus inside one gateway process; other programs cannot reach it. Publish through " +
           "that gateway's HTTP endpoint instead: new Publisher({ gatewayUrl: 'http://HOST:8080', apiKey })",
       );
-    } else if (scheme === "rediss" || scheme === "amqps") {
-      throw new InvalidInput(
-        `bus \`${redact(bus)}\`: TLS connections to the bus are not supported yet (the gateways cannot use them either); ` +
-          `use ${scheme.slice(0, -1)}:// on a private network`,
-      );
     } else {
       throw new InvalidInput(
-        `bus \`${redact(String(bus))}\` is not a bus URL; use redis://HOST:6379/0 or amqp://USER:PASS@HOST:5672/VHOST ` +
-          "(or gatewayUrl for a gateway's HTTP endpoint)",
+        `bus \`${redact(String(bus))}\` is not a bus URL; use redis://HOST:6379/0 (rediss:// for TLS) or ` +
+          "amqp://USER:PASS@HOST:5672/VHOST (amqps:// for TLS), or gatewayUrl for a gateway's HTTP endpoint",
       );
     }
   }
@@ -168,13 +171,30 @@ export class Publisher {
   }
 }
 
+/** `env[name]`, or the content of the file `env[name + "_FILE"]` without its trailing newline. */
+function secret(env, name) {
+  const path = env[`${name}_FILE`];
+  if (!path) return env[name];
+  if (env[name]) throw new InvalidInput(`both ${name} and ${name}_FILE are set; keep one`);
+  let text;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    throw new InvalidInput(`${name}_FILE: cannot read ${path}: ${e.message}`, { cause: e });
+  }
+  return text.replace(/\r?\n$/, "");
+}
+
 /**
  * A Publisher configured like `telegraphy-publish`: TELEGRAPHY_BUS, or
  * TELEGRAPHY_GATEWAY_URL with TELEGRAPHY_API_KEY; TELEGRAPHY_REDIS__KEY_PREFIX,
- * TELEGRAPHY_AMQP__EXCHANGE and TELEGRAPHY_TIMEOUT (seconds) when set.
+ * TELEGRAPHY_AMQP__EXCHANGE, TELEGRAPHY_TIMEOUT (seconds) and the TLS files
+ * TELEGRAPHY_BUS_TLS__CA_FILE / __CERT_FILE / __KEY_FILE when set.
+ * TELEGRAPHY_BUS_FILE and TELEGRAPHY_API_KEY_FILE name files holding those
+ * secrets (as Kubernetes mounts them).
  */
 export function publisherFromEnv(env = process.env) {
-  const bus = env.TELEGRAPHY_BUS || undefined;
+  const bus = secret(env, "TELEGRAPHY_BUS") || undefined;
   const gateway = env.TELEGRAPHY_GATEWAY_URL || undefined;
   let timeoutMs = DEFAULT_TIMEOUT_MS;
   if (env.TELEGRAPHY_TIMEOUT) {
@@ -186,16 +206,50 @@ export function publisherFromEnv(env = process.env) {
   }
   if (bus && gateway) throw new InvalidInput("both TELEGRAPHY_BUS and TELEGRAPHY_GATEWAY_URL are set; keep one");
   if (bus) {
+    const files = {
+      caFile: env.TELEGRAPHY_BUS_TLS__CA_FILE,
+      certFile: env.TELEGRAPHY_BUS_TLS__CERT_FILE,
+      keyFile: env.TELEGRAPHY_BUS_TLS__KEY_FILE,
+    };
+    const tls = Object.values(files).some((f) => f) ? Object.fromEntries(Object.entries(files).filter(([, f]) => f)) : undefined;
     return new Publisher({
       bus,
       redisKeyPrefix: env.TELEGRAPHY_REDIS__KEY_PREFIX ?? DEFAULT_REDIS_KEY_PREFIX,
       amqpExchange: env.TELEGRAPHY_AMQP__EXCHANGE ?? DEFAULT_AMQP_EXCHANGE,
       timeoutMs,
+      tls,
     });
   }
-  if (gateway) return new Publisher({ gatewayUrl: gateway, apiKey: env.TELEGRAPHY_API_KEY, timeoutMs });
+  if (gateway) return new Publisher({ gatewayUrl: gateway, apiKey: secret(env, "TELEGRAPHY_API_KEY"), timeoutMs });
   throw new InvalidInput(
     "say where to publish: set TELEGRAPHY_GATEWAY_URL (http://HOST:8080) and TELEGRAPHY_API_KEY, or " +
       "TELEGRAPHY_BUS (redis://... or amqp://...)",
   );
 }
+
+/**
+ * The TLS options of a rediss:// or amqps:// bus from `{ caFile, certFile,
+ * keyFile }` (all optional): the CA is trusted besides Node's own roots, the
+ * certificate and key are shown to brokers that ask for one.
+ */
+function readTls(tls) {
+  if (tls == null) return {};
+  if (typeof tls !== "object") throw new InvalidInput("tls must be { caFile, certFile, keyFile } (paths of PEM files)");
+  const unknown = Object.keys(tls).filter((k) => !["caFile", "certFile", "keyFile"].includes(k));
+  if (unknown.length) throw new InvalidInput(`tls: unknown key ${unknown[0]}; use caFile, certFile, keyFile`);
+  if ((tls.certFile == null) !== (tls.keyFile == null)) {
+    throw new InvalidInput("tls: give both certFile and keyFile (a client certificate and its key), or neither");
+  }
+  const read = (key) => {
+    if (tls[key] == null) return undefined;
+    try {
+      return readFileSync(tls[key]);
+    } catch (e) {
+      throw new InvalidInput(`tls.${key}: cannot read ${tls[key]}: ${e.message}`, { cause: e });
+    }
+  };
+  const ca = read("caFile");
+  // Node trusts only `ca` when it is given: keep its own roots too.
+  return { ca: ca ? [...rootCertificates, ca] : undefined, cert: read("certFile"), key: read("keyFile") };
+}
+

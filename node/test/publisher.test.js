@@ -35,8 +35,9 @@ test("where to publish: exactly one of gatewayUrl or bus, with advice", () => {
   assert.throws(() => new Publisher(), /say where to publish/);
   assert.throws(() => new Publisher({ gatewayUrl: "http://h:8080", apiKey: "k", bus: "redis://h" }), /not both/);
   assert.throws(() => new Publisher({ bus: "memory://" }), /inside one gateway process.*gatewayUrl/);
-  assert.throws(() => new Publisher({ bus: "rediss://u:secret@h:6380/0" }), (err) => {
-    assert.match(err.message, /TLS connections to the bus are not supported yet/);
+  assert.equal(new Publisher({ bus: "rediss://u:secret@h:6380/0" }).kind, "redis");
+  assert.throws(() => new Publisher({ bus: "rediss://u:secret@h:6380/0", tls: { caFile: "/nonexistent/ca.pem" } }), (err) => {
+    assert.match(err.message, /tls\.caFile: cannot read \/nonexistent\/ca\.pem/);
     assert.doesNotMatch(err.message, /secret/, "the password is redacted");
     return err instanceof InvalidInput;
   });

@@ -63,7 +63,7 @@ process.on("exit", () => {
  * amqp.exchange; `publicKeyFile`: verify RS256/EdDSA tokens instead of the
  * HS256 SECRET. Register `after(() => gw.stop())` (or use `gatewayForSuite`).
  */
-export async function startGateway({ bus = "memory://", keyPrefix, exchange, publicKeyFile } = {}) {
+export async function startGateway({ bus = "memory://", keyPrefix, exchange, publicKeyFile, busTls } = {}) {
   if (!existsSync(GATEWAY_BIN)) {
     throw new Error(`gateway binary not found at ${GATEWAY_BIN}: build it (cargo build -p telegraphy-gateway) or set TELEGRAPHY_GATEWAY_BIN`);
   }
@@ -98,7 +98,7 @@ exchange = ${JSON.stringify(exchange ?? "telegraphy")}
 [shutdown]
 drain_delay = "0s"
 drain_timeout = "2s"
-`;
+${busTls ? `\n[bus_tls]\nca_file = ${JSON.stringify(busTls.ca)}\ncert_file = ${JSON.stringify(busTls.cert)}\nkey_file = ${JSON.stringify(busTls.key)}\n` : ""}`;
   const file = join(dir, "gateway.toml");
   writeFileSync(file, config);
   // The gateway refuses unknown TELEGRAPHY_* variables: start it without ours.

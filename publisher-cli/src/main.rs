@@ -52,6 +52,15 @@ struct Args {
     /// Bus URL read from a file (a mounted secret; its trailing newline is ignored).
     #[arg(long, env = "TELEGRAPHY_BUS_FILE", value_name = "PATH", conflicts_with_all = ["bus", "gateway"])]
     bus_file: Option<std::path::PathBuf>,
+    /// CA certificates (PEM) that sign a rediss:// or amqps:// broker's certificate (besides the system's roots).
+    #[arg(long, env = "TELEGRAPHY_BUS_TLS__CA_FILE", value_name = "PATH")]
+    bus_ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for a TLS broker that asks for one (with --bus-key-file).
+    #[arg(long, env = "TELEGRAPHY_BUS_TLS__CERT_FILE", value_name = "PATH", requires = "bus_key_file")]
+    bus_cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "TELEGRAPHY_BUS_TLS__KEY_FILE", value_name = "PATH", requires = "bus_cert_file")]
+    bus_key_file: Option<std::path::PathBuf>,
     /// API key for --gateway.
     #[arg(long, env = "TELEGRAPHY_API_KEY", value_name = "KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -180,7 +189,16 @@ async fn connect(args: &Args) -> Result<Publisher, Failure> {
     };
     match (&bus, &args.gateway) {
         (Some(bus), _) => {
+            let read = |flag: &str, path: &Option<std::path::PathBuf>| {
+                path.as_deref().map(|p| std::fs::read(p).map_err(|e| bad(format!("{flag}: cannot read {}: {e}", p.display())))).transpose()
+            };
+            let tls = telegraphy_bus::BusTls {
+                ca_pem: read("--bus-ca-file", &args.bus_ca_file)?,
+                client_cert_pem: read("--bus-cert-file", &args.bus_cert_file)?,
+                client_key_pem: read("--bus-key-file", &args.bus_key_file)?,
+            };
             let options = BusOptions {
+                tls,
                 redis_key_prefix: args.redis_key_prefix.clone(),
                 amqp_exchange: args.amqp_exchange.clone(),
                 connect_timeout: args.timeout,

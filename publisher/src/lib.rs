@@ -42,7 +42,8 @@ pub enum ErrorKind {
     /// The bus or gateway could not be reached, or is not accepting events
     /// now: retry later.
     Unavailable,
-    /// Credentials were refused (broker password, API key).
+    /// Credentials were refused (broker password, API key), or the broker's
+    /// TLS certificate was not accepted: fix the configuration.
     Unauthorized,
     /// The bus or gateway refused this event and would refuse it again.
     Rejected,
@@ -75,7 +76,7 @@ impl From<BusError> for Error {
         let kind = match e {
             BusError::InvalidUrl(_) => ErrorKind::InvalidInput,
             BusError::Connect { .. } => ErrorKind::Unavailable,
-            BusError::Auth { .. } => ErrorKind::Unauthorized,
+            BusError::Auth { .. } | BusError::Tls { .. } => ErrorKind::Unauthorized,
         };
         Error::new(kind, telegraphy_bus::error_chain(&e))
     }

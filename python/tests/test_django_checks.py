@@ -25,6 +25,7 @@ def ids(settings, **changes):
 def test_good_settings_pass(settings):
     assert ids(settings) == []
     assert ids(settings, BUS="redis://127.0.0.1:6379/0", API_KEY=None) == []
+    assert ids(settings, BUS="rediss://redis.internal:6380/0", BUS_TLS_CA_FILE=__file__, API_KEY=None) == []
     assert ids(settings, PUBLISH_URL="https://gw.internal:8080", GATEWAY_URL="wss://events.example.com/ws") == []
 
 
@@ -36,7 +37,10 @@ def test_good_settings_pass(settings):
     ({"BUS": "redis://h", "PUBLISH_URL": "http://h"}, "telegraphy.E004"),
     ({"PUBLISH_URL": "ws://h/ws"}, "telegraphy.E005"),
     ({"BUS": "memory://"}, "telegraphy.E006"),
-    ({"BUS": "amqps://h"}, "telegraphy.E006"),
+    ({"BUS": "ftp://h"}, "telegraphy.E006"),
+    ({"BUS": "redis://h", "BUS_TLS_CA_FILE": __file__}, "telegraphy.E018"),
+    ({"BUS": "rediss://h", "BUS_TLS_CA_FILE": "/nonexistent/ca.pem"}, "telegraphy.E018"),
+    ({"BUS": "amqps://h", "BUS_TLS_CERT_FILE": __file__}, "telegraphy.E018"),
     ({"BUS": "kafka://h"}, "telegraphy.E006"),
     ({"API_KEY": None}, "telegraphy.E008"),
     ({"API_KEY": "short"}, "telegraphy.E008"),

@@ -73,7 +73,9 @@ def test_where_to_publish_must_be_said_once():
     ({"gateway_url": "127.0.0.1:8080", "api_key": "k"}, "must start with http"),
     ({"gateway_url": "http://127.0.0.1:8080", "api_key": ""}, "needs an API key"),
     ({"bus": "memory://"}, "(?i)publish through that gateway's HTTP endpoint"),
-    ({"bus": "rediss://127.0.0.1:6379/0"}, "TLS connections to the bus are not supported"),
+    ({"bus": "redis://127.0.0.1:6379/0", "tls_ca_file": __file__}, "not a rediss:// or amqps:// URL"),
+    ({"bus": "rediss://127.0.0.1:6379/0", "tls_ca_file": "/nonexistent/ca.pem"}, "does not exist"),
+    ({"bus": "amqps://g:secret@h/%2f", "tls_cert_file": __file__}, "both tls_cert_file and tls_key_file"),
     ({"bus": "nats://127.0.0.1"}, "not a bus URL"),
     ({"bus": "amqp://g:secret@h/%2f", "amqp_exchange": ""}, "exchange name is empty"),
 ])

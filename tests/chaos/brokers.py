@@ -11,6 +11,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -30,7 +31,12 @@ class PortTaken(RuntimeError):
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, *, pubsub_limit_off: bool = False, appendonly: bool = False):
+    def __init__(self, workdir: Path, *, pubsub_limit_off: bool = False, appendonly: bool = False,
+                 tls: dict[str, Path] | None = None, users: list[str] | None = None):
+        """`tls` (cert, key, ca): a TLS-only server that requires a client
+        certificate signed by `ca`; `users`: ACL rules (`alice on >pw ~* +@all`)."""
+        self.tls = tls
+        self.users = users or []
         self.workdir = workdir
         self.appendonly = appendonly  # an append-only file, fsync'd at every write: a kill -9 loses nothing acknowledged
         self.port = procs.free_port()
@@ -39,8 +45,10 @@ class RedisServer:
         self.pubsub_limit_off = pubsub_limit_off
         self.starts = 0
 
-    def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
+    def url(self, db: int = 0, *, user: str = "", host: str = "") -> str:
+        scheme = "rediss" if self.tls else "redis"
+        host = host or ("localhost" if self.tls else "127.0.0.1")
+        return f"{scheme}://{user + '@' if user else ''}{host}:{self.port}/{db}"
 
     def start(self, timeout: float = 20.0) -> None:
         """Starts redis-server; on its first start, a port taken meanwhile by someone
@@ -57,8 +65,15 @@ class RedisServer:
     def _start(self, timeout: float) -> None:
         aof = ["--appendonly", "yes", "--appendfsync", "always", "--appendfilename", f"redis-{self.port}.aof",
                "--appenddirname", f"aof-{self.port}"] if self.appendonly else ["--appendonly", "no"]
-        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *aof,
+        ports = ["--port", str(self.port)]
+        if self.tls:
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls["cert"]),
+                     "--tls-key-file", str(self.tls["key"]), "--tls-ca-cert-file", str(self.tls["ca"]),
+                     "--tls-auth-clients", "yes"]
+        cmd = ["redis-server", *ports, "--bind", "127.0.0.1", "--save", "", *aof,
                "--daemonize", "no", "--dir", str(self.workdir)]
+        for rule in self.users:
+            cmd += ["--user", *rule.split()]
         if self.pubsub_limit_off:
             cmd += ["--client-output-buffer-limit", "pubsub 0 0 0"]
         self.proc = procs.spawn(cmd, env=_clean_env(), log_path=self.log, description=f"redis-server :{self.port}")
@@ -76,11 +91,19 @@ class RedisServer:
         raise RuntimeError(f"redis-server on {self.port} did not answer PING within {timeout}s")
 
     def ping(self) -> bool:
+        """Whether the server answers (with TLS: the handshake with our client
+        certificate succeeds; an ACL-only server may answer NOAUTH, which is an answer)."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+                s = raw
+                if self.tls:
+                    ctx = ssl.create_default_context(cafile=str(self.tls["ca"]))
+                    ctx.load_cert_chain(str(self.tls["client_cert"]), str(self.tls["client_key"]))
+                    s = ctx.wrap_socket(raw, server_hostname="localhost")
                 s.sendall(b"*1\r\n$4\r\nPING\r\n")
-                return s.recv(64).startswith(b"+PONG")
-        except OSError:
+                answer = s.recv(64)
+                return answer.startswith(b"+PONG") or answer.startswith(b"-NOAUTH")
+        except (OSError, ssl.SSLError):
             return False
 
     def kill9(self) -> float:
@@ -103,10 +126,14 @@ class RabbitNode:
     """A RabbitMQ node of our own: name chaos-<random>@localhost, its own ports,
     data and log directories, cookie and (empty) plugin list."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, *, tls: dict[str, Path] | None = None):
+        """`tls` (cert, key, ca): also an AMQPS listener on `tls_port` that
+        requires a client certificate signed by `ca`."""
         self.workdir = workdir
         self.name = f"chaos-{secrets.token_hex(4)}@localhost"
         self.port = procs.free_port()
+        self.tls = tls
+        self.tls_port = procs.free_port() if tls else None
         self.dist_port = procs.free_port()
         self.home = workdir / "home"
         self.mnesia = workdir / "mnesia"
@@ -118,13 +145,24 @@ class RabbitNode:
         cookie.chmod(0o600)
         (workdir / "enabled_plugins").write_text("[].\n")
         # Our own config file, so /etc/rabbitmq/rabbitmq.conf (the shared node's) is not read.
-        (workdir / "rabbitmq.conf").write_text("disk_free_limit.absolute = 10MB\n")
+        conf = "disk_free_limit.absolute = 10MB\n"
+        if tls:
+            conf += (f"listeners.ssl.1 = 127.0.0.1:{self.tls_port}\n"
+                     f"ssl_options.cacertfile = {tls['ca']}\n"
+                     f"ssl_options.certfile = {tls['cert']}\n"
+                     f"ssl_options.keyfile = {tls['key']}\n"
+                     "ssl_options.verify = verify_peer\n"
+                     "ssl_options.fail_if_no_peer_cert = true\n")
+        (workdir / "rabbitmq.conf").write_text(conf)
         self.proc: subprocess.Popen | None = None
         self.log = workdir / "server.log"
         self.starts = 0
 
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/%2f"
+
+    def tls_url(self, host: str = "localhost") -> str:
+        return f"amqps://guest:guest@{host}:{self.tls_port}/%2f"
 
     def env(self) -> dict[str, str]:
         env = _clean_env()

@@ -116,10 +116,10 @@ def redis_factory(workdir):
 def rabbit_factory(workdir):
     made: list[RabbitNode] = []
 
-    def make() -> RabbitNode:
+    def make(**kw) -> RabbitNode:
         d = workdir / f"rabbit{len(made)}"
         d.mkdir()
-        n = RabbitNode(d)
+        n = RabbitNode(d, **kw)
         made.append(n)
         n.start()
         return n
@@ -146,10 +146,11 @@ def shared_rabbit():
 def gateway_factory(workdir):
     made: list[Gateway] = []
 
-    def make(name: str, bus: str, **kw) -> Gateway:
+    def make(name: str, bus: str, start_ready: bool = True, **kw) -> Gateway:
+        """A started gateway; with start_ready=False, once its admin port answers (ready or not)."""
         g = Gateway(name, workdir, bus, **kw)
         made.append(g)
-        g.start()
+        g.start(ready=start_ready)
         return g
     yield make
     for g in made:

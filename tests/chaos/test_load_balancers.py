@@ -28,7 +28,7 @@ from pathlib import Path
 
 import procs
 from gateway import API_KEY
-from wampclient import AsyncWebSocket, ConnectionEnded, HandshakeError
+from wampclient import AsyncWebSocket, ConnectionEnded, HandshakeError, events_within, session
 
 HAPROXY_CONFIG = """\
 global
@@ -94,18 +94,6 @@ class HAProxy:
             self.proc = None
 
 
-async def session(port: int, client: str, topic: str, headers: dict[str, str] | None = None) -> AsyncWebSocket:
-    """A WAMP session from loopback address `client` to `port`, subscribed to `topic`."""
-    ws = await asyncio.wait_for(AsyncWebSocket.connect("127.0.0.1", port, local_addr=client, headers=headers), 10)
-    await ws.send_json([1, "realm1", {"roles": {"subscriber": {}}}])
-    welcome = json.loads((await asyncio.wait_for(ws.recv(), 10))[1])
-    assert welcome[0] == 2, welcome
-    await ws.send_json([32, 1, {}, topic])
-    subscribed = json.loads((await asyncio.wait_for(ws.recv(), 10))[1])
-    assert subscribed[0] == 33, subscribed
-    return ws
-
-
 async def refused_with(port: int, client: str, headers: dict[str, str] | None = None) -> int | None:
     """The HTTP status a WebSocket upgrade from `client` is refused with
     (None: accepted, then closed by us; 0: closed without an answer)."""
@@ -126,22 +114,6 @@ def publish(port: int, topic: str, n: int) -> None:
     r = c.getresponse()
     assert r.status == 200, (r.status, r.read())
     c.close()
-
-
-async def events_within(ws: AsyncWebSocket, seconds: float) -> list[int]:
-    got = []
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            msg = await asyncio.wait_for(ws.recv(), left)
-        except asyncio.TimeoutError:
-            break
-        if msg is None:
-            break
-        m = json.loads(msg[1])
-        if m[0] == 36:
-            got.append(m[4][0])
-    return got
 
 
 def test_clients_behind_haproxy_are_counted_by_their_own_address(redis_factory, gateway_factory, workdir, uid, record):

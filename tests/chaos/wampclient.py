@@ -149,11 +149,14 @@ class AsyncWebSocket:
 
     @classmethod
     async def connect(cls, host: str, port: int, path: str = "/ws", protocols=("wamp.2.json",), *,
-                      local_addr: str | None = None, headers: dict[str, str] | None = None) -> "AsyncWebSocket":
+                      local_addr: str | None = None, headers: dict[str, str] | None = None,
+                      ssl_context=None, server_hostname: str | None = None) -> "AsyncWebSocket":
         """Opens a WebSocket; `local_addr` binds the client's side (another
-        loopback address), `headers` go with the upgrade request."""
+        loopback address), `headers` go with the upgrade request, `ssl_context`
+        makes it wss:// (checked against `server_hostname`)."""
+        tls = {"ssl": ssl_context, "server_hostname": server_hostname or host} if ssl_context else {}
         reader, writer = await asyncio.open_connection(host, port, limit=1 << 22,
-                                                       local_addr=(local_addr, 0) if local_addr else None)
+                                                       local_addr=(local_addr, 0) if local_addr else None, **tls)
         req, _ = handshake_request(host, port, path, protocols)
         if headers:
             extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
@@ -533,3 +536,35 @@ class StalledSubscriber:
             except OSError:
                 pass
             self.sock = None
+
+
+# --- small async helpers for tests that drive a few sessions themselves ----------
+
+async def session(port: int, client: str, topic: str, headers: dict[str, str] | None = None, *,
+                  ssl_context=None, server_hostname: str | None = None) -> AsyncWebSocket:
+    """A WAMP session from loopback address `client` to `port`, subscribed to `topic`."""
+    ws = await asyncio.wait_for(AsyncWebSocket.connect("127.0.0.1", port, local_addr=client, headers=headers,
+                                                       ssl_context=ssl_context, server_hostname=server_hostname), 10)
+    await ws.send_json([1, "realm1", {"roles": {"subscriber": {}}}])
+    welcome = json.loads((await asyncio.wait_for(ws.recv(), 10))[1])
+    assert welcome[0] == 2, welcome
+    await ws.send_json([32, 1, {}, topic])
+    subscribed = json.loads((await asyncio.wait_for(ws.recv(), 10))[1])
+    assert subscribed[0] == 33, subscribed
+    return ws
+
+
+async def events_within(ws: AsyncWebSocket, seconds: float) -> list[int]:
+    got = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            msg = await asyncio.wait_for(ws.recv(), left)
+        except asyncio.TimeoutError:
+            break
+        if msg is None:
+            break
+        m = json.loads(msg[1])
+        if m[0] == 36:
+            got.append(m[4][0])
+    return got

@@ -248,6 +248,23 @@ def test_existing_secret_is_used_and_no_secret_rendered():
     assert r.pod_env() == EXISTING_SECRETS["telegraphy-credentials"]
 
 
+def test_bus_tls_mounts_the_secret_and_points_the_gateway_at_its_files():
+    r = Rendered({"bus": {"type": "redis", "redis": {"url": "rediss://user:pw@redis.internal:6380/0"},
+                          "tls": {"secretName": "redis-tls", "ca": "ca.crt", "cert": "tls.crt", "key": "tls.key"}}})
+    pod = r.one("Deployment")["spec"]["template"]["spec"]
+    assert {"name": "bus-tls", "secret": {"secretName": "redis-tls"}} in pod["volumes"]
+    assert {"name": "bus-tls", "mountPath": "/etc/telegraphy-bus-tls", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    config = tomllib.loads(r.one("ConfigMap")["data"]["telegraphy.toml"])
+    assert config["bus_tls"] == {"ca_file": "/etc/telegraphy-bus-tls/ca.crt", "cert_file": "/etc/telegraphy-bus-tls/tls.crt",
+                                 "key_file": "/etc/telegraphy-bus-tls/tls.key"}
+    # Without a Secret: no files, the system's CAs; a plain URL with TLS files is refused.
+    plain = Rendered({"bus": {"type": "amqp", "amqp": {"url": "amqps://u:p@mq.internal:5671/%2f"}}})
+    assert "bus_tls" not in tomllib.loads(plain.one("ConfigMap")["data"]["telegraphy.toml"])
+    assert all(v["name"] != "bus-tls" for v in plain.one("Deployment")["spec"]["template"]["spec"]["volumes"])
+    msg = render_error({"bus": {"type": "redis", "redis": {"url": "redis://redis:6379/0"}, "tls": {"secretName": "x"}}})
+    assert "not a rediss:// URL" in msg
+
+
 def test_memory_bus_refuses_several_replicas():
     msg = render_error({"replicaCount": 2})
     assert "bus.type=memory is a single-node bus" in msg and "replicaCount must be 1" in msg
@@ -296,7 +313,8 @@ def test_drain_delay_must_be_shorter_than_drain_timeout():
 @pytest.mark.parametrize("values, where", [
     ({"replicaCount": "two"}, "/replicaCount"),
     ({"bus": {"type": "kafka"}}, "/bus/type"),
-    ({"bus": {"type": "redis", "redis": {"url": "rediss://redis:6379/0"}}}, "/bus/redis/url"),
+    ({"bus": {"type": "redis", "redis": {"url": "https://redis:6379/0"}}}, "/bus/redis/url"),
+    ({"config": {"bus_tls": {"ca_file": "/x"}}}, "/config"),
     ({"config": {"listen": "0.0.0.0:1"}}, "/config"),
     ({"config": {"api_keys": ["0123456789"]}}, "/config"),
     ({"config": {"shutdown": {"drain_delay": "5", "drain_timeout": "25s"}}}, "/config/shutdown/drain_delay"),

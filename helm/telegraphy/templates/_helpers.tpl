@@ -102,8 +102,11 @@ Checks the values together; a template calls it so `helm template` and
 {{- if not $url }}
 {{- fail (printf "telegraphy: bus.type=%s needs bus.%s.url, or existingSecret naming a Secret with the key %s." $bus $bus .Values.existingSecretKeys.bus) }}
 {{- end }}
-{{- if not (hasPrefix (printf "%s://" $bus) $url) }}
-{{- fail (printf "telegraphy: bus.%s.url must start with %s:// (TLS URLs are not supported by the gateway yet)." $bus $bus) }}
+{{- if not (or (hasPrefix (printf "%s://" $bus) $url) (hasPrefix (printf "%ss://" $bus) $url)) }}
+{{- fail (printf "telegraphy: bus.%s.url must start with %s:// (or %ss:// for TLS)." $bus $bus $bus) }}
+{{- end }}
+{{- if and .Values.bus.tls.secretName (not (hasPrefix (printf "%ss://" $bus) $url)) }}
+{{- fail (printf "telegraphy: bus.tls.secretName is set but bus.%s.url is not a %ss:// URL; TLS files are for TLS connections." $bus $bus) }}
 {{- end }}
 {{- end }}
 {{- $delay := include "telegraphy.durationMs" .Values.config.shutdown.drain_delay | int64 }}
@@ -144,6 +147,15 @@ Checks the values together; a template calls it so `helm template` and
 {{- $_ := set $cfg "redis" (dict "key_prefix" .Values.bus.redis.keyPrefix) }}
 {{- else if eq .Values.bus.type "amqp" }}
 {{- $_ := set $cfg "amqp" (dict "exchange" .Values.bus.amqp.exchange "prefetch" .Values.bus.amqp.prefetch "queue_max_length" .Values.bus.amqp.queueMaxLength) }}
+{{- end }}
+{{- with .Values.bus.tls }}
+{{- if .secretName }}
+{{- $tls := dict }}
+{{- if .ca }}{{- $_ := set $tls "ca_file" (printf "/etc/telegraphy-bus-tls/%s" .ca) }}{{- end }}
+{{- if .cert }}{{- $_ := set $tls "cert_file" (printf "/etc/telegraphy-bus-tls/%s" .cert) }}{{- end }}
+{{- if .key }}{{- $_ := set $tls "key_file" (printf "/etc/telegraphy-bus-tls/%s" .key) }}{{- end }}
+{{- $_ := set $cfg "bus_tls" $tls }}
+{{- end }}
 {{- end }}
 {{- $cfg | toJson }}
 {{- end }}

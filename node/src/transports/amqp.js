@@ -5,7 +5,7 @@
 
 import { decodeEnvelope, encodeEnvelope } from "../envelope.js";
 import { InvalidInput, NoSubscriber, Rejected, Unauthorized, Unavailable } from "../errors.js";
-import { importOptional, redact, withTimeout } from "./common.js";
+import { importOptional, isCertificateError, redact, serverName, TLS_HINT, withTimeout } from "./common.js";
 
 export const ENVELOPE_CONTENT_TYPE = "application/x-telegraphy-envelope";
 /** AMQP routing keys are short strings (realm + "." + topic). */
@@ -14,7 +14,7 @@ export const MAX_ROUTING_KEY = 255;
 export class AmqpTransport {
   kind = "amqp";
 
-  constructor(url, exchange, timeoutMs) {
+  constructor(url, exchange, timeoutMs, tls = null) {
     if (typeof exchange !== "string" || exchange === "") {
       throw new InvalidInput("the AMQP exchange name is empty; the gateways' default is `telegraphy` (amqp.exchange)");
     }
@@ -24,6 +24,7 @@ export class AmqpTransport {
     this.url = url;
     this.exchange = exchange;
     this.timeoutMs = timeoutMs;
+    this.tls = tls; // amqps://: { ca, cert, key } for node:tls
     this.connection = null;
     this.channel = null;
     this.connecting = null;
@@ -40,12 +41,19 @@ export class AmqpTransport {
     let connection;
     try {
       connection = await withTimeout(
-        amqp.connect(this.url, { timeout: this.timeoutMs, clientProperties: { connection_name: "telegraphy-node" } }),
+        amqp.connect(this.url, {
+          timeout: this.timeoutMs,
+          clientProperties: { connection_name: "telegraphy-node" },
+          ...(this.tls ? { ...serverName(this.url), ...this.tls } : {}),
+        }),
         this.timeoutMs,
         () => new Error(`no connection within ${this.timeoutMs} ms`),
       );
     } catch (e) {
       const text = e?.message ?? String(e);
+      if (isCertificateError(e)) {
+        throw new Unauthorized(`the bus at ${redact(this.url)} failed the TLS check: ${TLS_HINT}: ${text}`, { cause: e });
+      }
       if (/ACCESS.REFUSED/.test(text)) {
         throw new Unauthorized(`${this.where} refused the credentials: ${text}`, { cause: e });
       }

@@ -1,5 +1,7 @@
 // Helpers shared by the bus transports.
 
+import { isIP } from "node:net";
+
 import { InvalidInput } from "../errors.js";
 
 /** The URL with its password replaced by `***`, for messages. */
@@ -34,3 +36,35 @@ export function withTimeout(promise, ms, onTimeout) {
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
+
+/** What to check when a broker's certificate is refused (the Rust crates say the same). */
+export const TLS_HINT =
+  "its certificate must be signed by a CA this client trusts (Node's own, or tls.caFile / TELEGRAPHY_BUS_TLS__CA_FILE) " +
+  "and name the URL's host";
+
+/** Whether an error (or its cause) is a refused server certificate. */
+export function isCertificateError(e) {
+  const codes = new Set([
+    "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+    "SELF_SIGNED_CERT_IN_CHAIN",
+    "DEPTH_ZERO_SELF_SIGNED_CERT",
+    "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+    "ERR_TLS_CERT_ALTNAME_INVALID",
+    "CERT_HAS_EXPIRED",
+  ]);
+  for (let cur = e, i = 0; cur != null && i < 5; cur = cur.cause, i++) {
+    if (codes.has(cur.code)) return true;
+  }
+  return false;
+}
+
+/**
+ * The TLS server name (SNI, and the name checked against the certificate) of
+ * a bus URL: its host, unless it is an IP address (SNI carries names only;
+ * Node then checks the address itself against the certificate).
+ */
+export function serverName(url) {
+  const host = new URL(url).hostname.replace(/^\[|\]$/g, "");
+  return isIP(host) ? {} : { servername: host };
+}
+

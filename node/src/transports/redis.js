@@ -10,7 +10,7 @@ import { readFileSync } from "node:fs";
 
 import { encodeEnvelope } from "../envelope.js";
 import { InvalidInput, NoSubscriber, Rejected, Unauthorized, Unavailable } from "../errors.js";
-import { importOptional, redact, withTimeout } from "./common.js";
+import { importOptional, isCertificateError, redact, serverName, TLS_HINT, withTimeout } from "./common.js";
 
 const AUTH_REPLY = /^(WRONGPASS|NOAUTH|NOPERM)\b|without any password configured/;
 
@@ -27,11 +27,12 @@ function keepable(envelope) {
 export class RedisTransport {
   kind = "redis";
 
-  constructor(url, keyPrefix, timeoutMs) {
+  constructor(url, keyPrefix, timeoutMs, tls = null) {
     if (typeof keyPrefix !== "string") throw new InvalidInput("redisKeyPrefix must be a string (the gateways' redis.key_prefix)");
     this.url = url;
     this.keyPrefix = keyPrefix;
     this.timeoutMs = timeoutMs;
+    this.tls = tls; // rediss://: { ca, cert, key } for node:tls
     this.client = null; // the connected client, or null
     this.connecting = null; // the promise of a connect in progress
   }
@@ -51,6 +52,9 @@ export class RedisTransport {
       }
       return new Rejected(`${this.where} refused the event: ${e.message}`, { cause: e });
     }
+    if (isCertificateError(e)) {
+      return new Unauthorized(`the bus at ${redact(this.url)} failed the TLS check: ${TLS_HINT}: ${e.message}`, { cause: e });
+    }
     const maybe = sent ? "; the event may or may not have been published" : "";
     return new Unavailable(`${this.where} did not take the event: ${e?.message ?? e}${maybe}`, { cause: e });
   }
@@ -66,7 +70,11 @@ export class RedisTransport {
           url: this.url,
           // Fail fast instead of queueing or retrying behind the caller's
           // back: the next publish connects again.
-          socket: { connectTimeout: this.timeoutMs, reconnectStrategy: false },
+          socket: {
+            connectTimeout: this.timeoutMs,
+            reconnectStrategy: false,
+            ...(this.tls ? { tls: true, ...serverName(this.url), ...this.tls } : {}),
+          },
           disableOfflineQueue: true,
         });
       } catch (e) {

@@ -9,7 +9,7 @@ import urllib.parse
 
 from .envelope import Envelope, canonical_filter
 from .errors import InvalidInput
-from .transports import AmqpTransport, HttpTransport, RedisTransport, redact
+from .transports import AmqpTransport, BusTls, HttpTransport, RedisTransport, redact
 from .uri import check_topic, is_valid_topic
 
 #: The realm bus events go to unless `publish(realm=...)` names another. (Over
@@ -28,6 +28,12 @@ class Publisher:
         Publisher(gateway_url="http://127.0.0.1:8080", api_key="...")
         Publisher(bus="redis://127.0.0.1:6379/0", redis_key_prefix="telegraphy:")
         Publisher(bus="amqp://guest:guest@127.0.0.1:5672/%2f", amqp_exchange="telegraphy")
+        Publisher(bus="rediss://user:pass@redis.internal:6380/0", tls_ca_file="/etc/ssl/redis-ca.pem")
+
+    `rediss://` and `amqps://` speak TLS: the broker's certificate must be
+    signed by a CA of the system's or by `tls_ca_file`, and name the URL's
+    host; `tls_cert_file` and `tls_key_file` are a client certificate for
+    brokers that ask for one (the gateways' `[bus_tls]`).
 
     `redis_key_prefix` and `amqp_exchange` must match the gateways' settings
     (`redis.key_prefix`, `amqp.exchange`). `timeout` (seconds) bounds each
@@ -44,6 +50,9 @@ class Publisher:
         amqp_exchange: str = DEFAULT_AMQP_EXCHANGE,
         timeout: float = DEFAULT_TIMEOUT,
         realm: str | None = None,
+        tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
     ):
         if realm is not None and not is_valid_topic(realm):
             raise InvalidInput(f"`{realm}` is not a valid realm name")
@@ -57,24 +66,22 @@ class Publisher:
             self._transport = HttpTransport(gateway_url, api_key, timeout)
             return
         scheme = urllib.parse.urlsplit(bus).scheme if isinstance(bus, str) else ""
-        if scheme == "redis":
-            self._transport = RedisTransport(bus, redis_key_prefix, timeout)
-        elif scheme == "amqp":
-            self._transport = AmqpTransport(bus, amqp_exchange, timeout)
+        tls = BusTls(tls_ca_file, tls_cert_file, tls_key_file)
+        if tls.is_set() and scheme not in ("rediss", "amqps"):
+            raise InvalidInput(f"TLS files are given but the bus `{redact(str(bus))}` is not a rediss:// or amqps:// URL")
+        if scheme in ("redis", "rediss"):
+            self._transport = RedisTransport(bus, redis_key_prefix, timeout, tls)
+        elif scheme in ("amqp", "amqps"):
+            self._transport = AmqpTransport(bus, amqp_exchange, timeout, tls)
         elif scheme == "memory":
             raise InvalidInput(
                 "memory:// is the bus inside one gateway process; other programs cannot reach it. Publish through "
                 "that gateway's HTTP endpoint instead: Publisher(gateway_url='http://HOST:8080', api_key=KEY)"
             )
-        elif scheme in ("rediss", "amqps"):
-            raise InvalidInput(
-                f"bus `{redact(bus)}`: TLS connections to the bus are not supported yet (the gateways cannot use "
-                f"them either); use {scheme[:-1]}:// on a private network"
-            )
         else:
             raise InvalidInput(
-                f"bus `{redact(str(bus))}` is not a bus URL; use redis://HOST:6379/0 or "
-                f"amqp://USER:PASS@HOST:5672/VHOST (or gateway_url= for a gateway's HTTP endpoint)"
+                f"bus `{redact(str(bus))}` is not a bus URL; use redis://HOST:6379/0 (rediss:// for TLS) or "
+                f"amqp://USER:PASS@HOST:5672/VHOST (amqps:// for TLS), or gateway_url= for a gateway's HTTP endpoint"
             )
 
     @property
@@ -172,12 +179,31 @@ class Publisher:
         return f"<telegraphy.Publisher {self.kind} {where}>"
 
 
+def _secret(env, name: str) -> str | None:
+    """`name`, or the content of the file `name`_FILE names (without its
+    trailing newline); both set is refused."""
+    path = env.get(f"{name}_FILE")
+    if path is None:
+        return env.get(name)
+    if env.get(name) is not None:
+        raise InvalidInput(f"both {name} and {name}_FILE are set; keep one")
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = f.read()
+    except OSError as e:
+        raise InvalidInput(f"{name}_FILE: cannot read {path}: {e.strerror or e}") from None
+    return value[:-1] if value.endswith("\n") else value
+
+
 def publisher_from_env(environ=None) -> Publisher:
     """A Publisher configured like `telegraphy-publish`: TELEGRAPHY_BUS, or
     TELEGRAPHY_GATEWAY_URL with TELEGRAPHY_API_KEY; TELEGRAPHY_REDIS__KEY_PREFIX,
-    TELEGRAPHY_AMQP__EXCHANGE and TELEGRAPHY_TIMEOUT (seconds) when set."""
+    TELEGRAPHY_AMQP__EXCHANGE, TELEGRAPHY_TIMEOUT (seconds) and the TLS files
+    TELEGRAPHY_BUS_TLS__CA_FILE / __CERT_FILE / __KEY_FILE when set.
+    TELEGRAPHY_BUS_FILE and TELEGRAPHY_API_KEY_FILE name files holding those
+    secrets (as Kubernetes mounts them)."""
     env = os.environ if environ is None else environ
-    bus, gateway = env.get("TELEGRAPHY_BUS"), env.get("TELEGRAPHY_GATEWAY_URL")
+    bus, gateway = _secret(env, "TELEGRAPHY_BUS"), env.get("TELEGRAPHY_GATEWAY_URL")
     timeout = env.get("TELEGRAPHY_TIMEOUT")
     try:
         timeout = float(timeout.rstrip("s")) if timeout else DEFAULT_TIMEOUT
@@ -191,9 +217,12 @@ def publisher_from_env(environ=None) -> Publisher:
             redis_key_prefix=env.get("TELEGRAPHY_REDIS__KEY_PREFIX", DEFAULT_REDIS_KEY_PREFIX),
             amqp_exchange=env.get("TELEGRAPHY_AMQP__EXCHANGE", DEFAULT_AMQP_EXCHANGE),
             timeout=timeout,
+            tls_ca_file=env.get("TELEGRAPHY_BUS_TLS__CA_FILE"),
+            tls_cert_file=env.get("TELEGRAPHY_BUS_TLS__CERT_FILE"),
+            tls_key_file=env.get("TELEGRAPHY_BUS_TLS__KEY_FILE"),
         )
     if gateway:
-        return Publisher(gateway_url=gateway, api_key=env.get("TELEGRAPHY_API_KEY"), timeout=timeout)
+        return Publisher(gateway_url=gateway, api_key=_secret(env, "TELEGRAPHY_API_KEY"), timeout=timeout)
     raise InvalidInput(
         "say where to publish: set TELEGRAPHY_GATEWAY_URL (http://HOST:8080) and TELEGRAPHY_API_KEY, or "
         "TELEGRAPHY_BUS (redis://... or amqp://...); under Django, the TELEGRAPHY settings dict"

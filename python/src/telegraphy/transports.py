@@ -147,6 +147,48 @@ def _publish_script() -> str:
     return files(__package__).joinpath("redis_publish.lua").read_text(encoding="utf-8")
 
 
+class BusTls:
+    """TLS files for rediss:// and amqps:// (all optional): a CA trusted
+    besides the system's, and a client certificate with its key."""
+
+    def __init__(self, ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None):
+        if (cert_file is None) != (key_file is None):
+            raise InvalidInput("give both tls_cert_file and tls_key_file (a client certificate and its key), or neither")
+        for what, path in (("tls_ca_file", ca_file), ("tls_cert_file", cert_file), ("tls_key_file", key_file)):
+            if path is not None and not os.path.isfile(path):
+                raise InvalidInput(f"{what}: {path} does not exist")
+        self.ca_file, self.cert_file, self.key_file = ca_file, cert_file, key_file
+
+    def is_set(self) -> bool:
+        return self.ca_file is not None or self.cert_file is not None
+
+    def context(self):
+        """An SSLContext: the system's CAs and `ca_file`, the server's name checked."""
+        import ssl
+
+        ctx = ssl.create_default_context()
+        if self.ca_file:
+            ctx.load_verify_locations(cafile=self.ca_file)
+        if self.cert_file:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        return ctx
+
+
+#: What to check when a broker's certificate is refused (the Rust crates say the same).
+TLS_HINT = ("its certificate must be signed by a CA this client trusts (the system's, or tls_ca_file / "
+            "TELEGRAPHY_BUS_TLS__CA_FILE) and name the URL's host")
+
+
+def _is_certificate_error(e: BaseException) -> bool:
+    import ssl
+
+    while e is not None:
+        if isinstance(e, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 class RedisTransport:
     """Publishes on `{key_prefix}{realm}:{topic}` through the gateway's
     publish script, so that events of history topics get their position
@@ -154,12 +196,13 @@ class RedisTransport:
 
     kind = "redis"
 
-    def __init__(self, url: str, key_prefix: str, timeout: float):
+    def __init__(self, url: str, key_prefix: str, timeout: float, tls: BusTls | None = None):
         try:
             import redis  # noqa: F401
         except ImportError:
             raise InvalidInput("publishing to Redis needs the redis package: pip install 'telegraphy[redis]'") from None
         self.url, self.key_prefix, self.timeout = url, key_prefix, timeout
+        self.tls = tls or BusTls()
         self._client = None
         self._script = None
         self._pid = None
@@ -171,9 +214,13 @@ class RedisTransport:
         with self._lock:
             if self._client is None or self._pid != os.getpid():
                 try:
+                    tls = {}
+                    if self.url.startswith("rediss://"):
+                        tls = {"ssl_cert_reqs": "required", "ssl_check_hostname": True, "ssl_ca_certs": self.tls.ca_file,
+                               "ssl_certfile": self.tls.cert_file, "ssl_keyfile": self.tls.key_file}
                     self._client = redis.Redis.from_url(
                         self.url, socket_connect_timeout=self.timeout, socket_timeout=self.timeout,
-                        health_check_interval=30,
+                        health_check_interval=30, **tls,
                     )
                 except ValueError as e:
                     raise InvalidInput(f"bus `{redact(self.url)}`: {e}") from None
@@ -197,6 +244,8 @@ class RedisTransport:
         except redis.AuthenticationError as e:
             raise Unauthorized(f"Redis at {redact(self.url)} refused the credentials: {e}") from None
         except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+            if _is_certificate_error(e):
+                raise Unauthorized(f"the bus at {redact(self.url)} failed the TLS check: {TLS_HINT}: {e}") from None
             raise Unavailable(f"Redis at {redact(self.url)} did not take the event: {e}") from None
         except redis.ResponseError as e:
             text = str(e)
@@ -230,7 +279,8 @@ class AmqpTransport:
 
     kind = "amqp"
 
-    def __init__(self, url: str, exchange: str, timeout: float):
+    def __init__(self, url: str, exchange: str, timeout: float, tls: BusTls | None = None):
+        self.tls = tls or BusTls()
         try:
             import pika  # noqa: F401
         except ImportError:
@@ -256,6 +306,8 @@ class AmqpTransport:
         params.connection_attempts = 1
         params.retry_delay = 0
         params.client_properties = {"connection_name": "telegraphy-python"}
+        if self.url.startswith("amqps://"):
+            params.ssl_options = pika.SSLOptions(self.tls.context(), server_hostname=params.host)
         return params
 
     def _open(self):
@@ -267,10 +319,12 @@ class AmqpTransport:
             connection = pika.BlockingConnection(self._parameters())
         except (px.ProbableAuthenticationError, px.ProbableAccessDeniedError, px.AuthenticationError) as e:
             raise Unauthorized(f"RabbitMQ at {where} refused the credentials: {e!r}") from None
-        except px.AMQPError as e:
+        except (px.AMQPError, OSError) as e:
+            if _is_certificate_error(e):
+                raise Unauthorized(f"the bus at {where} failed the TLS check: {TLS_HINT}: {e!r}") from None
+            if isinstance(e, OSError):
+                raise Unavailable(f"cannot connect to RabbitMQ at {where}: {e}") from None
             raise Unavailable(f"cannot connect to RabbitMQ at {where}: {e!r}") from None
-        except OSError as e:
-            raise Unavailable(f"cannot connect to RabbitMQ at {where}: {e}") from None
         try:
             channel = connection.channel()
             channel.confirm_delivery()

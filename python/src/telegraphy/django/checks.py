@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import os
 import urllib.parse
 
 from django.core.checks import Error, Warning
@@ -77,24 +78,37 @@ def check_settings(app_configs=None, **kwargs):
                 "E006", "TELEGRAPHY['BUS'] is memory://, which only exists inside one gateway process.",
                 "Remove BUS and publish through the gateway's HTTP endpoint (PUBLISH_URL and API_KEY).",
             ))
-        elif scheme in ("rediss", "amqps"):
+        elif scheme not in ("redis", "amqp", "rediss", "amqps"):
             errors.append(_error(
-                "E006", f"TELEGRAPHY['BUS'] uses {scheme}://: TLS to the bus is not supported yet.",
-                f"Use {scheme[:-1]}:// on a private network.",
-            ))
-        elif scheme not in ("redis", "amqp"):
-            errors.append(_error(
-                "E006", f"TELEGRAPHY['BUS'] must be a redis:// or amqp:// URL, not {bus!r}.",
+                "E006", f"TELEGRAPHY['BUS'] must be a redis:// or amqp:// URL (rediss://, amqps:// for TLS), not {bus!r}.",
                 "For example 'redis://127.0.0.1:6379/0' or 'amqp://guest:guest@127.0.0.1:5672/%2f', the same bus "
                 "as the gateways'.",
             ))
         else:
-            package = {"redis": "redis", "amqp": "pika"}[scheme]
+            extra = "redis" if scheme in ("redis", "rediss") else "amqp"
+            package = {"redis": "redis", "amqp": "pika"}[extra]
             if importlib.util.find_spec(package) is None:
                 errors.append(_error(
                     "E007", f"TELEGRAPHY['BUS'] is a {scheme}:// URL but the {package} package is not installed.",
-                    f"pip install 'telegraphy[{scheme}]'",
+                    f"pip install 'telegraphy[{extra}]'",
                 ))
+    tls_files = {k: raw.get(k) for k in ("BUS_TLS_CA_FILE", "BUS_TLS_CERT_FILE", "BUS_TLS_KEY_FILE")}
+    for key, path in tls_files.items():
+        if path is not None and not (isinstance(path, str) and os.path.isfile(path)):
+            errors.append(_error(
+                "E018", f"TELEGRAPHY['{key}'] is {path!r}, which is not a file.",
+                "Give the path of a PEM file the Django process can read (a mounted secret).",
+            ))
+    if any(tls_files.values()) and not (isinstance(bus, str) and urllib.parse.urlsplit(bus).scheme in ("rediss", "amqps")):
+        errors.append(_error(
+            "E018", "TELEGRAPHY has BUS_TLS_* files but BUS is not a rediss:// or amqps:// URL.",
+            "Use rediss:// or amqps:// in BUS for TLS to the broker, or remove the BUS_TLS_* settings.",
+        ))
+    if (tls_files["BUS_TLS_CERT_FILE"] is None) != (tls_files["BUS_TLS_KEY_FILE"] is None):
+        errors.append(_error(
+            "E018", "TELEGRAPHY has only one of BUS_TLS_CERT_FILE and BUS_TLS_KEY_FILE.",
+            "A client certificate needs its key: set both, or neither.",
+        ))
     if not bus:
         key = raw.get("API_KEY")
         if not isinstance(key, str) or len(key) < 8:

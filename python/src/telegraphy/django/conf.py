@@ -12,6 +12,11 @@ DEFAULTS = {
     # API_KEY) or the bus (BUS). Neither: the HTTP endpoint next to GATEWAY_URL.
     "PUBLISH_URL": None,
     "BUS": None,
+    # TLS to the broker for rediss:// and amqps:// BUS URLs: a CA trusted
+    # besides the system's, and a client certificate with its key.
+    "BUS_TLS_CA_FILE": None,
+    "BUS_TLS_CERT_FILE": None,
+    "BUS_TLS_KEY_FILE": None,
     "API_KEY": None,
     # The gateway's TELEGRAPHY_JWT_SECRET (HS256, at least 32 bytes).
     "SECRET": None,
@@ -125,5 +130,8 @@ def publisher_from_settings():
             amqp_exchange=get("AMQP_EXCHANGE"),
             timeout=timeout,
             realm=realm,
+            tls_ca_file=get("BUS_TLS_CA_FILE"),
+            tls_cert_file=get("BUS_TLS_CERT_FILE"),
+            tls_key_file=get("BUS_TLS_KEY_FILE"),
         )
     return Publisher(gateway_url=publish_url(), api_key=get("API_KEY"), timeout=timeout, realm=realm)

@@ -1,0 +1,48 @@
+"""Private TLS brokers for test suites written in other languages (node/test):
+a TLS-only Redis and a RabbitMQ with an AMQPS listener, both requiring client
+certificates, with a fresh test PKI (pki.py). Prints one JSON line (the URLs
+and the PEM paths), then serves until its stdin closes, and stops both brokers
+by PID (also when killed with SIGTERM).
+
+    python3 tests/chaos/serve_brokers.py DIR [--no-rabbit]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import procs  # noqa: E402
+from brokers import RabbitNode, RedisServer  # noqa: E402
+from pki import broker_pki  # noqa: E402
+
+
+def main() -> int:
+    procs.install_safety_net()
+    d = Path(sys.argv[1])
+    certs = broker_pki(d / "pki")
+    redis = RedisServer(d, tls=certs)
+    redis.start()
+    out = {"redis": redis.url(), **{k: str(v) for k, v in certs.items()}}
+    rabbit = None
+    if "--no-rabbit" not in sys.argv:
+        (d / "rabbit").mkdir(exist_ok=True)
+        rabbit = RabbitNode(d / "rabbit", tls=certs)
+        rabbit.start()
+        out["amqp"] = rabbit.tls_url()
+    print(json.dumps(out), flush=True)
+    try:
+        sys.stdin.read()
+    finally:
+        redis.stop()
+        if rabbit is not None:
+            rabbit.stop()
+        procs.cleanup_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

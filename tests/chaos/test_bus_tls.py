@@ -1,0 +1,127 @@
+"""TLS to the bus: a private Redis (TLS only, client certificates required, an
+ACL user limited to Telegraphy's prefix) and a private RabbitMQ (an AMQPS
+listener requiring client certificates), with a CA made here by openssl.
+Gateways (`rediss://`, `amqps://` with `[bus_tls]`) and the CLI publish and
+deliver through them; a wrong CA, a name the certificate does not carry, a
+missing client certificate and a wrong password are each refused with an
+error that says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+import procs
+from gateway import publish_bin
+from pki import broker_pki
+from wampclient import events_within, session
+
+PATH_ENV = {"PATH": "/usr/bin:/bin"}
+
+
+@pytest.fixture
+def certs(workdir):
+    return broker_pki(workdir / "pki")
+
+
+def tls_env(certs, ca_key: str = "ca", client: bool = True) -> dict[str, str]:
+    env = {"TELEGRAPHY_BUS_TLS__CA_FILE": str(certs[ca_key])}
+    if client:
+        env.update(TELEGRAPHY_BUS_TLS__CERT_FILE=str(certs["client_cert"]), TELEGRAPHY_BUS_TLS__KEY_FILE=str(certs["client_key"]))
+    return env
+
+
+def cli(bus: str, topic: str, n: int, certs, *, ca_key: str = "ca", client: bool = True, extra: list[str] | None = None):
+    args = [publish_bin(), "--bus", bus, "--bus-ca-file", str(certs[ca_key]), "--timeout", "5s"]
+    if client:
+        args += ["--bus-cert-file", str(certs["client_cert"]), "--bus-key-file", str(certs["client_key"])]
+    return procs.run([*args, *(extra or []), topic, f"[{n}]"], env=PATH_ENV, timeout=60)
+
+
+def wait_log(gw, needle: str, within: float = 20.0) -> str:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        text = gw.log.read_text(errors="replace")
+        if needle.lower() in text.lower():
+            return text
+        time.sleep(0.2)
+    raise AssertionError(f"`{needle}` not in {gw.log}:\n{gw.log.read_text(errors='replace')[-3000:]}")
+
+
+def deliver_through(gateways, publish) -> list[list[int]]:
+    """Subscribes one session per gateway, runs `publish()` and returns what each got."""
+    async def scenario():
+        subs = [await session(g.port, "127.0.0.1", "tls.topic") for g in gateways]
+        await asyncio.sleep(0.3)  # the nodes' subscriptions reach the broker
+        await asyncio.get_running_loop().run_in_executor(None, publish)
+        got = await asyncio.gather(*(events_within(ws, 3.0) for ws in subs))
+        for ws in subs:
+            ws.abort()
+        return got
+    return asyncio.run(scenario())
+
+
+def test_redis_over_tls_with_client_certificates_and_an_acl_user(redis_factory, gateway_factory, certs, uid, record):
+    prefix = f"tls{uid}:"
+    redis = redis_factory(tls=certs, users=[
+        "default off",
+        f"telegraphy on >s3cret-pass ~{prefix}* &{prefix}* +@all -@dangerous",
+    ])
+    good = redis.url(user="telegraphy:s3cret-pass")
+    nodes = [gateway_factory(n, good, prefix=prefix, env=tls_env(certs)) for n in ("a", "b")]
+    got = deliver_through(nodes, lambda: _ok(cli(good, "tls.topic", 1, certs, extra=["--redis-key-prefix", prefix])))
+    assert got == [[1], [1]], got
+    figures = {"delivered_per_node": [len(g) for g in got]}
+
+    # A CA that did not sign the server's certificate.
+    r = cli(good, "tls.topic", 2, certs, ca_key="other_ca", extra=["--redis-key-prefix", prefix])
+    assert r.returncode != 0 and "certificate" in r.stderr.lower(), r.stderr
+    figures["wrong_ca_cli"] = r.stderr.strip().splitlines()[-1][:200]
+    bad = gateway_factory("wrong-ca", good, prefix=prefix, env=tls_env(certs, "other_ca"), start_ready=False)
+    figures["wrong_ca_gateway"] = _line(wait_log(bad, "certificate"), "certificate")
+    assert bad.readyz()[0] == 503
+    # The certificate names localhost, not 127.0.0.1.
+    by_ip = redis.url(user="telegraphy:s3cret-pass", host="127.0.0.1")
+    r = cli(by_ip, "tls.topic", 3, certs, extra=["--redis-key-prefix", prefix])
+    assert r.returncode != 0 and "certificate" in r.stderr.lower(), r.stderr
+    figures["wrong_name_cli"] = r.stderr.strip().splitlines()[-1][:200]
+    # No client certificate: the server ends the handshake.
+    r = cli(good, "tls.topic", 4, certs, client=False, extra=["--redis-key-prefix", prefix])
+    assert r.returncode != 0, r.stderr
+    # A wrong password for the ACL user.
+    r = cli(redis.url(user="telegraphy:wrong-pass"), "tls.topic", 5, certs, extra=["--redis-key-prefix", prefix])
+    assert r.returncode != 0 and ("password" in r.stderr.lower() or "auth" in r.stderr.lower()), r.stderr
+    figures["wrong_password_cli"] = r.stderr.strip().splitlines()[-1][:200]
+    record(**figures)
+
+
+def test_rabbitmq_over_tls_with_client_certificates(rabbit_factory, gateway_factory, certs, uid, record):
+    rabbit = rabbit_factory(tls=certs)
+    url = rabbit.tls_url()
+    exchange = f"tls-{uid}"
+    nodes = [gateway_factory(n, url, exchange=exchange, env=tls_env(certs)) for n in ("a", "b")]
+    got = deliver_through(nodes, lambda: _ok(cli(url, "tls.topic", 1, certs, extra=["--amqp-exchange", exchange])))
+    assert got == [[1], [1]], got
+    figures = {"delivered_per_node": [len(g) for g in got]}
+    r = cli(url, "tls.topic", 2, certs, ca_key="other_ca", extra=["--amqp-exchange", exchange])
+    assert r.returncode != 0 and "certificate" in r.stderr.lower(), r.stderr
+    figures["wrong_ca_cli"] = r.stderr.strip().splitlines()[-1][:200]
+    r = cli(rabbit.tls_url(host="127.0.0.1"), "tls.topic", 3, certs, extra=["--amqp-exchange", exchange])
+    assert r.returncode != 0 and "certificate" in r.stderr.lower(), r.stderr
+    figures["wrong_name_cli"] = r.stderr.strip().splitlines()[-1][:200]
+    bad = gateway_factory("wrong-ca", url, exchange=exchange, env=tls_env(certs, "other_ca"), start_ready=False)
+    figures["wrong_ca_gateway"] = _line(wait_log(bad, "certificate"), "certificate")
+    assert bad.readyz()[0] == 503
+    record(**figures)
+
+
+def _ok(r):
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def _line(text: str, needle: str) -> str:
+    return next(line for line in text.splitlines() if needle in line.lower())[:300]
