@@ -45,7 +45,7 @@ fi
 cargo build --release --locked -p telegraphy-bench --bin telegraphy-instr
 python3 bench/instructions/run.py
 
-echo "==> fault-injection suite (tests/chaos: private brokers killed and restarted, nodes killed and drained, slow readers, floods)"
+echo "==> fault-injection suite (tests/chaos: private brokers killed and restarted, a RabbitMQ cluster losing a broker, nodes killed and drained, slow readers, floods, HAProxy in front, TLS brokers)"
 bash tests/chaos/run.sh -q
 
 echo "==> interoperability tests (AutobahnJS, AutobahnPython)"

@@ -77,7 +77,11 @@ pub struct AmqpBus {
 }
 
 struct Shared {
-    url: String,
+    /// One URL per broker address (`amqp://u:p@h1,h2/v` lists two).
+    urls: Vec<String>,
+    /// The address the next connection tries first: the one that worked
+    /// last, or the next one after a session ended.
+    next: std::sync::atomic::AtomicUsize,
     redacted: String,
     options: BusOptions,
     interests: Interests,
@@ -206,6 +210,49 @@ pub(crate) async fn connect(url: &str, options: &BusOptions) -> Result<Connectio
     Connection::connect_with_config(url, properties, config, lapin::runtime::default_runtime()?).await
 }
 
+/// The broker addresses of a bus URL: `amqp://USER:PASS@HOST1:5672,HOST2:5673/VHOST`
+/// (a RabbitMQ cluster) is two URLs with the same credentials, vhost and
+/// query; a URL with one host is itself. Each is checked as an AMQP URI.
+pub(crate) fn addresses(url: &str) -> Result<Vec<String>, BusError> {
+    let invalid = |e: String| BusError::InvalidUrl(format!("bus `{}`: {e}", redact(url)));
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| invalid("not a URL".into()))?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), authority),
+    };
+    let urls: Vec<String> = hosts.split(',').map(|h| format!("{scheme}://{userinfo}{}{tail}", h.trim())).collect();
+    for (i, u) in urls.iter().enumerate() {
+        if hosts.split(',').nth(i).is_some_and(|h| h.trim().is_empty()) {
+            return Err(invalid("an empty host in the list of brokers".into()));
+        }
+        u.parse::<lapin::uri::AMQPUri>().map_err(invalid)?;
+    }
+    Ok(urls)
+}
+
+/// Opens a publishing connection to the first of `s.urls` that answers,
+/// from `s.next` on, each within `connect_timeout`; remembers which.
+async fn open_any(urls: &[String], first: usize, options: &BusOptions) -> Result<(usize, Publishing), SessionError> {
+    let timeout = options.connect_timeout;
+    let mut last = None;
+    for k in 0..urls.len() {
+        let i = (first + k) % urls.len();
+        match tokio::time::timeout(timeout, open_publisher(&urls[i], options)).await {
+            Ok(Ok(p)) => return Ok((i, p)),
+            Ok(Err(e)) => {
+                if urls.len() > 1 {
+                    tracing::debug!(bus = %redact(&urls[i]), error = %e, "RabbitMQ broker unavailable; trying the next address");
+                }
+                last = Some(SessionError::from(e));
+            }
+            Err(_) => last = Some(SessionError::Timeout(timeout)),
+        }
+    }
+    Err(last.unwrap_or(SessionError::Timeout(timeout)))
+}
+
 /// The [`OpenError`] for a failed connect or channel of `url`.
 fn connect_error(url: &str, source: lapin::Error) -> OpenError {
     if refused(&source) {
@@ -247,20 +294,26 @@ async fn open_publisher(url: &str, options: &BusOptions) -> Result<Publishing, O
 }
 
 /// The broker's TCP address, probed by the supervisor while it refuses connections.
-fn probe(url: &str) -> Option<(String, u16)> {
-    url.parse::<lapin::uri::AMQPUri>().ok().map(|u| (u.authority.host, u.authority.port))
+/// The broker's address to probe while it refuses connections; none for a
+/// list of brokers (each reconnect tries them all, from the next one).
+fn probe(urls: &[String]) -> Option<(String, u16)> {
+    match urls {
+        [one] => one.parse::<lapin::uri::AMQPUri>().ok().map(|u| (u.authority.host, u.authority.port)),
+        _ => None,
+    }
 }
 
 impl AmqpBus {
     /// A node's RabbitMQ bus; connects (and reconnects) in the background.
     pub fn start(url: &str, options: &BusOptions, inbound: Inbound) -> Result<AmqpBus, BusError> {
-        url.parse::<lapin::uri::AMQPUri>().map_err(|e| BusError::InvalidUrl(format!("bus `{}`: {e}", redact(url))))?;
-        let mut shared = Shared::new(url, options, inbound.metrics.clone());
+        let urls = addresses(url)?;
+        let probe = probe(&urls);
+        let mut shared = Shared::new(url, urls, options, inbound.metrics.clone());
         if !options.history.topics.is_empty() {
             shared.history = Some(Arc::new(history::StreamState::new(options.history.clone())));
         }
         let shared = Arc::new(shared);
-        let supervisor = Supervisor::new("RabbitMQ", Client::Node, shared.redacted.clone(), options.reconnect_max_delay, probe(url));
+        let supervisor = Supervisor::new("RabbitMQ", Client::Node, shared.redacted.clone(), options.reconnect_max_delay, probe);
         tokio::spawn(run(shared.clone(), Some(inbound), supervisor, None));
         Ok(AmqpBus { shared })
     }
@@ -276,12 +329,26 @@ impl AmqpBus {
     /// supervised like a node's bus: not ready while RabbitMQ is gone,
     /// reconnected by itself.
     pub async fn connect_publisher(url: &str, options: &BusOptions) -> Result<AmqpBus, BusError> {
-        url.parse::<lapin::uri::AMQPUri>().map_err(|e| BusError::InvalidUrl(format!("bus `{}`: {e}", redact(url))))?;
-        let publishing = tokio::time::timeout(options.connect_timeout, open_publisher(url, options))
-            .await
-            .map_err(|_| BusError::Connect { url: redact(url), source: crate::ConnectTimeout(options.connect_timeout).into() })??;
-        let shared = Arc::new(Shared::new(url, options, crate::BusMetrics::unregistered()));
-        let mut supervisor = Supervisor::new("RabbitMQ", Client::Publisher, shared.redacted.clone(), options.reconnect_max_delay, probe(url));
+        let urls = addresses(url)?;
+        let probe = probe(&urls);
+        let mut publishing = None;
+        let mut last = None;
+        for (i, one) in urls.iter().enumerate() {
+            match tokio::time::timeout(options.connect_timeout, open_publisher(one, options)).await {
+                Ok(Ok(p)) => {
+                    publishing = Some((i, p));
+                    break;
+                }
+                Ok(Err(e)) => last = Some(BusError::from(e)),
+                Err(_) => last = Some(BusError::Connect { url: redact(one), source: crate::ConnectTimeout(options.connect_timeout).into() }),
+            }
+        }
+        let Some((first, publishing)) = publishing else {
+            return Err(last.expect("at least one address"));
+        };
+        let shared = Arc::new(Shared::new(url, urls, options, crate::BusMetrics::unregistered()));
+        shared.next.store(first, std::sync::atomic::Ordering::Relaxed);
+        let mut supervisor = Supervisor::new("RabbitMQ", Client::Publisher, shared.redacted.clone(), options.reconnect_max_delay, probe);
         // Ready before this returns: the first session is this connection.
         shared.install(&publishing);
         supervisor.up(&shared.interests, &shared.metrics, 0);
@@ -291,9 +358,10 @@ impl AmqpBus {
 }
 
 impl Shared {
-    fn new(url: &str, options: &BusOptions, metrics: crate::BusMetrics) -> Shared {
+    fn new(url: &str, urls: Vec<String>, options: &BusOptions, metrics: crate::BusMetrics) -> Shared {
         Shared {
-            url: url.to_string(),
+            urls,
+            next: std::sync::atomic::AtomicUsize::new(0),
             redacted: redact(url),
             options: options.clone(),
             interests: Interests::default(),
@@ -515,11 +583,15 @@ async fn run(s: Arc<Shared>, inbound: Option<Inbound>, mut supervisor: Superviso
 }
 
 async fn session(s: &Shared, inbound: Option<&Inbound>, supervisor: &mut Supervisor, installed: Option<Publishing>) -> Result<(), SessionError> {
-    let timeout = s.options.connect_timeout;
     let already_installed = installed.is_some();
     let publishing = match installed {
         Some(p) => p,
-        None => tokio::time::timeout(timeout, open_publisher(&s.url, &s.options)).await.map_err(|_| SessionError::Timeout(timeout))??,
+        None => {
+            let first = s.next.load(std::sync::atomic::Ordering::Relaxed);
+            let (i, p) = open_any(&s.urls, first, &s.options).await?;
+            s.next.store(i, std::sync::atomic::Ordering::Relaxed);
+            p
+        }
     };
     let result = match inbound {
         Some(inbound) => consume(s, inbound, supervisor, &publishing).await,
@@ -529,6 +601,10 @@ async fn session(s: &Shared, inbound: Option<&Inbound>, supervisor: &mut Supervi
     if let Some(state) = &s.history {
         state.session_ended();
     }
+    // The broker that was in use just failed us: a cluster's next broker
+    // is tried first.
+    let n = s.urls.len();
+    let _ = s.next.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |i| Some((i + 1) % n));
     let _ = publishing.conn.close(200, "telegraphy client closing".into()).await;
     result
 }
@@ -747,6 +823,24 @@ async fn next_from_stream(reader: &mut Option<history::Reader>) -> Option<Result
     match reader {
         Some(r) => r.consumer.next().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::addresses;
+
+    #[test]
+    fn a_url_may_list_several_brokers() {
+        assert_eq!(addresses("amqp://g:g@h:5672/%2f").unwrap(), vec!["amqp://g:g@h:5672/%2f"]);
+        assert_eq!(
+            addresses("amqps://u:p@rabbit-0:5671, rabbit-1:5671,rabbit-2/%2f?heartbeat=10").unwrap(),
+            vec!["amqps://u:p@rabbit-0:5671/%2f?heartbeat=10", "amqps://u:p@rabbit-1:5671/%2f?heartbeat=10", "amqps://u:p@rabbit-2/%2f?heartbeat=10"]
+        );
+        assert_eq!(addresses("amqp://a,b").unwrap(), vec!["amqp://a", "amqp://b"]);
+        let err = addresses("amqp://u:secret@a,,b/v").unwrap_err().to_string();
+        assert!(err.contains("empty host") && !err.contains("secret"), "{err}");
+        assert!(addresses("amqp://u:p@a:notaport/v").is_err());
     }
 }
 

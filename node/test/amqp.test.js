@@ -5,7 +5,7 @@ import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import amqp from "amqplib";
 import { ENVELOPE_CONTENT_TYPE, InvalidInput, Publisher, Rejected, decodeEnvelope } from "@telegraphy/server";
-import { AMQP_URL, unique, withTimeout } from "../testing/gateway.js";
+import { AMQP_URL, freePort, unique, withTimeout } from "../testing/gateway.js";
 import { publishScenarios, withCredentials, withPort } from "../testing/scenarios.js";
 
 const exchange = unique("tg-node");
@@ -72,4 +72,31 @@ test("amqp: an exchange of another type is Rejected with advice; a routing key o
   await assert.rejects(ok.publish(`com.example.${"x".repeat(250)}`), (err) => err instanceof Rejected && /routing key/.test(err.message));
   await ok.close();
   assert.throws(() => new Publisher({ bus: AMQP_URL, amqpExchange: "amq.topic" }), InvalidInput);
+});
+
+test("amqp: a cluster URL lists brokers, tried in turn while one is down", async () => {
+  const { brokerUrls } = await import("../src/transports/amqp.js");
+  assert.deepEqual(brokerUrls("amqps://u:p@rabbit-0:5671, rabbit-1/%2f?heartbeat=5"), [
+    "amqps://u:p@rabbit-0:5671/%2f?heartbeat=5",
+    "amqps://u:p@rabbit-1/%2f?heartbeat=5",
+  ]);
+  assert.throws(() => brokerUrls("amqp://u:secret@a,,b/v"), (err) => err instanceof InvalidInput && /empty host/.test(err.message) && !/secret/.test(err.message));
+  // The first broker is down: the event goes through the second.
+  const live = new URL(AMQP_URL);
+  const dead = await freePort();
+  const cluster = `amqp://${live.username}:${live.password}@127.0.0.1:${dead},${live.host}${live.pathname}`;
+  const connection = await amqp.connect(AMQP_URL);
+  const pub = new Publisher({ bus: cluster, amqpExchange: exchange, timeoutMs: 2000 });
+  try {
+    const channel = await connection.createChannel();
+    await channel.assertExchange(exchange, "topic", { durable: true });
+    const { queue } = await channel.assertQueue("", { exclusive: true, autoDelete: true });
+    await channel.bindQueue(queue, exchange, "realm1.com.example.cluster");
+    const got = new Promise((resolve) => channel.consume(queue, (m) => resolve(m), { noAck: true }));
+    const id = await pub.publish("com.example.cluster", [1]);
+    assert.equal(decodeEnvelope((await withTimeout(got, 5000, "the event through the second broker")).content).publication, id);
+  } finally {
+    await pub.close();
+    await connection.close();
+  }
 });

@@ -147,6 +147,19 @@ async fn cli_publishes_through_rabbitmq_to_every_node() {
 }
 
 #[tokio::test]
+async fn cli_and_gateways_take_a_list_of_rabbitmq_brokers() {
+    // The first broker of the list is down: nodes and the CLI go to the next.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let live = amqp_url();
+    let (creds, rest) = live.split_once('@').unwrap();
+    let cluster = format!("{creds}@127.0.0.1:{dead},{rest}");
+    let mut bus = amqp_bus();
+    bus.config.bus = cluster.clone();
+    bus.flags[1] = cluster;
+    three_nodes_with_cli(bus).await;
+}
+
+#[tokio::test]
 async fn cli_publishes_through_a_gateway_http_endpoint() {
     let gw = TestGateway::start().await;
     let mut c = Client::join(&gw, Serialization::Json).await;

@@ -338,6 +338,20 @@ def test_amqp_message_properties(amqp_exchange):
     assert Envelope.decode(body).publication == pid
 
 
+def test_amqp_a_cluster_url_tries_each_broker_in_turn(amqp_gateway, amqp_exchange, wamp):
+    from telegraphy.transports import broker_urls
+
+    assert broker_urls("amqps://u:p@rabbit-0:5671, rabbit-1/%2f?heartbeat=5") == [
+        "amqps://u:p@rabbit-0:5671/%2f?heartbeat=5", "amqps://u:p@rabbit-1/%2f?heartbeat=5"]
+    with pytest.raises(InvalidInput, match="empty host"):
+        broker_urls("amqp://u:secret@a,,b/v")
+    # The first broker is down: the publish goes through the second, as the gateways do.
+    dead, live = f"127.0.0.1:{free_port()}", AMQP_URL.split("@", 1)[1].split("/", 1)[0]
+    cluster = f"amqp://guest:guest@{dead},{live}/%2f"
+    with Publisher(bus=cluster, amqp_exchange=amqp_exchange, timeout=2) as publisher:
+        check_delivery(publisher, amqp_gateway, wamp)
+
+
 def test_amqp_wrong_password_is_unauthorized():
     with pytest.raises(Unauthorized, match="refused the credentials") as info:
         Publisher(bus="amqp://guest:wrong-pass@127.0.0.1:5672/%2f", amqp_exchange="x").publish("a.b")

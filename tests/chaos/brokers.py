@@ -126,9 +126,10 @@ class RabbitNode:
     """A RabbitMQ node of our own: name chaos-<random>@localhost, its own ports,
     data and log directories, cookie and (empty) plugin list."""
 
-    def __init__(self, workdir: Path, *, tls: dict[str, Path] | None = None):
+    def __init__(self, workdir: Path, *, tls: dict[str, Path] | None = None, cookie: str | None = None):
         """`tls` (cert, key, ca): also an AMQPS listener on `tls_port` that
-        requires a client certificate signed by `ca`."""
+        requires a client certificate signed by `ca`. `cookie`: the Erlang
+        cookie (nodes of one cluster share theirs; see `join`)."""
         self.workdir = workdir
         self.name = f"chaos-{secrets.token_hex(4)}@localhost"
         self.port = procs.free_port()
@@ -140,9 +141,10 @@ class RabbitNode:
         self.logdir = workdir / "log"
         for d in (self.home, self.mnesia, self.logdir):
             d.mkdir(parents=True, exist_ok=True)
-        cookie = self.home / ".erlang.cookie"
-        cookie.write_text(secrets.token_hex(16).upper())
-        cookie.chmod(0o600)
+        self.cookie = cookie or secrets.token_hex(16).upper()
+        cookie_file = self.home / ".erlang.cookie"
+        cookie_file.write_text(self.cookie)
+        cookie_file.chmod(0o600)
         (workdir / "enabled_plugins").write_text("[].\n")
         # Our own config file, so /etc/rabbitmq/rabbitmq.conf (the shared node's) is not read.
         conf = "disk_free_limit.absolute = 10MB\n"
@@ -210,6 +212,15 @@ class RabbitNode:
     def start(self) -> float:
         self.spawn()
         return self.await_startup()
+
+    def join(self, other: "RabbitNode") -> None:
+        """Makes this (started) node a member of `other`'s cluster; both
+        must have been made with the same cookie."""
+        for args in (("stop_app",), ("join_cluster", other.name), ("start_app",)):
+            r = self.ctl(*args, timeout=120)
+            if r.returncode != 0:
+                raise RuntimeError(f"rabbitmqctl {' '.join(args)} on {self.name} failed: {r.stderr[-800:]}")
+        self.await_startup()
 
     def kill9(self) -> float:
         """The broker crash: SIGKILL to beam.smp. Its erl_child_setup and the

@@ -11,6 +11,21 @@ export const ENVELOPE_CONTENT_TYPE = "application/x-telegraphy-envelope";
 /** AMQP routing keys are short strings (realm + "." + topic). */
 export const MAX_ROUTING_KEY = 255;
 
+/**
+ * The brokers of an AMQP URL: `amqp://U:P@H1:5672,H2:5673/V?q` is
+ * `amqp://U:P@H1:5672/V?q` and `amqp://U:P@H2:5673/V?q`.
+ */
+export function brokerUrls(url) {
+  const m = /^([a-z][a-z0-9+.-]*:\/\/)([^/?]*)(.*)$/i.exec(url);
+  if (!m) return [url];
+  const [, scheme, authority, tail] = m;
+  const at = authority.lastIndexOf("@");
+  const userinfo = at >= 0 ? authority.slice(0, at + 1) : "";
+  const hosts = authority.slice(at + 1).split(",").map((h) => h.trim());
+  if (hosts.some((h) => h === "")) throw new InvalidInput(`bus \`${redact(url)}\`: an empty host in the list of brokers`);
+  return hosts.map((h) => `${scheme}${userinfo}${h}${tail}`);
+}
+
 export class AmqpTransport {
   kind = "amqp";
 
@@ -36,34 +51,50 @@ export class AmqpTransport {
     return `RabbitMQ at ${redact(this.url)}`;
   }
 
-  async open() {
-    const amqp = (await importOptional("amqplib", "RabbitMQ")).default;
-    let connection;
+  /** Connects to one broker; errors as PublishErrors. */
+  async connectOne(amqp, url) {
     try {
-      connection = await withTimeout(
-        amqp.connect(this.url, {
+      return await withTimeout(
+        amqp.connect(url, {
           timeout: this.timeoutMs,
           clientProperties: { connection_name: "telegraphy-node" },
-          ...(this.tls ? { ...serverName(this.url), ...this.tls } : {}),
+          ...(this.tls ? { ...serverName(url), ...this.tls } : {}),
         }),
         this.timeoutMs,
         () => new Error(`no connection within ${this.timeoutMs} ms`),
       );
     } catch (e) {
       const text = e?.message ?? String(e);
+      const where = `RabbitMQ at ${redact(url)}`;
       if (isCertificateError(e)) {
-        throw new Unauthorized(`the bus at ${redact(this.url)} failed the TLS check: ${TLS_HINT}: ${text}`, { cause: e });
+        throw new Unauthorized(`the bus at ${redact(url)} failed the TLS check: ${TLS_HINT}: ${text}`, { cause: e });
       }
       if (/ACCESS.REFUSED/.test(text)) {
-        throw new Unauthorized(`${this.where} refused the credentials: ${text}`, { cause: e });
+        throw new Unauthorized(`${where} refused the credentials: ${text}`, { cause: e });
       }
       if (/Expected ConnectionOpenOk/.test(text)) {
-        throw new Unauthorized(`${this.where} refused to open the virtual host (missing, or this user may not use it): ${text}`, { cause: e });
+        throw new Unauthorized(`${where} refused to open the virtual host (missing, or this user may not use it): ${text}`, { cause: e });
       }
       if (/Expected amqp/.test(text) || e instanceof TypeError) {
         throw new InvalidInput(`bus \`${redact(this.url)}\` is not a valid amqp:// URL: ${text}`, { cause: e });
       }
-      throw new Unavailable(`cannot connect to ${this.where}: ${text}`, { cause: e });
+      throw new Unavailable(`cannot connect to ${where}: ${text}`, { cause: e });
+    }
+  }
+
+  async open() {
+    const amqp = (await importOptional("amqplib", "RabbitMQ")).default;
+    // `amqp://U:P@HOST1:5672,HOST2:5672/VHOST` lists a cluster's brokers:
+    // each is tried in turn while it cannot be reached (as the gateways do).
+    const urls = brokerUrls(this.url);
+    let connection;
+    for (const [i, url] of urls.entries()) {
+      try {
+        connection = await this.connectOne(amqp, url);
+        break;
+      } catch (e) {
+        if (!(e instanceof Unavailable) || i === urls.length - 1) throw e;
+      }
     }
     connection.on("error", () => {}); // reported through "close"
     connection.on("close", () => this.lost(connection, "the connection closed"));

@@ -273,6 +273,22 @@ class RedisTransport:
                 self._client = None
 
 
+def broker_urls(url: str) -> list[str]:
+    """The brokers of an AMQP URL: `amqp://U:P@H1:5672,H2:5673/V?q` is
+    `amqp://U:P@H1:5672/V?q` and `amqp://U:P@H2:5673/V?q`."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return [url]
+    end = min([i for i in (rest.find("/"), rest.find("?")) if i >= 0], default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    userinfo, at, hosts = authority.rpartition("@")
+    prefix = f"{scheme}://{userinfo}{at}"
+    parts = [h.strip() for h in hosts.split(",")]
+    if any(not h for h in parts):
+        raise InvalidInput(f"bus `{redact(url)}`: an empty host in the list of brokers")
+    return [f"{prefix}{h}{tail}" for h in parts]
+
+
 class AmqpTransport:
     """A durable topic exchange, routing key `{realm}.{topic}`, publisher
     confirms: `publish` returns once RabbitMQ confirmed the event."""
@@ -294,21 +310,26 @@ class AmqpTransport:
         self._lock = threading.Lock()
 
     def _parameters(self):
+        """One pika.URLParameters per broker: `amqp://U:P@HOST1:5672,HOST2:5672/VHOST`
+        lists a RabbitMQ cluster's nodes, tried in order (as the gateways do)."""
         import pika
 
-        try:
-            params = pika.URLParameters(self.url)
-        except Exception as e:
-            raise InvalidInput(f"bus `{redact(self.url)}` is not a valid amqp:// URL: {e}") from None
-        params.socket_timeout = self.timeout
-        params.stack_timeout = self.timeout
-        params.blocked_connection_timeout = self.timeout
-        params.connection_attempts = 1
-        params.retry_delay = 0
-        params.client_properties = {"connection_name": "telegraphy-python"}
-        if self.url.startswith("amqps://"):
-            params.ssl_options = pika.SSLOptions(self.tls.context(), server_hostname=params.host)
-        return params
+        out = []
+        for url in broker_urls(self.url):
+            try:
+                params = pika.URLParameters(url)
+            except Exception as e:
+                raise InvalidInput(f"bus `{redact(self.url)}` is not a valid amqp:// URL: {e}") from None
+            params.socket_timeout = self.timeout
+            params.stack_timeout = self.timeout
+            params.blocked_connection_timeout = self.timeout
+            params.connection_attempts = 1
+            params.retry_delay = 0
+            params.client_properties = {"connection_name": "telegraphy-python"}
+            if url.startswith("amqps://"):
+                params.ssl_options = pika.SSLOptions(self.tls.context(), server_hostname=params.host)
+            out.append(params)
+        return out
 
     def _open(self):
         import pika
