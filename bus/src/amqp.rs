@@ -222,35 +222,39 @@ pub(crate) fn addresses(url: &str) -> Result<Vec<String>, BusError> {
         Some((u, h)) => (format!("{u}@"), h),
         None => (String::new(), authority),
     };
-    let urls: Vec<String> = hosts.split(',').map(|h| format!("{scheme}://{userinfo}{}{tail}", h.trim())).collect();
-    for (i, u) in urls.iter().enumerate() {
-        if hosts.split(',').nth(i).is_some_and(|h| h.trim().is_empty()) {
-            return Err(invalid("an empty host in the list of brokers".into()));
-        }
-        u.parse::<lapin::uri::AMQPUri>().map_err(invalid)?;
-    }
-    Ok(urls)
+    hosts
+        .split(',')
+        .map(|host| {
+            let host = host.trim();
+            if host.is_empty() {
+                return Err(invalid("an empty host in the list of brokers".into()));
+            }
+            let one = format!("{scheme}://{userinfo}{host}{tail}");
+            one.parse::<lapin::uri::AMQPUri>().map_err(invalid)?;
+            Ok(one)
+        })
+        .collect()
 }
 
-/// Opens a publishing connection to the first of `s.urls` that answers,
-/// from `s.next` on, each within `connect_timeout`; remembers which.
-async fn open_any(urls: &[String], first: usize, options: &BusOptions) -> Result<(usize, Publishing), SessionError> {
-    let timeout = options.connect_timeout;
-    let mut last = None;
+/// Opens a publishing connection to the first of `urls` that answers, from
+/// `first` on, each within `connect_timeout`: its index and the connection,
+/// or the last address's failure (`None` when it did not answer in time).
+async fn open_any(urls: &[String], first: usize, options: &BusOptions) -> Result<(usize, Publishing), (usize, Option<OpenError>)> {
+    let mut last = (first, None);
     for k in 0..urls.len() {
         let i = (first + k) % urls.len();
-        match tokio::time::timeout(timeout, open_publisher(&urls[i], options)).await {
+        match tokio::time::timeout(options.connect_timeout, open_publisher(&urls[i], options)).await {
             Ok(Ok(p)) => return Ok((i, p)),
             Ok(Err(e)) => {
                 if urls.len() > 1 {
                     tracing::debug!(bus = %redact(&urls[i]), error = %e, "RabbitMQ broker unavailable; trying the next address");
                 }
-                last = Some(SessionError::from(e));
+                last = (i, Some(e));
             }
-            Err(_) => last = Some(SessionError::Timeout(timeout)),
+            Err(_) => last = (i, None),
         }
     }
-    Err(last.unwrap_or(SessionError::Timeout(timeout)))
+    Err(last)
 }
 
 /// The [`OpenError`] for a failed connect or channel of `url`.
@@ -331,21 +335,10 @@ impl AmqpBus {
     pub async fn connect_publisher(url: &str, options: &BusOptions) -> Result<AmqpBus, BusError> {
         let urls = addresses(url)?;
         let probe = probe(&urls);
-        let mut publishing = None;
-        let mut last = None;
-        for (i, one) in urls.iter().enumerate() {
-            match tokio::time::timeout(options.connect_timeout, open_publisher(one, options)).await {
-                Ok(Ok(p)) => {
-                    publishing = Some((i, p));
-                    break;
-                }
-                Ok(Err(e)) => last = Some(BusError::from(e)),
-                Err(_) => last = Some(BusError::Connect { url: redact(one), source: crate::ConnectTimeout(options.connect_timeout).into() }),
-            }
-        }
-        let Some((first, publishing)) = publishing else {
-            return Err(last.expect("at least one address"));
-        };
+        let (first, publishing) = open_any(&urls, 0, options).await.map_err(|(i, e)| match e {
+            Some(e) => BusError::from(e),
+            None => BusError::Connect { url: redact(&urls[i]), source: crate::ConnectTimeout(options.connect_timeout).into() },
+        })?;
         let shared = Arc::new(Shared::new(url, urls, options, crate::BusMetrics::unregistered()));
         shared.next.store(first, std::sync::atomic::Ordering::Relaxed);
         let mut supervisor = Supervisor::new("RabbitMQ", Client::Publisher, shared.redacted.clone(), options.reconnect_max_delay, probe);
@@ -588,7 +581,10 @@ async fn session(s: &Shared, inbound: Option<&Inbound>, supervisor: &mut Supervi
         Some(p) => p,
         None => {
             let first = s.next.load(std::sync::atomic::Ordering::Relaxed);
-            let (i, p) = open_any(&s.urls, first, &s.options).await?;
+            let (i, p) = open_any(&s.urls, first, &s.options).await.map_err(|(_, e)| match e {
+                Some(e) => SessionError::from(e),
+                None => SessionError::Timeout(s.options.connect_timeout),
+            })?;
             s.next.store(i, std::sync::atomic::Ordering::Relaxed);
             p
         }

@@ -119,18 +119,9 @@ impl Admission {
 
     /// Admission under the configured limits, behind `proxies`.
     pub(crate) fn behind(limits: &crate::config::Limits, proxies: crate::proxy::TrustedProxies, metrics: Arc<Metrics>) -> Arc<Admission> {
-        let quota = |rate: f64, burst: u32| {
-            let period = Duration::from_secs_f64(1.0 / rate.max(1e-6));
-            governor::Quota::with_period(period).map(|q| q.allow_burst(std::num::NonZeroU32::new(burst).unwrap_or(std::num::NonZeroU32::MIN)))
-        };
-        let rate = (limits.connection_rate > 0.0)
-            .then(|| quota(limits.connection_rate, limits.connection_burst))
-            .flatten()
-            .map(governor::RateLimiter::direct);
-        let rate_per_ip = (limits.connection_rate_per_ip > 0.0)
-            .then(|| quota(limits.connection_rate_per_ip, limits.connection_burst_per_ip))
-            .flatten()
-            .map(governor::RateLimiter::hashmap);
+        let rate = crate::config::rate_limiter(limits.connection_rate, limits.connection_burst);
+        let rate_per_ip =
+            crate::config::rate_quota(limits.connection_rate_per_ip, limits.connection_burst_per_ip).map(governor::RateLimiter::hashmap);
         Arc::new(Admission {
             proxies,
             rate,
@@ -220,7 +211,7 @@ impl Admission {
             }
             state.overflow += 1;
             drop(state);
-            return Ok(self.ticket(u64::MAX, None, (false, Some(why)), CancellationToken::new(), header_timeout));
+            return Ok(self.ticket(u64::MAX, None, Some(why), CancellationToken::new(), header_timeout));
         }
         let slot = if state.admitted < self.max_connections {
             true
@@ -250,14 +241,14 @@ impl Admission {
             state.overflow += 1;
         }
         drop(state);
-        Ok(self.ticket(seq, counted, (slot, (!slot).then_some(Refused::Full)), shed, header_timeout))
+        Ok(self.ticket(seq, counted, (!slot).then_some(Refused::Full), shed, header_timeout))
     }
 
     fn ticket(
         self: &Arc<Self>,
         seq: u64,
         ip: Option<IpAddr>,
-        (slot, refused): (bool, Option<Refused>),
+        refused: Option<Refused>,
         shed: CancellationToken,
         header_timeout: Duration,
     ) -> Arc<Ticket> {
@@ -265,7 +256,6 @@ impl Admission {
             admission: self.clone(),
             seq,
             ip: Mutex::new(ip),
-            slot,
             refused,
             trusted: AtomicBool::new(false),
             shed,
@@ -329,9 +319,8 @@ pub(crate) struct Ticket {
     /// The client address it counts against (`None`: not known yet, a
     /// trusted proxy's connection).
     ip: Mutex<Option<IpAddr>>,
-    /// False for a connection let in past the limit only to hear 503.
-    slot: bool,
-    /// Why it has no slot: what it is told.
+    /// Why it holds no slot (let in past a limit or a rate only to be told
+    /// so); `None` for a connection holding a slot.
     refused: Option<Refused>,
     trusted: AtomicBool,
     /// Cancelled when the connection is shed.
@@ -344,7 +333,7 @@ pub(crate) struct Ticket {
 impl Ticket {
     /// Whether the connection holds a slot (else it is told 503).
     pub(crate) fn has_slot(&self) -> bool {
-        self.slot
+        self.refused.is_none()
     }
 
     /// Why the connection has no slot, if it was over a rate (`Rate`,
@@ -360,7 +349,7 @@ impl Ticket {
     pub(crate) fn readdress(&self, client: IpAddr) -> Result<(), Refused> {
         let a = &self.admission;
         let mut ip = self.ip.lock().unwrap_or_else(|e| e.into_inner());
-        if *ip == Some(client) || !self.slot {
+        if *ip == Some(client) || !self.has_slot() {
             return Ok(());
         }
         if self.is_trusted() {
@@ -396,7 +385,7 @@ impl Ticket {
     /// longer shed, its phase deadlines end, and it no longer counts
     /// against its address's untrusted connections.
     pub(crate) fn trust(&self) {
-        if self.trusted.swap(true, Ordering::AcqRel) || !self.slot {
+        if self.trusted.swap(true, Ordering::AcqRel) || !self.has_slot() {
             return;
         }
         let ip = self.counted_ip();
@@ -462,7 +451,7 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let ip = self.counted_ip();
         let mut state = self.admission.lock();
-        if !self.slot {
+        if !self.has_slot() {
             state.overflow -= 1;
             return;
         }

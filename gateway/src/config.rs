@@ -238,6 +238,22 @@ impl ApiKeyConfig {
     }
 }
 
+/// The token bucket of a configured `rate` per second and `burst`: `None`
+/// for no limit (a rate of 0, or one too high to express). Every rate
+/// setting (roles, API keys, new connections) goes through here.
+pub(crate) fn rate_quota(rate: f64, burst: u32) -> Option<governor::Quota> {
+    if rate <= 0.0 {
+        return None;
+    }
+    let period = Duration::from_secs_f64(1.0 / rate.max(1e-6));
+    Some(governor::Quota::with_period(period)?.allow_burst(std::num::NonZeroU32::new(burst).unwrap_or(std::num::NonZeroU32::MIN)))
+}
+
+/// A limiter of [`rate_quota`], or `None` for no limit.
+pub(crate) fn rate_limiter(rate: f64, burst: u32) -> Option<governor::DefaultDirectRateLimiter> {
+    rate_quota(rate, burst).map(governor::RateLimiter::direct)
+}
+
 /// `s` without one trailing newline (`\n` or `\r\n`), as files written by
 /// `echo` or editors end.
 fn trim_newline(s: &str) -> &str {

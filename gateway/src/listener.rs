@@ -335,13 +335,7 @@ pub(crate) async fn serve(
             // trusted balancer names in its PROXY header.
             let mut origin = peer.ip();
             if expects_proxy_header {
-                let read = async {
-                    tokio::select! {
-                        r = tokio::time::timeout(header_timeout, crate::proxy::read_proxy_header(&mut tcp)) => Some(r),
-                        _ = ticket.shed() => None,
-                    }
-                };
-                match read.await {
+                match before_the_headers(&ticket, header_timeout, crate::proxy::read_proxy_header(&mut tcp)).await {
                     None => return,
                     Some(Ok(Ok(client))) => origin = client.map_or(origin, |c| c.ip().to_canonical()),
                     Some(Ok(Err(e))) => {
@@ -360,13 +354,7 @@ pub(crate) async fn serve(
             let wire = match &tls {
                 None => Wire::tcp(tcp),
                 Some(acceptor) => {
-                    let handshake = async {
-                        tokio::select! {
-                            r = tokio::time::timeout(header_timeout, acceptor.accept(tcp)) => Some(r),
-                            _ = ticket.shed() => None,
-                        }
-                    };
-                    let Some(handshake) = handshake.await else { return };
+                    let Some(handshake) = before_the_headers(&ticket, header_timeout, acceptor.accept(tcp)).await else { return };
                     let stream = match handshake {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
@@ -393,6 +381,20 @@ pub(crate) async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Runs a step that comes before the request headers (the PROXY header,
+/// the TLS handshake) within the header timeout; `None` when the connection
+/// is shed meanwhile.
+async fn before_the_headers<F: std::future::Future>(
+    ticket: &Ticket,
+    header_timeout: Duration,
+    step: F,
+) -> Option<Result<F::Output, tokio::time::error::Elapsed>> {
+    tokio::select! {
+        r = tokio::time::timeout(header_timeout, step) => Some(r),
+        _ = ticket.shed() => None,
+    }
 }
 
 /// Whether an accept error means the process (or system) is out of file descriptors.

@@ -173,8 +173,8 @@ pub(crate) async fn http(
     use axum::response::IntoResponse;
     let answer = (|| {
         let key = node.api_keys.authorize(&headers).map_err(|f| (f.0, f.1, f.2))?;
-        key.may_read_presence().map_err(|f| {
-            node.metrics.api_key_refused(key.name(), "presence");
+        key.may_read_presence().map_err(|why| {
+            let f = crate::publish::refuse(&node, &key, why, "");
             (f.0, f.1, f.2)
         })?;
         ticket.trust();

@@ -78,7 +78,7 @@ async fn read_body(node: &Node, body: Body) -> Result<axum::body::Bytes, Publish
 }
 
 /// Counts and words a refusal of an authenticated key.
-fn refuse(node: &Node, key: &Authorized<'_>, why: KeyRefusal, topic: &str) -> PublishFailure {
+pub(crate) fn refuse(node: &Node, key: &Authorized<'_>, why: KeyRefusal, topic: &str) -> PublishFailure {
     node.metrics.api_key_refused(key.name(), why.as_str());
     key.refused(why, topic)
 }
@@ -208,7 +208,7 @@ impl ApiKeys {
                             return None;
                         }
                     };
-                    let rate = (e.publish_rate > 0.0).then(|| crate::session::rate_limiter(e.publish_rate, e.publish_burst)).flatten();
+                    let rate = crate::config::rate_limiter(e.publish_rate, e.publish_burst);
                     let publish = crate::authz::PatternSet::parse(&e.publish).unwrap_or_default();
                     Some(ApiKey {
                         name: e.name,
@@ -279,14 +279,14 @@ impl Authorized<'_> {
     }
 
     /// Whether the key may read `GET /presence`.
-    pub(crate) fn may_read_presence(&self) -> Result<(), PublishFailure> {
+    pub(crate) fn may_read_presence(&self) -> Result<(), KeyRefusal> {
         match &self.0.rights {
-            Some(r) if !r.presence => Err(self.refused(KeyRefusal::Presence, "")),
+            Some(r) if !r.presence => Err(KeyRefusal::Presence),
             _ => Ok(()),
         }
     }
 
-    /// The answer to a request the key may not make; counted.
+    /// The answer to a request the key may not make (counted by [`refuse`]).
     fn refused(&self, why: KeyRefusal, topic: &str) -> PublishFailure {
         let name = &self.0.name;
         let (status, code, message) = match why {
@@ -318,7 +318,7 @@ impl Authorized<'_> {
 
 /// Why a key was refused a request it authenticated.
 #[derive(Debug, Clone, Copy)]
-enum KeyRefusal {
+pub(crate) enum KeyRefusal {
     Topic,
     Options,
     Rate,

@@ -26,14 +26,6 @@ use crate::node::Node;
 use crate::realm::Realm;
 use crate::wire::encode_frame;
 
-/// A token bucket: `rate` per second, `burst` at once.
-pub(crate) fn rate_limiter(rate: f64, burst: u32) -> Option<governor::DefaultDirectRateLimiter> {
-    let period = std::time::Duration::from_secs_f64(1.0 / rate.max(1e-6));
-    // A rate too high to express (a zero period) means no limit.
-    let quota = governor::Quota::with_period(period)?.allow_burst(std::num::NonZeroU32::new(burst).unwrap_or(std::num::NonZeroU32::MIN));
-    Some(governor::RateLimiter::direct(quota))
-}
-
 /// A boolean option of a request (absent or null: false); the error names it.
 fn flag_option(options: &Dict, key: &str) -> Result<bool, String> {
     match options.get(key) {
@@ -292,8 +284,8 @@ impl Session {
             testaments: Vec::new(),
         };
         let _ = self.handle.identity.set(Identity { authid: who.authid, authrole: who.authrole, name: who.name });
-        let limiter = (who.role.publish_rate > 0.0).then(|| rate_limiter(who.role.publish_rate, who.role.publish_burst)).flatten();
-        let call_limiter = (who.role.call_rate > 0.0).then(|| rate_limiter(who.role.call_rate, who.role.call_burst)).flatten();
+        let limiter = crate::config::rate_limiter(who.role.publish_rate, who.role.publish_burst);
+        let call_limiter = crate::config::rate_limiter(who.role.call_rate, who.role.call_burst);
         if let Some(frame) =
             encode_frame(self.handle.serialization, &WelcomeRef { session: self.handle.id, details: &welcome, roles: realm.welcome_roles() })
         {
