@@ -215,21 +215,13 @@ pub(crate) async fn connect(url: &str, options: &BusOptions) -> Result<Connectio
 /// query; a URL with one host is itself. Each is checked as an AMQP URI.
 pub(crate) fn addresses(url: &str) -> Result<Vec<String>, BusError> {
     let invalid = |e: String| BusError::InvalidUrl(format!("bus `{}`: {e}", redact(url)));
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| invalid("not a URL".into()))?;
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let (userinfo, hosts) = match authority.rsplit_once('@') {
-        Some((u, h)) => (format!("{u}@"), h),
-        None => (String::new(), authority),
-    };
-    hosts
-        .split(',')
+    let scheme = url.split_once("://").map(|(s, _)| s).ok_or_else(|| invalid("not a URL".into()))?;
+    let split = crate::split_hosts(url).map_err(invalid)?;
+    split
+        .hosts
+        .iter()
         .map(|host| {
-            let host = host.trim();
-            if host.is_empty() {
-                return Err(invalid("an empty host in the list of brokers".into()));
-            }
-            let one = format!("{scheme}://{userinfo}{host}{tail}");
+            let one = format!("{scheme}://{}{host}{}", split.userinfo, split.tail);
             one.parse::<lapin::uri::AMQPUri>().map_err(invalid)?;
             Ok(one)
         })

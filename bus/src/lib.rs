@@ -69,8 +69,9 @@
 //!   Publish-only clients ([`connect_publisher`]) too.
 //! * **Backpressure**: events consumed from a broker go to the node through
 //!   a bounded queue; when it is full the adapter stops reading (RabbitMQ
-//!   then stops at the prefetch limit; Redis buffers in its output buffer
-//!   for this client, bounded by Redis's `client-output-buffer-limit pubsub`).
+//!   then stops at the prefetch limit; on a Redis Cluster a full queue of
+//!   [`redis::PUSH_QUEUE`] events starts the session over; on one Redis the
+//!   client library's own reader queue is not bounded, see `docs/bus.md`).
 
 pub mod amqp;
 pub mod backoff;
@@ -251,7 +252,9 @@ pub trait Bus: Send + Sync + 'static {
 pub enum BusKind {
     /// `memory://`.
     Memory,
-    /// `redis://host:port/db`, or `rediss://` over TLS.
+    /// `redis://host:port/db`, or `rediss://` over TLS; a Redis Cluster
+    /// (`redis+cluster://h1:p1,h2:p2`) or a primary found through Sentinel
+    /// (`redis+sentinel://s1:26379,s2:26379/NAME`).
     Redis,
     /// `amqp://user:pass@host:port/vhost`, or `amqps://` over TLS.
     Amqp,
@@ -309,9 +312,37 @@ pub(crate) fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> boo
     false
 }
 
-/// Whether `url` asks for TLS (`rediss://`, `amqps://`).
+/// Whether `url` asks for TLS (`rediss://`, `amqps://`, and the cluster
+/// and Sentinel forms `rediss+cluster://`, `rediss+sentinel://`).
 pub fn is_tls_url(url: &str) -> bool {
-    matches!(url.split_once("://").map(|(s, _)| s), Some("rediss" | "amqps"))
+    matches!(url.split_once("://").map(|(s, _)| s), Some("rediss" | "amqps" | "rediss+cluster" | "rediss+sentinel"))
+}
+
+/// A URL that lists several hosts (`scheme://user:pass@h1:p1,h2:p2/tail`),
+/// taken apart.
+pub(crate) struct Hosts {
+    /// `user:pass@`, or empty.
+    pub(crate) userinfo: String,
+    /// `host:port` per listed host, in order.
+    pub(crate) hosts: Vec<String>,
+    /// What follows the hosts: the path and query, from the `/` or `?` on.
+    pub(crate) tail: String,
+}
+
+/// Splits a URL that lists several hosts; an empty one is refused.
+pub(crate) fn split_hosts(url: &str) -> Result<Hosts, String> {
+    let (_, rest) = url.split_once("://").ok_or("not a URL")?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), authority),
+    };
+    let hosts: Vec<String> = hosts.split(',').map(|h| h.trim().to_string()).collect();
+    if hosts.iter().any(String::is_empty) {
+        return Err("an empty host in the list of hosts".into());
+    }
+    Ok(Hosts { userinfo, hosts, tail: tail.to_string() })
 }
 
 /// Settings of the broker adapters.
@@ -360,7 +391,8 @@ impl Default for BusOptions {
 pub enum UrlError {
     /// The scheme names no bus this build knows.
     #[error(
-        "bus `{url}` is not a bus URL; use memory:// (embedded, single node), redis://HOST:6379/0 (rediss:// for TLS) or \
+        "bus `{url}` is not a bus URL; use memory:// (embedded, single node), redis://HOST:6379/0 (rediss:// for TLS), \
+         redis+cluster://HOST:7000,HOST2:7000 (a Redis Cluster), redis+sentinel://HOST:26379,HOST2:26379/NAME (Sentinel) or \
          amqp://USER:PASS@HOST:5672/VHOST (amqps:// for TLS)"
     )]
     NotABus {
@@ -374,7 +406,7 @@ pub fn check_url(url: &str) -> Result<BusKind, UrlError> {
     let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
     match scheme {
         "memory" => Ok(BusKind::Memory),
-        "redis" | "rediss" => Ok(BusKind::Redis),
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" | "redis+sentinel" | "rediss+sentinel" => Ok(BusKind::Redis),
         "amqp" | "amqps" => Ok(BusKind::Amqp),
         _ => Err(UrlError::NotABus { url: redact(url) }),
     }
@@ -454,6 +486,10 @@ mod tests {
         assert_eq!(check_url("amqp://guest:guest@127.0.0.1:5672/%2f"), Ok(BusKind::Amqp));
         assert_eq!(check_url("amqps://u:secret@h/v"), Ok(BusKind::Amqp));
         assert!(is_tls_url("amqps://u:secret@h/v") && !is_tls_url("amqp://h"));
+        assert_eq!(check_url("redis+cluster://u:secret@h1:7000,h2:7000"), Ok(BusKind::Redis));
+        assert_eq!(check_url("rediss+sentinel://s1:26379,s2:26379/mymaster"), Ok(BusKind::Redis));
+        assert!(is_tls_url("rediss+cluster://h:7000") && !is_tls_url("redis+sentinel://h/m"));
+        assert_eq!(redact("redis+cluster://u:secret@h1:7000,h2:7000"), "redis+cluster://u:***@h1:7000,h2:7000");
         assert!(matches!(check_url("kafka://x"), Err(UrlError::NotABus { .. })));
         let text = check_url("kafka://u:secret@x").unwrap_err().to_string();
         assert!(text.contains("redis://") && text.contains("rediss://") && !text.contains("secret"), "{text}");

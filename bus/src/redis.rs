@@ -1,4 +1,6 @@
-//! `redis://host:port/db`: Redis pub/sub.
+//! `redis://host:port/db`: Redis pub/sub; also a Redis Cluster
+//! (`redis+cluster://`, sharded pub/sub) and a primary found through
+//! Sentinel (`redis+sentinel://`), see [`target`] and [`cluster`].
 //!
 //! * Each event is PUBLISHed on the channel `{key_prefix}{realm}:{topic}`.
 //! * A node subscribes only to what its sessions need: SUBSCRIBE for exact
@@ -20,10 +22,22 @@
 //!   step, whoever publishes. Nodes write the history topics into Redis
 //!   (`{key_prefix}history`) so that publishers need no configuration;
 //!   [`RedisStore`] reads the streams back (see `docs/bus.md`).
+//! * On a Redis Cluster a topic's keys and channel share one hash tag, exact
+//!   subscriptions are sharded (SSUBSCRIBE on one connection per primary),
+//!   patterns go through classic pub/sub and a registry ([`cluster`]), and
+//!   the topology is checked every [`TOPOLOGY_EVERY`]: a slot that moved
+//!   or a primary that failed over starts the session over. Order holds per
+//!   topic (different topics live on different shards).
+//! * Through Sentinel, every session asks the Sentinels for the primary
+//!   first, and the PUBLISH connection's check asks `ROLE`: a primary that
+//!   was demoted ends the session.
 
-use std::collections::{HashSet, VecDeque};
+mod cluster;
+mod target;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt as _, StreamExt as _};
@@ -36,14 +50,29 @@ use crate::history::{keepable, Page, StoreError};
 use crate::interest::{Interest, Interests};
 use crate::supervisor::{Client, SessionError, Supervisor, Watched, DRAIN_AFTER_FAILURE};
 use crate::{redact, Bus, BusError, BusOptions, Delivery, Envelope, EventStore, HistoryConfig, Inbound, Position, PublishError, Ticket};
+use cluster::{Addr, SlotMap};
+use target::Target;
 
 /// The Lua script every publish runs (history, retention, PUBLISH).
 pub const PUBLISH_SCRIPT: &str = include_str!("redis/publish.lua");
 
 static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PUBLISH_SCRIPT));
 
-/// The keys of one topic: history settings, stream, log meta, retained list, channel.
-fn keys(prefix: &str, realm: &str, topic: &str) -> [String; 5] {
+/// The keys of one topic: history settings, stream, log meta, retained list,
+/// channel. On a Redis Cluster they share the hash tag `{realm:topic}` (one
+/// shard holds them all), the first is only declared (publishers pass the
+/// settings, which live in another slot) and the channel is a shard channel.
+fn keys(prefix: &str, realm: &str, topic: &str, cluster: bool) -> [String; 5] {
+    if cluster {
+        let tag = format!("{{{realm}:{topic}}}");
+        return [
+            format!("{prefix}history:{tag}"),
+            format!("{prefix}h:{tag}"),
+            format!("{prefix}hm:{tag}"),
+            format!("{prefix}r:{tag}"),
+            format!("{prefix}{tag}"),
+        ];
+    }
     [
         format!("{prefix}history"),
         format!("{prefix}h:{realm}:{topic}"),
@@ -53,14 +82,31 @@ fn keys(prefix: &str, realm: &str, topic: &str) -> [String; 5] {
     ]
 }
 
-/// The script call that publishes `event`.
-fn invocation(prefix: &str, event: &Envelope) -> redis::ScriptInvocation<'static> {
+/// What a publisher on a Redis Cluster passes the script besides the event:
+/// the history settings, and what the pattern registry says.
+struct View {
+    read_at: Instant,
+    topics: String,
+    size: String,
+    ttl_ms: String,
+    patterns: Vec<Interest>,
+}
+
+/// The script call that publishes `event`, and whether (on a cluster) it
+/// also goes to classic pub/sub for a node's pattern.
+fn invocation(prefix: &str, event: &Envelope, cluster: Option<&View>) -> (redis::ScriptInvocation<'static>, bool) {
     let mut call = SCRIPT.prepare_invoke();
-    for key in keys(prefix, &event.realm, &event.topic) {
+    for key in keys(prefix, &event.realm, &event.topic, cluster.is_some()) {
         call.key(key);
     }
     call.arg(event.encode()).arg(&event.topic).arg(u8::from(event.retain)).arg(u8::from(keepable(event))).arg(fastrand::u16(1..));
-    call
+    let mut matched = false;
+    if let Some(view) = cluster {
+        matched = cluster::pattern_matches(&view.patterns, &event.realm, &event.topic);
+        let classic = if matched { channel(prefix, &event.realm, &event.topic) } else { String::new() };
+        call.arg(&view.topics).arg(&view.size).arg(&view.ttl_ms).arg(classic);
+    }
+    (call, matched)
 }
 
 /// The publication id subscribers get, from the script's answer.
@@ -80,6 +126,44 @@ const DEDUP_WINDOW: usize = 4096;
 /// only that connection (a publish-only client, whose broker restarted)
 /// still says it is ready.
 const PING_EVERY: Duration = Duration::from_secs(1);
+/// Most push messages (events) a node's Redis Cluster connections hold for
+/// it while it is busy; beyond that the node starts its session over, as
+/// Redis itself drops a subscriber past `client-output-buffer-limit pubsub`.
+pub const PUSH_QUEUE: usize = 4096;
+/// How often a node on a Redis Cluster checks which primary serves the
+/// slots of its shard channels (a slot moved, a replica took over).
+pub const TOPOLOGY_EVERY: Duration = Duration::from_secs(2);
+
+/// The connection commands go through: to one server, or routed across a
+/// Redis Cluster by redis-rs (MOVED, ASK, failover).
+#[derive(Clone)]
+enum Conn {
+    One(MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::One(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(&'a mut self, cmd: &'a redis::Pipeline, offset: usize, count: usize) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::One(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::One(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
 
 /// The Redis bus.
 pub struct RedisBus {
@@ -87,12 +171,18 @@ pub struct RedisBus {
 }
 
 struct Shared {
-    client: redis::Client,
+    target: Target,
+    /// Routes commands across a Redis Cluster (`None` otherwise).
+    routing: Option<redis::cluster::ClusterClient>,
     url: String,
     options: BusOptions,
     interests: Interests,
     /// The connection PUBLISH goes through; `None` while disconnected.
-    publisher: Mutex<Option<MultiplexedConnection>>,
+    publisher: Mutex<Option<Conn>>,
+    /// Cluster: the history settings and registered patterns, as last read.
+    view: tokio::sync::Mutex<Option<Arc<View>>>,
+    /// Cluster: this node's field in the pattern registry.
+    node_id: String,
     /// Wakes the session's check of the PUBLISH connection: a publish failed.
     check_now: Arc<Notify>,
     stop: CancellationToken,
@@ -104,6 +194,8 @@ struct Shared {
 enum Sub {
     Channel(String),
     Pattern(String),
+    /// A shard channel (Redis Cluster).
+    Shard(String),
 }
 
 /// The channel an event of `realm` / `topic` is published on.
@@ -120,8 +212,9 @@ fn glob_escape(s: &str, out: &mut String) {
     }
 }
 
-fn subscription_for(prefix: &str, i: &Interest) -> Sub {
+fn subscription_for(prefix: &str, i: &Interest, cluster: bool) -> Sub {
     match i.policy {
+        MatchPolicy::Exact if cluster => Sub::Shard(keys(prefix, &i.realm, &i.pattern, true)[4].clone()),
         MatchPolicy::Exact => Sub::Channel(channel(prefix, &i.realm, &i.pattern)),
         MatchPolicy::Prefix => {
             let mut p = String::new();
@@ -155,27 +248,6 @@ fn answer(event: &Envelope, channel: &str, receivers: i64, delivery: Delivery) -
     Ok(())
 }
 
-/// Timeouts for the PUBLISH connection: a broker that stops answering
-/// fails the publish (the caller reports it) instead of hanging it.
-fn connection_config(options: &BusOptions) -> redis::AsyncConnectionConfig {
-    redis::AsyncConnectionConfig::new().set_connection_timeout(options.connect_timeout).set_response_timeout(options.connect_timeout)
-}
-
-/// A client for `url`; a `rediss://` one trusts `tls.ca_pem` besides the
-/// system's roots and shows the client certificate when one is set.
-fn open(url: &str, tls: &crate::BusTls) -> Result<redis::Client, BusError> {
-    let invalid = |e: redis::RedisError| BusError::InvalidUrl(format!("bus `{}`: {e}", redact(url)));
-    if !crate::is_tls_url(url) {
-        return redis::Client::open(url).map_err(invalid);
-    }
-    crate::install_crypto_provider();
-    let client_tls = match (&tls.client_cert_pem, &tls.client_key_pem) {
-        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
-        _ => None,
-    };
-    redis::Client::build_with_tls(url, redis::TlsCertificates { client_tls, root_cert: tls.ca_pem.clone() }).map_err(invalid)
-}
-
 fn connect_error(url: &str, e: redis::RedisError) -> BusError {
     if e.kind() == redis::ErrorKind::AuthenticationFailed {
         BusError::Auth { url: redact(url), source: e.into() }
@@ -193,7 +265,7 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
+    fn connection(&self) -> Result<Conn, StoreError> {
         let s = &self.shared;
         let conn = s.publisher.lock().unwrap_or_else(|e| e.into_inner()).clone();
         conn.ok_or_else(|| StoreError::Unavailable(format!("not connected to Redis at {}", s.url)))
@@ -206,7 +278,7 @@ impl RedisStore {
     async fn read_now(&self, realm: &str, topic: &str, after: Option<Position>, limit: usize) -> Result<Page, StoreError> {
         let s = &self.shared;
         let mut conn = self.connection()?;
-        let [_, stream, meta, _, _] = keys(&s.options.redis_key_prefix, realm, topic);
+        let [_, stream, meta, _, _] = s.keys(realm, topic);
         let (epoch, head): (Option<u16>, Option<u64>) =
             redis::cmd("HMGET").arg(&meta).arg("epoch").arg("head").query_async(&mut conn).await.map_err(|e| self.unavailable(e))?;
         let (Some(epoch), Some(head)) = (epoch, head) else { return Ok(Page::default()) };
@@ -244,7 +316,7 @@ impl RedisStore {
 
     async fn retained_now(&self, realm: &str, topic: &str) -> Result<Vec<Envelope>, StoreError> {
         let mut conn = self.connection()?;
-        let [_, _, _, list, _] = keys(&self.shared.options.redis_key_prefix, realm, topic);
+        let [_, _, _, list, _] = self.shared.keys(realm, topic);
         let raw: Vec<Vec<u8>> = redis::cmd("LRANGE").arg(&list).arg(0).arg(3).query_async(&mut conn).await.map_err(|e| self.unavailable(e))?;
         Ok(raw.iter().filter_map(|b| Envelope::decode(b).ok()).collect())
     }
@@ -257,7 +329,7 @@ impl RedisStore {
             return Ok(None);
         }
         let mut conn = self.connection()?;
-        let [_, _, meta, _, _] = keys(&s.options.redis_key_prefix, realm, topic);
+        let [_, _, meta, _, _] = s.keys(realm, topic);
         // Start the log if there is none (the publish script keeps an
         // existing one), and keep it for `ttl` like a published event would.
         let (epoch, head): (Option<u16>, Option<u64>) = redis::pipe()
@@ -324,8 +396,8 @@ impl RedisBus {
 
     /// A node's Redis bus; connects (and reconnects) in the background.
     pub fn start(url: &str, options: &BusOptions, inbound: Inbound) -> Result<RedisBus, BusError> {
-        let shared = Arc::new(Shared::new(open(url, &options.tls)?, url, options, inbound.metrics.clone()));
-        let supervisor = Supervisor::new("Redis", Client::Node, shared.url.clone(), options.reconnect_max_delay, probe(&shared.client));
+        let shared = Arc::new(Shared::new(url, options, inbound.metrics.clone())?);
+        let supervisor = Supervisor::new("Redis", Client::Node, shared.url.clone(), options.reconnect_max_delay, shared.target.probe());
         tokio::spawn(run(shared.clone(), Some(inbound), supervisor, None));
         Ok(RedisBus { shared })
     }
@@ -334,13 +406,13 @@ impl RedisBus {
     /// be reached within `connect_timeout`. From then on it is supervised
     /// like a node's bus: not ready while Redis is gone, reconnected by itself.
     pub async fn connect_publisher(url: &str, options: &BusOptions) -> Result<RedisBus, BusError> {
-        let client = open(url, &options.tls)?;
-        let conn = tokio::time::timeout(options.connect_timeout, client.get_multiplexed_async_connection_with_config(&connection_config(options)))
-            .await
-            .map_err(|_| BusError::Connect { url: redact(url), source: crate::ConnectTimeout(options.connect_timeout).into() })?
-            .map_err(|e| connect_error(url, e))?;
-        let shared = Arc::new(Shared::new(client, url, options, crate::BusMetrics::unregistered()));
-        let mut supervisor = Supervisor::new("Redis", Client::Publisher, shared.url.clone(), options.reconnect_max_delay, probe(&shared.client));
+        let shared = Arc::new(Shared::new(url, options, crate::BusMetrics::unregistered())?);
+        let conn = connect_publishing(&shared, None).await.map_err(|e| match e {
+            SessionError::Redis(e) => connect_error(url, e),
+            SessionError::Timeout(t) => BusError::Connect { url: redact(url), source: crate::ConnectTimeout(t).into() },
+            other => BusError::Connect { url: redact(url), source: other.into() },
+        })?;
+        let mut supervisor = Supervisor::new("Redis", Client::Publisher, shared.url.clone(), options.reconnect_max_delay, shared.target.probe());
         // Ready before this returns: the first session is this connection.
         *shared.publisher.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
         supervisor.up(&shared.interests, &shared.metrics, 0);
@@ -350,17 +422,88 @@ impl RedisBus {
 }
 
 impl Shared {
-    fn new(client: redis::Client, url: &str, options: &BusOptions, metrics: crate::BusMetrics) -> Shared {
-        Shared {
-            client,
+    fn new(url: &str, options: &BusOptions, metrics: crate::BusMetrics) -> Result<Shared, BusError> {
+        let target = Target::parse(url, &options.tls)?;
+        let routing = match &target {
+            Target::Cluster(c) => {
+                if options.redis_key_prefix.contains(['{', '}']) {
+                    return Err(BusError::InvalidUrl(format!(
+                        "redis.key_prefix `{}` holds a brace; on a Redis Cluster the keys' hash tags need a prefix without `{{` or `}}`",
+                        options.redis_key_prefix
+                    )));
+                }
+                Some(c.routing_client(options)?)
+            }
+            _ => None,
+        };
+        Ok(Shared {
+            target,
+            routing,
             url: redact(url),
             options: options.clone(),
             interests: Interests::default(),
             publisher: Mutex::new(None),
+            view: tokio::sync::Mutex::new(None),
+            node_id: format!("{:016x}", fastrand::u64(..)),
             check_now: Arc::new(Notify::new()),
             stop: CancellationToken::new(),
             metrics,
+        })
+    }
+
+    fn is_cluster(&self) -> bool {
+        self.routing.is_some()
+    }
+
+    /// The keys of one topic (see [`keys`]).
+    fn keys(&self, realm: &str, topic: &str) -> [String; 5] {
+        keys(&self.options.redis_key_prefix, realm, topic, self.is_cluster())
+    }
+
+    /// The pattern registry (a hash: one field per node).
+    fn registry(&self) -> String {
+        format!("{}patterns", self.options.redis_key_prefix)
+    }
+
+    /// Cluster: the history settings and registered patterns, read again
+    /// when the copy is older than [`cluster::REGISTRY_FRESH`].
+    async fn view(&self, conn: &mut Conn) -> redis::RedisResult<Arc<View>> {
+        let mut cached = self.view.lock().await;
+        if let Some(v) = cached.as_ref().filter(|v| v.read_at.elapsed() < cluster::REGISTRY_FRESH) {
+            return Ok(v.clone());
         }
+        // The copy counts from before the question: what was written
+        // before this instant is in the answer.
+        let read_at = Instant::now();
+        let (topics, size, ttl_ms): (Option<String>, Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(format!("{}history", self.options.redis_key_prefix))
+            .arg("topics")
+            .arg("size")
+            .arg("ttl_ms")
+            .query_async(conn)
+            .await?;
+        let entries: BTreeMap<String, String> = redis::cmd("HGETALL").arg(self.registry()).query_async(conn).await?;
+        let view = Arc::new(View {
+            read_at,
+            topics: topics.unwrap_or_default(),
+            size: size.unwrap_or_default(),
+            ttl_ms: ttl_ms.unwrap_or_default(),
+            patterns: cluster::live_patterns(&entries, crate::now_us() / 1000),
+        });
+        *cached = Some(view.clone());
+        Ok(view)
+    }
+
+    /// Publishes one event through `conn`: Redis's answer (receivers,
+    /// epoch, offset), receivers counting a registered pattern on a cluster.
+    async fn publish_one(&self, conn: &mut Conn, event: &Envelope) -> redis::RedisResult<(i64, u16, u64)> {
+        let prefix = &self.options.redis_key_prefix;
+        let view = if self.is_cluster() { Some(self.view(conn).await?) } else { None };
+        let (call, matched) = invocation(prefix, event, view.as_deref());
+        let (receivers, epoch, offset): (i64, u16, u64) = call.invoke_async(conn).await?;
+        // On a cluster PUBLISH counts the receivers of one node only; a
+        // registered pattern means a node takes the event.
+        Ok((receivers + i64::from(matched), epoch, offset))
     }
 
     /// A PUBLISH failed: counts it, and has the session check its connection now.
@@ -379,20 +522,21 @@ impl Bus for RedisBus {
                 s.metrics.publish_errors.inc();
                 return Err(PublishError::Unavailable(format!("not connected to Redis at {}", s.url)));
             };
-            let name = channel(&s.options.redis_key_prefix, &event.realm, &event.topic);
-            let result: redis::RedisResult<(i64, u16, u64)> = invocation(&s.options.redis_key_prefix, &event).invoke_async(&mut conn).await;
             // Redis answers how many subscriptions (channels and patterns,
             // of every node) got the event, and its position if kept.
-            let (receivers, epoch, offset) = result.map_err(|e| {
+            let (receivers, epoch, offset) = s.publish_one(&mut conn, &event).await.map_err(|e| {
                 s.failed(1);
                 PublishError::Unavailable(format!("Redis at {} did not take the event: {e}", s.url))
             })?;
+            let name = s.keys(&event.realm, &event.topic)[4].clone();
             answer(&event, &name, receivers, delivery).map(|()| published_id(&event, epoch, offset))
         }
         .boxed()
     }
 
-    /// One pipeline: every PUBLISH in order, one round trip.
+    /// One pipeline: every PUBLISH in order, one round trip. On a Redis
+    /// Cluster each topic's events go in order, topics side by side (they
+    /// live on different shards).
     fn publish_batch(&self, events: Vec<Envelope>, delivery: Delivery) -> BoxFuture<'_, Vec<Result<Id, PublishError>>> {
         async move {
             let s = &self.shared;
@@ -402,24 +546,48 @@ impl Bus for RedisBus {
                 s.metrics.publish_errors.inc_by(n as u64);
                 return (0..n).map(|_| Err(PublishError::Unavailable(format!("not connected to Redis at {}", s.url)))).collect();
             };
+            let answered = |event: &Envelope, result: redis::RedisResult<(i64, u16, u64)>| match result {
+                Ok((receivers, epoch, offset)) => {
+                    answer(event, &s.keys(&event.realm, &event.topic)[4], receivers, delivery).map(|()| published_id(event, epoch, offset))
+                }
+                Err(e) => Err(PublishError::Unavailable(format!("Redis at {} did not take the event: {e}", s.url))),
+            };
+            if s.is_cluster() {
+                let mut by_topic: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+                for (i, e) in events.iter().enumerate() {
+                    by_topic.entry((&e.realm, &e.topic)).or_default().push(i);
+                }
+                let runs = by_topic.into_values().map(|indices| {
+                    let mut conn = conn.clone();
+                    let events = &events;
+                    async move {
+                        let mut out = Vec::with_capacity(indices.len());
+                        for i in indices {
+                            out.push((i, s.publish_one(&mut conn, &events[i]).await));
+                        }
+                        out
+                    }
+                });
+                let mut results: Vec<Option<Result<Id, PublishError>>> = (0..n).map(|_| None).collect();
+                for (i, result) in futures_util::future::join_all(runs).await.into_iter().flatten() {
+                    if result.is_err() {
+                        s.failed(1);
+                    }
+                    results[i] = Some(answered(&events[i], result));
+                }
+                return results.into_iter().map(|r| r.expect("every event answered")).collect();
+            }
             let mut pipe = redis::pipe();
             // Loading a loaded script is cheap; it makes the batch safe
             // after a Redis restart or a SCRIPT FLUSH.
             pipe.load_script(&SCRIPT).ignore();
-            let calls: Vec<_> = events.iter().map(|e| invocation(&s.options.redis_key_prefix, e)).collect();
+            let calls: Vec<_> = events.iter().map(|e| invocation(&s.options.redis_key_prefix, e, None).0).collect();
             for call in &calls {
                 pipe.invoke_script(call);
             }
             let answers: redis::RedisResult<Vec<(i64, u16, u64)>> = pipe.query_async(&mut conn).await;
             match answers {
-                Ok(counts) if counts.len() == n => events
-                    .iter()
-                    .zip(counts)
-                    .map(|(event, (receivers, epoch, offset))| {
-                        answer(event, &channel(&s.options.redis_key_prefix, &event.realm, &event.topic), receivers, delivery)
-                            .map(|()| published_id(event, epoch, offset))
-                    })
-                    .collect(),
+                Ok(counts) if counts.len() == n => events.iter().zip(counts).map(|(event, c)| answered(event, Ok(c))).collect(),
                 other => {
                     s.failed(n as u64);
                     let why = match other {
@@ -467,23 +635,16 @@ impl Drop for RedisBus {
     }
 }
 
-/// Redis's TCP address, probed by the supervisor while Redis refuses connections.
-fn probe(client: &redis::Client) -> Option<(String, u16)> {
-    match &client.get_connection_info().addr {
-        redis::ConnectionAddr::Tcp(host, port) | redis::ConnectionAddr::TcpTls { host, port, .. } => Some((host.clone(), *port)),
-        _ => None,
-    }
-}
-
 /// The adapter task: connect, (a node:) reconcile and consume; on loss,
 /// back off and start over. `inbound` is `None` for a publish-only client,
 /// whose first session is `installed`, the connection it was created with.
-async fn run(s: Arc<Shared>, inbound: Option<Inbound>, mut supervisor: Supervisor, mut installed: Option<MultiplexedConnection>) {
+async fn run(s: Arc<Shared>, inbound: Option<Inbound>, mut supervisor: Supervisor, mut installed: Option<Conn>) {
     let mut more = !s.stop.is_cancelled();
     while more {
-        let outcome = match &inbound {
-            Some(inbound) => node_session(&s, inbound, &mut supervisor).await,
-            None => publisher_session(&s, &mut supervisor, installed.take()).await,
+        let outcome = match (&inbound, &s.target) {
+            (Some(inbound), Target::Cluster(cluster)) => cluster_session(&s, cluster, inbound, &mut supervisor).await,
+            (Some(inbound), _) => node_session(&s, inbound, &mut supervisor).await,
+            (None, _) => publisher_session(&s, &mut supervisor, installed.take()).await,
         };
         *s.publisher.lock().unwrap_or_else(|e| e.into_inner()) = None;
         more = supervisor.session_ended(outcome, &s.stop, &s.interests, &s.metrics).await;
@@ -493,7 +654,7 @@ async fn run(s: Arc<Shared>, inbound: Option<Inbound>, mut supervisor: Superviso
 /// Tells publishers which topics keep history: the publish script reads
 /// it. Every node writes its own settings when it connects (the cluster's
 /// nodes share one configuration; the last one to connect wins).
-async fn write_history_settings(options: &BusOptions, conn: &mut MultiplexedConnection) -> Result<(), SessionError> {
+async fn write_history_settings(options: &BusOptions, conn: &mut Conn) -> Result<(), SessionError> {
     let h = &options.history;
     let topics: Vec<String> = h.topics.0.iter().map(ToString::to_string).collect();
     redis::cmd("HSET")
@@ -509,42 +670,87 @@ async fn write_history_settings(options: &BusOptions, conn: &mut MultiplexedConn
     Ok(())
 }
 
-/// Opens the PUBLISH connection.
-async fn connect_publishing(s: &Shared) -> Result<MultiplexedConnection, SessionError> {
+/// Timeouts for a connection: a broker that stops answering fails the
+/// command (the caller reports it) instead of hanging it.
+fn connection_config(options: &BusOptions) -> redis::AsyncConnectionConfig {
+    redis::AsyncConnectionConfig::new().set_connection_timeout(options.connect_timeout).set_response_timeout(options.connect_timeout)
+}
+
+/// The server of this session: the one of the URL, or the primary the
+/// Sentinels name now (`None` on a cluster).
+async fn server(s: &Shared) -> Result<Option<redis::Client>, SessionError> {
+    match &s.target {
+        Target::Single(client) => Ok(Some(client.clone())),
+        Target::Sentinel(sentinel) => Ok(Some(sentinel.primary(s.options.connect_timeout).await?)),
+        Target::Cluster(_) => Ok(None),
+    }
+}
+
+/// Opens the PUBLISH connection, to `client` (or, with `None`, to the
+/// session's server, or across the cluster).
+async fn connect_publishing(s: &Shared, client: Option<redis::Client>) -> Result<Conn, SessionError> {
     let timeout = s.options.connect_timeout;
-    Ok(tokio::time::timeout(timeout, s.client.get_multiplexed_async_connection_with_config(&connection_config(&s.options)))
-        .await
-        .map_err(|_| SessionError::Timeout(timeout))??)
+    let client = match client {
+        Some(c) => Some(c),
+        None => server(s).await?,
+    };
+    let opened = async {
+        match (client, &s.routing) {
+            (Some(client), _) => client.get_multiplexed_async_connection_with_config(&connection_config(&s.options)).await.map(Conn::One),
+            (None, Some(routing)) => routing.get_async_connection().await.map(Conn::Cluster),
+            (None, None) => unreachable!("a server or a cluster"),
+        }
+    };
+    Ok(tokio::time::timeout(timeout, opened).await.map_err(|_| SessionError::Timeout(timeout))??)
+}
+
+/// Whether `ROLE`'s answer says primary.
+fn is_primary(role: &redis::Value) -> bool {
+    matches!(role, redis::Value::Array(fields) if matches!(fields.first(), Some(redis::Value::BulkString(r)) if r == b"master"))
 }
 
 /// Resolves, with the reason, once the PUBLISH connection stopped
 /// answering: checked every [`PING_EVERY`], and at once after a publish
-/// failed (`check_now`).
-async fn check(check_now: Arc<Notify>, mut conn: MultiplexedConnection) -> SessionError {
+/// failed (`check_now`). Through Sentinel it asks `ROLE` instead of PING:
+/// a primary demoted by a failover ends the session too.
+async fn check(check_now: Arc<Notify>, mut conn: Conn, sentinel: bool) -> SessionError {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(PING_EVERY) => {}
             _ = check_now.notified() => {}
         }
-        if let Err(e) = redis::cmd("PING").query_async::<()>(&mut conn).await {
+        if sentinel {
+            match redis::cmd("ROLE").query_async::<redis::Value>(&mut conn).await {
+                Err(e) => return SessionError::RedisPublishing(e),
+                Ok(role) if !is_primary(&role) => {
+                    return SessionError::Sentinel("the server is no longer the primary (a failover); asking the Sentinels again".into())
+                }
+                Ok(_) => {}
+            }
+        } else if let Err(e) = redis::cmd("PING").query_async::<()>(&mut conn).await {
             return SessionError::RedisPublishing(e);
         }
     }
 }
 
+/// Watches the session's PUBLISH connection.
+fn watch(s: &Shared, conn: &Conn) -> Watched {
+    Watched::spawn(&s.stop, check(s.check_now.clone(), conn.clone(), matches!(s.target, Target::Sentinel(_))))
+}
+
 /// A publish-only client's session: the PUBLISH connection, installed and
 /// watched until it fails or the bus stops.
-async fn publisher_session(s: &Shared, supervisor: &mut Supervisor, installed: Option<MultiplexedConnection>) -> Result<(), SessionError> {
+async fn publisher_session(s: &Shared, supervisor: &mut Supervisor, installed: Option<Conn>) -> Result<(), SessionError> {
     let conn = match installed {
         Some(conn) => conn,
         None => {
-            let conn = connect_publishing(s).await?;
+            let conn = connect_publishing(s, None).await?;
             *s.publisher.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
             supervisor.up(&s.interests, &s.metrics, 0);
             conn
         }
     };
-    let watched = Watched::spawn(&s.stop, check(s.check_now.clone(), conn));
+    let watched = watch(s, &conn);
     watched.ended().cancelled().await;
     watched.outcome()
 }
@@ -553,10 +759,11 @@ async fn publisher_session(s: &Shared, supervisor: &mut Supervisor, installed: O
 /// connection and consume until either connection fails or the bus stops.
 async fn node_session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor) -> Result<(), SessionError> {
     let timeout = s.options.connect_timeout;
-    let pubsub = tokio::time::timeout(timeout, s.client.get_async_pubsub()).await.map_err(|_| SessionError::Timeout(timeout))??;
-    let mut conn = connect_publishing(s).await?;
+    let client = server(s).await?.expect("one server");
+    let pubsub = tokio::time::timeout(timeout, client.get_async_pubsub()).await.map_err(|_| SessionError::Timeout(timeout))??;
+    let mut conn = connect_publishing(s, Some(client)).await?;
     write_history_settings(&s.options, &mut conn).await?;
-    let watched = Watched::spawn(&s.stop, check(s.check_now.clone(), conn.clone()));
+    let watched = watch(s, &conn);
     let (mut sink, mut stream) = pubsub.split();
     // Publishes go through `conn` only once every interest is subscribed
     // again (below): until then they fail fast, as the node is not ready.
@@ -568,24 +775,22 @@ async fn node_session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor
     loop {
         if applied_version != Some(s.interests.version()) {
             let (version, desired) = s.interests.snapshot();
-            let want: HashSet<Sub> = desired.iter().map(|i| subscription_for(&s.options.redis_key_prefix, i)).collect();
+            let want: HashSet<Sub> = desired.iter().map(|i| subscription_for(&s.options.redis_key_prefix, i, false)).collect();
             for sub in want.difference(&applied) {
                 match sub {
-                    Sub::Channel(c) => sink.subscribe(c).await,
+                    Sub::Channel(c) | Sub::Shard(c) => sink.subscribe(c).await,
                     Sub::Pattern(p) => sink.psubscribe(p).await,
                 }?;
             }
             for sub in applied.difference(&want) {
                 match sub {
-                    Sub::Channel(c) => sink.unsubscribe(c).await,
+                    Sub::Channel(c) | Sub::Shard(c) => sink.unsubscribe(c).await,
                     Sub::Pattern(p) => sink.punsubscribe(p).await,
                 }?;
             }
             applied = want;
             applied_version = Some(version);
-            // The node's own inbox and the all-nodes topic are not its sessions' interests.
-            let control = desired.iter().filter(|i| i.realm == crate::control::CONTROL_REALM).count();
-            s.metrics.interests.set(applied.len().saturating_sub(control) as i64);
+            s.metrics.interests.set(sessions_interests(&desired, applied.len()));
             s.interests.mark_applied(version);
         }
         if !connected {
@@ -604,7 +809,7 @@ async fn node_session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor
                     // acknowledged; deliver it before starting over.
                     let until = tokio::time::Instant::now() + DRAIN_AFTER_FAILURE;
                     while let Ok(Some(msg)) = tokio::time::timeout_at(until, stream.next()).await {
-                        if take(s, inbound, &mut seen, &msg).await.is_err() {
+                        if take(s, inbound, &mut seen, msg.get_payload_bytes()).await.is_err() {
                             return Ok(());
                         }
                     }
@@ -614,7 +819,7 @@ async fn node_session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor
             _ = s.interests.changed() => {}
             msg = stream.next() => {
                 let Some(msg) = msg else { return Err(SessionError::RedisSubscriberClosed) };
-                if take(s, inbound, &mut seen, &msg).await.is_err() {
+                if take(s, inbound, &mut seen, msg.get_payload_bytes()).await.is_err() {
                     return Ok(());
                 }
             }
@@ -622,10 +827,266 @@ async fn node_session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor
     }
 }
 
+/// How many of `applied` subscriptions serve sessions: the node's own inbox
+/// and the all-nodes topic are not its sessions' interests.
+fn sessions_interests(desired: &HashSet<Interest>, applied: usize) -> i64 {
+    let control = desired.iter().filter(|i| i.realm == crate::control::CONTROL_REALM).count();
+    applied.saturating_sub(control) as i64
+}
+
+/// A node's connections to a Redis Cluster's primaries for sharded pub/sub
+/// (one per primary that serves a subscribed channel), and one to any node
+/// for classic pattern subscriptions; every push message of every one of
+/// them goes to one queue.
+struct Shards<'a> {
+    cluster: &'a target::Cluster,
+    config: redis::AsyncConnectionConfig,
+    conns: HashMap<Addr, MultiplexedConnection>,
+    classic: Option<MultiplexedConnection>,
+}
+
+impl Shards<'_> {
+    async fn open(&self, addr: &Addr) -> Result<MultiplexedConnection, SessionError> {
+        let client = self.cluster.node(&addr.0, addr.1).map_err(|e| SessionError::Cluster(e.to_string()))?;
+        Ok(client.get_multiplexed_async_connection_with_config(&self.config).await?)
+    }
+
+    /// The connection to the primary at `addr`, opened when needed.
+    async fn primary(&mut self, addr: &Addr) -> Result<&mut MultiplexedConnection, SessionError> {
+        if !self.conns.contains_key(addr) {
+            let conn = self.open(addr).await?;
+            self.conns.insert(addr.clone(), conn);
+        }
+        Ok(self.conns.get_mut(addr).expect("just opened"))
+    }
+
+    /// The connection for pattern subscriptions (to the first primary).
+    async fn classic(&mut self, slots: &SlotMap) -> Result<&mut MultiplexedConnection, SessionError> {
+        if self.classic.is_none() {
+            let addr = slots.primary(0).ok_or_else(|| SessionError::Cluster("no primary serves slot 0".into()))?.clone();
+            self.classic = Some(self.open(&addr).await?);
+        }
+        Ok(self.classic.as_mut().expect("just opened"))
+    }
+}
+
+/// The cluster's slot map, asked of any node.
+async fn slot_map(conn: &mut Conn, seed_host: &str) -> Result<SlotMap, SessionError> {
+    let reply: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
+    SlotMap::from_reply(&reply, seed_host).map_err(SessionError::Cluster)
+}
+
+/// The payload of a pub/sub push message, if it is one.
+fn payload(push: &redis::PushInfo) -> Option<&[u8]> {
+    let bytes = match push.kind {
+        redis::PushKind::Message | redis::PushKind::SMessage => push.data.get(1),
+        redis::PushKind::PMessage => push.data.get(2),
+        _ => None,
+    };
+    match bytes {
+        Some(redis::Value::BulkString(b)) => Some(b),
+        _ => None,
+    }
+}
+
+/// A node's session on a Redis Cluster: exact interests as shard channels
+/// on their primaries, patterns on one connection and in the registry;
+/// ends when a connection fails, a slot moves or a primary changes.
+async fn cluster_session(s: &Shared, cluster: &target::Cluster, inbound: &Inbound, supervisor: &mut Supervisor) -> Result<(), SessionError> {
+    let timeout = s.options.connect_timeout;
+    let prefix = &s.options.redis_key_prefix;
+    let mut conn = connect_publishing(s, None).await?;
+    write_history_settings(&s.options, &mut conn).await?;
+    let seed_host = cluster.seeds.first().and_then(|u| redis::IntoConnectionInfo::into_connection_info(u.as_str()).ok()).map(|i| match i.addr {
+        redis::ConnectionAddr::Tcp(h, _) | redis::ConnectionAddr::TcpTls { host: h, .. } => h,
+        _ => String::new(),
+    });
+    let seed_host = seed_host.unwrap_or_default();
+    let mut slots = slot_map(&mut conn, &seed_host).await?;
+    let watched = watch(s, &conn);
+    // The session's own commands (registry, slot map) share the connection.
+    let mut own = conn.clone();
+    // The connections' reader tasks hand push messages over without waiting:
+    // a full queue marks the session as fallen behind, and it starts over.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<redis::PushInfo>(PUSH_QUEUE);
+    let behind = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fell_behind = behind.clone();
+    let config = connection_config(&s.options).set_push_sender(move |push: redis::PushInfo| {
+        tx.try_send(push).inspect_err(|e| {
+            if matches!(e, tokio::sync::mpsc::error::TrySendError::Full(_)) {
+                fell_behind.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    });
+    let mut shards = Shards { cluster, config, conns: HashMap::new(), classic: None };
+    let mut conn = Some(conn);
+    // Each subscription, with the primary a shard channel is on.
+    let mut applied: HashMap<Sub, Option<Addr>> = HashMap::new();
+    // Shard channels this node unsubscribed from: Redis confirms those; any
+    // other `sunsubscribe` means the channel's slot moved.
+    let mut leaving: HashSet<Vec<u8>> = HashSet::new();
+    let mut registered: Vec<Interest> = Vec::new();
+    // A version applied but not yet in force: a new pattern waits until
+    // every publisher has read the registry again.
+    let mut pending: Option<(tokio::time::Instant, crate::Ticket)> = None;
+    let mut applied_version = None;
+    let mut seen = Recent::default();
+    let mut connected = false;
+    let mut heartbeat = tokio::time::interval(cluster::REGISTRY_HEARTBEAT);
+    let mut topology = tokio::time::interval(TOPOLOGY_EVERY);
+    topology.reset();
+    loop {
+        if applied_version != Some(s.interests.version()) {
+            let (version, desired) = s.interests.snapshot();
+            let want: HashSet<Sub> = desired.iter().map(|i| subscription_for(prefix, i, true)).collect();
+            let new: Vec<&Sub> = want.iter().filter(|w| !applied.contains_key(*w)).collect();
+            for sub in new {
+                let at = match sub {
+                    Sub::Shard(c) => {
+                        let slot = cluster::slot(c);
+                        let addr = slots.primary(slot).ok_or_else(|| SessionError::Cluster(format!("no primary serves slot {slot}")))?.clone();
+                        let conn = tokio::time::timeout(timeout, shards.primary(&addr)).await.map_err(|_| SessionError::Timeout(timeout))??;
+                        redis::cmd("SSUBSCRIBE").arg(c).exec_async(conn).await?;
+                        Some(addr)
+                    }
+                    Sub::Pattern(p) | Sub::Channel(p) => {
+                        let conn = tokio::time::timeout(timeout, shards.classic(&slots)).await.map_err(|_| SessionError::Timeout(timeout))??;
+                        redis::cmd("PSUBSCRIBE").arg(p).exec_async(conn).await?;
+                        None
+                    }
+                };
+                applied.insert(sub.clone(), at);
+            }
+            let gone: Vec<(Sub, Option<Addr>)> = applied.iter().filter(|(k, _)| !want.contains(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+            for (sub, at) in gone {
+                applied.remove(&sub);
+                match (sub, at) {
+                    (Sub::Shard(c), Some(addr)) => {
+                        leaving.insert(c.clone().into_bytes());
+                        redis::cmd("SUNSUBSCRIBE").arg(c).exec_async(shards.primary(&addr).await?).await?;
+                    }
+                    (Sub::Pattern(p) | Sub::Channel(p), _) | (Sub::Shard(p), None) => {
+                        redis::cmd("PUNSUBSCRIBE").arg(p).exec_async(shards.classic(&slots).await?).await?;
+                    }
+                }
+            }
+            let mut patterns: Vec<Interest> = desired.iter().filter(|i| cluster::is_pattern(i)).cloned().collect();
+            patterns.sort_by(|a, b| (&a.realm, &a.pattern).cmp(&(&b.realm, &b.pattern)));
+            let grew = patterns.iter().any(|p| !registered.contains(p));
+            if patterns != registered {
+                register(s, &mut own, &patterns).await?;
+                registered = patterns;
+            }
+            applied_version = Some(version);
+            s.metrics.interests.set(sessions_interests(&desired, applied.len()));
+            if grew {
+                pending = Some((tokio::time::Instant::now() + cluster::REGISTRY_WAIT, version));
+            } else if let Some((until, _)) = pending {
+                pending = Some((until, version));
+            } else {
+                s.interests.mark_applied(version);
+            }
+        }
+        if !connected {
+            connected = true;
+            *s.publisher.lock().unwrap_or_else(|e| e.into_inner()) = conn.take();
+            supervisor.up(&s.interests, &s.metrics, applied.len());
+            inbound.session_started();
+        }
+        let hold = pending.map(|(until, _)| until);
+        tokio::select! {
+            _ = watched.ended().cancelled() => {
+                let outcome = watched.outcome();
+                if outcome.is_err() {
+                    // As on one server: deliver what already arrived.
+                    let until = tokio::time::Instant::now() + DRAIN_AFTER_FAILURE;
+                    while let Ok(Some(push)) = tokio::time::timeout_at(until, rx.recv()).await {
+                        if let Some(bytes) = payload(&push) {
+                            if take(s, inbound, &mut seen, bytes).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+                return outcome;
+            }
+            _ = s.interests.changed() => {}
+            _ = tokio::time::sleep_until(hold.unwrap_or_else(tokio::time::Instant::now)), if hold.is_some() => {
+                if let Some((_, version)) = pending.take() {
+                    s.interests.mark_applied(version);
+                }
+            }
+            _ = heartbeat.tick() => {
+                if !registered.is_empty() {
+                    register(s, &mut own, &registered).await?;
+                }
+            }
+            _ = topology.tick() => {
+                // A slot that moved or a primary that changed: subscribe again.
+                if let Ok(now) = slot_map(&mut own, &seed_host).await {
+                    slots = now;
+                    for (sub, at) in &applied {
+                        if let (Sub::Shard(c), Some(addr)) = (sub, at) {
+                            if slots.primary(cluster::slot(c)) != Some(addr) {
+                                return Err(SessionError::Cluster(format!("the slot of {c} is served by another primary now")));
+                            }
+                        }
+                    }
+                }
+            }
+            push = rx.recv() => {
+                let Some(push) = push else { return Err(SessionError::RedisSubscriberClosed) };
+                if behind.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(SessionError::Cluster(format!(
+                        "this node fell more than {PUSH_QUEUE} events behind its subscriptions; subscribing again \
+                         (events in between are missed; history topics are filled from the store)"
+                    )));
+                }
+                match push.kind {
+                    redis::PushKind::Disconnection => return Err(SessionError::RedisSubscriberClosed),
+                    redis::PushKind::SUnsubscribe => {
+                        let channel = match push.data.first() { Some(redis::Value::BulkString(c)) => c.clone(), _ => Vec::new() };
+                        if !leaving.remove(&channel) {
+                            return Err(SessionError::Cluster(format!(
+                                "Redis ended the subscription to {} (its slot moved)", String::from_utf8_lossy(&channel)
+                            )));
+                        }
+                    }
+                    _ => if let Some(bytes) = payload(&push) {
+                        if take(s, inbound, &mut seen, bytes).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes this node's entry of the pattern registry (or removes it when it
+/// has no pattern), and removes the entries of nodes that stopped writing.
+async fn register(s: &Shared, conn: &mut Conn, patterns: &[Interest]) -> Result<(), SessionError> {
+    let now_ms = crate::now_us() / 1000;
+    let key = s.registry();
+    if patterns.is_empty() {
+        redis::cmd("HDEL").arg(&key).arg(&s.node_id).exec_async(conn).await?;
+    } else {
+        let expires = now_ms + cluster::REGISTRY_TTL.as_millis() as u64;
+        let entry = cluster::entry(expires, &patterns.iter().collect::<Vec<_>>());
+        redis::cmd("HSET").arg(&key).arg(&s.node_id).arg(entry).exec_async(conn).await?;
+    }
+    let entries: BTreeMap<String, String> = redis::cmd("HGETALL").arg(&key).query_async(conn).await?;
+    let dead = cluster::expired(&entries, now_ms);
+    if !dead.is_empty() {
+        redis::cmd("HDEL").arg(&key).arg(dead).exec_async(conn).await?;
+    }
+    Ok(())
+}
+
 /// Hands one received message to the node, unless it is a copy of one just
 /// delivered (a topic matched by two subscriptions of the node arrives twice).
-async fn take(s: &Shared, inbound: &Inbound, seen: &mut Recent, msg: &redis::Msg) -> Result<(), crate::inbound::Closed> {
-    let Some(event) = inbound.decode(msg.get_payload_bytes()) else { return Ok(()) };
+async fn take(s: &Shared, inbound: &Inbound, seen: &mut Recent, bytes: &[u8]) -> Result<(), crate::inbound::Closed> {
+    let Some(event) = inbound.decode(bytes) else { return Ok(()) };
     if !seen.first_time(event.publication) {
         s.metrics.duplicates.inc();
         return Ok(());
@@ -667,11 +1128,13 @@ mod tests {
     #[test]
     fn channel_and_pattern_names() {
         let pre = "tg:";
-        assert_eq!(subscription_for(pre, &i(MatchPolicy::Exact, "a.b")), Sub::Channel("tg:realm1:a.b".into()));
-        assert_eq!(subscription_for(pre, &i(MatchPolicy::Prefix, "a.b")), Sub::Pattern("tg:realm1:a.b*".into()));
-        assert_eq!(subscription_for(pre, &i(MatchPolicy::Wildcard, "a..c")), Sub::Pattern("tg:realm1:a.*.c".into()));
-        assert_eq!(subscription_for(pre, &i(MatchPolicy::Wildcard, ".b.")), Sub::Pattern("tg:realm1:*.b.*".into()));
+        assert_eq!(subscription_for(pre, &i(MatchPolicy::Exact, "a.b"), false), Sub::Channel("tg:realm1:a.b".into()));
+        assert_eq!(subscription_for(pre, &i(MatchPolicy::Exact, "a.b"), true), Sub::Shard("tg:{realm1:a.b}".into()));
+        assert_eq!(subscription_for(pre, &i(MatchPolicy::Prefix, "a.b"), true), Sub::Pattern("tg:realm1:a.b*".into()));
+        assert_eq!(subscription_for(pre, &i(MatchPolicy::Prefix, "a.b"), false), Sub::Pattern("tg:realm1:a.b*".into()));
+        assert_eq!(subscription_for(pre, &i(MatchPolicy::Wildcard, "a..c"), false), Sub::Pattern("tg:realm1:a.*.c".into()));
+        assert_eq!(subscription_for(pre, &i(MatchPolicy::Wildcard, ".b."), false), Sub::Pattern("tg:realm1:*.b.*".into()));
         // Glob characters in URIs are escaped, never interpreted.
-        assert_eq!(subscription_for(pre, &i(MatchPolicy::Prefix, "a[1]?")), Sub::Pattern("tg:realm1:a\\[1\\]\\?*".into()));
+        assert_eq!(subscription_for(pre, &i(MatchPolicy::Prefix, "a[1]?"), false), Sub::Pattern("tg:realm1:a\\[1\\]\\?*".into()));
     }
 }

@@ -48,6 +48,12 @@ pub(crate) enum SessionError {
     /// Redis closed the subscriber connection.
     #[error("the subscriber connection closed")]
     RedisSubscriberClosed,
+    /// The Sentinels named no primary, or the primary was demoted.
+    #[error("{0}")]
+    Sentinel(String),
+    /// A Redis Cluster's slots moved or are not served (the text says which).
+    #[error("{0}")]
+    Cluster(String),
     /// RabbitMQ could not be connected to, or the publishing channels or
     /// exchange not set up (the text says which). Boxed: it is the largest.
     #[error("{0}")]

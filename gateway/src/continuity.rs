@@ -10,6 +10,12 @@
 //! topic is read from its last position, so a topic that stays quiet after
 //! an outage gets its missed events too.
 //!
+//! A store that went back (a Redis primary replaced by a replica that had not
+//! received its last writes yet) numbers new events with offsets this node
+//! already delivered: when a read after a reconnect finds the log's head
+//! behind the last delivered offset, the node goes back to that head
+//! ([`Continuity::rewind`]) instead of dropping the new events as copies.
+//!
 //! Memory is bounded: at most [`MAX_TOPICS`] topics are remembered; when full
 //! the map starts over (gaps are then noticed from the next event on).
 
@@ -65,6 +71,15 @@ impl Continuity {
         self.topics += 1;
     }
 
+    /// The store's log of `topic` ends at `head`, before what this node
+    /// delivered: offsets after it will be given to new events, which must
+    /// not be taken for copies.
+    pub(crate) fn rewind(&mut self, realm: &str, topic: &str, head: Position) {
+        if let Some(slot) = self.last.get_mut(realm).and_then(|t| t.get_mut(topic)) {
+            *slot = head;
+        }
+    }
+
     /// Every remembered topic with its last position (to read after a reconnect).
     pub(crate) fn remembered(&self) -> Vec<(String, String, Position)> {
         self.last.iter().flat_map(|(r, topics)| topics.iter().map(|(t, p)| (r.clone(), t.clone(), *p))).collect()
@@ -108,5 +123,9 @@ mod tests {
         assert_eq!(c.check(&event("other"), at(9)), Check::Next, "per topic");
         c.delivered("realm1", "t", at(4));
         assert_eq!(c.remembered(), vec![("realm1".to_string(), "t".to_string(), at(5))], "never moves back");
+        c.rewind("realm1", "t", at(2));
+        assert_eq!(c.check(&e, at(3)), Check::Next, "after the store went back, its next offsets are new events");
+        c.rewind("realm1", "unknown", at(2));
+        assert_eq!(c.remembered().len(), 1);
     }
 }

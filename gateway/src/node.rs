@@ -354,6 +354,19 @@ impl Node {
                 return;
             }
         };
+        if page.epoch == Some(after.epoch) && page.head < after.offset && before.is_none() {
+            // The store lost its newest events (a failover to a replica that
+            // lagged): its next offsets are new events, not copies.
+            tracing::warn!(
+                topic,
+                delivered = after.offset,
+                kept = page.head,
+                "the event store's log of this topic ends before what this node delivered (a failover lost its newest events); \
+                 counting from the store's end again"
+            );
+            continuity.rewind(realm, topic, Position { epoch: after.epoch, offset: page.head });
+            return;
+        }
         let mut flush = Flush::default();
         let mut filled = 0;
         for e in page.events.iter().filter(|e| e.position.is_some_and(|p| before.is_none_or(|b| p.offset < b.offset))) {

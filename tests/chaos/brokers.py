@@ -32,9 +32,11 @@ class PortTaken(RuntimeError):
 
 class RedisServer:
     def __init__(self, workdir: Path, *, pubsub_limit_off: bool = False, appendonly: bool = False,
-                 tls: dict[str, Path] | None = None, users: list[str] | None = None):
+                 tls: dict[str, Path] | None = None, users: list[str] | None = None, extra: list[str] | None = None):
         """`tls` (cert, key, ca): a TLS-only server that requires a client
-        certificate signed by `ca`; `users`: ACL rules (`alice on >pw ~* +@all`)."""
+        certificate signed by `ca`; `users`: ACL rules (`alice on >pw ~* +@all`);
+        `extra`: more redis-server arguments (a {port} in them is replaced)."""
+        self.extra = extra or []
         self.tls = tls
         self.users = users or []
         self.workdir = workdir
@@ -76,6 +78,7 @@ class RedisServer:
             cmd += ["--user", *rule.split()]
         if self.pubsub_limit_off:
             cmd += ["--client-output-buffer-limit", "pubsub 0 0 0"]
+        cmd += [a.replace("{port}", str(self.port)) for a in self.extra]
         self.proc = procs.spawn(cmd, env=_clean_env(), log_path=self.log, description=f"redis-server :{self.port}")
         self.starts += 1
         deadline = time.monotonic() + timeout
@@ -120,6 +123,133 @@ class RedisServer:
         if self.proc is not None:
             procs.stop_tree(self.proc, sig=signal.SIGKILL)
             self.proc = None
+
+
+def redis_cli(port: int, *args: str, timeout: float = 10.0) -> str:
+    """One redis-cli command against our own server on `port`; its output."""
+    out = procs.run(["redis-cli", "-p", str(port), *args], env=_clean_env(), timeout=timeout)
+    return out.stdout.strip()
+
+
+class RedisCluster:
+    """A Redis Cluster of our own: `primaries` primaries with `replicas` replicas
+    each (redis-cli --cluster create), every node on a free port of 127.0.0.1.
+    A primary that dies is replaced by its replica after `node_timeout_ms`."""
+
+    def __init__(self, workdir: Path, *, primaries: int = 3, replicas: int = 1, node_timeout_ms: int = 1000):
+        args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes-{port}.conf",
+                "--cluster-node-timeout", str(node_timeout_ms),
+                # A replica takes over however long ago it last heard from its primary
+                # (an idle test cluster has old replication pings).
+                "--cluster-replica-validity-factor", "0", "--repl-diskless-sync-delay", "0"]
+        self.nodes = [RedisServer(workdir, extra=args) for _ in range(primaries * (1 + replicas))]
+        self.primaries, self.replicas = primaries, replicas
+
+    def start(self, timeout: float = 60.0) -> None:
+        for n in self.nodes:
+            n.start()
+        out = procs.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
+                         "--cluster-replicas", str(self.replicas), "--cluster-yes"], env=_clean_env(), timeout=60)
+        if out.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {out.stdout[-2000:]} {out.stderr[-2000:]}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all("cluster_state:ok" in redis_cli(n.port, "cluster", "info") for n in self.nodes) and \
+                    len(self.slot_primaries()) == self.primaries and self._replicas_in_sync():
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+
+    def _replicas_in_sync(self) -> bool:
+        roles = [redis_cli(n.port, "info", "replication") for n in self.nodes]
+        replicas = [r for r in roles if "role:slave" in r]
+        return len(replicas) == self.primaries * self.replicas and all("master_link_status:up" in r for r in replicas)
+
+    def url(self, seeds: int = 3) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:seeds])
+
+    def alive(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+
+    def slot_primaries(self) -> dict[int, int]:
+        """First slot of each range -> the port of the primary serving it, as a live node sees it."""
+        for n in self.alive():
+            out = procs.run(["redis-cli", "-p", str(n.port), "--json", "cluster", "slots"], env=_clean_env(), timeout=10)
+            try:
+                import json
+                return {r[0]: r[2][1] for r in json.loads(out.stdout)}
+            except (ValueError, IndexError, TypeError):
+                continue
+        return {}
+
+    def slot(self, key: str) -> int:
+        return int(redis_cli(self.alive()[0].port, "cluster", "keyslot", key))
+
+    def primary_for(self, key: str) -> RedisServer:
+        """The node that serves `key`'s slot now."""
+        slot = self.slot(key)
+        ranges = sorted(self.slot_primaries().items())
+        port = [p for first, p in ranges if first <= slot][-1]
+        return next(n for n in self.nodes if n.port == port)
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+
+class RedisSentinels:
+    """A Redis primary, one replica and `count` Sentinels watching them (quorum
+    count // 2 + 1), all ours; the primary is called `name`. A primary down for
+    `down_after_ms` is replaced by the replica."""
+
+    def __init__(self, workdir: Path, *, name: str = "telegraphy", count: int = 3, down_after_ms: int = 1000):
+        self.workdir, self.name, self.down_after_ms = workdir, name, down_after_ms
+        self.primary = RedisServer(workdir, extra=["--repl-diskless-sync-delay", "0"])
+        self.replica: RedisServer | None = None
+        self.ports = [procs.free_port() for _ in range(count)]
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.primary.start()
+        self.replica = RedisServer(self.workdir, extra=["--replicaof", "127.0.0.1", str(self.primary.port)])
+        self.replica.start()
+        quorum = len(self.ports) // 2 + 1
+        for port in self.ports:
+            conf = self.workdir / f"sentinel-{port}.conf"
+            conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+                            f"sentinel monitor {self.name} 127.0.0.1 {self.primary.port} {quorum}\n"
+                            f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}\n"
+                            f"sentinel failover-timeout {self.name} 10000\n"
+                            f"sentinel parallel-syncs {self.name} 1\n")
+            self.procs.append(procs.spawn(["redis-server", str(conf), "--sentinel"], env=_clean_env(),
+                                          log_path=self.workdir / f"sentinel-{port}.log", description=f"redis-sentinel :{port}"))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            # Every Sentinel knows the primary, the replica and the other Sentinels,
+            # and the replica has the primary's data.
+            if all(f"slaves=1,sentinels={len(self.ports)}" in redis_cli(p, "info", "sentinel") for p in self.ports) and \
+                    "master_link_status:up" in redis_cli(self.replica.port, "info", "replication"):
+                return
+            time.sleep(0.2)
+        raise RuntimeError("the Sentinels did not find each other and the replica")
+
+    def url(self) -> str:
+        return "redis+sentinel://" + ",".join(f"127.0.0.1:{p}" for p in self.ports) + f"/{self.name}"
+
+    def current_primary_port(self) -> int | None:
+        for p in self.ports:
+            out = redis_cli(p, "sentinel", "get-master-addr-by-name", self.name).split()
+            if len(out) == 2:
+                return int(out[1])
+        return None
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            procs.stop_tree(proc, sig=signal.SIGKILL)
+        self.procs = []
+        for n in (self.primary, self.replica):
+            if n is not None:
+                n.stop()
 
 
 class RabbitNode:

@@ -5,15 +5,20 @@
 -- package; a test keeps the two identical.
 --
 -- KEYS[1] history settings (hash: topics, size, ttl_ms), written by gateways
+--         (on a Redis Cluster only declared: ARGV[6..8] carry them)
 -- KEYS[2] the topic's stream of kept events
 -- KEYS[3] the topic's log meta (hash: epoch, head)
 -- KEYS[4] the topic's retained events (list, newest first)
--- KEYS[5] the live channel
+-- KEYS[5] the live channel (on a Redis Cluster, the topic's shard channel)
 -- ARGV[1] the envelope (msgpack array of 9, or of 11 ending in nil)
 -- ARGV[2] the topic
 -- ARGV[3] "1" to retain the event
 -- ARGV[4] "1" when the event may be kept (no session-id audience)
 -- ARGV[5] an epoch (1..65535) for a log that starts now
+-- ARGV[6..9] on a Redis Cluster only, where a script reaches one slot: the
+--         history settings (topics, size, ttl_ms) as the publisher read
+--         them, and the classic channel to PUBLISH on as well when a node
+--         subscribed by pattern matches the topic ('' when none does)
 -- Returns {receivers, epoch, offset}; epoch and offset are 0 when the topic
 -- keeps no history.
 
@@ -63,10 +68,16 @@ end
 
 local payload = ARGV[1]
 local keepable = ARGV[4] == '1'
+local cluster = ARGV[6] ~= nil
 local epoch, offset = 0, 0
 
 if keepable then
-  local settings = redis.call('HMGET', KEYS[1], 'topics', 'size', 'ttl_ms')
+  local settings
+  if cluster then
+    settings = { ARGV[6] ~= '' and ARGV[6], ARGV[7], ARGV[8] }
+  else
+    settings = redis.call('HMGET', KEYS[1], 'topics', 'size', 'ttl_ms')
+  end
   local history = false
   if settings[1] then
     for pattern in string.gmatch(settings[1], '[^\n]+') do
@@ -112,5 +123,13 @@ if keepable then
   end
 end
 
-local receivers = redis.call('PUBLISH', KEYS[5], payload)
+local receivers
+if cluster then
+  receivers = redis.call('SPUBLISH', KEYS[5], payload)
+  if ARGV[9] ~= '' then
+    receivers = receivers + redis.call('PUBLISH', ARGV[9], payload)
+  end
+else
+  receivers = redis.call('PUBLISH', KEYS[5], payload)
+end
 return { receivers, epoch, offset }
