@@ -89,12 +89,12 @@ export class Publisher {
       return;
     }
     const scheme = typeof bus === "string" ? (/^([a-z][a-z0-9+.-]*):/i.exec(bus)?.[1] ?? "").toLowerCase() : "";
-    const secure = scheme === "rediss" || scheme === "amqps";
+    const secure = ["rediss", "amqps", "rediss+cluster", "rediss+sentinel"].includes(scheme);
     if (tls != null && !secure) {
       throw new InvalidInput(`tls files are given but the bus \`${redact(String(bus))}\` is not a rediss:// or amqps:// URL`);
     }
     const tlsOptions = secure ? readTls(tls) : null;
-    if (scheme === "redis" || scheme === "rediss") {
+    if (["redis", "rediss", "redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel"].includes(scheme)) {
       this.transport = new RedisTransport(bus, redisKeyPrefix, timeoutMs, tlsOptions);
     } else if (scheme === "amqp" || scheme === "amqps") {
       this.transport = new AmqpTransport(bus, amqpExchange, timeoutMs, tlsOptions);
@@ -105,7 +105,8 @@ export class Publisher {
       );
     } else {
       throw new InvalidInput(
-        `bus \`${redact(String(bus))}\` is not a bus URL; use redis://HOST:6379/0 (rediss:// for TLS) or ` +
+        `bus \`${redact(String(bus))}\` is not a bus URL; use redis://HOST:6379/0 (rediss:// for TLS), ` +
+          "redis+cluster://HOST:7000,HOST2:7000 (a Redis Cluster), redis+sentinel://HOST:26379/NAME (Sentinel) or " +
           "amqp://USER:PASS@HOST:5672/VHOST (amqps:// for TLS), or gatewayUrl for a gateway's HTTP endpoint",
       );
     }

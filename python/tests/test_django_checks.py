@@ -26,6 +26,8 @@ def test_good_settings_pass(settings):
     assert ids(settings) == []
     assert ids(settings, BUS="redis://127.0.0.1:6379/0", API_KEY=None) == []
     assert ids(settings, BUS="rediss://redis.internal:6380/0", BUS_TLS_CA_FILE=__file__, API_KEY=None) == []
+    assert ids(settings, BUS="redis+cluster://r1:7000,r2:7000", API_KEY=None) == []
+    assert ids(settings, BUS="rediss+sentinel://s1:26379,s2:26379/mymaster", BUS_TLS_CA_FILE=__file__, API_KEY=None) == []
     assert ids(settings, PUBLISH_URL="https://gw.internal:8080", GATEWAY_URL="wss://events.example.com/ws") == []
 
 

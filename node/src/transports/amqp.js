@@ -5,7 +5,7 @@
 
 import { decodeEnvelope, encodeEnvelope } from "../envelope.js";
 import { InvalidInput, NoSubscriber, Rejected, Unauthorized, Unavailable } from "../errors.js";
-import { importOptional, isCertificateError, redact, serverName, TLS_HINT, withTimeout } from "./common.js";
+import { importOptional, isCertificateError, redact, serverName, splitHosts, TLS_HINT, withTimeout } from "./common.js";
 
 export const ENVELOPE_CONTENT_TYPE = "application/x-telegraphy-envelope";
 /** AMQP routing keys are short strings (realm + "." + topic). */
@@ -16,13 +16,8 @@ export const MAX_ROUTING_KEY = 255;
  * `amqp://U:P@H1:5672/V?q` and `amqp://U:P@H2:5673/V?q`.
  */
 export function brokerUrls(url) {
-  const m = /^([a-z][a-z0-9+.-]*:\/\/)([^/?]*)(.*)$/i.exec(url);
-  if (!m) return [url];
-  const [, scheme, authority, tail] = m;
-  const at = authority.lastIndexOf("@");
-  const userinfo = at >= 0 ? authority.slice(0, at + 1) : "";
-  const hosts = authority.slice(at + 1).split(",").map((h) => h.trim());
-  if (hosts.some((h) => h === "")) throw new InvalidInput(`bus \`${redact(url)}\`: an empty host in the list of brokers`);
+  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) return [url];
+  const { scheme, userinfo, hosts, tail } = splitHosts(url);
   return hosts.map((h) => `${scheme}${userinfo}${h}${tail}`);
 }
 

@@ -16,6 +16,21 @@ export function redact(url) {
   }
 }
 
+/**
+ * A URL that lists several hosts (`scheme://U:P@H1:1,H2:2/tail`), taken
+ * apart: `{ scheme: "scheme://", userinfo: "U:P@", hosts: ["H1:1", "H2:2"], tail: "/tail" }`.
+ */
+export function splitHosts(url) {
+  const m = /^([a-z][a-z0-9+.-]*:\/\/)([^/?]*)(.*)$/i.exec(url);
+  if (!m) throw new InvalidInput(`bus \`${redact(url)}\` is not a URL`);
+  const [, scheme, authority, tail] = m;
+  const at = authority.lastIndexOf("@");
+  const userinfo = at >= 0 ? authority.slice(0, at + 1) : "";
+  const hosts = authority.slice(at + 1).split(",").map((h) => h.trim());
+  if (hosts.some((h) => h === "")) throw new InvalidInput(`bus \`${redact(url)}\`: an empty host in the list of hosts`);
+  return { scheme, userinfo, hosts, tail };
+}
+
 /** Imports an optional peer dependency, or says how to install it. */
 export async function importOptional(name, what) {
   try {

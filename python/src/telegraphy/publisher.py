@@ -29,6 +29,8 @@ class Publisher:
         Publisher(bus="redis://127.0.0.1:6379/0", redis_key_prefix="telegraphy:")
         Publisher(bus="amqp://guest:guest@127.0.0.1:5672/%2f", amqp_exchange="telegraphy")
         Publisher(bus="rediss://user:pass@redis.internal:6380/0", tls_ca_file="/etc/ssl/redis-ca.pem")
+        Publisher(bus="redis+cluster://10.0.0.1:7000,10.0.0.2:7000")   # a Redis Cluster
+        Publisher(bus="redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster")
 
     `rediss://` and `amqps://` speak TLS: the broker's certificate must be
     signed by a CA of the system's or by `tls_ca_file`, and name the URL's
@@ -67,9 +69,9 @@ class Publisher:
             return
         scheme = urllib.parse.urlsplit(bus).scheme if isinstance(bus, str) else ""
         tls = BusTls(tls_ca_file, tls_cert_file, tls_key_file)
-        if tls.is_set() and scheme not in ("rediss", "amqps"):
+        if tls.is_set() and scheme not in ("rediss", "amqps", "rediss+cluster", "rediss+sentinel"):
             raise InvalidInput(f"TLS files are given but the bus `{redact(str(bus))}` is not a rediss:// or amqps:// URL")
-        if scheme in ("redis", "rediss"):
+        if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel"):
             self._transport = RedisTransport(bus, redis_key_prefix, timeout, tls)
         elif scheme in ("amqp", "amqps"):
             self._transport = AmqpTransport(bus, amqp_exchange, timeout, tls)
@@ -80,7 +82,8 @@ class Publisher:
             )
         else:
             raise InvalidInput(
-                f"bus `{redact(str(bus))}` is not a bus URL; use redis://HOST:6379/0 (rediss:// for TLS) or "
+                f"bus `{redact(str(bus))}` is not a bus URL; use redis://HOST:6379/0 (rediss:// for TLS), "
+                f"redis+cluster://HOST:7000,HOST2:7000 (a Redis Cluster), redis+sentinel://HOST:26379/NAME (Sentinel) or "
                 f"amqp://USER:PASS@HOST:5672/VHOST (amqps:// for TLS), or gateway_url= for a gateway's HTTP endpoint"
             )
 

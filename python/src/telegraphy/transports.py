@@ -189,10 +189,65 @@ def _is_certificate_error(e: BaseException) -> bool:
     return False
 
 
+#: How long a publisher on a Redis Cluster uses its copy of the history
+#: settings and of the nodes' pattern registry (the gateway's REGISTRY_FRESH).
+REGISTRY_FRESH = 1.0
+
+
+def split_hosts(url: str) -> tuple[str, str, list[str], str]:
+    """`scheme://U:P@H1:1,H2:2/tail` as (scheme, `U:P@`, [`H1:1`, `H2:2`], `/tail`)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise InvalidInput(f"bus `{redact(url)}` is not a URL")
+    end = min([i for i in (rest.find("/"), rest.find("?")) if i >= 0], default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    userinfo, at, hosts = authority.rpartition("@")
+    parts = [h.strip() for h in hosts.split(",")]
+    if any(not h for h in parts):
+        raise InvalidInput(f"bus `{redact(url)}`: an empty host in the list of hosts")
+    return scheme, f"{userinfo}{at}", parts, tail
+
+
+def _host_port(hostport: str, default: int) -> tuple[str, int]:
+    host, _, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
+    return host.strip("[]"), int(port) if port else default
+
+
+def _registry_patterns(entries: dict, now_ms: float) -> list[tuple[str, str, str]]:
+    """The (realm, policy, pattern) of the registry's entries still in force."""
+    out = []
+    for text in entries.values():
+        text = text.decode() if isinstance(text, bytes) else text
+        lines = text.split("\n")
+        try:
+            if int(lines[0]) < now_ms:
+                continue
+        except ValueError:
+            continue
+        for line in lines[1:]:
+            parts = line.split("\t", 2)
+            if len(parts) == 3 and parts not in out:
+                out.append(tuple(parts))
+    return out
+
+
+def _pattern_matches(policy: str, pattern: str, topic: str) -> bool:
+    if policy == "prefix":
+        return topic.startswith(pattern)
+    want, have = pattern.split("."), topic.split(".")
+    return len(want) == len(have) and all(not w or w == h for w, h in zip(want, have))
+
+
 class RedisTransport:
     """Publishes on `{key_prefix}{realm}:{topic}` through the gateway's
     publish script, so that events of history topics get their position
-    and are kept, exactly as when a gateway publishes them."""
+    and are kept, exactly as when a gateway publishes them.
+
+    `redis+cluster://H1:P1,H2:P2` publishes on a Redis Cluster the way the
+    gateway does (a topic's keys and shard channel share the hash tag
+    `{realm:topic}`; SPUBLISH, and PUBLISH too when a node's pattern matches);
+    `redis+sentinel://S1:26379,S2:26379/NAME[/DB]` publishes to the primary
+    the Sentinels name (asked again after a failover)."""
 
     kind = "redis"
 
@@ -203,30 +258,80 @@ class RedisTransport:
             raise InvalidInput("publishing to Redis needs the redis package: pip install 'telegraphy[redis]'") from None
         self.url, self.key_prefix, self.timeout = url, key_prefix, timeout
         self.tls = tls or BusTls()
+        self.scheme = url.partition("://")[0]
+        self.cluster = self.scheme.endswith("+cluster")
+        if self.cluster and ("{" in key_prefix or "}" in key_prefix):
+            raise InvalidInput(f"redis key prefix `{key_prefix}` holds a brace; on a Redis Cluster it must not (hash tags)")
         self._client = None
         self._script = None
         self._pid = None
+        self._view = None
         self._lock = threading.Lock()
 
-    def _connection(self):
+    def _tls_options(self) -> dict:
+        if not self.scheme.startswith("rediss"):
+            return {}
+        return {"ssl": True, "ssl_cert_reqs": "required", "ssl_check_hostname": True, "ssl_ca_certs": self.tls.ca_file,
+                "ssl_certfile": self.tls.cert_file, "ssl_keyfile": self.tls.key_file}
+
+    def _open(self):
         import redis
 
+        timeouts = {"socket_connect_timeout": self.timeout, "socket_timeout": self.timeout}
+        if self.scheme in ("redis", "rediss"):
+            tls = {k: v for k, v in self._tls_options().items() if k != "ssl"}
+            return redis.Redis.from_url(self.url, health_check_interval=30, **timeouts, **tls)
+        _, userinfo, hosts, tail = split_hosts(self.url)
+        user, _, password = userinfo.rstrip("@").partition(":")
+        creds = {"username": urllib.parse.unquote(user) or None, "password": urllib.parse.unquote(password) or None}
+        if self.cluster:
+            from redis.cluster import ClusterNode, RedisCluster
+
+            if tail.strip("/") not in ("", "0"):
+                raise InvalidInput(f"bus `{redact(self.url)}`: a Redis Cluster has only database 0; leave the path empty")
+            nodes = [ClusterNode(*_host_port(h, 6379)) for h in hosts]
+            return RedisCluster(startup_nodes=nodes, **creds, **timeouts, **self._tls_options())
+        if self.scheme in ("redis+sentinel", "rediss+sentinel"):
+            from redis.sentinel import Sentinel
+
+            path = [p for p in tail.split("?")[0].split("/") if p]
+            if not path:
+                raise InvalidInput(f"bus `{redact(self.url)}`: name the primary after the Sentinels: redis+sentinel://HOST:26379/NAME")
+            try:
+                db = int(path[1]) if len(path) > 1 else 0
+            except ValueError:
+                raise InvalidInput(f"bus `{redact(self.url)}`: `{path[1]}` is not a database number") from None
+            tls = self._tls_options()
+            sentinels = Sentinel([_host_port(h, 26379) for h in hosts], sentinel_kwargs={**timeouts, **tls}, **timeouts, **tls)
+            return sentinels.master_for(path[0], db=db, **creds)
+        raise InvalidInput(f"bus `{redact(self.url)}` is not a Redis URL")
+
+    def _connection(self):
         with self._lock:
             if self._client is None or self._pid != os.getpid():
                 try:
-                    tls = {}
-                    if self.url.startswith("rediss://"):
-                        tls = {"ssl_cert_reqs": "required", "ssl_check_hostname": True, "ssl_ca_certs": self.tls.ca_file,
-                               "ssl_certfile": self.tls.cert_file, "ssl_keyfile": self.tls.key_file}
-                    self._client = redis.Redis.from_url(
-                        self.url, socket_connect_timeout=self.timeout, socket_timeout=self.timeout,
-                        health_check_interval=30, **tls,
-                    )
+                    self._client = self._open()
                 except ValueError as e:
                     raise InvalidInput(f"bus `{redact(self.url)}`: {e}") from None
                 self._script = self._client.register_script(_publish_script())
                 self._pid = os.getpid()
+                self._view = None
             return self._client
+
+    def _cluster_view(self, client) -> tuple:
+        """(topics, size, ttl_ms, patterns), read again when older than REGISTRY_FRESH."""
+        import time
+
+        view = self._view
+        if view is not None and time.monotonic() - view[0] < REGISTRY_FRESH:
+            return view[1]
+        read_at = time.monotonic()
+        topics, size, ttl = client.hmget(f"{self.key_prefix}history", ["topics", "size", "ttl_ms"])
+        entries = client.hgetall(f"{self.key_prefix}patterns")
+        text = [(v.decode() if isinstance(v, bytes) else v) if v is not None else "" for v in (topics, size, ttl)]
+        fresh = (*text, _registry_patterns(entries, time.time() * 1000))
+        self._view = (read_at, fresh)
+        return fresh
 
     def publish(self, envelope: Envelope, require_subscriber: bool = False) -> int:
         import redis
@@ -234,10 +339,19 @@ class RedisTransport:
         payload = envelope.encode()
         p, realm, topic = self.key_prefix, envelope.realm, envelope.topic
         channel = f"{p}{realm}:{topic}"
-        keys = [f"{p}history", f"{p}h:{realm}:{topic}", f"{p}hm:{realm}:{topic}", f"{p}r:{realm}:{topic}", channel]
-        self._connection()
+        if self.cluster:
+            tag = f"{{{realm}:{topic}}}"
+            keys = [f"{p}history:{tag}", f"{p}h:{tag}", f"{p}hm:{tag}", f"{p}r:{tag}", f"{p}{tag}"]
+        else:
+            keys = [f"{p}history", f"{p}h:{realm}:{topic}", f"{p}hm:{realm}:{topic}", f"{p}r:{realm}:{topic}", channel]
+        client = self._connection()
         argv = [payload, topic, int(envelope.retain), int(envelope.keepable()), secrets.randbelow(65535) + 1]
+        matched = False
         try:
+            if self.cluster:
+                topics, size, ttl, patterns = self._cluster_view(client)
+                matched = any(r == realm and _pattern_matches(pol, pat, topic) for r, pol, pat in patterns)
+                argv += [topics, size, ttl, channel if matched else ""]
             # Redis answers how many subscriptions (of every node) got it,
             # and the event's position when its topic keeps history.
             receivers, epoch, offset = self._script(keys=keys, args=argv)
@@ -257,8 +371,8 @@ class RedisTransport:
             raise Rejected(f"Redis at {redact(self.url)} refused the event: {text}") from None
         except redis.RedisError as e:
             raise Unavailable(f"Redis at {redact(self.url)} did not take the event: {e}") from None
-        if require_subscriber and not receivers:
-            raise NoSubscriber(f"no node is subscribed to `{envelope.topic}` (Redis channel {channel})")
+        if require_subscriber and not (receivers or matched):
+            raise NoSubscriber(f"no node is subscribed to `{envelope.topic}` (Redis channel {keys[4]})")
         if offset and epoch:
             return (int(offset) << 16) | int(epoch)
         return envelope.publication
@@ -276,17 +390,10 @@ class RedisTransport:
 def broker_urls(url: str) -> list[str]:
     """The brokers of an AMQP URL: `amqp://U:P@H1:5672,H2:5673/V?q` is
     `amqp://U:P@H1:5672/V?q` and `amqp://U:P@H2:5673/V?q`."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
+    if "://" not in url:
         return [url]
-    end = min([i for i in (rest.find("/"), rest.find("?")) if i >= 0], default=len(rest))
-    authority, tail = rest[:end], rest[end:]
-    userinfo, at, hosts = authority.rpartition("@")
-    prefix = f"{scheme}://{userinfo}{at}"
-    parts = [h.strip() for h in hosts.split(",")]
-    if any(not h for h in parts):
-        raise InvalidInput(f"bus `{redact(url)}`: an empty host in the list of brokers")
-    return [f"{prefix}{h}{tail}" for h in parts]
+    scheme, userinfo, hosts, tail = split_hosts(url)
+    return [f"{scheme}://{userinfo}{h}{tail}" for h in hosts]
 
 
 class AmqpTransport:

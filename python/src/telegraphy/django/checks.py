@@ -13,6 +13,9 @@ from django.core.checks import Error, Warning
 from . import conf
 from ..uri import is_valid_topic
 
+REDIS_SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel")
+TLS_SCHEMES = ("rediss", "amqps", "rediss+cluster", "rediss+sentinel")
+
 SETTINGS_HINT = "See docs/django.md, section Settings."
 
 
@@ -78,14 +81,15 @@ def check_settings(app_configs=None, **kwargs):
                 "E006", "TELEGRAPHY['BUS'] is memory://, which only exists inside one gateway process.",
                 "Remove BUS and publish through the gateway's HTTP endpoint (PUBLISH_URL and API_KEY).",
             ))
-        elif scheme not in ("redis", "amqp", "rediss", "amqps"):
+        elif scheme not in REDIS_SCHEMES + ("amqp", "amqps"):
             errors.append(_error(
-                "E006", f"TELEGRAPHY['BUS'] must be a redis:// or amqp:// URL (rediss://, amqps:// for TLS), not {bus!r}.",
+                "E006", f"TELEGRAPHY['BUS'] must be a redis:// or amqp:// URL (rediss://, amqps:// for TLS; "
+                        f"redis+cluster://, redis+sentinel:// for a Redis Cluster or Sentinel), not {bus!r}.",
                 "For example 'redis://127.0.0.1:6379/0' or 'amqp://guest:guest@127.0.0.1:5672/%2f', the same bus "
                 "as the gateways'.",
             ))
         else:
-            extra = "redis" if scheme in ("redis", "rediss") else "amqp"
+            extra = "redis" if scheme in REDIS_SCHEMES else "amqp"
             package = {"redis": "redis", "amqp": "pika"}[extra]
             if importlib.util.find_spec(package) is None:
                 errors.append(_error(
@@ -99,7 +103,7 @@ def check_settings(app_configs=None, **kwargs):
                 "E018", f"TELEGRAPHY['{key}'] is {path!r}, which is not a file.",
                 "Give the path of a PEM file the Django process can read (a mounted secret).",
             ))
-    if any(tls_files.values()) and not (isinstance(bus, str) and urllib.parse.urlsplit(bus).scheme in ("rediss", "amqps")):
+    if any(tls_files.values()) and not (isinstance(bus, str) and urllib.parse.urlsplit(bus).scheme in TLS_SCHEMES):
         errors.append(_error(
             "E018", "TELEGRAPHY has BUS_TLS_* files but BUS is not a rediss:// or amqps:// URL.",
             "Use rediss:// or amqps:// in BUS for TLS to the broker, or remove the BUS_TLS_* settings.",
