@@ -85,6 +85,10 @@ struct Common {
     /// Pid(s) of the external router to sample for RSS and CPU.
     #[arg(long, value_name = "PID")]
     attach_pid: Vec<u32>,
+    /// Pid(s) of broker processes (redis-server, ...) whose CPU is measured
+    /// over the same window as the router's (repeat for each).
+    #[arg(long, value_name = "PID")]
+    broker_pid: Vec<u32>,
     /// Name of the router in the output (default: telegraphy, ceiling or external).
     #[arg(long)]
     label: Option<String>,
@@ -582,20 +586,25 @@ async fn load_scenario(name: &str, a: LoadArgs, nodes: usize, ceiling: bool) -> 
         let spec = client_spec(c, &r);
         let sampler = Sampler::start(r.pids.clone(), Duration::from_millis(100));
         let mut marks: Vec<(String, Instant, Option<procstat::Sample>, procstat::CpuMark)> = Vec::new();
+        let mut broker_marks: Vec<(String, Instant, Vec<f64>)> = Vec::new();
+        let broker_cpu =
+            |pids: &[u32]| pids.iter().map(|&p| procstat::read(p, procstat::clock_ticks()).map_or(0.0, |(cpu, _)| cpu)).collect::<Vec<f64>>();
         let before = sampler.now();
         let t_start = Instant::now();
-        let result =
-            match load::run(&spec, &w, &r.publish, |phase| marks.push((phase.to_string(), Instant::now(), sampler.now(), procstat::CpuMark::now())))
-                .await
-            {
-                Ok(x) => x,
-                Err(e) => {
-                    for p in &r._procs {
-                        eprintln!("router log ({}):\n{}", p.log.display(), p.log_tail());
-                    }
-                    return Err(e);
+        let result = match load::run(&spec, &w, &r.publish, |phase| {
+            broker_marks.push((phase.to_string(), Instant::now(), broker_cpu(&c.broker_pid)));
+            marks.push((phase.to_string(), Instant::now(), sampler.now(), procstat::CpuMark::now()))
+        })
+        .await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                for p in &r._procs {
+                    eprintln!("router log ({}):\n{}", p.log.display(), p.log_tail());
                 }
-            };
+                return Err(e);
+            }
+        };
         let find = |p: &str| marks.iter().find(|m| m.0 == p).cloned();
         let (pub_mark, done_mark) = (find("publish"), find("done"));
         let cpu = match (&pub_mark, &done_mark) {
@@ -606,6 +615,18 @@ async fn load_scenario(name: &str, a: LoadArgs, nodes: usize, ceiling: bool) -> 
             (Some(a), Some(b)) => procstat::machine_pct(&a.3, &b.3),
             _ => (0.0, 0.0),
         };
+        // Each broker process's CPU over the same window (% of one core).
+        let brokers: Vec<f64> = match (broker_marks.iter().find(|m| m.0 == "publish"), broker_marks.iter().find(|m| m.0 == "done")) {
+            (Some(a), Some(b)) => {
+                let dt = b.1.duration_since(a.1).as_secs_f64().max(1e-9);
+                a.2.iter().zip(&b.2).map(|(x, y)| 100.0 * (y - x) / dt).collect()
+            }
+            _ => Vec::new(),
+        };
+        if !brokers.is_empty() {
+            let shown: Vec<String> = brokers.iter().map(|b| format!("{b:.0}%")).collect();
+            println!("  broker CPU {} (total {:.0}%)", shown.join(" + "), brokers.iter().sum::<f64>());
+        }
         let rss_idle = pub_mark.as_ref().and_then(|m| m.2).map(|s| s.rss_kib).unwrap_or(0);
         let rss_peak = match (&pub_mark, &done_mark) {
             (Some(p), Some(d)) => sampler.peak_rss(p.1, d.1).unwrap_or(0).max(d.2.map(|s| s.rss_kib).unwrap_or(0)),
@@ -672,6 +693,8 @@ async fn load_scenario(name: &str, a: LoadArgs, nodes: usize, ceiling: bool) -> 
                 "run": run + 1,
                 "result": result,
                 "router": {"cpu_pct": cpu, "rss_start_kib": rss_start, "rss_sessions_kib": rss_idle, "rss_peak_kib": rss_peak, "pids": r.pids},
+                "brokers": {"cpu_pct": brokers, "pids": c.broker_pid},
+                "bus_url": if c.target.is_empty() && !ceiling { telegraphy_bus::redact(&bus_url(&bus)) } else { String::new() },
                 "machine_cpu": machine_cpu,
             }),
         )?;

@@ -277,3 +277,72 @@ def restore(port: int, key: str, dump_literal: str) -> None:
         s.sendall(msg)
         answer = s.recv(256)
     assert answer.startswith(b"+OK"), answer
+
+
+def migrate_slot(cluster: RedisCluster, slot: int, to_port: int) -> None:
+    """Moves `slot` (and its keys) to the primary on `to_port`, the way
+    `redis-cli --cluster reshard` does: IMPORTING/MIGRATING, MIGRATE, NODE."""
+    owner_port = [p for first, p in sorted(cluster.slot_primaries().items()) if first <= slot][-1]
+    ids = {int(line.split()[1].split(":")[1].split("@")[0]): line.split()[0]
+           for line in redis_cli(owner_port, "cluster", "nodes").splitlines()}
+    src, dst = ids[owner_port], ids[to_port]
+    assert redis_cli(to_port, "cluster", "setslot", str(slot), "importing", src) == "OK"
+    assert redis_cli(owner_port, "cluster", "setslot", str(slot), "migrating", dst) == "OK"
+    while True:
+        keys = redis_cli(owner_port, "cluster", "getkeysinslot", str(slot), "100").split()
+        if not keys:
+            break
+        out = redis_cli(owner_port, "migrate", "127.0.0.1", str(to_port), "", "0", "5000", "keys", *keys)
+        assert out in ("OK", "NOKEY"), out
+    for port in {n.port for n in cluster.alive()}:
+        redis_cli(port, "cluster", "setslot", str(slot), "node", dst)
+
+
+def test_a_slot_moved_to_another_primary_under_subscribers(uid, gateway_factory, reactor, workdir, record):
+    """Resharding: the slot of a topic's shard channel (and of its history
+    keys) moves to another primary while a node is subscribed. Redis ends
+    the node's sharded subscription (sunsubscribe); the node subscribes again
+    on the new primary; publishers follow MOVED. Events before and after
+    reach the subscriber once, in order; the history log moved along."""
+    cluster = RedisCluster(workdir, primaries=3, replicas=0)
+    try:
+        cluster.start()
+        prefix = f"tg{uid}:"
+        topic = f"chaos.{uid}.moving"
+        env = {**HISTORY, "TELEGRAPHY_HISTORY__TOPICS": f"chaos.{uid}.*"}
+        gw = gateway_factory("A", cluster.url(), prefix=prefix, env=env)
+        sub = Subscriber("S", HOST, gw.port, topic)
+        reactor.start([sub])
+        key = f"{prefix}{{realm1:{topic}}}"
+        for k in range(3):
+            assert gw.publish(topic, args=["before", k])[0] == 200
+        assert wait_until(lambda: len(sub.streams("before")) == 3, 10)
+        slot = cluster.slot(key)
+        old = cluster.primary_for(key).port
+        new = next(n.port for n in cluster.nodes if n.port != old)
+        t_move = time.monotonic()
+        migrate_slot(cluster, slot, new)
+        assert cluster.primary_for(key).port == new
+        # Publishes succeed again once the node is subscribed on the new primary.
+        k = 0
+        deadline = time.monotonic() + 30
+        while k < 3 and time.monotonic() < deadline:
+            if gw.publish(topic, args=["after", k])[0] == 200:
+                k += 1
+            else:
+                time.sleep(0.05)
+        status, out, err, _, _ = run_cli_stdin(cluster.url(), [f'{{"topic": "{topic}", "args": ["cli", 0]}}'], prefix=prefix)
+        assert status == 0, err
+        got = wait_until(lambda: len(sub.streams("after")) == 3 and len(sub.streams("cli")) == 1, 15)
+        log = gw.log.read_text()
+        record(moved_slot=slot, from_port=old, to_port=new, seconds_to_first_publish_after=round(time.monotonic() - t_move, 3),
+               received={s: sub.streams(s) for s in ("before", "after", "cli")},
+               noticed="its slot moved" in log or "served by another primary" in log)
+        assert got, {s: sub.streams(s) for s in ("before", "after", "cli")}
+        assert sub.streams("before") == [0, 1, 2] and sub.streams("after") == [0, 1, 2]
+        # History moved with the slot: the log continues (offsets 1..7, one epoch).
+        pubs = [e[2] for e in sub.events]
+        assert [p >> 16 for p in pubs] == list(range(1, len(pubs) + 1)) and len({p & 0xFFFF for p in pubs}) == 1, pubs
+        assert "its slot moved" in log or "served by another primary" in log
+    finally:
+        cluster.stop()

@@ -265,6 +265,18 @@ def test_bus_tls_mounts_the_secret_and_points_the_gateway_at_its_files():
     assert "not a rediss:// URL" in msg
 
 
+@pytest.mark.parametrize("url", ["redis+cluster://u:pw@r1:6379,r2:6379,r3:6379", "rediss+sentinel://s1:26379,s2:26379/mymaster/0"])
+def test_redis_cluster_and_sentinel_urls_are_accepted(url):
+    tls = {"secretName": "redis-tls"} if url.startswith("rediss") else {}
+    r = Rendered({"replicaCount": 3, "bus": {"type": "redis", "redis": {"url": url}, "tls": tls}})
+    assert r.secret_data(f"{RELEASE}-telegraphy")["TELEGRAPHY_BUS"] == url
+    # Another form is refused by the values schema, before the templates.
+    msg = render_error({"bus": {"type": "redis", "redis": {"url": "redis+kafka://r1:6379"}}})
+    assert "redis+kafka" in msg and "cluster|" in msg
+    msg = render_error({"bus": {"type": "redis", "redis": {"url": "redis+cluster://r1:6379"}, "tls": {"secretName": "x"}}})
+    assert "not a rediss:// URL" in msg
+
+
 def test_memory_bus_refuses_several_replicas():
     msg = render_error({"replicaCount": 2})
     assert "bus.type=memory is a single-node bus" in msg and "replicaCount must be 1" in msg

@@ -102,10 +102,16 @@ Checks the values together; a template calls it so `helm template` and
 {{- if not $url }}
 {{- fail (printf "telegraphy: bus.type=%s needs bus.%s.url, or existingSecret naming a Secret with the key %s." $bus $bus .Values.existingSecretKeys.bus) }}
 {{- end }}
-{{- if not (or (hasPrefix (printf "%s://" $bus) $url) (hasPrefix (printf "%ss://" $bus) $url)) }}
+{{- /* Redis also takes a Redis Cluster (redis+cluster://) and Sentinel (redis+sentinel://). */}}
+{{- $forms := ternary "(\\+cluster|\\+sentinel)?" "" (eq $bus "redis") }}
+{{- if not (regexMatch (printf "^%ss?%s://" $bus $forms) $url) }}
+{{- if eq $bus "redis" }}
+{{- fail "telegraphy: bus.redis.url must start with redis://, redis+cluster:// (a Redis Cluster) or redis+sentinel:// (Sentinel), or their rediss forms for TLS." }}
+{{- else }}
 {{- fail (printf "telegraphy: bus.%s.url must start with %s:// (or %ss:// for TLS)." $bus $bus $bus) }}
 {{- end }}
-{{- if and .Values.bus.tls.secretName (not (hasPrefix (printf "%ss://" $bus) $url)) }}
+{{- end }}
+{{- if and .Values.bus.tls.secretName (not (regexMatch (printf "^%ss%s://" $bus $forms) $url)) }}
 {{- fail (printf "telegraphy: bus.tls.secretName is set but bus.%s.url is not a %ss:// URL; TLS files are for TLS connections." $bus $bus) }}
 {{- end }}
 {{- end }}
