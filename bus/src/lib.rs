@@ -69,9 +69,9 @@
 //!   Publish-only clients ([`connect_publisher`]) too.
 //! * **Backpressure**: events consumed from a broker go to the node through
 //!   a bounded queue; when it is full the adapter stops reading (RabbitMQ
-//!   then stops at the prefetch limit; on a Redis Cluster a full queue of
-//!   [`redis::PUSH_QUEUE`] events starts the session over; on one Redis the
-//!   client library's own reader queue is not bounded, see `docs/bus.md`).
+//!   then stops at the prefetch limit; on Redis the subscriber connections
+//!   fill a queue of [`redis::PUSH_QUEUE`] events, and a full one starts the
+//!   session over, as Redis does past `client-output-buffer-limit pubsub`).
 
 pub mod amqp;
 pub mod backoff;

@@ -40,7 +40,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt as _, StreamExt as _};
+use futures_util::FutureExt as _;
 use redis::aio::MultiplexedConnection;
 use telegraphy_wamp::{Id, MatchPolicy};
 use tokio::sync::Notify;
@@ -755,16 +755,107 @@ async fn publisher_session(s: &Shared, supervisor: &mut Supervisor, installed: O
     watched.outcome()
 }
 
+/// The push messages (events, subscription confirmations) of a node's
+/// subscriber connections, in a queue of [`PUSH_QUEUE`]: the connections'
+/// reader tasks hand them over without waiting, and a full queue marks the
+/// session as fallen behind (it then starts over, as Redis itself drops a
+/// subscriber past `client-output-buffer-limit pubsub`).
+struct Pushes {
+    rx: tokio::sync::mpsc::Receiver<redis::PushInfo>,
+    behind: Arc<std::sync::atomic::AtomicBool>,
+    /// Signalled when the queue overflows, to end a session that waits for
+    /// room in the node's own queue meanwhile.
+    overflow: Arc<Notify>,
+}
+
+impl Pushes {
+    /// The queue, and the connection settings that fill it.
+    fn new(options: &BusOptions) -> (Pushes, redis::AsyncConnectionConfig) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<redis::PushInfo>(PUSH_QUEUE);
+        let behind = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let overflow = Arc::new(Notify::new());
+        let (fell_behind, tell) = (behind.clone(), overflow.clone());
+        let config = connection_config(options).set_push_sender(move |push: redis::PushInfo| {
+            tx.try_send(push).inspect_err(|e| {
+                if matches!(e, tokio::sync::mpsc::error::TrySendError::Full(_)) && !fell_behind.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tell.notify_one();
+                }
+            })
+        });
+        (Pushes { rx, behind, overflow }, config)
+    }
+
+    /// Hands one event to the node, unless the queue overflows meanwhile
+    /// (the node is stuck): then the session ends.
+    async fn take(&self, s: &Shared, inbound: &Inbound, seen: &mut Recent, bytes: &[u8]) -> Result<(), Ended> {
+        // Biased: while the node's queue has room the event goes at once and
+        // the overflow signal is never polled (no waiter registered).
+        tokio::select! {
+            biased;
+            taken = take(s, inbound, seen, bytes) => taken.map_err(|_| Ended::Closed),
+            _ = self.overflow.notified() => Err(Ended::Behind),
+        }
+    }
+
+    /// The next push message; an error once the queue overflowed or every
+    /// connection is gone.
+    async fn next(&mut self) -> Result<redis::PushInfo, SessionError> {
+        let push = self.rx.recv().await.ok_or(SessionError::RedisSubscriberClosed)?;
+        if self.behind.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(SessionError::Behind(PUSH_QUEUE));
+        }
+        Ok(push)
+    }
+
+    /// Delivers what already arrived, for up to [`DRAIN_AFTER_FAILURE`]: a
+    /// broker that went away acknowledged those events. False when the node closed.
+    async fn drain(&mut self, s: &Shared, inbound: &Inbound, seen: &mut Recent) -> bool {
+        let until = tokio::time::Instant::now() + DRAIN_AFTER_FAILURE;
+        while let Ok(Some(push)) = tokio::time::timeout_at(until, self.rx.recv()).await {
+            if let Some(bytes) = payload(&push) {
+                if take(s, inbound, seen, bytes).await.is_err() {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// Why handing an event to the node stopped the session.
+enum Ended {
+    /// The node closed its queue (it is stopping).
+    Closed,
+    /// The push queue overflowed while the node was not taking events.
+    Behind,
+}
+
+impl Ended {
+    /// The session's outcome.
+    fn outcome(self) -> Result<(), SessionError> {
+        match self {
+            Ended::Closed => Ok(()),
+            Ended::Behind => Err(SessionError::Behind(PUSH_QUEUE)),
+        }
+    }
+}
+
 /// A node's session: subscribe to every interest, then install the PUBLISH
 /// connection and consume until either connection fails or the bus stops.
+/// The subscriber connection speaks RESP3 (Redis 6 or newer): its events
+/// arrive as push messages, into a bounded queue.
 async fn node_session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor) -> Result<(), SessionError> {
     let timeout = s.options.connect_timeout;
     let client = server(s).await?.expect("one server");
-    let pubsub = tokio::time::timeout(timeout, client.get_async_pubsub()).await.map_err(|_| SessionError::Timeout(timeout))??;
+    let (mut pushes, config) = Pushes::new(&s.options);
+    let subscriber = target::with_resp3(&client).map_err(|e| SessionError::Sentinel(e.to_string()))?;
+    let mut sink = tokio::time::timeout(timeout, subscriber.get_multiplexed_async_connection_with_config(&config))
+        .await
+        .map_err(|_| SessionError::Timeout(timeout))?
+        .map_err(resp3_refused)?;
     let mut conn = connect_publishing(s, Some(client)).await?;
     write_history_settings(&s.options, &mut conn).await?;
     let watched = watch(s, &conn);
-    let (mut sink, mut stream) = pubsub.split();
     // Publishes go through `conn` only once every interest is subscribed
     // again (below): until then they fail fast, as the node is not ready.
     let mut conn = Some(conn);
@@ -778,14 +869,14 @@ async fn node_session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor
             let want: HashSet<Sub> = desired.iter().map(|i| subscription_for(&s.options.redis_key_prefix, i, false)).collect();
             for sub in want.difference(&applied) {
                 match sub {
-                    Sub::Channel(c) | Sub::Shard(c) => sink.subscribe(c).await,
-                    Sub::Pattern(p) => sink.psubscribe(p).await,
+                    Sub::Channel(c) | Sub::Shard(c) => redis::cmd("SUBSCRIBE").arg(c).exec_async(&mut sink).await,
+                    Sub::Pattern(p) => redis::cmd("PSUBSCRIBE").arg(p).exec_async(&mut sink).await,
                 }?;
             }
             for sub in applied.difference(&want) {
                 match sub {
-                    Sub::Channel(c) | Sub::Shard(c) => sink.unsubscribe(c).await,
-                    Sub::Pattern(p) => sink.punsubscribe(p).await,
+                    Sub::Channel(c) | Sub::Shard(c) => redis::cmd("UNSUBSCRIBE").arg(c).exec_async(&mut sink).await,
+                    Sub::Pattern(p) => redis::cmd("PUNSUBSCRIBE").arg(p).exec_async(&mut sink).await,
                 }?;
             }
             applied = want;
@@ -802,28 +893,38 @@ async fn node_session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor
         tokio::select! {
             _ = watched.ended().cancelled() => {
                 let outcome = watched.outcome();
-                if outcome.is_err() {
-                    // The PUBLISH connection broke (Redis went away, most
-                    // often): what the subscriber connection has already
-                    // received was published before, and may have been
-                    // acknowledged; deliver it before starting over.
-                    let until = tokio::time::Instant::now() + DRAIN_AFTER_FAILURE;
-                    while let Ok(Some(msg)) = tokio::time::timeout_at(until, stream.next()).await {
-                        if take(s, inbound, &mut seen, msg.get_payload_bytes()).await.is_err() {
-                            return Ok(());
-                        }
-                    }
+                // The PUBLISH connection broke (Redis went away, most
+                // often): what the subscriber connection has already
+                // received was published before, and may have been
+                // acknowledged; deliver it before starting over.
+                if outcome.is_err() && !pushes.drain(s, inbound, &mut seen).await {
+                    return Ok(());
                 }
                 return outcome;
             }
             _ = s.interests.changed() => {}
-            msg = stream.next() => {
-                let Some(msg) = msg else { return Err(SessionError::RedisSubscriberClosed) };
-                if take(s, inbound, &mut seen, msg.get_payload_bytes()).await.is_err() {
-                    return Ok(());
+            push = pushes.next() => {
+                let push = push?;
+                if push.kind == redis::PushKind::Disconnection {
+                    return Err(SessionError::RedisSubscriberClosed);
+                }
+                if let Some(bytes) = payload(&push) {
+                    if let Err(ended) = pushes.take(s, inbound, &mut seen, bytes).await {
+                        return ended.outcome();
+                    }
                 }
             }
         }
+    }
+}
+
+/// A subscriber connection refused: a server without RESP3 (Redis 5 or
+/// older) is named as such.
+fn resp3_refused(e: redis::RedisError) -> SessionError {
+    if e.to_string().to_ascii_lowercase().contains("hello") {
+        SessionError::Sentinel(format!("Redis refused RESP3 ({e}); Telegraphy needs Redis 6 or newer"))
+    } else {
+        SessionError::Redis(e)
     }
 }
 
@@ -906,18 +1007,7 @@ async fn cluster_session(s: &Shared, cluster: &target::Cluster, inbound: &Inboun
     let watched = watch(s, &conn);
     // The session's own commands (registry, slot map) share the connection.
     let mut own = conn.clone();
-    // The connections' reader tasks hand push messages over without waiting:
-    // a full queue marks the session as fallen behind, and it starts over.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<redis::PushInfo>(PUSH_QUEUE);
-    let behind = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let fell_behind = behind.clone();
-    let config = connection_config(&s.options).set_push_sender(move |push: redis::PushInfo| {
-        tx.try_send(push).inspect_err(|e| {
-            if matches!(e, tokio::sync::mpsc::error::TrySendError::Full(_)) {
-                fell_behind.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        })
-    });
+    let (mut pushes, config) = Pushes::new(&s.options);
     let mut shards = Shards { cluster, config, conns: HashMap::new(), classic: None };
     let mut conn = Some(conn);
     // Each subscription, with the primary a shard channel is on.
@@ -997,16 +1087,9 @@ async fn cluster_session(s: &Shared, cluster: &target::Cluster, inbound: &Inboun
         tokio::select! {
             _ = watched.ended().cancelled() => {
                 let outcome = watched.outcome();
-                if outcome.is_err() {
-                    // As on one server: deliver what already arrived.
-                    let until = tokio::time::Instant::now() + DRAIN_AFTER_FAILURE;
-                    while let Ok(Some(push)) = tokio::time::timeout_at(until, rx.recv()).await {
-                        if let Some(bytes) = payload(&push) {
-                            if take(s, inbound, &mut seen, bytes).await.is_err() {
-                                return Ok(());
-                            }
-                        }
-                    }
+                // As on one server: deliver what already arrived.
+                if outcome.is_err() && !pushes.drain(s, inbound, &mut seen).await {
+                    return Ok(());
                 }
                 return outcome;
             }
@@ -1034,14 +1117,8 @@ async fn cluster_session(s: &Shared, cluster: &target::Cluster, inbound: &Inboun
                     }
                 }
             }
-            push = rx.recv() => {
-                let Some(push) = push else { return Err(SessionError::RedisSubscriberClosed) };
-                if behind.load(std::sync::atomic::Ordering::Relaxed) {
-                    return Err(SessionError::Cluster(format!(
-                        "this node fell more than {PUSH_QUEUE} events behind its subscriptions; subscribing again \
-                         (events in between are missed; history topics are filled from the store)"
-                    )));
-                }
+            push = pushes.next() => {
+                let push = push?;
                 match push.kind {
                     redis::PushKind::Disconnection => return Err(SessionError::RedisSubscriberClosed),
                     redis::PushKind::SUnsubscribe => {
@@ -1053,8 +1130,8 @@ async fn cluster_session(s: &Shared, cluster: &target::Cluster, inbound: &Inboun
                         }
                     }
                     _ => if let Some(bytes) = payload(&push) {
-                        if take(s, inbound, &mut seen, bytes).await.is_err() {
-                            return Ok(());
+                        if let Err(ended) = pushes.take(s, inbound, &mut seen, bytes).await {
+                            return ended.outcome();
                         }
                     }
                 }

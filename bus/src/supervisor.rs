@@ -54,6 +54,12 @@ pub(crate) enum SessionError {
     /// A Redis Cluster's slots moved or are not served (the text says which).
     #[error("{0}")]
     Cluster(String),
+    /// The node fell this many events behind its Redis subscriptions.
+    #[error(
+        "this node fell more than {0} events behind its Redis subscriptions; subscribing again (events in between are missed; \
+         history topics are filled from the store)"
+    )]
+    Behind(usize),
     /// RabbitMQ could not be connected to, or the publishing channels or
     /// exchange not set up (the text says which). Boxed: it is the largest.
     #[error("{0}")]

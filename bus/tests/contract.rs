@@ -943,6 +943,45 @@ async fn redis_store_read_fails_while_redis_is_gone() {
     assert_eq!(publications(&page.events), publications(&again), "the store answers again once Redis is back");
 }
 
+/// Redis's bound: a node that takes nothing while more than
+/// `redis::PUSH_QUEUE` events arrive for it does not buffer them without
+/// limit; its session starts over (as Redis drops a subscriber past its
+/// output-buffer limit), the events in between are missed, and it is ready
+/// and delivering again afterwards.
+#[tokio::test]
+async fn redis_a_node_far_behind_starts_over() {
+    const QUEUE: usize = 4;
+    let n = telegraphy_bus::redis::PUSH_QUEUE + 1000;
+    let cluster = Cluster::shared(Kind::Redis);
+    let mut node = cluster.node_with_queue(QUEUE);
+    node.until_ready(WAIT).await;
+    node.interest(MatchPolicy::Exact, "far").await;
+    let publisher = cluster.publisher(&node).await;
+    let events: Vec<Envelope> = (0..n).map(|k| event("far", &k.to_string())).collect();
+    for chunk in events.chunks(500) {
+        for answer in publisher.publish_batch(chunk.to_vec(), Delivery::Accepted).await {
+            answer.expect("accepted");
+        }
+    }
+    let deadline = Instant::now() + WAIT;
+    while node.metrics.reconnects.get() < 1 {
+        assert!(Instant::now() < deadline, "the node did not start over after falling {n} events behind");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // What it holds is bounded: the node's queue and the session's (at most
+    // PUSH_QUEUE + QUEUE + one in hand), never every event published.
+    let mut held = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), node.events.recv()).await {
+        held += 1;
+    }
+    assert!(held <= telegraphy_bus::redis::PUSH_QUEUE + QUEUE + 1, "the node held {held} of {n} events");
+    node.until_ready(WAIT).await;
+    let after = event("far", "after");
+    publish_ok(&*publisher, after.clone(), Delivery::Accepted).await;
+    let got = node.next("the event after the node started over").await;
+    assert_eq!(got.publication, after.publication);
+}
+
 /// RabbitMQ refusing the login is told apart from an unreachable broker
 /// (the CLI and the publisher library answer "unauthorized" for one,
 /// "unavailable" for the other), from lapin's typed error, not its text.

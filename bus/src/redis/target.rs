@@ -72,6 +72,13 @@ pub(crate) fn client(url: &str, tls: &BusTls, resp3: bool) -> Result<redis::Clie
     redis::Client::build_with_tls(info, certificates(tls)).map_err(invalid)
 }
 
+/// The same server as `client`, speaking RESP3.
+pub(crate) fn with_resp3(client: &redis::Client) -> Result<redis::Client, redis::RedisError> {
+    let mut info = client.get_connection_info().clone();
+    info.redis.protocol = redis::ProtocolVersion::RESP3;
+    redis::Client::open(info)
+}
+
 pub(crate) fn certificates(tls: &BusTls) -> redis::TlsCertificates {
     let client_tls = match (&tls.client_cert_pem, &tls.client_key_pem) {
         (Some(cert), Some(key)) => Some(redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
