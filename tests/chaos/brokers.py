@@ -125,10 +125,17 @@ class RedisServer:
             self.proc = None
 
 
-def redis_cli(port: int, *args: str, timeout: float = 10.0) -> str:
-    """One redis-cli command against our own server on `port`; its output."""
-    out = procs.run(["redis-cli", "-p", str(port), *args], env=_clean_env(), timeout=timeout)
+def redis_cli(port: int, *args: str, timeout: float = 10.0, tls: dict[str, Path] | None = None) -> str:
+    """One redis-cli command against our own server on `port` (with `tls`: over
+    TLS with the test client certificate); its output."""
+    out = procs.run(["redis-cli", "-p", str(port), *cli_tls(tls), *args], env=_clean_env(), timeout=timeout)
     return out.stdout.strip()
+
+
+def cli_tls(tls: dict[str, Path] | None) -> list[str]:
+    if not tls:
+        return []
+    return ["--tls", "--cacert", str(tls["ca"]), "--cert", str(tls["client_cert"]), "--key", str(tls["client_key"])]
 
 
 class RedisCluster:
@@ -136,37 +143,48 @@ class RedisCluster:
     each (redis-cli --cluster create), every node on a free port of 127.0.0.1.
     A primary that dies is replaced by its replica after `node_timeout_ms`."""
 
-    def __init__(self, workdir: Path, *, primaries: int = 3, replicas: int = 1, node_timeout_ms: int = 1000):
-        args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes-{port}.conf",
+    def __init__(self, workdir: Path, *, primaries: int = 3, replicas: int = 1, node_timeout_ms: int = 1000,
+                 tls: dict[str, Path] | None = None):
+        """`tls` (pki.broker_pki): TLS only, between the nodes too, client
+        certificates required; nodes announce themselves as `localhost`, the
+        name in the test certificate."""
+        self.tls = tls
+        # Nodes connect to each other with the client certificate (the server
+        # one is for serverAuth only).
+        tls_args = ["--tls-cluster", "yes", "--tls-replication", "yes", "--cluster-announce-hostname", "localhost",
+                    "--cluster-preferred-endpoint-type", "hostname", "--tls-client-cert-file", str(tls["client_cert"]),
+                    "--tls-client-key-file", str(tls["client_key"])] if tls else []
+        args = tls_args + ["--cluster-enabled", "yes", "--cluster-config-file", "nodes-{port}.conf",
                 "--cluster-node-timeout", str(node_timeout_ms),
                 # A replica takes over however long ago it last heard from its primary
                 # (an idle test cluster has old replication pings).
                 "--cluster-replica-validity-factor", "0", "--repl-diskless-sync-delay", "0"]
-        self.nodes = [RedisServer(workdir, extra=args) for _ in range(primaries * (1 + replicas))]
+        self.nodes = [RedisServer(workdir, extra=args, tls=tls) for _ in range(primaries * (1 + replicas))]
         self.primaries, self.replicas = primaries, replicas
 
     def start(self, timeout: float = 60.0) -> None:
         for n in self.nodes:
             n.start()
-        out = procs.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
+        out = procs.run(["redis-cli", *cli_tls(self.tls), "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
                          "--cluster-replicas", str(self.replicas), "--cluster-yes"], env=_clean_env(), timeout=60)
         if out.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {out.stdout[-2000:]} {out.stderr[-2000:]}")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all("cluster_state:ok" in redis_cli(n.port, "cluster", "info") for n in self.nodes) and \
+            if all("cluster_state:ok" in redis_cli(n.port, "cluster", "info", tls=self.tls) for n in self.nodes) and \
                     len(self.slot_primaries()) == self.primaries and self._replicas_in_sync():
                 return
             time.sleep(0.1)
         raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
 
     def _replicas_in_sync(self) -> bool:
-        roles = [redis_cli(n.port, "info", "replication") for n in self.nodes]
+        roles = [redis_cli(n.port, "info", "replication", tls=self.tls) for n in self.nodes]
         replicas = [r for r in roles if "role:slave" in r]
         return len(replicas) == self.primaries * self.replicas and all("master_link_status:up" in r for r in replicas)
 
-    def url(self, seeds: int = 3) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:seeds])
+    def url(self, seeds: int = 3, host: str = "") -> str:
+        scheme, host = ("rediss+cluster", host or "localhost") if self.tls else ("redis+cluster", host or "127.0.0.1")
+        return f"{scheme}://" + ",".join(f"{host}:{n.port}" for n in self.nodes[:seeds])
 
     def alive(self) -> list[RedisServer]:
         return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
@@ -174,7 +192,7 @@ class RedisCluster:
     def slot_primaries(self) -> dict[int, int]:
         """First slot of each range -> the port of the primary serving it, as a live node sees it."""
         for n in self.alive():
-            out = procs.run(["redis-cli", "-p", str(n.port), "--json", "cluster", "slots"], env=_clean_env(), timeout=10)
+            out = procs.run(["redis-cli", "-p", str(n.port), *cli_tls(self.tls), "--json", "cluster", "slots"], env=_clean_env(), timeout=10)
             try:
                 import json
                 return {r[0]: r[2][1] for r in json.loads(out.stdout)}
@@ -183,7 +201,7 @@ class RedisCluster:
         return {}
 
     def slot(self, key: str) -> int:
-        return int(redis_cli(self.alive()[0].port, "cluster", "keyslot", key))
+        return int(redis_cli(self.alive()[0].port, "cluster", "keyslot", key, tls=self.tls))
 
     def primary_for(self, key: str) -> RedisServer:
         """The node that serves `key`'s slot now."""

@@ -104,6 +104,28 @@ def test_redis_over_tls_with_client_certificates_and_an_acl_user(redis_factory, 
     record(**figures)
 
 
+def test_redis_cluster_over_tls(workdir, gateway_factory, certs, uid, record):
+    """rediss+cluster://: a 3-primary Redis Cluster speaking only TLS (between
+    its nodes too), client certificates required, nodes announced by the name
+    in their certificate. Two gateways and the CLI on it; a wrong CA and a
+    name the certificate lacks are refused as on one server."""
+    from brokers import RedisCluster
+    cluster = RedisCluster(workdir, primaries=3, replicas=0, tls=certs)
+    try:
+        cluster.start()
+        prefix = f"tlsc{uid}:"
+        good = cluster.url()
+        nodes = [gateway_factory(n, good, prefix=prefix, env=tls_env(certs)) for n in ("a", "b")]
+        got = deliver_through(nodes, lambda: _ok(cli(good, "tls.topic", 1, certs, extra=["--redis-key-prefix", prefix])))
+        assert got == [[1], [1]], got
+        figures = {"delivered_per_node": [len(g) for g in got]}
+        figures.update(tls_refusals(certs, good, cluster.url(host="127.0.0.1"), ["--redis-key-prefix", prefix],
+                                    lambda env: gateway_factory("wrong-ca", good, prefix=prefix, env=env, start_ready=False)))
+        record(**figures)
+    finally:
+        cluster.stop()
+
+
 def test_rabbitmq_over_tls_with_client_certificates(rabbit_factory, gateway_factory, certs, uid, record):
     rabbit = rabbit_factory(tls=certs)
     url = rabbit.tls_url()
