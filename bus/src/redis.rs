@@ -770,12 +770,30 @@ struct Pushes {
 
 impl Pushes {
     /// The queue, and the connection settings that fill it.
-    fn new(options: &BusOptions) -> (Pushes, redis::AsyncConnectionConfig) {
+    /// Confirmations of the session's own (un)subscribes are not queued
+    /// (a node subscribing 10,000 channels gets as many): only events, the
+    /// connection's loss, and a shard channel's `sunsubscribe` that is not
+    /// in `leaving` (Redis ended it: its slot moved).
+    fn new(options: &BusOptions, leaving: Leaving) -> (Pushes, redis::AsyncConnectionConfig) {
         let (tx, rx) = tokio::sync::mpsc::channel::<redis::PushInfo>(PUSH_QUEUE);
         let behind = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let overflow = Arc::new(Notify::new());
         let (fell_behind, tell) = (behind.clone(), overflow.clone());
         let config = connection_config(options).set_push_sender(move |push: redis::PushInfo| {
+            use redis::PushKind as K;
+            match push.kind {
+                K::Subscribe | K::PSubscribe | K::SSubscribe | K::Unsubscribe | K::PUnsubscribe => return Ok(()),
+                K::SUnsubscribe => {
+                    let channel = match push.data.first() {
+                        Some(redis::Value::BulkString(c)) => c.as_slice(),
+                        _ => &[],
+                    };
+                    if leaving.lock().unwrap_or_else(|e| e.into_inner()).remove(channel) {
+                        return Ok(());
+                    }
+                }
+                _ => {}
+            }
             tx.try_send(push).inspect_err(|e| {
                 if matches!(e, tokio::sync::mpsc::error::TrySendError::Full(_)) && !fell_behind.swap(true, std::sync::atomic::Ordering::Relaxed) {
                     tell.notify_one();
@@ -822,6 +840,26 @@ impl Pushes {
     }
 }
 
+/// Shard channels a session unsubscribes from: Redis confirms those, and any
+/// other `sunsubscribe` means a slot moved.
+type Leaving = Arc<Mutex<HashSet<Vec<u8>>>>;
+
+/// How many (un)subscribe commands go in one pipeline.
+const SUBSCRIBE_BATCH: usize = 1000;
+
+/// Sends `command` for each of `names`, pipelined by [`SUBSCRIBE_BATCH`]
+/// (one channel per command: each is confirmed once).
+async fn each(conn: &mut MultiplexedConnection, command: &str, names: &[&str]) -> Result<(), SessionError> {
+    for chunk in names.chunks(SUBSCRIBE_BATCH) {
+        let mut pipe = redis::pipe();
+        for name in chunk {
+            pipe.cmd(command).arg(*name).ignore();
+        }
+        pipe.exec_async(conn).await?;
+    }
+    Ok(())
+}
+
 /// Why handing an event to the node stopped the session.
 enum Ended {
     /// The node closed its queue (it is stopping).
@@ -847,7 +885,7 @@ impl Ended {
 async fn node_session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor) -> Result<(), SessionError> {
     let timeout = s.options.connect_timeout;
     let client = server(s).await?.expect("one server");
-    let (mut pushes, config) = Pushes::new(&s.options);
+    let (mut pushes, config) = Pushes::new(&s.options, Leaving::default());
     let subscriber = target::with_resp3(&client).map_err(|e| SessionError::Sentinel(e.to_string()))?;
     let mut sink = tokio::time::timeout(timeout, subscriber.get_multiplexed_async_connection_with_config(&config))
         .await
@@ -867,17 +905,18 @@ async fn node_session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor
         if applied_version != Some(s.interests.version()) {
             let (version, desired) = s.interests.snapshot();
             let want: HashSet<Sub> = desired.iter().map(|i| subscription_for(&s.options.redis_key_prefix, i, false)).collect();
-            for sub in want.difference(&applied) {
-                match sub {
-                    Sub::Channel(c) | Sub::Shard(c) => redis::cmd("SUBSCRIBE").arg(c).exec_async(&mut sink).await,
-                    Sub::Pattern(p) => redis::cmd("PSUBSCRIBE").arg(p).exec_async(&mut sink).await,
-                }?;
-            }
-            for sub in applied.difference(&want) {
-                match sub {
-                    Sub::Channel(c) | Sub::Shard(c) => redis::cmd("UNSUBSCRIBE").arg(c).exec_async(&mut sink).await,
-                    Sub::Pattern(p) => redis::cmd("PUNSUBSCRIBE").arg(p).exec_async(&mut sink).await,
-                }?;
+            for (changed, channels, patterns) in
+                [(want.difference(&applied), "SUBSCRIBE", "PSUBSCRIBE"), (applied.difference(&want), "UNSUBSCRIBE", "PUNSUBSCRIBE")]
+            {
+                let (mut by_channel, mut by_pattern) = (Vec::new(), Vec::new());
+                for sub in changed {
+                    match sub {
+                        Sub::Channel(c) | Sub::Shard(c) => by_channel.push(c.as_str()),
+                        Sub::Pattern(p) => by_pattern.push(p.as_str()),
+                    }
+                }
+                each(&mut sink, channels, &by_channel).await?;
+                each(&mut sink, patterns, &by_pattern).await?;
             }
             applied = want;
             applied_version = Some(version);
@@ -1007,14 +1046,12 @@ async fn cluster_session(s: &Shared, cluster: &target::Cluster, inbound: &Inboun
     let watched = watch(s, &conn);
     // The session's own commands (registry, slot map) share the connection.
     let mut own = conn.clone();
-    let (mut pushes, config) = Pushes::new(&s.options);
+    let leaving = Leaving::default();
+    let (mut pushes, config) = Pushes::new(&s.options, leaving.clone());
     let mut shards = Shards { cluster, config, conns: HashMap::new(), classic: None };
     let mut conn = Some(conn);
     // Each subscription, with the primary a shard channel is on.
     let mut applied: HashMap<Sub, Option<Addr>> = HashMap::new();
-    // Shard channels this node unsubscribed from: Redis confirms those; any
-    // other `sunsubscribe` means the channel's slot moved.
-    let mut leaving: HashSet<Vec<u8>> = HashSet::new();
     let mut registered: Vec<Interest> = Vec::new();
     // A version applied but not yet in force: a new pattern waits until
     // every publisher has read the registry again.
@@ -1029,36 +1066,51 @@ async fn cluster_session(s: &Shared, cluster: &target::Cluster, inbound: &Inboun
         if applied_version != Some(s.interests.version()) {
             let (version, desired) = s.interests.snapshot();
             let want: HashSet<Sub> = desired.iter().map(|i| subscription_for(prefix, i, true)).collect();
-            let new: Vec<&Sub> = want.iter().filter(|w| !applied.contains_key(*w)).collect();
-            for sub in new {
-                let at = match sub {
+            // New shard channels, by the primary that serves them; new patterns.
+            let mut to_subscribe: HashMap<Addr, Vec<&str>> = HashMap::new();
+            let mut new_patterns: Vec<&str> = Vec::new();
+            for sub in want.iter().filter(|w| !applied.contains_key(*w)) {
+                match sub {
                     Sub::Shard(c) => {
                         let slot = cluster::slot(c);
-                        let addr = slots.primary(slot).ok_or_else(|| SessionError::Cluster(format!("no primary serves slot {slot}")))?.clone();
-                        let conn = tokio::time::timeout(timeout, shards.primary(&addr)).await.map_err(|_| SessionError::Timeout(timeout))??;
-                        redis::cmd("SSUBSCRIBE").arg(c).exec_async(conn).await?;
-                        Some(addr)
+                        let addr = slots.primary(slot).ok_or_else(|| SessionError::Cluster(format!("no primary serves slot {slot}")))?;
+                        to_subscribe.entry(addr.clone()).or_default().push(c);
                     }
-                    Sub::Pattern(p) | Sub::Channel(p) => {
-                        let conn = tokio::time::timeout(timeout, shards.classic(&slots)).await.map_err(|_| SessionError::Timeout(timeout))??;
-                        redis::cmd("PSUBSCRIBE").arg(p).exec_async(conn).await?;
-                        None
-                    }
-                };
-                applied.insert(sub.clone(), at);
-            }
-            let gone: Vec<(Sub, Option<Addr>)> = applied.iter().filter(|(k, _)| !want.contains(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
-            for (sub, at) in gone {
-                applied.remove(&sub);
-                match (sub, at) {
-                    (Sub::Shard(c), Some(addr)) => {
-                        leaving.insert(c.clone().into_bytes());
-                        redis::cmd("SUNSUBSCRIBE").arg(c).exec_async(shards.primary(&addr).await?).await?;
-                    }
-                    (Sub::Pattern(p) | Sub::Channel(p), _) | (Sub::Shard(p), None) => {
-                        redis::cmd("PUNSUBSCRIBE").arg(p).exec_async(shards.classic(&slots).await?).await?;
-                    }
+                    Sub::Pattern(p) | Sub::Channel(p) => new_patterns.push(p),
                 }
+            }
+            for (addr, channels) in &to_subscribe {
+                let conn = tokio::time::timeout(timeout, shards.primary(addr)).await.map_err(|_| SessionError::Timeout(timeout))??;
+                each(conn, "SSUBSCRIBE", channels).await?;
+            }
+            if !new_patterns.is_empty() {
+                let conn = tokio::time::timeout(timeout, shards.classic(&slots)).await.map_err(|_| SessionError::Timeout(timeout))??;
+                each(conn, "PSUBSCRIBE", &new_patterns).await?;
+            }
+            let added: Vec<(Sub, Option<Addr>)> = to_subscribe
+                .into_iter()
+                .flat_map(|(addr, channels)| channels.into_iter().map(move |c| (Sub::Shard(c.to_string()), Some(addr.clone()))))
+                .chain(new_patterns.into_iter().map(|p| (Sub::Pattern(p.to_string()), None)))
+                .collect();
+            applied.extend(added);
+            // Gone ones, likewise.
+            let mut to_leave: HashMap<Addr, Vec<String>> = HashMap::new();
+            let mut old_patterns: Vec<String> = Vec::new();
+            for (sub, at) in applied.iter().filter(|(k, _)| !want.contains(*k)) {
+                match (sub, at) {
+                    (Sub::Shard(c), Some(addr)) => to_leave.entry(addr.clone()).or_default().push(c.clone()),
+                    (Sub::Pattern(p) | Sub::Channel(p) | Sub::Shard(p), _) => old_patterns.push(p.clone()),
+                }
+            }
+            applied.retain(|k, _| want.contains(k));
+            for (addr, channels) in &to_leave {
+                leaving.lock().unwrap_or_else(|e| e.into_inner()).extend(channels.iter().map(|c| c.clone().into_bytes()));
+                let names: Vec<&str> = channels.iter().map(String::as_str).collect();
+                each(shards.primary(addr).await?, "SUNSUBSCRIBE", &names).await?;
+            }
+            if !old_patterns.is_empty() {
+                let names: Vec<&str> = old_patterns.iter().map(String::as_str).collect();
+                each(shards.classic(&slots).await?, "PUNSUBSCRIBE", &names).await?;
             }
             let mut patterns: Vec<Interest> = desired.iter().filter(|i| cluster::is_pattern(i)).cloned().collect();
             patterns.sort_by(|a, b| (&a.realm, &a.pattern).cmp(&(&b.realm, &b.pattern)));
@@ -1121,13 +1173,12 @@ async fn cluster_session(s: &Shared, cluster: &target::Cluster, inbound: &Inboun
                 let push = push?;
                 match push.kind {
                     redis::PushKind::Disconnection => return Err(SessionError::RedisSubscriberClosed),
+                    // Not one this node left (those are not queued): its slot moved.
                     redis::PushKind::SUnsubscribe => {
                         let channel = match push.data.first() { Some(redis::Value::BulkString(c)) => c.clone(), _ => Vec::new() };
-                        if !leaving.remove(&channel) {
-                            return Err(SessionError::Cluster(format!(
-                                "Redis ended the subscription to {} (its slot moved)", String::from_utf8_lossy(&channel)
-                            )));
-                        }
+                        return Err(SessionError::Cluster(format!(
+                            "Redis ended the subscription to {} (its slot moved)", String::from_utf8_lossy(&channel)
+                        )));
                     }
                     _ => if let Some(bytes) = payload(&push) {
                         if let Err(ended) = pushes.take(s, inbound, &mut seen, bytes).await {

@@ -982,6 +982,42 @@ async fn redis_a_node_far_behind_starts_over() {
     assert_eq!(got.publication, after.publication);
 }
 
+/// More subscriptions than the push queue holds: Redis confirms each, and
+/// the confirmations must not count as events the node fell behind on (it
+/// would start over, subscribe again, and never be ready). Also after a
+/// reconnect, when every interest is subscribed again at once.
+#[tokio::test]
+async fn redis_more_channels_than_the_push_queue() {
+    let n = telegraphy_bus::redis::PUSH_QUEUE + 1000;
+    let mut broker = PrivateBroker::new(Kind::Redis);
+    let cluster = Cluster::on(Kind::Redis, broker.url());
+    broker.start();
+    let mut node = cluster.node_with_queue(64);
+    node.until_ready(BOOT).await;
+    let mut ticket = 0;
+    for k in 0..n {
+        ticket = node.bus.add_interest(REALM, MatchPolicy::Exact, &format!("many.t{k}"));
+    }
+    within(WAIT, node.bus.interest_applied(ticket), "interest_applied for every channel").await;
+    let publisher = cluster.publisher(&node).await;
+    let last = event(&format!("many.t{}", n - 1), "last");
+    publish_ok(&*publisher, last.clone(), Delivery::Subscribed).await;
+    assert_eq!(node.next("an event on the last channel").await.publication, last.publication);
+    broker.kill();
+    let deadline = Instant::now() + WAIT;
+    while node.bus.is_ready() {
+        assert!(Instant::now() < deadline, "the node did not notice Redis was gone");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    broker.start();
+    node.until_ready(BOOT).await;
+    let again = event("many.t0", "again");
+    let publisher = cluster.publisher(&node).await;
+    publish_ok(&*publisher, again.clone(), Delivery::Subscribed).await;
+    assert_eq!(node.next("an event after the reconnect").await.publication, again.publication);
+    assert_eq!(node.metrics.reconnects.get(), 1, "the node started over only for the restart");
+}
+
 /// RabbitMQ refusing the login is told apart from an unreachable broker
 /// (the CLI and the publisher library answer "unauthorized" for one,
 /// "unavailable" for the other), from lapin's typed error, not its text.
