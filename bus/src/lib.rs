@@ -70,8 +70,9 @@
 //! * **Backpressure**: events consumed from a broker go to the node through
 //!   a bounded queue; when it is full the adapter stops reading (RabbitMQ
 //!   then stops at the prefetch limit; on Redis the subscriber connections
-//!   fill a queue of [`redis::PUSH_QUEUE`] events, and a full one starts the
-//!   session over, as Redis does past `client-output-buffer-limit pubsub`).
+//!   fill a buffer of [`BusOptions::redis_buffer_bytes`] (and at most
+//!   [`redis::PUSH_QUEUE`] events), and a full one starts the session over,
+//!   as Redis does past `client-output-buffer-limit pubsub`).
 
 pub mod amqp;
 pub mod backoff;
@@ -350,6 +351,9 @@ pub(crate) fn split_hosts(url: &str) -> Result<Hosts, String> {
 pub struct BusOptions {
     /// Redis: channels are named `{key_prefix}{realm}:{topic}`.
     pub redis_key_prefix: String,
+    /// Redis: most bytes of events a node's subscriber connections hold for
+    /// it while it is busy; beyond that it starts its session over.
+    pub redis_buffer_bytes: usize,
     /// RabbitMQ: the durable topic exchange events go through.
     pub amqp_exchange: String,
     /// RabbitMQ: deliveries in flight to one node before it acknowledges.
@@ -374,6 +378,7 @@ impl Default for BusOptions {
     fn default() -> Self {
         BusOptions {
             redis_key_prefix: "telegraphy:".into(),
+            redis_buffer_bytes: 64 << 20,
             amqp_exchange: "telegraphy".into(),
             amqp_prefetch: 1000,
             amqp_queue_max_length: 100_000,

@@ -126,10 +126,11 @@ const DEDUP_WINDOW: usize = 4096;
 /// only that connection (a publish-only client, whose broker restarted)
 /// still says it is ready.
 const PING_EVERY: Duration = Duration::from_secs(1);
-/// Most push messages (events) a node's Redis Cluster connections hold for
-/// it while it is busy; beyond that the node starts its session over, as
+/// Most push messages (events) a node's subscriber connections hold for it
+/// while it is busy, whatever their size ([`BusOptions::redis_buffer_bytes`]
+/// bounds their bytes); beyond either the node starts its session over, as
 /// Redis itself drops a subscriber past `client-output-buffer-limit pubsub`.
-pub const PUSH_QUEUE: usize = 4096;
+pub const PUSH_QUEUE: usize = 1 << 20;
 /// How often a node on a Redis Cluster checks which primary serves the
 /// slots of its shard channels (a slot moved, a replica took over).
 pub const TOPOLOGY_EVERY: Duration = Duration::from_secs(2);
@@ -755,13 +756,16 @@ async fn publisher_session(s: &Shared, supervisor: &mut Supervisor, installed: O
     watched.outcome()
 }
 
-/// The push messages (events, subscription confirmations) of a node's
-/// subscriber connections, in a queue of [`PUSH_QUEUE`]: the connections'
+/// The push messages (events, a shard channel's end, the connection's loss)
+/// of a node's subscriber connections, in a queue bounded by
+/// [`BusOptions::redis_buffer_bytes`] and [`PUSH_QUEUE`]: the connections'
 /// reader tasks hand them over without waiting, and a full queue marks the
 /// session as fallen behind (it then starts over, as Redis itself drops a
 /// subscriber past `client-output-buffer-limit pubsub`).
 struct Pushes {
     rx: tokio::sync::mpsc::Receiver<redis::PushInfo>,
+    /// Bytes of the events in the queue.
+    bytes: Arc<std::sync::atomic::AtomicUsize>,
     behind: Arc<std::sync::atomic::AtomicBool>,
     /// Signalled when the queue overflows, to end a session that waits for
     /// room in the node's own queue meanwhile.
@@ -777,8 +781,9 @@ impl Pushes {
     fn new(options: &BusOptions, leaving: Leaving) -> (Pushes, redis::AsyncConnectionConfig) {
         let (tx, rx) = tokio::sync::mpsc::channel::<redis::PushInfo>(PUSH_QUEUE);
         let behind = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let overflow = Arc::new(Notify::new());
-        let (fell_behind, tell) = (behind.clone(), overflow.clone());
+        let (fell_behind, tell, held, limit) = (behind.clone(), overflow.clone(), bytes.clone(), options.redis_buffer_bytes);
         let config = connection_config(options).set_push_sender(move |push: redis::PushInfo| {
             use redis::PushKind as K;
             match push.kind {
@@ -794,13 +799,18 @@ impl Pushes {
                 }
                 _ => {}
             }
-            tx.try_send(push).inspect_err(|e| {
-                if matches!(e, tokio::sync::mpsc::error::TrySendError::Full(_)) && !fell_behind.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            let size = payload(&push).map_or(0, <[u8]>::len);
+            let over = held.fetch_add(size, std::sync::atomic::Ordering::Relaxed) + size > limit;
+            let sent = if over { Err(()) } else { tx.try_send(push).map_err(|_| ()) };
+            if sent.is_err() {
+                held.fetch_sub(size, std::sync::atomic::Ordering::Relaxed);
+                if !fell_behind.swap(true, std::sync::atomic::Ordering::Relaxed) {
                     tell.notify_one();
                 }
-            })
+            }
+            sent
         });
-        (Pushes { rx, behind, overflow }, config)
+        (Pushes { rx, bytes, behind, overflow }, config)
     }
 
     /// Hands one event to the node, unless the queue overflows meanwhile
@@ -819,8 +829,9 @@ impl Pushes {
     /// connection is gone.
     async fn next(&mut self) -> Result<redis::PushInfo, SessionError> {
         let push = self.rx.recv().await.ok_or(SessionError::RedisSubscriberClosed)?;
+        self.bytes.fetch_sub(payload(&push).map_or(0, <[u8]>::len), std::sync::atomic::Ordering::Relaxed);
         if self.behind.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(SessionError::Behind(PUSH_QUEUE));
+            return Err(SessionError::Behind);
         }
         Ok(push)
     }
@@ -873,7 +884,7 @@ impl Ended {
     fn outcome(self) -> Result<(), SessionError> {
         match self {
             Ended::Closed => Ok(()),
-            Ended::Behind => Err(SessionError::Behind(PUSH_QUEUE)),
+            Ended::Behind => Err(SessionError::Behind),
         }
     }
 }

@@ -54,12 +54,12 @@ pub(crate) enum SessionError {
     /// A Redis Cluster's slots moved or are not served (the text says which).
     #[error("{0}")]
     Cluster(String),
-    /// The node fell this many events behind its Redis subscriptions.
+    /// The node fell further behind its Redis subscriptions than its buffer holds.
     #[error(
-        "this node fell more than {0} events behind its Redis subscriptions; subscribing again (events in between are missed; \
-         history topics are filled from the store)"
+        "this node fell further behind its Redis subscriptions than redis.buffer_bytes holds; subscribing again (events in \
+         between are missed; history topics are filled from the store)"
     )]
-    Behind(usize),
+    Behind,
     /// RabbitMQ could not be connected to, or the publishing channels or
     /// exchange not set up (the text says which). Boxed: it is the largest.
     #[error("{0}")]

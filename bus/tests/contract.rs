@@ -943,21 +943,25 @@ async fn redis_store_read_fails_while_redis_is_gone() {
     assert_eq!(publications(&page.events), publications(&again), "the store answers again once Redis is back");
 }
 
-/// Redis's bound: a node that takes nothing while more than
-/// `redis::PUSH_QUEUE` events arrive for it does not buffer them without
-/// limit; its session starts over (as Redis drops a subscriber past its
-/// output-buffer limit), the events in between are missed, and it is ready
-/// and delivering again afterwards.
+/// Redis's bound: a node that takes nothing while more than its buffer
+/// (`redis_buffer_bytes`) of events arrive for it does not buffer them
+/// without limit; its session starts over (as Redis drops a subscriber past
+/// its output-buffer limit), the events in between are missed, and it is
+/// ready and delivering again afterwards.
 #[tokio::test]
 async fn redis_a_node_far_behind_starts_over() {
     const QUEUE: usize = 4;
-    let n = telegraphy_bus::redis::PUSH_QUEUE + 1000;
-    let cluster = Cluster::shared(Kind::Redis);
+    const BUFFER: usize = 64 << 10;
+    let n = 5000;
+    let mut cluster = Cluster::shared(Kind::Redis);
+    cluster.options.redis_buffer_bytes = BUFFER;
     let mut node = cluster.node_with_queue(QUEUE);
     node.until_ready(WAIT).await;
     node.interest(MatchPolicy::Exact, "far").await;
     let publisher = cluster.publisher(&node).await;
-    let events: Vec<Envelope> = (0..n).map(|k| event("far", &k.to_string())).collect();
+    let events: Vec<Envelope> = (0..n).map(|k| event("far", &format!("{k:0>64}"))).collect();
+    let size = events[0].encode().len();
+    assert!(n * size > 2 * BUFFER, "the events outgrow the buffer");
     for chunk in events.chunks(500) {
         for answer in publisher.publish_batch(chunk.to_vec(), Delivery::Accepted).await {
             answer.expect("accepted");
@@ -968,13 +972,13 @@ async fn redis_a_node_far_behind_starts_over() {
         assert!(Instant::now() < deadline, "the node did not start over after falling {n} events behind");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // What it holds is bounded: the node's queue and the session's (at most
-    // PUSH_QUEUE + QUEUE + one in hand), never every event published.
+    // What it holds is bounded: the node's queue and the buffer (plus one in
+    // hand), never every event published.
     let mut held = 0;
     while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), node.events.recv()).await {
         held += 1;
     }
-    assert!(held <= telegraphy_bus::redis::PUSH_QUEUE + QUEUE + 1, "the node held {held} of {n} events");
+    assert!(held <= BUFFER / size + QUEUE + 1, "the node held {held} events of {size} bytes with a buffer of {BUFFER} bytes");
     node.until_ready(WAIT).await;
     let after = event("far", "after");
     publish_ok(&*publisher, after.clone(), Delivery::Accepted).await;
@@ -982,15 +986,16 @@ async fn redis_a_node_far_behind_starts_over() {
     assert_eq!(got.publication, after.publication);
 }
 
-/// More subscriptions than the push queue holds: Redis confirms each, and
+/// More subscriptions than the buffer holds events: Redis confirms each, and
 /// the confirmations must not count as events the node fell behind on (it
 /// would start over, subscribe again, and never be ready). Also after a
 /// reconnect, when every interest is subscribed again at once.
 #[tokio::test]
-async fn redis_more_channels_than_the_push_queue() {
-    let n = telegraphy_bus::redis::PUSH_QUEUE + 1000;
+async fn redis_more_channels_than_the_buffer_holds() {
+    let n = 5000;
     let mut broker = PrivateBroker::new(Kind::Redis);
-    let cluster = Cluster::on(Kind::Redis, broker.url());
+    let mut cluster = Cluster::on(Kind::Redis, broker.url());
+    cluster.options.redis_buffer_bytes = 4096;
     broker.start();
     let mut node = cluster.node_with_queue(64);
     node.until_ready(BOOT).await;

@@ -442,6 +442,10 @@ pub struct RedisConfig {
     /// Channels are named `{key_prefix}{realm}:{topic}`; give each
     /// Telegraphy cluster sharing one Redis its own prefix.
     pub key_prefix: String,
+    /// Most bytes of events this node's Redis subscriber connections hold
+    /// while it is busy; past it the node subscribes again (events in
+    /// between are missed), as Redis does past `client-output-buffer-limit`.
+    pub buffer_bytes: usize,
 }
 
 /// RabbitMQ bus settings.
@@ -458,7 +462,8 @@ pub struct AmqpConfig {
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        RedisConfig { key_prefix: telegraphy_bus::BusOptions::default().redis_key_prefix }
+        let d = telegraphy_bus::BusOptions::default();
+        RedisConfig { key_prefix: d.redis_key_prefix, buffer_bytes: d.redis_buffer_bytes }
     }
 }
 
@@ -782,6 +787,9 @@ impl Config {
         if self.amqp.exchange.is_empty() || self.amqp.exchange.starts_with("amq.") {
             return invalid("key `amqp.exchange` must be a non-empty name outside RabbitMQ's reserved `amq.` namespace".into());
         }
+        if self.redis.buffer_bytes < 1 << 20 {
+            return invalid(format!("key `redis.buffer_bytes` is {}; give it at least 1048576 (1 MiB)", self.redis.buffer_bytes));
+        }
         if self.amqp.prefetch == 0 || self.amqp.queue_max_length == 0 {
             return invalid("keys `amqp.prefetch` and `amqp.queue_max_length` must be greater than 0".into());
         }
@@ -992,6 +1000,7 @@ impl Config {
         Ok(telegraphy_bus::BusOptions {
             tls: self.bus_tls.load()?,
             redis_key_prefix: self.redis.key_prefix.clone(),
+            redis_buffer_bytes: self.redis.buffer_bytes,
             amqp_exchange: self.amqp.exchange.clone(),
             amqp_prefetch: self.amqp.prefetch,
             amqp_queue_max_length: self.amqp.queue_max_length,
@@ -1217,6 +1226,10 @@ mod tests {
         let err = Config::from_toml_str("bus = \"kafka://127.0.0.1\"").unwrap_err().to_string();
         assert!(err.contains("memory://") && err.contains("redis://"), "{err}");
         assert!(Config::from_toml_str("bus = \"redis://127.0.0.1:6379/0\"").is_ok());
+        assert!(Config::from_toml_str("bus = \"redis+cluster://r1:7000,r2:7000\"").is_ok());
+        assert!(Config::from_toml_str("bus = \"redis+sentinel://s1:26379/mymaster\"").is_ok());
+        let err = Config::from_toml_str("[redis]\nbuffer_bytes = 1000").unwrap_err().to_string();
+        assert!(err.contains("redis.buffer_bytes") && err.contains("1 MiB"), "{err}");
         let err = Config::from_toml_str("[limits]\nidle_timeout = \"1s\"\nping_interval = \"5s\"").unwrap_err().to_string();
         assert!(err.contains("idle_timeout"), "{err}");
         let err = Config::from_toml_str("dev = true\nlisten = \"0.0.0.0:8080\"").unwrap_err().to_string();

@@ -159,7 +159,7 @@ def test_values_config_reaches_the_toml():
     assert cfg["shutdown"] == {"drain_delay": "10s", "drain_timeout": "40s"}
     assert cfg["amqp"] == {"exchange": "telegraphy", "prefetch": 1000, "queue_max_length": 100000}
     cfg = tomllib.loads(rendered("redis").config_toml())
-    assert cfg["redis"] == {"key_prefix": "telegraphy:"}
+    assert cfg["redis"] == {"key_prefix": "telegraphy:", "buffer_bytes": 67108864}
 
 
 # ------------------------------------------------------------ rollout safety

@@ -150,7 +150,7 @@ Checks the values together; a template calls it so `helm template` and
 {{- if eq .Values.bus.type "memory" }}
 {{- $_ := set $cfg "bus" "memory://" }}
 {{- else if eq .Values.bus.type "redis" }}
-{{- $_ := set $cfg "redis" (dict "key_prefix" .Values.bus.redis.keyPrefix) }}
+{{- $_ := set $cfg "redis" (dict "key_prefix" .Values.bus.redis.keyPrefix "buffer_bytes" (int64 .Values.bus.redis.bufferBytes)) }}
 {{- else if eq .Values.bus.type "amqp" }}
 {{- $_ := set $cfg "amqp" (dict "exchange" .Values.bus.amqp.exchange "prefetch" .Values.bus.amqp.prefetch "queue_max_length" .Values.bus.amqp.queueMaxLength) }}
 {{- end }}
