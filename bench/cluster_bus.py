@@ -38,6 +38,8 @@ BENCH = ROOT / "target" / "release" / "telegraphy-bench"
 def run_once(label: str, url: str, pids: list[int], args, out: Path) -> dict:
     cmd = [str(BENCH), "many-topics", "-n", str(args.topics), "--bus", url, "--publish", "redis",
            "--duration", str(args.duration), "--runs", "1", "--label", label, "--json", str(out)]
+    if args.rate:
+        cmd += ["--rate", str(args.rate)]
     for pid in pids:
         cmd += ["--broker-pid", str(pid)]
     print("$", " ".join(cmd), flush=True)
@@ -67,6 +69,8 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--topics", type=int, default=10_000)
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="events/s (0: as fast as the window allows); a rate both buses keep up with compares CPU per event")
     p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "cluster-bus.jsonl")
     args = p.parse_args()
     if not BENCH.exists():

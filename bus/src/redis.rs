@@ -131,6 +131,9 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 /// bounds their bytes); beyond either the node starts its session over, as
 /// Redis itself drops a subscriber past `client-output-buffer-limit pubsub`.
 pub const PUSH_QUEUE: usize = 1 << 20;
+/// Most push messages a session handles in a row before it looks at its
+/// other duties (interest changes, the PUBLISH connection's health).
+const PUSH_BATCH: usize = 256;
 /// How often a node on a Redis Cluster checks which primary serves the
 /// slots of its shard channels (a slot moved, a replica took over).
 pub const TOPOLOGY_EVERY: Duration = Duration::from_secs(2);
@@ -813,6 +816,67 @@ impl Pushes {
         (Pushes { rx, bytes, behind, overflow }, config)
     }
 
+    /// The next push message if one is queued already.
+    fn try_next(&mut self) -> Result<Option<redis::PushInfo>, SessionError> {
+        let Ok(push) = self.rx.try_recv() else { return Ok(None) };
+        self.bytes.fetch_sub(payload(&push).map_or(0, <[u8]>::len), std::sync::atomic::Ordering::Relaxed);
+        if self.behind.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(SessionError::Behind);
+        }
+        Ok(Some(push))
+    }
+
+    /// Handles `first` and what else is queued already (up to
+    /// [`PUSH_BATCH`]) without going back to the session's select: fewer
+    /// wakeups when several connections feed the queue. `Some` ends the
+    /// session with that outcome.
+    ///
+    /// A pattern's copy of an event whose (classic) channel is in `exact`
+    /// is dropped: the node takes that topic from its shard channel only. A
+    /// cluster delivers classic messages late (over its bus between nodes),
+    /// so after a (re)subscription a pattern's copy of an event published
+    /// before the shard subscription could arrive after newer events.
+    async fn deliver(
+        &mut self,
+        first: redis::PushInfo,
+        s: &Shared,
+        inbound: &Inbound,
+        seen: &mut Recent,
+        exact: &HashSet<Vec<u8>>,
+    ) -> Option<Result<(), SessionError>> {
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(push) = next.take() {
+            match push.kind {
+                redis::PushKind::Disconnection => return Some(Err(SessionError::RedisSubscriberClosed)),
+                // Not one this node left (those are not queued): its slot moved.
+                redis::PushKind::SUnsubscribe => {
+                    let channel = match push.data.first() {
+                        Some(redis::Value::BulkString(c)) => String::from_utf8_lossy(c).into_owned(),
+                        _ => String::new(),
+                    };
+                    return Some(Err(SessionError::Cluster(format!("Redis ended the subscription to {channel} (its slot moved)"))));
+                }
+                redis::PushKind::PMessage if matches!(push.data.get(1), Some(redis::Value::BulkString(c)) if exact.contains(c)) => {}
+                _ => {
+                    if let Some(bytes) = payload(&push) {
+                        if let Err(ended) = self.take(s, inbound, seen, bytes).await {
+                            return Some(ended.outcome());
+                        }
+                    }
+                }
+            }
+            handled += 1;
+            if handled < PUSH_BATCH {
+                match self.try_next() {
+                    Ok(more) => next = more,
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+        }
+        None
+    }
+
     /// Hands one event to the node, unless the queue overflows meanwhile
     /// (the node is stuck): then the session ends.
     async fn take(&self, s: &Shared, inbound: &Inbound, seen: &mut Recent, bytes: &[u8]) -> Result<(), Ended> {
@@ -954,14 +1018,9 @@ async fn node_session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor
             }
             _ = s.interests.changed() => {}
             push = pushes.next() => {
-                let push = push?;
-                if push.kind == redis::PushKind::Disconnection {
-                    return Err(SessionError::RedisSubscriberClosed);
-                }
-                if let Some(bytes) = payload(&push) {
-                    if let Err(ended) = pushes.take(s, inbound, &mut seen, bytes).await {
-                        return ended.outcome();
-                    }
+                // One server delivers a pattern's copy and a channel's in order.
+                if let Some(end) = pushes.deliver(push?, s, inbound, &mut seen, &HashSet::new()).await {
+                    return end;
                 }
             }
         }
@@ -1064,6 +1123,8 @@ async fn cluster_session(s: &Shared, cluster: &target::Cluster, inbound: &Inboun
     // Each subscription, with the primary a shard channel is on.
     let mut applied: HashMap<Sub, Option<Addr>> = HashMap::new();
     let mut registered: Vec<Interest> = Vec::new();
+    // The classic channels of the topics this node takes from shard channels.
+    let mut exact: HashSet<Vec<u8>> = HashSet::new();
     // A version applied but not yet in force: a new pattern waits until
     // every publisher has read the registry again.
     let mut pending: Option<(tokio::time::Instant, crate::Ticket)> = None;
@@ -1123,6 +1184,7 @@ async fn cluster_session(s: &Shared, cluster: &target::Cluster, inbound: &Inboun
                 let names: Vec<&str> = old_patterns.iter().map(String::as_str).collect();
                 each(shards.classic(&slots).await?, "PUNSUBSCRIBE", &names).await?;
             }
+            exact = desired.iter().filter(|i| !cluster::is_pattern(i)).map(|i| channel(prefix, &i.realm, &i.pattern).into_bytes()).collect();
             let mut patterns: Vec<Interest> = desired.iter().filter(|i| cluster::is_pattern(i)).cloned().collect();
             patterns.sort_by(|a, b| (&a.realm, &a.pattern).cmp(&(&b.realm, &b.pattern)));
             let grew = patterns.iter().any(|p| !registered.contains(p));
@@ -1181,21 +1243,8 @@ async fn cluster_session(s: &Shared, cluster: &target::Cluster, inbound: &Inboun
                 }
             }
             push = pushes.next() => {
-                let push = push?;
-                match push.kind {
-                    redis::PushKind::Disconnection => return Err(SessionError::RedisSubscriberClosed),
-                    // Not one this node left (those are not queued): its slot moved.
-                    redis::PushKind::SUnsubscribe => {
-                        let channel = match push.data.first() { Some(redis::Value::BulkString(c)) => c.clone(), _ => Vec::new() };
-                        return Err(SessionError::Cluster(format!(
-                            "Redis ended the subscription to {} (its slot moved)", String::from_utf8_lossy(&channel)
-                        )));
-                    }
-                    _ => if let Some(bytes) = payload(&push) {
-                        if let Err(ended) = pushes.take(s, inbound, &mut seen, bytes).await {
-                            return ended.outcome();
-                        }
-                    }
+                if let Some(end) = pushes.deliver(push?, s, inbound, &mut seen, &exact).await {
+                    return end;
                 }
             }
         }

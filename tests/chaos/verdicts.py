@@ -89,13 +89,18 @@ def judge(subs_by_node: dict[str, list], pollers: dict[str, ReadyPoller], http: 
             nf["received_max"] = n if nf["received_max"] is None else max(nf["received_max"], n)
             d = duplicate_pubids(s.events)
             r = 0
+            where = []
             for st in streams + ["fence"]:
                 dd, rr = order_problems(s.events, st)
                 r += rr
+                if rr:
+                    seqs = [seq for (x, seq, _) in s.events if x == st]
+                    i = next(i for i, (a, b) in enumerate(zip(seqs, seqs[1:])) if b < a)
+                    where.append(f"{st}: ... {seqs[max(0, i - 3):i + 4]} ...")
             nf["duplicates"] += d
             nf["reorderings"] += r
             if d or r:
-                violations.append(f"{s.name}: {d} duplicates, {r} reorderings")
+                violations.append(f"{s.name}: {d} duplicates, {r} reorderings {'; '.join(where)}".rstrip())
             nf["missed_while_not_ready"] += sum(1 for e in not_expected if e.pubid not in got)
             # received seqs per (stream, segment)
             received: dict[tuple[str, int], list[int]] = {}
