@@ -220,16 +220,21 @@ class RedisSentinels:
     count // 2 + 1), all ours; the primary is called `name`. A primary down for
     `down_after_ms` is replaced by the replica."""
 
-    def __init__(self, workdir: Path, *, name: str = "telegraphy", count: int = 3, down_after_ms: int = 1000):
-        self.workdir, self.name, self.down_after_ms = workdir, name, down_after_ms
-        self.primary = RedisServer(workdir, extra=["--repl-diskless-sync-delay", "0"])
+    def __init__(self, workdir: Path, *, name: str = "telegraphy", count: int = 3, down_after_ms: int = 1000,
+                 password: str = ""):
+        """`password`: the primary, the replica and the Sentinels all require it
+        (as the common Helm charts set them up)."""
+        self.workdir, self.name, self.down_after_ms, self.password = workdir, name, down_after_ms, password
+        self.auth = ["--requirepass", password, "--masterauth", password] if password else []
+        self.cli_auth = ["-a", password, "--no-auth-warning"] if password else []
+        self.primary = RedisServer(workdir, extra=["--repl-diskless-sync-delay", "0", *self.auth])
         self.replica: RedisServer | None = None
         self.ports = [procs.free_port() for _ in range(count)]
         self.procs: list[subprocess.Popen] = []
 
     def start(self, timeout: float = 30.0) -> None:
         self.primary.start()
-        self.replica = RedisServer(self.workdir, extra=["--replicaof", "127.0.0.1", str(self.primary.port)])
+        self.replica = RedisServer(self.workdir, extra=["--replicaof", "127.0.0.1", str(self.primary.port), *self.auth])
         self.replica.start()
         quorum = len(self.ports) // 2 + 1
         for port in self.ports:
@@ -238,25 +243,28 @@ class RedisSentinels:
                             f"sentinel monitor {self.name} 127.0.0.1 {self.primary.port} {quorum}\n"
                             f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}\n"
                             f"sentinel failover-timeout {self.name} 10000\n"
-                            f"sentinel parallel-syncs {self.name} 1\n")
+                            f"sentinel parallel-syncs {self.name} 1\n"
+                            + (f"requirepass {self.password}\nsentinel auth-pass {self.name} {self.password}\n"
+                               if self.password else ""))
             self.procs.append(procs.spawn(["redis-server", str(conf), "--sentinel"], env=_clean_env(),
                                           log_path=self.workdir / f"sentinel-{port}.log", description=f"redis-sentinel :{port}"))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             # Every Sentinel knows the primary, the replica and the other Sentinels,
             # and the replica has the primary's data.
-            if all(f"slaves=1,sentinels={len(self.ports)}" in redis_cli(p, "info", "sentinel") for p in self.ports) and \
-                    "master_link_status:up" in redis_cli(self.replica.port, "info", "replication"):
+            if all(f"slaves=1,sentinels={len(self.ports)}" in redis_cli(p, *self.cli_auth, "info", "sentinel") for p in self.ports) and \
+                    "master_link_status:up" in redis_cli(self.replica.port, *self.cli_auth, "info", "replication"):
                 return
             time.sleep(0.2)
         raise RuntimeError("the Sentinels did not find each other and the replica")
 
     def url(self) -> str:
-        return "redis+sentinel://" + ",".join(f"127.0.0.1:{p}" for p in self.ports) + f"/{self.name}"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis+sentinel://{auth}" + ",".join(f"127.0.0.1:{p}" for p in self.ports) + f"/{self.name}"
 
     def current_primary_port(self) -> int | None:
         for p in self.ports:
-            out = redis_cli(p, "sentinel", "get-master-addr-by-name", self.name).split()
+            out = redis_cli(p, *self.cli_auth, "sentinel", "get-master-addr-by-name", self.name).split()
             if len(out) == 2:
                 return int(out[1])
         return None

@@ -346,3 +346,27 @@ def test_a_slot_moved_to_another_primary_under_subscribers(uid, gateway_factory,
         assert "its slot moved" in log or "served by another primary" in log
     finally:
         cluster.stop()
+
+
+def test_sentinels_and_primary_with_a_password(uid, workdir, gateway_factory, reactor, record):
+    """Sentinels that require the primary's password (as the common Helm
+    charts set them up): two gateways and the CLI on
+    `redis+sentinel://:PASSWORD@...` deliver once each; a wrong password is
+    refused naming the credentials."""
+    sentinels = RedisSentinels(workdir, count=1, password="s3cret-pw")
+    try:
+        sentinels.start()
+        prefix = f"tg{uid}:"
+        topic = f"chaos.{uid}.auth"
+        nodes = [gateway_factory(n, sentinels.url(), prefix=prefix) for n in "AB"]
+        subs = [Subscriber(f"S{n}", HOST, g.port, topic) for n, g in zip("AB", nodes)]
+        reactor.start(subs)
+        status, out, err, _, _ = run_cli_stdin(sentinels.url(), [f'{{"topic": "{topic}", "args": ["cli", 0]}}'], prefix=prefix)
+        assert status == 0, err
+        assert wait_until(lambda: all(s.streams("cli") == [0] for s in subs), 10), [s.events for s in subs]
+        wrong = sentinels.url().replace("s3cret-pw", "wrong")
+        status, out, err, _, _ = run_cli_stdin(wrong, [f'{{"topic": "{topic}", "args": ["cli", 1]}}'], prefix=prefix)
+        record(wrong_password=err.strip().splitlines()[-1][:200] if err.strip() else "")
+        assert status != 0 and ("credentials" in err or "password" in err.lower()), err
+    finally:
+        sentinels.stop()

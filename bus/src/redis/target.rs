@@ -8,7 +8,9 @@
 //! * `redis+sentinel://[user:pass@]s1:26379,s2:26379/NAME[/db]`
 //!   (`rediss+sentinel://`): the primary the Sentinels know as `NAME`,
 //!   asked again at every (re)connect. The credentials are the primary's;
-//!   the Sentinels are asked without credentials.
+//!   the Sentinels are asked with them too (Sentinels that share the
+//!   password, as common charts set them up), and without them when a
+//!   Sentinel has no password.
 
 use crate::{redact, BusError, BusTls};
 
@@ -32,7 +34,8 @@ pub(crate) struct Cluster {
 
 /// The Sentinels and the name of the primary they watch.
 pub(crate) struct Sentinel {
-    sentinels: Vec<String>,
+    /// Per Sentinel: its URL with the credentials, and without them.
+    sentinels: Vec<(String, String)>,
     /// The primary's name in the Sentinels' configuration.
     pub(crate) name: String,
     db: i64,
@@ -119,10 +122,11 @@ impl Target {
                     None | Some("") => 0,
                     Some(d) => d.parse().map_err(|_| invalid(format!("`{d}` is not a database number")))?,
                 };
-                // The Sentinels are asked without the primary's credentials.
-                let sentinels: Vec<String> = split.hosts.iter().map(|h| format!("{node_scheme}://{h}/0")).collect();
-                for s in &sentinels {
-                    client(s, tls, false)?;
+                let sentinels: Vec<(String, String)> =
+                    split.hosts.iter().map(|h| (format!("{node_scheme}://{}{h}/0", split.userinfo), format!("{node_scheme}://{h}/0"))).collect();
+                for (with, without) in &sentinels {
+                    client(with, tls, false)?;
+                    client(without, tls, false)?;
                 }
                 Ok(Target::Sentinel(Sentinel {
                     sentinels,
@@ -184,25 +188,62 @@ pub(crate) enum SentinelError {
     UnknownName(String),
 }
 
+/// Whether a Sentinel refused the credentials it was given (it has none, or others).
+fn refused_credentials(e: &redis::RedisError) -> bool {
+    let text = e.to_string();
+    e.kind() == redis::ErrorKind::AuthenticationFailed || text.contains("AUTH") || text.contains("WRONGPASS") || text.contains("password")
+}
+
 impl Sentinel {
     /// Asks the Sentinels in turn for the primary's address; a client for it.
     pub(crate) async fn primary(&self, timeout: std::time::Duration) -> Result<redis::Client, super::SessionError> {
         let mut errors = Vec::new();
         let mut answered = false;
-        for url in &self.sentinels {
-            let one = client(url, &self.tls, false).map_err(|e| super::SessionError::Sentinel(e.to_string()))?;
+        // When every Sentinel refused the credentials, that is the answer.
+        let mut refused: Option<redis::RedisError> = None;
+        let mut others = false;
+        for (with, without) in &self.sentinels {
+            let url = with;
+            let ask = |url: &str| {
+                let one = client(url, &self.tls, false);
+                async move {
+                    let one = one.map_err(|e| redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "bus URL", e.to_string())))?;
+                    let mut conn = one.get_multiplexed_async_connection().await?;
+                    redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(&self.name).query_async::<Option<(String, u16)>>(&mut conn).await
+                }
+            };
             let asked = async {
-                let mut conn = one.get_multiplexed_async_connection().await?;
-                redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(&self.name).query_async::<Option<(String, u16)>>(&mut conn).await
+                match ask(with).await {
+                    // A Sentinel without a password refuses the credentials: ask it without.
+                    Err(e) if with != without && refused_credentials(&e) => ask(without).await,
+                    answer => answer,
+                }
             };
             match tokio::time::timeout(timeout, asked).await {
                 Ok(Ok(Some((host, port)))) => {
                     return client(&self.node.at(&host, port, self.db), &self.tls, false).map_err(|e| super::SessionError::Sentinel(e.to_string()));
                 }
                 Ok(Ok(None)) => answered = true,
-                Ok(Err(e)) => errors.push(format!("{}: {e}", redact(url))),
-                Err(_) => errors.push(format!("{}: no answer within {timeout:?}", redact(url))),
+                Ok(Err(e)) => {
+                    errors.push(format!("{}: {e}", redact(url)));
+                    if refused_credentials(&e) {
+                        refused = Some(e);
+                    } else {
+                        others = true;
+                    }
+                }
+                Err(_) => {
+                    errors.push(format!("{}: no answer within {timeout:?}", redact(url)));
+                    others = true;
+                }
             }
+        }
+        if let (Some(e), false, false) = (refused, others, answered) {
+            return Err(super::SessionError::Redis(redis::RedisError::from((
+                redis::ErrorKind::AuthenticationFailed,
+                "the Sentinels refused the credentials (the bus URL's user and password are used for the Sentinels and the primary)",
+                e.to_string(),
+            ))));
         }
         let why = if answered { SentinelError::UnknownName(self.name.clone()) } else { SentinelError::NoSentinel(errors.join("; ")) };
         Err(super::SessionError::Sentinel(why.to_string()))
@@ -232,7 +273,13 @@ mod tests {
         assert!(error("redis+cluster://h1:7000/3").contains("only database 0"));
         let Ok(Target::Sentinel(s)) = parse("redis+sentinel://:pw@s1:26379,s2:26380/mymaster/2") else { panic!("sentinel") };
         assert_eq!((s.name.as_str(), s.db), ("mymaster", 2));
-        assert_eq!(s.sentinels, ["redis://s1:26379/0", "redis://s2:26380/0"]);
+        assert_eq!(
+            s.sentinels,
+            [
+                ("redis://:pw@s1:26379/0".to_string(), "redis://s1:26379/0".to_string()),
+                ("redis://:pw@s2:26380/0".to_string(), "redis://s2:26380/0".to_string())
+            ]
+        );
         assert_eq!(s.node.at("10.0.0.7", 6379, s.db), "redis://:pw@10.0.0.7:6379/2");
         assert!(error("redis+sentinel://s1:26379").contains("name the primary"));
         assert!(error("redis+sentinel://s1:26379/m/x").contains("not a database number"));
