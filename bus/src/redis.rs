@@ -857,7 +857,7 @@ impl Pushes {
                     };
                     return Some(Err(SessionError::Cluster(format!("Redis ended the subscription to {channel} (its slot moved)"))));
                 }
-                redis::PushKind::PMessage if matches!(push.data.get(1), Some(redis::Value::BulkString(c)) if exact.contains(c)) => {}
+                _ if is_relayed_copy(&push, exact) => {}
                 _ => {
                     if let Some(bytes) = payload(&push) {
                         if let Err(ended) = self.take(s, inbound, seen, bytes).await {
@@ -902,9 +902,12 @@ impl Pushes {
 
     /// Delivers what already arrived, for up to [`DRAIN_AFTER_FAILURE`]: a
     /// broker that went away acknowledged those events. False when the node closed.
-    async fn drain(&mut self, s: &Shared, inbound: &Inbound, seen: &mut Recent) -> bool {
+    async fn drain(&mut self, s: &Shared, inbound: &Inbound, seen: &mut Recent, exact: &HashSet<Vec<u8>>) -> bool {
         let until = tokio::time::Instant::now() + DRAIN_AFTER_FAILURE;
         while let Ok(Some(push)) = tokio::time::timeout_at(until, self.rx.recv()).await {
+            if is_relayed_copy(&push, exact) {
+                continue;
+            }
             if let Some(bytes) = payload(&push) {
                 if take(s, inbound, seen, bytes).await.is_err() {
                     return false;
@@ -913,6 +916,12 @@ impl Pushes {
         }
         true
     }
+}
+
+/// Whether `push` is a pattern's copy of an event of a topic the node takes
+/// from its shard channel (`exact`: those topics' classic channels).
+fn is_relayed_copy(push: &redis::PushInfo, exact: &HashSet<Vec<u8>>) -> bool {
+    push.kind == redis::PushKind::PMessage && matches!(push.data.get(1), Some(redis::Value::BulkString(c)) if exact.contains(c))
 }
 
 /// Shard channels a session unsubscribes from: Redis confirms those, and any
@@ -1011,7 +1020,7 @@ async fn node_session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor
                 // often): what the subscriber connection has already
                 // received was published before, and may have been
                 // acknowledged; deliver it before starting over.
-                if outcome.is_err() && !pushes.drain(s, inbound, &mut seen).await {
+                if outcome.is_err() && !pushes.drain(s, inbound, &mut seen, &HashSet::new()).await {
                     return Ok(());
                 }
                 return outcome;
@@ -1213,7 +1222,7 @@ async fn cluster_session(s: &Shared, cluster: &target::Cluster, inbound: &Inboun
             _ = watched.ended().cancelled() => {
                 let outcome = watched.outcome();
                 // As on one server: deliver what already arrived.
-                if outcome.is_err() && !pushes.drain(s, inbound, &mut seen).await {
+                if outcome.is_err() && !pushes.drain(s, inbound, &mut seen, &exact).await {
                     return Ok(());
                 }
                 return outcome;
