@@ -245,8 +245,10 @@ fn subscription_for(prefix: &str, i: &Interest, cluster: bool) -> Sub {
 }
 
 /// What a PUBLISH that `receivers` subscriptions got means for the caller.
-fn answer(event: &Envelope, channel: &str, receivers: i64, delivery: Delivery) -> Result<(), PublishError> {
+/// (The channel's name is only written out for the error.)
+fn answer(s: &Shared, event: &Envelope, receivers: i64, delivery: Delivery) -> Result<(), PublishError> {
     if delivery == Delivery::Subscribed && receivers == 0 {
+        let [.., channel] = s.keys(&event.realm, &event.topic);
         return Err(PublishError::NoSubscriber(format!("no node is subscribed to `{}` (Redis channel {channel})", event.topic)));
     }
     Ok(())
@@ -532,8 +534,7 @@ impl Bus for RedisBus {
                 s.failed(1);
                 PublishError::Unavailable(format!("Redis at {} did not take the event: {e}", s.url))
             })?;
-            let name = s.keys(&event.realm, &event.topic)[4].clone();
-            answer(&event, &name, receivers, delivery).map(|()| published_id(&event, epoch, offset))
+            answer(s, &event, receivers, delivery).map(|()| published_id(&event, epoch, offset))
         }
         .boxed()
     }
@@ -551,9 +552,7 @@ impl Bus for RedisBus {
                 return (0..n).map(|_| Err(PublishError::Unavailable(format!("not connected to Redis at {}", s.url)))).collect();
             };
             let answered = |event: &Envelope, result: redis::RedisResult<(i64, u16, u64)>| match result {
-                Ok((receivers, epoch, offset)) => {
-                    answer(event, &s.keys(&event.realm, &event.topic)[4], receivers, delivery).map(|()| published_id(event, epoch, offset))
-                }
+                Ok((receivers, epoch, offset)) => answer(s, event, receivers, delivery).map(|()| published_id(event, epoch, offset)),
                 Err(e) => Err(PublishError::Unavailable(format!("Redis at {} did not take the event: {e}", s.url))),
             };
             if s.is_cluster() {
@@ -727,7 +726,7 @@ async fn check(check_now: Arc<Notify>, mut conn: Conn, sentinel: bool) -> Sessio
             match redis::cmd("ROLE").query_async::<redis::Value>(&mut conn).await {
                 Err(e) => return SessionError::RedisPublishing(e),
                 Ok(role) if !is_primary(&role) => {
-                    return SessionError::Sentinel("the server is no longer the primary (a failover); asking the Sentinels again".into())
+                    return SessionError::Setup("the server is no longer the primary (a failover); asking the Sentinels again".into())
                 }
                 Ok(_) => {}
             }
@@ -819,11 +818,17 @@ impl Pushes {
     /// The next push message if one is queued already.
     fn try_next(&mut self) -> Result<Option<redis::PushInfo>, SessionError> {
         let Ok(push) = self.rx.try_recv() else { return Ok(None) };
+        self.accept(push).map(Some)
+    }
+
+    /// A push message taken off the queue: its bytes leave the buffer; an
+    /// error once the queue overflowed.
+    fn accept(&self, push: redis::PushInfo) -> Result<redis::PushInfo, SessionError> {
         self.bytes.fetch_sub(payload(&push).map_or(0, <[u8]>::len), std::sync::atomic::Ordering::Relaxed);
         if self.behind.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(SessionError::Behind);
         }
-        Ok(Some(push))
+        Ok(push)
     }
 
     /// Handles `first` and what else is queued already (up to
@@ -893,11 +898,7 @@ impl Pushes {
     /// connection is gone.
     async fn next(&mut self) -> Result<redis::PushInfo, SessionError> {
         let push = self.rx.recv().await.ok_or(SessionError::RedisSubscriberClosed)?;
-        self.bytes.fetch_sub(payload(&push).map_or(0, <[u8]>::len), std::sync::atomic::Ordering::Relaxed);
-        if self.behind.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(SessionError::Behind);
-        }
-        Ok(push)
+        self.accept(push)
     }
 
     /// Delivers what already arrived, for up to [`DRAIN_AFTER_FAILURE`]: a
@@ -970,7 +971,7 @@ async fn node_session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor
     let timeout = s.options.connect_timeout;
     let client = server(s).await?.expect("one server");
     let (mut pushes, config) = Pushes::new(&s.options, Leaving::default());
-    let subscriber = target::with_resp3(&client).map_err(|e| SessionError::Sentinel(e.to_string()))?;
+    let subscriber = target::with_resp3(&client)?;
     let mut sink = tokio::time::timeout(timeout, subscriber.get_multiplexed_async_connection_with_config(&config))
         .await
         .map_err(|_| SessionError::Timeout(timeout))?
@@ -1040,7 +1041,7 @@ async fn node_session(s: &Shared, inbound: &Inbound, supervisor: &mut Supervisor
 /// older) is named as such.
 fn resp3_refused(e: redis::RedisError) -> SessionError {
     if e.to_string().to_ascii_lowercase().contains("hello") {
-        SessionError::Sentinel(format!("Redis refused RESP3 ({e}); Telegraphy needs Redis 6 or newer"))
+        SessionError::Setup(format!("Redis refused RESP3 ({e}); Telegraphy needs Redis 6 or newer"))
     } else {
         SessionError::Redis(e)
     }
@@ -1116,11 +1117,7 @@ async fn cluster_session(s: &Shared, cluster: &target::Cluster, inbound: &Inboun
     let prefix = &s.options.redis_key_prefix;
     let mut conn = connect_publishing(s, None).await?;
     write_history_settings(&s.options, &mut conn).await?;
-    let seed_host = cluster.seeds.first().and_then(|u| redis::IntoConnectionInfo::into_connection_info(u.as_str()).ok()).map(|i| match i.addr {
-        redis::ConnectionAddr::Tcp(h, _) | redis::ConnectionAddr::TcpTls { host: h, .. } => h,
-        _ => String::new(),
-    });
-    let seed_host = seed_host.unwrap_or_default();
+    let seed_host = cluster.seed_host();
     let mut slots = slot_map(&mut conn, &seed_host).await?;
     let watched = watch(s, &conn);
     // The session's own commands (registry, slot map) share the connection.

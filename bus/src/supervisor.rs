@@ -48,9 +48,10 @@ pub(crate) enum SessionError {
     /// Redis closed the subscriber connection.
     #[error("the subscriber connection closed")]
     RedisSubscriberClosed,
-    /// The Sentinels named no primary, or the primary was demoted.
+    /// Redis is not what the URL asks for: no Sentinel named the primary,
+    /// the primary was demoted, the server lacks RESP3 (the text says which).
     #[error("{0}")]
-    Sentinel(String),
+    Setup(String),
     /// A Redis Cluster's slots moved or are not served (the text says which).
     #[error("{0}")]
     Cluster(String),

@@ -7,40 +7,22 @@
 // registry) next to exact ones (sharded pub/sub).
 
 import { after, before, test } from "node:test";
-import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { createInterface } from "node:readline";
 import assert from "node:assert/strict";
 import { InvalidInput, Publisher, mintToken } from "@telegraphy/server";
 import { patternMatches, registryPatterns } from "../src/transports/redis.js";
-import { REPO, SECRET, startGateway, subscriber, unique, withTimeout } from "../testing/gateway.js";
+import { SECRET, startGateway, subscriber, unique } from "../testing/gateway.js";
+import { serveBrokers } from "../testing/brokers.js";
 import { publishScenarios } from "../testing/scenarios.js";
 
 let brokers;
-let helper;
-const dir = mkdtempSync(join(tmpdir(), "telegraphy-node-rcluster-"));
+let stopBrokers = async () => {};
 const keyPrefix = `${unique("tg-node-rc")}:`;
 
 before(async () => {
-  helper = spawn("python3", [join(REPO, "tests/chaos/serve_brokers.py"), dir, "--redis-clusters"], { stdio: ["pipe", "pipe", "inherit"] });
-  const lines = createInterface({ input: helper.stdout });
-  const first = new Promise((resolve, reject) => {
-    lines.once("line", resolve);
-    helper.once("exit", (code) => reject(new Error(`serve_brokers.py exited with ${code}`)));
-  });
-  brokers = JSON.parse(await withTimeout(first, 120000, "the Redis Cluster and Sentinel"));
+  ({ brokers, stop: stopBrokers } = await serveBrokers("rcluster", ["--redis-clusters"], "the Redis Cluster and Sentinel"));
 });
 
-after(async () => {
-  if (helper && helper.exitCode === null) {
-    const exited = new Promise((resolve) => helper.once("exit", resolve));
-    helper.stdin.end(); // the helper stops every broker by PID
-    await withTimeout(exited, 30000, "serve_brokers.py to stop the brokers").catch(() => helper.kill("SIGKILL"));
-  }
-  rmSync(dir, { recursive: true, force: true });
-});
+after(() => stopBrokers());
 
 /** The cluster (or Sentinel) URL with user:pass in it. */
 const withCredentials = (url, userinfo) => url.replace("://", `://${userinfo}@`);

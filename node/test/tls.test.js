@@ -6,40 +6,22 @@
 // is refused as Unauthorized, naming the TLS check.
 
 import { after, before, test } from "node:test";
-import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { createInterface } from "node:readline";
 import assert from "node:assert/strict";
 import { Publisher, Unauthorized } from "@telegraphy/server";
-import { REPO, unique, withTimeout } from "../testing/gateway.js";
+import { unique } from "../testing/gateway.js";
+import { serveBrokers } from "../testing/brokers.js";
 import { publishScenarios, withPort } from "../testing/scenarios.js";
 
 let brokers;
-let helper;
-const dir = mkdtempSync(join(tmpdir(), "telegraphy-node-tls-"));
+let stopBrokers = async () => {};
 const keyPrefix = `${unique("tg-node-tls")}:`;
 const exchange = unique("tg-node-tls");
 
 before(async () => {
-  helper = spawn("python3", [join(REPO, "tests/chaos/serve_brokers.py"), dir], { stdio: ["pipe", "pipe", "inherit"] });
-  const lines = createInterface({ input: helper.stdout });
-  const first = new Promise((resolve, reject) => {
-    lines.once("line", resolve);
-    helper.once("exit", (code) => reject(new Error(`serve_brokers.py exited with ${code}`)));
-  });
-  brokers = JSON.parse(await withTimeout(first, 120000, "the TLS brokers"));
+  ({ brokers, stop: stopBrokers } = await serveBrokers("tls", [], "the TLS brokers"));
 });
 
-after(async () => {
-  if (helper && helper.exitCode === null) {
-    const exited = new Promise((resolve) => helper.once("exit", resolve));
-    helper.stdin.end(); // the helper stops both brokers by PID
-    await withTimeout(exited, 30000, "serve_brokers.py to stop the brokers").catch(() => helper.kill("SIGKILL"));
-  }
-  rmSync(dir, { recursive: true, force: true });
-});
+after(() => stopBrokers());
 
 const tls = (ca = "ca") => ({ caFile: brokers[ca], certFile: brokers.client_cert, keyFile: brokers.client_key });
 const gatewayTls = () => ({ ca: brokers.ca, cert: brokers.client_cert, key: brokers.client_key });

@@ -152,6 +152,14 @@ impl Target {
 }
 
 impl Cluster {
+    /// The first seed's host: what a node announcing no address means.
+    pub(crate) fn seed_host(&self) -> String {
+        match self.seeds.first().map(|u| redis::IntoConnectionInfo::into_connection_info(u.as_str())) {
+            Some(Ok(redis::ConnectionInfo { addr: redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. }, .. })) => host,
+            _ => String::new(),
+        }
+    }
+
     /// A client for the node at `host:port`, speaking RESP3 (sharded pub/sub
     /// arrives as push messages).
     pub(crate) fn node(&self, host: &str, port: u16) -> Result<redis::Client, BusError> {
@@ -221,7 +229,7 @@ impl Sentinel {
             };
             match tokio::time::timeout(timeout, asked).await {
                 Ok(Ok(Some((host, port)))) => {
-                    return client(&self.node.at(&host, port, self.db), &self.tls, false).map_err(|e| super::SessionError::Sentinel(e.to_string()));
+                    return client(&self.node.at(&host, port, self.db), &self.tls, false).map_err(|e| super::SessionError::Setup(e.to_string()));
                 }
                 Ok(Ok(None)) => answered = true,
                 Ok(Err(e)) => {
@@ -246,7 +254,7 @@ impl Sentinel {
             ))));
         }
         let why = if answered { SentinelError::UnknownName(self.name.clone()) } else { SentinelError::NoSentinel(errors.join("; ")) };
-        Err(super::SessionError::Sentinel(why.to_string()))
+        Err(super::SessionError::Setup(why.to_string()))
     }
 }
 
