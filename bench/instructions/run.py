@@ -76,6 +76,15 @@ PATHS = [
         (64, 192),
         lambda n: n * 100,
     ),
+    # A large fan-out when the dispatcher takes 16 events per batch from
+    # the bus (a busy node): each session's share is one write per batch.
+    path(
+        "fanout-gateway-1k-batch16-json",
+        "delivery",
+        lambda n: ["fanout-gateway", "--subscribers", "1000", "--ser", "json", "--events", str(n), "--batch", "16"],
+        (16, 48),
+        lambda n: n * 1000,
+    ),
     path("decode-json", "message", lambda n: ["decode", "--ser", "json", "--messages", str(n)], (3000, 9000), lambda n: n),
     path("decode-msgpack", "message", lambda n: ["decode", "--ser", "msgpack", "--messages", str(n)], (3000, 9000), lambda n: n),
     path("session-setup-jwt", "session", lambda n: ["session-setup", "--sessions", str(n)], (20, 60), lambda n: n),

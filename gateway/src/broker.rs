@@ -39,7 +39,7 @@ use crate::authz::Permissions;
 use crate::match_index::MatchIndex;
 use crate::metrics::Metrics;
 use crate::outbox::{Flush, Outbox};
-use crate::wire::encode_frame;
+use crate::wire::{encode_frame, SharedFrame};
 
 /// What the broker knows of a session: enough to route and filter events.
 pub struct SessionHandle {
@@ -98,7 +98,9 @@ impl Subscription {
 
 #[derive(Default)]
 struct Subscribers {
-    by_session: HashMap<Id, Subscriber>,
+    /// An `IndexMap`: the fan-out walks it once per event, as fast as a
+    /// `Vec` (a `HashMap` scans its control bytes).
+    by_session: indexmap::IndexMap<Id, Subscriber, foldhash::fast::RandomState>,
     /// Set once the subscription has left the index (its last subscriber
     /// left): a SUBSCRIBE that found it just before must look again.
     retired: bool,
@@ -361,7 +363,7 @@ impl Broker {
         let sub = self.index.read().unwrap_or_else(|e| e.into_inner()).ids.get(&id).cloned()?;
         let now_empty = {
             let mut subscribers = sub.subscribers.write().unwrap_or_else(|e| e.into_inner());
-            subscribers.by_session.remove(&session)?;
+            subscribers.by_session.swap_remove(&session)?;
             subscribers.by_session.is_empty()
         };
         self.metrics.subscriptions.dec();
@@ -414,7 +416,7 @@ impl Broker {
         for sub in matched {
             let details = event_details(sub.policy, event);
             let eref = EventRef { subscription: sub.id, publication: event.publication, details: &details, args: &event.args, kwargs: &event.kwargs };
-            let mut frames: [Option<Bytes>; 2] = [None, None];
+            let mut frames: [Option<SharedFrame>; 2] = [None, None];
             let mut sent = [0u64; 2];
             let subscribers = sub.subscribers.read().unwrap_or_else(|e| e.into_inner());
             let fanout = subscribers.by_session.len();
@@ -436,7 +438,7 @@ impl Broker {
                 let frame = match &mut frames[s.index()] {
                     Some(f) => &*f,
                     slot => match encode_frame(s, &eref) {
-                        Some(f) => &*slot.insert(f),
+                        Some(f) => &*slot.insert(Arc::new(f)),
                         // Logged by encode_frame; nobody on this subscription can get it.
                         None => break 'subscribers,
                     },

@@ -100,7 +100,7 @@ pub mod harness {
     pub use crate::connection::origin_allowed;
     pub use crate::metrics::Metrics;
     pub use crate::node::{Node, NodeBus};
-    pub use crate::outbox::{Flush, Outbox};
+    pub use crate::outbox::{Flush, Outbox, WriteShards};
     pub use crate::publish::parse_body;
     pub use crate::session::{Flow, Session};
     pub use crate::wire::{data_frame, Wire};

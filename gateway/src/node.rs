@@ -18,7 +18,7 @@ use crate::continuity::{Check, Continuity};
 use crate::lifecycle::Lifecycle;
 use crate::members::{SubscriptionChange, SubscriptionOp};
 use crate::metrics::Metrics;
-use crate::outbox::Flush;
+use crate::outbox::{Flush, WriteShards};
 use crate::realm::Realms;
 
 /// The state of one gateway node.
@@ -287,6 +287,9 @@ impl Node {
         let mut batch = Vec::with_capacity(64);
         let mut continuity = Continuity::default();
         let mut sessions_seen = self.bus_sessions.count();
+        // Large fan-outs are written by these, on every core; they stop
+        // when the dispatcher ends.
+        let mut flush = Flush::with_shards(WriteShards::start());
         loop {
             batch.clear();
             tokio::select! {
@@ -302,9 +305,8 @@ impl Node {
                     self.catch_up(&**store, &mut continuity).await;
                 }
             }
-            // Small fan-outs leave their frames queued until the batch is
-            // done: a session then gets the batch's events in one write.
-            let mut flush = Flush::default();
+            // Fan-outs leave their frames queued until the batch is done: a
+            // session then gets the batch's events in one write.
             let mut control = 0;
             for event in &batch {
                 if let (Some(store), Some(position)) = (&self.store, event.position) {

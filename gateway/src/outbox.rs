@@ -19,11 +19,11 @@ use bytes::Bytes;
 use telegraphy_wamp::codes;
 
 use crate::metrics::{DropReason, Metrics};
-use crate::wire::{Sent, When, Wire};
+use crate::wire::{Sent, SharedFrame, When, Wire};
 
 /// Fan-outs to at most this many local sessions have their frames written
-/// straight from the fan-out loop (`docs/benchmarks.md`: for large
-/// fan-outs, writes spread over per-session tasks win on a small machine).
+/// by the fan-out's own task at the end of the batch; larger ones by the
+/// write shards, on every core (`docs/benchmarks.md`).
 pub(crate) const DIRECT_WRITE_MAX: usize = 128;
 
 /// The sending side, shared by the session, the hub and the connection's task.
@@ -63,24 +63,53 @@ pub(crate) enum PushError {
     Closed,
 }
 
-/// The sessions a fan-out left frames for (`When::Later`): written out by
-/// [`Flush::run`] once the batch of events is done, and when dropped, so no
-/// frame waits past its batch.
+/// The sessions a fan-out left frames for (`Wire::send_later`), written out once
+/// the batch of events is done, so a session gets a batch's events in one
+/// write and nobody is woken per delivery. [`Flush::run`] writes the small
+/// fan-outs' sessions itself and hands the large fan-outs' sessions to the
+/// [`WriteShards`], which write them on every core; it also runs when the
+/// flush is dropped, so no frame waits past its batch.
 #[derive(Default)]
-pub struct Flush(Vec<Arc<Wire>>);
+pub struct Flush {
+    /// Sessions of small fan-outs: written by the caller of `run`.
+    here: Vec<Arc<Wire>>,
+    /// Sessions of large fan-outs, by write shard.
+    away: Vec<Vec<Arc<Wire>>>,
+    shards: Option<Arc<WriteShards>>,
+}
 
 impl Flush {
-    /// Remembers a wire that holds deferred frames (once per session per batch).
-    #[inline(never)]
-    fn defer(&mut self, wire: &Arc<Wire>) {
-        self.0.push(wire.clone());
+    /// A flush that hands large fan-outs to `shards`. Without shards
+    /// ([`Flush::default`]), large fan-outs wake each session's task.
+    pub fn with_shards(shards: Arc<WriteShards>) -> Flush {
+        Flush { here: Vec::new(), away: (0..shards.shards.len()).map(|_| Vec::new()).collect(), shards: Some(shards) }
     }
 
-    /// Writes every session's deferred frames (what the kernel does not
-    /// take goes to the session's task).
+    /// Remembers a wire that holds deferred frames (once per wire until
+    /// it is flushed).
+    #[inline]
+    fn defer(&mut self, wire: &Arc<Wire>, fanout: usize) {
+        if fanout <= DIRECT_WRITE_MAX || self.away.is_empty() {
+            self.here.push(wire.clone());
+        } else {
+            let n = self.away.len();
+            self.away[wire.shard(n)].push(wire.clone());
+        }
+    }
+
+    /// Writes every small fan-out's deferred frames (what the kernel does
+    /// not take goes to the session's task) and hands the large ones' to
+    /// the write shards.
     pub fn run(&mut self) {
-        for wire in self.0.drain(..) {
+        for wire in self.here.drain(..) {
             wire.flush();
+        }
+        if let Some(shards) = &self.shards {
+            for (shard, wires) in shards.shards.iter().zip(&mut self.away) {
+                if !wires.is_empty() {
+                    shard.take(wires);
+                }
+            }
         }
     }
 }
@@ -88,6 +117,91 @@ impl Flush {
 impl Drop for Flush {
     fn drop(&mut self) {
         self.run();
+    }
+}
+
+/// Tasks that write the frames of large fan-outs, one per runtime worker
+/// (the way centrifuge shards its hub): the fan-out queues each frame
+/// without waking anyone and hands each shard the list of sessions it
+/// left frames for, once per batch of events; each shard writes its
+/// sessions' frames with one vectored write per session. A fan-out to
+/// 1,000 sessions thus costs a few wake-ups, not 1,000, and its writes
+/// still run on every core.
+///
+/// Bounded: a wire is on at most one list at a time (see `Wire::send`),
+/// so a shard's list never holds more entries than there are sessions.
+/// The tasks stop when the `WriteShards` is dropped (its owner is the
+/// node's dispatcher).
+pub struct WriteShards {
+    shards: Box<[Arc<Shard>]>,
+}
+
+struct Shard {
+    wires: Mutex<Vec<Arc<Wire>>>,
+    wake: tokio::sync::Notify,
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+impl Shard {
+    /// Adds `wires` to the shard's list (leaving `wires` empty, and with
+    /// a spare allocation when the shard's list was empty) and wakes it.
+    fn take(&self, wires: &mut Vec<Arc<Wire>>) {
+        {
+            let mut list = self.wires.lock().unwrap_or_else(|e| e.into_inner());
+            if list.is_empty() {
+                std::mem::swap(&mut *list, wires);
+            } else {
+                list.append(wires);
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    async fn run(&self) {
+        let mut taken = Vec::new();
+        loop {
+            self.wake.notified().await;
+            if self.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            std::mem::swap(&mut *self.wires.lock().unwrap_or_else(|e| e.into_inner()), &mut taken);
+            for wire in taken.drain(..) {
+                wire.flush();
+            }
+            if taken.capacity() > 4096 {
+                // A burst is over: give its memory back.
+                taken = Vec::new();
+            }
+        }
+    }
+}
+
+impl WriteShards {
+    /// Starts one shard per worker of the current tokio runtime.
+    pub fn start() -> Arc<WriteShards> {
+        let workers = tokio::runtime::Handle::current().metrics().num_workers().max(1);
+        let shards: Box<[Arc<Shard>]> = (0..workers)
+            .map(|_| Arc::new(Shard { wires: Mutex::new(Vec::new()), wake: tokio::sync::Notify::new(), stopped: Default::default() }))
+            .collect();
+        for shard in shards.iter() {
+            let shard = shard.clone();
+            tokio::spawn(async move { shard.run().await });
+        }
+        Arc::new(WriteShards { shards })
+    }
+}
+
+impl Drop for WriteShards {
+    fn drop(&mut self) {
+        for shard in self.shards.iter() {
+            shard.stopped.store(true, Ordering::Release);
+            shard.wake.notify_one();
+            // What was handed over is still written: a flush is cheap and
+            // the frames were accepted.
+            for wire in shard.wires.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+                wire.flush();
+            }
+        }
     }
 }
 
@@ -108,25 +222,27 @@ impl Outbox {
         Ok(())
     }
 
-    /// Sends an EVENT frame of a fan-out to `fanout` sessions. A small
-    /// fan-out writes each frame here and now (one system call each, no
-    /// task woken); a larger one queues the frame and wakes each session's
-    /// task, so the writes run on every core and a session that fell behind
-    /// gets several events per write. The caller counts what it sent
+    /// Sends an EVENT frame of a fan-out to `fanout` sessions: queued
+    /// until `flush` runs (at the end of the batch of events), which writes
+    /// a small fan-out's sessions itself and has the write shards write a
+    /// large one's. Without write shards a large fan-out wakes each
+    /// session's task instead. The caller counts what it sent
     /// (`messages_out`, `bytes_out`), once per event rather than per frame.
     ///
     /// Inlined into the fan-out loop: it runs once per delivery (the
     /// instruction budgets in `bench/instructions` watch it).
     #[inline(always)]
-    pub(crate) fn push_event(&self, frame: &Bytes, fanout: usize, flush: &mut Flush) -> Result<(), PushError> {
+    pub(crate) fn push_event(&self, frame: &SharedFrame, fanout: usize, flush: &mut Flush) -> Result<(), PushError> {
         if self.is_closing() {
             return self.refuse_closing();
         }
-        let when = if fanout > DIRECT_WRITE_MAX { When::Task } else { When::Later };
-        match self.wire.send(frame, self.max_messages, self.max_bytes, when) {
+        if fanout > DIRECT_WRITE_MAX && flush.shards.is_none() {
+            return self.send(frame, When::Task);
+        }
+        match self.wire.send_later(frame, self.max_messages, self.max_bytes) {
             Sent::Written | Sent::Queued => Ok(()),
             Sent::Deferred => {
-                flush.defer(&self.wire);
+                flush.defer(&self.wire, fanout);
                 Ok(())
             }
             Sent::Full => self.overflowed(),
@@ -281,6 +397,43 @@ mod tests {
         panic!("2.5 GiB went into a socket nobody reads");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn write_shards_deliver_a_large_fan_out_in_order_and_list_each_session_once() {
+        let sessions = DIRECT_WRITE_MAX + 72;
+        let mut pairs = Vec::new();
+        for _ in 0..sessions {
+            pairs.push(outbox(1024, usize::MAX).await);
+        }
+        let shards = WriteShards::start();
+        assert_eq!(shards.shards.len(), 2, "one shard per worker");
+        let mut flush = Flush::with_shards(shards);
+        let frames: Vec<SharedFrame> = (0..50u32).map(|i| Arc::new(data_frame(format!("[36,1,{i},{{}}]").into_bytes(), false))).collect();
+        // Two batches of 25 events: a session is listed once, however many
+        // events it got (in the second batch only if a shard flushed it
+        // since: until then its new frames ride on the flush promised).
+        for (i, batch) in frames.chunks(25).enumerate() {
+            for frame in batch {
+                for (outbox, _, _) in &pairs {
+                    outbox.push_event(frame, sessions, &mut flush).unwrap();
+                }
+            }
+            assert!(flush.here.is_empty(), "a large fan-out is not written by the dispatcher");
+            let listed = flush.away.iter().map(Vec::len).sum::<usize>();
+            if i == 0 {
+                assert_eq!(listed, sessions, "each session listed once");
+            } else {
+                assert!(listed <= sessions, "{listed} entries for {sessions} sessions");
+            }
+            flush.run();
+        }
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        for (_, _, client) in &mut pairs {
+            let mut got = vec![0u8; expected.len()];
+            tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut got)).await.expect("the shards wrote the frames").unwrap();
+            assert!(got == expected, "frames missing or out of order");
+        }
+    }
+
     #[tokio::test]
     async fn overflow_by_count_closes_as_slow_consumer() {
         let (outbox, metrics, _client) = outbox(2, usize::MAX).await;
@@ -290,7 +443,7 @@ mod tests {
         assert_eq!(outbox.push(&data_frame(b"d".to_vec(), false)), Err(PushError::Closed));
         assert_eq!(metrics.slow_consumer_closes.get(), 1);
         assert_eq!(metrics.queue_drops[DropReason::QueueFull as usize].get(), 1);
-        outbox.push_event(&data_frame(b"e".to_vec(), false), 1, &mut Flush::default()).unwrap_err();
+        outbox.push_event(&Arc::new(data_frame(b"e".to_vec(), false)), 1, &mut Flush::default()).unwrap_err();
         assert_eq!(metrics.queue_drops[DropReason::Closing as usize].get(), 1, "an event for a closing session is counted");
         assert!(matches!(outbox.serve_writes().await, Ended::Closing), "closing wins over the backlog");
     }

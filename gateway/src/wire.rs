@@ -26,6 +26,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 
@@ -112,23 +113,70 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Queue {
     /// Bytes accepted but not yet taken by the kernel, in order. The front
     /// may be the rest of a partly written frame.
-    pending: VecDeque<Bytes>,
+    pending: VecDeque<Chunk>,
     /// Their total size.
     pending_bytes: usize,
     /// Whether the front of `pending` was partly written already (it must
     /// then be finished, or the client would see a torn frame).
     front_started: bool,
+    /// Whether a [`Wire::flush`] is promised (the wire was handed to a
+    /// fan-out's flush list and not flushed since): a wire is on at most
+    /// one list at a time, so those lists never hold more entries than
+    /// there are sessions.
+    listed: bool,
+}
+
+/// A frame that many sessions are sent (an EVENT of a fan-out): cloned
+/// once per delivery, so an `Arc` (one atomic add) rather than `Bytes`
+/// (a call through its vtable, twice as many instructions with the drop).
+pub(crate) type SharedFrame = Arc<Bytes>;
+
+/// One queued frame, or the rest of one.
+enum Chunk {
+    Shared(SharedFrame),
+    Own(Bytes),
+}
+
+impl Chunk {
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Shared(b) => b,
+            Chunk::Own(b) => b,
+        }
+    }
+
+    #[inline]
+    fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    /// What is left after the first `n` bytes were written.
+    fn rest(&self, n: usize) -> Chunk {
+        match self {
+            Chunk::Shared(b) => Chunk::Own(b.slice(n..)),
+            Chunk::Own(b) => Chunk::Own(b.slice(n..)),
+        }
+    }
 }
 
 /// The shared socket of one client connection.
 pub struct Wire {
     io: Io,
-    queue: Mutex<Queue>,
+    /// parking_lot's: taken once per delivery, and it has no poisoning to
+    /// check (nothing panics while holding it).
+    queue: parking_lot::Mutex<Queue>,
     /// Wakes the connection's task: bytes are waiting to be written, or
     /// (through [`crate::outbox::Outbox::close`]) the session must close.
     /// One waiter; `notify_one` keeps the wake-up if the task is busy.
     wake: Notify,
+    /// Spreads wires over the fan-out's write shards (round robin by
+    /// creation).
+    lane: usize,
 }
+
+/// The lane of the next wire.
+static NEXT_LANE: AtomicUsize = AtomicUsize::new(0);
 
 /// Who writes a frame that [`Wire::send`] is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,10 +184,6 @@ pub(crate) enum When {
     /// The caller, now, if nothing waits before the frame and the kernel
     /// takes it (plain TCP).
     Now,
-    /// The caller, soon: the frame is queued without waking the task, and
-    /// the caller promises a [`Wire::flush`] (the fan-out flushes once per
-    /// batch of events, so a session gets a batch's events in one write).
-    Later,
     /// The connection's task: the frame is queued and the task woken.
     Task,
 }
@@ -151,8 +195,8 @@ pub(crate) enum Sent {
     Written,
     /// It waits in the queue; the connection's task writes it.
     Queued,
-    /// (`When::Later`) It is the first frame waiting: the caller must
-    /// [`Wire::flush`] the wire.
+    /// ([`Wire::send_later`]) No flush was promised yet: the caller must
+    /// see that the wire is [`Wire::flush`]ed.
     Deferred,
     /// The queue was at its limit: the frame was dropped.
     Full,
@@ -170,11 +214,17 @@ impl Wire {
     }
 
     fn new(io: Io) -> Arc<Wire> {
-        Arc::new(Wire { io, queue: Mutex::new(Queue { pending: VecDeque::new(), pending_bytes: 0, front_started: false }), wake: Notify::new() })
+        let lane = NEXT_LANE.fetch_add(1, Ordering::Relaxed);
+        Arc::new(Wire {
+            io,
+            queue: parking_lot::Mutex::new(Queue { pending: VecDeque::new(), pending_bytes: 0, front_started: false, listed: false }),
+            wake: Notify::new(),
+            lane,
+        })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        lock(&self.queue)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Queue> {
+        self.queue.lock()
     }
 
     /// The handle hyper and tungstenite read and write through.
@@ -188,8 +238,22 @@ impl Wire {
     /// is written at once; over TLS frames are always queued for the
     /// connection's task (which encrypts).
     pub(crate) fn send(&self, frame: &Bytes, max_frames: usize, max_bytes: usize, when: When) -> Sent {
+        match when {
+            When::Now => self.send_now(frame, max_frames, max_bytes),
+            When::Task => {
+                let mut inner = self.lock();
+                if !inner.has_room(frame.len(), max_frames, max_bytes) {
+                    return Sent::Full;
+                }
+                self.queue(&mut inner, frame.clone(), false);
+                Sent::Queued
+            }
+        }
+    }
+
+    fn send_now(&self, frame: &Bytes, max_frames: usize, max_bytes: usize) -> Sent {
         let mut inner = self.lock();
-        if let (When::Now, true, Io::Tcp(tcp)) = (when, inner.pending.is_empty(), &self.io) {
+        if let (true, Io::Tcp(tcp)) = (inner.pending.is_empty(), &self.io) {
             match tcp.try_write(frame) {
                 Ok(n) if n == frame.len() => return Sent::Written,
                 // The rest must follow, whatever the limits say.
@@ -202,42 +266,55 @@ impl Wire {
                 Err(_) => {}
             }
         }
-        if inner.pending.len() >= max_frames || inner.pending_bytes + frame.len() > max_bytes {
+        if !inner.has_room(frame.len(), max_frames, max_bytes) {
             return Sent::Full;
-        }
-        if when == When::Later {
-            let first = inner.pending.is_empty();
-            inner.pending_bytes += frame.len();
-            inner.pending.push_back(frame.clone());
-            if first {
-                inner.front_started = false;
-                return Sent::Deferred;
-            }
-            return Sent::Queued;
         }
         self.queue(&mut inner, frame.clone(), false);
         Sent::Queued
     }
 
+    /// The fan-out's path: queues the frame without waking the task; the
+    /// caller promises a [`Wire::flush`] when told to ([`Sent::Deferred`]):
+    /// the fan-out flushes once per batch of events, so a session gets a
+    /// batch's events in one write. Runs once per delivery and is kept
+    /// small (the instruction budgets in `bench/instructions` watch it).
+    #[inline]
+    pub(crate) fn send_later(&self, frame: &SharedFrame, max_frames: usize, max_bytes: usize) -> Sent {
+        let mut inner = self.lock();
+        if !inner.has_room(frame.len(), max_frames, max_bytes) {
+            return Sent::Full;
+        }
+        if inner.pending.is_empty() {
+            inner.front_started = false;
+        }
+        inner.pending_bytes += frame.len();
+        inner.pending.push_back(Chunk::Shared(frame.clone()));
+        if inner.listed {
+            Sent::Queued
+        } else {
+            inner.listed = true;
+            Sent::Deferred
+        }
+    }
+
+    /// Which of `n` write shards writes this wire's deferred frames.
+    pub(crate) fn shard(&self, n: usize) -> usize {
+        self.lane % n
+    }
+
     /// Writes what is queued, as far as the kernel takes it without
     /// waiting (plain TCP, vectored writes), and wakes the connection's
     /// task for the rest (and always over TLS). Called after frames were
-    /// sent with `When::Later`.
+    /// sent with [`Wire::send_later`].
     pub(crate) fn flush(&self) {
         let mut inner = self.lock();
+        inner.listed = false;
         if let Io::Tcp(tcp) = &self.io {
             while !inner.pending.is_empty() {
-                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-                let k = gather(&inner.pending, &mut slices);
-                match tcp.try_write_vectored(&slices[..k]) {
-                    Ok(n) if n > 0 => {
-                        if inner.advance(n).is_err() {
-                            break;
-                        }
-                    }
-                    // Full kernel buffer or a broken connection: the task's
-                    // write waits for room or finds the error.
-                    _ => break,
+                // Full kernel buffer or a broken connection: the task's
+                // write waits for room or finds the error.
+                if !inner.try_write(tcp) {
+                    break;
                 }
             }
         }
@@ -255,7 +332,7 @@ impl Wire {
     fn queue(&self, inner: &mut Queue, bytes: Bytes, started: bool) {
         let was_empty = inner.pending.is_empty();
         inner.pending_bytes += bytes.len();
-        inner.pending.push_back(bytes);
+        inner.pending.push_back(Chunk::Own(bytes));
         if was_empty {
             inner.front_started = started;
             self.wake.notify_one();
@@ -271,7 +348,7 @@ impl Wire {
         let dropped = inner.pending.len().saturating_sub(keep);
         inner.pending.truncate(keep);
         inner.front_started = keep == 1;
-        inner.pending_bytes = inner.pending.iter().map(Bytes::len).sum();
+        inner.pending_bytes = inner.pending.iter().map(Chunk::len).sum();
         dropped
     }
 
@@ -315,6 +392,44 @@ impl Wire {
 }
 
 impl Queue {
+    /// Whether `frame` fits within the limits.
+    #[inline]
+    fn has_room(&self, len: usize, max_frames: usize, max_bytes: usize) -> bool {
+        self.pending.len() < max_frames && self.pending_bytes + len <= max_bytes
+    }
+
+    /// Writes what the kernel takes now (plain TCP); false when it took
+    /// nothing. One frame (the fan-out's usual case) is written as it is;
+    /// several in one vectored write.
+    fn try_write(&mut self, tcp: &TcpStream) -> bool {
+        let written = if self.pending.len() == 1 {
+            let written = tcp.try_write(self.pending[0].bytes());
+            if matches!(written, Ok(n) if n == self.pending_bytes) {
+                // The fan-out's usual case, kept short: the frame went whole.
+                self.pending.pop_front();
+                self.pending_bytes = 0;
+                self.front_started = false;
+                return true;
+            }
+            written
+        } else {
+            self.try_write_vectored(tcp)
+        };
+        match written {
+            Ok(n) if n > 0 => self.advance(n).is_ok(),
+            _ => false,
+        }
+    }
+
+    /// Kept out of line: its slice array would cost every caller of
+    /// `try_write` its initialisation.
+    #[inline(never)]
+    fn try_write_vectored(&self, tcp: &TcpStream) -> io::Result<usize> {
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let k = gather(&self.pending, &mut slices);
+        tcp.try_write_vectored(&slices[..k])
+    }
+
     /// Writes queued bytes until none are left (then flushes TLS records).
     fn poll_drain(&mut self, io: &Io, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_write_pending(io, cx))?;
@@ -336,6 +451,20 @@ impl Queue {
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
+        if n == self.pending_bytes {
+            // All of it (the usual case): no frame to cut.
+            if self.pending.len() == 1 {
+                self.pending.pop_front();
+            } else {
+                self.pending.clear();
+            }
+            self.pending_bytes = 0;
+            self.front_started = false;
+            if self.pending.capacity() > 64 {
+                self.pending = VecDeque::new();
+            }
+            return Ok(());
+        }
         self.pending_bytes -= n;
         let mut left = n;
         while left > 0 {
@@ -345,7 +474,7 @@ impl Queue {
                 self.pending.pop_front();
                 self.front_started = false;
             } else {
-                *front = front.slice(left..);
+                *front = front.rest(left);
                 self.front_started = true;
                 left = 0;
             }
@@ -359,10 +488,10 @@ impl Queue {
 }
 
 /// The first queued frames, as slices for one vectored write.
-fn gather<'a>(pending: &'a VecDeque<Bytes>, slices: &mut [IoSlice<'a>; MAX_IOVECS]) -> usize {
+fn gather<'a>(pending: &'a VecDeque<Chunk>, slices: &mut [IoSlice<'a>; MAX_IOVECS]) -> usize {
     let mut k = 0;
     for (slot, b) in slices.iter_mut().zip(pending) {
-        *slot = IoSlice::new(b);
+        *slot = IoSlice::new(b.bytes());
         k += 1;
     }
     k
@@ -496,7 +625,7 @@ mod tests {
                     queued_at.get_or_insert(i);
                 }
                 Sent::Full => unreachable!("no limits"),
-                Sent::Deferred => unreachable!("only When::Later defers"),
+                Sent::Deferred => unreachable!("only send_later defers"),
             }
         }
         let queued_at = queued_at.expect("64 MiB does not fit in loopback socket buffers");
@@ -536,8 +665,8 @@ mod tests {
         let a = data_frame(b"[36,1,1,{}]".to_vec(), false);
         let b = data_frame(b"[36,1,2,{}]".to_vec(), false);
         let reply = data_frame(b"[17,5,9]".to_vec(), false);
-        assert_eq!(wire.send(&a, 8, usize::MAX, When::Later), Sent::Deferred, "the first deferred frame asks for a flush");
-        assert_eq!(wire.send(&b, 8, usize::MAX, When::Later), Sent::Queued, "later ones ride on the same flush");
+        assert_eq!(wire.send_later(&Arc::new(a.clone()), 8, usize::MAX), Sent::Deferred, "the first deferred frame asks for a flush");
+        assert_eq!(wire.send_later(&Arc::new(b.clone()), 8, usize::MAX), Sent::Queued, "later ones ride on the same flush");
         // A reply sent meanwhile waits behind them (order), without a write of its own.
         assert_eq!(wire.send(&reply, 8, usize::MAX, When::Now), Sent::Queued);
         assert!(wire.is_backed_up(), "nothing is written before the flush");
@@ -547,8 +676,8 @@ mod tests {
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(got, [&a[..], &b[..], &reply[..]].concat());
         // Limits hold for deferred frames too.
-        assert_eq!(wire.send(&a, 1, usize::MAX, When::Later), Sent::Deferred);
-        assert_eq!(wire.send(&b, 1, usize::MAX, When::Later), Sent::Full);
+        assert_eq!(wire.send_later(&Arc::new(a.clone()), 1, usize::MAX), Sent::Deferred);
+        assert_eq!(wire.send_later(&Arc::new(b.clone()), 1, usize::MAX), Sent::Full);
         wire.flush();
     }
 
@@ -558,7 +687,7 @@ mod tests {
         let frame = Bytes::from(vec![7u8; 256 * 1024]);
         // The client reads nothing: the socket buffers fill and the rest stays queued.
         for _ in 0..400 {
-            wire.send(&frame, usize::MAX, usize::MAX, When::Later);
+            wire.send_later(&Arc::new(frame.clone()), usize::MAX, usize::MAX);
         }
         wire.flush();
         assert!(wire.is_backed_up(), "100 MiB do not fit in loopback buffers");
@@ -597,6 +726,6 @@ mod tests {
         let inner = wire.lock();
         assert!(inner.pending.len() <= 1);
         assert_eq!(inner.pending.len(), usize::from(inner.front_started));
-        assert_eq!(inner.pending_bytes, inner.pending.iter().map(Bytes::len).sum::<usize>());
+        assert_eq!(inner.pending_bytes, inner.pending.iter().map(Chunk::len).sum::<usize>());
     }
 }

@@ -44,7 +44,7 @@ use telegraphy_bus::{BusMetrics, BusOptions, Envelope, Inbound, MemoryBus};
 use telegraphy_gateway::harness::Metrics;
 use telegraphy_gateway::harness::{data_frame, Wire};
 use telegraphy_gateway::harness::{Broker, SessionHandle};
-use telegraphy_gateway::harness::{Flush, Outbox};
+use telegraphy_gateway::harness::{Flush, Outbox, WriteShards};
 use telegraphy_wamp::{Dict, EventRef, MatchPolicy, Message, Serialization, Value};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -286,7 +286,8 @@ async fn fanout_gateway(subscribers: usize, ser: Serialization, events: u64, bat
             tokio::spawn(async move { h.outbox.serve_writes().await })
         })
         .collect();
-    let mut flush = Flush::default();
+    // As the node's dispatcher does.
+    let mut flush = Flush::with_shards(WriteShards::start());
     for n in 0..events {
         let delivered = hub.dispatch(&envelope(n), &mut flush);
         if delivered != subscribers {
