@@ -314,10 +314,18 @@ pub enum Publisher {
     Wamp { session: Session, buf: Vec<u8> },
     Http { client: reqwest::Client, url: String, key: String, sem: Arc<Semaphore> },
     Cli { tx: Option<std::sync::mpsc::SyncSender<String>>, child: std::process::Child, writer: Option<std::thread::JoinHandle<()>> },
-    Bus { publisher: telegraphy_publisher::Publisher, sem: Arc<Semaphore> },
+    Bus { publisher: telegraphy_publisher::Publisher, sem: Arc<Semaphore>, in_flight: usize },
 }
 
 const IN_FLIGHT: usize = 64;
+
+/// Publishes in flight straight onto the bus. The publisher library
+/// pipelines them on one connection; with 64 the publisher's rate was its
+/// round trip to the broker (which grows with whatever else the load
+/// generator does), not what the broker or the gateway can take.
+fn bus_in_flight() -> usize {
+    std::env::var("BENCH_BUS_IN_FLIGHT").ok().and_then(|v| v.parse().ok()).unwrap_or(IN_FLIGHT)
+}
 
 impl Publisher {
     /// Connects the publisher.
@@ -383,7 +391,7 @@ impl Publisher {
                     ..Default::default()
                 };
                 let publisher = telegraphy_publisher::Publisher::connect_with(&url, &options).await?;
-                Publisher::Bus { publisher, sem: Arc::new(Semaphore::new(IN_FLIGHT)) }
+                Publisher::Bus { publisher, sem: Arc::new(Semaphore::new(bus_in_flight())), in_flight: bus_in_flight() }
             }
         })
     }
@@ -416,7 +424,7 @@ impl Publisher {
                 let tx = tx.clone().context("the CLI stopped")?;
                 tokio::task::spawn_blocking(move || tx.send(line)).await?.map_err(|_| anyhow::anyhow!("telegraphy-publish exited"))?;
             }
-            Publisher::Bus { publisher, sem } => {
+            Publisher::Bus { publisher, sem, .. } => {
                 let permit = sem.clone().acquire_owned().await?;
                 let event = telegraphy_publisher::Event::new(topic).arg(now_us()).arg(seq).arg(pad.to_string());
                 let publisher = publisher.clone();
@@ -436,8 +444,11 @@ impl Publisher {
     pub async fn finish(self) {
         match self {
             Publisher::Wamp { .. } => {}
-            Publisher::Http { sem, .. } | Publisher::Bus { sem, .. } => {
+            Publisher::Http { sem, .. } => {
                 let _ = sem.acquire_many(IN_FLIGHT as u32).await;
+            }
+            Publisher::Bus { sem, in_flight, .. } => {
+                let _ = sem.acquire_many(in_flight as u32).await;
             }
             Publisher::Cli { mut tx, mut child, mut writer } => {
                 tx.take();

@@ -35,7 +35,8 @@
 //! * [`match_index`]: which (match policy, pattern) entries a URI matches,
 //!   for subscriptions and registrations.
 //! * [`outbox`]: each session's sending side: queue limits, the
-//!   slow-consumer policy, the close signal.
+//!   slow-consumer policy, the close signal; the fan-out's `Flush` and the
+//!   write shards that write large fan-outs on every core.
 //! * [`wire`]: a connection's socket, shared by hyper, tungstenite and the
 //!   gateway's own writers (the fan-out writes straight to it), in order.
 //! * [`publish`]: `POST /publish` for the web-app side.
