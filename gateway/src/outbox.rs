@@ -63,26 +63,40 @@ pub(crate) enum PushError {
     Closed,
 }
 
-/// The sessions a fan-out left frames for (`Wire::send_later`), written out once
-/// the batch of events is done, so a session gets a batch's events in one
-/// write and nobody is woken per delivery. [`Flush::run`] writes the small
-/// fan-outs' sessions itself and hands the large fan-outs' sessions to the
+/// The sessions a fan-out left frames for, written out once the batch of
+/// events is done, so a session gets a batch's events in one write and
+/// nobody is woken per delivery. [`Flush::run`] writes the small
+/// fan-outs' sessions itself and hands the large fan-outs' to the
 /// [`WriteShards`], which write them on every core; it also runs when the
 /// flush is dropped, so no frame waits past its batch.
 #[derive(Default)]
 pub struct Flush {
     /// Sessions of small fan-outs: written by the caller of `run`.
     here: Vec<Arc<Wire>>,
-    /// Sessions of large fan-outs, by write shard.
-    away: Vec<Vec<Arc<Wire>>>,
+    /// The large fan-outs' work, by write shard, in order.
+    away: Vec<Vec<Work>>,
+    /// The address of the frame the last `Work::Frame` of each shard's
+    /// list carries (compared, never followed; 0 for none).
+    away_frame: Vec<usize>,
     shards: Option<Arc<WriteShards>>,
+}
+
+/// What a write shard does, in order.
+enum Work {
+    /// The frame the `Claimed` entries after it are for.
+    Frame(SharedFrame),
+    /// Write the frame this wire's next write was claimed for.
+    Claimed(Arc<Wire>),
+    /// Write what this wire has queued.
+    Flush(Arc<Wire>),
 }
 
 impl Flush {
     /// A flush that hands large fan-outs to `shards`. Without shards
     /// ([`Flush::default`]), large fan-outs wake each session's task.
     pub fn with_shards(shards: Arc<WriteShards>) -> Flush {
-        Flush { here: Vec::new(), away: (0..shards.shards.len()).map(|_| Vec::new()).collect(), shards: Some(shards) }
+        let n = shards.shards.len();
+        Flush { here: Vec::new(), away: (0..n).map(|_| Vec::new()).collect(), away_frame: vec![0; n], shards: Some(shards) }
     }
 
     /// Remembers a wire that holds deferred frames (once per wire until
@@ -93,8 +107,22 @@ impl Flush {
             self.here.push(wire.clone());
         } else {
             let n = self.away.len();
-            self.away[wire.shard(n)].push(wire.clone());
+            self.away[wire.shard(n)].push(Work::Flush(wire.clone()));
         }
+    }
+
+    /// Hands a wire whose next write was claimed for `frame` to its shard.
+    #[inline]
+    fn claimed(&mut self, wire: &Arc<Wire>, frame: &SharedFrame) {
+        let n = self.away.len();
+        let i = wire.shard(n);
+        let list = &mut self.away[i];
+        let frame_at = Arc::as_ptr(frame) as usize;
+        if self.away_frame[i] != frame_at {
+            self.away_frame[i] = frame_at;
+            list.push(Work::Frame(frame.clone()));
+        }
+        list.push(Work::Claimed(wire.clone()));
     }
 
     /// Writes every small fan-out's deferred frames (what the kernel does
@@ -105,10 +133,11 @@ impl Flush {
             wire.flush();
         }
         if let Some(shards) = &self.shards {
-            for (shard, wires) in shards.shards.iter().zip(&mut self.away) {
-                if !wires.is_empty() {
-                    shard.take(wires);
+            for ((shard, work), frame) in shards.shards.iter().zip(&mut self.away).zip(&mut self.away_frame) {
+                if !work.is_empty() {
+                    shard.take(work);
                 }
+                *frame = 0;
             }
         }
     }
@@ -121,38 +150,44 @@ impl Drop for Flush {
 }
 
 /// Tasks that write the frames of large fan-outs, one per runtime worker
-/// (the way centrifuge shards its hub): the fan-out queues each frame
-/// without waking anyone and hands each shard the list of sessions it
-/// left frames for, once per batch of events; each shard writes its
-/// sessions' frames with one vectored write per session. A fan-out to
-/// 1,000 sessions thus costs a few wake-ups, not 1,000, and its writes
-/// still run on every core.
+/// (the way centrifuge shards its hub). For a session with nothing queued
+/// the fan-out only claims the socket's next write ([`Wire::send_claiming`])
+/// and the shard writes the shared frame straight to the socket; for one
+/// with frames waiting it queues the frame and the shard writes the
+/// session's queue. Each shard gets its list once per batch of events, so a
+/// fan-out to 1,000 sessions costs a few wake-ups, not 1,000, and its
+/// writes still run on every core.
 ///
-/// Bounded: a wire is on at most one list at a time (see `Wire::send`),
-/// so a shard's list never holds more entries than there are sessions.
-/// The tasks stop when the `WriteShards` is dropped (its owner is the
-/// node's dispatcher).
+/// Bounded: a wire holds at most one claim and is on at most one flush
+/// list at a time, so a shard's list never holds more than three entries
+/// per session (a frame entry precedes at least one claim). The tasks stop
+/// when the `WriteShards` is dropped (its owner is the node's
+/// dispatcher), and what they were handed is written then.
 pub struct WriteShards {
     shards: Box<[Arc<Shard>]>,
 }
 
 struct Shard {
-    wires: Mutex<Vec<Arc<Wire>>>,
+    work: Mutex<Vec<Work>>,
+    /// Lists handed over and not yet written (see [`WriteShards::is_idle`];
+    /// counted under `work`'s lock when handed over and taken).
+    busy: std::sync::atomic::AtomicUsize,
     wake: tokio::sync::Notify,
     stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Shard {
-    /// Adds `wires` to the shard's list (leaving `wires` empty, and with
-    /// a spare allocation when the shard's list was empty) and wakes it.
-    fn take(&self, wires: &mut Vec<Arc<Wire>>) {
+    /// Adds `work` to the shard's list (leaving `work` empty, and with a
+    /// spare allocation when the shard's list was empty) and wakes it.
+    fn take(&self, work: &mut Vec<Work>) {
         {
-            let mut list = self.wires.lock().unwrap_or_else(|e| e.into_inner());
+            let mut list = self.work.lock().unwrap_or_else(|e| e.into_inner());
             if list.is_empty() {
-                std::mem::swap(&mut *list, wires);
+                std::mem::swap(&mut *list, work);
             } else {
-                list.append(wires);
+                list.append(work);
             }
+            self.busy.fetch_add(1, Ordering::Relaxed);
         }
         self.wake.notify_one();
     }
@@ -164,14 +199,32 @@ impl Shard {
             if self.stopped.load(Ordering::Acquire) {
                 return;
             }
-            std::mem::swap(&mut *self.wires.lock().unwrap_or_else(|e| e.into_inner()), &mut taken);
-            for wire in taken.drain(..) {
-                wire.flush();
-            }
+            let lists = {
+                let mut list = self.work.lock().unwrap_or_else(|e| e.into_inner());
+                std::mem::swap(&mut *list, &mut taken);
+                self.busy.load(Ordering::Relaxed)
+            };
+            do_work(&mut taken);
+            self.busy.fetch_sub(lists, Ordering::Relaxed);
             if taken.capacity() > 4096 {
                 // A burst is over: give its memory back.
                 taken = Vec::new();
             }
+        }
+    }
+}
+
+/// Writes what `work` says, in order, leaving it empty.
+fn do_work(work: &mut Vec<Work>) {
+    let mut frame: Option<SharedFrame> = None;
+    for item in work.drain(..) {
+        match item {
+            Work::Frame(f) => frame = Some(f),
+            Work::Claimed(wire) => match &frame {
+                Some(f) => wire.write_claimed(f),
+                None => unreachable!("a claim is listed after its frame"),
+            },
+            Work::Flush(wire) => wire.flush(),
         }
     }
 }
@@ -181,7 +234,14 @@ impl WriteShards {
     pub fn start() -> Arc<WriteShards> {
         let workers = tokio::runtime::Handle::current().metrics().num_workers().max(1);
         let shards: Box<[Arc<Shard>]> = (0..workers)
-            .map(|_| Arc::new(Shard { wires: Mutex::new(Vec::new()), wake: tokio::sync::Notify::new(), stopped: Default::default() }))
+            .map(|_| {
+                Arc::new(Shard {
+                    work: Mutex::new(Vec::new()),
+                    busy: Default::default(),
+                    wake: tokio::sync::Notify::new(),
+                    stopped: Default::default(),
+                })
+            })
             .collect();
         for shard in shards.iter() {
             let shard = shard.clone();
@@ -191,16 +251,25 @@ impl WriteShards {
     }
 }
 
+impl WriteShards {
+    /// Whether every list handed over was taken by its shard (the
+    /// instruction benchmark waits for this after each batch, so that it
+    /// measures one write per delivery, as the ceiling program does).
+    pub fn is_idle(&self) -> bool {
+        self.shards.iter().all(|s| s.busy.load(Ordering::Relaxed) == 0)
+    }
+}
+
 impl Drop for WriteShards {
     fn drop(&mut self) {
         for shard in self.shards.iter() {
             shard.stopped.store(true, Ordering::Release);
             shard.wake.notify_one();
-            // What was handed over is still written: a flush is cheap and
-            // the frames were accepted.
-            for wire in shard.wires.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
-                wire.flush();
-            }
+            // What was handed over is still written: the frames were
+            // accepted, and a claim left unwritten would hold its
+            // session's writes back for good.
+            let mut work = std::mem::take(&mut *shard.work.lock().unwrap_or_else(|e| e.into_inner()));
+            do_work(&mut work);
         }
     }
 }
@@ -236,11 +305,25 @@ impl Outbox {
         if self.is_closing() {
             return self.refuse_closing();
         }
-        if fanout > DIRECT_WRITE_MAX && flush.shards.is_none() {
-            return self.send(frame, When::Task);
+        if fanout > DIRECT_WRITE_MAX {
+            if flush.shards.is_none() {
+                return self.send(frame, When::Task);
+            }
+            return match self.wire.send_claiming(frame, self.max_messages, self.max_bytes) {
+                Sent::Claimed => {
+                    flush.claimed(&self.wire, frame);
+                    Ok(())
+                }
+                Sent::Written | Sent::Queued => Ok(()),
+                Sent::Deferred => {
+                    flush.defer(&self.wire, fanout);
+                    Ok(())
+                }
+                Sent::Full => self.overflowed(),
+            };
         }
         match self.wire.send_later(frame, self.max_messages, self.max_bytes) {
-            Sent::Written | Sent::Queued => Ok(()),
+            Sent::Written | Sent::Queued | Sent::Claimed => Ok(()),
             Sent::Deferred => {
                 flush.defer(&self.wire, fanout);
                 Ok(())
@@ -267,7 +350,7 @@ impl Outbox {
                 self.overflow();
                 Err(PushError::Full)
             }
-            Sent::Written | Sent::Queued | Sent::Deferred => Ok(()),
+            Sent::Written | Sent::Queued | Sent::Deferred | Sent::Claimed => Ok(()),
         }
     }
 
@@ -283,7 +366,7 @@ impl Outbox {
             // must not wait for the client to read: the wake-up interrupts
             // the drain (which keeps its place in the queue) and is checked.
             tokio::select! {
-                result = self.wire.drain() => {
+                result = self.wire.drain_unclaimed() => {
                     if let Err(e) = result {
                         return Ended::Failed(e);
                     }
@@ -408,9 +491,10 @@ mod tests {
         assert_eq!(shards.shards.len(), 2, "one shard per worker");
         let mut flush = Flush::with_shards(shards);
         let frames: Vec<SharedFrame> = (0..50u32).map(|i| Arc::new(data_frame(format!("[36,1,{i},{{}}]").into_bytes(), false))).collect();
-        // Two batches of 25 events: a session is listed once, however many
-        // events it got (in the second batch only if a shard flushed it
-        // since: until then its new frames ride on the flush promised).
+        // Two batches of 25 events: a session is handed to its shard once
+        // (a claim for its first event; the rest queue behind it), however
+        // many events it got (in the second batch only if a shard wrote it
+        // since: until then its new frames ride on the write promised).
         for (i, batch) in frames.chunks(25).enumerate() {
             for frame in batch {
                 for (outbox, _, _) in &pairs {
@@ -418,7 +502,7 @@ mod tests {
                 }
             }
             assert!(flush.here.is_empty(), "a large fan-out is not written by the dispatcher");
-            let listed = flush.away.iter().map(Vec::len).sum::<usize>();
+            let listed = flush.away.iter().flatten().filter(|w| !matches!(w, Work::Frame(_))).count();
             if i == 0 {
                 assert_eq!(listed, sessions, "each session listed once");
             } else {

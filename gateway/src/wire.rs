@@ -124,6 +124,15 @@ struct Queue {
     /// one list at a time, so those lists never hold more entries than
     /// there are sessions.
     listed: bool,
+    /// Whether the socket's next write belongs to a frame a write shard
+    /// holds ([`Wire::send_claiming`]): nothing is written until the
+    /// shard writes it ([`Wire::write_claimed`]), and frames sent
+    /// meanwhile queue behind it. Set only while `pending` is empty, so
+    /// the claimed frame goes before everything queued since.
+    claimed: bool,
+    /// The task that waits for the claim to be written (its drain, or a
+    /// write of hyper's or tungstenite's).
+    claim_waiter: Option<std::task::Waker>,
 }
 
 /// A frame that many sessions are sent (an EVENT of a fan-out): cloned
@@ -200,6 +209,9 @@ pub(crate) enum Sent {
     Deferred,
     /// The queue was at its limit: the frame was dropped.
     Full,
+    /// ([`Wire::send_claiming`]) The socket's next write is the frame's:
+    /// the caller must have it written with [`Wire::write_claimed`].
+    Claimed,
 }
 
 impl Wire {
@@ -217,7 +229,14 @@ impl Wire {
         let lane = NEXT_LANE.fetch_add(1, Ordering::Relaxed);
         Arc::new(Wire {
             io,
-            queue: parking_lot::Mutex::new(Queue { pending: VecDeque::new(), pending_bytes: 0, front_started: false, listed: false }),
+            queue: parking_lot::Mutex::new(Queue {
+                pending: VecDeque::new(),
+                pending_bytes: 0,
+                front_started: false,
+                listed: false,
+                claimed: false,
+                claim_waiter: None,
+            }),
             wake: Notify::new(),
             lane,
         })
@@ -253,7 +272,7 @@ impl Wire {
 
     fn send_now(&self, frame: &Bytes, max_frames: usize, max_bytes: usize) -> Sent {
         let mut inner = self.lock();
-        if let (true, Io::Tcp(tcp)) = (inner.pending.is_empty(), &self.io) {
+        if let (true, false, Io::Tcp(tcp)) = (inner.pending.is_empty(), inner.claimed, &self.io) {
             match tcp.try_write(frame) {
                 Ok(n) if n == frame.len() => return Sent::Written,
                 // The rest must follow, whatever the limits say.
@@ -289,11 +308,84 @@ impl Wire {
         }
         inner.pending_bytes += frame.len();
         inner.pending.push_back(Chunk::Shared(frame.clone()));
-        if inner.listed {
+        if inner.listed || inner.claimed {
+            // A flush is promised, or the claimed frame's write writes
+            // these after it.
             Sent::Queued
         } else {
             inner.listed = true;
             Sent::Deferred
+        }
+    }
+
+    /// The large fan-out's path: when nothing waits and the connection is
+    /// plain TCP, claims the socket's next write for `frame`, which the
+    /// caller hands to a write shard ([`Sent::Claimed`]): no queue entry
+    /// and no reference count per delivery, and the shard writes it as
+    /// the ceiling program would. Otherwise as [`Wire::send_later`].
+    #[inline]
+    pub(crate) fn send_claiming(&self, frame: &SharedFrame, max_frames: usize, max_bytes: usize) -> Sent {
+        {
+            let mut inner = self.lock();
+            if inner.pending.is_empty() && !inner.claimed && matches!(self.io, Io::Tcp(_)) {
+                if !inner.has_room(frame.len(), max_frames, max_bytes) {
+                    return Sent::Full;
+                }
+                inner.claimed = true;
+                return Sent::Claimed;
+            }
+        }
+        self.send_later(frame, max_frames, max_bytes)
+    }
+
+    /// Writes the frame this wire's claim was for, then whatever was
+    /// queued behind it, as far as the kernel takes it now; the
+    /// connection's task writes the rest.
+    pub(crate) fn write_claimed(&self, frame: &SharedFrame) {
+        let mut inner = self.lock();
+        debug_assert!(inner.claimed, "a claimed write without a claim");
+        inner.claimed = false;
+        let waiter = inner.claim_waiter.take();
+        if let (true, Io::Tcp(tcp)) = (inner.pending.is_empty(), &self.io) {
+            match tcp.try_write(frame) {
+                Ok(n) if n == frame.len() => {}
+                // The rest must follow.
+                Ok(n) => {
+                    inner.pending_bytes += frame.len() - n;
+                    inner.pending.push_back(Chunk::Own(frame.slice(n..)));
+                    inner.front_started = true;
+                    self.wake.notify_one();
+                }
+                // Full kernel buffer, or a broken connection: the task's
+                // write waits for room or finds the error.
+                Err(_) => {
+                    inner.pending_bytes += frame.len();
+                    inner.pending.push_back(Chunk::Shared(frame.clone()));
+                    inner.front_started = false;
+                    self.wake.notify_one();
+                }
+            }
+        } else {
+            // Frames sent since the claim wait behind it (nothing was
+            // written since: the claim held every writer back).
+            inner.pending_bytes += frame.len();
+            inner.pending.push_front(Chunk::Shared(frame.clone()));
+            inner.front_started = false;
+            inner.listed = false;
+            if let Io::Tcp(tcp) = &self.io {
+                while !inner.pending.is_empty() {
+                    if !inner.try_write(tcp) {
+                        break;
+                    }
+                }
+            }
+            if !inner.pending.is_empty() {
+                self.wake.notify_one();
+            }
+        }
+        drop(inner);
+        if let Some(waiter) = waiter {
+            waiter.wake();
         }
     }
 
@@ -309,6 +401,10 @@ impl Wire {
     pub(crate) fn flush(&self) {
         let mut inner = self.lock();
         inner.listed = false;
+        if inner.claimed {
+            // The claimed frame's write writes these after it.
+            return;
+        }
         if let Io::Tcp(tcp) = &self.io {
             while !inner.pending.is_empty() {
                 // Full kernel buffer or a broken connection: the task's
@@ -371,12 +467,28 @@ impl Wire {
 
     /// Whether bytes are waiting for the socket to become writable.
     pub(crate) fn is_backed_up(&self) -> bool {
-        !self.lock().pending.is_empty()
+        let inner = self.lock();
+        !inner.pending.is_empty() || inner.claimed
     }
 
     /// Writes out everything queued; resolves once the queue is empty.
     pub(crate) async fn drain(&self) -> io::Result<()> {
         poll_fn(|cx| self.lock().poll_drain(&self.io, cx)).await
+    }
+
+    /// The connection task's share of writing: like [`Wire::drain`], but
+    /// done at once while a write shard holds a claim (the shard writes
+    /// what is queued after its frame and wakes the task for what the
+    /// kernel refuses), so a session's task is not woken per claim.
+    pub(crate) async fn drain_unclaimed(&self) -> io::Result<()> {
+        poll_fn(|cx| {
+            let mut inner = self.lock();
+            if inner.claimed {
+                return Poll::Ready(Ok(()));
+            }
+            inner.poll_drain(&self.io, cx)
+        })
+        .await
     }
 
     /// Resolves on the next [`Wire::notify`] (or one that came while nobody
@@ -437,6 +549,18 @@ impl Queue {
     }
 
     fn poll_write_pending(&mut self, io: &Io, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.claimed {
+            // A write shard holds the next write: wait for it.
+            match &mut self.claim_waiter {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                slot => {
+                    if let Some(other) = slot.replace(cx.waker().clone()) {
+                        other.wake();
+                    }
+                }
+            }
+            return Poll::Pending;
+        }
         while !self.pending.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let k = gather(&self.pending, &mut slices);
@@ -599,6 +723,66 @@ mod tests {
         (Wire::tcp(server), client)
     }
 
+    #[tokio::test]
+    async fn a_claimed_write_the_kernel_refuses_is_queued_in_order() {
+        let (wire, mut client) = pair().await;
+        // The client reads nothing until the kernel refuses a claimed frame.
+        let mut sent = Vec::new();
+        for i in 0..100_000u32 {
+            let mut payload = vec![b'.'; 16 * 1024];
+            payload[..8].copy_from_slice(format!("{i:08}").as_bytes());
+            let frame = Arc::new(data_frame(payload, false));
+            match wire.send_claiming(&frame, usize::MAX, usize::MAX) {
+                Sent::Claimed => wire.write_claimed(&frame),
+                Sent::Queued | Sent::Deferred => {}
+                other => panic!("{other:?}"),
+            }
+            sent.extend_from_slice(&frame);
+            if wire.is_backed_up() {
+                break;
+            }
+        }
+        assert!(wire.is_backed_up(), "1.6 GB fit in loopback buffers");
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; sent.len()];
+            client.read_exact(&mut got).await.unwrap();
+            got == sent
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(20), wire.drain()).await.expect("the backlog drains").unwrap();
+        assert!(tokio::time::timeout(std::time::Duration::from_secs(20), reader).await.unwrap().unwrap(), "bytes torn or out of order");
+    }
+
+    #[tokio::test]
+    async fn a_claimed_write_goes_before_everything_sent_after_the_claim() {
+        let (wire, mut client) = pair().await;
+        let event = Arc::new(data_frame(b"[36,1,1,{}]".to_vec(), false));
+        let (reply, later) = (data_frame(b"[33,7,9]".to_vec(), false), Arc::new(data_frame(b"[36,1,2,{}]".to_vec(), false)));
+        assert_eq!(wire.send_claiming(&event, 8, usize::MAX), Sent::Claimed);
+        assert_eq!(wire.send(&reply, 8, usize::MAX, When::Now), Sent::Queued, "a reply does not overtake the claimed frame");
+        assert_eq!(wire.send_claiming(&later, 8, usize::MAX), Sent::Queued, "one claim at a time; the next frame waits behind it");
+        wire.flush();
+        assert!(wire.is_backed_up(), "a flush writes nothing while the claim is held");
+        // The connection task's share is done at once (the shard writes);
+        // the end of the session waits for the claimed write.
+        tokio::time::timeout(std::time::Duration::from_secs(1), wire.drain_unclaimed()).await.expect("not held by the claim").unwrap();
+        let drain = tokio::spawn({
+            let wire = wire.clone();
+            async move { wire.drain().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!drain.is_finished(), "the drain waits for the claimed frame");
+        wire.write_claimed(&event);
+        tokio::time::timeout(std::time::Duration::from_secs(5), drain).await.expect("the claimed write wakes the drain").unwrap().unwrap();
+        let expected = [&event[..], &reply[..], &later[..]].concat();
+        let mut got = vec![0u8; expected.len()];
+        tokio::time::timeout(std::time::Duration::from_secs(5), client.read_exact(&mut got)).await.unwrap().unwrap();
+        assert_eq!(got, expected, "claimed frame first, then what was sent after, in order");
+        assert!(!wire.is_backed_up());
+        // Nothing waits now: the next frame may claim again.
+        assert_eq!(wire.send_claiming(&later, 8, usize::MAX), Sent::Claimed);
+        wire.write_claimed(&later);
+    }
+
     #[test]
     fn frames_are_what_a_client_parses() {
         let f = data_frame(b"[36,1,2,{}]".to_vec(), false);
@@ -625,7 +809,7 @@ mod tests {
                     queued_at.get_or_insert(i);
                 }
                 Sent::Full => unreachable!("no limits"),
-                Sent::Deferred => unreachable!("only send_later defers"),
+                Sent::Deferred | Sent::Claimed => unreachable!("only send_later defers, only send_claiming claims"),
             }
         }
         let queued_at = queued_at.expect("64 MiB does not fit in loopback socket buffers");

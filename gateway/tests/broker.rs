@@ -130,6 +130,57 @@ async fn black_and_white_listing() {
     assert_eq!(b.event().await.1, vec![Value::from("http")]);
 }
 
+/// A large fan-out's frames are written by the write shards (a claim on
+/// the socket's next write when nothing waits): a reply the session sends
+/// meanwhile must not overtake an EVENT it was already sent. AutobahnPython
+/// treats an EVENT after UNSUBSCRIBED as a protocol error.
+#[tokio::test]
+async fn no_event_after_unsubscribed_in_a_large_fanout() {
+    let gw = TestGateway::start().await;
+    let mut others = Vec::new();
+    for _ in 0..140 {
+        let mut c = Client::join(&gw, JSON).await;
+        c.subscribe("fanout.race", "exact").await;
+        others.push(c);
+    }
+    let mut a = Client::join(&gw, JSON).await;
+    let sub = a.subscribe("fanout.race", "exact").await;
+    let mut p = Client::join(&gw, JSON).await;
+    let flood = tokio::spawn(async move {
+        for n in 0..400u64 {
+            p.publish("fanout.race", vec![n.into()], Dict::new()).await;
+        }
+        p
+    });
+    for _ in 0..20 {
+        a.event().await;
+    }
+    a.send(&Message::Unsubscribe { request: 77, subscription: sub }).await;
+    let mut last = None;
+    loop {
+        match a.recv().await {
+            Message::Event { subscription, args, .. } => {
+                assert_eq!(subscription, sub);
+                last = args.first().cloned();
+            }
+            Message::Unsubscribed { request: 77 } => break,
+            other => panic!("expected EVENT or UNSUBSCRIBED, got {other:?}"),
+        }
+    }
+    let _p = flood.await.unwrap();
+    // The flood is over: anything still to come would be an EVENT after UNSUBSCRIBED.
+    match tokio::time::timeout(Duration::from_millis(300), a.next()).await {
+        Err(_) => {}
+        Ok(m) => panic!("after UNSUBSCRIBED (last event {last:?}): {m:?}"),
+    }
+    // Everyone else got all 400, in order.
+    for (i, c) in others.iter_mut().enumerate() {
+        for n in 0..400u64 {
+            assert_eq!(c.event().await.1, vec![Value::UInt(n)], "subscriber {i}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn unsubscribe_and_goodbye() {
     let gw = TestGateway::start().await;
