@@ -9,10 +9,12 @@
 //! trace. Units:
 //!
 //! * `fanout-gateway`: one EVENT delivered, through the gateway's own
-//!   [`Broker::dispatch`], outboxes and wires (and the connection tasks'
-//!   writes for large subscriptions), to N real loopback sockets; with
-//!   `--batch K`, K events per dispatcher batch (small subscriptions'
-//!   frames are written once per session per batch);
+//!   [`Broker::dispatch`], outboxes, wires and write shards (which write
+//!   subscriptions of more than 128 sessions), to N real loopback sockets.
+//!   After each batch the workload waits until the shards have written it,
+//!   so every delivery is its own write, as in the ceiling; with
+//!   `--batch K`, K events per dispatcher batch (each session's share of a
+//!   batch is one write);
 //! * `fanout-ceiling`: the same delivery done as cheaply as possible: the
 //!   EVENT encoded once, the same frame written to every socket;
 //! * `decode`: one WAMP message decoded (a mix of PUBLISH, SUBSCRIBE, EVENT);
