@@ -305,6 +305,8 @@ impl Outbox {
         if self.is_closing() {
             return self.refuse_closing();
         }
+        // Two matches rather than one over either send: with one, the small
+        // fan-out's path costs 2.6% more instructions (bench/instructions).
         if fanout > DIRECT_WRITE_MAX {
             if flush.shards.is_none() {
                 return self.send(frame, When::Task);

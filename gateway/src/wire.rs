@@ -346,42 +346,21 @@ impl Wire {
         debug_assert!(inner.claimed, "a claimed write without a claim");
         inner.claimed = false;
         let waiter = inner.claim_waiter.take();
+        let mut written = 0;
         if let (true, Io::Tcp(tcp)) = (inner.pending.is_empty(), &self.io) {
-            match tcp.try_write(frame) {
-                Ok(n) if n == frame.len() => {}
-                // The rest must follow.
-                Ok(n) => {
-                    inner.pending_bytes += frame.len() - n;
-                    inner.pending.push_back(Chunk::Own(frame.slice(n..)));
-                    inner.front_started = true;
-                    self.wake.notify_one();
-                }
-                // Full kernel buffer, or a broken connection: the task's
-                // write waits for room or finds the error.
-                Err(_) => {
-                    inner.pending_bytes += frame.len();
-                    inner.pending.push_back(Chunk::Shared(frame.clone()));
-                    inner.front_started = false;
-                    self.wake.notify_one();
-                }
-            }
-        } else {
-            // Frames sent since the claim wait behind it (nothing was
-            // written since: the claim held every writer back).
-            inner.pending_bytes += frame.len();
-            inner.pending.push_front(Chunk::Shared(frame.clone()));
-            inner.front_started = false;
+            // An error (a broken connection) is the task's to find.
+            written = tcp.try_write(frame).unwrap_or(0);
+        }
+        if written < frame.len() {
+            // What is left goes first: frames sent since the claim wait
+            // behind it (nothing was written since: the claim held every
+            // writer back).
+            inner.pending_bytes += frame.len() - written;
+            let rest = if written == 0 { Chunk::Shared(frame.clone()) } else { Chunk::Own(frame.slice(written..)) };
+            inner.pending.push_front(rest);
+            inner.front_started = written > 0;
             inner.listed = false;
-            if let Io::Tcp(tcp) = &self.io {
-                while !inner.pending.is_empty() {
-                    if !inner.try_write(tcp) {
-                        break;
-                    }
-                }
-            }
-            if !inner.pending.is_empty() {
-                self.wake.notify_one();
-            }
+            self.write_out(&mut inner);
         }
         drop(inner);
         if let Some(waiter) = waiter {
@@ -405,10 +384,17 @@ impl Wire {
             // The claimed frame's write writes these after it.
             return;
         }
+        self.write_out(&mut inner);
+    }
+
+    /// Writes what is queued as far as the kernel takes it now (plain
+    /// TCP) and wakes the connection's task for the rest (and always over
+    /// TLS): a full kernel buffer or a broken connection is the task's to
+    /// wait for or to find.
+    #[inline]
+    fn write_out(&self, inner: &mut Queue) {
         if let Io::Tcp(tcp) = &self.io {
             while !inner.pending.is_empty() {
-                // Full kernel buffer or a broken connection: the task's
-                // write waits for room or finds the error.
                 if !inner.try_write(tcp) {
                     break;
                 }
