@@ -38,7 +38,7 @@ use telegraphy_wamp::{Dict, EventRef, Id, MatchPolicy, Serialization, Value};
 use crate::authz::Permissions;
 use crate::match_index::MatchIndex;
 use crate::metrics::Metrics;
-use crate::outbox::{Flush, Outbox};
+use crate::outbox::{part_of, Flush, Outbox, ShardWork, Walked, PARTS};
 use crate::wire::{encode_frame, SharedFrame};
 
 /// What the broker knows of a session: enough to route and filter events.
@@ -99,11 +99,79 @@ impl Subscription {
 #[derive(Default)]
 struct Subscribers {
     /// An `IndexMap`: the fan-out walks it once per event, as fast as a
-    /// `Vec` (a `HashMap` scans its control bytes).
+    /// `Vec` (a `HashMap` scans its control bytes). Its entries are kept
+    /// grouped by part ([`part_of`]): part `p` is at
+    /// `ends[p - 1]..ends[p]`, so a write shard walks only its own.
     by_session: indexmap::IndexMap<Id, Subscriber, foldhash::fast::RandomState>,
+    ends: [u32; PARTS],
+    /// How many subscribers use each serializer (its frame is encoded
+    /// only when some do).
+    per_serializer: [u32; 2],
+    /// How many subscribers have partial rights or replay (a `check` or a
+    /// `hold`): with none, a fan-out skips the per-session checks.
+    special: u32,
     /// Set once the subscription has left the index (its last subscriber
     /// left): a SUBSCRIBE that found it just before must look again.
     retired: bool,
+}
+
+impl Subscribers {
+    /// Adds (or replaces) `session`'s entry; true when it is new.
+    fn insert(&mut self, session: Id, subscriber: Subscriber) -> bool {
+        self.special += u32::from(subscriber.is_special());
+        if let Some(entry) = self.by_session.get_mut(&session) {
+            let old = std::mem::replace(entry, subscriber);
+            self.special -= u32::from(old.is_special());
+            return false;
+        }
+        self.per_serializer[subscriber.session.serialization.index()] += 1;
+        let p = part_of(session);
+        // It goes in last; each later part gives its first place to it and
+        // takes the place after its end, until it reaches the end of part p.
+        let (at, _) = self.by_session.insert_full(session, subscriber);
+        let mut at = at as u32;
+        for q in (p + 1..PARTS).rev() {
+            let start = self.ends[q - 1];
+            if start < self.ends[q] {
+                self.by_session.swap_indices(start as usize, at as usize);
+            }
+            at = start;
+            self.ends[q] += 1;
+        }
+        self.ends[p] += 1;
+        true
+    }
+
+    /// Removes `session`'s entry, keeping the parts grouped.
+    fn remove(&mut self, session: Id) -> Option<Subscriber> {
+        let at = self.by_session.get_index_of(&session)?;
+        let p = part_of(session);
+        // The entry moves to the end of its part, then the gap it leaves
+        // moves through the later parts (each gives its last entry to it)
+        // to the end, where it is popped.
+        let mut gap = self.ends[p] as usize - 1;
+        self.by_session.swap_indices(at, gap);
+        self.ends[p] -= 1;
+        for q in p + 1..PARTS {
+            let end = self.ends[q] as usize;
+            if gap + 1 < end {
+                self.by_session.swap_indices(gap, end - 1);
+            }
+            gap = end - 1;
+            self.ends[q] -= 1;
+        }
+        let (_, subscriber) = self.by_session.pop()?;
+        self.per_serializer[subscriber.session.serialization.index()] -= 1;
+        self.special -= u32::from(subscriber.is_special());
+        Some(subscriber)
+    }
+
+    /// The subscribers of part `p`.
+    #[inline]
+    fn part(&self, p: usize) -> &indexmap::map::Slice<Id, Subscriber> {
+        let start = if p == 0 { 0 } else { self.ends[p - 1] as usize };
+        &self.by_session.as_slice()[start..self.ends[p] as usize]
+    }
 }
 
 struct Subscriber {
@@ -114,6 +182,13 @@ struct Subscriber {
     /// Set for a subscriber that replays: while `active`, live events take
     /// the cold path through it (held, then filtered).
     hold: Option<Box<Hold>>,
+}
+
+impl Subscriber {
+    /// Whether events for it need more than the event's own checks.
+    fn is_special(&self) -> bool {
+        self.check.is_some() || self.hold.is_some()
+    }
 }
 
 /// A replaying subscriber's live events.
@@ -233,7 +308,7 @@ impl Broker {
                 continue;
             }
             let hold = held.then(|| Box::new(Hold { active: AtomicBool::new(true), held: Mutex::default() }));
-            let new_for_session = subscribers.by_session.insert(session.id, Subscriber { session: session.clone(), check, hold }).is_none();
+            let new_for_session = subscribers.insert(session.id, Subscriber { session: session.clone(), check, hold });
             if new_for_session {
                 self.metrics.subscriptions.inc();
             }
@@ -254,6 +329,8 @@ impl Broker {
         let held = std::mem::take(&mut *hold.held.lock().unwrap_or_else(|e| e.into_inner()));
         if held.overflowed {
             subscriber.hold = None;
+            let special = subscriber.is_special();
+            subscribers.special -= u32::from(!special);
             return false;
         }
         let outbox = &subscriber.session.outbox;
@@ -271,7 +348,11 @@ impl Broker {
             // Events the replay read from the store may still be on their
             // way to this fan-out: drop them when they come.
             Some(floor) if !past => hold.held.lock().unwrap_or_else(|e| e.into_inner()).floor = Some(floor),
-            _ => subscriber.hold = None,
+            _ => {
+                subscriber.hold = None;
+                let special = subscriber.is_special();
+                subscribers.special -= u32::from(!special);
+            }
         }
         true
     }
@@ -363,7 +444,7 @@ impl Broker {
         let sub = self.index.read().unwrap_or_else(|e| e.into_inner()).ids.get(&id).cloned()?;
         let now_empty = {
             let mut subscribers = sub.subscribers.write().unwrap_or_else(|e| e.into_inner());
-            subscribers.by_session.swap_remove(&session)?;
+            subscribers.remove(session)?;
             subscribers.by_session.is_empty()
         };
         self.metrics.subscriptions.dec();
@@ -397,8 +478,10 @@ impl Broker {
     }
 
     /// Sends `event` to every local session it is for. Returns how many
-    /// EVENT messages were sent. Frames for small fan-outs wait in `flush`
-    /// until the caller's batch of events is done.
+    /// EVENT messages were sent, or handed to the write shards (counted
+    /// per session before its filters: the shards count what they send).
+    /// Frames for small fan-outs wait in `flush` until the caller's batch
+    /// of events is done; large fan-outs go to the write shards.
     pub fn dispatch(&self, event: &Envelope, flush: &mut Flush) -> usize {
         let started = Instant::now();
         let topic = event.topic.as_str();
@@ -412,59 +495,38 @@ impl Broker {
         let mut delivered = 0;
         let publisher = event.publisher.as_ref();
         let excluded_self = publisher.filter(|p| p.exclude_me && p.node == self.node_id).map(|p| p.session);
-        let open = event.filter.is_open();
+        // What the shards need of the event, made once if any goes there.
+        let mut shared: Option<Arc<Shared>> = None;
         for sub in matched {
-            let details = event_details(sub.policy, event);
-            let eref = EventRef { subscription: sub.id, publication: event.publication, details: &details, args: &event.args, kwargs: &event.kwargs };
-            let mut frames: [Option<SharedFrame>; 2] = [None, None];
-            // Frames sent in all, and of them with the second serializer
-            // (two adds per delivery; an array indexed by serializer cost
-            // a dozen instructions).
-            let (mut sent, mut sent_second) = (0u64, 0u64);
             let subscribers = sub.subscribers.read().unwrap_or_else(|e| e.into_inner());
             let fanout = subscribers.by_session.len();
-            'subscribers: for (sid, subscriber) in &subscribers.by_session {
-                if excluded_self == Some(*sid) {
-                    continue;
+            let Some(frames) = encode(&sub, event, subscribers.per_serializer) else { continue };
+            if flush.goes_to_shards(fanout) {
+                drop(subscribers);
+                let shared = shared.get_or_insert_with(|| {
+                    Arc::new(Shared {
+                        topic: event.topic.clone(),
+                        filter: if event.filter.is_open() { Default::default() } else { event.filter.clone() },
+                        open: event.filter.is_open(),
+                        excluded_self,
+                        position: event.position,
+                        metrics: self.metrics.clone(),
+                    })
+                });
+                flush.hand(Arc::new(Walk { sub, frames, event: shared.clone() }));
+                delivered += fanout;
+                continue;
+            }
+            let target = Target { topic, filter: &event.filter, open: event.filter.is_open(), excluded_self, position: event.position };
+            let mut sent = Sent::default();
+            for (sid, subscriber) in &subscribers.by_session {
+                if let Some(frame) = target.frame(*sid, subscriber, &frames) {
+                    sent.count(subscriber.session.outbox.push_event(frame, fanout, flush).is_ok(), subscriber.session.serialization);
                 }
-                if subscriber.check.as_ref().is_some_and(|p| !p.may_receive(topic)) {
-                    continue;
-                }
-                let session = &subscriber.session;
-                if !open {
-                    let Some(who) = session.identity.get() else { continue };
-                    if !event.filter.admits(*sid, &who.authid, &who.authrole) {
-                        continue;
-                    }
-                }
-                let s = session.serialization;
-                let frame = match &mut frames[s.index()] {
-                    Some(f) => &*f,
-                    slot => match encode_frame(s, &eref) {
-                        Some(f) => &*slot.insert(Arc::new(f)),
-                        // Logged by encode_frame; nobody on this subscription can get it.
-                        None => break 'subscribers,
-                    },
-                };
-                if let Some(hold) = subscriber.hold.as_ref().filter(|h| h.active.load(Ordering::Relaxed)) {
-                    if !hold_event(hold, event, frame) {
-                        continue;
-                    }
-                }
-                let ok = u64::from(session.outbox.push_event(frame, fanout, flush).is_ok());
-                sent += ok;
-                sent_second += ok & s.index() as u64;
             }
             drop(subscribers);
-            for (si, n) in [sent - sent_second, sent_second].into_iter().enumerate() {
-                if let (Some(frame), true) = (&frames[si], n > 0) {
-                    self.metrics.messages_out[si].inc_by(n);
-                    self.metrics.bytes_out[si].inc_by(n * frame.len() as u64);
-                    delivered += n as usize;
-                }
-            }
+            delivered += sent.record(&self.metrics, &frames);
         }
-        self.metrics.events_delivered.inc_by(delivered as u64);
         self.metrics.fanout_duration.observe(started.elapsed().as_secs_f64());
         delivered
     }
@@ -473,6 +535,153 @@ impl Broker {
     #[cfg(test)]
     fn subscription_count(&self) -> usize {
         self.index.read().unwrap_or_else(|e| e.into_inner()).by_pattern.len()
+    }
+}
+
+/// The frames of `event` on `sub`, for each serializer its subscribers
+/// use; `None` when none could be encoded (logged by `encode_frame`) or
+/// nobody is subscribed.
+fn encode(sub: &Subscription, event: &Envelope, per_serializer: [u32; 2]) -> Option<[Option<SharedFrame>; 2]> {
+    let details = event_details(sub.policy, event);
+    let eref = EventRef { subscription: sub.id, publication: event.publication, details: &details, args: &event.args, kwargs: &event.kwargs };
+    let mut frames: [Option<SharedFrame>; 2] = [None, None];
+    for s in [Serialization::Json, Serialization::Msgpack] {
+        if per_serializer[s.index()] > 0 {
+            frames[s.index()] = Some(Arc::new(encode_frame(s, &eref)?));
+        }
+    }
+    (frames[0].is_some() || frames[1].is_some()).then_some(frames)
+}
+
+/// What decides whether a subscriber gets an event, and holds it back
+/// while the subscriber replays.
+struct Target<'a> {
+    topic: &'a str,
+    filter: &'a telegraphy_bus::Filter,
+    /// Whether the filter admits everyone.
+    open: bool,
+    excluded_self: Option<Id>,
+    position: Option<Position>,
+}
+
+impl Target<'_> {
+    /// The frame `subscriber` is to be sent now, if any. Runs once per
+    /// delivery.
+    #[inline(always)]
+    fn frame<'f>(&self, sid: Id, subscriber: &Subscriber, frames: &'f [Option<SharedFrame>; 2]) -> Option<&'f SharedFrame> {
+        if self.excluded_self == Some(sid) {
+            return None;
+        }
+        if subscriber.check.as_ref().is_some_and(|p| !p.may_receive(self.topic)) {
+            return None;
+        }
+        let session = &subscriber.session;
+        if !self.open {
+            let who = session.identity.get()?;
+            if !self.filter.admits(sid, &who.authid, &who.authrole) {
+                return None;
+            }
+        }
+        let frame = frames[session.serialization.index()].as_ref()?;
+        if let Some(hold) = subscriber.hold.as_ref().filter(|h| h.active.load(Ordering::Relaxed)) {
+            if !hold_event(hold, self.position, frame) {
+                return None;
+            }
+        }
+        Some(frame)
+    }
+}
+
+/// Frames sent in all, and of them with the second serializer (two adds
+/// per delivery; an array indexed by serializer cost a dozen instructions).
+#[derive(Default)]
+struct Sent {
+    all: u64,
+    second: u64,
+}
+
+impl Sent {
+    #[inline(always)]
+    fn count(&mut self, ok: bool, s: Serialization) {
+        let ok = u64::from(ok);
+        self.all += ok;
+        self.second += ok & s.index() as u64;
+    }
+
+    /// Adds what was sent to the metrics; returns how many frames.
+    fn record(&self, metrics: &Metrics, frames: &[Option<SharedFrame>; 2]) -> usize {
+        for (si, n) in [self.all - self.second, self.second].into_iter().enumerate() {
+            if let (Some(frame), true) = (&frames[si], n > 0) {
+                metrics.messages_out[si].inc_by(n);
+                metrics.bytes_out[si].inc_by(n * frame.len() as u64);
+            }
+        }
+        metrics.events_delivered.inc_by(self.all);
+        self.all as usize
+    }
+}
+
+/// What the write shards need of an event (shared by its subscriptions).
+struct Shared {
+    topic: String,
+    /// The eligibility filter (empty when it admits everyone).
+    filter: telegraphy_bus::Filter,
+    open: bool,
+    excluded_self: Option<Id>,
+    position: Option<Position>,
+    metrics: Arc<Metrics>,
+}
+
+/// An event for a large subscription, walked by the write shards.
+struct Walk {
+    sub: Arc<Subscription>,
+    frames: [Option<SharedFrame>; 2],
+    event: Arc<Shared>,
+}
+
+impl ShardWork for Walk {
+    fn walk(&self, shard: usize, of: usize, out: &mut Walked) {
+        let e = &*self.event;
+        let target = Target { topic: &e.topic, filter: &e.filter, open: e.open, excluded_self: e.excluded_self, position: e.position };
+        // Under the subscription's lock, as the dispatcher's own fan-out:
+        // a session that unsubscribed (its UNSUBSCRIBED sent after it left
+        // under the write lock) gets no EVENT after it.
+        let subscribers = self.sub.subscribers.read().unwrap_or_else(|e| e.into_inner());
+        let parts = || (shard..PARTS).step_by(of).map(|p| subscribers.part(p));
+        let sent = match &self.frames {
+            // The usual case: one serializer, and nothing to check per
+            // session. Only failures are counted in the loop.
+            [Some(frame), None] | [None, Some(frame)] if subscribers.special == 0 && e.open && e.excluded_self.is_none() => {
+                let (mut walked, mut failed) = (0, 0);
+                for part in parts() {
+                    walked += part.len() as u64;
+                    if out.direct {
+                        for subscriber in part.values() {
+                            failed += u64::from(subscriber.session.outbox.push_walked::<true>(frame, out).is_err());
+                        }
+                    } else {
+                        for subscriber in part.values() {
+                            failed += u64::from(subscriber.session.outbox.push_walked::<false>(frame, out).is_err());
+                        }
+                    }
+                }
+                let second = u64::from(self.frames[1].is_some());
+                Sent { all: walked - failed, second: (walked - failed) * second }
+            }
+            _ => {
+                let mut sent = Sent::default();
+                for part in parts() {
+                    for (sid, subscriber) in part {
+                        if let Some(frame) = target.frame(*sid, subscriber, &self.frames) {
+                            sent.count(subscriber.session.outbox.push_walked::<false>(frame, out).is_ok(), subscriber.session.serialization);
+                        }
+                    }
+                }
+                sent
+            }
+        };
+        drop(subscribers);
+        sent.record(&e.metrics, &self.frames);
     }
 }
 
@@ -495,10 +704,10 @@ pub(crate) fn event_details(policy: MatchPolicy, event: &Envelope) -> Dict {
 /// (while replaying) or drops it (a copy of a replayed one); true when it
 /// goes out now (the live path is past the replay; the hold ends).
 #[cold]
-fn hold_event(hold: &Hold, event: &Envelope, frame: &Bytes) -> bool {
+fn hold_event(hold: &Hold, position: Option<Position>, frame: &Bytes) -> bool {
     let mut held = hold.held.lock().unwrap_or_else(|e| e.into_inner());
     match held.floor {
-        Some(floor) if replayed_already(event.position, floor) => false,
+        Some(floor) if replayed_already(position, floor) => false,
         Some(_) => {
             hold.active.store(false, Ordering::Relaxed);
             true
@@ -510,7 +719,7 @@ fn hold_event(hold: &Hold, event: &Envelope, frame: &Bytes) -> bool {
         }
         None => {
             if !held.overflowed {
-                held.frames.push((event.position, frame.clone()));
+                held.frames.push((position, frame.clone()));
             }
             false
         }
@@ -724,6 +933,148 @@ mod tests {
         assert_eq!(dispatch(&f.broker, &e), 2);
         e.publisher.as_mut().unwrap().node = 8;
         assert_eq!(dispatch(&f.broker, &e), 3);
+    }
+
+    #[tokio::test]
+    async fn subscribers_stay_grouped_by_part_through_joins_and_leaves() {
+        let f = Fixture::new().await;
+        let json = f.session(1, Serialization::Json, ("a", "user")).await.0;
+        let msgpack = f.session(2, Serialization::Msgpack, ("b", "user")).await.0;
+        let mut subscribers = Subscribers::default();
+        let mut present: Vec<Id> = Vec::new();
+        let mut rng = fastrand::Rng::with_seed(7);
+        for step in 0..3000 {
+            if present.is_empty() || rng.u8(..) < 150 {
+                let id = rng.u64(1..200);
+                let session = if id % 3 == 0 { msgpack.clone() } else { json.clone() };
+                let new = subscribers.insert(id, Subscriber { session, check: None, hold: None });
+                assert_eq!(new, !present.contains(&id), "step {step}");
+                if new {
+                    present.push(id);
+                }
+            } else {
+                let id = present.swap_remove(rng.usize(..present.len()));
+                assert!(subscribers.remove(id).is_some(), "step {step}: {id} was in");
+                assert!(subscribers.remove(id).is_none());
+            }
+            let mut seen: Vec<Id> =
+                (0..PARTS).flat_map(|p| subscribers.part(p).keys().inspect(move |id| assert_eq!(part_of(**id), p)).copied()).collect();
+            seen.sort_unstable();
+            let mut want = present.clone();
+            want.sort_unstable();
+            assert_eq!(seen, want, "step {step}: every subscriber in its part, once");
+            let msgpacks = present.iter().filter(|id| *id % 3 == 0).count() as u32;
+            assert_eq!(subscribers.per_serializer, [present.len() as u32 - msgpacks, msgpacks], "step {step}");
+        }
+    }
+
+    /// Subscribes `n` plain sessions (ids from 1,000) to prefix `topic`
+    /// (enough to make its fan-out one for the write shards).
+    async fn crowd(f: &Fixture, topic: &str, n: u64) -> Vec<(Arc<SessionHandle>, TcpStream)> {
+        let mut crowd = Vec::new();
+        for i in 0..n {
+            let (s, c) = f.session(1000 + i, Serialization::Json, ("crowd", "user")).await;
+            f.broker.subscribe(&s, MatchPolicy::Prefix, topic, None, false);
+            crowd.push((s, c));
+        }
+        crowd
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_on_a_large_and_a_small_subscription_gets_their_events_in_order() {
+        let f = Fixture::new().await;
+        let mut crowd = crowd(&f, "big", crate::outbox::DIRECT_WRITE_MAX as u64 + 10).await;
+        let mut both = Vec::new();
+        for id in 1..=3 {
+            let (s, c) = f.session(id, Serialization::Json, ("both", "user")).await;
+            f.broker.subscribe(&s, MatchPolicy::Prefix, "big", None, false);
+            f.broker.subscribe(&s, MatchPolicy::Exact, "small", None, false);
+            both.push((s, c));
+        }
+        let shards = crate::outbox::WriteShards::start();
+        let mut flush = Flush::with_shards(shards.clone());
+        // Batches mixing the large fan-out (the shards) and the small one
+        // (the dispatcher, when the shards are idle), so that a small
+        // fan-out's frame could overtake a large one's still being written.
+        let topics: Vec<&str> = (0..300).map(|i| if i % 3 == 1 { "small" } else { "big" }).collect();
+        for (n, topic) in topics.iter().enumerate() {
+            let mut e = event(topic);
+            e.publication = n as u64 + 1;
+            f.broker.dispatch(&e, &mut flush);
+            if n % 5 == 4 {
+                flush.run();
+            }
+        }
+        flush.run();
+        for (_, client) in &mut both {
+            for n in 0..topics.len() as u64 {
+                match read_message(client, Serialization::Json).await {
+                    Message::Event { publication, .. } => assert_eq!(publication, n + 1, "events out of order"),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        let bigs = topics.iter().filter(|t| **t == "big").count() as u64;
+        for (_, client) in crowd.iter_mut().take(20) {
+            for n in (0..topics.len() as u64).filter(|n| topics[*n as usize] == "big") {
+                match read_message(client, Serialization::Json).await {
+                    Message::Event { publication, .. } => assert_eq!(publication, n + 1),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        while !shards.is_idle() {
+            tokio::task::yield_now().await;
+        }
+        let smalls = topics.len() as u64 - bigs;
+        assert_eq!(f.broker.metrics.events_delivered.get(), bigs * (crowd.len() as u64 + 3) + smalls * 3, "every delivery counted once");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_write_shards_apply_filters_exclusion_and_partial_rights() {
+        let f = Fixture::new().await;
+        let crowd = crowd(&f, "news", crate::outbox::DIRECT_WRITE_MAX as u64).await;
+        let (a, _ca) = f.session(1, Serialization::Json, ("alice", "user")).await;
+        let (b, _cb) = f.session(2, Serialization::Msgpack, ("bob", "staff")).await;
+        let (c, _cc) = f.session(3, Serialization::Json, ("carol", "user")).await;
+        f.broker.subscribe(&a, MatchPolicy::Prefix, "news", None, false);
+        f.broker.subscribe(&b, MatchPolicy::Prefix, "news", None, false);
+        let partial = Permissions::new(
+            crate::authz::Actions { subscribe: PatternSet::parse(&["news.public.*"]).unwrap(), ..Default::default() },
+            crate::authz::Actions::default(),
+            false,
+        );
+        f.broker.subscribe(&c, MatchPolicy::Prefix, "news", Some(Arc::new(partial)), false);
+        let shards = crate::outbox::WriteShards::start();
+        let mut flush = Flush::with_shards(shards.clone());
+        let crowd = crowd.len() as u64;
+        async fn delivered(broker: &Broker, flush: &mut Flush, shards: &crate::outbox::WriteShards, e: &Envelope) -> u64 {
+            let before = broker.metrics.events_delivered.get();
+            broker.dispatch(e, flush);
+            flush.run();
+            while !shards.is_idle() {
+                tokio::task::yield_now().await;
+            }
+            broker.metrics.events_delivered.get() - before
+        }
+        macro_rules! delivered {
+            ($e:expr) => {
+                delivered(&f.broker, &mut flush, &shards, $e).await
+            };
+        }
+        assert_eq!(delivered!(&event("news.public.1")), crowd + 3);
+        assert_eq!(delivered!(&event("news.secret.1")), crowd + 2);
+        let mut e = event("news.public.2");
+        e.filter.eligible_authrole = Some(vec!["staff".into()]);
+        assert_eq!(delivered!(&e), 1);
+        let mut e = event("news.public.3");
+        e.filter.exclude_authid = vec!["alice".into(), "crowd".into()];
+        e.filter.exclude = vec![2];
+        assert_eq!(delivered!(&e), 1);
+        let mut e = event("news.public.4");
+        e.publisher = Some(Publisher { node: 7, session: 1, authid: "alice".into(), authrole: "user".into(), exclude_me: true, disclose_me: false });
+        assert_eq!(delivered!(&e), crowd + 2);
+        assert_eq!(f.broker.metrics.messages_out[1].get(), 4, "bob's msgpack frames counted by serializer");
     }
 
     /// Sessions joining and leaving one topic from several threads while

@@ -302,7 +302,7 @@ impl Node {
                 let sessions = self.bus_sessions.count();
                 if sessions != sessions_seen {
                     sessions_seen = sessions;
-                    self.catch_up(&**store, &mut continuity).await;
+                    self.catch_up(&**store, &mut continuity, &mut flush).await;
                 }
             }
             // Fan-outs leave their frames queued until the batch is done: a
@@ -313,8 +313,7 @@ impl Node {
                     match continuity.check(event, position) {
                         Check::Seen => continue,
                         Check::Gap { after } => {
-                            flush.run();
-                            self.fill(&**store, &mut continuity, &event.realm, &event.topic, after, Some(position)).await;
+                            self.fill(&**store, &mut continuity, &mut flush, &event.realm, &event.topic, after, Some(position)).await;
                         }
                         Check::Next => {}
                     }
@@ -347,7 +346,22 @@ impl Node {
 
     /// Delivers the kept events of `topic` after `after` (and before
     /// `before`, when given), in order.
-    async fn fill(&self, store: &dyn EventStore, continuity: &mut Continuity, realm: &str, topic: &str, after: Position, before: Option<Position>) {
+    ///
+    /// Through the dispatcher's `flush`: the write shards may still be
+    /// writing earlier events, which these must not overtake.
+    #[allow(clippy::too_many_arguments)]
+    async fn fill(
+        &self,
+        store: &dyn EventStore,
+        continuity: &mut Continuity,
+        flush: &mut Flush,
+        realm: &str,
+        topic: &str,
+        after: Position,
+        before: Option<Position>,
+    ) {
+        // What this batch left for the shards goes first.
+        flush.run();
         let missing = before.map_or(self.config.history.max_replay, |b| (b.offset - after.offset - 1) as usize);
         let page = match store.read(realm, topic, Some(after), missing.min(self.config.history.max_replay)).await {
             Ok(page) => page,
@@ -369,7 +383,6 @@ impl Node {
             continuity.rewind(realm, topic, Position { epoch: after.epoch, offset: page.head });
             return;
         }
-        let mut flush = Flush::default();
         let mut filled = 0;
         for e in page.events.iter().filter(|e| e.position.is_some_and(|p| before.is_none_or(|b| p.offset < b.offset))) {
             let Some(p) = e.position else { continue };
@@ -377,7 +390,7 @@ impl Node {
                 continue;
             }
             continuity.delivered(realm, topic, p);
-            self.dispatch(e, &mut flush);
+            self.dispatch(e, flush);
             filled += 1;
         }
         flush.run();
@@ -390,9 +403,9 @@ impl Node {
 
     /// After the bus reconnected: every topic delivered before gets what
     /// was published while the node was away.
-    async fn catch_up(&self, store: &dyn EventStore, continuity: &mut Continuity) {
+    async fn catch_up(&self, store: &dyn EventStore, continuity: &mut Continuity, flush: &mut Flush) {
         for (realm, topic, last) in continuity.remembered() {
-            self.fill(store, continuity, &realm, &topic, last, None).await;
+            self.fill(store, continuity, flush, &realm, &topic, last, None).await;
         }
     }
 }

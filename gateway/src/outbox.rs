@@ -63,81 +63,110 @@ pub(crate) enum PushError {
     Closed,
 }
 
-/// The sessions a fan-out left frames for, written out once the batch of
-/// events is done, so a session gets a batch's events in one write and
-/// nobody is woken per delivery. [`Flush::run`] writes the small
-/// fan-outs' sessions itself and hands the large fan-outs' to the
-/// [`WriteShards`], which write them on every core; it also runs when the
-/// flush is dropped, so no frame waits past its batch.
+/// A fan-out's batch of events, on its way to the sessions: small fan-outs
+/// leave their frames queued and [`Flush::run`] writes each of those
+/// sessions once the batch is done (one write per session per batch);
+/// large ones are handed whole to the [`WriteShards`], which walk their
+/// sessions on every core. `run` also runs when the flush is dropped, so no
+/// frame waits past its batch.
+///
+/// Order per session: a session is walked by one shard only (its part, see
+/// [`WriteShards`]), and a shard does its lists in order. A fan-out that the
+/// dispatcher writes itself would overtake a shard still busy with an earlier
+/// event, so once a batch hands anything to the shards, or finds them busy,
+/// the rest of the batch goes to them too ([`Flush::goes_to_shards`]).
 #[derive(Default)]
 pub struct Flush {
     /// Sessions of small fan-outs: written by the caller of `run`.
     here: Vec<Arc<Wire>>,
-    /// The large fan-outs' work, by write shard, in order.
-    away: Vec<Vec<Work>>,
-    /// The address of the frame the last `Work::Frame` of each shard's
-    /// list carries (compared, never followed; 0 for none).
-    away_frame: Vec<usize>,
+    /// Fan-outs for the shards, in order: each shard walks its part of each.
+    away: Vec<Arc<dyn ShardWork>>,
+    /// Set once this batch hands work to the shards: the rest of it goes
+    /// there too.
+    routed: bool,
     shards: Option<Arc<WriteShards>>,
 }
 
-/// What a write shard does, in order.
-enum Work {
-    /// The frame the `Claimed` entries after it are for.
-    Frame(SharedFrame),
-    /// Write the frame this wire's next write was claimed for.
-    Claimed(Arc<Wire>),
-    /// Write what this wire has queued.
-    Flush(Arc<Wire>),
+/// A fan-out a write shard walks: the part of its sessions that is the
+/// shard's.
+pub(crate) trait ShardWork: Send + Sync {
+    /// Sends to the sessions of parts `shard`, `shard + of`, `shard + 2*of`,
+    /// ... (see [`PARTS`]) through [`Outbox::push_walked`].
+    fn walk(&self, shard: usize, of: usize, out: &mut Walked);
+}
+
+/// Sessions are split into this many parts by id (`id % PARTS`); write
+/// shard `i` of `n` walks the parts `p` with `p % n == i`. A fixed number,
+/// so a subscription can keep its sessions grouped by part without knowing
+/// how many shards there are; a machine with more cores than parts leaves
+/// the extra shards idle.
+pub(crate) const PARTS: usize = 16;
+
+/// The part of session `id`.
+#[inline]
+pub(crate) fn part_of(id: u64) -> usize {
+    (id % PARTS as u64) as usize
+}
+
+/// What a shard's walks leave behind.
+pub(crate) struct Walked {
+    /// Whether the list at hand has one walk (an event to one fan-out): a
+    /// session with nothing queued then gets its frame written at once;
+    /// with several, frames are queued and each session written once at
+    /// the end of the list.
+    pub(crate) direct: bool,
+    /// Sessions to write at the end of the shard's list.
+    later: Vec<Arc<Wire>>,
 }
 
 impl Flush {
     /// A flush that hands large fan-outs to `shards`. Without shards
     /// ([`Flush::default`]), large fan-outs wake each session's task.
     pub fn with_shards(shards: Arc<WriteShards>) -> Flush {
-        let n = shards.shards.len();
-        Flush { here: Vec::new(), away: (0..n).map(|_| Vec::new()).collect(), away_frame: vec![0; n], shards: Some(shards) }
+        Flush { here: Vec::new(), away: Vec::new(), routed: false, shards: Some(shards) }
+    }
+
+    /// Whether the fan-out of the event at hand, to `fanout` local
+    /// sessions, goes to the write shards: a large one does, and so does
+    /// everything after it in this batch, or while the shards are still
+    /// writing an earlier batch (anything written here could overtake
+    /// them).
+    #[inline]
+    pub(crate) fn goes_to_shards(&mut self, fanout: usize) -> bool {
+        let Some(shards) = &self.shards else { return false };
+        if !self.routed && (fanout > DIRECT_WRITE_MAX || !shards.is_idle()) {
+            self.routed = true;
+        }
+        self.routed
+    }
+
+    /// Hands a fan-out to the write shards (after [`Flush::goes_to_shards`] said so).
+    pub(crate) fn hand(&mut self, work: Arc<dyn ShardWork>) {
+        self.away.push(work);
     }
 
     /// Remembers a wire that holds deferred frames (once per wire until
     /// it is flushed).
     #[inline]
-    fn defer(&mut self, wire: &Arc<Wire>, fanout: usize) {
-        if fanout <= DIRECT_WRITE_MAX || self.away.is_empty() {
-            self.here.push(wire.clone());
-        } else {
-            let n = self.away.len();
-            self.away[wire.shard(n)].push(Work::Flush(wire.clone()));
-        }
-    }
-
-    /// Hands a wire whose next write was claimed for `frame` to its shard.
-    #[inline]
-    fn claimed(&mut self, wire: &Arc<Wire>, frame: &SharedFrame) {
-        let n = self.away.len();
-        let i = wire.shard(n);
-        let list = &mut self.away[i];
-        let frame_at = Arc::as_ptr(frame) as usize;
-        if self.away_frame[i] != frame_at {
-            self.away_frame[i] = frame_at;
-            list.push(Work::Frame(frame.clone()));
-        }
-        list.push(Work::Claimed(wire.clone()));
+    fn defer(&mut self, wire: &Arc<Wire>) {
+        self.here.push(wire.clone());
     }
 
     /// Writes every small fan-out's deferred frames (what the kernel does
-    /// not take goes to the session's task) and hands the large ones' to
+    /// not take goes to the session's task), then hands the large ones to
     /// the write shards.
     pub fn run(&mut self) {
         for wire in self.here.drain(..) {
             wire.flush();
         }
+        self.routed = false;
+        if self.away.is_empty() {
+            return;
+        }
+        let list: Arc<[Arc<dyn ShardWork>]> = self.away.drain(..).collect();
         if let Some(shards) = &self.shards {
-            for ((shard, work), frame) in shards.shards.iter().zip(&mut self.away).zip(&mut self.away_frame) {
-                if !work.is_empty() {
-                    shard.take(work);
-                }
-                *frame = 0;
+            for shard in shards.shards.iter() {
+                shard.take(list.clone());
             }
         }
     }
@@ -149,82 +178,78 @@ impl Drop for Flush {
     }
 }
 
-/// Tasks that write the frames of large fan-outs, one per runtime worker
-/// (the way centrifuge shards its hub). For a session with nothing queued
-/// the fan-out only claims the socket's next write ([`Wire::send_claiming`])
-/// and the shard writes the shared frame straight to the socket; for one
-/// with frames waiting it queues the frame and the shard writes the
-/// session's queue. Each shard gets its list once per batch of events, so a
-/// fan-out to 1,000 sessions costs a few wake-ups, not 1,000, and its
-/// writes still run on every core.
+/// Tasks that walk the sessions of large fan-outs and write to them, one
+/// per runtime worker (the way centrifuge shards its hub): the dispatcher
+/// only encodes an event and hands it over, and a fan-out to 1,000 sessions
+/// costs each shard one wake-up, not 1,000, and runs on every core. Each
+/// shard walks only its parts of the sessions ([`PARTS`]), so a session's
+/// frames are written by one shard, in order.
 ///
-/// Bounded: a wire holds at most one claim and is on at most one flush
-/// list at a time, so a shard's list never holds more than three entries
-/// per session (a frame entry precedes at least one claim). The tasks stop
-/// when the `WriteShards` is dropped (its owner is the node's
-/// dispatcher), and what they were handed is written then.
+/// Bounded: a shard holds the lists handed to it until it runs; the
+/// dispatcher hands at most one list per batch of bus events, and the
+/// batches come from the bus's bounded queue (a list holds one entry per
+/// (event, subscription)). The tasks stop when the `WriteShards` is
+/// dropped (its owner is the node's dispatcher), and what they were handed
+/// is written then.
 pub struct WriteShards {
     shards: Box<[Arc<Shard>]>,
 }
 
+type List = Arc<[Arc<dyn ShardWork>]>;
+
 struct Shard {
-    work: Mutex<Vec<Work>>,
-    /// Lists handed over and not yet written (see [`WriteShards::is_idle`];
-    /// counted under `work`'s lock when handed over and taken).
+    /// Which shard this is, of how many.
+    index: usize,
+    of: usize,
+    work: Mutex<Vec<List>>,
+    /// Lists handed over and not yet done (see [`WriteShards::is_idle`]).
     busy: std::sync::atomic::AtomicUsize,
     wake: tokio::sync::Notify,
     stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Shard {
-    /// Adds `work` to the shard's list (leaving `work` empty, and with a
-    /// spare allocation when the shard's list was empty) and wakes it.
-    fn take(&self, work: &mut Vec<Work>) {
-        {
-            let mut list = self.work.lock().unwrap_or_else(|e| e.into_inner());
-            if list.is_empty() {
-                std::mem::swap(&mut *list, work);
-            } else {
-                list.append(work);
-            }
-            self.busy.fetch_add(1, Ordering::Relaxed);
-        }
+    /// Adds `list` to the shard's lists and wakes it.
+    fn take(&self, list: List) {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        self.work.lock().unwrap_or_else(|e| e.into_inner()).push(list);
         self.wake.notify_one();
     }
 
     async fn run(&self) {
         let mut taken = Vec::new();
+        let mut out = Walked { direct: false, later: Vec::new() };
         loop {
             self.wake.notified().await;
             if self.stopped.load(Ordering::Acquire) {
                 return;
             }
-            let lists = {
-                let mut list = self.work.lock().unwrap_or_else(|e| e.into_inner());
-                std::mem::swap(&mut *list, &mut taken);
-                self.busy.load(Ordering::Relaxed)
-            };
-            do_work(&mut taken);
-            self.busy.fetch_sub(lists, Ordering::Relaxed);
-            if taken.capacity() > 4096 {
-                // A burst is over: give its memory back.
-                taken = Vec::new();
-            }
+            std::mem::swap(&mut *self.work.lock().unwrap_or_else(|e| e.into_inner()), &mut taken);
+            let lists = taken.len();
+            self.walk(&mut taken, &mut out);
+            // Release: what the walks wrote is done before a dispatcher
+            // that sees the shard idle writes on its own.
+            self.busy.fetch_sub(lists, Ordering::Release);
         }
     }
-}
 
-/// Writes what `work` says, in order, leaving it empty.
-fn do_work(work: &mut Vec<Work>) {
-    let mut frame: Option<SharedFrame> = None;
-    for item in work.drain(..) {
-        match item {
-            Work::Frame(f) => frame = Some(f),
-            Work::Claimed(wire) => match &frame {
-                Some(f) => wire.write_claimed(f),
-                None => unreachable!("a claim is listed after its frame"),
-            },
-            Work::Flush(wire) => wire.flush(),
+    /// Walks `lists` in order, leaving it empty. After each list (a batch
+    /// of the dispatcher's) the sessions whose frames were queued are
+    /// written: a session's queue holds at most one batch's events, as
+    /// when the dispatcher writes them, however far behind the shard is.
+    fn walk(&self, lists: &mut Vec<List>, out: &mut Walked) {
+        for list in lists.drain(..) {
+            out.direct = list.len() == 1;
+            for work in list.iter() {
+                work.walk(self.index, self.of, out);
+            }
+            for wire in out.later.drain(..) {
+                wire.flush();
+            }
+        }
+        if out.later.capacity() > 4096 {
+            // A burst is over: give its memory back.
+            out.later = Vec::new();
         }
     }
 }
@@ -234,8 +259,10 @@ impl WriteShards {
     pub fn start() -> Arc<WriteShards> {
         let workers = tokio::runtime::Handle::current().metrics().num_workers().max(1);
         let shards: Box<[Arc<Shard>]> = (0..workers)
-            .map(|_| {
+            .map(|index| {
                 Arc::new(Shard {
+                    index,
+                    of: workers,
                     work: Mutex::new(Vec::new()),
                     busy: Default::default(),
                     wake: tokio::sync::Notify::new(),
@@ -249,14 +276,13 @@ impl WriteShards {
         }
         Arc::new(WriteShards { shards })
     }
-}
 
-impl WriteShards {
-    /// Whether every list handed over was taken by its shard (the
-    /// instruction benchmark waits for this after each batch, so that it
-    /// measures one write per delivery, as the ceiling program does).
+    /// Whether every list handed over was walked (the dispatcher writes
+    /// small fan-outs itself only then; the instruction benchmark waits
+    /// for it after each batch, so that it measures one write per
+    /// delivery, as the ceiling program does).
     pub fn is_idle(&self) -> bool {
-        self.shards.iter().all(|s| s.busy.load(Ordering::Relaxed) == 0)
+        self.shards.iter().all(|s| s.busy.load(Ordering::Acquire) == 0)
     }
 }
 
@@ -266,10 +292,9 @@ impl Drop for WriteShards {
             shard.stopped.store(true, Ordering::Release);
             shard.wake.notify_one();
             // What was handed over is still written: the frames were
-            // accepted, and a claim left unwritten would hold its
-            // session's writes back for good.
-            let mut work = std::mem::take(&mut *shard.work.lock().unwrap_or_else(|e| e.into_inner()));
-            do_work(&mut work);
+            // accepted.
+            let mut lists = std::mem::take(&mut *shard.work.lock().unwrap_or_else(|e| e.into_inner()));
+            shard.walk(&mut lists, &mut Walked { direct: false, later: Vec::new() });
         }
     }
 }
@@ -291,12 +316,12 @@ impl Outbox {
         Ok(())
     }
 
-    /// Sends an EVENT frame of a fan-out to `fanout` sessions: queued
-    /// until `flush` runs (at the end of the batch of events), which writes
-    /// a small fan-out's sessions itself and has the write shards write a
-    /// large one's. Without write shards a large fan-out wakes each
-    /// session's task instead. The caller counts what it sent
-    /// (`messages_out`, `bytes_out`), once per event rather than per frame.
+    /// Sends an EVENT frame of a fan-out to `fanout` sessions that the
+    /// caller writes itself: queued until `flush` runs (at the end of the
+    /// batch of events). A fan-out too large for that, when there are no
+    /// write shards, wakes each session's task instead. The caller counts
+    /// what it sent (`messages_out`, `bytes_out`), once per event rather
+    /// than per frame.
     ///
     /// Inlined into the fan-out loop: it runs once per delivery (the
     /// instruction budgets in `bench/instructions` watch it).
@@ -305,29 +330,39 @@ impl Outbox {
         if self.is_closing() {
             return self.refuse_closing();
         }
-        // Two matches rather than one over either send: with one, the small
-        // fan-out's path costs 2.6% more instructions (bench/instructions).
         if fanout > DIRECT_WRITE_MAX {
-            if flush.shards.is_none() {
-                return self.send(frame, When::Task);
-            }
-            return match self.wire.send_claiming(frame, self.max_messages, self.max_bytes) {
-                Sent::Claimed => {
-                    flush.claimed(&self.wire, frame);
-                    Ok(())
-                }
-                Sent::Written | Sent::Queued => Ok(()),
-                Sent::Deferred => {
-                    flush.defer(&self.wire, fanout);
-                    Ok(())
-                }
-                Sent::Full => self.overflowed(),
-            };
+            return self.send(frame, When::Task);
         }
         match self.wire.send_later(frame, self.max_messages, self.max_bytes) {
-            Sent::Written | Sent::Queued | Sent::Claimed => Ok(()),
+            Sent::Written | Sent::Queued => Ok(()),
             Sent::Deferred => {
-                flush.defer(&self.wire, fanout);
+                flush.defer(&self.wire);
+                Ok(())
+            }
+            Sent::Full => self.overflowed(),
+        }
+    }
+
+    /// A write shard's [`Outbox::push_event`]: with one walk in its list
+    /// (`out.direct`), a session with nothing queued gets the frame written
+    /// now; otherwise it is queued and the session written once the
+    /// shard's list is done. `DIRECT` says which when the caller knows it
+    /// (its loop then has no branch on it); otherwise `out.direct` does.
+    /// Runs once per delivery.
+    #[inline(always)]
+    pub(crate) fn push_walked<const DIRECT: bool>(&self, frame: &SharedFrame, out: &mut Walked) -> Result<(), PushError> {
+        if self.is_closing() {
+            return self.refuse_closing();
+        }
+        let sent = if DIRECT || out.direct {
+            self.wire.send_first(frame, self.max_messages, self.max_bytes)
+        } else {
+            self.wire.send_later(frame, self.max_messages, self.max_bytes)
+        };
+        match sent {
+            Sent::Written | Sent::Queued => Ok(()),
+            Sent::Deferred => {
+                out.later.push(self.wire.clone());
                 Ok(())
             }
             Sent::Full => self.overflowed(),
@@ -352,7 +387,7 @@ impl Outbox {
                 self.overflow();
                 Err(PushError::Full)
             }
-            Sent::Written | Sent::Queued | Sent::Deferred | Sent::Claimed => Ok(()),
+            Sent::Written | Sent::Queued | Sent::Deferred => Ok(()),
         }
     }
 
@@ -368,7 +403,7 @@ impl Outbox {
             // must not wait for the client to read: the wake-up interrupts
             // the drain (which keeps its place in the queue) and is checked.
             tokio::select! {
-                result = self.wire.drain_unclaimed() => {
+                result = self.wire.drain() => {
                     if let Err(e) = result {
                         return Ended::Failed(e);
                     }
@@ -482,8 +517,26 @@ mod tests {
         panic!("2.5 GiB went into a socket nobody reads");
     }
 
+    /// A fan-out the shards walk: its sessions, by id.
+    struct Sessions {
+        outboxes: Vec<(u64, Arc<Outbox>)>,
+        frame: SharedFrame,
+        walked: std::sync::Mutex<Vec<(usize, u64)>>,
+    }
+
+    impl ShardWork for Sessions {
+        fn walk(&self, shard: usize, of: usize, out: &mut Walked) {
+            for (id, outbox) in &self.outboxes {
+                if part_of(*id) % of == shard {
+                    self.walked.lock().unwrap().push((shard, *id));
+                    outbox.push_walked::<false>(&self.frame, out).unwrap();
+                }
+            }
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn write_shards_deliver_a_large_fan_out_in_order_and_list_each_session_once() {
+    async fn write_shards_walk_each_session_once_in_order_and_hold_small_fan_outs_back_while_busy() {
         let sessions = DIRECT_WRITE_MAX + 72;
         let mut pairs = Vec::new();
         for _ in 0..sessions {
@@ -491,24 +544,19 @@ mod tests {
         }
         let shards = WriteShards::start();
         assert_eq!(shards.shards.len(), 2, "one shard per worker");
-        let mut flush = Flush::with_shards(shards);
+        let mut flush = Flush::with_shards(shards.clone());
         let frames: Vec<SharedFrame> = (0..50u32).map(|i| Arc::new(data_frame(format!("[36,1,{i},{{}}]").into_bytes(), false))).collect();
-        // Two batches of 25 events: a session is handed to its shard once
-        // (a claim for its first event; the rest queue behind it), however
-        // many events it got (in the second batch only if a shard wrote it
-        // since: until then its new frames ride on the write promised).
-        for (i, batch) in frames.chunks(25).enumerate() {
+        let outboxes: Vec<(u64, Arc<Outbox>)> = pairs.iter().enumerate().map(|(i, (o, _, _))| (i as u64 + 1, o.clone())).collect();
+        let mut walks = Vec::new();
+        // Batches of one event (each session written at once), then of
+        // several (queued, each session written once per batch).
+        for batch in [&frames[..1], &frames[1..2], &frames[2..25], &frames[25..]] {
             for frame in batch {
-                for (outbox, _, _) in &pairs {
-                    outbox.push_event(frame, sessions, &mut flush).unwrap();
-                }
-            }
-            assert!(flush.here.is_empty(), "a large fan-out is not written by the dispatcher");
-            let listed = flush.away.iter().flatten().filter(|w| !matches!(w, Work::Frame(_))).count();
-            if i == 0 {
-                assert_eq!(listed, sessions, "each session listed once");
-            } else {
-                assert!(listed <= sessions, "{listed} entries for {sessions} sessions");
+                assert!(flush.goes_to_shards(sessions), "a large fan-out goes to the shards");
+                let walk = Arc::new(Sessions { outboxes: outboxes.clone(), frame: frame.clone(), walked: Default::default() });
+                flush.hand(walk.clone());
+                walks.push(walk);
+                assert!(flush.goes_to_shards(1), "after a large fan-out, the rest of the batch goes to the shards too");
             }
             flush.run();
         }
@@ -518,6 +566,16 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut got)).await.expect("the shards wrote the frames").unwrap();
             assert!(got == expected, "frames missing or out of order");
         }
+        for walk in &walks {
+            let mut walked = walk.walked.lock().unwrap().clone();
+            walked.sort_by_key(|(_, id)| *id);
+            assert_eq!(walked.len(), sessions, "each session walked once per event");
+            assert!(walked.iter().all(|(shard, id)| part_of(*id) % 2 == *shard), "a session's part decides its shard");
+        }
+        while !shards.is_idle() {
+            tokio::task::yield_now().await;
+        }
+        assert!(!flush.goes_to_shards(1), "with the shards idle a small fan-out is written by the dispatcher");
     }
 
     #[tokio::test]

@@ -10,13 +10,14 @@
 //! task woken. Events of subscriptions with few local subscribers are
 //! queued by the fan-out and written by it once its batch of events is
 //! done ([`Wire::flush`]): one `writev` per session per batch. Events of
-//! large subscriptions, and everything over TLS, are
-//! queued for the connection's task, which writes all it finds in one
-//! `writev`: then the writes of one event run on every core, and a session
-//! that falls behind gets several events per write. What the kernel does
-//! not take at once is queued too, and the task writes it when the socket
-//! is writable again. (`docs/benchmarks.md` has the figures behind this
-//! split.)
+//! large subscriptions are written by the write shards
+//! ([`crate::outbox::WriteShards`]), one per core, each for its part of the
+//! sessions: at once when a shard has one event to write
+//! ([`Wire::send_first`]), else queued and written once per session. Over
+//! TLS everything is queued for the connection's task (which encrypts).
+//! What the kernel does not take at once is queued too, and the task
+//! writes it, in one `writev`, when the socket is writable again.
+//! (`docs/benchmarks.md` has the figures behind this split.)
 //!
 //! Order is kept by one rule under one lock: while earlier bytes wait, new
 //! bytes wait behind them, whoever writes them. The queue's limits are the
@@ -26,7 +27,6 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 
@@ -124,15 +124,6 @@ struct Queue {
     /// one list at a time, so those lists never hold more entries than
     /// there are sessions.
     listed: bool,
-    /// Whether the socket's next write belongs to a frame a write shard
-    /// holds ([`Wire::send_claiming`]): nothing is written until the
-    /// shard writes it ([`Wire::write_claimed`]), and frames sent
-    /// meanwhile queue behind it. Set only while `pending` is empty, so
-    /// the claimed frame goes before everything queued since.
-    claimed: bool,
-    /// The task that waits for the claim to be written (its drain, or a
-    /// write of hyper's or tungstenite's).
-    claim_waiter: Option<std::task::Waker>,
 }
 
 /// A frame that many sessions are sent (an EVENT of a fan-out): cloned
@@ -179,13 +170,7 @@ pub struct Wire {
     /// (through [`crate::outbox::Outbox::close`]) the session must close.
     /// One waiter; `notify_one` keeps the wake-up if the task is busy.
     wake: Notify,
-    /// Spreads wires over the fan-out's write shards (round robin by
-    /// creation).
-    lane: usize,
 }
-
-/// The lane of the next wire.
-static NEXT_LANE: AtomicUsize = AtomicUsize::new(0);
 
 /// Who writes a frame that [`Wire::send`] is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,9 +194,6 @@ pub(crate) enum Sent {
     Deferred,
     /// The queue was at its limit: the frame was dropped.
     Full,
-    /// ([`Wire::send_claiming`]) The socket's next write is the frame's:
-    /// the caller must have it written with [`Wire::write_claimed`].
-    Claimed,
 }
 
 impl Wire {
@@ -226,19 +208,10 @@ impl Wire {
     }
 
     fn new(io: Io) -> Arc<Wire> {
-        let lane = NEXT_LANE.fetch_add(1, Ordering::Relaxed);
         Arc::new(Wire {
             io,
-            queue: parking_lot::Mutex::new(Queue {
-                pending: VecDeque::new(),
-                pending_bytes: 0,
-                front_started: false,
-                listed: false,
-                claimed: false,
-                claim_waiter: None,
-            }),
+            queue: parking_lot::Mutex::new(Queue { pending: VecDeque::new(), pending_bytes: 0, front_started: false, listed: false }),
             wake: Notify::new(),
-            lane,
         })
     }
 
@@ -272,7 +245,7 @@ impl Wire {
 
     fn send_now(&self, frame: &Bytes, max_frames: usize, max_bytes: usize) -> Sent {
         let mut inner = self.lock();
-        if let (true, false, Io::Tcp(tcp)) = (inner.pending.is_empty(), inner.claimed, &self.io) {
+        if let (true, Io::Tcp(tcp)) = (inner.pending.is_empty(), &self.io) {
             match tcp.try_write(frame) {
                 Ok(n) if n == frame.len() => return Sent::Written,
                 // The rest must follow, whatever the limits say.
@@ -299,78 +272,41 @@ impl Wire {
     /// small (the instruction budgets in `bench/instructions` watch it).
     #[inline]
     pub(crate) fn send_later(&self, frame: &SharedFrame, max_frames: usize, max_bytes: usize) -> Sent {
-        let mut inner = self.lock();
-        if !inner.has_room(frame.len(), max_frames, max_bytes) {
-            return Sent::Full;
-        }
-        if inner.pending.is_empty() {
-            inner.front_started = false;
-        }
-        inner.pending_bytes += frame.len();
-        inner.pending.push_back(Chunk::Shared(frame.clone()));
-        if inner.listed || inner.claimed {
-            // A flush is promised, or the claimed frame's write writes
-            // these after it.
-            Sent::Queued
-        } else {
-            inner.listed = true;
-            Sent::Deferred
-        }
+        self.lock().queue_later(frame, max_frames, max_bytes)
     }
 
-    /// The large fan-out's path: when nothing waits and the connection is
-    /// plain TCP, claims the socket's next write for `frame`, which the
-    /// caller hands to a write shard ([`Sent::Claimed`]): no queue entry
-    /// and no reference count per delivery, and the shard writes it as
-    /// the ceiling program would. Otherwise as [`Wire::send_later`].
-    #[inline]
-    pub(crate) fn send_claiming(&self, frame: &SharedFrame, max_frames: usize, max_bytes: usize) -> Sent {
-        {
-            let mut inner = self.lock();
-            if inner.pending.is_empty() && !inner.claimed && matches!(self.io, Io::Tcp(_)) {
-                if !inner.has_room(frame.len(), max_frames, max_bytes) {
-                    return Sent::Full;
-                }
-                inner.claimed = true;
-                return Sent::Claimed;
-            }
-        }
-        self.send_later(frame, max_frames, max_bytes)
-    }
-
-    /// Writes the frame this wire's claim was for, then whatever was
-    /// queued behind it, as far as the kernel takes it now; the
-    /// connection's task writes the rest.
-    pub(crate) fn write_claimed(&self, frame: &SharedFrame) {
+    /// A write shard's path for a session of a fan-out it walks alone: when
+    /// nothing waits and the connection is plain TCP, the frame is written
+    /// now, as the ceiling program would; otherwise as [`Wire::send_later`].
+    /// Inlined into the shard's loop, with everything but the whole write
+    /// out of line.
+    #[inline(always)]
+    pub(crate) fn send_first(&self, frame: &SharedFrame, max_frames: usize, max_bytes: usize) -> Sent {
         let mut inner = self.lock();
-        debug_assert!(inner.claimed, "a claimed write without a claim");
-        inner.claimed = false;
-        let waiter = inner.claim_waiter.take();
-        let mut written = 0;
         if let (true, Io::Tcp(tcp)) = (inner.pending.is_empty(), &self.io) {
-            // An error (a broken connection) is the task's to find.
-            written = tcp.try_write(frame).unwrap_or(0);
+            let written = tcp.try_write(frame);
+            if matches!(written, Ok(n) if n == frame.len()) {
+                return Sent::Written;
+            }
+            return self.not_written_whole(&mut inner, frame, written, max_frames, max_bytes);
         }
-        if written < frame.len() {
-            // What is left goes first: frames sent since the claim wait
-            // behind it (nothing was written since: the claim held every
-            // writer back).
-            inner.pending_bytes += frame.len() - written;
-            let rest = if written == 0 { Chunk::Shared(frame.clone()) } else { Chunk::Own(frame.slice(written..)) };
-            inner.pending.push_front(rest);
-            inner.front_started = written > 0;
-            inner.listed = false;
-            self.write_out(&mut inner);
-        }
-        drop(inner);
-        if let Some(waiter) = waiter {
-            waiter.wake();
-        }
+        inner.queue_later(frame, max_frames, max_bytes)
     }
 
-    /// Which of `n` write shards writes this wire's deferred frames.
-    pub(crate) fn shard(&self, n: usize) -> usize {
-        self.lane % n
+    /// [`Wire::send_first`]'s write that the kernel cut short or refused.
+    #[cold]
+    #[inline(never)]
+    fn not_written_whole(&self, inner: &mut Queue, frame: &SharedFrame, written: io::Result<usize>, max_frames: usize, max_bytes: usize) -> Sent {
+        match written {
+            // The rest must follow, whatever the limits say.
+            Ok(n) if n > 0 => {
+                self.queue(inner, frame.slice(n..), true);
+                Sent::Queued
+            }
+            // Full kernel buffer, or a broken connection: queued either
+            // way; the task's write finds the error.
+            _ => inner.queue_later(frame, max_frames, max_bytes),
+        }
     }
 
     /// Writes what is queued, as far as the kernel takes it without
@@ -380,10 +316,6 @@ impl Wire {
     pub(crate) fn flush(&self) {
         let mut inner = self.lock();
         inner.listed = false;
-        if inner.claimed {
-            // The claimed frame's write writes these after it.
-            return;
-        }
         self.write_out(&mut inner);
     }
 
@@ -453,28 +385,12 @@ impl Wire {
 
     /// Whether bytes are waiting for the socket to become writable.
     pub(crate) fn is_backed_up(&self) -> bool {
-        let inner = self.lock();
-        !inner.pending.is_empty() || inner.claimed
+        !self.lock().pending.is_empty()
     }
 
     /// Writes out everything queued; resolves once the queue is empty.
     pub(crate) async fn drain(&self) -> io::Result<()> {
         poll_fn(|cx| self.lock().poll_drain(&self.io, cx)).await
-    }
-
-    /// The connection task's share of writing: like [`Wire::drain`], but
-    /// done at once while a write shard holds a claim (the shard writes
-    /// what is queued after its frame and wakes the task for what the
-    /// kernel refuses), so a session's task is not woken per claim.
-    pub(crate) async fn drain_unclaimed(&self) -> io::Result<()> {
-        poll_fn(|cx| {
-            let mut inner = self.lock();
-            if inner.claimed {
-                return Poll::Ready(Ok(()));
-            }
-            inner.poll_drain(&self.io, cx)
-        })
-        .await
     }
 
     /// Resolves on the next [`Wire::notify`] (or one that came while nobody
@@ -490,6 +406,26 @@ impl Wire {
 }
 
 impl Queue {
+    /// [`Wire::send_later`] under the lock.
+    #[inline]
+    fn queue_later(&mut self, frame: &SharedFrame, max_frames: usize, max_bytes: usize) -> Sent {
+        if !self.has_room(frame.len(), max_frames, max_bytes) {
+            return Sent::Full;
+        }
+        if self.pending.is_empty() {
+            self.front_started = false;
+        }
+        self.pending_bytes += frame.len();
+        self.pending.push_back(Chunk::Shared(frame.clone()));
+        if self.listed {
+            // A flush is promised.
+            Sent::Queued
+        } else {
+            self.listed = true;
+            Sent::Deferred
+        }
+    }
+
     /// Whether `frame` fits within the limits.
     #[inline]
     fn has_room(&self, len: usize, max_frames: usize, max_bytes: usize) -> bool {
@@ -535,18 +471,6 @@ impl Queue {
     }
 
     fn poll_write_pending(&mut self, io: &Io, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.claimed {
-            // A write shard holds the next write: wait for it.
-            match &mut self.claim_waiter {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                slot => {
-                    if let Some(other) = slot.replace(cx.waker().clone()) {
-                        other.wake();
-                    }
-                }
-            }
-            return Poll::Pending;
-        }
         while !self.pending.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let k = gather(&self.pending, &mut slices);
@@ -710,63 +634,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_claimed_write_the_kernel_refuses_is_queued_in_order() {
+    async fn a_shards_direct_write_the_kernel_refuses_is_queued_in_order() {
         let (wire, mut client) = pair().await;
-        // The client reads nothing until the kernel refuses a claimed frame.
+        // The client reads nothing until the kernel refuses a frame; the
+        // frames after it queue behind it (and the one cut short is finished).
         let mut sent = Vec::new();
+        let mut deferred = 0;
         for i in 0..100_000u32 {
             let mut payload = vec![b'.'; 16 * 1024];
             payload[..8].copy_from_slice(format!("{i:08}").as_bytes());
             let frame = Arc::new(data_frame(payload, false));
-            match wire.send_claiming(&frame, usize::MAX, usize::MAX) {
-                Sent::Claimed => wire.write_claimed(&frame),
-                Sent::Queued | Sent::Deferred => {}
-                other => panic!("{other:?}"),
+            match wire.send_first(&frame, usize::MAX, usize::MAX) {
+                Sent::Written => {}
+                Sent::Queued => {}
+                Sent::Deferred => deferred += 1,
+                Sent::Full => unreachable!("no limits"),
             }
             sent.extend_from_slice(&frame);
-            if wire.is_backed_up() {
+            if wire.is_backed_up() && i % 64 == 63 {
                 break;
             }
         }
         assert!(wire.is_backed_up(), "1.6 GB fit in loopback buffers");
+        assert!(deferred <= 1, "a flush is promised once, not per frame ({deferred})");
         let reader = tokio::spawn(async move {
             let mut got = vec![0u8; sent.len()];
             client.read_exact(&mut got).await.unwrap();
             got == sent
         });
+        wire.flush();
         tokio::time::timeout(std::time::Duration::from_secs(20), wire.drain()).await.expect("the backlog drains").unwrap();
         assert!(tokio::time::timeout(std::time::Duration::from_secs(20), reader).await.unwrap().unwrap(), "bytes torn or out of order");
-    }
-
-    #[tokio::test]
-    async fn a_claimed_write_goes_before_everything_sent_after_the_claim() {
-        let (wire, mut client) = pair().await;
-        let event = Arc::new(data_frame(b"[36,1,1,{}]".to_vec(), false));
-        let (reply, later) = (data_frame(b"[33,7,9]".to_vec(), false), Arc::new(data_frame(b"[36,1,2,{}]".to_vec(), false)));
-        assert_eq!(wire.send_claiming(&event, 8, usize::MAX), Sent::Claimed);
-        assert_eq!(wire.send(&reply, 8, usize::MAX, When::Now), Sent::Queued, "a reply does not overtake the claimed frame");
-        assert_eq!(wire.send_claiming(&later, 8, usize::MAX), Sent::Queued, "one claim at a time; the next frame waits behind it");
-        wire.flush();
-        assert!(wire.is_backed_up(), "a flush writes nothing while the claim is held");
-        // The connection task's share is done at once (the shard writes);
-        // the end of the session waits for the claimed write.
-        tokio::time::timeout(std::time::Duration::from_secs(1), wire.drain_unclaimed()).await.expect("not held by the claim").unwrap();
-        let drain = tokio::spawn({
-            let wire = wire.clone();
-            async move { wire.drain().await }
-        });
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert!(!drain.is_finished(), "the drain waits for the claimed frame");
-        wire.write_claimed(&event);
-        tokio::time::timeout(std::time::Duration::from_secs(5), drain).await.expect("the claimed write wakes the drain").unwrap().unwrap();
-        let expected = [&event[..], &reply[..], &later[..]].concat();
-        let mut got = vec![0u8; expected.len()];
-        tokio::time::timeout(std::time::Duration::from_secs(5), client.read_exact(&mut got)).await.unwrap().unwrap();
-        assert_eq!(got, expected, "claimed frame first, then what was sent after, in order");
-        assert!(!wire.is_backed_up());
-        // Nothing waits now: the next frame may claim again.
-        assert_eq!(wire.send_claiming(&later, 8, usize::MAX), Sent::Claimed);
-        wire.write_claimed(&later);
     }
 
     #[test]
@@ -795,7 +693,7 @@ mod tests {
                     queued_at.get_or_insert(i);
                 }
                 Sent::Full => unreachable!("no limits"),
-                Sent::Deferred | Sent::Claimed => unreachable!("only send_later defers, only send_claiming claims"),
+                Sent::Deferred => unreachable!("only send_later and send_first defer"),
             }
         }
         let queued_at = queued_at.expect("64 MiB does not fit in loopback socket buffers");

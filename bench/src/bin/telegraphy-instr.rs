@@ -310,6 +310,11 @@ async fn fanout_gateway(subscribers: usize, ser: Serialization, events: u64, bat
     while handles.iter().any(|h| h.outbox.is_backed_up()) {
         tokio::task::yield_now().await;
     }
+    // What the shards sent, counted by them.
+    let sent = metrics.events_delivered.get();
+    if sent != events * subscribers as u64 {
+        bail!("{sent} EVENTs sent, not {} ({events} events to {subscribers} sessions)", events * subscribers as u64);
+    }
     for h in &handles {
         h.outbox.close(1000);
     }
