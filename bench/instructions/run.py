@@ -137,6 +137,12 @@ def main() -> int:
         if args.only not in p["name"]:
             continue
         runs = [measure(args.bin, p) for _ in range(args.repeat)]
+        base = baseline.get(p["name"])
+        if len(runs) < 3 and base and sorted(runs)[len(runs) // 2] > base * (1 + TOLERANCE):
+            # Over budget: measured again before it fails. The write
+            # shards' scheduling moves a fan-out's count by up to ~2%
+            # between runs; a real slowdown stays over in all three.
+            runs += [measure(args.bin, p) for _ in range(3 - len(runs))]
         figures[p["name"]] = sorted(runs)[len(runs) // 2]
         spreads[p["name"]] = (max(runs) - min(runs)) / min(runs) if min(runs) > 0 else 0.0
         print(f"  {p['name']:<28} {figures[p['name']]:>12,.1f} instructions per {p['unit']}", flush=True)

@@ -610,6 +610,9 @@ impl Sent {
 
     /// Adds what was sent to the metrics; returns how many frames.
     fn record(&self, metrics: &Metrics, frames: &[Option<SharedFrame>; 2]) -> usize {
+        if self.all == 0 {
+            return 0;
+        }
         for (si, n) in [self.all - self.second, self.second].into_iter().enumerate() {
             if let (Some(frame), true) = (&frames[si], n > 0) {
                 metrics.messages_out[si].inc_by(n);
@@ -640,41 +643,40 @@ struct Walk {
 }
 
 impl ShardWork for Walk {
-    fn walk(&self, shard: usize, of: usize, out: &mut Walked) {
+    fn walk_part(&self, part: usize, out: &mut Walked) -> usize {
         let e = &*self.event;
-        let target = Target { topic: &e.topic, filter: &e.filter, open: e.open, excluded_self: e.excluded_self, position: e.position };
         // Under the subscription's lock, as the dispatcher's own fan-out:
         // a session that unsubscribed (its UNSUBSCRIBED sent after it left
         // under the write lock) gets no EVENT after it.
         let subscribers = self.sub.subscribers.read().unwrap_or_else(|e| e.into_inner());
-        let parts = || (shard..PARTS).step_by(of).map(|p| subscribers.part(p));
+        let part = subscribers.part(part);
+        if part.is_empty() {
+            return 0;
+        }
+        let walked = part.len();
         let sent = match &self.frames {
             // The usual case: one serializer, and nothing to check per
             // session. Only failures are counted in the loop.
             [Some(frame), None] | [None, Some(frame)] if subscribers.special == 0 && e.open && e.excluded_self.is_none() => {
-                let (mut walked, mut failed) = (0, 0);
-                for part in parts() {
-                    walked += part.len() as u64;
-                    if out.direct {
-                        for subscriber in part.values() {
-                            failed += u64::from(subscriber.session.outbox.push_walked::<true>(frame, out).is_err());
-                        }
-                    } else {
-                        for subscriber in part.values() {
-                            failed += u64::from(subscriber.session.outbox.push_walked::<false>(frame, out).is_err());
-                        }
+                let mut failed = 0;
+                if out.direct {
+                    for subscriber in part.values() {
+                        failed += u64::from(subscriber.session.outbox.push_walked::<true>(frame, out).is_err());
+                    }
+                } else {
+                    for subscriber in part.values() {
+                        failed += u64::from(subscriber.session.outbox.push_walked::<false>(frame, out).is_err());
                     }
                 }
-                let second = u64::from(self.frames[1].is_some());
-                Sent { all: walked - failed, second: (walked - failed) * second }
+                let all = part.len() as u64 - failed;
+                Sent { all, second: all * u64::from(self.frames[1].is_some()) }
             }
             _ => {
+                let target = Target { topic: &e.topic, filter: &e.filter, open: e.open, excluded_self: e.excluded_self, position: e.position };
                 let mut sent = Sent::default();
-                for part in parts() {
-                    for (sid, subscriber) in part {
-                        if let Some(frame) = target.frame(*sid, subscriber, &self.frames) {
-                            sent.count(subscriber.session.outbox.push_walked::<false>(frame, out).is_ok(), subscriber.session.serialization);
-                        }
+                for (sid, subscriber) in part {
+                    if let Some(frame) = target.frame(*sid, subscriber, &self.frames) {
+                        sent.count(subscriber.session.outbox.push_walked::<false>(frame, out).is_ok(), subscriber.session.serialization);
                     }
                 }
                 sent
@@ -682,6 +684,7 @@ impl ShardWork for Walk {
         };
         drop(subscribers);
         sent.record(&e.metrics, &self.frames);
+        walked
     }
 }
 

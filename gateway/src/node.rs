@@ -289,7 +289,8 @@ impl Node {
         let mut sessions_seen = self.bus_sessions.count();
         // Large fan-outs are written by these, on every core; they stop
         // when the dispatcher ends.
-        let mut flush = Flush::with_shards(WriteShards::start());
+        let shards = WriteShards::start();
+        let mut flush = Flush::with_shards(shards.clone());
         loop {
             batch.clear();
             tokio::select! {
@@ -323,6 +324,9 @@ impl Node {
             }
             flush.run();
             self.metrics.events_received.inc_by(batch.len() as u64 - control);
+            // Write shards far behind (clients that read slowly): the bus's
+            // bounded queue holds what comes meanwhile.
+            shards.room().await;
         }
     }
 

@@ -90,9 +90,9 @@ pub struct Flush {
 /// A fan-out a write shard walks: the part of its sessions that is the
 /// shard's.
 pub(crate) trait ShardWork: Send + Sync {
-    /// Sends to the sessions of parts `shard`, `shard + of`, `shard + 2*of`,
-    /// ... (see [`PARTS`]) through [`Outbox::push_walked`].
-    fn walk(&self, shard: usize, of: usize, out: &mut Walked);
+    /// Sends to the sessions of part `part` (see [`PARTS`]) through
+    /// [`Outbox::push_walked`]; returns how many sessions it walked.
+    fn walk_part(&self, part: usize, out: &mut Walked) -> usize;
 }
 
 /// Sessions are split into this many parts by id (`id % PARTS`); write
@@ -110,10 +110,10 @@ pub(crate) fn part_of(id: u64) -> usize {
 
 /// What a shard's walks leave behind.
 pub(crate) struct Walked {
-    /// Whether the list at hand has one walk (an event to one fan-out): a
+    /// Whether the shard has one walk to do (an event to one fan-out): a
     /// session with nothing queued then gets its frame written at once;
-    /// with several, frames are queued and each session written once at
-    /// the end of the list.
+    /// with several, frames are queued and each session written once for
+    /// all of them.
     pub(crate) direct: bool,
     /// Sessions to write at the end of the shard's list.
     later: Vec<Arc<Wire>>,
@@ -185,24 +185,35 @@ impl Drop for Flush {
 /// shard walks only its parts of the sessions ([`PARTS`]), so a session's
 /// frames are written by one shard, in order.
 ///
-/// Bounded: a shard holds the lists handed to it until it runs; the
-/// dispatcher hands at most one list per batch of bus events, and the
-/// batches come from the bus's bounded queue (a list holds one entry per
-/// (event, subscription)). The tasks stop when the `WriteShards` is
-/// dropped (its owner is the node's dispatcher), and what they were handed
-/// is written then.
+/// Bounded: the dispatcher hands at most one list per batch of bus events
+/// (one entry per (event, large subscription)) and waits before the next
+/// once a shard is more than [`MAX_WALKS_BEHIND`] walks behind
+/// ([`WriteShards::room`]); the bus's bounded queue then holds what comes.
+/// The tasks stop when the `WriteShards` is dropped (its owner is the
+/// node's dispatcher), and what they were handed is written then.
 pub struct WriteShards {
     shards: Box<[Arc<Shard>]>,
+    /// Woken when a shard finished walks ([`WriteShards::room`]).
+    room: Arc<tokio::sync::Notify>,
 }
 
 type List = Arc<[Arc<dyn ShardWork>]>;
 
+/// The dispatcher waits before it hands more once a shard is this many
+/// walks (events × subscriptions) behind: the bus's bounded queue then
+/// takes the backlog, with its documented policy.
+const MAX_WALKS_BEHIND: usize = 1024;
+
+/// A write shard walks at most this many (events × subscriptions) at once,
+/// unless one list of the dispatcher's holds more: the most the dispatcher
+/// takes from the bus in one batch.
+const WALKS_PER_WRITE: usize = 64;
+
 struct Shard {
-    /// Which shard this is, of how many.
-    index: usize,
-    of: usize,
-    work: Mutex<Vec<List>>,
-    /// Lists handed over and not yet done (see [`WriteShards::is_idle`]).
+    /// The parts of the sessions this shard walks.
+    parts: Vec<usize>,
+    work: Mutex<std::collections::VecDeque<List>>,
+    /// Walks handed over and not yet done (see [`WriteShards::is_idle`]).
     busy: std::sync::atomic::AtomicUsize,
     wake: tokio::sync::Notify,
     stopped: std::sync::atomic::AtomicBool,
@@ -211,45 +222,101 @@ struct Shard {
 impl Shard {
     /// Adds `list` to the shard's lists and wakes it.
     fn take(&self, list: List) {
-        self.busy.fetch_add(1, Ordering::AcqRel);
-        self.work.lock().unwrap_or_else(|e| e.into_inner()).push(list);
+        self.busy.fetch_add(list.len(), Ordering::AcqRel);
+        self.work.lock().unwrap_or_else(|e| e.into_inner()).push_back(list);
         self.wake.notify_one();
     }
 
-    async fn run(&self) {
-        let mut taken = Vec::new();
+    async fn run(&self, room: &tokio::sync::Notify) {
         let mut out = Walked { direct: false, later: Vec::new() };
+        let mut walking = Vec::new();
         loop {
             self.wake.notified().await;
             if self.stopped.load(Ordering::Acquire) {
                 return;
             }
-            std::mem::swap(&mut *self.work.lock().unwrap_or_else(|e| e.into_inner()), &mut taken);
-            let lists = taken.len();
-            self.walk(&mut taken, &mut out);
-            // Release: what the walks wrote is done before a dispatcher
-            // that sees the shard idle writes on its own.
-            self.busy.fetch_sub(lists, Ordering::Release);
+            let mut slot = 0;
+            // No yield between parts: it made the walk's cost depend on
+            // what else ran (docs/benchmarks.md, step 14).
+            while self.step(&mut slot, &mut walking, &mut out, room).is_some() {}
         }
     }
 
-    /// Walks `lists` in order, leaving it empty. After each list (a batch
-    /// of the dispatcher's) the sessions whose frames were queued are
-    /// written: a session's queue holds at most one batch's events, as
-    /// when the dispatcher writes them, however far behind the shard is.
-    fn walk(&self, lists: &mut Vec<List>, out: &mut Walked) {
-        for list in lists.drain(..) {
-            out.direct = list.len() == 1;
-            for work in list.iter() {
-                work.walk(self.index, self.of, out);
-            }
-            for wire in out.later.drain(..) {
-                wire.flush();
+    /// Walks what was handed over to the end, without yielding (when the
+    /// shards stop).
+    fn walk_all(&self, room: &tokio::sync::Notify) {
+        let (mut slot, mut walking) = (0, Vec::new());
+        let mut out = Walked { direct: false, later: Vec::new() };
+        while self.step(&mut slot, &mut walking, &mut out, room).is_some() {}
+    }
+
+    /// Walks one part of the sessions (the one at `slot` of this shard's)
+    /// for everything handed over, and writes the sessions it queued
+    /// frames for; how many sessions it walked, `None` when there was
+    /// nothing to walk. What is handed
+    /// over meanwhile joins at the next part: a session not reached yet
+    /// gets the newer events in the same write, the parts already walked
+    /// get them when the walk comes round to them again. A session's
+    /// events stay in order: walks join in the order they were handed over
+    /// and each part is walked for all of them in that order.
+    fn step(&self, slot: &mut usize, walking: &mut Vec<(Arc<dyn ShardWork>, usize)>, out: &mut Walked, room: &tokio::sync::Notify) -> Option<usize> {
+        {
+            // Lists join whole, while the walks stay within one batch's
+            // worth: a session's queue then holds no more events from a
+            // shard than from the dispatcher's own writes.
+            let mut lists = self.work.lock().unwrap_or_else(|e| e.into_inner());
+            while let Some(list) = lists.front().filter(|l| walking.is_empty() || walking.len() + l.len() <= WALKS_PER_WRITE) {
+                walking.extend(list.iter().map(|w| (w.clone(), *slot)));
+                lists.pop_front();
             }
         }
-        if out.later.capacity() > 4096 {
-            // A burst is over: give its memory back.
-            out.later = Vec::new();
+        if walking.is_empty() {
+            if out.later.capacity() > 4096 {
+                // A burst is over: give its memory back.
+                out.later = Vec::new();
+            }
+            return None;
+        }
+        let Some(&part) = self.parts.get(*slot) else {
+            // More shards than parts: nothing is this shard's.
+            self.done(walking.len(), room);
+            walking.clear();
+            return Some(0);
+        };
+        out.direct = walking.len() == 1;
+        let mut walked = 0;
+        for (work, _) in walking.iter() {
+            walked += work.walk_part(part, out);
+        }
+        out.write_later();
+        *slot = (*slot + 1) % self.parts.len();
+        // A walk that started at this slot has been round every part.
+        let before = walking.len();
+        walking.retain(|(_, start)| *start != *slot);
+        self.done(before - walking.len(), room);
+        Some(walked)
+    }
+
+    fn done(&self, walks: usize, room: &tokio::sync::Notify) {
+        if walks > 0 {
+            // Release: what the walks wrote is done before a dispatcher
+            // that sees the shard idle writes on its own.
+            let was = self.busy.fetch_sub(walks, Ordering::Release);
+            let now = was - walks;
+            // Waiters wait for an idle shard or one within the limit: woken
+            // only when that changes, not per walk.
+            if now == 0 || (was > MAX_WALKS_BEHIND && now <= MAX_WALKS_BEHIND) {
+                room.notify_waiters();
+            }
+        }
+    }
+}
+
+impl Walked {
+    /// Writes the sessions whose frames were queued.
+    fn write_later(&mut self) {
+        for wire in self.later.drain(..) {
+            wire.flush();
         }
     }
 }
@@ -261,28 +328,52 @@ impl WriteShards {
         let shards: Box<[Arc<Shard>]> = (0..workers)
             .map(|index| {
                 Arc::new(Shard {
-                    index,
-                    of: workers,
-                    work: Mutex::new(Vec::new()),
+                    parts: (index..PARTS).step_by(workers).collect(),
+                    work: Mutex::new(Default::default()),
                     busy: Default::default(),
                     wake: tokio::sync::Notify::new(),
                     stopped: Default::default(),
                 })
             })
             .collect();
-        for shard in shards.iter() {
-            let shard = shard.clone();
-            tokio::spawn(async move { shard.run().await });
+        let shards = Arc::new(WriteShards { shards, room: Arc::new(tokio::sync::Notify::new()) });
+        for shard in shards.shards.iter() {
+            let (shard, room) = (shard.clone(), shards.room.clone());
+            tokio::spawn(async move { shard.run(&room).await });
         }
-        Arc::new(WriteShards { shards })
+        shards
     }
 
-    /// Whether every list handed over was walked (the dispatcher writes
+    /// Whether every walk handed over was done (the dispatcher writes
     /// small fan-outs itself only then; the instruction benchmark waits
     /// for it after each batch, so that it measures one write per
     /// delivery, as the ceiling program does).
     pub fn is_idle(&self) -> bool {
         self.shards.iter().all(|s| s.busy.load(Ordering::Acquire) == 0)
+    }
+
+    /// Resolves once no shard is more than [`MAX_WALKS_BEHIND`] walks
+    /// behind (the dispatcher waits for it before its next batch).
+    pub async fn room(&self) {
+        self.until_behind(MAX_WALKS_BEHIND).await
+    }
+
+    /// Resolves once every walk handed over is done (the instruction
+    /// benchmark waits for it after each batch, without spinning).
+    pub async fn idle(&self) {
+        self.until_behind(0).await
+    }
+
+    async fn until_behind(&self, walks: usize) {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.shards.iter().all(|s| s.busy.load(Ordering::Acquire) <= walks) {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -293,8 +384,7 @@ impl Drop for WriteShards {
             shard.wake.notify_one();
             // What was handed over is still written: the frames were
             // accepted.
-            let mut lists = std::mem::take(&mut *shard.work.lock().unwrap_or_else(|e| e.into_inner()));
-            shard.walk(&mut lists, &mut Walked { direct: false, later: Vec::new() });
+            shard.walk_all(&self.room);
         }
     }
 }
@@ -521,17 +611,21 @@ mod tests {
     struct Sessions {
         outboxes: Vec<(u64, Arc<Outbox>)>,
         frame: SharedFrame,
-        walked: std::sync::Mutex<Vec<(usize, u64)>>,
+        /// The parts walked.
+        walked: std::sync::Mutex<Vec<usize>>,
     }
 
     impl ShardWork for Sessions {
-        fn walk(&self, shard: usize, of: usize, out: &mut Walked) {
+        fn walk_part(&self, part: usize, out: &mut Walked) -> usize {
+            self.walked.lock().unwrap().push(part);
+            let mut n = 0;
             for (id, outbox) in &self.outboxes {
-                if part_of(*id) % of == shard {
-                    self.walked.lock().unwrap().push((shard, *id));
+                if part_of(*id) == part {
                     outbox.push_walked::<false>(&self.frame, out).unwrap();
+                    n += 1;
                 }
             }
+            n
         }
     }
 
@@ -568,9 +662,8 @@ mod tests {
         }
         for walk in &walks {
             let mut walked = walk.walked.lock().unwrap().clone();
-            walked.sort_by_key(|(_, id)| *id);
-            assert_eq!(walked.len(), sessions, "each session walked once per event");
-            assert!(walked.iter().all(|(shard, id)| part_of(*id) % 2 == *shard), "a session's part decides its shard");
+            walked.sort_unstable();
+            assert_eq!(walked, (0..PARTS).collect::<Vec<_>>(), "each part walked once per event");
         }
         while !shards.is_idle() {
             tokio::task::yield_now().await;

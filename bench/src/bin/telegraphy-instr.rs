@@ -301,10 +301,7 @@ async fn fanout_gateway(subscribers: usize, ser: Serialization, events: u64, bat
             // The writers of this batch finish before the next one: every
             // delivery is its own write, as in the ceiling program (nothing
             // piles up behind a shard that has not run yet).
-            tokio::task::yield_now().await;
-            while !shards.is_idle() {
-                tokio::task::yield_now().await;
-            }
+            shards.idle().await;
         }
     }
     while handles.iter().any(|h| h.outbox.is_backed_up()) {
