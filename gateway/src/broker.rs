@@ -906,21 +906,30 @@ mod tests {
         assert_eq!(dispatch(&f.broker, &event("shop.nothing")), 0);
     }
 
-    #[tokio::test]
-    async fn filters_exclusion_and_partial_rights_are_applied_per_session() {
-        let f = Fixture::new().await;
-        let (a, _ca) = f.session(1, Serialization::Json, ("alice", "user")).await;
-        let (b, _cb) = f.session(2, Serialization::Json, ("bob", "staff")).await;
-        let (c, _cc) = f.session(3, Serialization::Json, ("carol", "user")).await;
-        f.broker.subscribe(&a, MatchPolicy::Prefix, "news", None, false);
-        f.broker.subscribe(&b, MatchPolicy::Prefix, "news", None, false);
-        // Carol may read news.public only: the prefix subscription is checked per event.
+    /// Subscribes to prefix `news`: alice (1, role user), bob (2, role
+    /// staff, serializer `bob`) and carol (3, role user), who may read
+    /// `news.public.*` only (the subscription is checked per event).
+    async fn news_readers(f: &Fixture, bob: Serialization) -> Vec<(Arc<SessionHandle>, TcpStream)> {
+        let readers = vec![
+            f.session(1, Serialization::Json, ("alice", "user")).await,
+            f.session(2, bob, ("bob", "staff")).await,
+            f.session(3, Serialization::Json, ("carol", "user")).await,
+        ];
         let partial = Permissions::new(
             crate::authz::Actions { subscribe: PatternSet::parse(&["news.public.*"]).unwrap(), ..Default::default() },
             crate::authz::Actions::default(),
             false,
         );
-        f.broker.subscribe(&c, MatchPolicy::Prefix, "news", Some(Arc::new(partial)), false);
+        for ((session, _), check) in readers.iter().zip([None, None, Some(Arc::new(partial))]) {
+            f.broker.subscribe(session, MatchPolicy::Prefix, "news", check, false);
+        }
+        readers
+    }
+
+    #[tokio::test]
+    async fn filters_exclusion_and_partial_rights_are_applied_per_session() {
+        let f = Fixture::new().await;
+        let _readers = news_readers(&f, Serialization::Json).await;
         assert_eq!(dispatch(&f.broker, &event("news.public.1")), 3);
         assert_eq!(dispatch(&f.broker, &event("news.secret.1")), 2);
         let mut e = event("news.public.2");
@@ -1037,17 +1046,7 @@ mod tests {
     async fn the_write_shards_apply_filters_exclusion_and_partial_rights() {
         let f = Fixture::new().await;
         let crowd = crowd(&f, "news", crate::outbox::DIRECT_WRITE_MAX as u64).await;
-        let (a, _ca) = f.session(1, Serialization::Json, ("alice", "user")).await;
-        let (b, _cb) = f.session(2, Serialization::Msgpack, ("bob", "staff")).await;
-        let (c, _cc) = f.session(3, Serialization::Json, ("carol", "user")).await;
-        f.broker.subscribe(&a, MatchPolicy::Prefix, "news", None, false);
-        f.broker.subscribe(&b, MatchPolicy::Prefix, "news", None, false);
-        let partial = Permissions::new(
-            crate::authz::Actions { subscribe: PatternSet::parse(&["news.public.*"]).unwrap(), ..Default::default() },
-            crate::authz::Actions::default(),
-            false,
-        );
-        f.broker.subscribe(&c, MatchPolicy::Prefix, "news", Some(Arc::new(partial)), false);
+        let _readers = news_readers(&f, Serialization::Msgpack).await;
         let shards = crate::outbox::WriteShards::start();
         let mut flush = Flush::with_shards(shards.clone());
         let crowd = crowd.len() as u64;

@@ -345,9 +345,7 @@ impl WriteShards {
     }
 
     /// Whether every walk handed over was done (the dispatcher writes
-    /// small fan-outs itself only then; the instruction benchmark waits
-    /// for it after each batch, so that it measures one write per
-    /// delivery, as the ceiling program does).
+    /// small fan-outs itself only then).
     pub fn is_idle(&self) -> bool {
         self.shards.iter().all(|s| s.busy.load(Ordering::Acquire) == 0)
     }
