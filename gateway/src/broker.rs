@@ -495,6 +495,8 @@ impl Broker {
         let mut delivered = 0;
         let publisher = event.publisher.as_ref();
         let excluded_self = publisher.filter(|p| p.exclude_me && p.node == self.node_id).map(|p| p.session);
+        let open = event.filter.is_open();
+        let target = Target { topic, filter: &event.filter, open, excluded_self, position: event.position };
         // What the shards need of the event, made once if any goes there.
         let mut shared: Option<Arc<Shared>> = None;
         for sub in matched {
@@ -506,8 +508,8 @@ impl Broker {
                 let shared = shared.get_or_insert_with(|| {
                     Arc::new(Shared {
                         topic: event.topic.clone(),
-                        filter: if event.filter.is_open() { Default::default() } else { event.filter.clone() },
-                        open: event.filter.is_open(),
+                        filter: if open { Default::default() } else { event.filter.clone() },
+                        open,
                         excluded_self,
                         position: event.position,
                         metrics: self.metrics.clone(),
@@ -517,7 +519,6 @@ impl Broker {
                 delivered += fanout;
                 continue;
             }
-            let target = Target { topic, filter: &event.filter, open: event.filter.is_open(), excluded_self, position: event.position };
             let mut sent = Sent::default();
             for (sid, subscriber) in &subscribers.by_session {
                 if let Some(frame) = target.frame(*sid, subscriber, &frames) {
