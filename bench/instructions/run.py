@@ -59,14 +59,14 @@ def fanout(kind, subscribers, ser, sizes):
 
 
 PATHS = [
-    fanout("gateway", 1000, "json", (10, 30)),
-    fanout("ceiling", 1000, "json", (10, 30)),
-    fanout("gateway", 1000, "msgpack", (10, 30)),
-    fanout("ceiling", 1000, "msgpack", (10, 30)),
-    fanout("gateway", 10000, "json", (2, 7)),
-    fanout("ceiling", 10000, "json", (2, 7)),
-    fanout("gateway", 10000, "msgpack", (2, 7)),
-    fanout("ceiling", 10000, "msgpack", (2, 7)),
+    fanout("gateway", 1000, "json", (10, 50)),
+    fanout("ceiling", 1000, "json", (10, 50)),
+    fanout("gateway", 1000, "msgpack", (10, 50)),
+    fanout("ceiling", 1000, "msgpack", (10, 50)),
+    fanout("gateway", 10000, "json", (2, 12)),
+    fanout("ceiling", 10000, "json", (2, 12)),
+    fanout("gateway", 10000, "msgpack", (2, 12)),
+    fanout("ceiling", 10000, "msgpack", (2, 12)),
     # Small fan-outs (<= 128 local sessions) are written once per session per
     # dispatcher batch: 100 subscribers, 16 events per batch.
     path(
@@ -139,9 +139,9 @@ def main() -> int:
         runs = [measure(args.bin, p) for _ in range(args.repeat)]
         base = baseline.get(p["name"])
         if len(runs) < 3 and base and sorted(runs)[len(runs) // 2] > base * (1 + TOLERANCE):
-            # Over budget: measured again before it fails. The write
-            # shards' scheduling moves a fan-out's count by up to ~2%
-            # between runs; a real slowdown stays over in all three.
+            # Over budget: measured again before it fails (the runs of a
+            # path differ by under 1%; a real slowdown stays over in all
+            # three).
             runs += [measure(args.bin, p) for _ in range(3 - len(runs))]
         figures[p["name"]] = sorted(runs)[len(runs) // 2]
         spreads[p["name"]] = (max(runs) - min(runs)) / min(runs) if min(runs) > 0 else 0.0

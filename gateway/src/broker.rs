@@ -102,7 +102,10 @@ struct Subscribers {
     /// `Vec` (a `HashMap` scans its control bytes). Its entries are kept
     /// grouped by part ([`part_of`]): part `p` is at
     /// `ends[p - 1]..ends[p]`, so a write shard walks only its own.
-    by_session: indexmap::IndexMap<Id, Subscriber, foldhash::fast::RandomState>,
+    /// Hashed with a fixed seed: the keys are the node's own random
+    /// session ids, which no client chooses, and the same ids then cost
+    /// the same instructions in every run (the instruction budgets).
+    by_session: indexmap::IndexMap<Id, Subscriber, foldhash::fast::FixedState>,
     ends: [u32; PARTS],
     /// How many subscribers use each serializer (its frame is encoded
     /// only when some do).
