@@ -522,12 +522,25 @@ impl Broker {
                 delivered += fanout;
                 continue;
             }
-            let mut sent = Sent::default();
-            for (sid, subscriber) in &subscribers.by_session {
-                if let Some(frame) = target.frame(*sid, subscriber, &frames) {
-                    sent.count(subscriber.session.outbox.push_event(frame, fanout, flush).is_ok(), subscriber.session.serialization);
+            let sent = match uniform(&frames, &subscribers, open, excluded_self) {
+                // Nothing to check per session: only failures are counted.
+                Some(frame) => {
+                    let mut failed = 0;
+                    for subscriber in subscribers.by_session.values() {
+                        failed += u64::from(subscriber.session.outbox.push_event(frame, fanout, flush).is_err());
+                    }
+                    Sent::uniform(fanout, failed, &frames)
                 }
-            }
+                None => {
+                    let mut sent = Sent::default();
+                    for (sid, subscriber) in &subscribers.by_session {
+                        if let Some(frame) = target.frame(*sid, subscriber, &frames) {
+                            sent.count(subscriber.session.outbox.push_event(frame, fanout, flush).is_ok(), subscriber.session.serialization);
+                        }
+                    }
+                    sent
+                }
+            };
             drop(subscribers);
             delivered += sent.record(&self.metrics, &frames);
         }
@@ -555,6 +568,18 @@ fn encode(sub: &Subscription, event: &Envelope, per_serializer: [u32; 2]) -> Opt
         }
     }
     (frames[0].is_some() || frames[1].is_some()).then_some(frames)
+}
+
+/// The frame every subscriber of a subscription gets, when nothing is
+/// checked per session (the usual case): one serializer in use, no
+/// partial rights or replay, a filter that admits everyone, and no
+/// publisher excluding itself. The fan-out loops then only write.
+#[inline(always)]
+fn uniform<'f>(frames: &'f [Option<SharedFrame>; 2], subscribers: &Subscribers, open: bool, excluded_self: Option<Id>) -> Option<&'f SharedFrame> {
+    match frames {
+        [Some(frame), None] | [None, Some(frame)] if subscribers.special == 0 && open && excluded_self.is_none() => Some(frame),
+        _ => None,
+    }
 }
 
 /// What decides whether a subscriber gets an event, and holds it back
@@ -612,6 +637,14 @@ impl Sent {
         self.second += ok & s.index() as u64;
     }
 
+    /// `walked` sessions sent the one frame in `frames`, `failed` of
+    /// them refused it ([`uniform`]).
+    #[inline(always)]
+    fn uniform(walked: usize, failed: u64, frames: &[Option<SharedFrame>; 2]) -> Sent {
+        let all = walked as u64 - failed;
+        Sent { all, second: all * u64::from(frames[1].is_some()) }
+    }
+
     /// Adds what was sent to the metrics; returns how many frames.
     fn record(&self, metrics: &Metrics, frames: &[Option<SharedFrame>; 2]) -> usize {
         if self.all == 0 {
@@ -658,10 +691,9 @@ impl ShardWork for Walk {
             return 0;
         }
         let walked = part.len();
-        let sent = match &self.frames {
-            // The usual case: one serializer, and nothing to check per
-            // session. Only failures are counted in the loop.
-            [Some(frame), None] | [None, Some(frame)] if subscribers.special == 0 && e.open && e.excluded_self.is_none() => {
+        let sent = match uniform(&self.frames, &subscribers, e.open, e.excluded_self) {
+            // Nothing to check per session: only failures are counted.
+            Some(frame) => {
                 let mut failed = 0;
                 if out.direct {
                     for subscriber in part.values() {
@@ -672,10 +704,9 @@ impl ShardWork for Walk {
                         failed += u64::from(subscriber.session.outbox.push_walked::<false>(frame, out).is_err());
                     }
                 }
-                let all = part.len() as u64 - failed;
-                Sent { all, second: all * u64::from(self.frames[1].is_some()) }
+                Sent::uniform(walked, failed, &self.frames)
             }
-            _ => {
+            None => {
                 let target = Target { topic: &e.topic, filter: &e.filter, open: e.open, excluded_self: e.excluded_self, position: e.position };
                 let mut sent = Sent::default();
                 for (sid, subscriber) in part {

@@ -209,6 +209,10 @@ const MAX_WALKS_BEHIND: usize = 1024;
 /// takes from the bus in one batch.
 const WALKS_PER_WRITE: usize = 64;
 
+/// A write shard yields to the runtime after walking about this many
+/// sessions (a walk of 10,000 sessions yields about ten times).
+const SESSIONS_PER_YIELD: usize = 1024;
+
 struct Shard {
     /// The parts of the sessions this shard walks.
     parts: Vec<usize>,
@@ -235,10 +239,18 @@ impl Shard {
             if self.stopped.load(Ordering::Acquire) {
                 return;
             }
-            let mut slot = 0;
-            // No yield between parts: it made the walk's cost depend on
-            // what else ran (docs/benchmarks.md, step 14).
-            while self.step(&mut slot, &mut walking, &mut out, room).is_some() {}
+            let (mut slot, mut since_yield) = (0, 0);
+            while let Some(walked) = self.step(&mut slot, &mut walking, &mut out, room) {
+                // A long walk lets the dispatcher (and the IO driver that
+                // feeds it) run every so often: what the bus brought
+                // meanwhile then joins this walk at its next part instead
+                // of waiting for the walk's end.
+                since_yield += walked;
+                if since_yield >= SESSIONS_PER_YIELD {
+                    since_yield = 0;
+                    tokio::task::yield_now().await;
+                }
+            }
         }
     }
 
@@ -581,6 +593,7 @@ impl Outbox {
 mod tests {
     use super::*;
     use crate::wire::data_frame;
+    use std::sync::atomic::AtomicBool;
     use std::time::Duration;
     use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpStream};
@@ -667,6 +680,40 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(!flush.goes_to_shards(1), "with the shards idle a small fan-out is written by the dispatcher");
+    }
+
+    /// A walk of `sessions` sessions per part that writes nothing and
+    /// notes, per part, whether `other` had run by then.
+    struct Long {
+        sessions: usize,
+        other: Arc<AtomicBool>,
+        seen: Mutex<Vec<bool>>,
+    }
+
+    impl ShardWork for Long {
+        fn walk_part(&self, _part: usize, _out: &mut Walked) -> usize {
+            self.seen.lock().unwrap().push(self.other.load(Ordering::Relaxed));
+            self.sessions
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_long_walk_lets_other_tasks_on_its_worker_run() {
+        // One worker: the shard and the other task share it, as a
+        // connection task (pings, a health check) shares a busy shard's.
+        let shards = WriteShards::start();
+        let other = Arc::new(AtomicBool::new(false));
+        let walk = Arc::new(Long { sessions: 1000, other: other.clone(), seen: Mutex::new(Vec::new()) });
+        let mut flush = Flush::with_shards(shards.clone());
+        flush.hand(walk.clone());
+        flush.run();
+        let ran = other.clone();
+        tokio::spawn(async move { ran.store(true, Ordering::Relaxed) });
+        shards.idle().await;
+        let seen = walk.seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), PARTS, "every part walked once");
+        assert!(!seen[0], "the walk started before the other task");
+        assert!(seen.contains(&true), "the other task ran only after a walk of {} sessions: {seen:?}", PARTS * 1000);
     }
 
     #[tokio::test]
