@@ -8,7 +8,7 @@
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { InvalidInput, Publisher, mintToken } from "@telegraphy/server";
+import { InvalidInput, Publisher, Unauthorized, mintToken } from "@telegraphy/server";
 import { patternMatches, registryPatterns } from "../src/transports/redis.js";
 import { SECRET, startGateway, subscriber, unique } from "../testing/gateway.js";
 import { serveBrokers } from "../testing/brokers.js";
@@ -53,6 +53,39 @@ test("redis+cluster: a prefix subscriber gets what the Node publisher sends to t
     await bob.close();
     await pub.close();
     await gw.stop();
+  }
+});
+
+test("redis+sentinel: Sentinels with a password get the URL's, Sentinels without one are asked again without it", async () => {
+  const url = brokers.sentinel_password;
+  assert.match(url, /:s3cret-pw@/);
+  const prefix = `${unique("tg-node-spw")}:`;
+  const gw = await startGateway({ bus: url, keyPrefix: prefix });
+  const token = await mintToken({ subject: "bob", role: "user", subscribe: ["com.example.*"], ttlSeconds: 120, secret: SECRET });
+  const bob = await subscriber(gw.wsUrl, token);
+  const pub = new Publisher({ bus: url, redisKeyPrefix: prefix });
+  try {
+    const topic = `com.example.${unique("s").replace(/-/g, "")}`;
+    const inbox = await bob.listen(topic);
+    await pub.publish(topic, ["through a guarded Sentinel"], {}, { requireSubscriber: true });
+    assert.deepEqual((await inbox.next()).args, ["through a guarded Sentinel"]);
+    const wrong = new Publisher({ bus: url.replace("s3cret-pw", "wrong"), redisKeyPrefix: prefix, timeoutMs: 2000 });
+    await assert.rejects(wrong.publish(topic, ["never"]), (e) => e instanceof Unauthorized && /Sentinels .* refused the credentials/.test(e.message));
+    await wrong.close();
+  } finally {
+    await bob.close();
+    await pub.close();
+    await gw.stop();
+  }
+  // A password the Sentinel does not have: it is asked again without it and
+  // names the primary, which has none either and refuses it by name (not
+  // "the Sentinels refused").
+  const spare = new Publisher({ bus: withCredentials(brokers.sentinel, ":not-the-sentinels"), redisKeyPrefix: keyPrefix, timeoutMs: 2000 });
+  try {
+    await assert.rejects(spare.publish(`com.example.${unique("n").replace(/-/g, "")}`, ["never"]),
+      (e) => e instanceof Unauthorized && /^Redis at .* refused the credentials: .*without any password configured/.test(e.message));
+  } finally {
+    await spare.close();
   }
 });
 

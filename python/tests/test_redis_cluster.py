@@ -12,7 +12,7 @@ import tempfile
 import pytest
 
 from telegraphy import Publisher
-from telegraphy.errors import InvalidInput, NoSubscriber
+from telegraphy.errors import InvalidInput, NoSubscriber, Unauthorized
 from telegraphy.tokens import mint
 from telegraphy.transports import split_hosts
 from tests.support.gateway import SECRET, Gateway
@@ -50,6 +50,18 @@ def cluster(workdir):
 @pytest.fixture(scope="module")
 def sentinels(workdir):
     s = RedisSentinels(workdir, count=1)
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def sentinels_with_password(workdir):
+    """The primary, its replica and the Sentinel all require a password,
+    as the common Helm charts set them up."""
+    s = RedisSentinels(workdir, name="guarded", count=1, password="s3cret-pw")
     try:
         s.start()
         yield s
@@ -124,3 +136,24 @@ def test_django_publishes_through_sentinel(settings, wamp, sentinels):
         roundtrip(settings, wamp, gw, settings_for(gw, BUS=sentinels.url(), REDIS_KEY_PREFIX="pysentinel:"))
     finally:
         gw.stop()
+
+
+def test_sentinels_with_a_password_get_the_urls_credentials(settings, wamp, sentinels_with_password):
+    url = sentinels_with_password.url()
+    assert ":s3cret-pw@" in url
+    gw = Gateway('[redis]\nkey_prefix = "pysentinelpw:"\n', env={"TELEGRAPHY_BUS": url})
+    try:
+        roundtrip(settings, wamp, gw, settings_for(gw, BUS=url, REDIS_KEY_PREFIX="pysentinelpw:"))
+    finally:
+        gw.stop()
+    wrong = Publisher(bus=url.replace("s3cret-pw", "wrong"), redis_key_prefix="pysentinelpw:")
+    with pytest.raises(Unauthorized, match="refused the credentials"):
+        wrong.publish("tests.sentinel.pw", ["never"])
+
+
+def test_sentinels_without_a_password_are_asked_again_without_the_urls(sentinels):
+    # The URL carries a password this Sentinel does not have (it has none and
+    # refuses one): it is asked again without it, and the primary (which
+    # redis-py lets through a password it does not need) takes the event.
+    url = sentinels.url().replace("redis+sentinel://", "redis+sentinel://:only-the-primary-might-have-one@")
+    assert Publisher(bus=url, redis_key_prefix="pysentinel:").publish("tests.sentinel.nopw", ["kept"]) > 0

@@ -50,14 +50,18 @@ def main() -> int:
 def serve_redis_clusters(d: Path) -> int:
     cluster = RedisCluster(d, primaries=3, replicas=0)
     sentinels = RedisSentinels(d, count=1)
+    # The primary, its replica and the Sentinel all require this password.
+    guarded = RedisSentinels(d, name="guarded", count=1, password="s3cret-pw")
     try:
         cluster.start()
         sentinels.start()
-        print(json.dumps({"cluster": cluster.url(), "sentinel": sentinels.url()}), flush=True)
+        guarded.start()
+        print(json.dumps({"cluster": cluster.url(), "sentinel": sentinels.url(), "sentinel_password": guarded.url()}), flush=True)
         sys.stdin.read()
     finally:
         cluster.stop()
         sentinels.stop()
+        guarded.stop()
         procs.cleanup_all()
     return 0
 

@@ -106,28 +106,57 @@ export class RedisTransport {
     };
   }
 
-  /** Sentinel: the primary's URL, from the first Sentinel that knows it. */
+  /**
+   * Sentinel: the primary's URL, from the first Sentinel that knows it.
+   * Each Sentinel is given the URL's user and password (the common Helm
+   * charts set the primary's password on the Sentinels too), and asked
+   * again without them when it refuses them (it has none), as the gateway
+   * does. Refused both ways by every Sentinel: `Unauthorized`.
+   */
   async primaryUrl(redis) {
     const errors = [];
-    for (const h of this.hosts) {
-      const url = `${this.nodeScheme}${h}`;
+    let refused = null;
+    let others = false;
+    const ask = async (url) => {
       const client = redis.createClient({ url, socket: this.socketOptions(url), disableOfflineQueue: true });
       client.on("error", () => {});
       try {
         await withTimeout(client.connect(), this.timeoutMs, () => new Error(`no connection within ${this.timeoutMs} ms`));
-        const addr = await withTimeout(client.sendCommand(["SENTINEL", "get-master-addr-by-name", this.primaryName]), this.timeoutMs,
+        return await withTimeout(client.sendCommand(["SENTINEL", "get-master-addr-by-name", this.primaryName]), this.timeoutMs,
           () => new Error(`no answer within ${this.timeoutMs} ms`));
-        if (Array.isArray(addr) && addr.length === 2) {
-          const host = String(addr[0]).includes(":") ? `[${addr[0]}]` : String(addr[0]);
-          return `${this.nodeScheme}${this.userinfo}${host}:${addr[1]}/${this.db}`;
-        }
-        errors.push(`${h}: no primary named \`${this.primaryName}\``);
-      } catch (e) {
-        errors.push(`${h}: ${e?.message ?? e}`);
       } finally {
         closeQuietly(client);
       }
+    };
+    for (const h of this.hosts) {
+      const tries = this.userinfo ? [`${this.nodeScheme}${this.userinfo}${h}`, `${this.nodeScheme}${h}`] : [`${this.nodeScheme}${h}`];
+      for (const url of tries) {
+        try {
+          const addr = await ask(url);
+          if (Array.isArray(addr) && addr.length === 2) {
+            const host = String(addr[0]).includes(":") ? `[${addr[0]}]` : String(addr[0]);
+            return `${this.nodeScheme}${this.userinfo}${host}:${addr[1]}/${this.db}`;
+          }
+          errors.push(`${h}: no primary named \`${this.primaryName}\``);
+          others = true;
+          break;
+        } catch (e) {
+          const message = e?.message ?? String(e);
+          if (AUTH_REPLY.test(message)) {
+            refused = message;
+            continue;
+          }
+          errors.push(`${h}: ${message}`);
+          others = true;
+          break;
+        }
+      }
     }
+    if (refused && !others) {
+      throw new Unauthorized(`the Redis Sentinels of ${redact(this.url)} refused the credentials, with and without them: ${refused} ` +
+        "(the bus URL's user and password are given to the Sentinels and to the primary)");
+    }
+    if (refused) errors.push(`credentials refused: ${refused}`);
     throw new Unavailable(`no Sentinel of ${redact(this.url)} named the primary: ${errors.join("; ")}`);
   }
 

@@ -179,6 +179,15 @@ TLS_HINT = ("its certificate must be signed by a CA this client trusts (the syst
             "TELEGRAPHY_BUS_TLS__CA_FILE) and name the URL's host")
 
 
+def _refused_credentials(e: Exception) -> bool:
+    """Whether Redis (or a Sentinel) refused the credentials it was given,
+    or asked for some."""
+    import redis
+
+    text = str(e)
+    return isinstance(e, redis.AuthenticationError) or text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")) or "password" in text
+
+
 def _is_certificate_error(e: BaseException) -> bool:
     import ssl
 
@@ -302,9 +311,47 @@ class RedisTransport:
             except ValueError:
                 raise InvalidInput(f"bus `{redact(self.url)}`: `{path[1]}` is not a database number") from None
             tls = self._tls_options()
-            sentinels = Sentinel([_host_port(h, 26379) for h in hosts], sentinel_kwargs={**timeouts, **tls}, **timeouts, **tls)
+            addresses = [_host_port(h, 26379) for h in hosts]
+            auth = self._sentinel_auth(addresses, creds, {**timeouts, **tls})
+            sentinels = Sentinel(addresses, sentinel_kwargs={**timeouts, **tls, **auth}, **timeouts, **tls)
             return sentinels.master_for(path[0], db=db, **creds)
         raise InvalidInput(f"bus `{redact(self.url)}` is not a Redis URL")
+
+    def _sentinel_auth(self, addresses: list, creds: dict, options: dict) -> dict:
+        """The credentials the Sentinels get, as the gateway gives them: the
+        URL's user and password (the common Helm charts set the primary's
+        password on the Sentinels too), or none for Sentinels that refuse
+        them (they have no password). Refused both ways by every Sentinel
+        that answered: `Unauthorized`. None reachable: the URL's, and the
+        publish reports the outage."""
+        import redis
+
+        given = {k: v for k, v in creds.items() if v}
+        if not given:
+            return {}
+        refused, other = None, False
+        for host, port in addresses:
+            for auth in (given, {}):
+                probe = redis.Redis(host=host, port=port, **auth, **options)
+                try:
+                    probe.ping()
+                    return auth
+                except (redis.AuthenticationError, redis.ResponseError) as e:
+                    if not _refused_credentials(e):
+                        other = True
+                        break
+                    refused = e
+                except (redis.ConnectionError, redis.TimeoutError, OSError):
+                    other = True
+                    break
+                finally:
+                    probe.close()
+        if refused is not None and not other:
+            raise Unauthorized(
+                f"the Redis Sentinels of {redact(self.url)} refused the credentials, with and without them: {refused} "
+                f"(the bus URL's user and password are given to the Sentinels and to the primary)"
+            )
+        return given
 
     def _connection(self):
         with self._lock:
