@@ -246,10 +246,6 @@ class ReadyPoller(threading.Thread):
         self.gw = gw
         self.interval = interval
         self.samples: list[tuple[float, float, int | None]] = []
-        # The samples' start and end times, for bisecting (a sample starts
-        # and ends after the one before it); appended before `samples`.
-        self._starts: list[float] = []
-        self._ends: list[float] = []
         self._halt = threading.Event()
         self._conn: http.client.HTTPConnection | None = None
 
@@ -271,10 +267,7 @@ class ReadyPoller(threading.Thread):
         while not self._halt.is_set():
             ts = time.monotonic()
             status = self._poll_once()
-            te = time.monotonic()
-            self._starts.append(ts)
-            self._ends.append(te)
-            self.samples.append((ts, te, status))
+            self.samples.append((ts, time.monotonic(), status))
             self._halt.wait(self.interval)
 
     def stop(self) -> None:
@@ -293,12 +286,14 @@ class ReadyPoller(threading.Thread):
         # Bisected, not scanned: a verdict asks this for every acknowledged
         # event on every node, and a poller takes 50 samples a second (a
         # scan made a three-node run's verdict outlast the test's timeout).
-        n = len(self.samples)
-        first_inside = bisect.bisect_left(self._ends, t0, 0, n)  # the first sample that ends at or after t0
-        first_after = bisect.bisect_right(self._starts, t1, 0, n)  # the first sample that starts after t1
+        # A sample starts and ends after the one before it.
+        s = self.samples
+        n = len(s)
+        first_inside = bisect.bisect_left(s, t0, 0, n, key=lambda x: x[1])  # the first sample that ends at or after t0
+        first_after = bisect.bisect_right(s, t1, 0, n, key=lambda x: x[0])  # the first sample that starts after t1
         if first_inside == 0 or first_after >= n:
             return None
-        return [st for (_, _, st) in self.samples[first_inside - 1:first_after + 1]]
+        return [st for (_, _, st) in s[first_inside - 1:first_after + 1]]
 
     def ready_throughout(self, t0: float, t1: float) -> bool:
         b = self.bracket(t0, t1)
