@@ -498,8 +498,7 @@ impl Broker {
         let mut delivered = 0;
         let publisher = event.publisher.as_ref();
         let excluded_self = publisher.filter(|p| p.exclude_me && p.node == self.node_id).map(|p| p.session);
-        let open = event.filter.is_open();
-        let target = Target { topic, filter: &event.filter, open, excluded_self, position: event.position };
+        let target = Target { topic, filter: &event.filter, open: event.filter.is_open(), excluded_self, position: event.position };
         // What the shards need of the event, made once if any goes there.
         let mut shared: Option<Arc<Shared>> = None;
         for sub in matched {
@@ -508,21 +507,12 @@ impl Broker {
             let Some(frames) = encode(&sub, event, subscribers.per_serializer) else { continue };
             if flush.goes_to_shards(fanout) {
                 drop(subscribers);
-                let shared = shared.get_or_insert_with(|| {
-                    Arc::new(Shared {
-                        topic: event.topic.clone(),
-                        filter: if open { Default::default() } else { event.filter.clone() },
-                        open,
-                        excluded_self,
-                        position: event.position,
-                        metrics: self.metrics.clone(),
-                    })
-                });
+                let shared = shared.get_or_insert_with(|| Arc::new(Shared::of(&target, &self.metrics)));
                 flush.hand(Arc::new(Walk { sub, frames, event: shared.clone() }));
                 delivered += fanout;
                 continue;
             }
-            let sent = match uniform(&frames, &subscribers, open, excluded_self) {
+            let sent = match uniform(&frames, &subscribers, &target) {
                 // Nothing to check per session: only failures are counted.
                 Some(frame) => {
                     let mut failed = 0;
@@ -575,9 +565,9 @@ fn encode(sub: &Subscription, event: &Envelope, per_serializer: [u32; 2]) -> Opt
 /// partial rights or replay, a filter that admits everyone, and no
 /// publisher excluding itself. The fan-out loops then only write.
 #[inline(always)]
-fn uniform<'f>(frames: &'f [Option<SharedFrame>; 2], subscribers: &Subscribers, open: bool, excluded_self: Option<Id>) -> Option<&'f SharedFrame> {
+fn uniform<'f>(frames: &'f [Option<SharedFrame>; 2], subscribers: &Subscribers, target: &Target<'_>) -> Option<&'f SharedFrame> {
     match frames {
-        [Some(frame), None] | [None, Some(frame)] if subscribers.special == 0 && open && excluded_self.is_none() => Some(frame),
+        [Some(frame), None] | [None, Some(frame)] if subscribers.special == 0 && target.open && target.excluded_self.is_none() => Some(frame),
         _ => None,
     }
 }
@@ -672,6 +662,24 @@ struct Shared {
     metrics: Arc<Metrics>,
 }
 
+impl Shared {
+    /// What the shards need of `target`, owned.
+    fn of(target: &Target<'_>, metrics: &Arc<Metrics>) -> Shared {
+        Shared {
+            topic: target.topic.to_owned(),
+            filter: if target.open { Default::default() } else { target.filter.clone() },
+            open: target.open,
+            excluded_self: target.excluded_self,
+            position: target.position,
+            metrics: metrics.clone(),
+        }
+    }
+
+    fn target(&self) -> Target<'_> {
+        Target { topic: &self.topic, filter: &self.filter, open: self.open, excluded_self: self.excluded_self, position: self.position }
+    }
+}
+
 /// An event for a large subscription, walked by the write shards.
 struct Walk {
     sub: Arc<Subscription>,
@@ -691,7 +699,8 @@ impl ShardWork for Walk {
             return 0;
         }
         let walked = part.len();
-        let sent = match uniform(&self.frames, &subscribers, e.open, e.excluded_self) {
+        let target = e.target();
+        let sent = match uniform(&self.frames, &subscribers, &target) {
             // Nothing to check per session: only failures are counted.
             Some(frame) => {
                 let mut failed = 0;
@@ -707,7 +716,6 @@ impl ShardWork for Walk {
                 Sent::uniform(walked, failed, &self.frames)
             }
             None => {
-                let target = Target { topic: &e.topic, filter: &e.filter, open: e.open, excluded_self: e.excluded_self, position: e.position };
                 let mut sent = Sent::default();
                 for (sid, subscriber) in part {
                     if let Some(frame) = target.frame(*sid, subscriber, &self.frames) {

@@ -115,7 +115,8 @@ pub(crate) struct Walked {
     /// with several, frames are queued and each session written once for
     /// all of them.
     pub(crate) direct: bool,
-    /// Sessions to write at the end of the shard's list.
+    /// Sessions whose frames were queued: written once the shard has
+    /// walked the part for every walk at hand.
     later: Vec<Arc<Wire>>,
 }
 
